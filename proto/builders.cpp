@@ -1,0 +1,131 @@
+#include "proto/builders.hpp"
+
+#include "proto/bytes.hpp"
+#include "proto/frame.hpp"
+#include "proto/messages.hpp"
+
+namespace pgring::proto::build {
+
+namespace {
+bool auth(std::string& out, AuthCode code, std::string_view data = {}) {
+  Writer w(out);
+  w.begin(backend::kAuthentication).i32(static_cast<std::int32_t>(code)).bytes(data).end();
+  return w.ok();
+}
+
+bool fields(std::string& out, char type, std::string_view severity, std::string_view sqlstate,
+            std::string_view message, std::string_view hint) {
+  Writer w(out);
+  w.begin(type);
+  w.u8('S').cstring(severity).u8('V').cstring(severity).u8('C').cstring(sqlstate);
+  w.u8('M').cstring(message);
+  if (!hint.empty()) w.u8('H').cstring(hint);
+  w.u8(0).end();
+  return w.ok();
+}
+}  // namespace
+
+bool error_response(std::string& out, std::string_view severity, std::string_view sqlstate,
+                    std::string_view message, std::string_view hint) {
+  return fields(out, backend::kErrorResponse, severity, sqlstate, message, hint);
+}
+
+bool notice_response(std::string& out, std::string_view sqlstate, std::string_view message) {
+  return fields(out, backend::kNoticeResponse, "NOTICE", sqlstate, message, {});
+}
+
+bool authentication_ok(std::string& out) { return auth(out, AuthCode::ok); }
+bool authentication_cleartext(std::string& out) { return auth(out, AuthCode::cleartext_password); }
+bool authentication_md5(std::string& out, std::string_view salt4) {
+  return salt4.size() == 4 && auth(out, AuthCode::md5_password, salt4);
+}
+
+bool authentication_sasl(std::string& out, std::string_view mechanism) {
+  Writer w(out);
+  w.begin(backend::kAuthentication).i32(static_cast<std::int32_t>(AuthCode::sasl));
+  w.cstring(mechanism).u8(0).end();
+  return w.ok();
+}
+
+bool authentication_sasl_continue(std::string& out, std::string_view data) {
+  return auth(out, AuthCode::sasl_continue, data);
+}
+bool authentication_sasl_final(std::string& out, std::string_view data) {
+  return auth(out, AuthCode::sasl_final, data);
+}
+
+bool parameter_status(std::string& out, std::string_view name, std::string_view value) {
+  Writer w(out);
+  w.begin(backend::kParameterStatus).cstring(name).cstring(value).end();
+  return w.ok();
+}
+
+bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret) {
+  Writer w(out);
+  w.begin(backend::kBackendKeyData).i32(pid).bytes(secret).end();
+  return w.ok();
+}
+
+bool ready_for_query(std::string& out, char status) {
+  Writer w(out);
+  w.begin(backend::kReadyForQuery).u8(static_cast<std::uint8_t>(status)).end();
+  return w.ok();
+}
+
+bool negotiate_protocol_version(std::string& out, std::uint32_t version,
+                                const std::vector<std::string_view>& unsupported) {
+  Writer w(out);
+  w.begin(backend::kNegotiateProtocolVersion).i32(static_cast<std::int32_t>(version));
+  w.i32(static_cast<std::int32_t>(unsupported.size()));
+  for (auto name : unsupported) w.cstring(name);
+  w.end();
+  return w.ok();
+}
+
+bool startup_message(std::string& out, std::uint32_t version,
+                     const std::vector<std::pair<std::string_view, std::string_view>>& params) {
+  Writer w(out);
+  w.begin_untyped().i32(static_cast<std::int32_t>(version));
+  for (const auto& [name, value] : params) w.cstring(name).cstring(value);
+  w.u8(0).end();
+  return w.ok();
+}
+
+bool cancel_request(std::string& out, std::int32_t pid, std::string_view secret) {
+  Writer w(out);
+  w.begin_untyped().i32(static_cast<std::int32_t>(kCancelRequestCode)).i32(pid).bytes(secret).end();
+  return w.ok();
+}
+
+bool password_message(std::string& out, std::string_view password) {
+  Writer w(out);
+  w.begin(frontend::kPassword).cstring(password).end();
+  return w.ok();
+}
+
+bool sasl_initial_response(std::string& out, std::string_view mechanism, std::string_view data) {
+  Writer w(out);
+  w.begin(frontend::kPassword).cstring(mechanism).i32(static_cast<std::int32_t>(data.size()));
+  w.bytes(data).end();
+  return w.ok();
+}
+
+bool sasl_response(std::string& out, std::string_view data) {
+  Writer w(out);
+  w.begin(frontend::kPassword).bytes(data).end();
+  return w.ok();
+}
+
+bool query(std::string& out, std::string_view sql) {
+  Writer w(out);
+  w.begin(frontend::kQuery).cstring(sql).end();
+  return w.ok();
+}
+
+bool terminate(std::string& out) {
+  Writer w(out);
+  w.begin(frontend::kTerminate).end();
+  return w.ok();
+}
+
+}  // namespace pgring::proto::build

@@ -1,0 +1,40 @@
+#pragma once
+// Builders for every message pgring originates, in one place. Each appends one whole message
+// to `out` and returns false when it could not be encoded (a String with a NUL, a size limit);
+// the caller then drops the connection instead of sending a partial message.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pgring::proto::build {
+
+// ---- to clients ----
+[[nodiscard]] bool error_response(std::string& out, std::string_view severity, std::string_view sqlstate,
+                                  std::string_view message, std::string_view hint = {});
+[[nodiscard]] bool notice_response(std::string& out, std::string_view sqlstate, std::string_view message);
+[[nodiscard]] bool authentication_ok(std::string& out);
+[[nodiscard]] bool authentication_cleartext(std::string& out);
+[[nodiscard]] bool authentication_md5(std::string& out, std::string_view salt4);
+[[nodiscard]] bool authentication_sasl(std::string& out, std::string_view mechanism);
+[[nodiscard]] bool authentication_sasl_continue(std::string& out, std::string_view data);
+[[nodiscard]] bool authentication_sasl_final(std::string& out, std::string_view data);
+[[nodiscard]] bool parameter_status(std::string& out, std::string_view name, std::string_view value);
+[[nodiscard]] bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret);
+[[nodiscard]] bool ready_for_query(std::string& out, char status);
+[[nodiscard]] bool negotiate_protocol_version(std::string& out, std::uint32_t version,
+                                              const std::vector<std::string_view>& unsupported);
+
+// ---- to servers ----
+[[nodiscard]] bool startup_message(std::string& out, std::uint32_t version,
+                                   const std::vector<std::pair<std::string_view, std::string_view>>& params);
+[[nodiscard]] bool cancel_request(std::string& out, std::int32_t pid, std::string_view secret);
+[[nodiscard]] bool password_message(std::string& out, std::string_view password);
+[[nodiscard]] bool sasl_initial_response(std::string& out, std::string_view mechanism, std::string_view data);
+[[nodiscard]] bool sasl_response(std::string& out, std::string_view data);
+[[nodiscard]] bool query(std::string& out, std::string_view sql);
+[[nodiscard]] bool terminate(std::string& out);
+
+}  // namespace pgring::proto::build

@@ -1,0 +1,74 @@
+#pragma once
+// Framing: where does the next message end? Lengths are checked here, before anyone allocates
+// or waits for a body, so a lying length is refused from its first 4-8 bytes.
+//
+//   startup packets (first message of a connection): Int32 len, Int32 code, body
+//   every later message:                             Byte1 type, Int32 len, body
+// `len` counts itself but not the type byte.
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pgring::proto {
+
+inline constexpr std::uint32_t kProtocol30 = 196608;          // 3.0
+inline constexpr std::uint32_t kProtocol32 = 196610;          // 3.2 (PostgreSQL 18)
+inline constexpr std::uint32_t kCancelRequestCode = 80877102;
+inline constexpr std::uint32_t kSslRequestCode = 80877103;
+inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
+inline constexpr std::uint32_t kMaxStartupPacket = 10000;     // PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+
+enum class FrameStatus {
+  complete,        // a whole message is in the buffer
+  need_more,       // header or body incomplete: wait for bytes
+  invalid_length,  // the length field cannot be valid (protocol violation, 08P01)
+  too_large,       // valid framing but over the configured limit (54000)
+};
+
+struct Frame {
+  FrameStatus status = FrameStatus::need_more;
+  char type = 0;          // 0 for startup packets
+  std::uint32_t size = 0;  // whole message in bytes, header included (when known)
+  [[nodiscard]] std::size_t header_size() const { return type == 0 ? 4 : 5; }
+};
+
+// A typed message at the front of `buf`. Needs the 5-byte header to decide; the body may still
+// be arriving (status need_more, size known) — callers that forward without inspecting may
+// stream it. `max_size` bounds the whole message.
+[[nodiscard]] Frame frame_message(std::string_view buf, std::uint32_t max_size);
+
+// The startup packet at the front of `buf` (8..kMaxStartupPacket bytes).
+[[nodiscard]] Frame frame_startup(std::string_view buf);
+
+enum class StartupKind { startup, ssl_request, gssenc_request, cancel_request, unknown };
+
+// A whole startup packet, classified. For `startup`, `version` is the requested protocol.
+struct StartupPacket {
+  StartupKind kind = StartupKind::unknown;
+  std::uint32_t code = 0;  // protocol version or special request code
+  std::string_view body;   // after the code
+};
+[[nodiscard]] StartupPacket classify_startup(std::string_view packet);
+
+// StartupMessage parameters: (name, value)* terminated by an empty name. Views point into the
+// packet. nullopt when malformed (missing terminator, a name without value, no `user`).
+struct StartupMessage {
+  std::uint32_t version = 0;
+  std::vector<std::pair<std::string_view, std::string_view>> params;  // excludes user/database
+  std::string_view user;
+  std::string_view database;  // defaults to user
+  [[nodiscard]] std::string_view find(std::string_view name) const;
+};
+[[nodiscard]] std::optional<StartupMessage> parse_startup_message(const StartupPacket& packet);
+
+// CancelRequest: Int32 pid, Byte[n] secret (n = 4 in 3.0, up to 256 in 3.2).
+struct CancelRequest {
+  std::int32_t pid = 0;
+  std::string_view secret;
+};
+[[nodiscard]] std::optional<CancelRequest> parse_cancel_request(const StartupPacket& packet);
+
+}  // namespace pgring::proto

@@ -1,0 +1,112 @@
+#include "proto/messages.hpp"
+
+#include "proto/bytes.hpp"
+
+namespace pgring::proto {
+
+std::optional<Authentication> parse_authentication(std::string_view body) {
+  Reader r(body);
+  std::int32_t code = r.i32();
+  if (!r.ok()) return std::nullopt;
+  Authentication a{static_cast<AuthCode>(code), r.rest()};
+  if (a.code == AuthCode::md5_password && a.data.size() != 4) return std::nullopt;
+  if (a.code == AuthCode::ok && !a.data.empty()) return std::nullopt;
+  return a;
+}
+
+bool sasl_offers(std::string_view mechanism_list, std::string_view mechanism) {
+  Reader r(mechanism_list);
+  for (;;) {
+    std::string_view m = r.cstring();
+    if (!r.ok() || m.empty()) return false;
+    if (m == mechanism) return true;
+  }
+}
+
+std::optional<ParameterStatus> parse_parameter_status(std::string_view body) {
+  Reader r(body);
+  ParameterStatus p{r.cstring(), r.cstring()};
+  if (!r.ok() || !r.at_end() || p.name.empty()) return std::nullopt;
+  return p;
+}
+
+std::optional<BackendKeyData> parse_backend_key_data(std::string_view body) {
+  Reader r(body);
+  BackendKeyData k;
+  k.pid = r.i32();
+  k.secret = r.rest();
+  if (!r.ok() || k.secret.size() < 4 || k.secret.size() > 256) return std::nullopt;
+  return k;
+}
+
+std::optional<char> parse_ready_for_query(std::string_view body) {
+  if (body.size() != 1) return std::nullopt;
+  char s = body[0];
+  if (s != 'I' && s != 'T' && s != 'E') return std::nullopt;
+  return s;
+}
+
+bool ErrorFields::is_fatal() const {
+  std::string_view s = severity_text.empty() ? severity : severity_text;
+  return s == "FATAL" || s == "PANIC";
+}
+
+std::optional<ErrorFields> parse_error_fields(std::string_view body) {
+  Reader r(body);
+  ErrorFields f;
+  for (;;) {
+    char code = static_cast<char>(r.u8());
+    if (!r.ok()) return std::nullopt;
+    if (code == 0) break;
+    std::string_view value = r.cstring();
+    if (!r.ok()) return std::nullopt;
+    switch (code) {
+      case 'S': f.severity = value; break;
+      case 'V': f.severity_text = value; break;
+      case 'C': f.sqlstate = value; break;
+      case 'M': f.message = value; break;
+      case 'D': f.detail = value; break;
+      case 'H': f.hint = value; break;
+      default: break;  // the docs say unknown codes must be ignored
+    }
+  }
+  if (!r.at_end()) return std::nullopt;
+  return f;
+}
+
+namespace {
+// A body that is exactly one String.
+std::optional<std::string_view> single_string(std::string_view body) {
+  Reader r(body);
+  std::string_view s = r.cstring();
+  if (!r.ok() || !r.at_end()) return std::nullopt;
+  return s;
+}
+}  // namespace
+
+std::optional<std::string_view> parse_password_message(std::string_view body) {
+  return single_string(body);
+}
+
+std::optional<SaslInitialResponse> parse_sasl_initial_response(std::string_view body) {
+  Reader r(body);
+  SaslInitialResponse s;
+  s.mechanism = r.cstring();
+  std::int32_t len = r.i32();
+  if (!r.ok()) return std::nullopt;
+  if (len == -1) {
+    s.data = {};
+  } else if (len < 0 || static_cast<std::size_t>(len) != r.remaining()) {
+    return std::nullopt;
+  } else {
+    s.data = r.bytes(static_cast<std::size_t>(len));
+  }
+  if (!r.ok() || !r.at_end()) return std::nullopt;
+  return s;
+}
+
+std::optional<std::string_view> parse_query(std::string_view body) {
+  return single_string(body);
+}
+
+}  // namespace pgring::proto

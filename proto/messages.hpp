@@ -1,0 +1,109 @@
+#pragma once
+// Typed views of the messages pgring inspects, named as in the PostgreSQL protocol docs
+// ("Message Formats"). Each parse_* takes the body (after the 5-byte header) and returns a view
+// into it, or nullopt when the body is malformed. Nothing is copied.
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace pgring::proto {
+
+// Message type bytes. Direction matters: the same byte means different things each way.
+namespace backend {
+inline constexpr char kAuthentication = 'R';
+inline constexpr char kBackendKeyData = 'K';
+inline constexpr char kParameterStatus = 'S';
+inline constexpr char kReadyForQuery = 'Z';
+inline constexpr char kErrorResponse = 'E';
+inline constexpr char kNoticeResponse = 'N';
+inline constexpr char kNegotiateProtocolVersion = 'v';
+inline constexpr char kCommandComplete = 'C';
+inline constexpr char kCopyInResponse = 'G';
+inline constexpr char kCopyOutResponse = 'H';
+inline constexpr char kCopyBothResponse = 'W';
+inline constexpr char kNotificationResponse = 'A';
+}  // namespace backend
+
+namespace frontend {
+inline constexpr char kQuery = 'Q';
+inline constexpr char kPassword = 'p';  // PasswordMessage, SASLInitialResponse, SASLResponse
+inline constexpr char kTerminate = 'X';
+inline constexpr char kSync = 'S';
+inline constexpr char kFunctionCall = 'F';
+inline constexpr char kParse = 'P';
+inline constexpr char kBind = 'B';
+inline constexpr char kExecute = 'E';
+inline constexpr char kDescribe = 'D';
+inline constexpr char kClose = 'C';
+inline constexpr char kFlush = 'H';
+inline constexpr char kCopyData = 'd';
+inline constexpr char kCopyDone = 'c';
+inline constexpr char kCopyFail = 'f';
+}  // namespace frontend
+
+// Authentication request codes.
+enum class AuthCode : std::int32_t {
+  ok = 0,
+  kerberos_v5 = 2,
+  cleartext_password = 3,
+  md5_password = 5,
+  gss = 7,
+  gss_continue = 8,
+  sspi = 9,
+  sasl = 10,
+  sasl_continue = 11,
+  sasl_final = 12,
+};
+
+struct Authentication {
+  AuthCode code;
+  std::string_view data;  // MD5: 4-byte salt; SASL: mechanism list; SASLContinue/Final: payload
+};
+[[nodiscard]] std::optional<Authentication> parse_authentication(std::string_view body);
+// True when a SASL mechanism list (String* + empty String) offers `mechanism`.
+[[nodiscard]] bool sasl_offers(std::string_view mechanism_list, std::string_view mechanism);
+
+struct ParameterStatus {
+  std::string_view name;
+  std::string_view value;
+};
+[[nodiscard]] std::optional<ParameterStatus> parse_parameter_status(std::string_view body);
+
+struct BackendKeyData {
+  std::int32_t pid;
+  std::string_view secret;  // 4 bytes in 3.0, up to 256 in 3.2
+};
+[[nodiscard]] std::optional<BackendKeyData> parse_backend_key_data(std::string_view body);
+
+// ReadyForQuery transaction status: 'I' idle, 'T' in a transaction block, 'E' failed block.
+[[nodiscard]] std::optional<char> parse_ready_for_query(std::string_view body);
+
+// ErrorResponse / NoticeResponse: (Byte1 code, String value)* then a zero byte. Fields may be
+// missing (a server need not send a SQLSTATE); unknown codes are skipped.
+struct ErrorFields {
+  std::string_view severity;       // 'S' (localized)
+  std::string_view severity_text;  // 'V' (never localized, 9.6+)
+  std::string_view sqlstate;       // 'C'
+  std::string_view message;        // 'M'
+  std::string_view detail;         // 'D'
+  std::string_view hint;           // 'H'
+  // FATAL and PANIC end the session.
+  [[nodiscard]] bool is_fatal() const;
+};
+[[nodiscard]] std::optional<ErrorFields> parse_error_fields(std::string_view body);
+
+// Frontend PasswordMessage: String password.
+[[nodiscard]] std::optional<std::string_view> parse_password_message(std::string_view body);
+
+// Frontend SASLInitialResponse: String mechanism, Int32 len (-1 = none), Byte[len].
+struct SaslInitialResponse {
+  std::string_view mechanism;
+  std::string_view data;
+};
+[[nodiscard]] std::optional<SaslInitialResponse> parse_sasl_initial_response(std::string_view body);
+
+// Frontend Query: String query.
+[[nodiscard]] std::optional<std::string_view> parse_query(std::string_view body);
+
+}  // namespace pgring::proto

@@ -1,0 +1,41 @@
+// libFuzzer target: startup-packet and message framing, then every typed view on whatever
+// frames. Any crash, sanitizer report or out-of-bounds view is a bug.
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "proto/frame.hpp"
+#include "proto/messages.hpp"
+
+using namespace pgring::proto;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  std::string_view input(reinterpret_cast<const char*>(data), size);
+
+  Frame startup = frame_startup(input);
+  if (startup.status == FrameStatus::complete) {
+    StartupPacket packet = classify_startup(input.substr(0, startup.size));
+    if (auto m = parse_startup_message(packet)) (void)m->find("application_name");
+    (void)parse_cancel_request(packet);
+  }
+
+  // A stream of typed messages, each body given to every view.
+  std::string_view rest = input;
+  while (!rest.empty()) {
+    Frame f = frame_message(rest, 1 << 20);
+    if (f.status != FrameStatus::complete) break;
+    if (f.size > rest.size()) __builtin_trap();
+    std::string_view body = rest.substr(5, f.size - 5);
+    if (auto a = parse_authentication(body)) (void)sasl_offers(a->data, "SCRAM-SHA-256");
+    (void)parse_parameter_status(body);
+    (void)parse_backend_key_data(body);
+    (void)parse_ready_for_query(body);
+    (void)parse_error_fields(body);
+    (void)parse_password_message(body);
+    (void)parse_sasl_initial_response(body);
+    (void)parse_query(body);
+    rest.remove_prefix(f.size);
+  }
+  return 0;
+}

@@ -1,0 +1,146 @@
+// Typed views and builders: what we build, we parse back; malformed bodies are refused.
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "proto/builders.hpp"
+#include "proto/bytes.hpp"
+#include "proto/frame.hpp"
+#include "proto/messages.hpp"
+
+using namespace pgring::proto;
+
+namespace {
+// The body of the single message in `msg`.
+std::string_view body_of(const std::string& msg) {
+  Frame f = frame_message(msg, 1 << 20);
+  REQUIRE(f.status == FrameStatus::complete);
+  REQUIRE(f.size == msg.size());
+  return std::string_view(msg).substr(5);
+}
+}  // namespace
+
+TEST_CASE("Reader: sticky failure") {
+  std::string bytes("\x00\x01\x00\x00\x00\x02" "abc\0", 10);
+  Reader r(bytes);
+  CHECK(r.i16() == 1);
+  CHECK(r.i32() == 2);
+  CHECK(r.cstring() == "abc");
+  CHECK(r.at_end());
+  CHECK(r.ok());
+  CHECK(r.u8() == 0);
+  CHECK_FALSE(r.ok());
+  CHECK(r.cstring().empty());  // still failed
+  Reader no_nul(std::string_view("abc"));
+  CHECK(no_nul.cstring().empty());
+  CHECK_FALSE(no_nul.ok());
+}
+
+TEST_CASE("Writer: sticky failure on NUL and size limit") {
+  std::string out;
+  Writer w(out);
+  w.begin('Q').cstring(std::string_view("a\0b", 3)).end();
+  CHECK_FALSE(w.ok());
+  std::string small;
+  Writer limited(small, 8);
+  limited.begin('Q').cstring("0123456789").end();
+  CHECK_FALSE(limited.ok());
+}
+
+TEST_CASE("ErrorResponse round trip, missing fields tolerated") {
+  std::string msg;
+  REQUIRE(build::error_response(msg, "FATAL", "28P01", "pgring: password authentication failed", "check it"));
+  auto e = parse_error_fields(body_of(msg));
+  REQUIRE(e);
+  CHECK(e->sqlstate == "28P01");
+  CHECK(e->severity == "FATAL");
+  CHECK(e->message == "pgring: password authentication failed");
+  CHECK(e->hint == "check it");
+  CHECK(e->is_fatal());
+  // No SQLSTATE at all, and an unknown field code.
+  std::string bare("SERROR\0Zzzz\0Mboom\0\0", 19);
+  auto b = parse_error_fields(bare);
+  REQUIRE(b);
+  CHECK(b->sqlstate.empty());
+  CHECK(b->message == "boom");
+  CHECK_FALSE(b->is_fatal());
+  CHECK_FALSE(parse_error_fields(std::string_view("SERROR\0Mno end", 14)));
+  CHECK_FALSE(parse_error_fields(std::string_view("SERROR", 6)));
+}
+
+TEST_CASE("Authentication requests") {
+  std::string ok, md5, sasl, cont;
+  REQUIRE(build::authentication_ok(ok));
+  REQUIRE(build::authentication_md5(md5, "salt"));
+  REQUIRE(build::authentication_sasl(sasl, "SCRAM-SHA-256"));
+  REQUIRE(build::authentication_sasl_continue(cont, "r=abc,s=xyz,i=4096"));
+  CHECK(parse_authentication(body_of(ok))->code == AuthCode::ok);
+  auto m = parse_authentication(body_of(md5));
+  REQUIRE(m);
+  CHECK(m->code == AuthCode::md5_password);
+  CHECK(m->data == "salt");
+  auto s = parse_authentication(body_of(sasl));
+  REQUIRE(s);
+  CHECK(s->code == AuthCode::sasl);
+  CHECK(sasl_offers(s->data, "SCRAM-SHA-256"));
+  CHECK_FALSE(sasl_offers(s->data, "SCRAM-SHA-256-PLUS"));
+  CHECK(parse_authentication(body_of(cont))->data == "r=abc,s=xyz,i=4096");
+  CHECK_FALSE(parse_authentication(std::string_view("\0\0", 2)));
+  CHECK_FALSE(parse_authentication(std::string_view("\0\0\0\5ab", 6)));  // md5 salt too short
+  CHECK_FALSE(sasl_offers(std::string_view("SCRAM", 5), "SCRAM"));  // no terminator
+}
+
+TEST_CASE("ParameterStatus, BackendKeyData, ReadyForQuery") {
+  std::string ps, key, rfq;
+  REQUIRE(build::parameter_status(ps, "TimeZone", "UTC"));
+  REQUIRE(build::backend_key_data(key, 42, "abcd"));
+  REQUIRE(build::ready_for_query(rfq, 'T'));
+  auto p = parse_parameter_status(body_of(ps));
+  REQUIRE(p);
+  CHECK(p->name == "TimeZone");
+  CHECK(p->value == "UTC");
+  auto k = parse_backend_key_data(body_of(key));
+  REQUIRE(k);
+  CHECK(k->pid == 42);
+  CHECK(k->secret == "abcd");
+  CHECK(parse_ready_for_query(body_of(rfq)) == 'T');
+  CHECK_FALSE(parse_ready_for_query("X"));
+  CHECK_FALSE(parse_ready_for_query("II"));
+  CHECK_FALSE(parse_parameter_status(std::string_view("a\0b", 3)));
+  CHECK_FALSE(parse_backend_key_data(std::string_view("\0\0\0\1ab", 6)));
+  CHECK_FALSE(parse_backend_key_data(std::string(4 + 257, 'k')));
+}
+
+TEST_CASE("Frontend password and SASL messages") {
+  std::string pw, init, init_none, resp, q;
+  REQUIRE(build::password_message(pw, "md5abc"));
+  REQUIRE(build::sasl_initial_response(init, "SCRAM-SHA-256", "n,,n=,r=nonce"));
+  REQUIRE(build::sasl_response(resp, "c=biws,r=x,p=y"));
+  REQUIRE(build::query(q, "SELECT 1"));
+  CHECK(parse_password_message(body_of(pw)) == "md5abc");
+  auto i = parse_sasl_initial_response(body_of(init));
+  REQUIRE(i);
+  CHECK(i->mechanism == "SCRAM-SHA-256");
+  CHECK(i->data == "n,,n=,r=nonce");
+  CHECK(body_of(resp) == "c=biws,r=x,p=y");
+  CHECK(parse_query(body_of(q)) == "SELECT 1");
+  // Length field lying about the data that follows.
+  std::string lie("SCRAM-SHA-256\0\0\0\0\x10" "abc", 21);
+  CHECK_FALSE(parse_sasl_initial_response(lie));
+  std::string negative("SCRAM-SHA-256\0\xff\xff\xff\xfe", 18);
+  CHECK_FALSE(parse_sasl_initial_response(negative));
+  std::string none("SCRAM-SHA-256\0\xff\xff\xff\xff", 18);
+  CHECK(parse_sasl_initial_response(none));
+}
+
+TEST_CASE("NegotiateProtocolVersion lists unsupported options") {
+  std::string out;
+  REQUIRE(build::negotiate_protocol_version(out, kProtocol30, {"_pq_.foo", "_pq_.bar"}));
+  Reader r(body_of(out));
+  CHECK(static_cast<std::uint32_t>(r.i32()) == kProtocol30);
+  CHECK(r.i32() == 2);
+  CHECK(r.cstring() == "_pq_.foo");
+  CHECK(r.cstring() == "_pq_.bar");
+  CHECK(r.at_end());
+}
