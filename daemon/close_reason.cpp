@@ -1,0 +1,61 @@
+#include "daemon/close_reason.hpp"
+
+namespace pgring {
+
+std::string_view name(Reason reason) {
+  switch (reason) {
+    case Reason::client_terminate: return "client_terminate";
+    case Reason::client_eof: return "client_eof";
+    case Reason::client_io_error: return "client_io_error";
+    case Reason::protocol_violation: return "protocol_violation";
+    case Reason::message_too_large: return "message_too_large";
+    case Reason::unsupported_protocol: return "unsupported_protocol";
+    case Reason::auth_failed: return "auth_failed";
+    case Reason::unknown_user: return "unknown_user";
+    case Reason::unknown_database: return "unknown_database";
+    case Reason::too_many_clients: return "too_many_clients";
+    case Reason::login_timeout: return "login_timeout";
+    case Reason::query_wait_timeout: return "query_wait_timeout";
+    case Reason::server_unreachable: return "server_unreachable";
+    case Reason::server_login_failed: return "server_login_failed";
+    case Reason::server_connection_lost: return "server_connection_lost";
+    case Reason::server_eof: return "server_eof";
+    case Reason::server_io_error: return "server_io_error";
+    case Reason::server_protocol_error: return "server_protocol_error";
+    case Reason::server_reset_failed: return "server_reset_failed";
+    case Reason::server_dirty: return "server_dirty";
+    case Reason::server_idle_timeout: return "server_idle_timeout";
+    case Reason::server_lifetime: return "server_lifetime";
+    case Reason::pool_removed: return "pool_removed";
+    case Reason::shutdown: return "shutdown";
+    case Reason::cancel_done: return "cancel_done";
+  }
+  return "unknown";
+}
+
+std::string_view sqlstate(Reason reason) {
+  switch (reason) {
+    case Reason::protocol_violation:
+    case Reason::unsupported_protocol:
+    case Reason::login_timeout: return "08P01";
+    case Reason::message_too_large: return "54000";
+    case Reason::auth_failed: return "28P01";
+    case Reason::unknown_user: return "28000";
+    case Reason::unknown_database: return "3D000";
+    case Reason::too_many_clients: return "53300";
+    case Reason::query_wait_timeout: return "57014";
+    case Reason::server_unreachable:
+    case Reason::server_login_failed:
+    case Reason::server_connection_lost:
+    case Reason::server_eof:
+    case Reason::server_io_error:
+    case Reason::server_protocol_error:
+    case Reason::server_reset_failed:
+    case Reason::server_dirty: return "08006";
+    case Reason::shutdown:
+    case Reason::pool_removed: return "57P01";
+    default: return {};
+  }
+}
+
+}  // namespace pgring

@@ -1,0 +1,42 @@
+#pragma once
+// Why a connection ended: one vocabulary for logs, metrics (disconnects by reason) and tests.
+// Each reason that is reported to a client carries the SQLSTATE of the ErrorResponse it gets.
+
+#include <string_view>
+
+namespace pgring {
+
+enum class Reason {
+  client_terminate,       // client sent Terminate
+  client_eof,             // client closed the socket
+  client_io_error,        // recv/send on the client failed
+  protocol_violation,     // 08P01: malformed or unexpected message
+  message_too_large,      // 54000: message over max_message_size / startup packet limit
+  unsupported_protocol,   // 08P01: not protocol 3.x
+  auth_failed,            // 28P01: wrong password
+  unknown_user,           // 28000: user not configured
+  unknown_database,       // 3D000: database not configured
+  too_many_clients,       // 53300: over max_client_conn
+  login_timeout,          // 08P01/57014: startup + auth took longer than timeouts.client_login
+  query_wait_timeout,     // 57014: waited longer than timeouts.query_wait for a server
+  server_unreachable,     // 08006: TCP connect to the server failed or timed out
+  server_login_failed,    // server refused our login (SQLSTATE passed through)
+  server_connection_lost, // 08006: linked server went away
+  server_eof,             // server closed the socket
+  server_io_error,        // recv/send on the server failed
+  server_protocol_error,  // server sent something we cannot follow
+  server_reset_failed,    // the reset query failed; the connection cannot be reused
+  server_dirty,           // released with requests in flight: not safe to reuse
+  server_idle_timeout,    // idle longer than timeouts.server_idle
+  server_lifetime,        // older than timeouts.server_lifetime
+  pool_removed,           // the pool's database left the configuration
+  shutdown,               // 57P01: pgring is shutting down
+  cancel_done,            // a cancel-request connection did its job
+};
+
+[[nodiscard]] std::string_view name(Reason reason);
+// SQLSTATE sent to a client closed for this reason; empty when the client gets no error
+// (it left on its own).
+[[nodiscard]] std::string_view sqlstate(Reason reason);
+
+}  // namespace pgring

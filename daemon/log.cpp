@@ -1,0 +1,71 @@
+#include "daemon/log.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <string>
+
+namespace pgring::log {
+
+namespace {
+std::atomic<int> g_level{static_cast<int>(config::LogLevel::info)};
+std::atomic<bool> g_json{false};
+
+std::string_view level_name(config::LogLevel level) {
+  switch (level) {
+    case config::LogLevel::debug: return "debug";
+    case config::LogLevel::info: return "info";
+    case config::LogLevel::warning: return "warning";
+    case config::LogLevel::error: return "error";
+  }
+  return "info";
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  out.push_back('"');
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out.push_back(c);
+    }
+  }
+  out.push_back('"');
+}
+}  // namespace
+
+void init(config::LogLevel level, config::LogFormat format) {
+  g_level = static_cast<int>(level);
+  g_json = format == config::LogFormat::json;
+}
+
+bool enabled(config::LogLevel level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+
+void write(config::LogLevel level, std::string_view message) {
+  auto now = std::chrono::system_clock::now();
+  auto secs = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char ts[64];
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  std::string line;
+  if (g_json) {
+    line = fmt::format("{{\"ts\":\"{}\",\"level\":\"{}\",\"msg\":", ts, level_name(level));
+    append_json_string(line, message);
+    line += "}\n";
+  } else {
+    line = fmt::format("{} {} {}\n", ts, level_name(level), message);
+  }
+  // One write per line so lines from different threads never interleave.
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+}  // namespace pgring::log

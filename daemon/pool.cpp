@@ -1,0 +1,138 @@
+#include "daemon/pool.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+
+#include <cstring>
+
+#include "daemon/log.hpp"
+#include "daemon/reactor.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* user, std::string user_name,
+           config::PoolSettings settings)
+    : reactor_(reactor), db_(&db), database_(db.name), user_name_(std::move(user_name)), settings_(std::move(settings)) {
+  // Whom we log in as: the database's forced user if set, else the client's own user.
+  if (db.user) {
+    server_user_ = *db.user;
+    server_password_ = db.password.value_or("");
+  } else {
+    server_user_ = user_name_;
+    if (user != nullptr && user->secret_kind != config::SecretKind::scram) server_password_ = user->password;
+  }
+  resolve();
+}
+
+void Pool::resolve() {
+  address_text_ = db_->host.starts_with('/') ? db_->host + "/.s.PGSQL." + std::to_string(db_->port)
+                                               : db_->host + ":" + std::to_string(db_->port);
+  if (db_->host.starts_with('/')) {
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    if (address_text_.size() >= sizeof sun.sun_path) return;
+    std::memcpy(sun.sun_path, address_text_.c_str(), address_text_.size() + 1);
+    std::memcpy(&address_, &sun, sizeof sun);
+    address_len_ = sizeof sun;
+    address_ok_ = true;
+    return;
+  }
+  // Resolved once when the pool is created (name lookups block; this is not the data path).
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(db_->port);
+  if (getaddrinfo(db_->host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) return;
+  std::memcpy(&address_, res->ai_addr, res->ai_addrlen);
+  address_len_ = res->ai_addrlen;
+  address_ok_ = true;
+  freeaddrinfo(res);
+}
+
+void Pool::set_state(Client& client, ClientState state) {
+  unlink(&client);
+  client.state_ = state;
+  client.state_since_ = reactor_.now();
+  switch (state) {
+    case ClientState::waiting: waiting_clients_.push_back(&client); break;
+    case ClientState::active: active_clients_.push_back(&client); break;
+    case ClientState::closing: reactor_.closing_clients_.push_back(&client); break;
+    case ClientState::startup:
+    case ClientState::auth: reactor_.login_clients_.push_back(&client); break;
+  }
+}
+
+void Pool::set_state(Server& server, ServerState state) {
+  unlink(&server);
+  server.state_ = state;
+  server.state_since_ = reactor_.now();
+  switch (state) {
+    case ServerState::connecting:
+    case ServerState::login: connecting_servers_.push_back(&server); break;
+    case ServerState::idle: idle_servers_.push_back(&server); break;
+    case ServerState::active: active_servers_.push_back(&server); break;
+    case ServerState::resetting: resetting_servers_.push_back(&server); break;
+    case ServerState::closing: reactor_.closing_servers_.push_back(&server); break;
+  }
+}
+
+void Pool::add_waiting(Client& client) {
+  client.pool_ = this;
+  set_state(client, ClientState::waiting);
+  maintain();
+}
+
+int Pool::server_count() const {
+  return static_cast<int>(connecting_servers_.size() + idle_servers_.size() + active_servers_.size() +
+                          resetting_servers_.size());
+}
+
+void Pool::maintain() {
+  // FIFO: the longest-waiting client gets the next idle server.
+  while (!waiting_clients_.empty() && !idle_servers_.empty()) {
+    Client* client = waiting_clients_.front();
+    Server* server = idle_servers_.front();
+    set_state(*server, ServerState::active);
+    set_state(*client, ClientState::active);
+    server->client_ = client;
+    client->server_ = server;
+    client->on_linked(*server);
+  }
+  if (waiting_clients_.empty() || reactor_.shutting_down()) return;
+
+  if (failing_) {
+    auto retry = reactor_.config().timeouts.server_login_retry;
+    if (reactor_.now() - last_failure_ < retry && server_count() == 0) {
+      // The server is known to be down: fail fast instead of letting clients hang.
+      for (Client* c = waiting_clients_.front(); c != nullptr;) {
+        Client* next = List<Client>::next(c);
+        reactor_.close(*c, Reason::server_unreachable, last_error_message_);
+        c = next;
+      }
+      return;
+    }
+  }
+  // Open connections for clients that no connecting server will serve, up to pool_size.
+  int wanted = static_cast<int>(waiting_clients_.size()) - static_cast<int>(connecting_servers_.size());
+  while (wanted-- > 0 && server_count() < settings_.pool_size) reactor_.start_connect(*this);
+}
+
+void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message) {
+  (void)sqlstate;
+  failing_ = true;
+  last_failure_ = reactor_.now();
+  last_error_sqlstate_ = std::string(sqlstate);
+  last_error_message_ = std::string(message);
+  log::warning("pool {}/{}: server unavailable ({}): {}", database_, user_name_, name(reason), message);
+  if (server_count() > 0) return;  // other servers may still serve the waiting clients
+  for (Client* c = waiting_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    reactor_.close(*c, reason, message);
+    c = next;
+  }
+}
+
+}  // namespace pgring

@@ -1,0 +1,74 @@
+#pragma once
+// A pool: the server connections for one (database, user), the clients using them, and the
+// clients waiting for one (FIFO). Every state change goes through set_state(), which moves the
+// connection to the list of its new state and stamps the time: counts, SHOW output and timeouts
+// are walks over these lists.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <chrono>
+#include <string>
+
+#include "config/config.hpp"
+#include "daemon/client.hpp"
+#include "daemon/list.hpp"
+#include "daemon/server.hpp"
+
+namespace pgring {
+
+class Reactor;
+
+class Pool {
+ public:
+  Pool(Reactor& reactor, const config::Database& db, const config::User* user, std::string user_name,
+       config::PoolSettings settings);
+
+  // Clients
+  void set_state(Client& client, ClientState state);
+  void add_waiting(Client& client);
+  // Servers
+  void set_state(Server& server, ServerState state);
+  // Match waiting clients with idle servers; open connections while under pool_size.
+  void maintain();
+  // A connection attempt or login failed: waiting clients get the error when nothing else in
+  // the pool can serve them.
+  void on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message);
+  [[nodiscard]] int server_count() const;
+
+  Reactor& reactor_;
+  const config::Database* db_;
+  std::string database_;  // the name clients use
+  std::string user_name_;
+  config::PoolSettings settings_;
+
+  // Server login: who we log in as and with what secret (plain or "md5...", may be empty).
+  std::string server_user_;
+  std::string server_password_;
+
+  // Resolved server address.
+  sockaddr_storage address_{};
+  socklen_t address_len_ = 0;
+  std::string address_text_;
+  bool address_ok_ = false;
+
+  List<Client> waiting_clients_;
+  List<Client> active_clients_;
+  List<Server> connecting_servers_;  // connecting and login
+  List<Server> idle_servers_;
+  List<Server> active_servers_;
+  List<Server> resetting_servers_;
+
+  // After a failed connect or login, new attempts wait timeouts.server_login_retry and new
+  // clients fail fast with the cached error meanwhile (like PgBouncer's server_login_retry).
+  Clock::time_point last_failure_{};
+  bool failing_ = false;
+  std::string last_error_sqlstate_;
+  std::string last_error_message_;
+
+ private:
+  void resolve();
+};
+
+}  // namespace pgring

@@ -1,0 +1,850 @@
+#include "daemon/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+
+#include "daemon/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+namespace {
+constexpr unsigned kRingEntries = 4096;
+constexpr unsigned kCqEntries = 16384;
+constexpr std::uint32_t kBufferSize = 16384;
+constexpr std::uint32_t kBufferCount = 1024;
+constexpr std::uint16_t kBufferGroup = 0;
+// Flow control watermarks on a peer's unsent output (bytes, and pinned ring buffers so one slow
+// reader can never hold the whole ring).
+constexpr std::size_t kHighWatermarkBytes = 1u << 20;
+constexpr std::size_t kLowWatermarkBytes = 256u << 10;
+constexpr std::size_t kHighWatermarkBuffers = 128;
+constexpr std::size_t kLowWatermarkBuffers = 32;
+constexpr auto kSweepInterval = std::chrono::milliseconds(100);
+// A closing connection that cannot drain its last error within this time is cut off.
+constexpr auto kClosingGrace = std::chrono::seconds(5);
+
+std::string errno_text(int err) { return std::strerror(err); }
+}  // namespace
+
+Reactor::Reactor(std::shared_ptr<const config::Config> config) : config_(std::move(config)) {
+  io_uring_params params{};
+  params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
+                 IORING_SETUP_CQSIZE;
+  params.cq_entries = kCqEntries;
+  int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+  if (rc == -EINVAL) {
+    // Older kernels (before 6.1) lack DEFER_TASKRUN / SINGLE_ISSUER: run without them.
+    params = {};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = kCqEntries;
+    rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+  }
+  if (rc < 0) {
+    throw std::runtime_error("io_uring setup failed: " + errno_text(-rc) +
+                             (rc == -EPERM || rc == -ENOSYS
+                                  ? " (is io_uring disabled? check sysctl kernel.io_uring_disabled, or the "
+                                    "container's seccomp profile)"
+                                  : ""));
+  }
+  io_uring_register_ring_fd(&ring_);
+  buffers_ = std::make_unique<BufferRing>(ring_, kBufferGroup, kBufferSize, kBufferCount);
+  now_ = Clock::now();
+  next_sweep_ = now_ + kSweepInterval;
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (signal_fd_ < 0) throw std::runtime_error("signalfd: " + errno_text(errno));
+  arm_signal();
+}
+
+Reactor::~Reactor() {
+  close_listeners();
+  // Exiting the ring cancels and waits for every request still in flight, so no kernel
+  // operation refers to a connection or buffer after this point.
+  io_uring_queue_exit(&ring_);
+  auto free_clients = [](List<Client>& list) {
+    while (Client* c = list.pop_front()) {
+      if (c->stream_.fd >= 0) ::close(c->stream_.fd);
+      c->stream_.fd = -1;
+      delete c;
+    }
+  };
+  auto free_servers = [](List<Server>& list) {
+    while (Server* s = list.pop_front()) {
+      if (s->stream_.fd >= 0) ::close(s->stream_.fd);
+      s->stream_.fd = -1;
+      delete s;
+    }
+  };
+  free_clients(login_clients_);
+  free_clients(closing_clients_);
+  free_servers(closing_servers_);
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    free_clients(pool->waiting_clients_);
+    free_clients(pool->active_clients_);
+    free_servers(pool->connecting_servers_);
+    free_servers(pool->idle_servers_);
+    free_servers(pool->active_servers_);
+    free_servers(pool->resetting_servers_);
+  }
+  for (Client* c : free_clients_) delete c;
+  for (Server* s : free_servers_) delete s;
+  pools_.clear();
+  buffers_.reset();
+  if (signal_fd_ >= 0) ::close(signal_fd_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+void Reactor::listen() {
+  for (const config::ListenAddress& address : config_->listen) {
+    auto listener = std::make_unique<Listener>();
+    listener->accept_op.owner = listener.get();
+    int fd = -1;
+    if (!address.unix_dir.empty()) {
+      std::uint16_t port = 6432;
+      for (const auto& a : config_->listen)
+        if (a.unix_dir.empty()) {
+          port = a.port;
+          break;
+        }
+      std::string path = address.unix_dir + "/.s.PGSQL." + std::to_string(port);
+      sockaddr_un sun{};
+      sun.sun_family = AF_UNIX;
+      if (path.size() >= sizeof sun.sun_path) throw std::runtime_error("unix socket path too long: " + path);
+      std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+      fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      ::unlink(path.c_str());  // a stale socket from a previous run
+      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0 || ::listen(fd, 4096) != 0)
+        throw std::runtime_error("cannot listen on " + path + ": " + errno_text(errno));
+      chmod(path.c_str(), 0777);
+      listener->name = path;
+    } else {
+      addrinfo hints{};
+      hints.ai_family = AF_UNSPEC;
+      hints.ai_socktype = SOCK_STREAM;
+      hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+      addrinfo* res = nullptr;
+      std::string port = std::to_string(address.port);
+      int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+      if (gai != 0) throw std::runtime_error("cannot resolve listen address " + address.host + ": " + gai_strerror(gai));
+      fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      // One listener per reactor on the same port; the kernel spreads connections.
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+      // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      int ok = bind(fd, res->ai_addr, res->ai_addrlen);
+      freeaddrinfo(res);
+      if (ok != 0 || ::listen(fd, 4096) != 0)
+        throw std::runtime_error("cannot listen on " + address.host + ":" + port + ": " + errno_text(errno));
+      listener->name = (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
+                       ":" + port;
+    }
+    listener->fd = fd;
+    arm_accept(*listener);
+    log::info("listening on {}", listener->name);
+    listeners_.push_back(std::move(listener));
+  }
+}
+
+void Reactor::close_listeners() {
+  for (auto& l : listeners_) {
+    if (l->fd < 0) continue;
+    if (l->armed && !stopped_) {
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel(sqe, &l->accept_op, 0);
+      io_uring_sqe_set_data(sqe, &ignore_op_);
+    }
+    ::shutdown(l->fd, SHUT_RDWR);
+    ::close(l->fd);
+    l->fd = -1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+int Reactor::run() {
+  while (!stopped_) run_once();
+  // Let cancelled operations complete before the listeners and buffers go away.
+  io_uring_submit(&ring_);
+  return 0;
+}
+
+void Reactor::run_once() {
+  // 1. Submit: every stream with queued output gets one sendmsg; starved receives re-armed.
+  buffers_->publish();
+  rearm_starved();
+  submit_sends();
+
+  // 2. Wait for at least one completion or the next sweep.
+  auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(next_sweep_ - Clock::now());
+  if (wait.count() < 0) wait = std::chrono::nanoseconds(0);
+  __kernel_timespec ts{};
+  ts.tv_sec = wait.count() / 1000000000;
+  ts.tv_nsec = wait.count() % 1000000000;
+  io_uring_cqe* cqe = nullptr;
+  int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+    log::error("io_uring wait failed: {}", errno_text(-rc));
+  now_ = Clock::now();
+
+  // 3. Reap the batch, advance the CQ once, then run the handlers.
+  io_uring_cqe* batch[256];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&ring_, batch, 256);
+    if (n == 0) break;
+    // Copy what we need first: handlers may submit, and the CQ slots are reused once advanced.
+    struct Done {
+      void* data;
+      int res;
+      unsigned flags;
+    } done[256];
+    for (unsigned i = 0; i < n; ++i) done[i] = {io_uring_cqe_get_data(batch[i]), batch[i]->res, batch[i]->flags};
+    io_uring_cq_advance(&ring_, n);
+    for (unsigned i = 0; i < n; ++i) {
+      io_uring_cqe c{};
+      c.user_data = reinterpret_cast<std::uint64_t>(done[i].data);
+      c.res = done[i].res;
+      c.flags = done[i].flags;
+      dispatch(&c);
+    }
+    if (n < 256) break;
+  }
+
+  // 4. Timers: one sweep of the state lists every kSweepInterval.
+  if (now_ >= next_sweep_) {
+    sweep();
+    next_sweep_ = now_ + kSweepInterval;
+  }
+
+  // 5. Free connections whose last operation completed during this turn.
+  for (Client* c : free_clients_) delete c;
+  free_clients_.clear();
+  for (Server* s : free_servers_) delete s;
+  free_servers_.clear();
+}
+
+io_uring_sqe* Reactor::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // The submission queue is full: hand what we have to the kernel and take a fresh slot.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Reactor::dispatch(io_uring_cqe* cqe) {
+  auto* op = static_cast<Operation*>(io_uring_cqe_get_data(cqe));
+  if (op == nullptr) return;
+  switch (op->kind) {
+    case Operation::Kind::accept:
+      on_accept(*static_cast<Listener*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::client_recv:
+      on_client_recv(*static_cast<Client*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::client_send:
+      on_client_send(*static_cast<Client*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::server_recv:
+      on_server_recv(*static_cast<Server*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::server_send:
+      on_server_send(*static_cast<Server*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::server_connect:
+      on_server_connect(*static_cast<Server*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::signal:
+      on_signal(cqe->res);
+      break;
+    case Operation::Kind::ignore:
+      break;
+  }
+}
+
+void Reactor::want_send(Stream& stream) {
+  if (stream.flush_queued_) return;
+  stream.flush_queued_ = true;
+  flush_list_.push_back(&stream);
+}
+
+void Reactor::submit_sends() {
+  for (Stream* s : flush_list_) {
+    s->flush_queued_ = false;
+    if (s->fd < 0 || s->send_in_flight() || !s->has_output()) continue;
+    io_uring_sqe* sqe = get_sqe();
+    if (!s->prepare_send(sqe)) {
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data(sqe, &ignore_op_);
+      continue;
+    }
+    // The owner counts the operation: it may not be freed before the send completes.
+    if (s->send_op_.kind == Operation::Kind::client_send)
+      ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_;
+    else
+      ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_;
+  }
+  flush_list_.clear();
+}
+
+void Reactor::arm_recv(Stream& stream, int& ops) {
+  if (stream.recv_armed_ || stream.fd < 0 || stream.reading_paused_) return;
+  io_uring_sqe* sqe = get_sqe();
+  // No buffer until bytes arrive: the kernel picks one from the ring then.
+  io_uring_prep_recv(sqe, stream.fd, nullptr, buffers_->buffer_size(), 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffers_->group();
+  io_uring_sqe_set_data(sqe, &stream.recv_op_);
+  stream.recv_armed_ = true;
+  ++ops;
+}
+
+void Reactor::rearm_starved() {
+  if (starved_.empty() || buffers_->available() < kBufferCount / 8) return;
+  auto starved = std::move(starved_);
+  starved_.clear();
+  for (auto [stream, ops] : starved) {
+    stream->starved_ = false;
+    arm_recv(*stream, *ops);
+  }
+}
+
+void Reactor::arm_accept(Listener& listener) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept(sqe, listener.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, &listener.accept_op);
+  listener.armed = true;
+}
+
+void Reactor::arm_signal() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, signal_fd_, signal_buffer_, sizeof(signalfd_siginfo), 0);
+  io_uring_sqe_set_data(sqe, &signal_op_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow control
+
+void Reactor::apply_backpressure(Stream& reader, const Stream& writer) {
+  if (writer.pending_bytes() > kHighWatermarkBytes || writer.pending_buffers() > kHighWatermarkBuffers)
+    reader.reading_paused_ = true;
+}
+
+void Reactor::resume_peer_reading(Stream& writer) {
+  if (writer.pending_bytes() > kLowWatermarkBytes || writer.pending_buffers() > kLowWatermarkBuffers) return;
+  if (writer.send_op_.kind == Operation::Kind::client_send) {
+    auto* client = static_cast<Client*>(writer.send_op_.owner);
+    Server* server = client->server_;
+    if (server != nullptr && server->stream_.reading_paused_) {
+      server->stream_.reading_paused_ = false;
+      server->on_input();  // bytes may already be waiting
+      if (!server->stream_.reading_paused_ && server->state_ != ServerState::closing)
+        arm_recv(server->stream_, server->ops_in_flight_);
+    }
+  } else {
+    auto* server = static_cast<Server*>(writer.send_op_.owner);
+    Client* client = server->client_;
+    if (client != nullptr && client->stream_.reading_paused_) {
+      client->stream_.reading_paused_ = false;
+      client->on_input();
+      if (!client->stream_.reading_paused_ && client->state_ != ClientState::closing)
+        arm_recv(client->stream_, client->ops_in_flight_);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completions
+
+void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    listener.armed = false;
+    if (listener.fd >= 0 && !shutting_down()) arm_accept(listener);
+  }
+  if (result < 0) {
+    if (result != -ECANCELED) log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
+    return;
+  }
+  if (shutting_down()) {
+    ::close(result);
+    return;
+  }
+  std::string peer = "unix";
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (getpeername(result, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.ss_family != AF_UNIX) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (addr.ss_family == AF_INET) {
+      auto* in = reinterpret_cast<sockaddr_in*>(&addr);
+      inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+      port = ntohs(in->sin_port);
+    } else if (addr.ss_family == AF_INET6) {
+      auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
+      inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+      port = ntohs(in6->sin6_port);
+    }
+    peer = std::string(host) + ":" + std::to_string(port);
+  }
+  auto* client = new Client(*this, next_id(), result, std::move(peer));
+  ++client_count_;
+  login_clients_.push_back(client);
+  client->state_since_ = now_;
+  log::debug("C-{} connected from {}", client->id_, client->peer_);
+  // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the
+  // client sees the 53300 error; the login timeout bounds how long such a client may stay.
+  if (client_count_ > config_->max_client_conn) client->refused_too_many_ = true;
+  arm_recv(client->stream_, client->ops_in_flight_);
+}
+
+void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
+  --client.ops_in_flight_;
+  client.stream_.recv_armed_ = false;
+  if (flags & IORING_CQE_F_BUFFER) {
+    auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    client.stream_.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
+  }
+  if (client.state_ == ClientState::closing) {
+    client.stream_.discard_all();
+    if (result > 0 && !client.shut_down_) arm_recv(client.stream_, client.ops_in_flight_);  // drain until EOF
+    maybe_free(client);
+    return;
+  }
+  if (result == -ENOBUFS) {
+    client.stream_.starved_ = true;
+    starved_.emplace_back(&client.stream_, &client.ops_in_flight_);
+    return;
+  }
+  if (result == 0) {
+    close(client, Reason::client_eof);
+    return;
+  }
+  if (result < 0) {
+    close(client, Reason::client_io_error, errno_text(-result));
+    return;
+  }
+  client.on_input();
+  if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
+}
+
+void Reactor::on_client_send(Client& client, int result) {
+  --client.ops_in_flight_;
+  if (result < 0) {
+    client.stream_.send_failed();
+    if (client.state_ != ClientState::closing) close(client, Reason::client_io_error, errno_text(-result));
+    else finish_close(client);
+    maybe_free(client);
+    return;
+  }
+  bool done = client.stream_.on_sent(static_cast<std::uint32_t>(result));
+  if (!done || client.stream_.has_output()) {
+    want_send(client.stream_);
+  } else if (client.state_ == ClientState::closing) {
+    finish_close(client);
+  }
+  if (client.state_ != ClientState::closing) resume_peer_reading(client.stream_);
+  maybe_free(client);
+}
+
+void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
+  --server.ops_in_flight_;
+  server.stream_.recv_armed_ = false;
+  if (flags & IORING_CQE_F_BUFFER) {
+    auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
+    server.stream_.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
+  }
+  if (server.state_ == ServerState::closing) {
+    server.stream_.discard_all();
+    if (result > 0 && !server.shut_down_) arm_recv(server.stream_, server.ops_in_flight_);
+    maybe_free(server);
+    return;
+  }
+  if (result == -ENOBUFS) {
+    server.stream_.starved_ = true;
+    starved_.emplace_back(&server.stream_, &server.ops_in_flight_);
+    return;
+  }
+  if (result == 0) {
+    close(server, Reason::server_eof, "server closed the connection unexpectedly");
+    return;
+  }
+  if (result < 0) {
+    close(server, Reason::server_io_error, errno_text(-result));
+    return;
+  }
+  server.on_input();
+  if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
+}
+
+void Reactor::on_server_send(Server& server, int result) {
+  --server.ops_in_flight_;
+  if (result < 0) {
+    server.stream_.send_failed();
+    if (server.state_ != ServerState::closing) close(server, Reason::server_io_error, errno_text(-result));
+    else finish_close(server);
+    maybe_free(server);
+    return;
+  }
+  bool done = server.stream_.on_sent(static_cast<std::uint32_t>(result));
+  if (!done || server.stream_.has_output()) {
+    want_send(server.stream_);
+  } else if (server.state_ == ServerState::closing) {
+    finish_close(server);
+  }
+  if (server.state_ != ServerState::closing) resume_peer_reading(server.stream_);
+  maybe_free(server);
+}
+
+void Reactor::on_server_connect(Server& server, int result) {
+  --server.ops_in_flight_;
+  if (server.state_ == ServerState::closing) {
+    maybe_free(server);
+    return;
+  }
+  if (result < 0) {
+    close(server, Reason::server_unreachable,
+          fmt::format("could not connect to server {}: {}", server.pool_.address_text_, errno_text(-result)));
+    return;
+  }
+  int one = 1;
+  setsockopt(server.stream_.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  server.on_connected();
+  if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
+}
+
+void Reactor::on_signal(int result) {
+  if (result == static_cast<int>(sizeof(signalfd_siginfo))) {
+    signalfd_siginfo info;
+    std::memcpy(&info, signal_buffer_, sizeof info);
+    switch (info.ssi_signo) {
+      case SIGTERM:
+        log::info("SIGTERM: graceful shutdown (waiting up to {} ms for transactions)",
+                  config_->timeouts.shutdown.count());
+        begin_shutdown(ShutdownMode::graceful);
+        break;
+      case SIGINT:
+        log::info("SIGINT: immediate shutdown");
+        begin_shutdown(ShutdownMode::immediate);
+        break;
+      case SIGHUP:
+        log::warning("SIGHUP: configuration reload is not implemented yet; keeping the running configuration");
+        break;
+      default: break;
+    }
+  }
+  if (!stopped_) arm_signal();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closing: one way out
+
+void Reactor::close(Client& client, Reason reason, std::string_view message) {
+  if (client.state_ == ClientState::closing) return;
+  std::string_view state = sqlstate(reason);
+  if (reason == Reason::client_eof || reason == Reason::client_terminate)
+    log::debug("C-{} closed: {}", client.id_, name(reason));
+  else
+    log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
+  if (!state.empty() && reason != Reason::client_io_error) {
+    std::string text = "pgring: ";
+    text += message.empty() ? name(reason) : message;
+    (void)client.stream_.emit(
+        [&](std::string& out) { return proto::build::error_response(out, "FATAL", state, text); });
+    want_send(client.stream_);
+  }
+  // Unlink the server first: it goes back to the pool (reset) or is closed if not clean.
+  if (Server* server = client.server_) {
+    client.server_ = nullptr;
+    server->client_ = nullptr;
+    if (server->state_ == ServerState::active) server->release();
+  }
+  if (client.cancel_pid_ != 0) {
+    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32);
+    std::uint32_t secret;
+    std::memcpy(&secret, client.cancel_secret_.data(), 4);
+    cancel_keys_.erase(key | secret);
+  }
+  Pool* pool = client.pool_;
+  unlink(&client);
+  client.state_ = ClientState::closing;
+  client.state_since_ = now_;
+  closing_clients_.push_back(&client);
+  --client_count_;
+  client.stream_.reading_paused_ = true;
+  if (!client.stream_.has_output() && !client.stream_.send_in_flight()) finish_close(client);
+  if (pool != nullptr) pool->maintain();
+  maybe_free(client);
+}
+
+void Reactor::close(Server& server, Reason reason, std::string_view message) {
+  if (server.state_ == ServerState::closing) return;
+  log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_, server.pool_.user_name_, name(reason),
+            message.empty() ? "" : ": ", message);
+  ServerState was = server.state_;
+  Pool& pool = server.pool_;
+  if (Client* client = server.client_) {
+    // Session state is gone with the server: the client cannot go on.
+    server.client_ = nullptr;
+    client->server_ = nullptr;
+    close(*client, Reason::server_connection_lost,
+          message.empty() ? std::string("server connection lost") : "server connection lost: " + std::string(message));
+  }
+  unlink(&server);
+  server.state_ = ServerState::closing;
+  server.state_since_ = now_;
+  closing_servers_.push_back(&server);
+  server.stream_.reading_paused_ = true;
+  server.stream_.discard_all();
+  // A healthy server gets a polite Terminate; one that failed gets its socket shut down.
+  bool polite = (was == ServerState::idle || reason == Reason::server_idle_timeout ||
+                 reason == Reason::server_lifetime || reason == Reason::shutdown || reason == Reason::server_dirty) &&
+                reason != Reason::server_eof && reason != Reason::server_io_error;
+  if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
+    (void)server.stream_.emit([](std::string& out) { return proto::build::terminate(out); });
+    want_send(server.stream_);
+  } else {
+    finish_close(server);
+  }
+  if (was == ServerState::connecting || was == ServerState::login) {
+    std::string sqlstate_text(sqlstate(reason));
+    pool.on_server_failed(reason, sqlstate_text, message);
+  }
+  pool.maintain();
+  maybe_free(server);
+}
+
+void Reactor::finish_close(Client& client) {
+  if (client.shut_down_) return;
+  client.shut_down_ = true;
+  // shutdown() wakes an armed recv (it completes with 0); close() alone would not.
+  if (client.stream_.fd >= 0) ::shutdown(client.stream_.fd, SHUT_RDWR);
+}
+
+void Reactor::finish_close(Server& server) {
+  if (server.shut_down_) return;
+  server.shut_down_ = true;
+  if (server.stream_.fd < 0) return;
+  if (server.state_ == ServerState::closing && server.ops_in_flight_ > 0) {
+    // A connect in flight is not woken by shutdown(): cancel every request on the socket.
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel_fd(sqe, server.stream_.fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data(sqe, &ignore_op_);
+  }
+  ::shutdown(server.stream_.fd, SHUT_RDWR);
+}
+
+void Reactor::maybe_free(Client& client) {
+  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_) return;
+  if (client.stream_.fd < 0) return;  // already queued
+  ::close(client.stream_.fd);
+  client.stream_.fd = -1;
+  unlink(&client);
+  free_clients_.push_back(&client);
+}
+
+void Reactor::maybe_free(Server& server) {
+  if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_) return;
+  if (server.stream_.fd < 0) return;
+  ::close(server.stream_.fd);
+  server.stream_.fd = -1;
+  unlink(&server);
+  free_servers_.push_back(&server);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools and servers
+
+Pool& Reactor::pool_for(const config::Database& db, const config::User* user, std::string_view user_name) {
+  std::string key = db.name;
+  key += '\0';
+  key += user_name;
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
+  Pool& ref = *pool;
+  pools_.emplace(std::move(key), std::move(pool));
+  return ref;
+}
+
+void Reactor::start_connect(Pool& pool) {
+  auto* server = new Server(*this, pool, next_id());
+  server->created_ = now_;
+  pool.set_state(*server, ServerState::connecting);
+  if (!pool.address_ok_) {
+    close(*server, Reason::server_unreachable, "cannot resolve server address " + pool.address_text_);
+    return;
+  }
+  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    close(*server, Reason::server_unreachable, "socket: " + errno_text(errno));
+    return;
+  }
+  server->stream_.fd = fd;
+  log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_, pool.user_name_);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
+  io_uring_sqe_set_data(sqe, &server->connect_op_);
+  ++server->ops_in_flight_;
+}
+
+const proto::scram::Secret& Reactor::scram_secret_for(const config::User& user) {
+  auto it = scram_secrets_.find(user.name);
+  if (it != scram_secrets_.end()) return it->second;
+  proto::scram::Secret secret;
+  if (user.secret_kind == config::SecretKind::scram) {
+    secret = *proto::scram::parse_secret(user.password);
+  } else {
+    // From a plain password: derived once per reactor, not per login (PBKDF2 is slow on purpose).
+    std::string salt(16, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(salt.data()), static_cast<int>(salt.size()));
+    secret = proto::scram::make_secret(user.password, salt, proto::scram::kDefaultIterations);
+  }
+  return scram_secrets_.emplace(user.name, std::move(secret)).first->second;
+}
+
+void Reactor::register_cancel_key(Client& client) {
+  for (;;) {
+    RAND_bytes(reinterpret_cast<unsigned char*>(&client.cancel_pid_), sizeof client.cancel_pid_);
+    RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()), 4);
+    client.cancel_pid_ &= 0x7fffffff;
+    if (client.cancel_pid_ == 0) continue;
+    std::uint32_t secret;
+    std::memcpy(&secret, client.cancel_secret_.data(), 4);
+    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32) | secret;
+    if (cancel_keys_.emplace(key, &client).second) return;
+  }
+}
+
+void Reactor::login_done(Client& client) {
+  if (client.node_.list == &login_clients_) login_clients_.remove(&client);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers: a sweep of the state lists, a few times a second. No syscall or allocation per
+// armed timeout: a deadline is the time a connection entered its list plus the configured limit.
+
+void Reactor::sweep() {
+  const config::Timeouts& t = config_->timeouts;
+  auto expired = [&](Clock::time_point since, config::Duration limit) {
+    return limit.count() > 0 && now_ - since >= limit;
+  };
+  for (Client* c = login_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    if (expired(c->state_since_, t.client_login)) close(*c, Reason::login_timeout, "client login timeout");
+    c = next;
+  }
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      if (expired(c->state_since_, t.query_wait)) close(*c, Reason::query_wait_timeout, "query_wait timeout");
+      c = next;
+    }
+    for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      if (expired(s->state_since_, t.server_connect))
+        close(*s, Reason::server_unreachable,
+              fmt::format("server {} did not answer within server_connect ({} ms)", pool->address_text_,
+                          t.server_connect.count()));
+      s = next;
+    }
+    for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      if (expired(s->state_since_, t.server_idle)) close(*s, Reason::server_idle_timeout);
+      else if (expired(s->created_, t.server_lifetime)) close(*s, Reason::server_lifetime);
+      s = next;
+    }
+    if (pool->failing_ && !pool->waiting_clients_.empty()) pool->maintain();
+  }
+  // Connections that could not drain their last bytes are cut off.
+  for (Client* c = closing_clients_.front(); c != nullptr; c = List<Client>::next(c))
+    if (now_ - c->state_since_ > kClosingGrace) finish_close(*c);
+  for (Server* s = closing_servers_.front(); s != nullptr; s = List<Server>::next(s))
+    if (now_ - s->state_since_ > kClosingGrace) finish_close(*s);
+
+  if (shutdown_ != ShutdownMode::none) begin_shutdown(shutdown_);
+}
+
+void Reactor::begin_shutdown(ShutdownMode mode) {
+  if (shutdown_ == ShutdownMode::none) {
+    shutdown_deadline_ = now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
+    close_listeners();
+  }
+  if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_) shutdown_ = ShutdownMode::immediate;
+  else shutdown_ = ShutdownMode::graceful;
+  bool immediate = shutdown_ == ShutdownMode::immediate;
+
+  for (Client* c = login_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    close(*c, Reason::shutdown, "shutting down");
+    c = next;
+  }
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      close(*c, Reason::shutdown, "shutting down");
+      c = next;
+    }
+    for (Client* c = pool->active_clients_.front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      // Graceful: a client whose server is between transactions may go now; others finish.
+      Server* s = c->server_;
+      bool between = s == nullptr || (s->transaction_status_ == 'I' && s->requests_in_flight_ == 0 && !s->unsynced_);
+      if (immediate || between) close(*c, Reason::shutdown, "shutting down");
+      c = next;
+    }
+  }
+  bool clients_left = client_count_ > 0;
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      close(*s, Reason::shutdown);
+      s = next;
+    }
+    if (!clients_left || immediate) {
+      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_}) {
+        for (Server* s = list->front(); s != nullptr;) {
+          Server* next = List<Server>::next(s);
+          close(*s, Reason::shutdown);
+          s = next;
+        }
+      }
+    }
+  }
+  bool servers_left = false;
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    servers_left |= pool->server_count() > 0;
+  }
+  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty()) stopped_ = true;
+  // Immediate mode does not wait for peers to read their last bytes.
+  if (immediate && now_ >= shutdown_deadline_ + kClosingGrace) stopped_ = true;
+}
+
+}  // namespace pgring

@@ -1,0 +1,125 @@
+#pragma once
+// The io_uring reactor: one per worker thread, owning its ring, listeners, connections, pools
+// and buffers. Handlers (Client/Server) decide what to do with bytes; the reactor does the I/O:
+// it arms receives, sends each stream's queued batch with one sendmsg per loop turn, runs the
+// timer sweep and frees closed connections at the end of a turn.
+
+#include <liburing.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+#include "daemon/client.hpp"
+#include "daemon/close_reason.hpp"
+#include "daemon/list.hpp"
+#include "daemon/pool.hpp"
+#include "daemon/server.hpp"
+#include "daemon/stream.hpp"
+
+namespace pgring {
+
+class Reactor {
+ public:
+  explicit Reactor(std::shared_ptr<const config::Config> config);
+  ~Reactor();
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  // Opens the listeners (throws with a clear message on failure).
+  void listen();
+  // Runs until shut down. Returns the process exit code.
+  int run();
+  void run_once();
+
+  [[nodiscard]] const config::Config& config() const { return *config_; }
+  [[nodiscard]] Clock::time_point now() const { return now_; }
+  [[nodiscard]] BufferRing& buffers() { return *buffers_; }
+
+  // ---- services for handlers ----
+  // The one way out of a connection. `message` is appended to the client-facing error text.
+  void close(Client& client, Reason reason, std::string_view message = {});
+  void close(Server& server, Reason reason, std::string_view message = {});
+  // Queue the stream for sending in this loop turn.
+  void want_send(Stream& stream);
+  // Flow control: pause `reader` when `writer` holds too much unsent output.
+  void apply_backpressure(Stream& reader, const Stream& writer);
+  [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user, std::string_view user_name);
+  void start_connect(Pool& pool);
+  [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
+  void register_cancel_key(Client& client);
+  void login_done(Client& client);  // leaves the login list
+  void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
+  void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
+  [[nodiscard]] std::uint64_t next_id() { return ++last_id_; }
+  [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
+
+  List<Client> login_clients_;
+  List<Client> closing_clients_;
+  List<Server> closing_servers_;
+
+ private:
+  enum class ShutdownMode { none, graceful, immediate };
+  struct Listener {
+    int fd = -1;
+    std::string name;
+    Operation accept_op{Operation::Kind::accept, nullptr};
+    bool armed = false;
+  };
+
+  io_uring_sqe* get_sqe();
+  void arm_accept(Listener& listener);
+  void arm_recv(Stream& stream, int& ops);
+  void arm_signal();
+  void submit_sends();
+  void rearm_starved();
+  void dispatch(io_uring_cqe* cqe);
+  void on_accept(Listener& listener, int result, unsigned flags);
+  void on_client_recv(Client& client, int result, unsigned flags);
+  void on_client_send(Client& client, int result);
+  void on_server_recv(Server& server, int result, unsigned flags);
+  void on_server_send(Server& server, int result);
+  void on_server_connect(Server& server, int result);
+  void on_signal(int result);
+  void resume_peer_reading(Stream& writer);
+  void finish_close(Client& client);
+  void finish_close(Server& server);
+  void maybe_free(Client& client);
+  void maybe_free(Server& server);
+  void sweep();
+  void begin_shutdown(ShutdownMode mode);
+  void close_listeners();
+
+  std::shared_ptr<const config::Config> config_;
+  io_uring ring_{};
+  std::unique_ptr<BufferRing> buffers_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
+  std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;
+  std::unordered_map<std::uint64_t, Client*> cancel_keys_;
+
+  std::vector<Stream*> flush_list_;
+  std::vector<std::pair<Stream*, int*>> starved_;
+  std::vector<Client*> free_clients_;
+  std::vector<Server*> free_servers_;
+
+  Clock::time_point now_;
+  Clock::time_point next_sweep_;
+  std::uint64_t last_id_ = 0;
+  int client_count_ = 0;
+
+  int signal_fd_ = -1;
+  Operation signal_op_{Operation::Kind::signal, nullptr};
+  char signal_buffer_[128]{};
+  Operation ignore_op_{Operation::Kind::ignore, nullptr};
+
+  ShutdownMode shutdown_ = ShutdownMode::none;
+  Clock::time_point shutdown_deadline_;
+  bool stopped_ = false;
+};
+
+}  // namespace pgring

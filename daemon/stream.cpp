@@ -1,0 +1,249 @@
+#include "daemon/stream.hpp"
+
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace pgring {
+
+namespace {
+// sendmsg takes at most IOV_MAX iovecs; a batch stops there and the rest waits for the next.
+constexpr std::size_t kMaxIov = 1024;
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// BufferRing
+
+BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count)
+    : ring_(ring), group_(group), buffer_size_(buffer_size), count_(count), refs_(count, 0) {
+  // liburing 2.3 has no io_uring_setup_buf_ring: map the shared ring ourselves (page aligned).
+  std::size_t ring_bytes = count * sizeof(io_uring_buf);
+  void* r = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (r == MAP_FAILED) throw std::runtime_error("mmap of the buffer ring failed");
+  br_ = static_cast<io_uring_buf_ring*>(r);
+  // The buffers themselves: pages are only touched (and counted in RSS) once used.
+  void* b = mmap(nullptr, std::size_t{count} * buffer_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (b == MAP_FAILED) throw std::runtime_error("mmap of receive buffers failed");
+  base_ = static_cast<char*>(b);
+
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<unsigned long>(br_);
+  reg.ring_entries = count;
+  reg.bgid = group;
+  int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
+  if (rc < 0) throw std::runtime_error(std::string("io_uring_register_buf_ring: ") + std::strerror(-rc));
+  io_uring_buf_ring_init(br_);
+  int mask = io_uring_buf_ring_mask(count);
+  for (std::uint32_t i = 0; i < count; ++i)
+    io_uring_buf_ring_add(br_, data(static_cast<std::uint16_t>(i)), buffer_size, static_cast<std::uint16_t>(i), mask,
+                          static_cast<int>(i));
+  io_uring_buf_ring_advance(br_, static_cast<int>(count));
+  available_ = count;
+}
+
+BufferRing::~BufferRing() {
+  // The ring is gone by now (the reactor exits it first, which also drops this registration);
+  // only the memory is ours to return.
+  munmap(br_, count_ * sizeof(io_uring_buf));
+  munmap(base_, std::size_t{count_} * buffer_size_);
+}
+
+void BufferRing::taken(std::uint16_t bid) {
+  refs_[bid] = 1;
+  --available_;
+}
+
+void BufferRing::unref(std::uint16_t bid) {
+  if (--refs_[bid] != 0) return;
+  io_uring_buf_ring_add(br_, data(bid), buffer_size_, bid, io_uring_buf_ring_mask(count_), pending_returns_);
+  ++pending_returns_;
+  ++available_;
+}
+
+void BufferRing::publish() {
+  if (pending_returns_ == 0) return;
+  io_uring_buf_ring_advance(br_, pending_returns_);
+  pending_returns_ = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream: input
+
+Stream::~Stream() { discard_all(); }
+
+void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
+  buffers_->taken(bid);
+  input_.push_back(Segment{bid, 0, length});
+  input_bytes_ += length;
+}
+
+void Stream::peek(char* out, std::size_t n) const {
+  for (const Segment& s : input_) {
+    if (n == 0) return;
+    std::size_t take = std::min<std::size_t>(n, s.end - s.begin);
+    std::memcpy(out, buffers_->data(s.bid) + s.begin, take);
+    out += take;
+    n -= take;
+  }
+}
+
+std::string_view Stream::contiguous(std::size_t n) {
+  if (n == 0) return {};
+  const Segment& first = input_.front();
+  if (first.end - first.begin >= n) return {buffers_->data(first.bid) + first.begin, n};
+  carry_.resize(n);
+  peek(carry_.data(), n);
+  return carry_;
+}
+
+void Stream::consume(std::size_t n) {
+  input_bytes_ -= n;
+  std::size_t drop = 0;
+  for (Segment& s : input_) {
+    if (n == 0) break;
+    std::size_t take = std::min<std::size_t>(n, s.end - s.begin);
+    s.begin += static_cast<std::uint32_t>(take);
+    n -= take;
+    if (s.begin == s.end) {
+      buffers_->unref(s.bid);
+      ++drop;
+    }
+  }
+  input_.erase(input_.begin(), input_.begin() + static_cast<std::ptrdiff_t>(drop));
+  if (input_.empty() && carry_.capacity() > 4096) std::string().swap(carry_);
+}
+
+void Stream::forward(std::size_t n, Stream& to) {
+  std::size_t left = n;
+  for (const Segment& s : input_) {
+    if (left == 0) break;
+    std::size_t take = std::min<std::size_t>(left, s.end - s.begin);
+    buffers_->ref(s.bid);  // the slice's own reference, dropped when its send completes
+    to.push_slice(Slice{s.bid, s.begin, static_cast<std::uint32_t>(take)});
+    left -= take;
+  }
+  consume(n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream: output
+
+void Stream::emit_bytes(std::string_view bytes) {
+  std::size_t start = staging_.size();
+  staging_.append(bytes);
+  push_owned(start, bytes.size());
+}
+
+void Stream::push_owned(std::size_t offset, std::size_t length) {
+  if (length == 0) return;
+  // Consecutive owned bytes are one slice: a run of built messages is one iovec.
+  if (!queue_.empty() && queue_.back().bid == kOwned && queue_.back().offset + queue_.back().length == offset) {
+    queue_.back().length += static_cast<std::uint32_t>(length);
+    pending_bytes_ += length;
+    return;
+  }
+  push_slice(Slice{kOwned, static_cast<std::uint32_t>(offset), static_cast<std::uint32_t>(length)});
+}
+
+void Stream::push_slice(Slice s) {
+  queue_.push_back(s);
+  pending_bytes_ += s.length;
+  if (s.bid != kOwned) ++pending_buffers_;
+}
+
+bool Stream::prepare_send(io_uring_sqe* sqe) {
+  if (send_in_flight_) return false;
+  if (iov_done_ >= iov_.size()) {
+    // A new batch: the whole queue (up to kMaxIov slices) goes out in one sendmsg.
+    if (queue_.empty()) return false;
+    iov_.clear();
+    iov_done_ = 0;
+    std::size_t n = std::min(queue_.size(), kMaxIov);
+    inflight_.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    inflight_owned_.swap(staging_);
+    staging_.clear();
+    // Owned slices left behind (more than kMaxIov queued) move to the fresh staging buffer.
+    for (Slice& s : queue_) {
+      if (s.bid != kOwned) continue;
+      std::size_t at = staging_.size();
+      staging_.append(inflight_owned_, s.offset, s.length);
+      s.offset = static_cast<std::uint32_t>(at);
+    }
+    for (const Slice& s : inflight_) {
+      char* base = s.bid == kOwned ? inflight_owned_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+      iov_.push_back(iovec{base + s.offset, s.length});
+    }
+  }
+  msg_ = {};
+  msg_.msg_iov = iov_.data() + iov_done_;
+  msg_.msg_iovlen = iov_.size() - iov_done_;
+  // MSG_WAITALL makes io_uring retry short sends itself; we still handle a short result.
+  io_uring_prep_sendmsg(sqe, fd, &msg_, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_sqe_set_data(sqe, &send_op_);
+  send_in_flight_ = true;
+  return true;
+}
+
+bool Stream::on_sent(std::uint32_t result) {
+  send_in_flight_ = false;
+  while (result > 0 && iov_done_ < iov_.size()) {
+    iovec& v = iov_[iov_done_];
+    if (result >= v.iov_len) {
+      result -= static_cast<std::uint32_t>(v.iov_len);
+      ++iov_done_;
+    } else {
+      v.iov_base = static_cast<char*>(v.iov_base) + result;
+      v.iov_len -= result;
+      result = 0;
+    }
+  }
+  if (iov_done_ < iov_.size()) return false;
+  release_inflight();
+  return true;
+}
+
+void Stream::send_failed() {
+  send_in_flight_ = false;
+  release_inflight();
+}
+
+void Stream::release_inflight() {
+  for (const Slice& s : inflight_) {
+    pending_bytes_ -= s.length;
+    if (s.bid != kOwned) {
+      --pending_buffers_;
+      buffers_->unref(static_cast<std::uint16_t>(s.bid));
+    }
+  }
+  inflight_.clear();
+  iov_.clear();
+  iov_done_ = 0;
+  inflight_owned_.clear();
+  // Idle connections must stay small: give back large output buffers once drained.
+  if (inflight_owned_.capacity() > 16384) std::string().swap(inflight_owned_);
+  if (queue_.empty() && staging_.capacity() > 16384) std::string().swap(staging_);
+}
+
+void Stream::discard_all() {
+  for (const Segment& s : input_) buffers_->unref(s.bid);
+  input_.clear();
+  input_bytes_ = 0;
+  for (const Slice& s : queue_)
+    if (s.bid != kOwned) buffers_->unref(static_cast<std::uint16_t>(s.bid));
+  queue_.clear();
+  staging_.clear();
+  // In-flight slices stay pinned until the kernel reports the send finished.
+  if (!send_in_flight_) release_inflight();
+  pending_bytes_ = 0;
+  pending_buffers_ = 0;
+  for (const Slice& s : inflight_) {
+    pending_bytes_ += s.length;
+    if (s.bid != kOwned) ++pending_buffers_;
+  }
+}
+
+}  // namespace pgring

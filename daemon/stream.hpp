@@ -1,0 +1,168 @@
+#pragma once
+// Buffers and the byte stream of one socket.
+//
+// Receive: every recv takes a buffer from the reactor's provided buffer ring only when bytes
+// arrive (an idle connection holds none). Received buffers form the connection's input chain;
+// handlers frame messages from it. A message pgring forwards unchanged is not copied: its bytes
+// become slices of the peer's send queue that pin the ring buffer (a reference count) until the
+// send completes. A ring buffer goes back to the kernel when its last reference is dropped.
+//
+// Send: at most one sendmsg in flight per socket (io_uring may reorder concurrent sends). Bytes
+// queued meanwhile wait in `queue_` and go out as one batch when the send completes. Bytes
+// pgring builds itself live in `staging_`; when a batch is submitted, `staging_` is frozen as
+// `inflight_owned_` (swapped, never reallocated under the kernel) until that send completes.
+
+#include <liburing.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgring {
+
+class BufferRing {
+ public:
+  // `count` must be a power of two. Registers the ring as buffer group `group`.
+  BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count);
+  ~BufferRing();
+  BufferRing(const BufferRing&) = delete;
+  BufferRing& operator=(const BufferRing&) = delete;
+
+  [[nodiscard]] std::uint16_t group() const { return group_; }
+  [[nodiscard]] std::uint32_t buffer_size() const { return buffer_size_; }
+  [[nodiscard]] char* data(std::uint16_t bid) const { return base_ + std::size_t{bid} * buffer_size_; }
+  [[nodiscard]] std::uint32_t available() const { return available_; }
+
+  // A recv completion handed us buffer `bid` (one reference, owned by the input chain).
+  void taken(std::uint16_t bid);
+  void ref(std::uint16_t bid) { ++refs_[bid]; }
+  void unref(std::uint16_t bid);
+  // Make buffers returned during this loop turn visible to the kernel (one store).
+  void publish();
+
+ private:
+  io_uring& ring_;
+  std::uint16_t group_;
+  std::uint32_t buffer_size_;
+  std::uint32_t count_;
+  char* base_ = nullptr;
+  io_uring_buf_ring* br_ = nullptr;
+  std::vector<std::uint16_t> refs_;
+  std::uint32_t available_ = 0;
+  int pending_returns_ = 0;
+};
+
+// An io_uring request in flight. Its address is the SQE's user_data; the object lives inside
+// the connection (or listener) that owns it, which is freed only once none is in flight.
+struct Operation {
+  enum class Kind : std::uint8_t {
+    accept,
+    client_recv,
+    client_send,
+    server_recv,
+    server_send,
+    server_connect,
+    signal,
+    ignore,  // completions we do not care about (cancel requests)
+  };
+  Kind kind;
+  void* owner;
+};
+
+class Stream {
+ public:
+  static constexpr std::int32_t kOwned = -1;
+  struct Slice {
+    std::int32_t bid;  // ring buffer id, or kOwned for bytes in staging_/inflight_owned_
+    std::uint32_t offset;
+    std::uint32_t length;
+  };
+
+  Stream(BufferRing& buffers, Operation::Kind recv_kind, Operation::Kind send_kind, void* owner)
+      : recv_op_{recv_kind, owner}, send_op_{send_kind, owner}, buffers_(&buffers) {}
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  int fd = -1;
+
+  // ---- input ----
+  void on_received(std::uint16_t bid, std::uint32_t length);
+  [[nodiscard]] std::size_t input_size() const { return input_bytes_; }
+  // Copies the first n bytes (n <= input_size()) to out; for message headers.
+  void peek(char* out, std::size_t n) const;
+  // The first n bytes as one view: directly in the ring buffer when they lie in one, else
+  // stitched into `carry_` (only for the small messages pgring inspects).
+  [[nodiscard]] std::string_view contiguous(std::size_t n);
+  void consume(std::size_t n);
+  // Moves the first n input bytes to `to`'s send queue without copying them.
+  void forward(std::size_t n, Stream& to);
+
+  // ---- output ----
+  // Appends bytes built by pgring: call with a builder that appends to the string it gets.
+  template <typename Build>
+  bool emit(Build&& build) {
+    std::size_t start = staging_.size();
+    if (!build(staging_)) {
+      staging_.resize(start);
+      return false;
+    }
+    push_owned(start, staging_.size() - start);
+    return true;
+  }
+  void emit_bytes(std::string_view bytes);
+  [[nodiscard]] bool has_output() const { return !queue_.empty(); }
+  [[nodiscard]] bool send_in_flight() const { return send_in_flight_; }
+  // Bytes and pinned ring buffers waiting to be sent: for flow control.
+  [[nodiscard]] std::size_t pending_bytes() const { return pending_bytes_; }
+  [[nodiscard]] std::size_t pending_buffers() const { return pending_buffers_; }
+  // Prepares the next batch for one sendmsg; false when nothing to send or a send is in flight.
+  bool prepare_send(io_uring_sqe* sqe);
+  // The send completed with `result` bytes. Returns true when the whole batch is done; false
+  // when a short send left bytes to resubmit (prepare_send continues it).
+  bool on_sent(std::uint32_t result);
+  // The send failed: nothing more will go out on this socket.
+  void send_failed();
+  [[nodiscard]] BufferRing& buffers() const { return *buffers_; }
+  // Drops all input and output (connection closing for good).
+  void discard_all();
+
+  // ---- operations (owned here, referenced by user_data) ----
+  Operation recv_op_;
+  Operation send_op_;
+  bool recv_armed_ = false;
+  bool reading_paused_ = false;  // flow control: peer's output above the high watermark
+  bool starved_ = false;         // recv found the ring empty (ENOBUFS); re-arm when buffers return
+  bool flush_queued_ = false;    // on the reactor's list of streams to send this loop turn
+
+ private:
+  struct Segment {
+    std::uint16_t bid;
+    std::uint32_t begin;
+    std::uint32_t end;
+  };
+  void push_owned(std::size_t offset, std::size_t length);
+  void push_slice(Slice s);
+  void release_inflight();
+
+  BufferRing* buffers_;
+  std::vector<Segment> input_;
+  std::size_t input_bytes_ = 0;
+  std::string carry_;
+
+  std::vector<Slice> queue_;
+  std::string staging_;
+  std::size_t pending_bytes_ = 0;
+  std::size_t pending_buffers_ = 0;
+
+  bool send_in_flight_ = false;
+  std::vector<Slice> inflight_;
+  std::string inflight_owned_;
+  std::vector<iovec> iov_;
+  std::size_t iov_done_ = 0;  // iovecs fully sent
+  msghdr msg_{};
+};
+
+}  // namespace pgring
