@@ -1,0 +1,38 @@
+# pgring container image: Debian 12 (bookworm), built from source, run as a non-root user.
+#   docker build -t pgring .
+#   docker run --rm -p 6432:6432 -v $PWD/my-pgring.yaml:/etc/pgring/pgring.yaml:ro pgring
+# The built-in config (config/pgring.yaml) listens on 127.0.0.1:6432 only; mount a config with
+# listen: ["0.0.0.0:6432"] to reach pgring from outside the container.
+
+# ---- build stage: the build dependencies of scripts/deps.sh, then scripts/build.sh release ----
+FROM debian:bookworm AS build
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      build-essential cmake pkg-config g++ \
+      liburing-dev libyaml-cpp-dev libcli11-dev libsystemd-dev libfmt-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Only what the daemon's build needs (no build directories, no tests).
+COPY CMakeLists.txt ./
+COPY proto/ proto/
+COPY config/ config/
+COPY daemon/ daemon/
+COPY scripts/ scripts/
+RUN scripts/build.sh release -DPGRING_TESTS=OFF \
+ && strip --strip-debug build/pgring \
+ && build/pgring --config config/pgring.yaml --check
+
+# ---- runtime stage: the shared libraries and the binary ----
+FROM debian:bookworm-slim
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      liburing2 libyaml-cpp0.7 libssl3 libsystemd0 libfmt9 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgring
+COPY --from=build /src/build/pgring /usr/local/bin/pgring
+COPY config/pgring.yaml /etc/pgring/pgring.yaml
+USER pgring
+EXPOSE 6432
+ENTRYPOINT ["/usr/local/bin/pgring", "--config", "/etc/pgring/pgring.yaml"]

@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""PostgreSQL restarts under pgring: a client whose server went away gets an error (no hang),
+and new clients work again once PostgreSQL is back.
+
+Needs PGRING_TEST_PGDATA, the fixture cluster's data directory (tests/CMakeLists.txt)."""
+
+import os
+import subprocess
+import time
+
+import psycopg2
+
+from harness import (PGDATA, PGHOST, PGPORT, Pgring, as_postgres_cmd, check, connect, fail,
+                     find_pg_tool, log, pg_isready, psql, query_one, run_tests,
+                     run_with_timeout, skip, wait_until)
+
+CONFIG = {
+    "auth": {"method": "trust"},
+    "defaults": {"pool_mode": "session", "pool_size": 4},
+    # Retry server logins quickly once PostgreSQL is back (the default is 15 s).
+    "timeouts": {"server_login_retry": "1s", "server_connect": "5s"},
+}
+
+
+def pg_ctl(*args, timeout=90):
+    cmd = as_postgres_cmd([find_pg_tool("pg_ctl"), *args, "-D", PGDATA])
+    r = subprocess.run(cmd, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=timeout)
+    return r.returncode, (r.stdout + r.stderr).strip()
+
+
+def restart_postgres():
+    # -l: the restarted server's output must not go to our pipe (it would never close).
+    rc, out = pg_ctl("restart", "-m", "fast", "-w", "-t", "60",
+                     "-l", os.path.join(PGDATA, "log", "pg_ctl.log"))
+    if rc != 0:
+        fail(f"pg_ctl restart failed ({rc}): {out}")
+
+
+def ensure_postgres_running():
+    """Leave the fixture usable for the tests after this one, whatever happened here."""
+    if pg_isready():
+        return
+    log("PostgreSQL is down after the test; starting it again")
+    pg_ctl("start", "-w", "-t", "60", "-l", os.path.join(PGDATA, "log", "pg_ctl.log"))
+    wait_until(pg_isready, 60, interval=0.5, what="PostgreSQL to accept connections")
+
+
+def test_restart_under_pgring():
+    try:
+        with Pgring(CONFIG) as p:
+            before = connect(p.port)
+            pid_before = query_one(before, "SELECT pg_backend_pid()")
+            idle = connect(p.port)  # a second session, idle during the restart
+            query_one(idle, "SELECT 1")
+
+            restart_postgres()
+            check(pg_isready(), "PostgreSQL is not ready after the restart")
+
+            # The server behind `before` was terminated: its next query must fail, promptly.
+            def query_after_restart():
+                return query_one(before, "SELECT pg_backend_pid()")
+            started = time.monotonic()
+            try:
+                pid_after = run_with_timeout(query_after_restart, 30, "query after the restart")
+                fail(f"a query on a session whose server was restarted succeeded "
+                     f"(backend {pid_before} -> {pid_after})")
+            except psycopg2.Error as e:
+                log(f"client connected during the restart got: {type(e).__name__}: "
+                    f"{str(e).strip()} after {time.monotonic() - started:.1f}s")
+            before.close()
+            try:
+                run_with_timeout(lambda: query_one(idle, "SELECT 1"), 30, "idle session query")
+            except psycopg2.Error:
+                pass  # an error is expected; a hang is not
+            idle.close()
+
+            # New clients work again (pgring reconnects to the restarted server).
+            def new_client_works():
+                rc, out, err = psql(p.port, "SELECT 'back'", timeout=30)
+                return rc == 0 and out == "back"
+            wait_until(new_client_works, 15, interval=0.5, what="a new client after the restart")
+
+            conn = connect(p.port)
+            check(query_one(conn, "SELECT pg_backend_pid()") != pid_before,
+                  "new session on the old backend pid")
+            conn.close()
+    finally:
+        ensure_postgres_running()
+
+
+def test_postgres_down_then_up():
+    # Clients arriving while PostgreSQL is down get an error (not a hang); after it comes back,
+    # clients work.
+    try:
+        with Pgring(CONFIG) as p:
+            rc, out = pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+            check(rc == 0, f"pg_ctl stop: {out}")
+            started = time.monotonic()
+            rc, out, err = psql(p.port, "SELECT 1", timeout=40)
+            check(rc != 0, "a query succeeded while PostgreSQL was down")
+            check(time.monotonic() - started < 30, "the error took too long")
+            check("pgring: " in err, f"error should come from pgring: {err}")
+            ensure_postgres_running()
+
+            def new_client_works():
+                rc, out, err = psql(p.port, "SELECT 'up'", timeout=30)
+                return rc == 0 and out == "up"
+            wait_until(new_client_works, 15, interval=0.5, what="a client after PostgreSQL is up")
+    finally:
+        ensure_postgres_running()
+
+
+if __name__ == "__main__":
+    if not PGDATA or not os.path.isfile(os.path.join(PGDATA, "PG_VERSION")):
+        skip("PGRING_TEST_PGDATA must name the test PostgreSQL's data directory")
+    if not pg_isready(PGHOST, PGPORT):
+        skip(f"no test PostgreSQL at {PGHOST}:{PGPORT}")
+    run_tests(globals())
