@@ -1,0 +1,151 @@
+#pragma once
+// pgring's configuration as plain data: the YAML file of DESIGN.md section 7 turned into a
+// validated value. Loading may throw ConfigError (startup and reload are not the data path);
+// everything after loading is a const Config passed explicitly. No globals.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgring::config {
+
+using Duration = std::chrono::milliseconds;
+
+enum class PoolMode { session, transaction, statement };
+// What transaction/statement mode does with session state that cannot follow a client from one
+// server connection to another (temporary tables, LISTEN, SQL PREPARE, WITH HOLD cursors,
+// session advisory locks, SET ROLE, SETs pgring cannot replay): pin the client to its server
+// until it disconnects, or refuse it with an error (0A000) and close the client.
+enum class SessionStatePolicy { pin, error };
+enum class AuthMethod { trust, md5, scram_sha_256 };
+enum class LogFormat { text, json };
+enum class LogLevel { debug, info, warning, error };
+
+[[nodiscard]] std::string_view to_string(PoolMode mode);
+[[nodiscard]] std::string_view to_string(AuthMethod method);
+[[nodiscard]] std::string_view to_string(SessionStatePolicy policy);
+
+// One `listen:` entry: "host:port", "[v6]:port", or an absolute directory for a unix socket
+// (the socket file is <dir>/.s.PGSQL.<port of the first TCP entry, or 6432>).
+struct ListenAddress {
+  std::string host;      // empty for a unix socket
+  std::uint16_t port = 0;  // for a unix socket: the port in its file name (set by the loader)
+  std::string unix_dir;    // non-empty for a unix socket
+};
+
+// Pool settings that defaults:, databases.<db> and users.<user> may each set. Absent = inherit.
+struct PoolOverrides {
+  std::optional<PoolMode> pool_mode;
+  std::optional<int> pool_size;
+  std::optional<int> min_pool_size;
+  std::optional<int> reserve_pool_size;
+  std::optional<int> max_db_connections;
+  std::optional<std::string> server_reset_query;
+  std::optional<int> prepared_statements;
+  std::optional<SessionStatePolicy> session_state;
+};
+
+// The resolved settings of one pool (database, user): defaults <- database <- user.
+struct PoolSettings {
+  PoolMode pool_mode = PoolMode::transaction;
+  int pool_size = 20;
+  int min_pool_size = 0;
+  int reserve_pool_size = 0;
+  int max_db_connections = 0;  // 0 = unlimited
+  std::string server_reset_query = "DISCARD ALL";
+  int prepared_statements = 200;  // per server connection; 0 disables the cache
+  SessionStatePolicy session_state = SessionStatePolicy::pin;
+};
+
+// DESIGN.md section 6. 0 disables a timeout.
+struct Timeouts {
+  Duration client_login{std::chrono::seconds(60)};
+  Duration server_connect{std::chrono::seconds(15)};
+  Duration server_login_retry{std::chrono::seconds(15)};
+  Duration query_wait{std::chrono::seconds(120)};
+  Duration reserve_pool{std::chrono::seconds(5)};  // a client waiting this long may use the reserve pool
+  Duration query{0};
+  Duration transaction{0};
+  Duration idle_transaction{0};
+  Duration client_idle{0};
+  Duration server_idle{std::chrono::seconds(600)};
+  Duration server_lifetime{std::chrono::seconds(3600)};
+  Duration cancel_wait{std::chrono::seconds(10)};
+  Duration shutdown{std::chrono::seconds(30)};
+};
+
+enum class SecretKind { none, plain, md5, scram };
+
+// A users.<name> entry.
+struct User {
+  std::string name;
+  std::string password;  // as written: plain text, "md5<32 hex>" or "SCRAM-SHA-256$..."
+  SecretKind secret_kind = SecretKind::none;
+  PoolOverrides pool;
+};
+
+// A databases.<name> entry: where the server is and how pools for it behave.
+struct Database {
+  std::string name;  // what clients put in `database`
+  std::string host = "127.0.0.1";  // host name, address, or a unix socket directory (starts with '/')
+  std::uint16_t port = 5432;
+  std::string dbname;  // server-side database name; default: name
+  std::optional<std::string> user;      // log in to the server as this user instead of the client's
+  std::optional<std::string> password;  // password for `user`
+  PoolOverrides pool;
+};
+
+struct Config {
+  std::vector<ListenAddress> listen{ListenAddress{"127.0.0.1", 6432, {}}};
+  int workers = 0;  // 0 = auto (one per CPU)
+  int max_client_conn = 10000;
+  std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
+  LogLevel log_level = LogLevel::info;
+  LogFormat log_format = LogFormat::text;
+  std::optional<ListenAddress> metrics_listen;  // absent = no HTTP endpoint
+  std::vector<std::string> admin_users;
+  std::vector<std::string> stats_users;
+  AuthMethod auth_method = AuthMethod::scram_sha_256;
+  std::map<std::string, User, std::less<>> users;
+  PoolSettings defaults;
+  Timeouts timeouts;
+  std::map<std::string, Database, std::less<>> databases;
+
+  [[nodiscard]] const User* find_user(std::string_view name) const;
+  [[nodiscard]] const Database* find_database(std::string_view name) const;
+  // defaults <- databases.<db> <- users.<user> (user may be null).
+  [[nodiscard]] PoolSettings resolve_pool(const Database& db, const User* user) const;
+};
+
+// A configuration error names the YAML path and line:
+//   "databases.app.pool_size (line 14): must be a positive integer"
+class ConfigError : public std::runtime_error {
+ public:
+  ConfigError(std::string path, int line, const std::string& message);
+  [[nodiscard]] const std::string& path() const { return path_; }
+  [[nodiscard]] int line() const { return line_; }  // 1-based; 0 when unknown
+  // The message alone, without path and line (what() has all three).
+  [[nodiscard]] const std::string& message() const { return message_; }
+
+ private:
+  std::string path_;
+  int line_;
+  std::string message_;
+};
+
+// Parse and validate YAML text. Throws ConfigError.
+[[nodiscard]] Config parse_config(std::string_view yaml_text);
+// Read a file and parse it. Throws ConfigError (path "" and the OS error for unreadable files).
+[[nodiscard]] Config load_config_file(const std::string& file_path);
+
+// "250ms", "15s", "2m", "1h", "0" -> duration. nullopt when malformed.
+[[nodiscard]] std::optional<Duration> parse_duration(std::string_view text);
+// "65536", "64KiB", "64MiB", "1GiB" (also kB/MB/GB as powers of 1024) -> bytes. nullopt when malformed.
+[[nodiscard]] std::optional<std::uint64_t> parse_size(std::string_view text);
+
+}  // namespace pgring::config

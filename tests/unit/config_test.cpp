@@ -1,0 +1,483 @@
+// config/: YAML text in, validated Config or a ConfigError naming path and line out.
+
+#include "config/config.hpp"
+
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <string>
+
+using namespace pgring::config;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Parses text that must fail and returns the error, so a case can check path, line and message.
+ConfigError error_of(std::string_view yaml) {
+  try {
+    (void)parse_config(yaml);
+  } catch (const ConfigError& e) {
+    return e;
+  }
+  FAIL("expected a ConfigError for:\n" << yaml);
+  return ConfigError("", 0, "unreachable");
+}
+
+void check_error(std::string_view yaml, const std::string& path, int line,
+                 const std::string& message_part) {
+  const ConfigError e = error_of(yaml);
+  CAPTURE(e.what());
+  CHECK(e.path() == path);
+  CHECK(e.line() == line);
+  CHECK(e.message().find(message_part) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("config: an empty file or only comments gives all defaults") {
+  for (std::string_view text : {"", "\n\n", "# nothing here\n  # indented comment\n", "---\n"}) {
+    CAPTURE(text);
+    const Config c = parse_config(text);
+    REQUIRE(c.listen.size() == 1);
+    CHECK(c.listen[0].host == "127.0.0.1");
+    CHECK(c.listen[0].port == 6432);
+    CHECK(c.workers == 0);
+    CHECK(c.max_client_conn == 10000);
+    CHECK(c.max_message_size == 64u << 20);
+    CHECK(c.log_level == LogLevel::info);
+    CHECK(c.log_format == LogFormat::text);
+    CHECK_FALSE(c.metrics_listen.has_value());
+    CHECK(c.admin_users.empty());
+    CHECK(c.auth_method == AuthMethod::scram_sha_256);
+    CHECK(c.users.empty());
+    CHECK(c.databases.empty());
+    CHECK(c.defaults.pool_mode == PoolMode::transaction);
+    CHECK(c.defaults.pool_size == 20);
+    CHECK(c.defaults.server_reset_query == "DISCARD ALL");
+    CHECK(c.defaults.prepared_statements == 200);
+    CHECK(c.timeouts.client_login == 60s);
+    CHECK(c.timeouts.query == 0ms);
+    CHECK(c.timeouts.server_lifetime == 3600s);
+  }
+}
+
+TEST_CASE("config: a full example parses") {
+  const Config c = parse_config(R"(listen:
+  - "0.0.0.0:6432"
+  - "[::1]:6433"
+  - /var/run/pgring/
+workers: 4
+max_client_conn: 500
+max_message_size: 256KiB
+log: {level: debug, format: json}
+metrics: {listen: "[::]:9930"}
+admin: {users: [pgring_admin, root], stats_users: monitor}
+auth: {method: md5}
+users:
+  app: {password: "secret", pool_size: 5}
+  hashed: {password: "md5e5e28e3b4bfe8a54d4e3a05b1c9be7a9"}
+  scrammed:
+    password: "SCRAM-SHA-256$4096:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA="
+defaults:
+  pool_mode: session
+  pool_size: 10
+  min_pool_size: 2
+  reserve_pool_size: 3
+  max_db_connections: 50
+  server_reset_query: ""
+  prepared_statements: 0
+timeouts:
+  query_wait: 2m
+  query: 250ms
+  server_idle: 1h
+  shutdown: 0
+databases:
+  app:
+    host: db.internal
+    port: 5433
+    dbname: app_prod
+    user: app_owner
+    password: "s3cret"
+    pool_mode: statement
+  local: {host: /var/run/postgresql}
+  bare:
+)");
+  REQUIRE(c.listen.size() == 3);
+  CHECK(c.listen[0].host == "0.0.0.0");
+  CHECK(c.listen[1].host == "::1");
+  CHECK(c.listen[1].port == 6433);
+  CHECK(c.listen[2].host.empty());
+  CHECK(c.listen[2].unix_dir == "/var/run/pgring");  // trailing slash dropped
+  CHECK(c.listen[2].port == 6432);                   // named after the first TCP entry
+  CHECK(c.workers == 4);
+  CHECK(c.max_client_conn == 500);
+  CHECK(c.max_message_size == 256u * 1024);
+  CHECK(c.log_level == LogLevel::debug);
+  CHECK(c.log_format == LogFormat::json);
+  REQUIRE(c.metrics_listen.has_value());
+  CHECK(c.metrics_listen->host == "::");
+  CHECK(c.metrics_listen->port == 9930);
+  CHECK(c.admin_users == std::vector<std::string>{"pgring_admin", "root"});
+  CHECK(c.stats_users == std::vector<std::string>{"monitor"});
+  CHECK(c.auth_method == AuthMethod::md5);
+  REQUIRE(c.find_user("app") != nullptr);
+  CHECK(c.find_user("app")->secret_kind == SecretKind::plain);
+  CHECK(c.find_user("app")->pool.pool_size == 5);
+  CHECK(c.find_user("hashed")->secret_kind == SecretKind::md5);
+  CHECK(c.find_user("scrammed")->secret_kind == SecretKind::scram);
+  CHECK(c.find_user("nobody") == nullptr);
+  CHECK(c.defaults.pool_mode == PoolMode::session);
+  CHECK(c.defaults.min_pool_size == 2);
+  CHECK(c.defaults.reserve_pool_size == 3);
+  CHECK(c.defaults.max_db_connections == 50);
+  CHECK(c.defaults.server_reset_query.empty());
+  CHECK(c.defaults.prepared_statements == 0);
+  CHECK(c.timeouts.query_wait == 120s);
+  CHECK(c.timeouts.query == 250ms);
+  CHECK(c.timeouts.server_idle == 1h);
+  CHECK(c.timeouts.shutdown == 0ms);
+  CHECK(c.timeouts.client_login == 60s);  // untouched keys keep their default
+  const Database* app = c.find_database("app");
+  REQUIRE(app != nullptr);
+  CHECK(app->host == "db.internal");
+  CHECK(app->port == 5433);
+  CHECK(app->dbname == "app_prod");
+  CHECK(app->user == "app_owner");
+  CHECK(app->password == "s3cret");
+  CHECK(app->pool.pool_mode == PoolMode::statement);
+  CHECK(c.find_database("local")->host == "/var/run/postgresql");
+  const Database* bare = c.find_database("bare");
+  REQUIRE(bare != nullptr);
+  CHECK(bare->dbname == "bare");
+  CHECK(bare->host == "127.0.0.1");
+  CHECK(bare->port == 5432);
+  CHECK_FALSE(bare->user.has_value());
+  CHECK(c.find_database("pgring") == nullptr);
+}
+
+TEST_CASE("config: a single listen string, workers auto, user with no settings") {
+  const Config c = parse_config(
+      "listen: /tmp\nworkers: auto\nauth: {method: trust}\nusers:\n  anyone:\n  other: {}\n");
+  REQUIRE(c.listen.size() == 1);
+  CHECK(c.listen[0].unix_dir == "/tmp");
+  CHECK(c.listen[0].port == 6432);  // no TCP entry: the default port
+  CHECK(c.workers == 0);
+  REQUIRE(c.find_user("anyone") != nullptr);
+  CHECK(c.find_user("anyone")->secret_kind == SecretKind::none);
+  CHECK(c.find_user("other") != nullptr);
+}
+
+TEST_CASE("config: the message format is 'path (line N): message'") {
+  const ConfigError e = error_of(R"(databases:
+  app:
+    host: 127.0.0.1
+    pool_size: 0
+)");
+  CHECK(std::string(e.what()) == "databases.app.pool_size (line 4): must be a positive integer");
+  CHECK(e.path() == "databases.app.pool_size");
+  CHECK(e.line() == 4);
+  CHECK(e.message() == "must be a positive integer");
+  CHECK(std::string(ConfigError("", 3, "bad").what()) == "line 3: bad");
+  CHECK(std::string(ConfigError("", 0, "f.yaml: gone").what()) == "f.yaml: gone");
+  CHECK(std::string(ConfigError("a.b", 0, "bad").what()) == "a.b: bad");
+}
+
+TEST_CASE("config: wrong types name their path and line") {
+  check_error("workers: 2\nlog:\n  level: [debug]\n", "log.level", 3, "expected one of debug");
+  check_error("log: verbose\n", "log", 1, "expected a map, got a scalar");
+  check_error("databases:\n  app: {host: {a: 1}}\n", "databases.app.host", 2,
+              "expected a string, got a map");
+  check_error("admin:\n  users:\n    - ok\n    - {name: x}\n", "admin.users[1]", 4,
+              "expected a string");
+  check_error("timeouts:\n  query: [1s]\n", "timeouts.query", 2, "expected a duration");
+  check_error("max_client_conn: many\n", "max_client_conn", 1, "must be a positive integer");
+  check_error("- a\n- b\n", "", 1, "top level must be a map");
+  check_error("users:\n  bob: {password: }\n", "users.bob.password", 2, "got nothing");
+}
+
+TEST_CASE("config: out of range values") {
+  check_error("workers: 1025\n", "workers", 1, "at most 1024");
+  check_error("workers: 0\n", "workers", 1, "'auto' or a positive integer");
+  check_error("workers: -3\n", "workers", 1, "'auto' or a positive integer");
+  check_error("max_client_conn: 99999999999999999999\n", "max_client_conn", 1, "at most");
+  check_error("defaults:\n  min_pool_size: -1\n", "defaults.min_pool_size", 2,
+              "must be a non-negative integer");
+  check_error("databases:\n  app:\n    port: 70000\n", "databases.app.port", 3,
+              "between 1 and 65535");
+  check_error("databases:\n  app:\n    port: 0\n", "databases.app.port", 3, "between 1 and 65535");
+  check_error("max_message_size: 512\n", "max_message_size", 1, "between 1KiB and 1GiB");
+  check_error("max_message_size: 2GiB\n", "max_message_size", 1, "between 1KiB and 1GiB");
+  check_error("max_message_size: 64 MiB\n", "max_message_size", 1, "must be a size");
+  check_error("timeouts:\n  query: 100000h\n", "timeouts.query", 2, "at most 8760h");
+}
+
+TEST_CASE("config: unknown keys suggest the nearest known key") {
+  const ConfigError e = error_of("listen: [\"127.0.0.1:6432\"]\ndefaults:\n  pool_sise: 3\n");
+  CHECK(std::string(e.what()) ==
+        "defaults.pool_sise (line 3): unknown key; did you mean 'pool_size'?");
+  check_error("timeout:\n  query: 1s\n", "timeout", 1, "did you mean 'timeouts'?");
+  check_error("databases:\n  app:\n    hots: x\n", "databases.app.hots", 3, "did you mean 'host'?");
+  check_error("users:\n  app:\n    passwd: x\n", "users.app.passwd", 3, "did you mean 'password'?");
+  check_error("timeouts:\n  idle_in_transaction: 1s\n", "timeouts.idle_in_transaction", 2,
+              "unknown key");
+  const ConfigError far = error_of("\n\nzzzzzzzzzz: 1\n");
+  CHECK(far.path() == "zzzzzzzzzz");
+  CHECK(far.line() == 3);
+  CHECK(far.message() == "unknown key");
+}
+
+TEST_CASE("config: enum values") {
+  check_error("defaults:\n  pool_mode: sesion\n", "defaults.pool_mode", 2,
+              "must be one of session, transaction, statement; did you mean 'session'?");
+  check_error("databases:\n  a: {pool_mode: Transaction}\n", "databases.a.pool_mode", 2,
+              "did you mean 'transaction'?");
+  check_error("auth:\n  method: scram\n", "auth.method", 2, "trust, md5, scram-sha-256");
+  check_error("log: {format: xml}\n", "log.format", 1, "must be one of text, json");
+  check_error("log: {level: warn}\n", "log.level", 1, "did you mean 'warning'?");
+}
+
+TEST_CASE("config: durations need a unit") {
+  check_error("timeouts:\n  query_wait: 120\n", "timeouts.query_wait", 2,
+              "needs a unit: write e.g. '120s' or '120ms'");
+  check_error("timeouts:\n  query_wait: 1.5s\n", "timeouts.query_wait", 2,
+              "must be a duration like 250ms");
+  check_error("timeouts:\n  query_wait: -5s\n", "timeouts.query_wait", 2, "must be a duration");
+  check_error("timeouts:\n  query_wait:\n", "timeouts.query_wait", 2, "got nothing");
+  CHECK(
+      parse_config("timeouts: {query_wait: 0, query: 0s, server_idle: 0ms}").timeouts.query_wait ==
+      0ms);
+}
+
+TEST_CASE("config: bad listen entries") {
+  check_error("listen: []\n", "listen", 1, "at least one listen entry");
+  check_error("listen:\n", "listen", 1, "at least one listen entry");
+  check_error("listen:\n  - \"127.0.0.1:6432\"\n  - localhost\n", "listen[1]", 3,
+              "expected host:port");
+  check_error("listen: [\"127.0.0.1:0\"]\n", "listen[0]", 1, "between 1 and 65535");
+  check_error("listen: [\"127.0.0.1:http\"]\n", "listen[0]", 1, "between 1 and 65535");
+  check_error("listen: [\"::1:6432\"]\n", "listen[0]", 1, "needs brackets: [::1]:6432");
+  check_error("listen: [\"[::g]:6432\"]\n", "listen[0]", 1, "not an IPv6 address");
+  check_error("listen: [\"[::1]6432\"]\n", "listen[0]", 1, "expected host:port");
+  check_error("listen: [\":6432\"]\n", "listen[0]", 1, "host is missing");
+  check_error("listen: [relative/dir]\n", "listen[0]", 1, "expected host:port");
+  check_error("listen: [\"127.0.0.1:6432\", \"127.0.0.1:6432\"]\n", "listen[1]", 1,
+              "duplicate listen address");
+  check_error("listen: [\"/" + std::string(100, 'd') + "\"]\n", "listen[0]", 1, "too long");
+  check_error("metrics: {listen: /tmp}\n", "metrics.listen", 1, "not supported here");
+}
+
+TEST_CASE("config: min_pool_size must not exceed the resolved pool_size") {
+  check_error("defaults:\n  pool_size: 5\n  min_pool_size: 6\n", "defaults.min_pool_size", 3,
+              "min_pool_size (6) must not exceed pool_size (5)");
+  // The database lowers pool_size below the default min: blame the database's pool_size.
+  check_error("defaults: {min_pool_size: 10}\ndatabases:\n  app:\n    pool_size: 4\n",
+              "databases.app.pool_size", 4, "must not exceed pool_size (4)");
+  // Only one database meets the user's min: blame the user, name the database.
+  check_error(R"(auth: {method: trust}
+users:
+  bob:
+    min_pool_size: 15
+databases:
+  big: {pool_size: 30}
+  small: {pool_size: 10}
+)",
+              "users.bob.min_pool_size", 4, "for database 'small'");
+  // Each layer alone is fine and so is every resolved pool.
+  CHECK_NOTHROW((void)parse_config(
+      "defaults: {pool_size: 5}\ndatabases:\n  app: {pool_size: 50, min_pool_size: 40}\n"));
+}
+
+TEST_CASE("config: names, secrets and auth") {
+  check_error("databases:\n  pgring: {host: x}\n", "databases.pgring", 2,
+              "reserved for the admin console");
+  check_error("databases:\n  \"\": {host: x}\n", "databases.", 2, "must not be empty");
+  check_error("databases:\n  app: {host: \"\"}\n", "databases.app.host", 2, "must not be empty");
+  check_error("users:\n  app: {}\n", "users.app", 2, "password is required");
+  check_error("users:\n  app: {password: \"\"}\n", "users.app.password", 2, "must not be empty");
+  check_error("users:\n  app: {password: \"SCRAM-SHA-256$4096:salt\"}\n", "users.app.password", 2,
+              "malformed SCRAM secret");
+  const ConfigError md5_with_scram =
+      error_of("users:\n  app: {password: md5e5e28e3b4bfe8a54d4e3a05b1c9be7a9}\n");
+  CHECK(md5_with_scram.path() == "users.app.password");
+  CHECK(md5_with_scram.line() == 2);
+  CHECK(md5_with_scram.message().find("cannot be used with auth method scram-sha-256") !=
+        std::string::npos);
+  // The secret itself must never appear in an error.
+  CHECK(std::string(md5_with_scram.what()).find("e5e28e3b") == std::string::npos);
+  // Uppercase hex is not an md5 secret (PostgreSQL's rule): it is a plain password.
+  const Config c = parse_config("users:\n  a: {password: md5E5E28E3B4BFE8A54D4E3A05B1C9BE7A9}\n");
+  CHECK(c.find_user("a")->secret_kind == SecretKind::plain);
+  check_error("admin: {users: [a, [b]]}\n", "admin.users[1]", 1, "expected a string");
+}
+
+TEST_CASE("config: duplicate keys and YAML syntax errors") {
+  check_error("workers: 2\nworkers: 3\n", "workers", 2, "duplicate key");
+  check_error("users:\n  a: {password: x}\n  a: {password: y}\n", "users.a", 3, "duplicate key");
+  const ConfigError syntax = error_of("listen: [\"127.0.0.1:6432\"\nworkers: 2\n");
+  CHECK(syntax.path().empty());
+  CHECK(syntax.line() >= 1);
+  check_error("workers: 2\n---\nworkers: 3\n", "", 3, "only one YAML document");
+  check_error("{[a]: 1}\n", "", 1, "keys must be strings");
+}
+
+TEST_CASE("config: resolve_pool precedence is defaults <- database <- user") {
+  const Config c = parse_config(R"(auth: {method: trust}
+defaults:
+  pool_mode: session
+  pool_size: 30
+  prepared_statements: 50
+  server_reset_query: "RESET ALL"
+users:
+  alice: {pool_size: 7, server_reset_query: ""}
+  bob:
+databases:
+  app:
+    pool_mode: statement
+    pool_size: 12
+    min_pool_size: 2
+  other:
+)");
+  const Database& app = *c.find_database("app");
+  const Database& other = *c.find_database("other");
+
+  const PoolSettings plain = c.resolve_pool(other, nullptr);
+  CHECK(plain.pool_mode == PoolMode::session);
+  CHECK(plain.pool_size == 30);
+  CHECK(plain.prepared_statements == 50);
+  CHECK(plain.server_reset_query == "RESET ALL");
+
+  const PoolSettings db = c.resolve_pool(app, nullptr);
+  CHECK(db.pool_mode == PoolMode::statement);
+  CHECK(db.pool_size == 12);
+  CHECK(db.min_pool_size == 2);
+  CHECK(db.prepared_statements == 50);
+
+  const PoolSettings user = c.resolve_pool(app, c.find_user("alice"));
+  CHECK(user.pool_mode == PoolMode::statement);
+  CHECK(user.pool_size == 7);
+  CHECK(user.min_pool_size == 2);
+  CHECK(user.server_reset_query.empty());
+
+  const PoolSettings no_override = c.resolve_pool(app, c.find_user("bob"));
+  CHECK(no_override.pool_size == 12);
+  CHECK(no_override.server_reset_query == "RESET ALL");
+}
+
+TEST_CASE("config: parse_duration") {
+  CHECK(parse_duration("0") == 0ms);
+  CHECK(parse_duration("0s") == 0ms);
+  CHECK(parse_duration("250ms") == 250ms);
+  CHECK(parse_duration("15s") == 15s);
+  CHECK(parse_duration("2m") == 2min);
+  CHECK(parse_duration("1h") == 1h);
+  CHECK(parse_duration("007s") == 7s);
+  CHECK(parse_duration("9223372036854775807ms") == Duration::max());
+  CHECK_FALSE(parse_duration("9223372036854775808ms"));  // one past int64
+  CHECK_FALSE(parse_duration("9223372036854775807s"));   // overflows in milliseconds
+  CHECK_FALSE(parse_duration("99999999999999999999999h"));
+  CHECK_FALSE(parse_duration(""));
+  CHECK_FALSE(parse_duration("15"));  // a unit is required except for 0
+  CHECK_FALSE(parse_duration("-1s"));
+  CHECK_FALSE(parse_duration("+1s"));
+  CHECK_FALSE(parse_duration("1.5s"));
+  CHECK_FALSE(parse_duration("1 s"));
+  CHECK_FALSE(parse_duration(" 1s"));
+  CHECK_FALSE(parse_duration("1S"));
+  CHECK_FALSE(parse_duration("1d"));
+  CHECK_FALSE(parse_duration("1sec"));
+  CHECK_FALSE(parse_duration("s"));
+  CHECK_FALSE(parse_duration("1s1"));
+  CHECK_FALSE(parse_duration(std::string_view("1s\0", 3)));
+}
+
+TEST_CASE("config: parse_size") {
+  CHECK(parse_size("0") == 0u);
+  CHECK(parse_size("65536") == 65536u);
+  CHECK(parse_size("12B") == 12u);
+  CHECK(parse_size("64KiB") == 64u << 10);
+  CHECK(parse_size("64kB") == 64u << 10);
+  CHECK(parse_size("64MiB") == 64u << 20);
+  CHECK(parse_size("64MB") == 64u << 20);
+  CHECK(parse_size("1GiB") == 1u << 30);
+  CHECK(parse_size("1GB") == 1u << 30);
+  CHECK(parse_size("18446744073709551615") == UINT64_MAX);
+  CHECK_FALSE(parse_size("18446744073709551616"));
+  CHECK_FALSE(parse_size("17179869184GiB"));  // 2^34 GiB = 2^64 bytes
+  CHECK_FALSE(parse_size(""));
+  CHECK_FALSE(parse_size("-1"));
+  CHECK_FALSE(parse_size("+1"));
+  CHECK_FALSE(parse_size("1.5MiB"));
+  CHECK_FALSE(parse_size("1 MiB"));
+  CHECK_FALSE(parse_size("1mib"));
+  CHECK_FALSE(parse_size("1TiB"));
+  CHECK_FALSE(parse_size("MiB"));
+  CHECK_FALSE(parse_size("0x10"));
+}
+
+TEST_CASE("config: to_string") {
+  CHECK(to_string(PoolMode::session) == "session");
+  CHECK(to_string(PoolMode::transaction) == "transaction");
+  CHECK(to_string(PoolMode::statement) == "statement");
+  CHECK(to_string(AuthMethod::trust) == "trust");
+  CHECK(to_string(AuthMethod::md5) == "md5");
+  CHECK(to_string(AuthMethod::scram_sha_256) == "scram-sha-256");
+}
+
+TEST_CASE("config: load_config_file reports an unreadable file") {
+  try {
+    (void)load_config_file("/nonexistent/pgring.yaml");
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    CHECK(e.path().empty());
+    CHECK(e.line() == 0);
+    CHECK(std::string(e.what()).starts_with("/nonexistent/pgring.yaml: "));
+  }
+}
+
+#ifdef PGRING_SOURCE_DIR
+TEST_CASE("config: the reference config/pgring.yaml parses and matches the defaults") {
+  const Config c = load_config_file(std::string(PGRING_SOURCE_DIR) + "/config/pgring.yaml");
+  const Config d = parse_config("");
+  REQUIRE(c.listen.size() == 1);
+  CHECK(c.listen[0].host == "127.0.0.1");
+  CHECK(c.listen[0].port == 6432);
+  CHECK(c.workers == d.workers);
+  CHECK(c.max_client_conn == d.max_client_conn);
+  CHECK(c.max_message_size == d.max_message_size);
+  CHECK(c.log_level == d.log_level);
+  CHECK(c.log_format == d.log_format);
+  CHECK(c.auth_method == d.auth_method);
+  REQUIRE(c.metrics_listen.has_value());
+  CHECK(c.metrics_listen->port == 9930);
+  CHECK(c.admin_users == std::vector<std::string>{"pgring_admin"});
+  REQUIRE(c.find_user("app") != nullptr);
+  CHECK(c.find_user("app")->password == "secret");
+  CHECK(c.find_user("app")->secret_kind == SecretKind::plain);
+  REQUIRE(c.find_database("app") != nullptr);
+  CHECK(c.find_database("app")->host == "127.0.0.1");
+  CHECK(c.find_database("app")->port == 5432);
+  // "every key, its default": the documented values are the defaults in code.
+  const PoolSettings p = c.defaults;
+  CHECK(p.pool_mode == d.defaults.pool_mode);
+  CHECK(p.pool_size == d.defaults.pool_size);
+  CHECK(p.min_pool_size == d.defaults.min_pool_size);
+  CHECK(p.reserve_pool_size == d.defaults.reserve_pool_size);
+  CHECK(p.max_db_connections == d.defaults.max_db_connections);
+  CHECK(p.server_reset_query == d.defaults.server_reset_query);
+  CHECK(p.prepared_statements == d.defaults.prepared_statements);
+  const Timeouts& t = c.timeouts;
+  const Timeouts& u = d.timeouts;
+  CHECK(t.client_login == u.client_login);
+  CHECK(t.server_connect == u.server_connect);
+  CHECK(t.server_login_retry == u.server_login_retry);
+  CHECK(t.query_wait == u.query_wait);
+  CHECK(t.query == u.query);
+  CHECK(t.transaction == u.transaction);
+  CHECK(t.idle_transaction == u.idle_transaction);
+  CHECK(t.client_idle == u.client_idle);
+  CHECK(t.server_idle == u.server_idle);
+  CHECK(t.server_lifetime == u.server_lifetime);
+  CHECK(t.cancel_wait == u.cancel_wait);
+  CHECK(t.shutdown == u.shutdown);
+}
+#endif
