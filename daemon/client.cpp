@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include <cctype>
 #include <cstring>
 
 #include "daemon/log.hpp"
@@ -11,18 +12,24 @@
 #include "proto/builders.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
+#include "proto/bytes.hpp"
+#include "proto/sql.hpp"
 
 namespace pgring {
 
 namespace {
 // Authentication messages are small; PostgreSQL caps them at 65535 (PG_MAX_AUTH_TOKEN_LENGTH).
 constexpr std::uint32_t kMaxAuthMessage = 65536;
+// Query and Parse messages up to this size are read whole to look for session state; larger
+// ones (bulk INSERTs) stream through unread.
+constexpr std::uint32_t kMaxInspectedQuery = 64u << 10;
 }  // namespace
 
 std::string_view to_string(ClientState state) {
   switch (state) {
     case ClientState::startup: return "startup";
     case ClientState::auth: return "auth";
+    case ClientState::idle: return "idle";
     case ClientState::waiting: return "waiting";
     case ClientState::active: return "active";
     case ClientState::closing: return "closing";
@@ -36,20 +43,6 @@ Client::Client(Reactor& reactor, std::uint64_t id, int fd, std::string peer)
       stream_(reactor.buffers(), Operation::Kind::client_recv, Operation::Kind::client_send, this),
       peer_(std::move(peer)) {
   stream_.fd = fd;
-}
-
-void Client::on_input() {
-  switch (state_) {
-    case ClientState::startup: handle_startup(); break;
-    case ClientState::auth: handle_auth(); break;
-    case ClientState::waiting:
-      // Nothing may come before our ReadyForQuery; keep what arrives for later, but do not let
-      // a client pile up unbounded bytes meanwhile.
-      if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
-      break;
-    case ClientState::active: forward_to_server(); break;
-    case ClientState::closing: stream_.discard_all(); break;
-  }
 }
 
 bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {
@@ -263,39 +256,233 @@ void Client::auth_ok() {
                    fmt::format("database \"{}\" does not exist", startup_message_.database));
     return;
   }
+  if (!startup_message_.find("replication").empty()) {
+    reactor_.close(*this, Reason::feature_not_supported, "replication connections are not supported");
+    return;
+  }
+  take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
   log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message_.user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message_.user);
-  pool.add_waiting(*this);
+  pool.add_client(*this);
+}
+
+namespace {
+bool iequal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+using NameValues = std::vector<std::pair<std::string, std::string>>;
+
+const std::string* find_value(const NameValues& list, std::string_view name) {
+  for (const auto& [k, v] : list)
+    if (iequal(k, name)) return &v;
+  return nullptr;
+}
+
+void put_value(NameValues& list, std::string_view name, std::string_view value) {
+  for (auto& [k, v] : list) {
+    if (iequal(k, name)) {
+      v.assign(value);
+      return;
+    }
+  }
+  list.emplace_back(std::string(name), std::string(value));
+}
+
+// Reported parameters that describe the server or the login itself: never SET by pgring.
+bool restorable(std::string_view name) {
+  for (std::string_view fixed : {"server_version", "server_encoding", "integer_datetimes", "is_superuser",
+                                 "session_authorization", "in_hot_standby", "scram_iterations"})
+    if (iequal(name, fixed)) return false;
+  return true;
+}
+
+// The startup `options` parameter: backend command-line switches, space separated, with
+// backslash escapes. pgring honours "-c name=value" and "--name=value".
+std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
+  std::vector<std::string> words;
+  std::string word;
+  bool have = false;
+  for (std::size_t i = 0; i < options.size(); ++i) {
+    char c = options[i];
+    if (c == '\\' && i + 1 < options.size()) {
+      word.push_back(options[++i]);
+      have = true;
+    } else if (c == ' ' || c == '\t') {
+      if (have) words.push_back(std::move(word));
+      word.clear();
+      have = false;
+    } else {
+      word.push_back(c);
+      have = true;
+    }
+  }
+  if (have) words.push_back(std::move(word));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string_view setting;
+    if (words[i] == "-c" && i + 1 < words.size()) setting = words[++i];
+    else if (words[i].starts_with("-c")) setting = std::string_view(words[i]).substr(2);
+    else if (words[i].starts_with("--")) setting = std::string_view(words[i]).substr(2);
+    else continue;
+    auto eq = setting.find('=');
+    if (eq == std::string_view::npos || eq == 0) continue;
+    std::string name = lower(setting.substr(0, eq));
+    for (char& c : name)
+      if (c == '-') c = '_';
+    out.emplace_back(std::move(name), std::string(setting.substr(eq + 1)));
+  }
+  return out;
+}
+}  // namespace
+
+void Client::take_startup_settings() {
+  // Every other startup parameter is a setting for the session (as PostgreSQL treats them):
+  // applied with SET on the first server, then tracked like any SET of the client.
+  auto add = [&](std::string_view name, std::string_view value) {
+    put_value(settings_, lower(name), proto::sql::quote_literal(value));
+    put_value(params_, name, value);  // for the welcome; the server's report replaces it
+  };
+  for (const auto& [name, value] : startup_message_.params) {
+    if (name == "options") {
+      for (const auto& [n, v] : parse_options(value)) add(n, v);
+    } else if (name != "replication" && !name.starts_with("_pq_.")) {
+      add(name, value);
+    }
+  }
+}
+
+void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>& base) {
+  welcomed_ = true;
+  bool ok = true;
+  // The server's values, overlaid with what this client asked for.
+  for (const auto& [name, value] : base) {
+    const std::string* mine = find_value(params_, name);
+    const std::string& v = mine != nullptr ? *mine : value;
+    ok &= stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, v); });
+  }
+  ok &= stream_.emit([&](std::string& out) {
+    return proto::build::backend_key_data(out, cancel_pid_, std::string_view(cancel_secret_.data(), 4));
+  });
+  ok &= stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  reactor_.want_send(stream_);
+  if (!ok) reactor_.close(*this, Reason::protocol_violation, "cannot encode the session parameters");
 }
 
 // ---- linked ----------------------------------------------------------------------------------
 
+std::string Client::restore_sql(const Server& server) const {
+  // Make the server's session this client's: settings the server has that this client does not
+  // are RESET, the client's own are SET, then reported parameters are brought to the client's
+  // values (or the pool's defaults where the client set nothing).
+  std::string sql;
+  for (const auto& [name, value] : server.settings_) {
+    (void)value;
+    if (find_value(settings_, name) == nullptr) sql += "RESET " + proto::sql::quote_identifier(name) + ";";
+  }
+  for (const auto& [name, value] : settings_) {
+    const std::string* have = find_value(server.settings_, name);
+    if (have == nullptr || *have != value) sql += "SET " + proto::sql::quote_identifier(name) + " TO " + value + ";";
+  }
+  auto check_param = [&](const std::string& name, const std::string& want) {
+    if (!restorable(name)) return;
+    const std::string* have = find_value(server.params_, name);
+    if (have != nullptr && *have == want) return;
+    // A setting restored above already covers this name.
+    if (find_value(settings_, lower(name)) != nullptr) return;
+    sql += "SET " + proto::sql::quote_identifier(lower(name)) + " TO " + proto::sql::quote_literal(want) + ";";
+  };
+  for (const auto& [name, value] : pool_->defaults_) {
+    const std::string* mine = find_value(params_, name);
+    check_param(name, mine != nullptr ? *mine : value);
+  }
+  for (const auto& [name, value] : params_)
+    if (find_value(pool_->defaults_, name) == nullptr) check_param(name, value);
+  return sql;
+}
+
 void Client::on_linked(Server& server) {
-  // Session mode: the client's session is this server's; its parameters are the welcome.
-  bool ok = true;
-  for (const auto& [name, value] : server.params_)
-    ok &= stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, value); });
-  ok &= stream_.emit([&](std::string& out) {
-    return proto::build::backend_key_data(out, cancel_pid_, std::string_view(cancel_secret_.data(), 4));
-  });
-  ok &= stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, server.transaction_status_); });
-  reactor_.want_send(stream_);
   log::debug("C-{} linked to S-{}", id_, server.id_);
-  if (!ok) {
-    reactor_.close(*this, Reason::protocol_violation, "cannot encode the server's parameters");
-    return;
+  std::string sql = restore_sql(server);
+  if (!sql.empty()) {
+    if (!server.stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode the session settings");
+      return;
+    }
+    log::debug("C-{} restoring its session on S-{}: {}", id_, server.id_, sql);
+    ++server.restore_replies_pending_;
+    server.settings_ = settings_;
+    reactor_.want_send(server.stream_);
+  } else {
+    on_restored();
   }
-  if (stream_.reading_paused_) {
-    stream_.reading_paused_ = false;
-  }
+  stream_.reading_paused_ = false;
   if (stream_.input_size() > 0) forward_to_server();
   if (state_ == ClientState::active) reactor_.arm_recv_for(*this);
 }
 
+void Client::on_restored() {
+  // The first server of a client that had no welcome yet (session mode, or a pool that had
+  // never logged in) gives it: its parameters are exactly this client's session now.
+  if (!welcomed_) send_welcome(server_->params_);
+  if (state_ == ClientState::active) server_->maybe_release();
+}
+
+void Client::on_input() {
+  switch (state_) {
+    case ClientState::startup: handle_startup(); break;
+    case ClientState::auth: handle_auth(); break;
+    case ClientState::idle:
+      // Transaction mode: the first byte of a new request asks for a server.
+      if (stream_.input_size() >= 5) {
+        char header[5];
+        stream_.peek(header, 5);
+        if (header[0] == proto::frontend::kTerminate) {
+          reactor_.close(*this, Reason::client_terminate);
+          return;
+        }
+      }
+      pool_->request_server(*this);
+      if (state_ == ClientState::waiting) on_input();
+      break;
+    case ClientState::waiting:
+      // Nothing is forwarded until a server is linked; do not let a client pile up unbounded
+      // bytes meanwhile.
+      if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
+      break;
+    case ClientState::active: forward_to_server(); break;
+    case ClientState::closing: stream_.discard_all(); break;
+  }
+}
+
+void Client::note_session_state(std::uint8_t flags) {
+  std::uint8_t fresh = flags & ~pinned_state_;
+  if (fresh == 0) return;
+  pinned_state_ |= flags;
+  if (pool_->settings_.pool_mode == config::PoolMode::session) return;
+  if (pool_->settings_.session_state == config::SessionStatePolicy::error) {
+    reactor_.close(*this, Reason::feature_not_supported,
+                   fmt::format("{} cannot be used in {} pooling mode (session_state: error)",
+                               proto::sql::describe_session_state(fresh), config::to_string(pool_->settings_.pool_mode)));
+    return;
+  }
+  log::info("C-{} pinned to its server: {}", id_, proto::sql::describe_session_state(fresh));
+}
+
 void Client::forward_to_server() {
   Server& server = *server_;
+  const std::uint32_t max_size = reactor_.config().max_message_size;
   for (;;) {
     if (forward_remaining_ > 0) {
       // The rest of a large message, streamed as it arrives.
@@ -308,38 +495,89 @@ void Client::forward_to_server() {
     if (stream_.input_size() < 5) break;
     char header[5];
     stream_.peek(header, 5);
-    proto::Frame frame = proto::frame_message(std::string_view(header, 5), reactor_.config().max_message_size);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
     if (frame.status == proto::FrameStatus::invalid_length) {
       reactor_.close(*this, Reason::protocol_violation, "invalid message length");
       return;
     }
     if (frame.status == proto::FrameStatus::too_large) {
       reactor_.close(*this, Reason::message_too_large,
-                     fmt::format("message of {} bytes is larger than max_message_size ({})", frame.size,
-                                 reactor_.config().max_message_size));
+                     fmt::format("message of {} bytes is larger than max_message_size ({})", frame.size, max_size));
       return;
     }
+    // Query and Parse texts are read whole (up to kMaxInspectedQuery) to see session state.
+    bool inspect = (frame.type == proto::frontend::kQuery || frame.type == proto::frontend::kParse) &&
+                   frame.size <= kMaxInspectedQuery;
+    if (inspect && stream_.input_size() < frame.size) break;
     switch (frame.type) {
       case proto::frontend::kTerminate:
         // Never forwarded: the server stays in the pool.
         stream_.consume(std::min<std::size_t>(frame.size, stream_.input_size()));
         reactor_.close(*this, Reason::client_terminate);
         return;
-      case proto::frontend::kQuery:
-      case proto::frontend::kFunctionCall:
-        ++server.requests_in_flight_;
+      case proto::frontend::kQuery: {
+        std::uint8_t state = 0;
+        std::unique_ptr<proto::sql::SetStatement> set;
+        if (inspect) {
+          if (auto text = proto::parse_query(stream_.contiguous(frame.size).substr(5))) {
+            state = proto::sql::scan_session_state(*text);
+            if (auto s = proto::sql::parse_set_statement(*text)) {
+              set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
+              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+            }
+          }
+        }
+        server.expect('Q', state, std::move(set));
+        if (state != 0) {
+          note_session_state(state);
+          if (state_ == ClientState::closing) return;
+        }
         break;
+      }
+      case proto::frontend::kParse: {
+        if (inspect) {
+          proto::Reader r(stream_.contiguous(frame.size).substr(5));
+          (void)r.cstring();
+          std::string_view text = r.cstring();
+          if (r.ok()) {
+            std::uint8_t state = proto::sql::scan_session_state(text);
+            // A lone SET sent through the extended protocol is replayed like a simple one: it
+            // rides on the next Execute.
+            last_parse_set_.reset();
+            if (auto set = proto::sql::parse_set_statement(text)) {
+              last_parse_set_ = std::make_unique<proto::sql::SetStatement>(std::move(*set));
+              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+            }
+            if (state != 0) {
+              note_session_state(state);
+              if (state_ == ClientState::closing) return;
+            }
+          }
+        }
+        server.unsynced_ = true;
+        break;
+      }
       case proto::frontend::kSync:
-        ++server.requests_in_flight_;
+        server.expect('S');
         server.unsynced_ = false;
         break;
-      case proto::frontend::kParse:
-      case proto::frontend::kBind:
+      case proto::frontend::kFunctionCall:
+        server.expect('F');
+        break;
       case proto::frontend::kExecute:
+        server.expect('E', 0, std::move(last_parse_set_));
+        server.unsynced_ = true;
+        break;
+      case proto::frontend::kBind:
       case proto::frontend::kDescribe:
       case proto::frontend::kClose:
       case proto::frontend::kFlush:
         server.unsynced_ = true;
+        break;
+      case proto::frontend::kCopyDone:
+      case proto::frontend::kCopyFail:
+        // Only meaningful while the server is in COPY FROM STDIN; otherwise it ignores them.
+        if (server.copy_in_) server.expect('c');
         break;
       default: break;
     }
@@ -349,6 +587,32 @@ void Client::forward_to_server() {
   }
   reactor_.want_send(server.stream_);
   reactor_.apply_backpressure(stream_, server.stream_);
+}
+
+void Client::on_server_parameter(std::string_view name, std::string_view value) {
+  put_value(params_, name, value);
+  // The server reports it from now on: a SET of the same name from startup is superseded.
+  for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+    if (iequal(it->first, name)) {
+      settings_.erase(it);
+      break;
+    }
+  }
+}
+
+void Client::apply_setting(const proto::sql::SetStatement& set) {
+  switch (set.kind) {
+    case proto::sql::SetStatement::Kind::set: put_value(settings_, set.name, set.value); break;
+    case proto::sql::SetStatement::Kind::reset:
+      for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+        if (iequal(it->first, set.name)) {
+          settings_.erase(it);
+          break;
+        }
+      }
+      break;
+    case proto::sql::SetStatement::Kind::reset_all: settings_.clear(); break;
+  }
 }
 
 }  // namespace pgring

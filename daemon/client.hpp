@@ -2,19 +2,27 @@
 // A client connection: what an application opened to pgring.
 //
 //   startup ──SSLRequest/GSSENCRequest: answer 'N'──> startup
-//   startup ──StartupMessage──> auth ──password ok──> waiting ──server linked──> active
-//   startup ──trust──────────────────────────────────> waiting
-//   active ──server lost──> closing        (session mode keeps its server for life)
+//   startup ──StartupMessage──> auth ──password ok──> idle | waiting
+//   idle ──a message arrives──> waiting ──server linked──> active
+//   active ──transaction over (transaction/statement mode, not pinned)──> idle
+//   active ──server lost──> closing
 //   any ──close(reason)──> closing ──sends drained, ops done──> freed at end of loop turn
 //
+// Session mode links a server right after login and keeps it for life. Transaction and
+// statement mode link one when the client sends something and release it when the server is
+// idle again (ReadyForQuery 'I', every request answered); a client whose session holds state
+// that cannot move (temporary tables, LISTEN, ...) is pinned to its server instead.
+//
 // The state is also the list the client is on: the reactor's login list (startup, auth), its
-// pool's waiting or active list, or the reactor's closing list.
+// pool's idle, waiting or active list, or the reactor's closing list.
 
 #include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "config/config.hpp"
 #include "daemon/close_reason.hpp"
@@ -22,6 +30,7 @@
 #include "daemon/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
+#include "proto/sql.hpp"
 
 namespace pgring {
 
@@ -30,7 +39,7 @@ class Pool;
 class Server;
 using Clock = std::chrono::steady_clock;
 
-enum class ClientState { startup, auth, waiting, active, closing };
+enum class ClientState { startup, auth, idle, waiting, active, closing };
 [[nodiscard]] std::string_view to_string(ClientState state);
 
 class Client {
@@ -39,9 +48,17 @@ class Client {
 
   // New bytes are in stream_.
   void on_input();
-  // The pool linked a server (session mode: for the client's whole life).
+  // The pool linked a server: restore this client's session on it, then forward.
   void on_linked(Server& server);
-  // The server sent bytes for this client (already framed by the server).
+  // The restore query (if any) finished on the linked server.
+  void on_restored();
+  // Welcome: ParameterStatus for `base` overlaid with this client's own, BackendKeyData, 'Z'.
+  void send_welcome(const std::vector<std::pair<std::string, std::string>>& base);
+  // The linked server reported a parameter change, or committed a replayable SET.
+  void on_server_parameter(std::string_view name, std::string_view value);
+  void apply_setting(const proto::sql::SetStatement& set);
+  // Session state seen in this client's traffic: pin it to its server, or refuse it.
+  void note_session_state(std::uint8_t flags);
   [[nodiscard]] std::uint64_t id() const { return id_; }
   [[nodiscard]] ClientState state() const { return state_; }
 
@@ -54,6 +71,7 @@ class Client {
   std::string peer_;  // "ip:port" for logs
   int ops_in_flight_ = 0;
   bool shut_down_ = false;  // socket shut down; waiting for in-flight operations to finish
+  bool freed_ = false;      // queued for deletion at the end of the loop turn
 
   Pool* pool_ = nullptr;
   Server* server_ = nullptr;
@@ -74,6 +92,18 @@ class Client {
   // Streaming: bytes of the current message still to forward as they arrive.
   std::size_t forward_remaining_ = 0;
 
+  // The session as this client believes it to be; transaction mode restores it on each server.
+  // params_: what servers reported (ParameterStatus) while linked to this client, or what the
+  //          client asked for at startup; unset names mean the pool's defaults.
+  // settings_: other settings (not reported by the server) from a replayable SET, as SQL text.
+  std::vector<std::pair<std::string, std::string>> params_;
+  std::vector<std::pair<std::string, std::string>> settings_;
+  bool welcomed_ = false;
+  // Session state was created (see proto::sql::SessionState): keep this server until the end.
+  std::uint8_t pinned_state_ = 0;
+  // The SET of the last Parse, for the Execute that runs it.
+  std::unique_ptr<proto::sql::SetStatement> last_parse_set_;
+
  private:
   friend class Reactor;
   void handle_startup();
@@ -81,6 +111,8 @@ class Client {
   void start_auth();
   void auth_ok();
   void forward_to_server();
+  void take_startup_settings();
+  [[nodiscard]] std::string restore_sql(const Server& server) const;
   [[nodiscard]] bool frame_next(proto::Frame& frame, std::uint32_t max_size);
 
   // Auth exchange state, only while authenticating (idle clients stay small).

@@ -10,6 +10,7 @@ std::string_view name(Reason reason) {
     case Reason::protocol_violation: return "protocol_violation";
     case Reason::message_too_large: return "message_too_large";
     case Reason::unsupported_protocol: return "unsupported_protocol";
+    case Reason::feature_not_supported: return "feature_not_supported";
     case Reason::auth_failed: return "auth_failed";
     case Reason::unknown_user: return "unknown_user";
     case Reason::unknown_database: return "unknown_database";
@@ -26,6 +27,7 @@ std::string_view name(Reason reason) {
     case Reason::server_dirty: return "server_dirty";
     case Reason::server_idle_timeout: return "server_idle_timeout";
     case Reason::server_lifetime: return "server_lifetime";
+    case Reason::server_evicted: return "server_evicted";
     case Reason::pool_removed: return "pool_removed";
     case Reason::shutdown: return "shutdown";
     case Reason::cancel_done: return "cancel_done";
@@ -39,6 +41,7 @@ std::string_view sqlstate(Reason reason) {
     case Reason::unsupported_protocol:
     case Reason::login_timeout: return "08P01";
     case Reason::message_too_large: return "54000";
+    case Reason::feature_not_supported: return "0A000";
     case Reason::auth_failed: return "28P01";
     case Reason::unknown_user: return "28000";
     case Reason::unknown_database: return "3D000";

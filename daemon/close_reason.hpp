@@ -13,6 +13,7 @@ enum class Reason {
   protocol_violation,     // 08P01: malformed or unexpected message
   message_too_large,      // 54000: message over max_message_size / startup packet limit
   unsupported_protocol,   // 08P01: not protocol 3.x
+  feature_not_supported,  // 0A000: replication connections, session state under session_state: error
   auth_failed,            // 28P01: wrong password
   unknown_user,           // 28000: user not configured
   unknown_database,       // 3D000: database not configured
@@ -29,6 +30,7 @@ enum class Reason {
   server_dirty,           // released with requests in flight: not safe to reuse
   server_idle_timeout,    // idle longer than timeouts.server_idle
   server_lifetime,        // older than timeouts.server_lifetime
+  server_evicted,         // idle, closed to make room for another pool (max_db_connections)
   pool_removed,           // the pool's database left the configuration
   shutdown,               // 57P01: pgring is shutting down
   cancel_done,            // a cancel-request connection did its job

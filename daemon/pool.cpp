@@ -57,6 +57,7 @@ void Pool::set_state(Client& client, ClientState state) {
   client.state_ = state;
   client.state_since_ = reactor_.now();
   switch (state) {
+    case ClientState::idle: idle_clients_.push_back(&client); break;
     case ClientState::waiting: waiting_clients_.push_back(&client); break;
     case ClientState::active: active_clients_.push_back(&client); break;
     case ClientState::closing: reactor_.closing_clients_.push_back(&client); break;
@@ -79,9 +80,28 @@ void Pool::set_state(Server& server, ServerState state) {
   }
 }
 
-void Pool::add_waiting(Client& client) {
+void Pool::add_client(Client& client) {
   client.pool_ = this;
+  if (settings_.pool_mode != config::PoolMode::session && have_defaults_) {
+    client.send_welcome(defaults_);
+    set_state(client, ClientState::idle);
+    return;
+  }
   set_state(client, ClientState::waiting);
+  maintain();
+}
+
+void Pool::request_server(Client& client) {
+  set_state(client, ClientState::waiting);
+  maintain();
+}
+
+void Pool::release_link(Server& server) {
+  Client& client = *server.client_;
+  server.client_ = nullptr;
+  client.server_ = nullptr;
+  set_state(client, ClientState::idle);
+  set_state(server, ServerState::idle);
   maintain();
 }
 
@@ -115,9 +135,23 @@ void Pool::maintain() {
       return;
     }
   }
-  // Open connections for clients that no connecting server will serve, up to pool_size.
+  // Open connections for clients that no connecting server will serve, up to pool_size; the
+  // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.
+  int limit = settings_.pool_size;
+  if (settings_.reserve_pool_size > 0 &&
+      reactor_.now() - waiting_clients_.front()->state_since_ >= reactor_.config().timeouts.reserve_pool)
+    limit += settings_.reserve_pool_size;
   int wanted = static_cast<int>(waiting_clients_.size()) - static_cast<int>(connecting_servers_.size());
-  while (wanted-- > 0 && server_count() < settings_.pool_size) reactor_.start_connect(*this);
+  while (wanted-- > 0 && server_count() < limit) {
+    if (!reactor_.database_has_room(*this)) break;
+    reactor_.start_connect(*this);
+  }
+}
+
+void Pool::keep_warm() {
+  // min_pool_size: open connections ahead of demand, but not while the server is failing.
+  if (failing_ || reactor_.shutting_down()) return;
+  while (server_count() < settings_.min_pool_size && reactor_.database_has_room(*this)) reactor_.start_connect(*this);
 }
 
 void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message) {

@@ -27,11 +27,19 @@ class Pool {
 
   // Clients
   void set_state(Client& client, ClientState state);
-  void add_waiting(Client& client);
+  // A logged-in client joins the pool: session mode (or no welcome known yet) waits for a
+  // server right away; transaction mode idles until it sends something.
+  void add_client(Client& client);
+  // An idle client sent something: queue it for a server.
+  void request_server(Client& client);
+  // Transaction over: the server goes back to the pool, the client idles.
+  void release_link(Server& server);
   // Servers
   void set_state(Server& server, ServerState state);
   // Match waiting clients with idle servers; open connections while under pool_size.
   void maintain();
+  // Open connections up to min_pool_size (from the timer sweep).
+  void keep_warm();
   // A connection attempt or login failed: waiting clients get the error when nothing else in
   // the pool can serve them.
   void on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message);
@@ -53,12 +61,18 @@ class Pool {
   std::string address_text_;
   bool address_ok_ = false;
 
+  List<Client> idle_clients_;
   List<Client> waiting_clients_;
   List<Client> active_clients_;
   List<Server> connecting_servers_;  // connecting and login
   List<Server> idle_servers_;
   List<Server> active_servers_;
   List<Server> resetting_servers_;
+
+  // The parameters a fresh server reports (from the first login): the welcome for clients in
+  // transaction mode, and the values restored on a server for clients that did not set them.
+  std::vector<std::pair<std::string, std::string>> defaults_;
+  bool have_defaults_ = false;
 
   // After a failed connect or login, new attempts wait timeouts.server_login_retry and new
   // clients fail fast with the cached error meanwhile (like PgBouncer's server_login_retry).

@@ -98,6 +98,7 @@ Reactor::~Reactor() {
   free_servers(closing_servers_);
   for (auto& [key, pool] : pools_) {
     (void)key;
+    free_clients(pool->idle_clients_);
     free_clients(pool->waiting_clients_);
     free_clients(pool->active_clients_);
     free_servers(pool->connecting_servers_);
@@ -580,7 +581,8 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   if (Server* server = client.server_) {
     client.server_ = nullptr;
     server->client_ = nullptr;
-    if (server->state_ == ServerState::active) server->release();
+    if (server->state_ == ServerState::active)
+      server->release(client.pool_->settings_.pool_mode == config::PoolMode::session || client.pinned_state_ != 0);
   }
   if (client.cancel_pid_ != 0) {
     std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32);
@@ -659,8 +661,9 @@ void Reactor::finish_close(Server& server) {
 
 void Reactor::maybe_free(Client& client) {
   if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_) return;
-  if (client.stream_.fd < 0) return;  // already queued
-  ::close(client.stream_.fd);
+  if (client.freed_) return;
+  client.freed_ = true;
+  if (client.stream_.fd >= 0) ::close(client.stream_.fd);
   client.stream_.fd = -1;
   unlink(&client);
   free_clients_.push_back(&client);
@@ -668,11 +671,18 @@ void Reactor::maybe_free(Client& client) {
 
 void Reactor::maybe_free(Server& server) {
   if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_) return;
-  if (server.stream_.fd < 0) return;
-  ::close(server.stream_.fd);
+  if (server.freed_) return;
+  server.freed_ = true;
+  if (server.stream_.fd >= 0) ::close(server.stream_.fd);
   server.stream_.fd = -1;
   unlink(&server);
   free_servers_.push_back(&server);
+  // A server slot of this database is free: pools of it with waiting clients may use it.
+  --database_servers_[server.pool_.database_];
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (pool->database_ == server.pool_.database_ && !pool->waiting_clients_.empty()) pool->maintain();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,8 +700,24 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   return ref;
 }
 
+bool Reactor::database_has_room(Pool& pool) {
+  int limit = pool.settings_.max_db_connections;
+  if (limit <= 0) return true;
+  if (database_servers_[pool.database_] < limit) return true;
+  // Make room: an idle server of another pool of this database goes (its clients are not
+  // waiting, ours are). The room appears once it is freed; maintain() runs again then.
+  for (auto& [key, other] : pools_) {
+    (void)key;
+    if (other.get() == &pool || other->database_ != pool.database_ || other->idle_servers_.empty()) continue;
+    close(*other->idle_servers_.front(), Reason::server_evicted, "making room under max_db_connections");
+    break;
+  }
+  return false;
+}
+
 void Reactor::start_connect(Pool& pool) {
   auto* server = new Server(*this, pool, next_id());
+  ++database_servers_[pool.database_];
   server->created_ = now_;
   pool.set_state(*server, ServerState::connecting);
   if (!pool.address_ok_) {
@@ -778,7 +804,9 @@ void Reactor::sweep() {
       else if (expired(s->created_, t.server_lifetime)) close(*s, Reason::server_lifetime);
       s = next;
     }
-    if (pool->failing_ && !pool->waiting_clients_.empty()) pool->maintain();
+    // Waiting clients may now qualify for the reserve pool, or a failing server for a retry.
+    if (!pool->waiting_clients_.empty()) pool->maintain();
+    pool->keep_warm();
   }
   // Connections that could not drain their last bytes are cut off.
   for (Client* c = closing_clients_.front(); c != nullptr; c = List<Client>::next(c))
@@ -805,16 +833,18 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
-    for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
-      Client* next = List<Client>::next(c);
-      close(*c, Reason::shutdown, "shutting down");
-      c = next;
+    for (List<Client>* list : {&pool->waiting_clients_, &pool->idle_clients_}) {
+      for (Client* c = list->front(); c != nullptr;) {
+        Client* next = List<Client>::next(c);
+        close(*c, Reason::shutdown, "shutting down");
+        c = next;
+      }
     }
     for (Client* c = pool->active_clients_.front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
       // Graceful: a client whose server is between transactions may go now; others finish.
       Server* s = c->server_;
-      bool between = s == nullptr || (s->transaction_status_ == 'I' && s->requests_in_flight_ == 0 && !s->unsynced_);
+      bool between = s == nullptr || (s->idle_in_protocol() && s->restore_replies_pending_ == 0);
       if (immediate || between) close(*c, Reason::shutdown, "shutting down");
       c = next;
     }

@@ -50,6 +50,9 @@ class Reactor {
   void apply_backpressure(Stream& reader, const Stream& writer);
   [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user, std::string_view user_name);
   void start_connect(Pool& pool);
+  // max_db_connections: may `pool` open one more server connection to its database? When the
+  // database is at its limit, an idle server of another pool of it is closed to make room.
+  [[nodiscard]] bool database_has_room(Pool& pool);
   [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
   void register_cancel_key(Client& client);
   void login_done(Client& client);  // leaves the login list
@@ -101,6 +104,8 @@ class Reactor {
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
   std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;
   std::unordered_map<std::uint64_t, Client*> cancel_keys_;
+  // Server connections per database (all pools of it, until each is freed): max_db_connections.
+  std::unordered_map<std::string, int> database_servers_;
 
   std::vector<Stream*> flush_list_;
   std::vector<std::pair<Stream*, int*>> starved_;

@@ -2,6 +2,9 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "daemon/client.hpp"
 #include "daemon/log.hpp"
 #include "daemon/pool.hpp"
@@ -201,6 +204,10 @@ void Server::handle_login_message(char type, std::string_view body) {
       login_.reset();
       transaction_status_ = body.empty() ? 'I' : body[0];
       pool_.failing_ = false;
+      if (!pool_.have_defaults_) {
+        pool_.defaults_ = params_;
+        pool_.have_defaults_ = true;
+      }
       log::debug("S-{} logged in to {} as {} (backend pid {})", id_, pool_.address_text_, pool_.server_user_,
                  backend_pid_);
       pool_.set_state(*this, ServerState::idle);
@@ -215,13 +222,14 @@ void Server::handle_login_message(char type, std::string_view body) {
 
 // ---- release and reset -----------------------------------------------------------------------
 
-void Server::release() {
+void Server::release(bool session_reset) {
   // The client is gone. Only a connection whose every request was answered can be reused.
   forward_remaining_ = 0;
-  if (requests_in_flight_ > 0 || unsynced_ || stream_.input_size() > 0) {
+  if (requests_in_flight() > 0 || unsynced_ || copy_in_ || restore_replies_pending_ > 0 || stream_.input_size() > 0) {
     reactor_.close(*this, Reason::server_dirty, "client left with a request in flight");
     return;
   }
+  pending_settings_.clear();
   reset_replies_pending_ = 0;
   reset_failed_ = false;
   if (transaction_status_ != 'I') {
@@ -229,13 +237,22 @@ void Server::release() {
     ++reset_replies_pending_;
   }
   const std::string& reset = pool_.settings_.server_reset_query;
-  if (!reset.empty()) {
-    // Sent as its own Query: DISCARD ALL cannot run inside a multi-statement string.
-    if (!stream_.emit([&](std::string& out) { return proto::build::query(out, reset); })) {
-      reactor_.close(*this, Reason::server_reset_failed, "cannot encode server_reset_query");
-      return;
+  if (session_reset) {
+    if (reset.empty()) {
+      // Session state and no reset query to clear it: the connection cannot be shared.
+      if (reset_replies_pending_ == 0 && pool_.settings_.pool_mode != config::PoolMode::session) {
+        reactor_.close(*this, Reason::server_dirty, "session state and no server_reset_query");
+        return;
+      }
+    } else {
+      // Sent as its own Query: DISCARD ALL cannot run inside a multi-statement string.
+      if (!stream_.emit([&](std::string& out) { return proto::build::query(out, reset); })) {
+        reactor_.close(*this, Reason::server_reset_failed, "cannot encode server_reset_query");
+        return;
+      }
+      ++reset_replies_pending_;
+      settings_.clear();  // DISCARD ALL / RESET ALL: back to the defaults
     }
-    ++reset_replies_pending_;
   }
   if (reset_replies_pending_ == 0) {
     pool_.set_state(*this, ServerState::idle);
@@ -244,6 +261,140 @@ void Server::release() {
   }
   reactor_.want_send(stream_);
   pool_.set_state(*this, ServerState::resetting);
+}
+
+void Server::maybe_release() {
+  // Transaction and statement mode: the link ends when the server is idle again and the client
+  // has nothing half-sent. A pinned client keeps its server.
+  if (client_ == nullptr || pool_.settings_.pool_mode == config::PoolMode::session) return;
+  Client& client = *client_;
+  if (client.pinned_state_ != 0 || restore_replies_pending_ > 0 || !idle_in_protocol()) return;
+  if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
+  pool_.release_link(*this);
+}
+
+void Server::expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set) {
+  if (expected_head_ == expected_.size()) {
+    expected_.clear();
+    expected_head_ = 0;
+  } else if (expected_head_ > 64 && expected_head_ * 2 > expected_.size()) {
+    expected_.erase(expected_.begin(), expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_));
+    expected_head_ = 0;
+  }
+  expected_.push_back(Expected{kind, session_state, std::move(set)});
+}
+
+void Server::pop_expected_until_ready() {
+  // ReadyForQuery answers the first Query, Sync or FunctionCall; Executes before it that got no
+  // reply of their own were skipped by the server after an error.
+  while (expected_head_ < expected_.size()) {
+    char kind = expected_[expected_head_].kind;
+    expected_[expected_head_].set.reset();
+    ++expected_head_;
+    if (kind == 'Q' || kind == 'S' || kind == 'F') break;
+  }
+}
+
+void Server::drop_expected(std::size_t index) {
+  expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+void Server::on_command_complete(std::string_view tag) {
+  // The request this completes: an Execute (popped now), or the Query still running.
+  std::unique_ptr<proto::sql::SetStatement> set;
+  if (expected_head_ < expected_.size()) {
+    Expected& head = expected_[expected_head_];
+    if (head.kind == 'E') {
+      set = std::move(head.set);
+      ++expected_head_;
+    } else if (head.kind == 'Q' && head.set) {
+      set = std::make_unique<proto::sql::SetStatement>(*head.set);
+    }
+  }
+  if (copy_in_) {
+    // COPY FROM STDIN is over. The server ignored every Sync sent during the copy: forget them,
+    // and the CopyDone/CopyFail that ended it.
+    copy_in_ = false;
+    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
+      if (expected_[i].kind == 'c') {
+        drop_expected(i);
+        break;
+      }
+      if (expected_[i].kind == 'S') drop_expected(i--);
+    }
+  }
+  if ((tag == "SET" || tag == "RESET") && set) {
+    // A reported parameter is tracked through ParameterStatus; other settings are replayed.
+    bool reported = false;
+    for (const auto& [name, value] : params_) {
+      (void)value;
+      reported |= name.size() == set->name.size() &&
+                  std::equal(name.begin(), name.end(), set->name.begin(),
+                             [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+    }
+    if (!reported || set->kind == proto::sql::SetStatement::Kind::reset_all) pending_settings_.push_back(*set);
+  } else if (tag == "DISCARD ALL") {
+    pending_settings_.push_back(proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
+  } else if (tag == "PREPARE") {
+    if (client_ != nullptr) client_->note_session_state(proto::sql::kSqlPrepare);
+  } else if (tag == "LISTEN") {
+    if (client_ != nullptr) client_->note_session_state(proto::sql::kListen);
+  } else if (tag == "ROLLBACK") {
+    transaction_failed_ = true;
+  }
+}
+
+void Server::on_ready_for_query(char status) {
+  transaction_status_ = status;
+  pop_expected_until_ready();
+  if (status == 'I') {
+    // The transaction ended: its replayable SETs take effect unless it rolled back.
+    if (!transaction_failed_ && client_ != nullptr) {
+      for (const proto::sql::SetStatement& set : pending_settings_) {
+        client_->apply_setting(set);
+        if (set.kind == proto::sql::SetStatement::Kind::reset_all) settings_.clear();
+      }
+      settings_ = client_->settings_;
+    }
+    pending_settings_.clear();
+    transaction_failed_ = false;
+  }
+}
+
+void Server::handle_restore_message(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) {
+        set_param(p->name, p->value);
+        if (client_ != nullptr) client_->on_server_parameter(p->name, p->value);
+      }
+      return;
+    case proto::backend::kErrorResponse: {
+      auto e = proto::parse_error_fields(body);
+      restore_failed_ = true;
+      restore_error_ = e ? fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate) : "error";
+      return;
+    }
+    case proto::backend::kReadyForQuery:
+      transaction_status_ = body.empty() ? '?' : body[0];
+      if (--restore_replies_pending_ > 0) return;
+      if (restore_failed_ || transaction_status_ != 'I') {
+        // The server's session is not what anyone expects: neither side may continue with it.
+        std::string message = "could not apply session settings: " + restore_error_;
+        if (client_ != nullptr) {
+          Client* client = client_;
+          client_ = nullptr;
+          client->server_ = nullptr;
+          reactor_.close(*client, Reason::server_reset_failed, message);
+        }
+        reactor_.close(*this, Reason::server_reset_failed, message);
+        return;
+      }
+      if (client_ != nullptr) client_->on_restored();
+      return;
+    default:
+      return;  // CommandComplete of our SETs, notices: swallowed
+  }
 }
 
 void Server::handle_reset_message(char type, std::string_view body) {
@@ -296,8 +447,9 @@ void Server::handle_idle_message(char type, std::string_view body) {
 // ---- active: server -> client ----------------------------------------------------------------
 
 void Server::forward_to_client() {
-  Client& client = *client_;
   for (;;) {
+    if (client_ == nullptr || state_ != ServerState::active) return;
+    Client& client = *client_;
     if (forward_remaining_ > 0) {
       std::size_t n = std::min(forward_remaining_, stream_.input_size());
       if (n == 0) break;
@@ -313,29 +465,86 @@ void Server::forward_to_client() {
       reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
       return;
     }
+    if (restore_replies_pending_ > 0) {
+      // Replies to the settings pgring restored: read whole and swallowed.
+      if (frame.size > kMaxInspected) {
+        reactor_.close(*this, Reason::server_protocol_error, "oversized reply while restoring settings");
+        return;
+      }
+      if (stream_.input_size() < frame.size) break;
+      handle_restore_message(frame.type, stream_.contiguous(frame.size).substr(5));
+      if (state_ == ServerState::closing) return;
+      stream_.consume(frame.size);
+      continue;
+    }
     // The few messages pgring tracks are read whole; everything else streams through.
-    bool inspect = frame.type == proto::backend::kReadyForQuery || frame.type == proto::backend::kParameterStatus;
+    char type = frame.type;
+    bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
+                   type == proto::backend::kCommandComplete;
     if (inspect && frame.size <= kMaxInspected) {
       if (stream_.input_size() < frame.size) break;
       std::string_view body = stream_.contiguous(frame.size).substr(5);
-      if (frame.type == proto::backend::kReadyForQuery) {
+      if (type == proto::backend::kReadyForQuery) {
         auto status = proto::parse_ready_for_query(body);
         if (!status) {
           reactor_.close(*this, Reason::server_protocol_error, "malformed ReadyForQuery");
           return;
         }
-        transaction_status_ = *status;
-        if (requests_in_flight_ > 0) --requests_in_flight_;
-      } else if (auto p = proto::parse_parameter_status(body)) {
-        set_param(p->name, p->value);
+        if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' && client.pinned_state_ == 0) {
+          refuse_transaction_block(frame.size);
+          continue;
+        }
+        on_ready_for_query(*status);
+      } else if (type == proto::backend::kParameterStatus) {
+        if (auto p = proto::parse_parameter_status(body)) {
+          set_param(p->name, p->value);
+          client.on_server_parameter(p->name, p->value);
+        }
+      } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
+        on_command_complete(*tag);
+        if (client_ == nullptr || client.state_ == ClientState::closing) return;
       }
+    } else if (type == proto::backend::kErrorResponse) {
+      // An error ends the running Execute; the server then skips to the next Sync, and an
+      // error during COPY FROM STDIN ends the copy.
+      on_command_complete({});
+      transaction_failed_ = true;
+    } else if (type == proto::backend::kEmptyQueryResponse || type == proto::backend::kPortalSuspended) {
+      on_command_complete({});
+    } else if (type == proto::backend::kCopyInResponse) {
+      copy_in_ = true;
     }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
     stream_.forward(n, client.stream_);
     forward_remaining_ = frame.size - n;
+    if (type == proto::backend::kReadyForQuery && n == frame.size) {
+      reactor_.want_send(client.stream_);
+      maybe_release();
+      if (client_ == nullptr) return;  // released: anything further is not this client's
+    }
   }
+  if (client_ != nullptr) {
+    reactor_.want_send(client_->stream_);
+    reactor_.apply_backpressure(stream_, client_->stream_);
+  }
+}
+
+void Server::refuse_transaction_block(std::size_t ready_size) {
+  // Statement mode: the statement opened a transaction block. The client gets an error instead
+  // of this ReadyForQuery; pgring rolls the block back on its own.
+  Client& client = *client_;
+  stream_.consume(ready_size);
+  pop_expected_until_ready();
+  (void)client.stream_.emit([](std::string& out) {
+    return proto::build::error_response(out, "ERROR", "0A000",
+                                        "pgring: transaction blocks are not allowed in statement pooling mode");
+  });
+  (void)client.stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(client.stream_);
-  reactor_.apply_backpressure(stream_, client.stream_);
+  (void)stream_.emit([](std::string& out) { return proto::build::query(out, "ROLLBACK"); });
+  ++restore_replies_pending_;
+  reactor_.want_send(stream_);
+  transaction_status_ = 'I';
 }
 
 }  // namespace pgring

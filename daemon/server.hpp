@@ -23,6 +23,7 @@
 #include "daemon/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
+#include "proto/sql.hpp"
 
 namespace pgring {
 
@@ -40,8 +41,11 @@ class Server {
 
   void on_connected();
   void on_input();
-  // The linked client left: make this connection reusable (or close it).
-  void release();
+  // The linked client left: make this connection reusable (or close it). `session_reset` runs
+  // server_reset_query too (session mode, or a client that left session state behind).
+  void release(bool session_reset);
+  // Transaction/statement mode: give the server back when the client's transaction is over.
+  void maybe_release();
 
   ListNode<Server> node_;
   Reactor& reactor_;
@@ -54,6 +58,7 @@ class Server {
   Operation connect_op_;
   int ops_in_flight_ = 0;
   bool shut_down_ = false;
+  bool freed_ = false;      // queued for deletion at the end of the loop turn
 
   Client* client_ = nullptr;
 
@@ -62,12 +67,37 @@ class Server {
   std::int32_t backend_pid_ = 0;
   std::string backend_secret_;
 
-  // Protocol tracking, enough to know whether the connection is clean when its client leaves:
-  // requests that will each produce a ReadyForQuery (Query, Sync, FunctionCall) not yet
-  // answered, extended-protocol messages not yet followed by Sync, and the last status.
-  int requests_in_flight_ = 0;
+  // Protocol tracking: what the linked client sent that the server has not answered yet, in
+  // order. Entries: 'Q' Query, 'S' Sync, 'F' FunctionCall (each ends with ReadyForQuery),
+  // 'E' Execute (ends with CommandComplete, EmptyQueryResponse, PortalSuspended or an error),
+  // 'c' CopyDone/CopyFail. The link may be released only when this is empty, no extended
+  // message waits for its Sync, no COPY is running and the server says 'I'.
+  struct Expected {
+    char kind;
+    std::uint8_t session_state;  // proto::sql::SessionState flags of a Query's text
+    std::unique_ptr<proto::sql::SetStatement> set;  // a Query that is one replayable SET/RESET
+  };
+  void expect(char kind, std::uint8_t session_state = 0, std::unique_ptr<proto::sql::SetStatement> set = {});
+  [[nodiscard]] bool idle_in_protocol() const {
+    return expected_head_ == expected_.size() && !unsynced_ && !copy_in_ && transaction_status_ == 'I';
+  }
+  [[nodiscard]] int requests_in_flight() const { return static_cast<int>(expected_.size() - expected_head_); }
+  std::vector<Expected> expected_;
+  std::size_t expected_head_ = 0;
   bool unsynced_ = false;
+  bool copy_in_ = false;
   char transaction_status_ = 'I';
+
+  // Replies to queries pgring injected (restoring a client's settings) are swallowed up to
+  // this many ReadyForQuery.
+  int restore_replies_pending_ = 0;
+  bool restore_failed_ = false;
+  std::string restore_error_;
+  // Settings not reported by the server that clients applied with SET, and those changed in
+  // the current transaction (applied at commit, dropped at rollback).
+  std::vector<std::pair<std::string, std::string>> settings_;
+  std::vector<proto::sql::SetStatement> pending_settings_;
+  bool transaction_failed_ = false;
   int reset_replies_pending_ = 0;  // ReadyForQuery still expected while resetting
   bool reset_failed_ = false;
 
@@ -80,6 +110,12 @@ class Server {
   void handle_idle_message(char type, std::string_view body);
   void forward_to_client();
   void set_param(std::string_view name, std::string_view value);
+  void on_command_complete(std::string_view tag);
+  void on_ready_for_query(char status);
+  void handle_restore_message(char type, std::string_view body);
+  void pop_expected_until_ready();
+  void drop_expected(std::size_t index);
+  void refuse_transaction_block(std::size_t ready_size);
 
   struct LoginState {
     std::string scram_client_first_bare;

@@ -23,6 +23,8 @@ inline constexpr char kCopyInResponse = 'G';
 inline constexpr char kCopyOutResponse = 'H';
 inline constexpr char kCopyBothResponse = 'W';
 inline constexpr char kNotificationResponse = 'A';
+inline constexpr char kEmptyQueryResponse = 'I';
+inline constexpr char kPortalSuspended = 's';
 }  // namespace backend
 
 namespace frontend {

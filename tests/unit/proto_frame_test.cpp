@@ -94,7 +94,8 @@ TEST_CASE("parse_startup_message: parameters, defaults and malformed packets") {
   CHECK(m->find("application_name") == "psql");
   CHECK(m->params.size() == 2);
 
-  auto with_db = parse_startup_message(classify_startup(startup_bytes({{"user", "a"}, {"database", "d"}})));
+  std::string with_db_bytes = startup_bytes({{"user", "a"}, {"database", "d"}});  // views point into it
+  auto with_db = parse_startup_message(classify_startup(with_db_bytes));
   REQUIRE(with_db);
   CHECK(with_db->database == "d");
 

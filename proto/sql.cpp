@@ -1,0 +1,281 @@
+#include "proto/sql.hpp"
+
+#include <cctype>
+#include <vector>
+
+namespace pgring::proto::sql {
+
+namespace {
+
+bool ident_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$'; }
+
+// Tokens of a query: words (lower-cased), quoted identifiers, string literals and punctuation.
+// Comments and whitespace vanish. Enough to recognise statement shapes, not to parse SQL.
+struct Token {
+  enum class Kind { word, quoted_ident, string, number, punct } kind;
+  std::string text;      // word lower-cased; quoted identifier unquoted
+  std::string_view raw;  // exact source text
+};
+
+bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_tokens) {
+  std::size_t i = 0;
+  while (i < q.size()) {
+    char c = q[i];
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      ++i;
+    } else if (c == '-' && i + 1 < q.size() && q[i + 1] == '-') {
+      while (i < q.size() && q[i] != '\n') ++i;
+    } else if (c == '/' && i + 1 < q.size() && q[i + 1] == '*') {
+      // Block comments nest in PostgreSQL.
+      int depth = 0;
+      do {
+        if (q.compare(i, 2, "/*") == 0) {
+          ++depth;
+          i += 2;
+        } else if (q.compare(i, 2, "*/") == 0) {
+          --depth;
+          i += 2;
+        } else {
+          ++i;
+        }
+      } while (depth > 0 && i < q.size());
+      if (depth > 0) return false;
+    } else if (c == '\'' || ((c == 'E' || c == 'e') && i + 1 < q.size() && q[i + 1] == '\'')) {
+      std::size_t start = i;
+      bool escapes = c != '\'';
+      if (escapes) ++i;
+      ++i;
+      for (;;) {
+        if (i >= q.size()) return false;
+        if (escapes && q[i] == '\\') {
+          i += 2;
+          continue;
+        }
+        if (q[i] == '\'') {
+          if (i + 1 < q.size() && q[i + 1] == '\'') {
+            i += 2;
+            continue;
+          }
+          ++i;
+          break;
+        }
+        ++i;
+      }
+      out.push_back({Token::Kind::string, {}, q.substr(start, i - start)});
+    } else if (c == '$' && (i + 1 < q.size()) && (q[i + 1] == '$' || std::isalpha(static_cast<unsigned char>(q[i + 1])))) {
+      // Dollar quoting: $tag$ ... $tag$
+      std::size_t end_tag = q.find('$', i + 1);
+      if (end_tag == std::string_view::npos) return false;
+      std::string_view tag = q.substr(i, end_tag - i + 1);
+      bool valid = true;
+      for (char t : tag.substr(1, tag.size() - 2)) valid &= ident_char(t) && t != '$';
+      if (!valid) {
+        out.push_back({Token::Kind::punct, std::string(1, c), q.substr(i, 1)});
+        ++i;
+        continue;
+      }
+      std::size_t close = q.find(tag, end_tag + 1);
+      if (close == std::string_view::npos) return false;
+      std::size_t stop = close + tag.size();
+      out.push_back({Token::Kind::string, {}, q.substr(i, stop - i)});
+      i = stop;
+    } else if (c == '"') {
+      std::size_t start = i++;
+      std::string text;
+      for (;;) {
+        if (i >= q.size()) return false;
+        if (q[i] == '"') {
+          if (i + 1 < q.size() && q[i + 1] == '"') {
+            text.push_back('"');
+            i += 2;
+            continue;
+          }
+          ++i;
+          break;
+        }
+        text.push_back(q[i++]);
+      }
+      out.push_back({Token::Kind::quoted_ident, std::move(text), q.substr(start, i - start)});
+    } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_' || static_cast<unsigned char>(c) >= 0x80) {
+      std::size_t start = i;
+      while (i < q.size() && (ident_char(q[i]) || static_cast<unsigned char>(q[i]) >= 0x80)) ++i;
+      std::string text(q.substr(start, i - start));
+      for (char& t : text) t = static_cast<char>(std::tolower(static_cast<unsigned char>(t)));
+      out.push_back({Token::Kind::word, std::move(text), q.substr(start, i - start)});
+    } else if (std::isdigit(static_cast<unsigned char>(c)) || (c == '.' && i + 1 < q.size() && std::isdigit(static_cast<unsigned char>(q[i + 1])))) {
+      std::size_t start = i;
+      while (i < q.size() && (std::isalnum(static_cast<unsigned char>(q[i])) || q[i] == '.')) ++i;
+      out.push_back({Token::Kind::number, {}, q.substr(start, i - start)});
+    } else {
+      out.push_back({Token::Kind::punct, std::string(1, c), q.substr(i, 1)});
+      ++i;
+    }
+    if (out.size() > max_tokens) return false;
+  }
+  return true;
+}
+
+bool is_word(const Token& t, std::string_view w) { return t.kind == Token::Kind::word && t.text == w; }
+
+}  // namespace
+
+std::optional<SetStatement> parse_set_statement(std::string_view query) {
+  std::vector<Token> t;
+  if (query.size() > 4096 || !tokenize(query, t, 256) || t.empty()) return std::nullopt;
+  // One statement only: a semicolon may only end it.
+  for (std::size_t i = 0; i < t.size(); ++i)
+    if (t[i].kind == Token::Kind::punct && t[i].text == ";" && i + 1 != t.size()) return std::nullopt;
+  if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
+  if (t.size() < 2) return std::nullopt;
+
+  std::size_t i = 1;
+  // name: ident(.ident)* — PostgreSQL lower-cases unquoted names.
+  auto read_name = [&](std::string& name) {
+    if (i >= t.size() || (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident)) return false;
+    name = t[i++].text;
+    while (i + 1 < t.size() && t[i].kind == Token::Kind::punct && t[i].text == "." &&
+           (t[i + 1].kind == Token::Kind::word || t[i + 1].kind == Token::Kind::quoted_ident)) {
+      name += "." + t[i + 1].text;
+      i += 2;
+    }
+    return true;
+  };
+
+  if (is_word(t[0], "reset")) {
+    if (t.size() == 2 && is_word(t[1], "all")) return SetStatement{SetStatement::Kind::reset_all, {}, {}};
+    SetStatement s{SetStatement::Kind::reset, {}, {}};
+    if (!read_name(s.name) || i != t.size()) return std::nullopt;
+    if (s.name == "role" || s.name == "session") return std::nullopt;  // RESET ROLE / SESSION AUTHORIZATION
+    return s;
+  }
+  if (!is_word(t[0], "set")) return std::nullopt;
+  if (is_word(t[1], "session")) {
+    if (t.size() > 2 && is_word(t[2], "authorization")) return std::nullopt;
+    i = 2;
+  }
+  if (i < t.size() && is_word(t[i], "local")) return std::nullopt;  // transaction-scoped
+  SetStatement s{SetStatement::Kind::set, {}, {}};
+  if (!read_name(s.name)) return std::nullopt;
+  // Statements that look like SET but are not session GUC assignments.
+  if (s.name == "role" || s.name == "transaction" || s.name == "constraints" || s.name == "characteristics")
+    return std::nullopt;
+  if (s.name == "time" && i < t.size() && is_word(t[i], "zone")) {
+    // SET TIME ZONE value: TimeZone is reported by the server; replay it as such.
+    ++i;
+    s.name = "timezone";
+  } else {
+    if (i >= t.size()) return std::nullopt;
+    if (is_word(t[i], "to") || (t[i].kind == Token::Kind::punct && t[i].text == "=")) ++i;
+    else return std::nullopt;
+  }
+  if (i >= t.size()) return std::nullopt;
+  // The value is the rest of the statement, verbatim.
+  const char* begin = t[i].raw.data();
+  const char* end = t.back().raw.data() + t.back().raw.size();
+  s.value.assign(begin, end);
+  return s;
+}
+
+std::uint8_t scan_session_state(std::string_view query) {
+  std::vector<Token> t;
+  // Unparseable text (an unterminated literal, or huge) gets no flags: the server will reject
+  // broken SQL itself, and huge statements are data loads, not session setup.
+  if (!tokenize(query, t, 1u << 16)) return kNone;
+  std::uint8_t flags = kNone;
+  bool statement_start = true;
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    const Token& tok = t[i];
+    if (tok.kind == Token::Kind::punct && tok.text == ";") {
+      statement_start = true;
+      continue;
+    }
+    if (tok.kind == Token::Kind::word) {
+      const std::string& w = tok.text;
+      if (w == "create") {
+        for (std::size_t j = i + 1; j < t.size() && j < i + 4; ++j)
+          if (is_word(t[j], "temp") || is_word(t[j], "temporary")) flags |= kTemporaryObject;
+      } else if (w == "with" && i + 1 < t.size() && is_word(t[i + 1], "hold")) {
+        flags |= kHoldCursor;
+      } else if ((w == "pg_advisory_lock" || w == "pg_try_advisory_lock" || w == "pg_advisory_lock_shared" ||
+                  w == "pg_try_advisory_lock_shared") &&
+                 i + 1 < t.size() && t[i + 1].text == "(") {
+        flags |= kAdvisoryLock;
+      } else if (statement_start && w == "listen") {
+        flags |= kListen;
+      } else if (statement_start && w == "prepare" && i + 1 < t.size() && !is_word(t[i + 1], "transaction")) {
+        flags |= kSqlPrepare;
+      } else if (statement_start && w == "set") {
+        std::size_t j = i + 1;
+        if (j < t.size() && is_word(t[j], "session")) ++j;
+        if (j < t.size() && (is_word(t[j], "role") || is_word(t[j], "authorization"))) {
+          flags |= kRoleChange;
+        } else if (j < t.size() && t[j].kind == Token::Kind::word) {
+          // Settings the server reports (ParameterStatus) are tracked whatever the statement
+          // looks like; transaction-scoped forms end with the transaction.
+          static constexpr std::string_view kHarmless[] = {
+              "local", "transaction", "constraints", "application_name", "client_encoding", "datestyle",
+              "timezone", "time", "intervalstyle", "standard_conforming_strings"};
+          bool harmless = false;
+          for (std::string_view h : kHarmless) harmless |= t[j].text == h;
+          if (!harmless) flags |= kUntrackedSet;
+        }
+      }
+    }
+    statement_start = false;
+  }
+  return flags;
+}
+
+std::string describe_session_state(std::uint8_t flags) {
+  std::string out;
+  auto add = [&](std::uint8_t bit, std::string_view what) {
+    if (!(flags & bit)) return;
+    if (!out.empty()) out += ", ";
+    out += what;
+  };
+  add(kTemporaryObject, "temporary object");
+  add(kHoldCursor, "WITH HOLD cursor");
+  add(kAdvisoryLock, "session advisory lock");
+  add(kListen, "LISTEN");
+  add(kSqlPrepare, "SQL PREPARE");
+  add(kRoleChange, "SET ROLE / SESSION AUTHORIZATION");
+  add(kUntrackedSet, "SET that pgring cannot replay");
+  return out;
+}
+
+std::string quote_literal(std::string_view value) {
+  bool backslash = value.find('\\') != std::string_view::npos;
+  std::string out = backslash ? "E'" : "'";
+  for (char c : value) {
+    if (c == '\'') out += "''";
+    else if (c == '\\') out += "\\\\";
+    else out.push_back(c);
+  }
+  out.push_back('\'');
+  return out;
+}
+
+std::string quote_identifier(std::string_view name) {
+  bool plain = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0]));
+  for (char c : name) plain &= (std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '_' || c == '.');
+  if (plain) return std::string(name);
+  // Dotted custom settings (myapp.x) are quoted as one identifier per part.
+  std::string out;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t dot = name.find('.', start);
+    std::string_view part = name.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    out.push_back('"');
+    for (char c : part) {
+      if (c == '"') out += "\"\"";
+      else out.push_back(c);
+    }
+    out.push_back('"');
+    if (dot == std::string_view::npos) break;
+    out.push_back('.');
+    start = dot + 1;
+  }
+  return out;
+}
+
+}  // namespace pgring::proto::sql

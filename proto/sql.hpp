@@ -1,0 +1,43 @@
+#pragma once
+// Lexical looks at SQL text, for the few things a transaction pooler must know about a query
+// without a parser: is it a single SET/RESET it can replay on another connection, and does it
+// create session state that cannot follow a client from one server connection to the next.
+// These are heuristics on text; docs/transaction-pooling.md lists what they catch and miss.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pgring::proto::sql {
+
+// A query that is exactly one `SET [SESSION] name {TO|=} value` or `RESET name` / `RESET ALL`
+// (an optional trailing semicolon and whitespace/comments allowed).
+struct SetStatement {
+  enum class Kind { set, reset, reset_all } kind;
+  std::string name;   // lower-cased unless quoted; empty for reset_all
+  std::string value;  // the value as SQL text, verbatim (for kind set)
+};
+[[nodiscard]] std::optional<SetStatement> parse_set_statement(std::string_view query);
+
+// Session state a query may create, detected from keywords outside string literals, quoted
+// identifiers and comments.
+enum SessionState : std::uint8_t {
+  kNone = 0,
+  kTemporaryObject = 1 << 0,  // CREATE TEMP/TEMPORARY ...
+  kHoldCursor = 1 << 1,       // DECLARE ... WITH HOLD
+  kAdvisoryLock = 1 << 2,     // pg_advisory_lock / pg_try_advisory_lock (session level)
+  kListen = 1 << 3,           // LISTEN
+  kSqlPrepare = 1 << 4,       // PREPARE name AS ...
+  kRoleChange = 1 << 5,       // SET ROLE / SET SESSION AUTHORIZATION
+  kUntrackedSet = 1 << 6,     // a session SET pgring cannot replay (not a lone SET statement)
+};
+[[nodiscard]] std::uint8_t scan_session_state(std::string_view query);
+[[nodiscard]] std::string describe_session_state(std::uint8_t flags);
+
+// SQL literal for any string, valid whatever standard_conforming_strings says.
+[[nodiscard]] std::string quote_literal(std::string_view value);
+// Identifier quoted only when needed.
+[[nodiscard]] std::string quote_identifier(std::string_view name);
+
+}  // namespace pgring::proto::sql
