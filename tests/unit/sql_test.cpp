@@ -1,0 +1,106 @@
+// SQL text heuristics: replayable SET/RESET statements and session-state detection.
+
+#include <doctest/doctest.h>
+
+#include <random>
+#include <string>
+
+#include "proto/sql.hpp"
+
+using namespace pgring::proto::sql;
+
+TEST_CASE("parse_set_statement: replayable forms") {
+  auto s = parse_set_statement("SET statement_timeout = '7s'");
+  REQUIRE(s);
+  CHECK(s->kind == SetStatement::Kind::set);
+  CHECK(s->name == "statement_timeout");
+  CHECK(s->value == "'7s'");
+
+  auto to = parse_set_statement("  set SESSION Work_Mem TO 64000 ;  ");
+  REQUIRE(to);
+  CHECK(to->name == "work_mem");
+  CHECK(to->value == "64000");
+
+  auto list = parse_set_statement("SET search_path TO \"My Schema\", public");
+  REQUIRE(list);
+  CHECK(list->value == "\"My Schema\", public");
+
+  auto custom = parse_set_statement("SET myapp.tenant = 'a;b'");  // a semicolon inside a literal
+  REQUIRE(custom);
+  CHECK(custom->name == "myapp.tenant");
+  CHECK(custom->value == "'a;b'");
+
+  auto tz = parse_set_statement("SET TIME ZONE 'UTC'");
+  REQUIRE(tz);
+  CHECK(tz->name == "timezone");
+  CHECK(tz->value == "'UTC'");
+
+  auto reset = parse_set_statement("RESET statement_timeout");
+  REQUIRE(reset);
+  CHECK(reset->kind == SetStatement::Kind::reset);
+  auto all = parse_set_statement("reset all;");
+  REQUIRE(all);
+  CHECK(all->kind == SetStatement::Kind::reset_all);
+
+  auto commented = parse_set_statement("/* driver */ SET -- why\n lock_timeout = 5");
+  REQUIRE(commented);
+  CHECK(commented->name == "lock_timeout");
+}
+
+TEST_CASE("parse_set_statement: not replayable") {
+  CHECK_FALSE(parse_set_statement("SET LOCAL statement_timeout = 5"));
+  CHECK_FALSE(parse_set_statement("SET ROLE bob"));
+  CHECK_FALSE(parse_set_statement("SET SESSION AUTHORIZATION bob"));
+  CHECK_FALSE(parse_set_statement("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+  CHECK_FALSE(parse_set_statement("SET CONSTRAINTS ALL DEFERRED"));
+  CHECK_FALSE(parse_set_statement("SET a = 1; SELECT 1"));
+  CHECK_FALSE(parse_set_statement("SELECT 1"));
+  CHECK_FALSE(parse_set_statement("SET"));
+  CHECK_FALSE(parse_set_statement("SET x"));
+  CHECK_FALSE(parse_set_statement("SET x = 'unterminated"));
+  CHECK_FALSE(parse_set_statement("RESET ROLE"));
+}
+
+TEST_CASE("scan_session_state: what pins a client") {
+  CHECK(scan_session_state("CREATE TEMP TABLE t(a int)") == kTemporaryObject);
+  CHECK(scan_session_state("create temporary view v as select 1") == kTemporaryObject);
+  CHECK(scan_session_state("CREATE GLOBAL TEMPORARY TABLE t(a int)") == kTemporaryObject);
+  CHECK(scan_session_state("DECLARE c CURSOR WITH HOLD FOR SELECT 1") == kHoldCursor);
+  CHECK(scan_session_state("SELECT pg_advisory_lock(42)") == kAdvisoryLock);
+  CHECK(scan_session_state("SELECT pg_try_advisory_lock(1, 2)") == kAdvisoryLock);
+  CHECK(scan_session_state("LISTEN jobs") == kListen);
+  CHECK(scan_session_state("PREPARE q AS SELECT 1") == kSqlPrepare);
+  CHECK(scan_session_state("SET ROLE admin") == kRoleChange);
+  CHECK(scan_session_state("SELECT 1; SET statement_timeout = 5") == kUntrackedSet);
+
+  // Transaction-scoped or reported: nothing to pin.
+  CHECK(scan_session_state("SELECT pg_advisory_xact_lock(42)") == kNone);
+  CHECK(scan_session_state("SET LOCAL statement_timeout = 5") == kNone);
+  CHECK(scan_session_state("SELECT 1; SET application_name = 'x'") == kNone);
+  CHECK(scan_session_state("PREPARE TRANSACTION 'x'") == kNone);
+  CHECK(scan_session_state("SELECT temp FROM weather") == kNone);
+  // Keywords inside literals, quoted identifiers and comments do not count.
+  CHECK(scan_session_state("SELECT 'CREATE TEMP TABLE x', \"listen\" -- LISTEN x\n") == kNone);
+  CHECK(scan_session_state("SELECT $$ pg_advisory_lock(1) $$, $t$ with hold $t$") == kNone);
+  CHECK(scan_session_state("/* LISTEN /* nested */ x */ SELECT 1") == kNone);
+}
+
+TEST_CASE("quoting") {
+  CHECK(quote_literal("it's") == "'it''s'");
+  CHECK(quote_literal("a\\b") == "E'a\\\\b'");
+  CHECK(quote_identifier("statement_timeout") == "statement_timeout");
+  CHECK(quote_identifier("DateStyle") == "\"DateStyle\"");
+  CHECK(quote_identifier("myapp.x") == "myapp.x");
+  CHECK(quote_identifier("we\"ird") == "\"we\"\"ird\"");
+}
+
+TEST_CASE("random text never crashes the scanners") {
+  std::mt19937 rng(7);
+  const std::string alphabet = "SETsetRESET ;='\"$-/*\\\nabcTEMPHOLD(),.xE";
+  for (int round = 0; round < 20000; ++round) {
+    std::string q(rng() % 80, ' ');
+    for (char& c : q) c = alphabet[rng() % alphabet.size()];
+    (void)parse_set_statement(q);
+    (void)scan_session_state(q);
+  }
+}
