@@ -483,6 +483,8 @@ void Client::note_session_state(std::uint8_t flags) {
 void Client::forward_to_server() {
   Server& server = *server_;
   const std::uint32_t max_size = reactor_.config().max_message_size;
+  // The statement cache renames named statements in transaction and statement mode.
+  const bool cache = pool_->settings_.pool_mode != config::PoolMode::session && pool_->settings_.prepared_statements > 0;
   for (;;) {
     if (forward_remaining_ > 0) {
       // The rest of a large message, streamed as it arrives.
@@ -490,6 +492,13 @@ void Client::forward_to_server() {
       if (n == 0) break;
       stream_.forward(n, server.stream_);
       forward_remaining_ -= n;
+      continue;
+    }
+    if (discard_remaining_ > 0) {
+      std::size_t n = std::min(discard_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.consume(n);
+      discard_remaining_ -= n;
       continue;
     }
     if (stream_.input_size() < 5) break;
@@ -505,28 +514,43 @@ void Client::forward_to_server() {
                      fmt::format("message of {} bytes is larger than max_message_size ({})", frame.size, max_size));
       return;
     }
-    // Query and Parse texts are read whole (up to kMaxInspectedQuery) to see session state.
-    bool inspect = (frame.type == proto::frontend::kQuery || frame.type == proto::frontend::kParse) &&
-                   frame.size <= kMaxInspectedQuery;
+    const char type = frame.type;
+    if (type == proto::frontend::kTerminate) {
+      // Never forwarded: the server stays in the pool.
+      stream_.consume(std::min<std::size_t>(frame.size, stream_.input_size()));
+      reactor_.close(*this, Reason::client_terminate);
+      return;
+    }
+    if (skip_until_sync_ && type != proto::frontend::kSync) {
+      // After an error pgring raised in the extended protocol, the client's messages up to its
+      // Sync are dropped, as PostgreSQL drops them after an error of its own.
+      discard_remaining_ = frame.size;
+      continue;
+    }
+    // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session
+    // state; with the statement cache, every message that names a statement.
+    bool statement_message = cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
+                                       type == proto::frontend::kDescribe || type == proto::frontend::kClose);
+    bool inspect = statement_message || ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
+                                         frame.size <= kMaxInspectedQuery);
     if (inspect && stream_.input_size() < frame.size) break;
-    switch (frame.type) {
-      case proto::frontend::kTerminate:
-        // Never forwarded: the server stays in the pool.
-        stream_.consume(std::min<std::size_t>(frame.size, stream_.input_size()));
-        reactor_.close(*this, Reason::client_terminate);
-        return;
+    std::string_view body = inspect ? stream_.contiguous(frame.size).substr(5) : std::string_view();
+    bool handled = false;  // true: the message was consumed (rewritten or answered here)
+    switch (type) {
       case proto::frontend::kQuery: {
         std::uint8_t state = 0;
         std::unique_ptr<proto::sql::SetStatement> set;
         if (inspect) {
-          if (auto text = proto::parse_query(stream_.contiguous(frame.size).substr(5))) {
+          if (auto text = proto::parse_query(body)) {
             state = proto::sql::scan_session_state(*text);
             if (auto s = proto::sql::parse_set_statement(*text)) {
               set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
               state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
             }
+            if (cache) handled = deallocate(*text);
           }
         }
+        if (handled) break;
         server.expect('Q', state, std::move(set));
         if (state != 0) {
           note_session_state(state);
@@ -536,7 +560,7 @@ void Client::forward_to_server() {
       }
       case proto::frontend::kParse: {
         if (inspect) {
-          proto::Reader r(stream_.contiguous(frame.size).substr(5));
+          proto::Reader r(body);
           (void)r.cstring();
           std::string_view text = r.cstring();
           if (r.ok()) {
@@ -555,9 +579,36 @@ void Client::forward_to_server() {
           }
         }
         server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_parse(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled) server.expect('P');
         break;
       }
+      case proto::frontend::kBind:
+        server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_bind(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled) server.expect('B');
+        break;
+      case proto::frontend::kDescribe:
+        server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_describe(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled) server.expect('D');
+        break;
+      case proto::frontend::kClose:
+        server.unsynced_ = true;
+        if (statement_message) handled = cached_close(server, body);
+        if (!handled) server.expect('C');
+        break;
       case proto::frontend::kSync:
+        skip_until_sync_ = false;
         server.expect('S');
         server.unsynced_ = false;
         break;
@@ -568,9 +619,6 @@ void Client::forward_to_server() {
         server.expect('E', 0, std::move(last_parse_set_));
         server.unsynced_ = true;
         break;
-      case proto::frontend::kBind:
-      case proto::frontend::kDescribe:
-      case proto::frontend::kClose:
       case proto::frontend::kFlush:
         server.unsynced_ = true;
         break;
@@ -581,12 +629,167 @@ void Client::forward_to_server() {
         break;
       default: break;
     }
+    if (handled) {
+      stream_.consume(frame.size);
+      continue;
+    }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
     stream_.forward(n, server.stream_);
     forward_remaining_ = frame.size - n;
   }
+  // Replies pgring owes with nothing before them in the queue go out now.
+  server.flush_fakes();
   reactor_.want_send(server.stream_);
   reactor_.apply_backpressure(stream_, server.stream_);
+  if (state_ == ClientState::active && server.requests_in_flight() == 0) server.maybe_release();
+}
+
+// ---- the statement cache (DESIGN.md section 5) ------------------------------------------------
+
+void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
+  Server::Expected& e = server.expect('e');
+  (void)proto::build::error_response(e.fake, "ERROR", sqlstate, message);
+  skip_until_sync_ = true;
+}
+
+bool Client::ensure_prepared(Server& server, const PreparedStatement& statement) {
+  if (server.prepared_.contains(statement.id)) {
+    server.prepared_.touch(statement.id);
+    return true;
+  }
+  // The server lacks it (another connection, or evicted): prepare it first and swallow the
+  // ParseComplete. An error from this Parse reaches the client as the error of its request.
+  if (!server.stream_.emit([&](std::string& out) {
+        return proto::build::parse(out, statement.server_name, statement.parse_tail);
+      }))
+    return false;
+  Server::Expected& e = server.expect('P');
+  e.skip = true;
+  e.statement = &statement;
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.injected;
+  evict_statements(server, statement.id);
+  return true;
+}
+
+void Client::evict_statements(Server& server, std::uint64_t keep) {
+  auto limit = static_cast<std::size_t>(pool_->settings_.prepared_statements);
+  while (auto victim = server.prepared_.victim(limit, keep)) {
+    std::string name = "pgring_" + std::to_string(*victim);
+    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, name); });
+    server.expect('C').skip = true;
+    server.prepared_.remove(*victim);
+    ++reactor_.statements().counters.evictions;
+  }
+}
+
+bool Client::cached_parse(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  std::string_view name = r.cstring();
+  std::string_view tail = r.rest();
+  if (!r.ok() || name.empty()) return false;  // the unnamed statement passes through
+  if (statements_.count(std::string(name)) != 0) {
+    fake_error(server, "42P05", fmt::format("prepared statement \"{}\" already exists", name));
+    return true;
+  }
+  const PreparedStatement& statement = reactor_.statements().intern(tail);
+  statements_.emplace(std::string(name), &statement);
+  if (server.prepared_.contains(statement.id)) {
+    // Already prepared on this connection: ParseComplete comes from pgring, in its place.
+    server.prepared_.touch(statement.id);
+    server.expect('p');
+    ++reactor_.statements().counters.hits;
+    return true;
+  }
+  if (!server.stream_.emit([&](std::string& out) {
+        return proto::build::parse(out, statement.server_name, statement.parse_tail);
+      })) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  Server::Expected& e = server.expect('P');
+  e.statement = &statement;
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.parses_sent;
+  evict_statements(server, statement.id);
+  return true;
+}
+
+const PreparedStatement* Client::find_statement(Server& server, std::string_view name) {
+  auto it = statements_.find(std::string(name));
+  if (it != statements_.end()) return it->second;
+  fake_error(server, "26000", fmt::format("prepared statement \"{}\" does not exist", name));
+  return nullptr;
+}
+
+bool Client::cached_bind(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  std::string_view portal = r.cstring();
+  std::string_view name = r.cstring();
+  std::string_view rest = r.rest();
+  if (!r.ok() || name.empty()) return false;
+  const PreparedStatement* statement = find_statement(server, name);
+  if (statement == nullptr) return true;
+  if (!ensure_prepared(server, *statement)) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  // The parameters are copied once into the rewritten Bind.
+  bool ok = server.stream_.emit([&](std::string& out) {
+    proto::Writer b(out, std::size_t{1} << 31);
+    b.begin(proto::frontend::kBind).cstring(portal).cstring(statement->server_name).bytes(rest).end();
+    return b.ok();
+  });
+  if (!ok) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Bind");
+    return true;
+  }
+  server.expect('B');
+  return true;
+}
+
+bool Client::cached_describe(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  char kind = static_cast<char>(r.u8());
+  std::string_view name = r.cstring();
+  if (!r.ok() || kind != 'S' || name.empty()) return false;
+  const PreparedStatement* statement = find_statement(server, name);
+  if (statement == nullptr) return true;
+  if (!ensure_prepared(server, *statement)) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  (void)server.stream_.emit([&](std::string& out) {
+    proto::Writer w(out);
+    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement->server_name).end();
+    return w.ok();
+  });
+  server.expect('D');
+  return true;
+}
+
+bool Client::cached_close(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  char kind = static_cast<char>(r.u8());
+  std::string_view name = r.cstring();
+  if (!r.ok() || kind != 'S' || name.empty()) return false;
+  // The client forgets its name; the server keeps the statement for whoever uses it next.
+  statements_.erase(std::string(name));
+  server.expect('x');
+  return true;
+}
+
+bool Client::deallocate(std::string_view query) {
+  auto d = proto::sql::parse_deallocate(query);
+  if (!d) return false;
+  if (d->all) {
+    // Forwarded: it also drops the client's SQL-level statements. The tag clears the caches.
+    statements_.clear();
+    return false;
+  }
+  if (statements_.erase(d->name) == 0) return false;  // an SQL-level statement: the server's business
+  server_->expect('d');
+  return true;
 }
 
 void Client::on_server_parameter(std::string_view name, std::string_view value) {

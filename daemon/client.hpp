@@ -22,11 +22,13 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
 #include "daemon/close_reason.hpp"
 #include "daemon/list.hpp"
+#include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
@@ -101,6 +103,11 @@ class Client {
   bool welcomed_ = false;
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
+  // Statement cache: this client's statement names -> the reactor's registry entries.
+  std::unordered_map<std::string, const PreparedStatement*> statements_;
+  bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
+  std::size_t discard_remaining_ = 0;  // rest of a dropped message still arriving
+
   // The SET of the last Parse, for the Execute that runs it.
   std::unique_ptr<proto::sql::SetStatement> last_parse_set_;
 
@@ -112,6 +119,16 @@ class Client {
   void auth_ok();
   void forward_to_server();
   void take_startup_settings();
+  // Statement cache: each returns true when it consumed the message (rewritten or answered).
+  bool cached_parse(Server& server, std::string_view body);
+  bool cached_bind(Server& server, std::string_view body);
+  bool cached_describe(Server& server, std::string_view body);
+  bool cached_close(Server& server, std::string_view body);
+  bool deallocate(std::string_view query);
+  bool ensure_prepared(Server& server, const PreparedStatement& statement);
+  void evict_statements(Server& server, std::uint64_t keep);
+  const PreparedStatement* find_statement(Server& server, std::string_view name);
+  void fake_error(Server& server, std::string_view sqlstate, std::string message);
   [[nodiscard]] std::string restore_sql(const Server& server) const;
   [[nodiscard]] bool frame_next(proto::Frame& frame, std::uint32_t max_size);
 

@@ -19,6 +19,7 @@
 #include "daemon/list.hpp"
 #include "daemon/pool.hpp"
 #include "daemon/server.hpp"
+#include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 
 namespace pgring {
@@ -39,6 +40,7 @@ class Reactor {
   [[nodiscard]] const config::Config& config() const { return *config_; }
   [[nodiscard]] Clock::time_point now() const { return now_; }
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
+  [[nodiscard]] StatementRegistry& statements() { return statements_; }
 
   // ---- services for handlers ----
   // The one way out of a connection. `message` is appended to the client-facing error text.
@@ -100,6 +102,7 @@ class Reactor {
   std::shared_ptr<const config::Config> config_;
   io_uring ring_{};
   std::unique_ptr<BufferRing> buffers_;
+  StatementRegistry statements_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
   std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;

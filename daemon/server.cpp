@@ -252,6 +252,7 @@ void Server::release(bool session_reset) {
       }
       ++reset_replies_pending_;
       settings_.clear();  // DISCARD ALL / RESET ALL: back to the defaults
+      prepared_.clear();
     }
   }
   if (reset_replies_pending_ == 0) {
@@ -273,7 +274,7 @@ void Server::maybe_release() {
   pool_.release_link(*this);
 }
 
-void Server::expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set) {
+Server::Expected& Server::expect(char kind) {
   if (expected_head_ == expected_.size()) {
     expected_.clear();
     expected_head_ = 0;
@@ -281,15 +282,51 @@ void Server::expect(char kind, std::uint8_t session_state, std::unique_ptr<proto
     expected_.erase(expected_.begin(), expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_));
     expected_head_ = 0;
   }
-  expected_.push_back(Expected{kind, session_state, std::move(set)});
+  expected_.emplace_back();
+  expected_.back().kind = kind;
+  return expected_.back();
+}
+
+void Server::expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set) {
+  Expected& e = expect(kind);
+  e.session_state = session_state;
+  e.set = std::move(set);
+}
+
+namespace {
+bool is_fake(char kind) { return kind == 'p' || kind == 'x' || kind == 'e' || kind == 'd'; }
+}  // namespace
+
+void Server::flush_fakes() {
+  if (client_ == nullptr) return;
+  Client& client = *client_;
+  bool sent = false;
+  while (expected_head_ < expected_.size() && is_fake(expected_[expected_head_].kind)) {
+    Expected& e = expected_[expected_head_];
+    switch (e.kind) {
+      case 'p': (void)client.stream_.emit([](std::string& out) { return proto::build::parse_complete(out); }); break;
+      case 'x': (void)client.stream_.emit([](std::string& out) { return proto::build::close_complete(out); }); break;
+      case 'e': client.stream_.emit_bytes(e.fake); break;
+      case 'd':
+        (void)client.stream_.emit([](std::string& out) { return proto::build::command_complete(out, "DEALLOCATE"); });
+        (void)client.stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, transaction_status_); });
+        break;
+      default: break;
+    }
+    ++expected_head_;
+    sent = true;
+  }
+  if (sent) reactor_.want_send(client.stream_);
 }
 
 void Server::pop_expected_until_ready() {
   // ReadyForQuery answers the first Query, Sync or FunctionCall; Executes before it that got no
   // reply of their own were skipped by the server after an error.
   while (expected_head_ < expected_.size()) {
-    char kind = expected_[expected_head_].kind;
-    expected_[expected_head_].set.reset();
+    Expected& e = expected_[expected_head_];
+    char kind = e.kind;
+    if (kind == 'P' && e.statement != nullptr) prepared_.remove(e.statement->id);  // skipped: not prepared
+    e.set.reset();
     ++expected_head_;
     if (kind == 'Q' || kind == 'S' || kind == 'F') break;
   }
@@ -297,6 +334,46 @@ void Server::pop_expected_until_ready() {
 
 void Server::drop_expected(std::size_t index) {
   expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+bool Server::pop_reply(char request_kind) {
+  if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != request_kind) return false;
+  Expected& e = expected_[expected_head_];
+  bool skip = e.skip;
+  e.set.reset();
+  ++expected_head_;
+  return skip;
+}
+
+void Server::on_error_response() {
+  transaction_failed_ = true;
+  if (expected_head_ < expected_.size()) {
+    Expected& head = expected_[expected_head_];
+    char kind = head.kind;
+    if (kind == 'P' || kind == 'B' || kind == 'D' || kind == 'C' || kind == 'E') {
+      // An extended-protocol request failed: the server now skips everything up to the next
+      // Sync, so those requests (and fake replies queued among them) will never be answered.
+      // Statements those skipped Parses would have prepared do not exist.
+      std::size_t i = expected_head_;
+      while (i < expected_.size() && expected_[i].kind != 'S') {
+        if (expected_[i].kind == 'P' && expected_[i].statement != nullptr) prepared_.remove(expected_[i].statement->id);
+        ++i;
+      }
+      expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_),
+                      expected_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+  if (copy_in_) {
+    // An error ends COPY FROM STDIN; Syncs sent during it were ignored.
+    copy_in_ = false;
+    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
+      if (expected_[i].kind == 'c') {
+        drop_expected(i);
+        break;
+      }
+      if (expected_[i].kind == 'S') drop_expected(i--);
+    }
+  }
 }
 
 void Server::on_command_complete(std::string_view tag) {
@@ -335,6 +412,11 @@ void Server::on_command_complete(std::string_view tag) {
     if (!reported || set->kind == proto::sql::SetStatement::Kind::reset_all) pending_settings_.push_back(*set);
   } else if (tag == "DISCARD ALL") {
     pending_settings_.push_back(proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
+    // Every prepared statement of the session is gone: the client's and pgring's.
+    prepared_.clear();
+    if (client_ != nullptr) client_->statements_.clear();
+  } else if (tag == "DEALLOCATE ALL") {
+    prepared_.clear();
   } else if (tag == "PREPARE") {
     if (client_ != nullptr) client_->note_session_state(proto::sql::kSqlPrepare);
   } else if (tag == "LISTEN") {
@@ -457,6 +539,13 @@ void Server::forward_to_client() {
       forward_remaining_ -= n;
       continue;
     }
+    if (swallow_remaining_ > 0) {
+      std::size_t n = std::min(swallow_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.consume(n);
+      swallow_remaining_ -= n;
+      continue;
+    }
     if (stream_.input_size() < 5) break;
     char header[5];
     stream_.peek(header, 5);
@@ -481,6 +570,7 @@ void Server::forward_to_client() {
     char type = frame.type;
     bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
                    type == proto::backend::kCommandComplete;
+    bool swallow = false;
     if (inspect && frame.size <= kMaxInspected) {
       if (stream_.input_size() < frame.size) break;
       std::string_view body = stream_.contiguous(frame.size).substr(5);
@@ -504,19 +594,29 @@ void Server::forward_to_client() {
         on_command_complete(*tag);
         if (client_ == nullptr || client.state_ == ClientState::closing) return;
       }
-    } else if (type == proto::backend::kErrorResponse) {
-      // An error ends the running Execute; the server then skips to the next Sync, and an
-      // error during COPY FROM STDIN ends the copy.
-      on_command_complete({});
-      transaction_failed_ = true;
-    } else if (type == proto::backend::kEmptyQueryResponse || type == proto::backend::kPortalSuspended) {
-      on_command_complete({});
-    } else if (type == proto::backend::kCopyInResponse) {
-      copy_in_ = true;
+    } else {
+      switch (type) {
+        case proto::backend::kParseComplete: swallow = pop_reply('P'); break;
+        case proto::backend::kBindComplete: swallow = pop_reply('B'); break;
+        case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
+        case proto::backend::kNoData: swallow = pop_reply('D'); break;
+        case proto::backend::kRowDescription: swallow = pop_reply('D'); break;  // Describe's; a Query's pops nothing
+        case proto::backend::kErrorResponse: on_error_response(); break;
+        case proto::backend::kEmptyQueryResponse:
+        case proto::backend::kPortalSuspended: on_command_complete({}); break;
+        case proto::backend::kCopyInResponse: copy_in_ = true; break;
+        default: break;
+      }
     }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
-    stream_.forward(n, client.stream_);
-    forward_remaining_ = frame.size - n;
+    if (swallow) {
+      stream_.consume(n);
+    } else {
+      stream_.forward(n, client.stream_);
+    }
+    forward_remaining_ = swallow ? 0 : frame.size - n;
+    if (swallow && n < frame.size) swallow_remaining_ = frame.size - n;
+    flush_fakes();
     if (type == proto::backend::kReadyForQuery && n == frame.size) {
       reactor_.want_send(client.stream_);
       maybe_release();

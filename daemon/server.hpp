@@ -20,6 +20,7 @@
 
 #include "daemon/close_reason.hpp"
 #include "daemon/list.hpp"
+#include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
@@ -68,20 +69,34 @@ class Server {
   std::string backend_secret_;
 
   // Protocol tracking: what the linked client sent that the server has not answered yet, in
-  // order. Entries: 'Q' Query, 'S' Sync, 'F' FunctionCall (each ends with ReadyForQuery),
-  // 'E' Execute (ends with CommandComplete, EmptyQueryResponse, PortalSuspended or an error),
-  // 'c' CopyDone/CopyFail. The link may be released only when this is empty, no extended
-  // message waits for its Sync, no COPY is running and the server says 'I'.
+  // order (PgBouncer's outstanding requests, PgDog's protocol state). Request entries:
+  //   'Q' Query, 'S' Sync, 'F' FunctionCall     answered by ReadyForQuery
+  //   'E' Execute        CommandComplete, EmptyQueryResponse, PortalSuspended or an error
+  //   'P' Parse '1'   'B' Bind '2'   'C' Close '3'   'D' Describe  'T' or 'n'
+  //   'c' CopyDone/CopyFail during COPY FROM STDIN
+  // `skip` marks a request pgring injected (a Parse before a Bind, an eviction Close): its reply
+  // is swallowed. Fake entries are replies pgring owes the client at that place in the stream:
+  //   'p' ParseComplete  'x' CloseComplete  'e' an ErrorResponse  'd' DEALLOCATE done + 'Z'
+  // They are sent when they reach the head. The link may be released only when this is empty,
+  // no extended message waits for its Sync, no COPY is running and the server says 'I'.
   struct Expected {
-    char kind;
-    std::uint8_t session_state;  // proto::sql::SessionState flags of a Query's text
-    std::unique_ptr<proto::sql::SetStatement> set;  // a Query that is one replayable SET/RESET
+    char kind = 0;
+    bool skip = false;
+    std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
+    std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
+    const PreparedStatement* statement = nullptr;   // 'P': prepared on the server by this Parse
+    std::string fake;                               // 'e': the ErrorResponse to send
   };
-  void expect(char kind, std::uint8_t session_state = 0, std::unique_ptr<proto::sql::SetStatement> set = {});
+  Expected& expect(char kind);
+  void expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set);
+  // Sends the fake replies now at the head of the queue.
+  void flush_fakes();
   [[nodiscard]] bool idle_in_protocol() const {
     return expected_head_ == expected_.size() && !unsynced_ && !copy_in_ && transaction_status_ == 'I';
   }
   [[nodiscard]] int requests_in_flight() const { return static_cast<int>(expected_.size() - expected_head_); }
+  // The statements prepared on this connection (transaction/statement mode statement cache).
+  PreparedSet prepared_;
   std::vector<Expected> expected_;
   std::size_t expected_head_ = 0;
   bool unsynced_ = false;
@@ -102,6 +117,7 @@ class Server {
   bool reset_failed_ = false;
 
   std::size_t forward_remaining_ = 0;
+  std::size_t swallow_remaining_ = 0;  // rest of a swallowed reply still arriving
 
  private:
   friend class Reactor;
@@ -115,6 +131,9 @@ class Server {
   void handle_restore_message(char type, std::string_view body);
   void pop_expected_until_ready();
   void drop_expected(std::size_t index);
+  // A reply to the head request arrived; returns whether to swallow it.
+  bool pop_reply(char request_kind);
+  void on_error_response();
   void refuse_transaction_block(std::size_t ready_size);
 
   struct LoginState {

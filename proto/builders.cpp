@@ -72,6 +72,24 @@ bool ready_for_query(std::string& out, char status) {
   return w.ok();
 }
 
+bool parse_complete(std::string& out) {
+  Writer w(out);
+  w.begin(backend::kParseComplete).end();
+  return w.ok();
+}
+
+bool close_complete(std::string& out) {
+  Writer w(out);
+  w.begin(backend::kCloseComplete).end();
+  return w.ok();
+}
+
+bool command_complete(std::string& out, std::string_view tag) {
+  Writer w(out);
+  w.begin(backend::kCommandComplete).cstring(tag).end();
+  return w.ok();
+}
+
 bool negotiate_protocol_version(std::string& out, std::uint32_t version,
                                 const std::vector<std::string_view>& unsupported) {
   Writer w(out);
@@ -119,6 +137,18 @@ bool sasl_response(std::string& out, std::string_view data) {
 bool query(std::string& out, std::string_view sql) {
   Writer w(out);
   w.begin(frontend::kQuery).cstring(sql).end();
+  return w.ok();
+}
+
+bool parse(std::string& out, std::string_view name, std::string_view tail) {
+  Writer w(out);
+  w.begin(frontend::kParse).cstring(name).bytes(tail).end();
+  return w.ok();
+}
+
+bool close_statement(std::string& out, std::string_view name) {
+  Writer w(out);
+  w.begin(frontend::kClose).u8('S').cstring(name).end();
   return w.ok();
 }
 

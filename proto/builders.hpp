@@ -24,6 +24,9 @@ namespace pgring::proto::build {
 [[nodiscard]] bool parameter_status(std::string& out, std::string_view name, std::string_view value);
 [[nodiscard]] bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret);
 [[nodiscard]] bool ready_for_query(std::string& out, char status);
+[[nodiscard]] bool parse_complete(std::string& out);
+[[nodiscard]] bool close_complete(std::string& out);
+[[nodiscard]] bool command_complete(std::string& out, std::string_view tag);
 [[nodiscard]] bool negotiate_protocol_version(std::string& out, std::uint32_t version,
                                               const std::vector<std::string_view>& unsupported);
 
@@ -36,5 +39,9 @@ namespace pgring::proto::build {
 [[nodiscard]] bool sasl_response(std::string& out, std::string_view data);
 [[nodiscard]] bool query(std::string& out, std::string_view sql);
 [[nodiscard]] bool terminate(std::string& out);
+// Parse with pgring's statement name and the client's text and types (`tail`: the Parse body
+// after the name). Close('S', name) / Describe('S', name) for pgring's names.
+[[nodiscard]] bool parse(std::string& out, std::string_view name, std::string_view tail);
+[[nodiscard]] bool close_statement(std::string& out, std::string_view name);
 
 }  // namespace pgring::proto::build

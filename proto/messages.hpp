@@ -24,6 +24,12 @@ inline constexpr char kCopyOutResponse = 'H';
 inline constexpr char kCopyBothResponse = 'W';
 inline constexpr char kNotificationResponse = 'A';
 inline constexpr char kEmptyQueryResponse = 'I';
+inline constexpr char kParseComplete = '1';
+inline constexpr char kBindComplete = '2';
+inline constexpr char kCloseComplete = '3';
+inline constexpr char kNoData = 'n';
+inline constexpr char kRowDescription = 'T';
+inline constexpr char kParameterDescription = 't';
 inline constexpr char kPortalSuspended = 's';
 }  // namespace backend
 

@@ -176,6 +176,19 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
   return s;
 }
 
+std::optional<Deallocate> parse_deallocate(std::string_view query) {
+  std::vector<Token> t;
+  if (query.size() > 4096 || !tokenize(query, t, 16) || t.empty()) return std::nullopt;
+  if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
+  std::size_t i = 0;
+  if (i >= t.size() || !is_word(t[i++], "deallocate")) return std::nullopt;
+  if (i < t.size() && is_word(t[i], "prepare")) ++i;
+  if (i + 1 != t.size()) return std::nullopt;
+  if (t[i].kind == Token::Kind::word && t[i].text == "all") return Deallocate{true, {}};
+  if (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident) return std::nullopt;
+  return Deallocate{false, t[i].text};
+}
+
 std::uint8_t scan_session_state(std::string_view query) {
   std::vector<Token> t;
   // Unparseable text (an unterminated literal, or huge) gets no flags: the server will reject

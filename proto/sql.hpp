@@ -20,6 +20,13 @@ struct SetStatement {
 };
 [[nodiscard]] std::optional<SetStatement> parse_set_statement(std::string_view query);
 
+// A query that is exactly one `DEALLOCATE [PREPARE] name` or `DEALLOCATE [PREPARE] ALL`.
+struct Deallocate {
+  bool all = false;
+  std::string name;  // lower-cased unless quoted
+};
+[[nodiscard]] std::optional<Deallocate> parse_deallocate(std::string_view query);
+
 // Session state a query may create, detected from keywords outside string literals, quoted
 // identifiers and comments.
 enum SessionState : std::uint8_t {

@@ -1,0 +1,51 @@
+#include "daemon/statements.hpp"
+
+namespace pgring {
+
+const PreparedStatement& StatementRegistry::intern(std::string_view parse_tail) {
+  auto it = by_tail_.find(std::string(parse_tail));
+  if (it != by_tail_.end()) return *it->second;
+  auto entry = std::make_unique<PreparedStatement>();
+  entry->id = ++last_id_;
+  entry->server_name = "pgring_" + std::to_string(entry->id);
+  entry->parse_tail.assign(parse_tail);
+  const PreparedStatement& ref = *entry;
+  by_tail_.emplace(std::string(parse_tail), std::move(entry));
+  return ref;
+}
+
+void PreparedSet::touch(std::uint64_t id) {
+  auto it = index_.find(id);
+  if (it == index_.end()) return;
+  order_.splice(order_.end(), order_, it->second);
+}
+
+void PreparedSet::add(std::uint64_t id) {
+  if (contains(id)) {
+    touch(id);
+    return;
+  }
+  order_.push_back(id);
+  index_.emplace(id, std::prev(order_.end()));
+}
+
+void PreparedSet::remove(std::uint64_t id) {
+  auto it = index_.find(id);
+  if (it == index_.end()) return;
+  order_.erase(it->second);
+  index_.erase(it);
+}
+
+void PreparedSet::clear() {
+  order_.clear();
+  index_.clear();
+}
+
+std::optional<std::uint64_t> PreparedSet::victim(std::size_t limit, std::uint64_t keep) const {
+  if (index_.size() <= limit) return std::nullopt;
+  for (std::uint64_t id : order_)
+    if (id != keep) return id;
+  return std::nullopt;
+}
+
+}  // namespace pgring

@@ -1,0 +1,72 @@
+#pragma once
+// The statement cache (DESIGN.md section 5): prepared statements that survive transaction
+// pooling. Drivers prepare named statements and expect them on "their" session; pgring keeps
+//   - one registry per reactor: statement text + parameter types -> PreparedStatement (an id and
+//     the server-side name "pgring_<id>", so the same query prepared by many clients is prepared
+//     once per server connection),
+//   - per client: the client's own names -> registry entries,
+//   - per server connection: the ids prepared there, an LRU bounded by prepared_statements.
+// Server-side names are pgring's own: a client's names never reach a server, so they cannot
+// collide. (Names starting with "pgring_" are reserved for this.)
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace pgring {
+
+struct PreparedStatement {
+  std::uint64_t id = 0;
+  std::string server_name;  // "pgring_<id>"
+  // The Parse body after the statement name: query String, Int16 n, Int32[n] parameter types.
+  // It is also the registry key: the same text with other types is another statement.
+  std::string parse_tail;
+  [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
+};
+
+struct StatementCounters {
+  std::uint64_t hits = 0;       // a client's Parse answered by pgring (already prepared there)
+  std::uint64_t parses_sent = 0;  // a client's Parse sent on (renamed)
+  std::uint64_t injected = 0;   // Parses pgring sent before a Bind/Describe that needed one
+  std::uint64_t evictions = 0;  // Closes sent to keep a server within prepared_statements
+  std::uint64_t retries = 0;    // requests re-run after "cached plan must not change result type"
+};
+
+class StatementRegistry {
+ public:
+  // The entry for this Parse tail, created on first sight. Entries live as long as the reactor
+  // (clients and servers hold plain pointers to them).
+  const PreparedStatement& intern(std::string_view parse_tail);
+  [[nodiscard]] std::size_t size() const { return by_tail_.size(); }
+  [[nodiscard]] const std::unordered_map<std::string, std::unique_ptr<PreparedStatement>>& entries() const {
+    return by_tail_;
+  }
+  StatementCounters counters;
+
+ private:
+  std::unordered_map<std::string, std::unique_ptr<PreparedStatement>> by_tail_;
+  std::uint64_t last_id_ = 0;
+};
+
+// The statements prepared on one server connection, least recently used first.
+class PreparedSet {
+ public:
+  [[nodiscard]] bool contains(std::uint64_t id) const { return index_.count(id) != 0; }
+  void touch(std::uint64_t id);
+  void add(std::uint64_t id);
+  void remove(std::uint64_t id);
+  void clear();
+  [[nodiscard]] std::size_t size() const { return index_.size(); }
+  // The least recently used id other than `keep`, when over `limit`.
+  [[nodiscard]] std::optional<std::uint64_t> victim(std::size_t limit, std::uint64_t keep) const;
+
+ private:
+  std::list<std::uint64_t> order_;
+  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> index_;
+};
+
+}  // namespace pgring
