@@ -90,12 +90,13 @@ void Client::handle_startup() {
         stream_.emit_bytes("N");
         reactor_.want_send(stream_);
         continue;
-      case proto::StartupKind::cancel_request:
-        // Cancel forwarding is not implemented yet: a cancel connection just closes, which is
-        // what PostgreSQL does too (it never answers a CancelRequest).
-        log::info("C-{} cancel request ignored (not supported yet)", id_);
-        reactor_.close(*this, Reason::client_eof);
+      case proto::StartupKind::cancel_request: {
+        // This connection only carries the request; like PostgreSQL, pgring answers nothing
+        // and closes it.
+        if (auto request = proto::parse_cancel_request(packet)) reactor_.cancel(request->pid, request->secret);
+        reactor_.close(*this, Reason::cancel_request);
         return;
+      }
       case proto::StartupKind::unknown:
         reactor_.close(*this, Reason::unsupported_protocol,
                        fmt::format("unsupported frontend protocol {}.{}", packet.code >> 16, packet.code & 0xffff));
@@ -463,6 +464,26 @@ void Client::on_input() {
       break;
     case ClientState::active: forward_to_server(); break;
     case ClientState::closing: stream_.discard_all(); break;
+  }
+}
+
+void Client::cancel_while_waiting() {
+  if (!welcomed_) {
+    reactor_.close(*this, Reason::query_canceled, "canceling statement due to user request");
+    return;
+  }
+  // The queued request never reached a server: drop it and answer as PostgreSQL would.
+  stream_.discard_all();
+  forward_remaining_ = 0;
+  (void)stream_.emit([](std::string& out) {
+    return proto::build::error_response(out, "ERROR", "57014", "canceling statement due to user request");
+  });
+  (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  reactor_.want_send(stream_);
+  pool_->set_state(*this, ClientState::idle);
+  if (stream_.reading_paused_) {
+    stream_.reading_paused_ = false;
+    reactor_.arm_recv_for(*this);
   }
 }
 

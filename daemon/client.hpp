@@ -59,6 +59,8 @@ class Client {
   // The linked server reported a parameter change, or committed a replayable SET.
   void on_server_parameter(std::string_view name, std::string_view value);
   void apply_setting(const proto::sql::SetStatement& set);
+  // A CancelRequest for this client arrived while it waited for a server.
+  void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
   void note_session_state(std::uint8_t flags);
   [[nodiscard]] std::uint64_t id() const { return id_; }
@@ -69,6 +71,7 @@ class Client {
   std::uint64_t id_;
   ClientState state_ = ClientState::startup;
   Clock::time_point state_since_;
+  Clock::time_point last_activity_;  // last bytes received (client_idle timeout)
   Stream stream_;
   std::string peer_;  // "ip:port" for logs
   int ops_in_flight_ = 0;

@@ -17,6 +17,10 @@ std::string_view name(Reason reason) {
     case Reason::too_many_clients: return "too_many_clients";
     case Reason::login_timeout: return "login_timeout";
     case Reason::query_wait_timeout: return "query_wait_timeout";
+    case Reason::query_timeout: return "query_timeout";
+    case Reason::transaction_timeout: return "transaction_timeout";
+    case Reason::idle_transaction_timeout: return "idle_transaction_timeout";
+    case Reason::client_idle_timeout: return "client_idle_timeout";
     case Reason::server_unreachable: return "server_unreachable";
     case Reason::server_login_failed: return "server_login_failed";
     case Reason::server_connection_lost: return "server_connection_lost";
@@ -30,7 +34,8 @@ std::string_view name(Reason reason) {
     case Reason::server_evicted: return "server_evicted";
     case Reason::pool_removed: return "pool_removed";
     case Reason::shutdown: return "shutdown";
-    case Reason::cancel_done: return "cancel_done";
+    case Reason::cancel_request: return "cancel_request";
+    case Reason::query_canceled: return "query_canceled";
   }
   return "unknown";
 }
@@ -46,7 +51,12 @@ std::string_view sqlstate(Reason reason) {
     case Reason::unknown_user: return "28000";
     case Reason::unknown_database: return "3D000";
     case Reason::too_many_clients: return "53300";
-    case Reason::query_wait_timeout: return "57014";
+    case Reason::query_wait_timeout:
+    case Reason::query_timeout:
+    case Reason::query_canceled: return "57014";
+    case Reason::transaction_timeout: return "25P04";
+    case Reason::idle_transaction_timeout: return "25P03";
+    case Reason::client_idle_timeout: return "57P05";
     case Reason::server_unreachable:
     case Reason::server_login_failed:
     case Reason::server_connection_lost:

@@ -20,6 +20,10 @@ enum class Reason {
   too_many_clients,       // 53300: over max_client_conn
   login_timeout,          // 08P01/57014: startup + auth took longer than timeouts.client_login
   query_wait_timeout,     // 57014: waited longer than timeouts.query_wait for a server
+  query_timeout,          // 57014: a request ran longer than timeouts.query (+ cancel_wait)
+  transaction_timeout,    // 25P04: a transaction stayed open longer than timeouts.transaction
+  idle_transaction_timeout,  // 25P03: idle inside a transaction longer than timeouts.idle_transaction
+  client_idle_timeout,    // 57P05: idle outside a transaction longer than timeouts.client_idle
   server_unreachable,     // 08006: TCP connect to the server failed or timed out
   server_login_failed,    // server refused our login (SQLSTATE passed through)
   server_connection_lost, // 08006: linked server went away
@@ -33,7 +37,8 @@ enum class Reason {
   server_evicted,         // idle, closed to make room for another pool (max_db_connections)
   pool_removed,           // the pool's database left the configuration
   shutdown,               // 57P01: pgring is shutting down
-  cancel_done,            // a cancel-request connection did its job
+  cancel_request,         // the connection carried a CancelRequest (answered by closing)
+  query_canceled,         // 57014: canceled while waiting for a server
 };
 
 [[nodiscard]] std::string_view name(Reason reason);

@@ -3,6 +3,7 @@
 //   pgring --config pgring.yaml --check   validate the configuration and exit
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
@@ -46,6 +47,17 @@ int main(int argc, char** argv) {
   sigaddset(&mask, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Every client and server connection is a file descriptor: take the whole hard limit.
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 &&
+      files.rlim_cur < static_cast<rlim_t>(config->max_client_conn) + 100)
+    pgring::log::warning("the open files limit ({}) is below max_client_conn ({}); raise LimitNOFILE / ulimit -n",
+                         files.rlim_cur, config->max_client_conn);
 
   try {
     pgring::Reactor reactor(config);

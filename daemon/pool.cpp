@@ -76,6 +76,7 @@ void Pool::set_state(Server& server, ServerState state) {
     case ServerState::idle: idle_servers_.push_back(&server); break;
     case ServerState::active: active_servers_.push_back(&server); break;
     case ServerState::resetting: resetting_servers_.push_back(&server); break;
+    case ServerState::canceling: canceling_servers_.push_back(&server); break;
     case ServerState::closing: reactor_.closing_servers_.push_back(&server); break;
   }
 }
@@ -101,13 +102,21 @@ void Pool::release_link(Server& server) {
   server.client_ = nullptr;
   client.server_ = nullptr;
   set_state(client, ClientState::idle);
+  server_ready(server);
+}
+
+void Pool::server_ready(Server& server) {
+  if (server.cancels_in_flight_ > 0) {
+    set_state(server, ServerState::canceling);
+    return;
+  }
   set_state(server, ServerState::idle);
   maintain();
 }
 
 int Pool::server_count() const {
   return static_cast<int>(connecting_servers_.size() + idle_servers_.size() + active_servers_.size() +
-                          resetting_servers_.size());
+                          resetting_servers_.size() + canceling_servers_.size());
 }
 
 void Pool::maintain() {
@@ -117,6 +126,7 @@ void Pool::maintain() {
     Server* server = idle_servers_.front();
     set_state(*server, ServerState::active);
     set_state(*client, ClientState::active);
+    ++server->link_generation_;
     server->client_ = client;
     client->server_ = server;
     client->on_linked(*server);

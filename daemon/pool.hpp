@@ -34,6 +34,9 @@ class Pool {
   void request_server(Client& client);
   // Transaction over: the server goes back to the pool, the client idles.
   void release_link(Server& server);
+  // A server became clean: idle (and offered to waiting clients), or parked while a cancel
+  // aimed at its last request is still in flight.
+  void server_ready(Server& server);
   // Servers
   void set_state(Server& server, ServerState state);
   // Match waiting clients with idle servers; open connections while under pool_size.
@@ -68,6 +71,7 @@ class Pool {
   List<Server> idle_servers_;
   List<Server> active_servers_;
   List<Server> resetting_servers_;
+  List<Server> canceling_servers_;  // transaction over, a cancel for it still in flight
 
   // The parameters a fresh server reports (from the first login): the welcome for clients in
   // transaction mode, and the values restored on a server for clients that did not set them.

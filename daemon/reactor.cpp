@@ -105,9 +105,16 @@ Reactor::~Reactor() {
     free_servers(pool->idle_servers_);
     free_servers(pool->active_servers_);
     free_servers(pool->resetting_servers_);
+    free_servers(pool->canceling_servers_);
   }
   for (Client* c : free_clients_) delete c;
   for (Server* s : free_servers_) delete s;
+  while (Canceller* c = cancellers_.pop_front()) {
+    if (c->stream_.fd >= 0) ::close(c->stream_.fd);
+    c->stream_.fd = -1;
+    delete c;
+  }
+  for (Canceller* c : free_cancellers_) delete c;
   pools_.clear();
   buffers_.reset();
   if (signal_fd_ >= 0) ::close(signal_fd_);
@@ -245,6 +252,8 @@ void Reactor::run_once() {
   free_clients_.clear();
   for (Server* s : free_servers_) delete s;
   free_servers_.clear();
+  for (Canceller* c : free_cancellers_) delete c;
+  free_cancellers_.clear();
 }
 
 io_uring_sqe* Reactor::get_sqe() {
@@ -279,6 +288,15 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
     case Operation::Kind::server_connect:
       on_server_connect(*static_cast<Server*>(op->owner), cqe->res);
       break;
+    case Operation::Kind::cancel_connect:
+      on_cancel_connect(*static_cast<Canceller*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::cancel_send:
+      on_cancel_send(*static_cast<Canceller*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::cancel_recv:
+      on_cancel_recv(*static_cast<Canceller*>(op->owner), cqe->res, cqe->flags);
+      break;
     case Operation::Kind::signal:
       on_signal(cqe->res);
       break;
@@ -304,10 +322,11 @@ void Reactor::submit_sends() {
       continue;
     }
     // The owner counts the operation: it may not be freed before the send completes.
-    if (s->send_op_.kind == Operation::Kind::client_send)
-      ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_;
-    else
-      ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_;
+    switch (s->send_op_.kind) {
+      case Operation::Kind::client_send: ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_; break;
+      case Operation::Kind::server_send: ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_; break;
+      default: ++static_cast<Canceller*>(s->send_op_.owner)->ops_in_flight_; break;
+    }
   }
   flush_list_.clear();
 }
@@ -415,6 +434,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   ++client_count_;
   login_clients_.push_back(client);
   client->state_since_ = now_;
+  client->last_activity_ = now_;
   log::debug("C-{} connected from {}", client->id_, client->peer_);
   // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the
   // client sees the 53300 error; the login timeout bounds how long such a client may stay.
@@ -448,6 +468,7 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
     close(client, Reason::client_io_error, errno_text(-result));
     return;
   }
+  client.last_activity_ = now_;
   client.on_input();
   if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
 }
@@ -566,7 +587,7 @@ void Reactor::on_signal(int result) {
 void Reactor::close(Client& client, Reason reason, std::string_view message) {
   if (client.state_ == ClientState::closing) return;
   std::string_view state = sqlstate(reason);
-  if (reason == Reason::client_eof || reason == Reason::client_terminate)
+  if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
   else
     log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
@@ -671,6 +692,7 @@ void Reactor::maybe_free(Client& client) {
 
 void Reactor::maybe_free(Server& server) {
   if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_) return;
+  if (server.cancels_in_flight_ > 0) return;  // a Canceller still points here
   if (server.freed_) return;
   server.freed_ = true;
   if (server.stream_.fd >= 0) ::close(server.stream_.fd);
@@ -718,6 +740,13 @@ bool Reactor::database_has_room(Pool& pool) {
 void Reactor::start_connect(Pool& pool) {
   auto* server = new Server(*this, pool, next_id());
   ++database_servers_[pool.database_];
+  // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
+  if (config_->timeouts.server_lifetime.count() > 0) {
+    std::uint32_t r = 0;
+    RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
+    auto lifetime = config_->timeouts.server_lifetime;
+    server->retire_at_ = now_ + lifetime - std::chrono::milliseconds(lifetime.count() / 10 * (r % 1000) / 1000);
+  }
   server->created_ = now_;
   pool.set_state(*server, ServerState::connecting);
   if (!pool.address_ok_) {
@@ -765,6 +794,124 @@ void Reactor::register_cancel_key(Client& client) {
   }
 }
 
+void Reactor::cancel(std::int32_t pid, std::string_view secret) {
+  if (secret.size() != 4) return;
+  std::uint32_t secret_bits;
+  std::memcpy(&secret_bits, secret.data(), 4);
+  std::uint64_t key = (std::uint64_t(std::uint32_t(pid)) << 32) | secret_bits;
+  auto it = cancel_keys_.find(key);
+  if (it == cancel_keys_.end()) {
+    log::info("cancel request with an unknown key ignored");
+    return;
+  }
+  Client& client = *it->second;
+  if (client.state_ == ClientState::waiting && client.pool_ != nullptr) {
+    // Still queued for a server: nothing runs yet, so the request is dropped right here.
+    log::info("C-{} canceled while waiting for a server", client.id_);
+    client.cancel_while_waiting();
+    return;
+  }
+  if (client.state_ != ClientState::active || client.server_ == nullptr) return;  // idle: nothing to cancel
+  Server& server = *client.server_;
+  if (server.requests_in_flight() == 0 || server.restore_replies_pending_ > 0) return;
+  start_cancel(server);
+}
+
+void Reactor::start_cancel(Server& server) {
+  auto* canceller = new Canceller(*this, server, server.link_generation_);
+  canceller->started_ = now_;
+  ++server.cancels_in_flight_;
+  cancellers_.push_back(canceller);
+  Pool& pool = server.pool_;
+  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    finish_cancel(*canceller);
+    return;
+  }
+  canceller->stream_.fd = fd;
+  log::info("S-{} canceling the request of C-{}", server.id_, server.client_ != nullptr ? server.client_->id_ : 0);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
+  io_uring_sqe_set_data(sqe, &canceller->connect_op_);
+  ++canceller->ops_in_flight_;
+}
+
+void Reactor::on_cancel_connect(Canceller& canceller, int result) {
+  --canceller.ops_in_flight_;
+  Server* server = canceller.target_;
+  if (canceller.done_ || result < 0 || server == nullptr) {
+    finish_cancel(canceller);
+    return;
+  }
+  // Only the request it was meant for: if that link ended meanwhile, say nothing.
+  if (server->state_ != ServerState::active || server->link_generation_ != canceller.link_generation_ ||
+      server->requests_in_flight() == 0) {
+    log::debug("S-{} cancel dropped: the request already finished", server->id_);
+    finish_cancel(canceller);
+    return;
+  }
+  (void)canceller.stream_.emit([&](std::string& out) {
+    return proto::build::cancel_request(out, server->backend_pid_, server->backend_secret_);
+  });
+  want_send(canceller.stream_);
+  // PostgreSQL answers nothing and closes: wait for that EOF (bounded by cancel_wait).
+  arm_recv(canceller.stream_, canceller.ops_in_flight_);
+}
+
+void Reactor::on_cancel_send(Canceller& canceller, int result) {
+  --canceller.ops_in_flight_;
+  if (result < 0) canceller.stream_.send_failed();
+  else (void)canceller.stream_.on_sent(static_cast<std::uint32_t>(result));
+  if (result < 0) finish_cancel(canceller);
+  else if (canceller.done_) finish_cancel(canceller);
+}
+
+void Reactor::on_cancel_recv(Canceller& canceller, int result, unsigned flags) {
+  --canceller.ops_in_flight_;
+  canceller.stream_.recv_armed_ = false;
+  if (flags & IORING_CQE_F_BUFFER) {
+    canceller.stream_.on_received(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT),
+                                  static_cast<std::uint32_t>(result > 0 ? result : 0));
+    canceller.stream_.discard_all();
+  }
+  if (result > 0 && !canceller.done_) {
+    arm_recv(canceller.stream_, canceller.ops_in_flight_);
+    return;
+  }
+  finish_cancel(canceller);
+}
+
+void Reactor::finish_cancel(Canceller& canceller) {
+  if (!canceller.done_) {
+    canceller.done_ = true;
+    if (Server* server = canceller.target_) {
+      canceller.target_ = nullptr;
+      if (--server->cancels_in_flight_ == 0) {
+        if (server->state_ == ServerState::canceling) {
+          server->pool_.set_state(*server, ServerState::idle);
+          server->pool_.maintain();
+        } else if (server->state_ == ServerState::closing) {
+          maybe_free(*server);
+        }
+      }
+    }
+    if (canceller.stream_.fd >= 0) {
+      if (canceller.ops_in_flight_ > 0) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, canceller.stream_.fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data(sqe, &ignore_op_);
+      }
+      ::shutdown(canceller.stream_.fd, SHUT_RDWR);
+    }
+  }
+  if (canceller.ops_in_flight_ > 0 || canceller.freed_) return;
+  canceller.freed_ = true;
+  if (canceller.stream_.fd >= 0) ::close(canceller.stream_.fd);
+  canceller.stream_.fd = -1;
+  unlink(&canceller);
+  free_cancellers_.push_back(&canceller);
+}
+
 void Reactor::login_done(Client& client) {
   if (client.node_.list == &login_clients_) login_clients_.remove(&client);
 }
@@ -801,12 +948,29 @@ void Reactor::sweep() {
     for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
       if (expired(s->state_since_, t.server_idle)) close(*s, Reason::server_idle_timeout);
-      else if (expired(s->created_, t.server_lifetime)) close(*s, Reason::server_lifetime);
+      else if (t.server_lifetime.count() > 0 && now_ >= s->retire_at_) close(*s, Reason::server_lifetime);
       s = next;
+    }
+    sweep_active(*pool);
+    if (t.client_idle.count() > 0) {
+      for (Client* c = pool->idle_clients_.front(); c != nullptr;) {
+        Client* next = List<Client>::next(c);
+        if (expired(c->last_activity_, t.client_idle)) close(*c, Reason::client_idle_timeout, "idle-session timeout");
+        c = next;
+      }
     }
     // Waiting clients may now qualify for the reserve pool, or a failing server for a retry.
     if (!pool->waiting_clients_.empty()) pool->maintain();
     pool->keep_warm();
+  }
+  // cancel_wait: a cancel connection PostgreSQL does not close in time is given up.
+  for (Canceller* c = cancellers_.front(); c != nullptr;) {
+    Canceller* next = List<Canceller>::next(c);
+    if (expired(c->started_, t.cancel_wait) && !c->done_) {
+      log::warning("cancel request not completed within cancel_wait ({} ms)", t.cancel_wait.count());
+      finish_cancel(*c);
+    }
+    c = next;
   }
   // Connections that could not drain their last bytes are cut off.
   for (Client* c = closing_clients_.front(); c != nullptr; c = List<Client>::next(c))
@@ -815,6 +979,41 @@ void Reactor::sweep() {
     if (now_ - s->state_since_ > kClosingGrace) finish_close(*s);
 
   if (shutdown_ != ShutdownMode::none) begin_shutdown(shutdown_);
+}
+
+void Reactor::sweep_active(Pool& pool) {
+  // Timeouts of linked clients: query, transaction, idle in transaction, and (session mode or
+  // pinned) client idle. After each the server connection is left clean: the query cancelled,
+  // the transaction rolled back by release(), or the connection closed.
+  const config::Timeouts& t = config_->timeouts;
+  auto expired = [&](Clock::time_point since, config::Duration limit) {
+    return limit.count() > 0 && now_ - since >= limit;
+  };
+  for (Server* s = pool.active_servers_.front(); s != nullptr;) {
+    Server* next = List<Server>::next(s);
+    Client* c = s->client_;
+    bool busy = s->requests_in_flight() > 0;
+    if (c == nullptr) {
+      s = next;
+      continue;
+    }
+    if (busy && expired(s->busy_since_, t.query)) {
+      if (!s->query_timeout_canceled_) {
+        s->query_timeout_canceled_ = true;
+        log::info("C-{} query timeout ({} ms): canceling on S-{}", c->id_, t.query.count(), s->id_);
+        start_cancel(*s);
+      } else if (expired(s->busy_since_, t.query + t.cancel_wait)) {
+        close(*c, Reason::query_timeout, "query timeout");
+      }
+    } else if (s->transaction_status_ != 'I' && expired(s->transaction_since_, t.transaction)) {
+      close(*c, Reason::transaction_timeout, "terminating connection due to transaction timeout");
+    } else if (!busy && s->transaction_status_ != 'I' && expired(s->last_ready_, t.idle_transaction)) {
+      close(*c, Reason::idle_transaction_timeout, "terminating connection due to idle-in-transaction timeout");
+    } else if (!busy && s->idle_in_protocol() && expired(c->last_activity_, t.client_idle)) {
+      close(*c, Reason::client_idle_timeout, "terminating connection due to idle-session timeout");
+    }
+    s = next;
+  }
 }
 
 void Reactor::begin_shutdown(ShutdownMode mode) {
@@ -858,7 +1057,8 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
       s = next;
     }
     if (!clients_left || immediate) {
-      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_}) {
+      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_,
+                                 &pool->canceling_servers_}) {
         for (Server* s = list->front(); s != nullptr;) {
           Server* next = List<Server>::next(s);
           close(*s, Reason::shutdown);
@@ -872,7 +1072,8 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     (void)key;
     servers_left |= pool->server_count() > 0;
   }
-  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty()) stopped_ = true;
+  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty())
+    stopped_ = true;
   // Immediate mode does not wait for peers to read their last bytes.
   if (immediate && now_ >= shutdown_deadline_ + kClosingGrace) stopped_ = true;
 }

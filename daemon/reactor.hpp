@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "daemon/cancel.hpp"
 #include "daemon/client.hpp"
 #include "daemon/close_reason.hpp"
 #include "daemon/list.hpp"
@@ -57,6 +58,10 @@ class Reactor {
   [[nodiscard]] bool database_has_room(Pool& pool);
   [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
   void register_cancel_key(Client& client);
+  // A CancelRequest with pgring's key (pid, secret) arrived on another connection.
+  void cancel(std::int32_t pid, std::string_view secret);
+  // Cancel the request running on `server` for its linked client (timeouts use this too).
+  void start_cancel(Server& server);
   void login_done(Client& client);  // leaves the login list
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
@@ -66,6 +71,7 @@ class Reactor {
   List<Client> login_clients_;
   List<Client> closing_clients_;
   List<Server> closing_servers_;
+  List<Canceller> cancellers_;
 
  private:
   enum class ShutdownMode { none, graceful, immediate };
@@ -90,12 +96,17 @@ class Reactor {
   void on_server_send(Server& server, int result);
   void on_server_connect(Server& server, int result);
   void on_signal(int result);
+  void on_cancel_connect(Canceller& canceller, int result);
+  void on_cancel_send(Canceller& canceller, int result);
+  void on_cancel_recv(Canceller& canceller, int result, unsigned flags);
+  void finish_cancel(Canceller& canceller);
   void resume_peer_reading(Stream& writer);
   void finish_close(Client& client);
   void finish_close(Server& server);
   void maybe_free(Client& client);
   void maybe_free(Server& server);
   void sweep();
+  void sweep_active(Pool& pool);
   void begin_shutdown(ShutdownMode mode);
   void close_listeners();
 
@@ -114,6 +125,7 @@ class Reactor {
   std::vector<std::pair<Stream*, int*>> starved_;
   std::vector<Client*> free_clients_;
   std::vector<Server*> free_servers_;
+  std::vector<Canceller*> free_cancellers_;
 
   Clock::time_point now_;
   Clock::time_point next_sweep_;

@@ -29,6 +29,7 @@ std::string_view to_string(ServerState state) {
     case ServerState::idle: return "idle";
     case ServerState::active: return "active";
     case ServerState::resetting: return "resetting";
+    case ServerState::canceling: return "canceling";
     case ServerState::closing: return "closing";
   }
   return "?";
@@ -71,7 +72,8 @@ void Server::on_input() {
     return;
   }
   // Login, reset and idle: every message is read whole and handled here.
-  while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle) {
+  while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle ||
+         state_ == ServerState::canceling) {
     if (stream_.input_size() < 5) return;
     char header[5];
     stream_.peek(header, 5);
@@ -256,8 +258,7 @@ void Server::release(bool session_reset) {
     }
   }
   if (reset_replies_pending_ == 0) {
-    pool_.set_state(*this, ServerState::idle);
-    pool_.maintain();
+    pool_.server_ready(*this);
     return;
   }
   reactor_.want_send(stream_);
@@ -276,6 +277,9 @@ void Server::maybe_release() {
 
 Server::Expected& Server::expect(char kind) {
   if (expected_head_ == expected_.size()) {
+    // The server becomes busy now: the query timeout counts from here.
+    busy_since_ = reactor_.now();
+    query_timeout_canceled_ = false;
     expected_.clear();
     expected_head_ = 0;
   } else if (expected_head_ > 64 && expected_head_ * 2 > expected_.size()) {
@@ -427,8 +431,15 @@ void Server::on_command_complete(std::string_view tag) {
 }
 
 void Server::on_ready_for_query(char status) {
+  if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
   transaction_status_ = status;
+  last_ready_ = reactor_.now();
   pop_expected_until_ready();
+  // Pipelined requests still queued: the next one is running from now on.
+  if (expected_head_ < expected_.size()) {
+    busy_since_ = reactor_.now();
+    query_timeout_canceled_ = false;
+  }
   if (status == 'I') {
     // The transaction ended: its replayable SETs take effect unless it rolled back.
     if (!transaction_failed_ && client_ != nullptr) {
@@ -497,8 +508,7 @@ void Server::handle_reset_message(char type, std::string_view body) {
         reactor_.close(*this, Reason::server_reset_failed, "server_reset_query failed");
         return;
       }
-      pool_.set_state(*this, ServerState::idle);
-      pool_.maintain();
+      pool_.server_ready(*this);
       return;
     }
     default:

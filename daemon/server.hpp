@@ -4,7 +4,8 @@
 //   connecting ──TCP up──> login ──ReadyForQuery──> idle <──reset done── resetting
 //   idle ──linked to a client──> active ──client left, clean──> resetting (ROLLBACK?, reset query)
 //   active ──client left with requests in flight──> closing
-//   any ──close(reason)──> closing ──ops done──> freed at end of loop turn
+//   active ──transaction over while a cancel is in flight──> canceling ──cancel done──> idle
+//   any ──close(reason)──> closing ──ops and cancels done──> freed at end of loop turn
 //
 // The state is the list the server is on in its pool.
 
@@ -33,7 +34,7 @@ class Pool;
 class Client;
 using Clock = std::chrono::steady_clock;
 
-enum class ServerState { connecting, login, idle, active, resetting, closing };
+enum class ServerState { connecting, login, idle, active, resetting, canceling, closing };
 [[nodiscard]] std::string_view to_string(ServerState state);
 
 class Server {
@@ -62,6 +63,16 @@ class Server {
   bool freed_ = false;      // queued for deletion at the end of the loop turn
 
   Client* client_ = nullptr;
+  // Incremented at every link: a cancel names the link it was meant for.
+  std::uint64_t link_generation_ = 0;
+  // Cancel connections still targeting this server: it is neither reused nor freed meanwhile.
+  int cancels_in_flight_ = 0;
+  // When the oldest unanswered request was sent, and when the transaction began (timeouts).
+  Clock::time_point busy_since_{};
+  Clock::time_point transaction_since_{};
+  Clock::time_point retire_at_{};  // server_lifetime with jitter
+  Clock::time_point last_ready_{};  // last ReadyForQuery (idle-in-transaction timeout)
+  bool query_timeout_canceled_ = false;  // timeouts.query fired and a cancel went out
 
   // What the server told us at login and since (ParameterStatus), and its cancel key.
   std::vector<std::pair<std::string, std::string>> params_;

@@ -64,6 +64,9 @@ struct Operation {
     server_recv,
     server_send,
     server_connect,
+    cancel_connect,
+    cancel_send,
+    cancel_recv,
     signal,
     ignore,  // completions we do not care about (cancel requests)
   };
