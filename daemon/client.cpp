@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 
@@ -23,6 +24,7 @@ constexpr std::uint32_t kMaxAuthMessage = 65536;
 // Query and Parse messages up to this size are read whole to look for session state; larger
 // ones (bulk INSERTs) stream through unread.
 constexpr std::uint32_t kMaxInspectedQuery = 64u << 10;
+constexpr std::string_view kAdminDatabase = "pgring";
 }  // namespace
 
 std::string_view to_string(ClientState state) {
@@ -251,6 +253,10 @@ void Client::auth_ok() {
   const config::Config& cfg = reactor_.config();
   // The database is checked after authentication so that unauthenticated clients cannot probe
   // which databases exist.
+  if (startup_message_.database == kAdminDatabase) {
+    admin_login();
+    return;
+  }
   const config::Database* db = cfg.find_database(startup_message_.database);
   if (db == nullptr) {
     reactor_.close(*this, Reason::unknown_database,
@@ -267,6 +273,68 @@ void Client::auth_ok() {
   log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message_.user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message_.user);
   pool.add_client(*this);
+}
+
+void Client::admin_login() {
+  const config::Config& cfg = reactor_.config();
+  auto listed = [&](const std::vector<std::string>& users) {
+    return std::find(users.begin(), users.end(), startup_message_.user) != users.end();
+  };
+  if (listed(cfg.admin_users)) admin_ = AdminRole::admin;
+  else if (listed(cfg.stats_users)) admin_ = AdminRole::stats;
+  else {
+    reactor_.close(*this, Reason::admin_denied,
+                   fmt::format("user \"{}\" may not use the admin console (admin.users, admin.stats_users)",
+                               startup_message_.user));
+    return;
+  }
+  reactor_.login_done(*this);
+  reactor_.register_cancel_key(*this);
+  log::info("C-{} admin login user={} from {}", id_, startup_message_.user, peer_);
+  state_ = ClientState::idle;
+  state_since_ = reactor_.now();
+  reactor_.admin_clients_.push_back(this);
+  send_welcome({{"server_version", "15.0 (pgring " PGRING_VERSION ")"}, {"server_encoding", "UTF8"},
+                {"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"},
+                {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"}, {"application_name", ""}});
+}
+
+void Client::handle_admin() {
+  // Simple Query only; anything else gets an error, then ReadyForQuery at its Sync.
+  proto::Frame frame;
+  while (state_ == ClientState::idle && frame_next(frame, kMaxInspectedQuery)) {
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    switch (frame.type) {
+      case proto::frontend::kTerminate:
+        stream_.consume(frame.size);
+        reactor_.close(*this, Reason::client_terminate);
+        return;
+      case proto::frontend::kQuery: {
+        auto sql = proto::parse_query(body);
+        std::string text(sql.value_or(""));
+        stream_.consume(frame.size);
+        reactor_.admin_query(*this, text);
+        break;
+      }
+      case proto::frontend::kSync:
+        stream_.consume(frame.size);
+        (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+        reactor_.want_send(stream_);
+        break;
+      default:
+        stream_.consume(frame.size);
+        if (!admin_error_sent_) {
+          admin_error_sent_ = true;
+          (void)stream_.emit([](std::string& out) {
+            return proto::build::error_response(out, "ERROR", "0A000",
+                                                "pgring: the admin console speaks the simple query protocol only");
+          });
+          reactor_.want_send(stream_);
+        }
+        continue;
+    }
+    admin_error_sent_ = false;
+  }
 }
 
 namespace {
@@ -445,6 +513,10 @@ void Client::on_input() {
     case ClientState::startup: handle_startup(); break;
     case ClientState::auth: handle_auth(); break;
     case ClientState::idle:
+      if (admin_ != AdminRole::none) {
+        handle_admin();
+        break;
+      }
       // Transaction mode: the first byte of a new request asks for a server.
       if (stream_.input_size() >= 5) {
         char header[5];
@@ -572,6 +644,7 @@ void Client::forward_to_server() {
           }
         }
         if (handled) break;
+        ++pool_->stats_.queries;
         server.expect('Q', state, std::move(set));
         if (state != 0) {
           note_session_state(state);
@@ -637,6 +710,7 @@ void Client::forward_to_server() {
         server.expect('F');
         break;
       case proto::frontend::kExecute:
+        ++pool_->stats_.queries;
         server.expect('E', 0, std::move(last_parse_set_));
         server.unsynced_ = true;
         break;

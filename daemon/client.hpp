@@ -106,6 +106,11 @@ class Client {
   bool welcomed_ = false;
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
+  // Admin console clients (database "pgring") never join a pool.
+  enum class AdminRole { none, stats, admin };
+  AdminRole admin_ = AdminRole::none;
+  bool admin_error_sent_ = false;
+
   // Statement cache: this client's statement names -> the reactor's registry entries.
   std::unordered_map<std::string, const PreparedStatement*> statements_;
   bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
@@ -122,6 +127,8 @@ class Client {
   void auth_ok();
   void forward_to_server();
   void take_startup_settings();
+  void admin_login();
+  void handle_admin();
   // Statement cache: each returns true when it consumed the message (rewritten or answered).
   bool cached_parse(Server& server, std::string_view body);
   bool cached_bind(Server& server, std::string_view body);

@@ -36,6 +36,10 @@ std::string_view name(Reason reason) {
     case Reason::shutdown: return "shutdown";
     case Reason::cancel_request: return "cancel_request";
     case Reason::query_canceled: return "query_canceled";
+    case Reason::admin_kill: return "admin_kill";
+    case Reason::admin_denied: return "admin_denied";
+    case Reason::config_changed: return "config_changed";
+    case Reason::count_: break;
   }
   return "unknown";
 }
@@ -46,6 +50,7 @@ std::string_view sqlstate(Reason reason) {
     case Reason::unsupported_protocol:
     case Reason::login_timeout: return "08P01";
     case Reason::message_too_large: return "54000";
+    case Reason::admin_denied: return "42501";
     case Reason::feature_not_supported: return "0A000";
     case Reason::auth_failed: return "28P01";
     case Reason::unknown_user: return "28000";
@@ -66,6 +71,7 @@ std::string_view sqlstate(Reason reason) {
     case Reason::server_reset_failed:
     case Reason::server_dirty: return "08006";
     case Reason::shutdown:
+    case Reason::admin_kill:
     case Reason::pool_removed: return "57P01";
     default: return {};
   }

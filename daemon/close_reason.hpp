@@ -2,6 +2,7 @@
 // Why a connection ended: one vocabulary for logs, metrics (disconnects by reason) and tests.
 // Each reason that is reported to a client carries the SQLSTATE of the ErrorResponse it gets.
 
+#include <cstddef>
 #include <string_view>
 
 namespace pgring {
@@ -39,7 +40,12 @@ enum class Reason {
   shutdown,               // 57P01: pgring is shutting down
   cancel_request,         // the connection carried a CancelRequest (answered by closing)
   query_canceled,         // 57014: canceled while waiting for a server
+  admin_kill,             // 57P01: KILL db from the admin console
+  admin_denied,           // 42501: the admin console, for a user not in admin.users/stats_users
+  config_changed,         // a reload moved or shrank the pool
+  count_,                 // number of reasons (not a reason)
 };
+inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);
 
 [[nodiscard]] std::string_view name(Reason reason);
 // SQLSTATE sent to a client closed for this reason; empty when the client gets no error

@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
                          files.rlim_cur, config->max_client_conn);
 
   try {
-    pgring::Reactor reactor(config);
+    pgring::Reactor reactor(config, config_path);
     reactor.listen();
     sd_notify(0, "READY=1\nSTATUS=accepting connections");
     int rc = reactor.run();

@@ -14,7 +14,13 @@ namespace pgring {
 Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* user, std::string user_name,
            config::PoolSettings settings)
     : reactor_(reactor), db_(&db), database_(db.name), user_name_(std::move(user_name)), settings_(std::move(settings)) {
+  set_credentials(db, user);
+  resolve();
+}
+
+void Pool::set_credentials(const config::Database& db, const config::User* user) {
   // Whom we log in as: the database's forced user if set, else the client's own user.
+  server_password_.clear();
   if (db.user) {
     server_user_ = *db.user;
     server_password_ = db.password.value_or("");
@@ -22,10 +28,30 @@ Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* use
     server_user_ = user_name_;
     if (user != nullptr && user->secret_kind != config::SecretKind::scram) server_password_ = user->password;
   }
-  resolve();
+}
+
+void Pool::reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings) {
+  bool moved = db.host != db_->host || db.port != db_->port || db.dbname != db_->dbname ||
+               db.user != db_->user || db.password != db_->password;
+  db_ = &db;
+  settings_ = std::move(settings);
+  set_credentials(db, user);
+  failing_ = false;
+  if (moved) {
+    resolve();
+    log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_, address_text_);
+    for (List<Server>* l : {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
+      for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) s->retire_ = true;
+    while (Server* s = idle_servers_.front()) reactor_.close(*s, Reason::config_changed);
+  }
+  // A smaller pool_size: surplus idle connections go now, busy ones are not interrupted.
+  while (server_count() > settings_.pool_size + settings_.reserve_pool_size && !idle_servers_.empty())
+    reactor_.close(*idle_servers_.front(), Reason::config_changed);
+  maintain();
 }
 
 void Pool::resolve() {
+  address_ok_ = false;
   address_text_ = db_->host.starts_with('/') ? db_->host + "/.s.PGSQL." + std::to_string(db_->port)
                                                : db_->host + ":" + std::to_string(db_->port);
   if (db_->host.starts_with('/')) {
@@ -106,6 +132,10 @@ void Pool::release_link(Server& server) {
 }
 
 void Pool::server_ready(Server& server) {
+  if (server.retire_ || server_count() > settings_.pool_size + settings_.reserve_pool_size) {
+    reactor_.close(server, Reason::config_changed);
+    return;
+  }
   if (server.cancels_in_flight_ > 0) {
     set_state(server, ServerState::canceling);
     return;
@@ -121,9 +151,10 @@ int Pool::server_count() const {
 
 void Pool::maintain() {
   // FIFO: the longest-waiting client gets the next idle server.
-  while (!waiting_clients_.empty() && !idle_servers_.empty()) {
+  while (!paused_ && !waiting_clients_.empty() && !idle_servers_.empty()) {
     Client* client = waiting_clients_.front();
     Server* server = idle_servers_.front();
+    stats_.wait.observe(reactor_.now() - client->state_since_);
     set_state(*server, ServerState::active);
     set_state(*client, ClientState::active);
     ++server->link_generation_;
@@ -131,7 +162,7 @@ void Pool::maintain() {
     client->server_ = server;
     client->on_linked(*server);
   }
-  if (waiting_clients_.empty() || reactor_.shutting_down()) return;
+  if (paused_ || waiting_clients_.empty() || reactor_.shutting_down()) return;
 
   if (failing_) {
     auto retry = reactor_.config().timeouts.server_login_retry;

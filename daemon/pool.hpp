@@ -15,6 +15,7 @@
 #include "daemon/client.hpp"
 #include "daemon/list.hpp"
 #include "daemon/server.hpp"
+#include "daemon/stats.hpp"
 
 namespace pgring {
 
@@ -47,6 +48,9 @@ class Pool {
   // the pool can serve them.
   void on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message);
   [[nodiscard]] int server_count() const;
+  // A reload changed this pool's database, user or settings: apply them. A changed server
+  // address retires the connections to the old one (idle ones now, busy ones when released).
+  void reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings);
 
   Reactor& reactor_;
   const config::Database* db_;
@@ -78,6 +82,10 @@ class Pool {
   std::vector<std::pair<std::string, std::string>> defaults_;
   bool have_defaults_ = false;
 
+  PoolStats stats_;
+  // PAUSE: no new links; clients wait until RESUME.
+  bool paused_ = false;
+
   // After a failed connect or login, new attempts wait timeouts.server_login_retry and new
   // clients fail fast with the cached error meanwhile (like PgBouncer's server_login_retry).
   Clock::time_point last_failure_{};
@@ -87,6 +95,7 @@ class Pool {
 
  private:
   void resolve();
+  void set_credentials(const config::Database& db, const config::User* user);
 };
 
 }  // namespace pgring

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
 
 #include "daemon/log.hpp"
 #include "proto/builders.hpp"
@@ -39,7 +40,8 @@ constexpr auto kClosingGrace = std::chrono::seconds(5);
 std::string errno_text(int err) { return std::strerror(err); }
 }  // namespace
 
-Reactor::Reactor(std::shared_ptr<const config::Config> config) : config_(std::move(config)) {
+Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string config_path)
+    : config_(std::move(config)), config_path_(std::move(config_path)) {
   io_uring_params params{};
   params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
                  IORING_SETUP_CQSIZE;
@@ -94,6 +96,7 @@ Reactor::~Reactor() {
     }
   };
   free_clients(login_clients_);
+  free_clients(admin_clients_);
   free_clients(closing_clients_);
   free_servers(closing_servers_);
   for (auto& [key, pool] : pools_) {
@@ -469,6 +472,7 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
     return;
   }
   client.last_activity_ = now_;
+  if (client.pool_ != nullptr) client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
   client.on_input();
   if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
 }
@@ -518,6 +522,7 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
     close(server, Reason::server_io_error, errno_text(-result));
     return;
   }
+  server.pool_.stats_.bytes_sent += static_cast<std::uint64_t>(result);
   server.on_input();
   if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
 }
@@ -572,9 +577,13 @@ void Reactor::on_signal(int result) {
         log::info("SIGINT: immediate shutdown");
         begin_shutdown(ShutdownMode::immediate);
         break;
-      case SIGHUP:
-        log::warning("SIGHUP: configuration reload is not implemented yet; keeping the running configuration");
+      case SIGHUP: {
+        sd_notify(0, "RELOADING=1");
+        std::string problem = reload();
+        sd_notify(0, "READY=1");
+        (void)problem;  // reload() logged it
         break;
+      }
       default: break;
     }
   }
@@ -586,6 +595,7 @@ void Reactor::on_signal(int result) {
 
 void Reactor::close(Client& client, Reason reason, std::string_view message) {
   if (client.state_ == ClientState::closing) return;
+  ++disconnects_[static_cast<std::size_t>(reason)];
   std::string_view state = sqlstate(reason);
   if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
@@ -625,6 +635,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
 
 void Reactor::close(Server& server, Reason reason, std::string_view message) {
   if (server.state_ == ServerState::closing) return;
+  ++disconnects_[static_cast<std::size_t>(reason)];
   log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_, server.pool_.user_name_, name(reason),
             message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
@@ -717,6 +728,7 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
   auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
+  pool->paused_ = paused_all_ || paused_databases_.count(db.name) != 0;
   Pool& ref = *pool;
   pools_.emplace(std::move(key), std::move(pool));
   return ref;
@@ -740,6 +752,7 @@ bool Reactor::database_has_room(Pool& pool) {
 void Reactor::start_connect(Pool& pool) {
   auto* server = new Server(*this, pool, next_id());
   ++database_servers_[pool.database_];
+  ++pool.stats_.server_connects;
   // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
   if (config_->timeouts.server_lifetime.count() > 0) {
     std::uint32_t r = 0;
@@ -916,6 +929,52 @@ void Reactor::login_done(Client& client) {
   if (client.node_.list == &login_clients_) login_clients_.remove(&client);
 }
 
+std::string Reactor::reload() {
+  std::shared_ptr<const config::Config> fresh;
+  try {
+    fresh = std::make_shared<const config::Config>(config::load_config_file(config_path_));
+  } catch (const config::ConfigError& e) {
+    ++reload_failures_;
+    log::error("reload of {} failed, keeping the running configuration: {}", config_path_, e.what());
+    return e.what();
+  }
+  ++reloads_;
+  const config::Config& old = *config_;
+  // Listeners, workers and the metrics endpoint are set up once: changing them needs a restart.
+  auto listen_text = [](const config::Config& c) {
+    std::string t;
+    for (const auto& l : c.listen) t += l.host + ":" + std::to_string(l.port) + l.unix_dir + " ";
+    return t;
+  };
+  if (listen_text(old) != listen_text(*fresh)) log::warning("reload: listen changed; it takes effect after a restart");
+  if (old.workers != fresh->workers) log::warning("reload: workers changed; it takes effect after a restart");
+  auto metrics_text = [](const config::Config& c) {
+    return c.metrics_listen ? c.metrics_listen->host + ":" + std::to_string(c.metrics_listen->port) : std::string();
+  };
+  if (metrics_text(old) != metrics_text(*fresh))
+    log::warning("reload: metrics.listen changed; it takes effect after a restart");
+  retired_configs_.push_back(config_);
+  config_ = fresh;
+  log::init(config_->log_level, config_->log_format);
+  scram_secrets_.clear();  // passwords may have changed
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    const config::Database* db = config_->find_database(pool->database_);
+    if (db == nullptr) {
+      log::warning("reload: database {} was removed; closing its pools", pool->database_);
+      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+        while (Client* c = l->front()) close(*c, Reason::pool_removed, "database removed from the configuration");
+      for (List<Server>* l : {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
+                              &pool->resetting_servers_, &pool->canceling_servers_})
+        while (Server* s = l->front()) close(*s, Reason::pool_removed);
+      continue;
+    }
+    pool->reconfigure(*db, config_->find_user(pool->user_name_), config_->resolve_pool(*db, config_->find_user(pool->user_name_)));
+  }
+  log::info("configuration reloaded from {}", config_path_);
+  return {};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timers: a sweep of the state lists, a few times a second. No syscall or allocation per
 // armed timeout: a deadline is the time a connection entered its list plus the configured limit.
@@ -1025,10 +1084,12 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
   else shutdown_ = ShutdownMode::graceful;
   bool immediate = shutdown_ == ShutdownMode::immediate;
 
-  for (Client* c = login_clients_.front(); c != nullptr;) {
-    Client* next = List<Client>::next(c);
-    close(*c, Reason::shutdown, "shutting down");
-    c = next;
+  for (List<Client>* list : {&login_clients_, &admin_clients_}) {
+    for (Client* c = list->front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      close(*c, Reason::shutdown, "shutting down");
+      c = next;
+    }
   }
   for (auto& [key, pool] : pools_) {
     (void)key;

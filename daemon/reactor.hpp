@@ -6,8 +6,10 @@
 
 #include <liburing.h>
 
+#include <array>
 #include <chrono>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -27,7 +29,7 @@ namespace pgring {
 
 class Reactor {
  public:
-  explicit Reactor(std::shared_ptr<const config::Config> config);
+  Reactor(std::shared_ptr<const config::Config> config, std::string config_path);
   ~Reactor();
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
@@ -63,6 +65,11 @@ class Reactor {
   // Cancel the request running on `server` for its linked client (timeouts use this too).
   void start_cancel(Server& server);
   void login_done(Client& client);  // leaves the login list
+  // Admin console (admin.cpp): one simple Query from an admin or stats user.
+  void admin_query(Client& client, std::string_view sql);
+  // Reload the configuration file: "" when applied, else why not (the running config stays).
+  std::string reload();
+  void kill_database(std::string_view database);
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
   [[nodiscard]] std::uint64_t next_id() { return ++last_id_; }
@@ -72,6 +79,9 @@ class Reactor {
   List<Client> closing_clients_;
   List<Server> closing_servers_;
   List<Canceller> cancellers_;
+  List<Client> admin_clients_;
+  std::uint64_t reloads_ = 0;
+  std::uint64_t reload_failures_ = 0;
 
  private:
   enum class ShutdownMode { none, graceful, immediate };
@@ -111,6 +121,11 @@ class Reactor {
   void close_listeners();
 
   std::shared_ptr<const config::Config> config_;
+  std::string config_path_;
+  // Configurations replaced by reloads stay alive: clients keep pointers to their users.
+  std::vector<std::shared_ptr<const config::Config>> retired_configs_;
+  bool paused_all_ = false;
+  std::set<std::string, std::less<>> paused_databases_;
   io_uring ring_{};
   std::unique_ptr<BufferRing> buffers_;
   StatementRegistry statements_;
@@ -126,6 +141,10 @@ class Reactor {
   std::vector<Client*> free_clients_;
   std::vector<Server*> free_servers_;
   std::vector<Canceller*> free_cancellers_;
+ public:
+  // Client and server disconnects by Reason (metrics: pgring_disconnects_total{reason}).
+  std::array<std::uint64_t, kReasonCount> disconnects_{};
+ private:
 
   Clock::time_point now_;
   Clock::time_point next_sweep_;

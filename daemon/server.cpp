@@ -279,6 +279,7 @@ Server::Expected& Server::expect(char kind) {
   if (expected_head_ == expected_.size()) {
     // The server becomes busy now: the query timeout counts from here.
     busy_since_ = reactor_.now();
+    if (transaction_status_ == 'I') transaction_start_ = busy_since_;
     query_timeout_canceled_ = false;
     expected_.clear();
     expected_head_ = 0;
@@ -347,6 +348,14 @@ bool Server::pop_reply(char request_kind) {
   e.set.reset();
   ++expected_head_;
   return skip;
+}
+
+void Server::count_error(std::size_t size) {
+  // By SQLSTATE class (the first two characters), for SHOW STATS and /metrics.
+  if (size > kMaxInspected || stream_.input_size() < size) return;
+  auto fields = proto::parse_error_fields(stream_.contiguous(size).substr(5));
+  std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
+  ++pool_.stats_.errors_by_class[klass];
 }
 
 void Server::on_error_response() {
@@ -432,6 +441,11 @@ void Server::on_command_complete(std::string_view tag) {
 
 void Server::on_ready_for_query(char status) {
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
+  pool_.stats_.query.observe(reactor_.now() - busy_since_);
+  if (status == 'I') {
+    ++pool_.stats_.transactions;
+    pool_.stats_.transaction.observe(reactor_.now() - transaction_start_);
+  }
   transaction_status_ = status;
   last_ready_ = reactor_.now();
   pop_expected_until_ready();
@@ -611,7 +625,10 @@ void Server::forward_to_client() {
         case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
         case proto::backend::kNoData: swallow = pop_reply('D'); break;
         case proto::backend::kRowDescription: swallow = pop_reply('D'); break;  // Describe's; a Query's pops nothing
-        case proto::backend::kErrorResponse: on_error_response(); break;
+        case proto::backend::kErrorResponse:
+          on_error_response();
+          count_error(frame.size);
+          break;
         case proto::backend::kEmptyQueryResponse:
         case proto::backend::kPortalSuspended: on_command_complete({}); break;
         case proto::backend::kCopyInResponse: copy_in_ = true; break;

@@ -67,10 +67,12 @@ class Server {
   std::uint64_t link_generation_ = 0;
   // Cancel connections still targeting this server: it is neither reused nor freed meanwhile.
   int cancels_in_flight_ = 0;
+  bool retire_ = false;  // the configuration moved the pool elsewhere: close instead of reuse
   // When the oldest unanswered request was sent, and when the transaction began (timeouts).
   Clock::time_point busy_since_{};
   Clock::time_point transaction_since_{};
   Clock::time_point retire_at_{};  // server_lifetime with jitter
+  Clock::time_point transaction_start_{};  // first request after 'I' (transaction histogram)
   Clock::time_point last_ready_{};  // last ReadyForQuery (idle-in-transaction timeout)
   bool query_timeout_canceled_ = false;  // timeouts.query fired and a cancel went out
 
@@ -145,6 +147,7 @@ class Server {
   // A reply to the head request arrived; returns whether to swallow it.
   bool pop_reply(char request_kind);
   void on_error_response();
+  void count_error(std::size_t size);
   void refuse_transaction_block(std::size_t ready_size);
 
   struct LoginState {

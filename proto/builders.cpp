@@ -90,6 +90,23 @@ bool command_complete(std::string& out, std::string_view tag) {
   return w.ok();
 }
 
+bool row_description(std::string& out, const std::vector<std::string_view>& columns) {
+  constexpr std::int32_t kTextOid = 25;
+  Writer w(out);
+  w.begin('T').i16(static_cast<std::int16_t>(columns.size()));
+  for (auto name : columns) w.cstring(name).i32(0).i16(0).i32(kTextOid).i16(-1).i32(-1).i16(0);
+  w.end();
+  return w.ok();
+}
+
+bool data_row(std::string& out, const std::vector<std::string>& values) {
+  Writer w(out);
+  w.begin('D').i16(static_cast<std::int16_t>(values.size()));
+  for (const auto& v : values) w.i32(static_cast<std::int32_t>(v.size())).bytes(v);
+  w.end();
+  return w.ok();
+}
+
 bool negotiate_protocol_version(std::string& out, std::uint32_t version,
                                 const std::vector<std::string_view>& unsupported) {
   Writer w(out);

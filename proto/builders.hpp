@@ -27,6 +27,9 @@ namespace pgring::proto::build {
 [[nodiscard]] bool parse_complete(std::string& out);
 [[nodiscard]] bool close_complete(std::string& out);
 [[nodiscard]] bool command_complete(std::string& out, std::string_view tag);
+// Result sets pgring produces itself (the admin console): every column is text.
+[[nodiscard]] bool row_description(std::string& out, const std::vector<std::string_view>& columns);
+[[nodiscard]] bool data_row(std::string& out, const std::vector<std::string>& values);
 [[nodiscard]] bool negotiate_protocol_version(std::string& out, std::uint32_t version,
                                               const std::vector<std::string_view>& unsupported);
 

@@ -1,0 +1,272 @@
+// The admin console: database "pgring", simple Query protocol, for admin_users (everything)
+// and stats_users (SHOW only). Results are text columns, built here and sent as one batch.
+
+#include <algorithm>
+#include <cctype>
+#include <string>
+#include <vector>
+
+#include "daemon/log.hpp"
+#include "daemon/reactor.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+namespace {
+
+std::vector<std::string> words_of(std::string_view sql) {
+  std::vector<std::string> words;
+  std::string word;
+  for (char c : sql) {
+    if (std::isspace(static_cast<unsigned char>(c)) || c == ';') {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+    } else {
+      word.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  return words;
+}
+
+std::string ms(Clock::duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+}
+
+// One result set: columns, rows, then CommandComplete.
+class Result {
+ public:
+  explicit Result(std::vector<std::string_view> columns) : columns_(std::move(columns)) {}
+  void row(std::vector<std::string> values) { rows_.push_back(std::move(values)); }
+  bool emit(Stream& out, std::string_view tag) const {
+    bool ok = out.emit([&](std::string& o) { return proto::build::row_description(o, columns_); });
+    for (const auto& r : rows_) ok &= out.emit([&](std::string& o) { return proto::build::data_row(o, r); });
+    ok &= out.emit([&](std::string& o) { return proto::build::command_complete(o, tag); });
+    return ok;
+  }
+
+ private:
+  std::vector<std::string_view> columns_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+constexpr std::string_view kHelp[] = {
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|CONFIG|STATEMENTS|VERSION",
+    "PAUSE [db]", "RESUME [db]", "RELOAD", "KILL db", "SHUTDOWN"};
+
+}  // namespace
+
+void Reactor::admin_query(Client& client, std::string_view sql) {
+  Stream& out = client.stream_;
+  auto words = words_of(sql);
+  auto error = [&](std::string_view sqlstate, std::string message) {
+    (void)out.emit([&](std::string& o) { return proto::build::error_response(o, "ERROR", sqlstate, "pgring: " + message); });
+  };
+  auto done = [&] {
+    (void)out.emit([](std::string& o) { return proto::build::ready_for_query(o, 'I'); });
+    want_send(out);
+  };
+  if (words.empty()) {
+    (void)out.emit([](std::string& o) {
+      o.append("I\0\0\0\4", 5);  // EmptyQueryResponse
+      return true;
+    });
+    done();
+    return;
+  }
+  const std::string& verb = words[0];
+  bool is_show = verb == "show";
+  if (!is_show && client.admin_ != Client::AdminRole::admin) {
+    error("42501", "permission denied: \"" + verb + "\" needs an admin user (admin.users)");
+    done();
+    return;
+  }
+  std::string what = words.size() > 1 ? words[1] : "";
+  bool ok = true;
+  if (is_show && (what == "help" || what.empty())) {
+    Result r({"command"});
+    for (auto line : kHelp) r.row({std::string(line)});
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "version") {
+    Result r({"version"});
+    r.row({std::string("pgring ") + PGRING_VERSION});
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "pools") {
+    Result r({"database", "user", "pool_mode", "cl_idle", "cl_waiting", "cl_active", "sv_active", "sv_idle",
+              "sv_login", "sv_resetting", "pool_size", "maxwait_ms", "paused"});
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      Pool& p = *pool;
+      Clock::duration maxwait{};
+      if (Client* oldest = p.waiting_clients_.front()) maxwait = now_ - oldest->state_since_;
+      r.row({p.database_, p.user_name_, std::string(config::to_string(p.settings_.pool_mode)),
+             std::to_string(p.idle_clients_.size()), std::to_string(p.waiting_clients_.size()),
+             std::to_string(p.active_clients_.size()), std::to_string(p.active_servers_.size()),
+             std::to_string(p.idle_servers_.size()), std::to_string(p.connecting_servers_.size()),
+             std::to_string(p.resetting_servers_.size() + p.canceling_servers_.size()),
+             std::to_string(p.settings_.pool_size), ms(maxwait), p.paused_ ? "yes" : "no"});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "clients") {
+    Result r({"id", "database", "user", "state", "addr", "state_ms", "server", "pinned", "statements"});
+    auto add = [&](const Client& c) {
+      r.row({"C-" + std::to_string(c.id_), c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
+             std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_, ms(now_ - c.state_since_),
+             c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
+             proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statements_.size())});
+    };
+    for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+        for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "servers") {
+    Result r({"id", "database", "user", "state", "addr", "backend_pid", "client", "age_ms", "state_ms", "prepared",
+              "transaction_status"});
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
+                              &pool->resetting_servers_, &pool->canceling_servers_})
+        for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+          r.row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_, std::string(to_string(s->state_)),
+                 pool->address_text_, std::to_string(s->backend_pid_),
+                 s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "", ms(now_ - s->created_),
+                 ms(now_ - s->state_since_), std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_)});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "stats") {
+    Result r({"database", "user", "transactions", "queries", "bytes_received", "bytes_sent", "server_connects",
+              "avg_wait_us", "avg_query_us", "avg_xact_us", "errors"});
+    auto avg_us = [](const Histogram& h) {
+      return std::to_string(h.count == 0 ? 0 : static_cast<long long>(h.sum / static_cast<double>(h.count) * 1e6));
+    };
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      const PoolStats& st = pool->stats_;
+      std::uint64_t errors = 0;
+      for (const auto& [klass, n] : st.errors_by_class) {
+        (void)klass;
+        errors += n;
+      }
+      r.row({pool->database_, pool->user_name_, std::to_string(st.transactions), std::to_string(st.queries),
+             std::to_string(st.bytes_received), std::to_string(st.bytes_sent), std::to_string(st.server_connects),
+             avg_us(st.wait), avg_us(st.query), avg_us(st.transaction), std::to_string(errors)});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "databases") {
+    Result r({"name", "host", "port", "dbname", "pool_mode", "pool_size", "max_db_connections", "current_connections"});
+    for (const auto& [name, db] : config_->databases) {
+      config::PoolSettings s = config_->resolve_pool(db, nullptr);
+      r.row({name, db.host, std::to_string(db.port), db.dbname.empty() ? name : db.dbname,
+             std::string(config::to_string(s.pool_mode)), std::to_string(s.pool_size),
+             std::to_string(s.max_db_connections), std::to_string(database_servers_[name])});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "config") {
+    Result r({"key", "value"});
+    const config::Config& c = *config_;
+    const config::Timeouts& t = c.timeouts;
+    r.row({"config_file", config_path_});
+    r.row({"workers", c.workers == 0 ? "auto" : std::to_string(c.workers)});
+    r.row({"max_client_conn", std::to_string(c.max_client_conn)});
+    r.row({"max_message_size", std::to_string(c.max_message_size)});
+    r.row({"auth.method", std::string(config::to_string(c.auth_method))});
+    r.row({"defaults.pool_mode", std::string(config::to_string(c.defaults.pool_mode))});
+    r.row({"defaults.pool_size", std::to_string(c.defaults.pool_size)});
+    r.row({"defaults.min_pool_size", std::to_string(c.defaults.min_pool_size)});
+    r.row({"defaults.reserve_pool_size", std::to_string(c.defaults.reserve_pool_size)});
+    r.row({"defaults.max_db_connections", std::to_string(c.defaults.max_db_connections)});
+    r.row({"defaults.server_reset_query", c.defaults.server_reset_query});
+    r.row({"defaults.prepared_statements", std::to_string(c.defaults.prepared_statements)});
+    r.row({"defaults.session_state", std::string(config::to_string(c.defaults.session_state))});
+    for (auto [name, value] : std::initializer_list<std::pair<std::string_view, config::Duration>>{
+             {"client_login", t.client_login}, {"server_connect", t.server_connect},
+             {"server_login_retry", t.server_login_retry}, {"query_wait", t.query_wait},
+             {"reserve_pool", t.reserve_pool}, {"query", t.query}, {"transaction", t.transaction},
+             {"idle_transaction", t.idle_transaction}, {"client_idle", t.client_idle},
+             {"server_idle", t.server_idle}, {"server_lifetime", t.server_lifetime},
+             {"cancel_wait", t.cancel_wait}, {"shutdown", t.shutdown}})
+      r.row({"timeouts." + std::string(name), std::to_string(value.count()) + "ms"});
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "statements") {
+    Result r({"id", "server_name", "query", "prepared_on_servers"});
+    std::vector<const PreparedStatement*> all;
+    for (const auto& [tail, st] : statements_.entries()) {
+      (void)tail;
+      all.push_back(st.get());
+    }
+    std::sort(all.begin(), all.end(), [](auto* a, auto* b) { return a->id < b->id; });
+    for (const PreparedStatement* st : all) {
+      int on = 0;
+      for (auto& [key, pool] : pools_) {
+        (void)key;
+        for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_})
+          for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) on += s->prepared_.contains(st->id);
+      }
+      r.row({std::to_string(st->id), st->server_name, std::string(st->query().substr(0, 200)), std::to_string(on)});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show) {
+    error("42601", "unknown SHOW command \"" + what + "\"; try SHOW HELP");
+  } else if (verb == "pause" || verb == "resume") {
+    bool pause = verb == "pause";
+    int n = 0;
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      if (!what.empty() && pool->database_ != what) continue;
+      pool->paused_ = pause;
+      ++n;
+      if (!pause) pool->maintain();
+    }
+    if (!what.empty() && config_->find_database(what) == nullptr) {
+      error("3D000", "no such database \"" + what + "\"");
+    } else {
+      paused_all_ = what.empty() ? pause : paused_all_;
+      if (!what.empty()) {
+        if (pause) paused_databases_.insert(what);
+        else paused_databases_.erase(what);
+      }
+      log::info("admin C-{}: {} {} ({} pools)", client.id_, verb, what.empty() ? "all" : what, n);
+      ok = out.emit([&](std::string& o) { return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME"); });
+    }
+  } else if (verb == "reload") {
+    std::string problem = reload();
+    if (problem.empty()) ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RELOAD"); });
+    else error("F0000", "reload failed, the running configuration stays: " + problem);
+  } else if (verb == "kill") {
+    if (what.empty() || config_->find_database(what) == nullptr) {
+      error("3D000", "KILL needs a configured database name");
+    } else {
+      kill_database(what);
+      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "KILL"); });
+    }
+  } else if (verb == "shutdown") {
+    log::info("admin C-{}: SHUTDOWN", client.id_);
+    ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "SHUTDOWN"); });
+    begin_shutdown(ShutdownMode::graceful);
+  } else {
+    error("42601", "unknown command \"" + verb + "\"; try SHOW HELP");
+  }
+  if (!ok) error("XX000", "could not encode the result");
+  done();
+}
+
+void Reactor::kill_database(std::string_view database) {
+  log::info("KILL {}: closing its clients and servers", database);
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (pool->database_ != database) continue;
+    for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_}) {
+      while (Client* c = l->front()) close(*c, Reason::admin_kill, "connection killed by the administrator");
+    }
+    for (List<Server>* l : {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
+                            &pool->resetting_servers_, &pool->canceling_servers_}) {
+      while (Server* s = l->front()) close(*s, Reason::admin_kill);
+    }
+  }
+}
+
+}  // namespace pgring
