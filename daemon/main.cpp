@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   try {
     pgring::Reactor reactor(config, config_path);
     reactor.listen();
+    reactor.listen_metrics();
     sd_notify(0, "READY=1\nSTATUS=accepting connections");
     int rc = reactor.run();
     sd_notify(0, "STOPPING=1");

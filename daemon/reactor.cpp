@@ -78,6 +78,7 @@ Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string confi
 
 Reactor::~Reactor() {
   close_listeners();
+  if (metrics_listener_.fd >= 0) ::close(metrics_listener_.fd);
   // Exiting the ring cancels and waits for every request still in flight, so no kernel
   // operation refers to a connection or buffer after this point.
   io_uring_queue_exit(&ring_);
@@ -118,6 +119,12 @@ Reactor::~Reactor() {
     delete c;
   }
   for (Canceller* c : free_cancellers_) delete c;
+  while (HttpConn* h = http_conns_.pop_front()) {
+    if (h->stream_.fd >= 0) ::close(h->stream_.fd);
+    h->stream_.fd = -1;
+    delete h;
+  }
+  for (HttpConn* h : free_http_) delete h;
   pools_.clear();
   buffers_.reset();
   if (signal_fd_ >= 0) ::close(signal_fd_);
@@ -257,6 +264,8 @@ void Reactor::run_once() {
   free_servers_.clear();
   for (Canceller* c : free_cancellers_) delete c;
   free_cancellers_.clear();
+  for (HttpConn* h : free_http_) delete h;
+  free_http_.clear();
 }
 
 io_uring_sqe* Reactor::get_sqe() {
@@ -300,6 +309,15 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
     case Operation::Kind::cancel_recv:
       on_cancel_recv(*static_cast<Canceller*>(op->owner), cqe->res, cqe->flags);
       break;
+    case Operation::Kind::http_accept:
+      on_http_accept(cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::http_recv:
+      on_http_recv(*static_cast<HttpConn*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::http_send:
+      on_http_send(*static_cast<HttpConn*>(op->owner), cqe->res);
+      break;
     case Operation::Kind::signal:
       on_signal(cqe->res);
       break;
@@ -328,6 +346,7 @@ void Reactor::submit_sends() {
     switch (s->send_op_.kind) {
       case Operation::Kind::client_send: ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_; break;
       case Operation::Kind::server_send: ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_; break;
+      case Operation::Kind::http_send: ++static_cast<HttpConn*>(s->send_op_.owner)->ops_in_flight_; break;
       default: ++static_cast<Canceller*>(s->send_op_.owner)->ops_in_flight_; break;
     }
   }
@@ -1022,6 +1041,12 @@ void Reactor::sweep() {
     if (!pool->waiting_clients_.empty()) pool->maintain();
     pool->keep_warm();
   }
+  // An HTTP client gets 5 seconds to send its request and read the answer.
+  for (HttpConn* h = http_conns_.front(); h != nullptr;) {
+    HttpConn* next = List<HttpConn>::next(h);
+    if (now_ - h->started_ > std::chrono::seconds(5)) finish_http(*h);
+    h = next;
+  }
   // cancel_wait: a cancel connection PostgreSQL does not close in time is given up.
   for (Canceller* c = cancellers_.front(); c != nullptr;) {
     Canceller* next = List<Canceller>::next(c);
@@ -1133,7 +1158,8 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     (void)key;
     servers_left |= pool->server_count() > 0;
   }
-  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty())
+  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty() &&
+      http_conns_.empty())
     stopped_ = true;
   // Immediate mode does not wait for peers to read their last bytes.
   if (immediate && now_ >= shutdown_deadline_ + kClosingGrace) stopped_ = true;

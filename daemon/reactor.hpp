@@ -27,6 +27,19 @@
 
 namespace pgring {
 
+// One HTTP request on the metrics port: read the request head, answer, close.
+struct HttpConn {
+  HttpConn(Reactor& reactor, int fd);
+  ListNode<HttpConn> node_;
+  Stream stream_;
+  std::string request_;
+  Clock::time_point started_;
+  int ops_in_flight_ = 0;
+  bool responded_ = false;
+  bool done_ = false;
+  bool freed_ = false;
+};
+
 class Reactor {
  public:
   Reactor(std::shared_ptr<const config::Config> config, std::string config_path);
@@ -69,6 +82,10 @@ class Reactor {
   void admin_query(Client& client, std::string_view sql);
   // Reload the configuration file: "" when applied, else why not (the running config stays).
   std::string reload();
+  // Metrics (metrics.cpp).
+  void listen_metrics();
+  [[nodiscard]] std::string metrics_text();
+  [[nodiscard]] bool ready() const;
   void kill_database(std::string_view database);
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
@@ -110,6 +127,11 @@ class Reactor {
   void on_cancel_send(Canceller& canceller, int result);
   void on_cancel_recv(Canceller& canceller, int result, unsigned flags);
   void finish_cancel(Canceller& canceller);
+  void arm_http_accept();
+  void on_http_accept(int result, unsigned flags);
+  void on_http_recv(HttpConn& conn, int result, unsigned flags);
+  void on_http_send(HttpConn& conn, int result);
+  void finish_http(HttpConn& conn);
   void resume_peer_reading(Stream& writer);
   void finish_close(Client& client);
   void finish_close(Server& server);
@@ -141,6 +163,9 @@ class Reactor {
   std::vector<Client*> free_clients_;
   std::vector<Server*> free_servers_;
   std::vector<Canceller*> free_cancellers_;
+  Listener metrics_listener_;
+  List<HttpConn> http_conns_;
+  std::vector<HttpConn*> free_http_;
  public:
   // Client and server disconnects by Reason (metrics: pgring_disconnects_total{reason}).
   std::array<std::uint64_t, kReasonCount> disconnects_{};

@@ -67,6 +67,9 @@ struct Operation {
     cancel_connect,
     cancel_send,
     cancel_recv,
+    http_accept,
+    http_recv,
+    http_send,
     signal,
     ignore,  // completions we do not care about (cancel requests)
   };

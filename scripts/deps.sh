@@ -14,6 +14,8 @@ PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   python3 python3-psycopg2 python3-asyncpg python3-yaml
   systemd              # systemd-analyze verify for systemd/pgring.service
+  prometheus           # promtool check metrics on /metrics
+  curl
 )
 # Note: prometheus-cpp is not packaged for Debian 12; the build uses it only when present.
 

@@ -1,0 +1,328 @@
+// /metrics, /health and /ready over HTTP/1.1, served by the reactor itself: a scrape reads the
+// reactor's plain counters on its own thread, so it never locks or stalls the data path.
+// prometheus-cpp is not packaged for Debian 12, so the text exposition format (0.0.4) is
+// written here; `promtool check metrics` validates it in the tests.
+//
+// Every metric is declared once, in kMetrics, with its type and help.
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "daemon/log.hpp"
+#include "daemon/reactor.hpp"
+
+namespace pgring {
+
+namespace {
+
+struct MetricDef {
+  std::string_view name;
+  std::string_view type;
+  std::string_view help;
+};
+
+constexpr MetricDef kMetrics[] = {
+    {"pgring_info", "gauge", "pgring build information"},
+    {"pgring_clients", "gauge", "Client connections by pool and state"},
+    {"pgring_login_clients", "gauge", "Client connections still logging in"},
+    {"pgring_servers", "gauge", "Server connections by pool and state"},
+    {"pgring_transactions_total", "counter", "Transactions (explicit and implicit) completed"},
+    {"pgring_queries_total", "counter", "Query and Execute messages forwarded"},
+    {"pgring_received_bytes_total", "counter", "Bytes received from clients"},
+    {"pgring_sent_bytes_total", "counter", "Bytes received from servers for clients"},
+    {"pgring_server_connects_total", "counter", "Server connections opened"},
+    {"pgring_errors_total", "counter", "ErrorResponses from servers by SQLSTATE class"},
+    {"pgring_wait_seconds", "histogram", "Time clients waited for a server connection"},
+    {"pgring_query_seconds", "histogram", "Time from a request to its ReadyForQuery"},
+    {"pgring_transaction_seconds", "histogram", "Time from a transaction's first request to ReadyForQuery idle"},
+    {"pgring_disconnects_total", "counter", "Closed connections by close reason"},
+    {"pgring_statement_cache_hits_total", "counter", "Parse messages answered from the statement cache"},
+    {"pgring_statement_cache_parses_total", "counter", "Parse messages sent to servers for clients"},
+    {"pgring_statement_cache_injected_total", "counter", "Parse messages injected before a Bind or Describe"},
+    {"pgring_statement_cache_evictions_total", "counter", "Prepared statements closed to stay within prepared_statements"},
+    {"pgring_statement_cache_retries_total", "counter", "Requests retried after a cached plan changed"},
+    {"pgring_statement_cache_entries", "gauge", "Distinct statements in the registry"},
+    {"pgring_reloads_total", "counter", "Configuration reloads applied"},
+    {"pgring_reload_failures_total", "counter", "Configuration reloads refused (bad file)"},
+};
+
+void header(std::string& out, std::string_view name) {
+  for (const MetricDef& m : kMetrics) {
+    if (m.name != name) continue;
+    out += "# HELP ";
+    out += m.name;
+    out += ' ';
+    out += m.help;
+    out += "\n# TYPE ";
+    out += m.name;
+    out += ' ';
+    out += m.type;
+    out += '\n';
+    return;
+  }
+}
+
+std::string escape(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out.push_back(c);
+  }
+  return out;
+}
+
+std::string labels(const Pool& p) {
+  return "database=\"" + escape(p.database_) + "\",user=\"" + escape(p.user_name_) + "\"";
+}
+
+void sample(std::string& out, std::string_view name, const std::string& label_text, double value) {
+  out += name;
+  if (!label_text.empty()) out += "{" + label_text + "}";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " %.17g\n", value);
+  out += buf;
+}
+
+void histogram(std::string& out, std::string_view name, const std::string& label_text, const Histogram& h) {
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < h.buckets.size(); ++i) {
+    cumulative += h.buckets[i];
+    char le[32];
+    if (i < Histogram::kBounds.size()) std::snprintf(le, sizeof le, "%g", Histogram::kBounds[i]);
+    else std::snprintf(le, sizeof le, "+Inf");
+    sample(out, std::string(name) + "_bucket", label_text + ",le=\"" + le + "\"", static_cast<double>(cumulative));
+  }
+  sample(out, std::string(name) + "_sum", label_text, h.sum);
+  sample(out, std::string(name) + "_count", label_text, static_cast<double>(h.count));
+}
+
+}  // namespace
+
+std::string Reactor::metrics_text() {
+  std::string out;
+  header(out, "pgring_info");
+  sample(out, "pgring_info", std::string("version=\"") + PGRING_VERSION + "\"", 1);
+
+  header(out, "pgring_clients");
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    std::string l = labels(*pool);
+    sample(out, "pgring_clients", l + ",state=\"idle\"", static_cast<double>(pool->idle_clients_.size()));
+    sample(out, "pgring_clients", l + ",state=\"waiting\"", static_cast<double>(pool->waiting_clients_.size()));
+    sample(out, "pgring_clients", l + ",state=\"active\"", static_cast<double>(pool->active_clients_.size()));
+  }
+  header(out, "pgring_login_clients");
+  sample(out, "pgring_login_clients", "", static_cast<double>(login_clients_.size()));
+
+  header(out, "pgring_servers");
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    std::string l = labels(*pool);
+    sample(out, "pgring_servers", l + ",state=\"active\"", static_cast<double>(pool->active_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"idle\"", static_cast<double>(pool->idle_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"login\"", static_cast<double>(pool->connecting_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"resetting\"",
+           static_cast<double>(pool->resetting_servers_.size() + pool->canceling_servers_.size()));
+  }
+  struct Counter {
+    std::string_view name;
+    std::uint64_t PoolStats::*field;
+  };
+  for (Counter c : {Counter{"pgring_transactions_total", &PoolStats::transactions},
+                    Counter{"pgring_queries_total", &PoolStats::queries},
+                    Counter{"pgring_received_bytes_total", &PoolStats::bytes_received},
+                    Counter{"pgring_sent_bytes_total", &PoolStats::bytes_sent},
+                    Counter{"pgring_server_connects_total", &PoolStats::server_connects}}) {
+    header(out, c.name);
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      sample(out, c.name, labels(*pool), static_cast<double>(pool->stats_.*c.field));
+    }
+  }
+  header(out, "pgring_errors_total");
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (const auto& [klass, n] : pool->stats_.errors_by_class)
+      sample(out, "pgring_errors_total", labels(*pool) + ",class=\"" + escape(klass) + "\"", static_cast<double>(n));
+  }
+  for (auto [name, field] : {std::pair{std::string_view("pgring_wait_seconds"), &PoolStats::wait},
+                             std::pair{std::string_view("pgring_query_seconds"), &PoolStats::query},
+                             std::pair{std::string_view("pgring_transaction_seconds"), &PoolStats::transaction}}) {
+    header(out, name);
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      histogram(out, name, labels(*pool), pool->stats_.*field);
+    }
+  }
+  header(out, "pgring_disconnects_total");
+  for (std::size_t i = 0; i < kReasonCount; ++i)
+    sample(out, "pgring_disconnects_total", "reason=\"" + std::string(name(static_cast<Reason>(i))) + "\"",
+           static_cast<double>(disconnects_[i]));
+  const StatementCounters& sc = statements_.counters;
+  for (auto [metric, value] : {std::pair{std::string_view("pgring_statement_cache_hits_total"), sc.hits},
+                               std::pair{std::string_view("pgring_statement_cache_parses_total"), sc.parses_sent},
+                               std::pair{std::string_view("pgring_statement_cache_injected_total"), sc.injected},
+                               std::pair{std::string_view("pgring_statement_cache_evictions_total"), sc.evictions},
+                               std::pair{std::string_view("pgring_statement_cache_retries_total"), sc.retries},
+                               std::pair{std::string_view("pgring_reloads_total"), reloads_},
+                               std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}}) {
+    header(out, metric);
+    sample(out, metric, "", static_cast<double>(value));
+  }
+  header(out, "pgring_statement_cache_entries");
+  sample(out, "pgring_statement_cache_entries", "", static_cast<double>(statements_.size()));
+  return out;
+}
+
+bool Reactor::ready() const {
+  // Ready: accepting, and not every pool's server is known to be down.
+  if (shutting_down()) return false;
+  bool any_pool = false, any_up = false;
+  for (const auto& [key, pool] : pools_) {
+    (void)key;
+    any_pool = true;
+    any_up |= !pool->failing_;
+  }
+  return !any_pool || any_up;
+}
+
+// ---- HTTP ------------------------------------------------------------------------------------
+
+void Reactor::listen_metrics() {
+  if (!config_->metrics_listen) return;
+  const config::ListenAddress& a = *config_->metrics_listen;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(a.port);
+  if (getaddrinfo(a.host.empty() ? nullptr : a.host.c_str(), port.c_str(), &hints, &res) != 0)
+    throw std::runtime_error("cannot resolve metrics.listen " + a.host);
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int ok = bind(fd, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  if (ok != 0 || ::listen(fd, 128) != 0)
+    throw std::runtime_error("cannot listen on metrics.listen " + a.host + ":" + port + ": " + std::strerror(errno));
+  metrics_listener_.fd = fd;
+  metrics_listener_.accept_op = Operation{Operation::Kind::http_accept, &metrics_listener_};
+  metrics_listener_.name = a.host + ":" + port;
+  arm_http_accept();
+  log::info("metrics on http://{}/metrics", metrics_listener_.name);
+}
+
+void Reactor::arm_http_accept() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept(sqe, metrics_listener_.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, &metrics_listener_.accept_op);
+  metrics_listener_.armed = true;
+}
+
+void Reactor::on_http_accept(int result, unsigned flags) {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    metrics_listener_.armed = false;
+    if (metrics_listener_.fd >= 0 && !stopped_) arm_http_accept();
+  }
+  if (result < 0) return;
+  auto* conn = new HttpConn(*this, result);
+  conn->started_ = now_;
+  http_conns_.push_back(conn);
+  arm_recv(conn->stream_, conn->ops_in_flight_);
+}
+
+void Reactor::on_http_recv(HttpConn& conn, int result, unsigned flags) {
+  --conn.ops_in_flight_;
+  conn.stream_.recv_armed_ = false;
+  if (flags & IORING_CQE_F_BUFFER)
+    conn.stream_.on_received(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT),
+                             static_cast<std::uint32_t>(result > 0 ? result : 0));
+  if (result <= 0 || conn.responded_) {
+    finish_http(conn);
+    return;
+  }
+  // Collect the request head (small; a client sending more than 8 KiB is cut off).
+  std::size_t n = conn.stream_.input_size();
+  conn.request_.append(conn.stream_.contiguous(n));
+  conn.stream_.consume(n);
+  if (conn.request_.find("\r\n\r\n") == std::string::npos) {
+    if (conn.request_.size() > 8192) finish_http(conn);
+    else arm_recv(conn.stream_, conn.ops_in_flight_);
+    return;
+  }
+  std::string_view req = conn.request_;
+  std::string_view line = req.substr(0, req.find("\r\n"));
+  std::string status = "200 OK", type = "text/plain; charset=utf-8", body;
+  auto path_is = [&](std::string_view p) {
+    return line.starts_with(std::string("GET ") + std::string(p) + " ") ||
+           line.starts_with(std::string("GET ") + std::string(p) + "?");
+  };
+  if (path_is("/metrics")) {
+    type = "text/plain; version=0.0.4; charset=utf-8";
+    body = metrics_text();
+  } else if (path_is("/health")) {
+    body = "ok\n";
+  } else if (path_is("/ready")) {
+    if (ready()) body = "ready\n";
+    else {
+      status = "503 Service Unavailable";
+      body = "not ready\n";
+    }
+  } else if (!line.starts_with("GET ")) {
+    status = "405 Method Not Allowed";
+    body = "only GET\n";
+  } else {
+    status = "404 Not Found";
+    body = "try /metrics, /health or /ready\n";
+  }
+  std::string head = "HTTP/1.1 " + status + "\r\nContent-Type: " + type + "\r\nContent-Length: " +
+                     std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  conn.stream_.emit_bytes(head);
+  conn.stream_.emit_bytes(body);
+  conn.responded_ = true;
+  want_send(conn.stream_);
+  arm_recv(conn.stream_, conn.ops_in_flight_);  // notices the peer closing
+}
+
+void Reactor::on_http_send(HttpConn& conn, int result) {
+  --conn.ops_in_flight_;
+  if (result < 0) {
+    conn.stream_.send_failed();
+    finish_http(conn);
+    return;
+  }
+  if (!conn.stream_.on_sent(static_cast<std::uint32_t>(result)) || conn.stream_.has_output()) {
+    want_send(conn.stream_);
+    return;
+  }
+  finish_http(conn);
+}
+
+void Reactor::finish_http(HttpConn& conn) {
+  if (!conn.done_) {
+    conn.done_ = true;
+    conn.stream_.discard_all();
+    if (conn.stream_.fd >= 0) ::shutdown(conn.stream_.fd, SHUT_RDWR);
+  }
+  if (conn.ops_in_flight_ > 0 || conn.freed_) return;
+  conn.freed_ = true;
+  if (conn.stream_.fd >= 0) ::close(conn.stream_.fd);
+  conn.stream_.fd = -1;
+  unlink(&conn);
+  free_http_.push_back(&conn);
+}
+
+HttpConn::HttpConn(Reactor& reactor, int fd)
+    : stream_(reactor.buffers(), Operation::Kind::http_recv, Operation::Kind::http_send, this) {
+  stream_.fd = fd;
+}
+
+}  // namespace pgring
