@@ -65,6 +65,9 @@ Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string confi
   buffers_ = std::make_unique<BufferRing>(ring_, kBufferGroup, kBufferSize, kBufferCount);
   now_ = Clock::now();
   next_sweep_ = now_ + kSweepInterval;
+  std::uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0)
+    watchdog_interval_ = std::chrono::microseconds(watchdog_usec / 2);
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -1000,6 +1003,11 @@ std::string Reactor::reload() {
 
 void Reactor::sweep() {
   const config::Timeouts& t = config_->timeouts;
+  // systemd's watchdog is fed from the loop itself: if this reactor stalls, the pings stop.
+  if (watchdog_interval_.count() > 0 && now_ >= next_watchdog_) {
+    sd_notify(0, "WATCHDOG=1");
+    next_watchdog_ = now_ + watchdog_interval_;
+  }
   auto expired = [&](Clock::time_point since, config::Duration limit) {
     return limit.count() > 0 && now_ - since >= limit;
   };

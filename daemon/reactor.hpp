@@ -173,6 +173,8 @@ class Reactor {
 
   Clock::time_point now_;
   Clock::time_point next_sweep_;
+  std::chrono::microseconds watchdog_interval_{0};
+  Clock::time_point next_watchdog_{};
   std::uint64_t last_id_ = 0;
   int client_count_ = 0;
 
