@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 
 #include <arpa/inet.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -245,11 +246,10 @@ std::optional<std::string_view> nearest(std::string_view word,
   // Plausible: a couple of edits, or up to a third of the word for long keys.
   const std::size_t allowed = std::max<std::size_t>(2, best->size() / 3);
   if (best_distance <= allowed) return best;
-  // Or an abbreviation: "warn" for "warning", "max_client" for "max_client_conn".
-  if (word.size() >= 3) {
-    for (std::string_view candidate : candidates) {
-      if (candidate.starts_with(word)) return candidate;
-    }
+  // Or an abbreviation or an extension: "warn" for "warning", "pinned" for "pin".
+  for (std::string_view candidate : candidates) {
+    if (std::min(word.size(), candidate.size()) < 3) continue;
+    if (candidate.starts_with(word) || word.starts_with(candidate)) return candidate;
   }
   return std::nullopt;
 }
@@ -464,7 +464,7 @@ struct PoolMarks {
 };
 
 const std::vector<std::string_view> kPoolKeys = {
-    "pool_mode",          "pool_size",          "min_pool_size",      "reserve_pool_size",
+    "pool_mode",          "pool_size",          "min_pool_size",       "reserve_pool_size",
     "max_db_connections", "server_reset_query", "prepared_statements", "session_state"};
 
 bool is_pool_key(std::string_view key) {
@@ -499,8 +499,8 @@ void pool_key(const std::string& key, const Item& item, PoolOverrides& out, Pool
   } else if (key == "prepared_statements") {
     out.prepared_statements = integer(item, 0, kMaxCount);
   } else if (key == "session_state") {
-    out.session_state =
-        one_of<SessionStatePolicy>(item, {{"pin", SessionStatePolicy::pin}, {"error", SessionStatePolicy::error}});
+    out.session_state = one_of<SessionStatePolicy>(
+        item, {{"pin", SessionStatePolicy::pin}, {"error", SessionStatePolicy::error}});
   }
 }
 
@@ -862,20 +862,58 @@ class Loader {
   int auth_method_line_ = 0;
 };
 
+// Only the start of a document matters: where a second one begins.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override { start_ = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  [[nodiscard]] int line() const { return start_.line >= 0 ? start_.line + 1 : 0; }
+
+ private:
+  YAML::Mark start_ = YAML::Mark::null_mark();
+};
+
+// yaml-cpp's LoadAll() never returns on some malformed input (a stray ',' makes the parser
+// report empty documents forever, yaml-cpp issue #1040, fixed after 0.7), so read the one
+// document with Load() and then step a parser exactly twice to see whether another follows.
+// Re-parsing the first document is cheap next to loading a config at startup.
+YAML::Node load_single_document(const std::string& text) {
+  YAML::Node root = YAML::Load(text);
+  std::istringstream stream(text);
+  YAML::Parser parser(stream);
+  DocumentStarts events;
+  if (!parser.HandleNextDocument(events)) return root;
+  if (parser.HandleNextDocument(events)) {
+    // Also the symptom of stray flow punctuation such as a leading ','.
+    throw ConfigError("", events.line(),
+                      "unexpected content after the document (only one YAML document is "
+                      "allowed)");
+  }
+  return root;
+}
+
 }  // namespace
 
 Config parse_config(std::string_view yaml_text) {
-  std::vector<YAML::Node> documents;
+  YAML::Node root;
   try {
-    documents = YAML::LoadAll(std::string(yaml_text));
+    root = load_single_document(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
     throw ConfigError("", e.mark.line >= 0 ? e.mark.line + 1 : 0, e.msg);
   }
-  if (documents.size() > 1) {
-    throw ConfigError("", line_of(documents[1]), "only one YAML document is allowed");
-  }
   try {
-    return Loader().load(documents.empty() ? YAML::Node() : documents.front());
+    return Loader().load(root);
   } catch (const YAML::Exception& e) {
     // Access errors on a node tree we already hold should not happen; keep the contract anyway.
     throw ConfigError("", e.mark.line >= 0 ? e.mark.line + 1 : 0, e.msg);

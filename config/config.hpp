@@ -33,7 +33,7 @@ enum class LogLevel { debug, info, warning, error };
 // One `listen:` entry: "host:port", "[v6]:port", or an absolute directory for a unix socket
 // (the socket file is <dir>/.s.PGSQL.<port of the first TCP entry, or 6432>).
 struct ListenAddress {
-  std::string host;      // empty for a unix socket
+  std::string host;        // empty for a unix socket
   std::uint16_t port = 0;  // for a unix socket: the port in its file name (set by the loader)
   std::string unix_dir;    // non-empty for a unix socket
 };
