@@ -703,7 +703,7 @@ void Client::forward_to_server() {
         break;
       case proto::frontend::kSync:
         skip_until_sync_ = false;
-        server.expect('S');
+        server.expect('S').batch_seq = batch_seq_;
         server.unsynced_ = false;
         break;
       case proto::frontend::kFunctionCall:
@@ -726,17 +726,47 @@ void Client::forward_to_server() {
     }
     if (handled) {
       stream_.consume(frame.size);
+      if (type == proto::frontend::kSync) end_batch();
       continue;
     }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
+    bool extended = type == proto::frontend::kBind || type == proto::frontend::kDescribe ||
+                    type == proto::frontend::kExecute || type == proto::frontend::kSync ||
+                    type == proto::frontend::kFlush || type == proto::frontend::kClose ||
+                    type == proto::frontend::kParse;
+    if (cache && extended) {
+      if (n == frame.size) record_batch(stream_.contiguous(n));
+      else batch_copy_ok_ = false;
+    }
     stream_.forward(n, server.stream_);
     forward_remaining_ = frame.size - n;
+    if (type == proto::frontend::kSync) end_batch();
   }
   // Replies pgring owes with nothing before them in the queue go out now.
   server.flush_fakes();
   reactor_.want_send(server.stream_);
   reactor_.apply_backpressure(stream_, server.stream_);
   if (state_ == ClientState::active && server.requests_in_flight() == 0) server.maybe_release();
+}
+
+void Client::record_batch(std::string_view bytes) {
+  constexpr std::size_t kMaxBatchCopy = 64u << 10;  // larger batches are not retried
+  if (!batch_copy_ok_) return;
+  if (batch_copy_.size() + bytes.size() > kMaxBatchCopy) {
+    batch_copy_ok_ = false;
+    batch_copy_.clear();
+    return;
+  }
+  batch_copy_.append(bytes);
+}
+
+void Client::end_batch() {
+  inflight_batch_.swap(batch_copy_);
+  inflight_batch_ok_ = batch_copy_ok_;
+  inflight_batch_seq_ = batch_seq_++;
+  batch_copy_.clear();
+  batch_copy_ok_ = true;
+  if (inflight_batch_.capacity() > (64u << 10)) inflight_batch_.shrink_to_fit();
 }
 
 // ---- the statement cache (DESIGN.md section 5) ------------------------------------------------
@@ -830,16 +860,23 @@ bool Client::cached_bind(Server& server, std::string_view body) {
     return true;
   }
   // The parameters are copied once into the rewritten Bind.
+  std::size_t offset = batch_copy_.size();
+  std::size_t start = 0;
   bool ok = server.stream_.emit([&](std::string& out) {
+    start = out.size();
     proto::Writer b(out, std::size_t{1} << 31);
     b.begin(proto::frontend::kBind).cstring(portal).cstring(statement->server_name).bytes(rest).end();
+    if (b.ok()) record_batch(std::string_view(out).substr(start));
     return b.ok();
   });
   if (!ok) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Bind");
     return true;
   }
-  server.expect('B');
+  Server::Expected& e = server.expect('B');
+  e.statement = statement;
+  e.batch_seq = batch_seq_;
+  e.replay_offset = offset;
   return true;
 }
 
@@ -855,8 +892,10 @@ bool Client::cached_describe(Server& server, std::string_view body) {
     return true;
   }
   (void)server.stream_.emit([&](std::string& out) {
+    std::size_t start = out.size();
     proto::Writer w(out);
     w.begin(proto::frontend::kDescribe).u8('S').cstring(statement->server_name).end();
+    if (w.ok()) record_batch(std::string_view(out).substr(start));
     return w.ok();
   });
   server.expect('D');

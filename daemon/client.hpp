@@ -114,6 +114,14 @@ class Client {
   // Statement cache: this client's statement names -> the reactor's registry entries.
   std::unordered_map<std::string, const PreparedStatement*> statements_;
   bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
+  // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
+  // that fails because a cached plan changed can be replayed (Server::retry_after_error).
+  std::string batch_copy_;
+  bool batch_copy_ok_ = true;
+  std::uint64_t batch_seq_ = 0;
+  std::string inflight_batch_;
+  bool inflight_batch_ok_ = false;
+  std::uint64_t inflight_batch_seq_ = 0;
   std::size_t discard_remaining_ = 0;  // rest of a dropped message still arriving
 
   // The SET of the last Parse, for the Execute that runs it.
@@ -135,6 +143,8 @@ class Client {
   bool cached_describe(Server& server, std::string_view body);
   bool cached_close(Server& server, std::string_view body);
   bool deallocate(std::string_view query);
+  void record_batch(std::string_view bytes);
+  void end_batch();
   bool ensure_prepared(Server& server, const PreparedStatement& statement);
   void evict_statements(Server& server, std::uint64_t keep);
   const PreparedStatement* find_statement(Server& server, std::string_view name);

@@ -342,6 +342,7 @@ void Server::drop_expected(std::size_t index) {
 }
 
 bool Server::pop_reply(char request_kind) {
+  if (request_kind == 'E') executed_in_batch_ = true;
   if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != request_kind) return false;
   Expected& e = expected_[expected_head_];
   bool skip = e.skip;
@@ -350,12 +351,74 @@ bool Server::pop_reply(char request_kind) {
   return skip;
 }
 
-void Server::count_error(std::size_t size) {
-  // By SQLSTATE class (the first two characters), for SHOW STATS and /metrics.
-  if (size > kMaxInspected || stream_.input_size() < size) return;
-  auto fields = proto::parse_error_fields(stream_.contiguous(size).substr(5));
-  std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
-  ++pool_.stats_.errors_by_class[klass];
+bool Server::retry_after_error(const proto::ErrorFields& error) {
+  // A cached statement whose plan no longer fits (DDL changed its result type), or that the
+  // server lost, fails at Bind. Outside an explicit transaction, and before anything of its
+  // batch ran, pgring re-prepares it and replays the batch once: the client sees no error.
+  // Inside a transaction the error is the client's, exactly as PostgreSQL gives it.
+  bool plan_changed = error.sqlstate == "0A000" && error.message.find("cached plan must not change result type") !=
+                                                       std::string_view::npos;
+  bool lost = error.sqlstate == "26000";
+  if ((!plan_changed && !lost) || client_ == nullptr || expected_head_ >= expected_.size()) return false;
+  Expected& head = expected_[expected_head_];
+  Client& client = *client_;
+  if (head.kind != 'B' || head.statement == nullptr || transaction_status_ != 'I' || executed_in_batch_) return false;
+  // Only the last batch sent, kept whole by the client, and not retried before.
+  if (expected_.back().kind != 'S' || !client.inflight_batch_ok_ || client.inflight_batch_seq_ != head.batch_seq ||
+      expected_.back().batch_seq != head.batch_seq || retried_batch_seq_ == head.batch_seq + 1)
+    return false;
+  for (std::size_t i = expected_head_ + 1; i + 1 < expected_.size(); ++i) {
+    char k = expected_[i].kind;
+    if (k == 'P' || k == 'p' || k == 'x' || k == 'e' || k == 'd') return false;  // not replayable as copied
+  }
+  if (head.replay_offset > client.inflight_batch_.size()) return false;
+  std::string_view replay = std::string_view(client.inflight_batch_).substr(head.replay_offset);
+  // The replay must hold only messages whose replies pgring can track again, and the client
+  // must learn the new result shape: a Describe before the first Execute (libpq's
+  // PQexecPrepared sends one). A driver that reuses a row description it cached (asyncpg) gets
+  // the error instead, which it handles itself by re-preparing.
+  bool described = false, executed = false;
+  for (std::string_view rest = replay; !rest.empty();) {
+    proto::Frame f = proto::frame_message(rest, 1u << 30);
+    if (f.status != proto::FrameStatus::complete) return false;
+    char t = rest[0];
+    if (t != 'B' && t != 'D' && t != 'E' && t != 'S' && t != 'H' && t != 'C') return false;
+    if (t == 'D' && !executed) described = true;
+    if (t == 'E') executed = true;
+    rest.remove_prefix(f.size);
+  }
+  if (executed && !described) return false;
+  const PreparedStatement& statement = *head.statement;
+  std::uint64_t seq = head.batch_seq;
+  log::info("S-{} {} for {}: re-preparing and retrying once", id_, error.message, statement.server_name);
+  // The server skips the rest of the batch; its ReadyForQuery is swallowed.
+  expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_), expected_.end() - 1);
+  expected_.back().skip = true;
+  // Then: Close + Parse (both swallowed), and the batch again from the failed Bind.
+  (void)stream_.emit([&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
+  expect('C').skip = true;
+  (void)stream_.emit([&](std::string& out) {
+    return proto::build::parse(out, statement.server_name, statement.parse_tail);
+  });
+  Expected& parse = expect('P');
+  parse.skip = true;
+  parse.statement = &statement;
+  prepared_.add(statement.id);
+  for (std::string_view rest = replay; !rest.empty();) {
+    proto::Frame f = proto::frame_message(rest, 1u << 30);
+    char t = rest[0];
+    stream_.emit_bytes(rest.substr(0, f.size));
+    if (t != 'H') {
+      Expected& e = expect(t == 'B' ? 'B' : t == 'D' ? 'D' : t == 'E' ? 'E' : t == 'C' ? 'C' : 'S');
+      e.batch_seq = seq;
+      if (t == 'B') e.statement = &statement;
+    }
+    rest.remove_prefix(f.size);
+  }
+  retried_batch_seq_ = seq + 1;
+  ++reactor_.statements().counters.retries;
+  reactor_.want_send(stream_);
+  return true;
 }
 
 void Server::on_error_response() {
@@ -397,6 +460,7 @@ void Server::on_command_complete(std::string_view tag) {
     if (head.kind == 'E') {
       set = std::move(head.set);
       ++expected_head_;
+      executed_in_batch_ = true;
     } else if (head.kind == 'Q' && head.set) {
       set = std::make_unique<proto::sql::SetStatement>(*head.set);
     }
@@ -440,6 +504,7 @@ void Server::on_command_complete(std::string_view tag) {
 }
 
 void Server::on_ready_for_query(char status) {
+  executed_in_batch_ = false;
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
   pool_.stats_.query.observe(reactor_.now() - busy_since_);
   if (status == 'I') {
@@ -593,7 +658,7 @@ void Server::forward_to_client() {
     // The few messages pgring tracks are read whole; everything else streams through.
     char type = frame.type;
     bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
-                   type == proto::backend::kCommandComplete;
+                   type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
     bool swallow = false;
     if (inspect && frame.size <= kMaxInspected) {
       if (stream_.input_size() < frame.size) break;
@@ -608,7 +673,26 @@ void Server::forward_to_client() {
           refuse_transaction_block(frame.size);
           continue;
         }
+        // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
+        swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'S' &&
+                  expected_[expected_head_].skip;
         on_ready_for_query(*status);
+      } else if (type == proto::backend::kErrorResponse) {
+        auto fields = proto::parse_error_fields(body);
+        if (fields && retry_after_error(*fields)) {
+          swallow = true;
+        } else {
+          if (fields && fields->sqlstate == "0A000" &&
+              fields->message.find("cached plan must not change result type") != std::string_view::npos &&
+              expected_head_ < expected_.size() && expected_[expected_head_].statement != nullptr) {
+            // Not retried (inside a transaction, or a driver with its own row description):
+            // the client gets the error, and its next Parse of this text prepares afresh.
+            reactor_.statements().retire(*expected_[expected_head_].statement);
+          }
+          on_error_response();
+          std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
+          ++pool_.stats_.errors_by_class[klass];
+        }
       } else if (type == proto::backend::kParameterStatus) {
         if (auto p = proto::parse_parameter_status(body)) {
           set_param(p->name, p->value);
@@ -625,9 +709,9 @@ void Server::forward_to_client() {
         case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
         case proto::backend::kNoData: swallow = pop_reply('D'); break;
         case proto::backend::kRowDescription: swallow = pop_reply('D'); break;  // Describe's; a Query's pops nothing
-        case proto::backend::kErrorResponse:
+        case proto::backend::kErrorResponse:  // too large to read whole: not retried
           on_error_response();
-          count_error(frame.size);
+          ++pool_.stats_.errors_by_class["??"];
           break;
         case proto::backend::kEmptyQueryResponse:
         case proto::backend::kPortalSuspended: on_command_complete({}); break;

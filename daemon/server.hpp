@@ -24,6 +24,7 @@
 #include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 #include "proto/frame.hpp"
+#include "proto/messages.hpp"
 #include "proto/scram.hpp"
 #include "proto/sql.hpp"
 
@@ -99,6 +100,8 @@ class Server {
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // 'P': prepared on the server by this Parse
     std::string fake;                               // 'e': the ErrorResponse to send
+    std::uint64_t batch_seq = 0;   // 'B', 'S': which extended batch (for a retry)
+    std::size_t replay_offset = 0;  // 'B': where it starts in the client's copy of the batch
   };
   Expected& expect(char kind);
   void expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set);
@@ -147,7 +150,9 @@ class Server {
   // A reply to the head request arrived; returns whether to swallow it.
   bool pop_reply(char request_kind);
   void on_error_response();
-  void count_error(std::size_t size);
+  bool retry_after_error(const proto::ErrorFields& error);
+  bool executed_in_batch_ = false;       // an Execute of the current batch completed
+  std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);
 
   struct LoginState {

@@ -14,6 +14,13 @@ const PreparedStatement& StatementRegistry::intern(std::string_view parse_tail) 
   return ref;
 }
 
+void StatementRegistry::retire(const PreparedStatement& statement) {
+  auto it = by_tail_.find(statement.parse_tail);
+  if (it == by_tail_.end() || it->second.get() != &statement) return;  // already retired
+  retired_.push_back(std::move(it->second));
+  by_tail_.erase(it);
+}
+
 void PreparedSet::touch(std::uint64_t id) {
   auto it = index_.find(id);
   if (it == index_.end()) return;

@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace pgring {
 
@@ -41,6 +42,10 @@ class StatementRegistry {
   // The entry for this Parse tail, created on first sight. Entries live as long as the reactor
   // (clients and servers hold plain pointers to them).
   const PreparedStatement& intern(std::string_view parse_tail);
+  // The statement's plan went stale on the servers (DDL changed its result type): the next
+  // Parse of the same text gets a new entry and a new server-side name, so every server
+  // prepares it afresh. Clients still naming the old entry keep a valid pointer.
+  void retire(const PreparedStatement& statement);
   [[nodiscard]] std::size_t size() const { return by_tail_.size(); }
   [[nodiscard]] const std::unordered_map<std::string, std::unique_ptr<PreparedStatement>>& entries() const {
     return by_tail_;
@@ -49,6 +54,7 @@ class StatementRegistry {
 
  private:
   std::unordered_map<std::string, std::unique_ptr<PreparedStatement>> by_tail_;
+  std::vector<std::unique_ptr<PreparedStatement>> retired_;
   std::uint64_t last_id_ = 0;
 };
 
