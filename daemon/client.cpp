@@ -422,7 +422,9 @@ void Client::take_startup_settings() {
   auto add = [&](std::string_view name, std::string_view value) {
     put_value(settings_, lower(name), proto::sql::quote_literal(value));
     put_value(params_, name, value);  // for the welcome; the server's report replaces it
+    put_value(startup_values_, name, value);
   };
+  // RESET ALL and DISCARD ALL return to these, as PostgreSQL returns to the startup values.
   for (const auto& [name, value] : startup_message_.params) {
     if (name == "options") {
       for (const auto& [n, v] : parse_options(value)) add(n, v);
@@ -430,6 +432,7 @@ void Client::take_startup_settings() {
       add(name, value);
     }
   }
+  startup_settings_ = settings_;
 }
 
 void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>& base) {
@@ -645,6 +648,9 @@ void Client::forward_to_server() {
         }
         if (handled) break;
         ++pool_->stats_.queries;
+        // A simple Query destroys the unnamed statement, on the server and in the session.
+        unnamed_parse_tail_.clear();
+        server.unnamed_client_ = 0;
         server.expect('Q', state, std::move(set));
         if (state != 0) {
           note_session_state(state);
@@ -812,7 +818,14 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   proto::Reader r(body);
   std::string_view name = r.cstring();
   std::string_view tail = r.rest();
-  if (!r.ok() || name.empty()) return false;  // the unnamed statement passes through
+  if (!r.ok()) return false;
+  if (name.empty()) {
+    // The unnamed statement passes through; remember it in case the next Bind lands elsewhere.
+    unnamed_parse_tail_.assign(tail);
+    server.unnamed_client_ = id_;
+    server.unnamed_seq_ = ++unnamed_seq_;
+    return false;
+  }
   if (statements_.count(std::string(name)) != 0) {
     fake_error(server, "42P05", fmt::format("prepared statement \"{}\" already exists", name));
     return true;
@@ -847,12 +860,28 @@ const PreparedStatement* Client::find_statement(Server& server, std::string_view
   return nullptr;
 }
 
+bool Client::ensure_unnamed(Server& server) {
+  if (unnamed_parse_tail_.empty() || (server.unnamed_client_ == id_ && server.unnamed_seq_ == unnamed_seq_)) return true;
+  // This server holds someone else's unnamed statement (or none): prepare ours first.
+  if (!server.stream_.emit([&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
+    return false;
+  server.expect('P').skip = true;
+  server.unnamed_client_ = id_;
+  server.unnamed_seq_ = unnamed_seq_;
+  ++reactor_.statements().counters.injected;
+  return true;
+}
+
 bool Client::cached_bind(Server& server, std::string_view body) {
   proto::Reader r(body);
   std::string_view portal = r.cstring();
   std::string_view name = r.cstring();
   std::string_view rest = r.rest();
-  if (!r.ok() || name.empty()) return false;
+  if (!r.ok()) return false;
+  if (name.empty()) {
+    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return false;
+  }
   const PreparedStatement* statement = find_statement(server, name);
   if (statement == nullptr) return true;
   if (!ensure_prepared(server, *statement)) {
@@ -884,7 +913,11 @@ bool Client::cached_describe(Server& server, std::string_view body) {
   proto::Reader r(body);
   char kind = static_cast<char>(r.u8());
   std::string_view name = r.cstring();
-  if (!r.ok() || kind != 'S' || name.empty()) return false;
+  if (!r.ok() || kind != 'S') return false;
+  if (name.empty()) {
+    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return false;
+  }
   const PreparedStatement* statement = find_statement(server, name);
   if (statement == nullptr) return true;
   if (!ensure_prepared(server, *statement)) {
@@ -906,7 +939,12 @@ bool Client::cached_close(Server& server, std::string_view body) {
   proto::Reader r(body);
   char kind = static_cast<char>(r.u8());
   std::string_view name = r.cstring();
-  if (!r.ok() || kind != 'S' || name.empty()) return false;
+  if (!r.ok() || kind != 'S') return false;
+  if (name.empty()) {
+    unnamed_parse_tail_.clear();
+    if (server.unnamed_client_ == id_) server.unnamed_client_ = 0;
+    return false;
+  }
   // The client forgets its name; the server keeps the statement for whoever uses it next.
   statements_.erase(std::string(name));
   server.expect('x');
@@ -925,6 +963,8 @@ bool Client::deallocate(std::string_view query) {
   server_->expect('d');
   return true;
 }
+
+const std::string* Client::startup_value(std::string_view name) const { return find_value(startup_values_, name); }
 
 void Client::on_server_parameter(std::string_view name, std::string_view value) {
   put_value(params_, name, value);
@@ -948,7 +988,11 @@ void Client::apply_setting(const proto::sql::SetStatement& set) {
         }
       }
       break;
-    case proto::sql::SetStatement::Kind::reset_all: settings_.clear(); break;
+    case proto::sql::SetStatement::Kind::reset_all:
+      // The server went back to its own defaults; this client's session goes back to its
+      // startup values, which the next restore applies again.
+      settings_ = startup_settings_;
+      break;
   }
 }
 

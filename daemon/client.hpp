@@ -58,6 +58,8 @@ class Client {
   void send_welcome(const std::vector<std::pair<std::string, std::string>>& base);
   // The linked server reported a parameter change, or committed a replayable SET.
   void on_server_parameter(std::string_view name, std::string_view value);
+  // The client's startup value of a parameter, or null.
+  [[nodiscard]] const std::string* startup_value(std::string_view name) const;
   void apply_setting(const proto::sql::SetStatement& set);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
@@ -103,6 +105,8 @@ class Client {
   // settings_: other settings (not reported by the server) from a replayable SET, as SQL text.
   std::vector<std::pair<std::string, std::string>> params_;
   std::vector<std::pair<std::string, std::string>> settings_;
+  std::vector<std::pair<std::string, std::string>> startup_settings_;
+  std::vector<std::pair<std::string, std::string>> startup_values_;  // raw, as the client sent them
   bool welcomed_ = false;
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
@@ -113,6 +117,10 @@ class Client {
 
   // Statement cache: this client's statement names -> the reactor's registry entries.
   std::unordered_map<std::string, const PreparedStatement*> statements_;
+  // The unnamed statement survives Sync in PostgreSQL but not a change of server: pgring keeps
+  // its Parse (after the name) and prepares it again where the next Bind/Describe lands.
+  std::string unnamed_parse_tail_;
+  std::uint64_t unnamed_seq_ = 0;
   bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
   // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
   // that fails because a cached plan changed can be replayed (Server::retry_after_error).
@@ -143,6 +151,7 @@ class Client {
   bool cached_describe(Server& server, std::string_view body);
   bool cached_close(Server& server, std::string_view body);
   bool deallocate(std::string_view query);
+  bool ensure_unnamed(Server& server);
   void record_batch(std::string_view bytes);
   void end_batch();
   bool ensure_prepared(Server& server, const PreparedStatement& statement);

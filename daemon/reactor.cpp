@@ -1065,10 +1065,22 @@ void Reactor::sweep() {
     c = next;
   }
   // Connections that could not drain their last bytes are cut off.
-  for (Client* c = closing_clients_.front(); c != nullptr; c = List<Client>::next(c))
-    if (now_ - c->state_since_ > kClosingGrace) finish_close(*c);
-  for (Server* s = closing_servers_.front(); s != nullptr; s = List<Server>::next(s))
-    if (now_ - s->state_since_ > kClosingGrace) finish_close(*s);
+  for (Client* c = closing_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    if (now_ - c->state_since_ > kClosingGrace) {
+      finish_close(*c);
+      maybe_free(*c);
+    }
+    c = next;
+  }
+  for (Server* s = closing_servers_.front(); s != nullptr;) {
+    Server* next = List<Server>::next(s);
+    if (now_ - s->state_since_ > kClosingGrace) {
+      finish_close(*s);
+      maybe_free(*s);
+    }
+    s = next;
+  }
 
   if (shutdown_ != ShutdownMode::none) begin_shutdown(shutdown_);
 }
@@ -1169,8 +1181,13 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
   if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty() &&
       http_conns_.empty())
     stopped_ = true;
-  // Immediate mode does not wait for peers to read their last bytes.
-  if (immediate && now_ >= shutdown_deadline_ + kClosingGrace) stopped_ = true;
+  // Immediate mode waits at most a second for peers to read their last bytes.
+  if (immediate && now_ >= shutdown_deadline_ + std::chrono::seconds(1)) {
+    if (!stopped_)
+      log::warning("shutdown: stopping with {} clients, {} closing clients, {} closing servers, {} cancels left",
+                   client_count_, closing_clients_.size(), closing_servers_.size(), cancellers_.size());
+    stopped_ = true;
+  }
 }
 
 }  // namespace pgring

@@ -57,6 +57,16 @@ void Server::on_connected() {
 }
 
 void Server::set_param(std::string_view name, std::string_view value) {
+  // A reported parameter is tracked here from now on, never as a replayed setting.
+  for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+    if (it->first.size() == name.size() &&
+        std::equal(name.begin(), name.end(), it->first.begin(), [](char a, char b) {
+          return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+        })) {
+      settings_.erase(it);
+      break;
+    }
+  }
   for (auto& [k, v] : params_) {
     if (k == name) {
       v.assign(value);
@@ -503,6 +513,12 @@ void Server::on_command_complete(std::string_view tag) {
   }
 }
 
+bool Server::reset_all_pending() const {
+  for (const auto& set : pending_settings_)
+    if (set.kind == proto::sql::SetStatement::Kind::reset_all) return true;
+  return false;
+}
+
 void Server::on_ready_for_query(char status) {
   executed_in_batch_ = false;
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
@@ -522,11 +538,27 @@ void Server::on_ready_for_query(char status) {
   if (status == 'I') {
     // The transaction ended: its replayable SETs take effect unless it rolled back.
     if (!transaction_failed_ && client_ != nullptr) {
+      // Both sides change the same way, except RESET ALL: the server returns to its defaults,
+      // the client to its startup values (the next restore re-applies those).
       for (const proto::sql::SetStatement& set : pending_settings_) {
         client_->apply_setting(set);
-        if (set.kind == proto::sql::SetStatement::Kind::reset_all) settings_.clear();
+        switch (set.kind) {
+          case proto::sql::SetStatement::Kind::set: {
+            bool found = false;
+            for (auto& [k, v] : settings_)
+              if (k == set.name) {
+                v = set.value;
+                found = true;
+              }
+            if (!found) settings_.emplace_back(set.name, set.value);
+            break;
+          }
+          case proto::sql::SetStatement::Kind::reset:
+            std::erase_if(settings_, [&](const auto& kv) { return kv.first == set.name; });
+            break;
+          case proto::sql::SetStatement::Kind::reset_all: settings_.clear(); break;
+        }
       }
-      settings_ = client_->settings_;
     }
     pending_settings_.clear();
     transaction_failed_ = false;
@@ -696,7 +728,19 @@ void Server::forward_to_client() {
       } else if (type == proto::backend::kParameterStatus) {
         if (auto p = proto::parse_parameter_status(body)) {
           set_param(p->name, p->value);
-          client.on_server_parameter(p->name, p->value);
+          const std::string* startup = reset_all_pending() ? client.startup_value(p->name) : nullptr;
+          if (startup != nullptr && *startup != p->value) {
+            // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
+            // server to its own defaults. The client is told its startup value, which the next
+            // restore applies again.
+            std::string value = *startup;
+            std::string name(p->name);
+            client.on_server_parameter(name, value);
+            (void)client.stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, value); });
+            swallow = true;
+          } else {
+            client.on_server_parameter(p->name, p->value);
+          }
         }
       } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
         on_command_complete(*tag);

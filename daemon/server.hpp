@@ -113,6 +113,9 @@ class Server {
   [[nodiscard]] int requests_in_flight() const { return static_cast<int>(expected_.size() - expected_head_); }
   // The statements prepared on this connection (transaction/statement mode statement cache).
   PreparedSet prepared_;
+  // Whose unnamed statement this connection holds: client id and that client's unnamed_seq_.
+  std::uint64_t unnamed_client_ = 0;
+  std::uint64_t unnamed_seq_ = 0;
   std::vector<Expected> expected_;
   std::size_t expected_head_ = 0;
   bool unsynced_ = false;
@@ -151,6 +154,7 @@ class Server {
   bool pop_reply(char request_kind);
   void on_error_response();
   bool retry_after_error(const proto::ErrorFields& error);
+  [[nodiscard]] bool reset_all_pending() const;
   bool executed_in_batch_ = false;       // an Execute of the current batch completed
   std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);

@@ -836,3 +836,255 @@ def run_tests(namespace, timeout=240):
     if tests and len(skipped) == len(tests):
         sys.exit(77)
     sys.exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for pooling tests (transaction/statement mode, pool sizing)
+
+MONITOR_APP = "pgring_it_monitor"  # application_name of direct connections count_backends skips
+
+
+def pool_config(pool_mode="transaction", pool_size=5, timeouts=None, users=None, **defaults):
+    """A trust-auth config with databases pgring_test and app (both on the test PostgreSQL) and
+    `defaults:` {pool_mode, pool_size, **defaults}; `timeouts` and `users` are added if given."""
+    config = {
+        "auth": {"method": "trust"},
+        "defaults": {"pool_mode": pool_mode, "pool_size": pool_size, **defaults},
+        "databases": {
+            "pgring_test": {"host": PGHOST, "port": PGPORT},
+            "app": {"host": PGHOST, "port": PGPORT},
+        },
+    }
+    if timeouts:
+        config["timeouts"] = dict(timeouts)
+    if users is not None:
+        config["users"] = users
+    return config
+
+
+def monitor_connect(db="pgring_test", user="postgres", **kwargs):
+    """A direct connection to the test PostgreSQL that count_backends() does not count."""
+    return direct_connect(db=db, user=user, application_name=MONITOR_APP, **kwargs)
+
+
+def count_backends(monitor, datname, usename=None):
+    """Client backends on the test PostgreSQL for database `datname` (and user `usename`), not
+    counting connections opened with monitor_connect() (nor `monitor` itself)."""
+    sql = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+           "AND datname = %s AND pid <> pg_backend_pid() "
+           "AND application_name IS DISTINCT FROM %s")
+    params = [datname, MONITOR_APP]
+    if usename is not None:
+        sql += " AND usename = %s"
+        params.append(usename)
+    return query_one(monitor, sql, params)
+
+
+def backend_pids(monitor, datname, usename=None):
+    """The pids count_backends() would count, as a set."""
+    sql = ("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+           "AND datname = %s AND pid <> pg_backend_pid() "
+           "AND application_name IS DISTINCT FROM %s")
+    params = [datname, MONITOR_APP]
+    if usename is not None:
+        sql += " AND usename = %s"
+        params.append(usename)
+    return {row[0] for row in query(monitor, sql, params)}
+
+
+def wait_no_backends(monitor, datname, usename=None, timeout=15):
+    """Wait until no (leftover) backend of an earlier pgring is connected to `datname`."""
+    wait_until(lambda: count_backends(monitor, datname, usename) == 0, timeout,
+               what=f"no leftover backends on database {datname}")
+
+
+class BackendSampler:
+    """Samples count_backends() from its own monitor connection every `interval` seconds while
+    the `with` block runs:  with BackendSampler("app") as s: ...;  then s.max, s.samples."""
+
+    def __init__(self, datname, usename=None, interval=0.02):
+        self.datname, self.usename, self.interval = datname, usename, interval
+        self.samples = []
+        self.errors = []
+        self._stop = threading.Event()
+        self._monitor = monitor_connect()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.samples.append(count_backends(self._monitor, self.datname, self.usename))
+            except Exception as e:  # noqa: BLE001 - reported by check_max()
+                self.errors.append(str(e))
+                return
+            time.sleep(self.interval)
+
+    @property
+    def max(self):
+        return max(self.samples) if self.samples else 0
+
+    def check_max(self, limit, what="server connections"):
+        check(not self.errors, f"sampling pg_stat_activity failed: {self.errors}")
+        check(self.samples, "no pg_stat_activity samples taken")
+        check(self.max <= limit, f"saw {self.max} {what} on database {self.datname} "
+                                 f"(limit {limit}) over {len(self.samples)} samples")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+        self._monitor.close()
+        return False
+
+
+def run_clients(fn, count, timeout=120, what="client"):
+    """Run fn(i) for i in range(count), each in its own thread, and wait for all (failing the
+    test if one is still running after `timeout` s). Returns the list of error strings."""
+    errors = []
+    lock = threading.Lock()
+
+    def target(i):
+        try:
+            fn(i)
+        except Exception as e:  # noqa: BLE001 - collected for the caller
+            with lock:
+                errors.append(f"{what} {i}: {type(e).__name__} (SQLSTATE {sqlstate_of(e)}): "
+                              f"{str(e).strip()}")
+
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = sum(1 for t in threads if t.is_alive())
+    if hung:
+        fail(f"{hung} of {count} {what}s still running after {timeout}s; errors so far: {errors}")
+    return errors
+
+
+class Background:
+    """Run fn() in a daemon thread; .result(timeout) returns its value or re-raises its error,
+    failing the test if it has not finished by then. .done() tells whether it finished."""
+
+    def __init__(self, fn):
+        self._out = {}
+        self._finished = threading.Event()
+
+        def target():
+            try:
+                self._out["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to result()
+                self._out["error"] = e
+            finally:
+                self._finished.set()
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def done(self):
+        return self._finished.is_set()
+
+    def result(self, timeout=30, what="background operation"):
+        if not self._finished.wait(timeout):
+            fail(f"{what} did not finish within {timeout}s")
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out.get("value")
+
+
+# Extended-protocol messages for RawConn.send() (frontend side).
+
+def parse_message(sql, name="", param_oids=()):
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", len(param_oids))
+    for oid in param_oids:
+        body += struct.pack("!I", oid)
+    return message(b"P", body)
+
+
+def bind_message(params=(), portal="", statement=""):
+    """Bind with text-format parameters (None is NULL) and text-format results."""
+    body = portal.encode() + b"\0" + statement.encode() + b"\0"
+    body += struct.pack("!H", 0)  # all parameters in text format
+    body += struct.pack("!H", len(params))
+    for p in params:
+        if p is None:
+            body += struct.pack("!i", -1)
+        else:
+            data = str(p).encode()
+            body += struct.pack("!i", len(data)) + data
+    body += struct.pack("!H", 0)  # all results in text format
+    return message(b"B", body)
+
+
+def describe_message(kind=b"P", name=""):
+    return message(b"D", kind + name.encode() + b"\0")
+
+
+def execute_message(portal="", max_rows=0):
+    return message(b"E", portal.encode() + b"\0" + struct.pack("!I", max_rows))
+
+
+def close_message(kind=b"S", name=""):
+    return message(b"C", kind + name.encode() + b"\0")
+
+
+SYNC_MESSAGE = message(b"S")
+FLUSH_MESSAGE = message(b"H")
+
+
+def data_row_values(body):
+    """A DataRow body -> list of str/None."""
+    (n,) = struct.unpack("!H", body[:2])
+    pos, row = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[pos:pos + 4])
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(body[pos:pos + ln].decode())
+            pos += ln
+    return row
+
+
+def read_messages_until(conn, kinds, max_messages=100000):
+    """Read messages from a RawConn up to and including the first whose type is in `kinds`
+    (e.g. b"Z" or (b"s", b"C")); return them as a list of (type, body)."""
+    out = []
+    while len(out) < max_messages:
+        kind, body = conn.read_message()
+        out.append((kind, body))
+        if kind in kinds:
+            return out
+    fail(f"no message of type {kinds!r} within {max_messages} messages")
+
+
+def read_until_ready(conn):
+    """Read up to ReadyForQuery; return (messages, transaction status 'I'/'T'/'E')."""
+    msgs = read_messages_until(conn, (b"Z",))
+    return msgs, msgs[-1][1][:1].decode()
+
+
+def error_fields_in(messages):
+    """The fields of every ErrorResponse among `messages`."""
+    return [parse_fields(body) for kind, body in messages if kind == b"E"]
+
+
+def send_query_collect(conn, sql):
+    """Send a simple Query on a RawConn; read up to ReadyForQuery or until the peer closes.
+    Returns (messages, closed): closed is True when the connection ended before a
+    ReadyForQuery (e.g. an error pgring sends before disconnecting)."""
+    conn.send(message(b"Q", sql.encode() + b"\0"))
+    msgs = []
+    while True:
+        try:
+            kind, body = conn.read_message()
+        except ConnectionClosed:
+            return msgs, True
+        msgs.append((kind, body))
+        if kind == b"Z":
+            return msgs, False

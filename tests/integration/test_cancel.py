@@ -1,0 +1,192 @@
+#!/usr/bin/python3
+"""Query cancellation through pgring: a CancelRequest carrying pgring's own key (psycopg2's
+conn.cancel() and psql's Ctrl-C, both libpq PQcancel) cancels the running query with 57014 in
+transaction and session mode and the connection stays usable; a late cancel never hits another
+client's query on the same server; a cancel for a client still queued for a server answers that
+client with 57014."""
+
+import signal
+import struct
+import subprocess
+import time
+
+from harness import (CANCEL_REQUEST_CODE, PSQL, Background, Pgring, RawConn, _client_env, check,
+                     check_eq, connect, expect_error, fail, log, monitor_connect, query,
+                     query_one, run_tests, wait_until)
+from ops_helpers import ops_config, pool_row
+
+
+def wait_running(monitor, marker, timeout=15):
+    """Wait until a backend runs a query containing `marker`; return its pid."""
+    def find():
+        rows = query(monitor, "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                              "AND query LIKE %s AND pid <> pg_backend_pid()",
+                     (f"%{marker}%",))
+        return rows[0][0] if rows else None
+    return wait_until(find, timeout, interval=0.05, what=f"a running query with {marker!r}")
+
+
+def cancel_running_query(pool_mode):
+    monitor = monitor_connect()
+    with Pgring(ops_config(pool_mode=pool_mode, pool_size=2)) as p:
+        conn = connect(p.port)
+        check_eq(query_one(conn, "SELECT 1"), 1)
+
+        def canceller():
+            wait_running(monitor, "pg_sleep(10) /* cancel-me */")
+            conn.cancel()
+
+        bg = Background(canceller)
+        started = time.monotonic()
+        expect_error(lambda: query(conn, "SELECT pg_sleep(10) /* cancel-me */"), "57014",
+                     "canceling statement due to user request")
+        elapsed = time.monotonic() - started
+        bg.result(10, "the canceller thread")
+        log(f"{pool_mode}: query canceled after {elapsed:.2f}s")
+        check(elapsed < 9.5, f"the query ran {elapsed:.1f}s: it was not canceled")
+        # The connection goes on, in and out of transactions.
+        check_eq(query_one(conn, "SELECT 2"), 2, "the query after the cancel")
+        conn.autocommit = False
+        check_eq(query_one(conn, "SELECT 3"), 3)
+        conn.commit()
+        conn.autocommit = True
+        # And a second cancel works as well as the first.
+        bg = Background(canceller)
+        expect_error(lambda: query(conn, "SELECT pg_sleep(10) /* cancel-me */"), "57014")
+        bg.result(10, "the second canceller thread")
+        check_eq(query_one(conn, "SELECT 4"), 4, "the query after the second cancel")
+        conn.close()
+    monitor.close()
+
+
+def test_cancel_transaction_mode():
+    cancel_running_query("transaction")
+
+
+def test_cancel_session_mode():
+    cancel_running_query("session")
+
+
+def test_cancel_inside_explicit_transaction():
+    monitor = monitor_connect()
+    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+        conn = connect(p.port)
+        conn.autocommit = False
+        query(conn, "CREATE TEMP TABLE cancel_t(x int)")
+        query(conn, "INSERT INTO cancel_t VALUES (1)")
+        bg = Background(lambda: (wait_running(monitor, "/* cancel-in-xact */"), conn.cancel()))
+        expect_error(lambda: query(conn, "SELECT pg_sleep(10) /* cancel-in-xact */"), "57014")
+        bg.result(10, "the canceller thread")
+        # The transaction is aborted, as on PostgreSQL itself; ROLLBACK ends it.
+        expect_error(lambda: query(conn, "SELECT 1"), "25P02")
+        conn.rollback()
+        conn.autocommit = True
+        check_eq(query_one(conn, "SELECT 5"), 5, "the query after ROLLBACK")
+        conn.close()
+    monitor.close()
+
+
+def test_psql_ctrl_c():
+    # psql sends a CancelRequest (PQcancel) with the key pgring gave it when it gets SIGINT.
+    monitor = monitor_connect()
+    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+        cmd = [PSQL, "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres",
+               "-d", "pgring_test", "-c", "SELECT pg_sleep(10) /* psql-cancel */"]
+        proc = subprocess.Popen(cmd, env=_client_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_running(monitor, "/* psql-cancel */")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            fail("psql did not finish within 15 s of SIGINT: the cancel did not work")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        elapsed = time.monotonic() - started
+        log(f"psql after SIGINT: status {proc.returncode} in {elapsed:.2f}s: {err.strip()}")
+        check(proc.returncode != 0, f"psql succeeded after SIGINT: {out!r}")
+        check("canceling statement due to user request" in err, f"psql stderr: {err!r}")
+        check(elapsed < 9, f"psql took {elapsed:.1f}s after SIGINT")
+        # The server connection went back to the pool clean: a new client works.
+        check_eq(query_one(connect(p.port), "SELECT 6"), 6)
+    monitor.close()
+
+
+def test_late_cancel_does_not_hit_other_client():
+    # pool_size 1 in transaction mode: A and B take turns on the same server. A's cancel,
+    # sent while A is idle and B's query runs there, must not cancel B's query.
+    monitor = monitor_connect()
+    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+        a = connect(p.port)
+        b = connect(p.port)
+        pid_a = query_one(a, "SELECT pg_backend_pid()")
+        pid_b = query_one(b, "SELECT pg_backend_pid()")
+        check_eq(pid_b, pid_a, "A and B share the only server")
+
+        bg = Background(lambda: query_one(b, "SELECT 'b done' FROM pg_sleep(1.5) /* b-sleep */"))
+        backend = wait_running(monitor, "/* b-sleep */")
+        check_eq(backend, pid_a, "B's query runs on the server A used")
+        a.cancel()  # A is idle: nothing of A's runs anywhere
+        check_eq(bg.result(15, "B's query"), "b done", "B's query result")
+        # Everyone is fine afterwards.
+        check_eq(query_one(a, "SELECT 7"), 7, "A after its stray cancel")
+        check_eq(query_one(b, "SELECT 8"), 8, "B afterwards")
+        a.close()
+        b.close()
+    monitor.close()
+
+
+def test_cancel_with_unknown_key_is_ignored():
+    monitor = monitor_connect()
+    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+        conn = connect(p.port)
+        bg = Background(lambda: query_one(conn, "SELECT 'kept' FROM pg_sleep(1) /* kept */"))
+        wait_running(monitor, "/* kept */")
+        with RawConn(p.port) as r:
+            r.send(struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, 12345, 67890))
+            check(r.is_closed(5), "pgring did not close the cancel connection")
+        check_eq(bg.result(15, "the query"), "kept", "query after a bogus CancelRequest")
+        conn.close()
+    monitor.close()
+
+
+def test_cancel_client_waiting_for_server():
+    # pool_size 1: the holder keeps the only server inside a transaction; W's query waits in
+    # the queue. W's cancel answers W with 57014 without touching the holder's server.
+    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+        holder = connect(p.port)
+        w = connect(p.port)  # logs in while the server is free
+        holder.autocommit = False
+        check_eq(query_one(holder, "SELECT 1"), 1)  # BEGIN is open: the server is held
+
+        bg = Background(lambda: query_one(w, "SELECT 42"))
+        wait_until(lambda: int((pool_row(p.port, "pgring_test") or {}).get("cl_waiting", 0)) == 1,
+                   10, interval=0.1, what="W waiting for a server (SHOW POOLS cl_waiting)")
+        check(not bg.done(), "W's query finished while the only server was held")
+        w.cancel()
+        try:
+            bg.result(10, "W's queued query after cancel")
+        except Exception as e:  # noqa: BLE001 - checked below
+            check_eq(getattr(e, "pgcode", None), "57014", f"W's error ({e})")
+        else:
+            fail("W's queued query succeeded although it was canceled")
+        # The holder's transaction was not affected.
+        check_eq(query_one(holder, "SELECT 2"), 2, "the holder's transaction after W's cancel")
+        holder.commit()
+        # W stays usable: its next query gets the server.
+        check_eq(run_query(w, "SELECT 43"), 43, "W after the cancel")
+        holder.close()
+        w.close()
+
+
+def run_query(conn, sql):
+    return Background(lambda: query_one(conn, sql)).result(15, f"query {sql!r}")
+
+
+if __name__ == "__main__":
+    run_tests(globals())

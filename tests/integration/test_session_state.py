@@ -1,0 +1,233 @@
+#!/usr/bin/python3
+"""Session state in transaction mode (DESIGN.md section 4): state that cannot follow a client
+from one server to another (temporary tables, SQL PREPARE, WITH HOLD cursors, session advisory
+locks, LISTEN) never leaks silently. With session_state: pin (the default) the client keeps its
+server for the rest of its session, and the server is clean before anyone else gets it; with
+session_state: error the client gets SQLSTATE 0A000 and is disconnected."""
+
+import time
+
+import psycopg2
+
+from harness import (Background, Pgring, check, check_eq, connect, expect_error, fail, login,
+                     message, monitor_connect, parse_fields, pool_config, psql, query, query_one,
+                     run_tests, sqlstate_of, wait_until)
+
+DB, USER = "app", "app"
+
+
+def app_connect(p, **kwargs):
+    kwargs.setdefault("connect_timeout", 30)
+    return connect(p.port, db=DB, user=USER, **kwargs)
+
+
+def hold_other_backend(p, pinned_pid, rounds=3):
+    """pool_size 2: another client runs a few transactions, never on the pinned backend (the
+    pinned client holds it even while idle). Returns that client."""
+    other = app_connect(p)
+    for k in range(rounds):
+        check(query_one(other, "SELECT pg_backend_pid()") != pinned_pid,
+              f"another client ran on the pinned backend {pinned_pid} (round {k})")
+    return other
+
+
+def test_temp_table_pins_the_client():
+    with Pgring(pool_config(pool_size=2)) as p:
+        a = app_connect(p)
+        query(a, "CREATE TEMP TABLE pgring_tmp(x int)")
+        pid = query_one(a, "SELECT pg_backend_pid()")
+        other = hold_other_backend(p, pid)
+        for k in range(5):
+            query(a, "INSERT INTO pgring_tmp VALUES (%s)", (k,))
+            check_eq(query_one(other, "SELECT to_regclass('pgring_tmp') IS NULL"), True,
+                     "the other client sees A's temp table")
+            check_eq(query_one(a, "SELECT pg_backend_pid()"), pid, f"A's backend (round {k})")
+        a.autocommit = False
+        check_eq(query_one(a, "SELECT sum(x) FROM pgring_tmp"), 10, "sum over the temp table")
+        a.commit()
+        a.close()
+        other.close()
+
+
+def test_pinned_server_is_clean_for_the_next_client():
+    # pool_size 1: B waits while A is pinned, then gets A's old server without A's state.
+    with Pgring(pool_config(pool_size=1)) as p:
+        a = app_connect(p)
+        query(a, "CREATE TEMP TABLE pgring_tmp_leak(x int)")
+        query(a, "PREPARE pgring_leak_stmt AS SELECT 1")
+        query(a, "SELECT pg_advisory_lock(4711)")
+        query(a, "LISTEN pgring_leak_chan")
+        pid = query_one(a, "SELECT pg_backend_pid()")
+
+        def b_client():
+            b = app_connect(p, connect_timeout=30)
+            try:
+                return query(b, "SELECT pg_backend_pid(), to_regclass('pgring_tmp_leak'), "
+                                "(SELECT count(*) FROM pg_prepared_statements), "
+                                "(SELECT count(*) FROM pg_listening_channels()), "
+                                "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                "AND pid = pg_backend_pid())")[0]
+            finally:
+                b.close()
+
+        waiting = Background(b_client)
+        time.sleep(0.5)
+        # A keeps its server while B waits (a pinned client never releases it).
+        for k in range(3):
+            check_eq(query_one(a, "SELECT count(*) FROM pgring_tmp_leak"), 0)
+            check(not waiting.done(), f"B ran while A was pinned to the only server (round {k})")
+        a.close()
+        b_pid, tmp, prepared, channels, locks = waiting.result(30, "B's query")
+        # Whether B got A's old backend (cleaned) or a new one, none of A's state is there.
+        check_eq(tmp, None, f"A's temp table seen by B (A's backend {pid}, B's {b_pid})")
+        check_eq(prepared, 0, "A's prepared statements seen by B")
+        check_eq(channels, 0, "A's LISTEN seen by B")
+        check_eq(locks, 0, "A's advisory lock held on B's backend")
+        monitor = monitor_connect()
+        check_eq(query_one(monitor, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                    "AND objid = 4711"), 0, "A's advisory lock still held")
+        monitor.close()
+
+
+def test_sql_prepare_pins_the_client():
+    with Pgring(pool_config(pool_size=2)) as p:
+        a = app_connect(p)
+        query(a, "PREPARE pgring_double(int) AS SELECT $1 * 2")
+        pid = query_one(a, "SELECT pg_backend_pid()")
+        other = hold_other_backend(p, pid)
+        for k in range(5):
+            check_eq(query_one(a, "EXECUTE pgring_double(%s)", (k,)), 2 * k, f"EXECUTE #{k}")
+            check_eq(query_one(other, "SELECT count(*) FROM pg_prepared_statements"), 0,
+                     "the other client sees A's prepared statement")
+        a.autocommit = False
+        check_eq(query_one(a, "EXECUTE pgring_double(21)"), 42, "EXECUTE in a transaction")
+        a.commit()
+        a.autocommit = True
+        query(a, "DEALLOCATE pgring_double")
+        expect_error(lambda: query(a, "EXECUTE pgring_double(1)"), "26000")
+        a.close()
+        other.close()
+
+
+def test_advisory_lock_pins_the_client():
+    with Pgring(pool_config(pool_size=2)) as p:
+        a = app_connect(p)
+        check_eq(query_one(a, "SELECT pg_advisory_lock(4242) IS NOT NULL"), True)
+        pid = query_one(a, "SELECT pg_backend_pid()")
+        other = hold_other_backend(p, pid)
+        check_eq(query_one(other, "SELECT pg_try_advisory_lock(4242)"), False,
+                 "another client got A's advisory lock")
+        check_eq(query_one(a, "SELECT pg_backend_pid()"), pid, "A's backend")
+        check_eq(query_one(a, "SELECT pg_advisory_unlock(4242)"), True,
+                 "A unlocks its lock in a later transaction")
+        check_eq(query_one(other, "SELECT pg_try_advisory_lock(4242)"), True,
+                 "the lock after A released it")
+        check_eq(query_one(other, "SELECT pg_advisory_unlock(4242)"), True)
+        a.close()
+        other.close()
+
+
+def test_with_hold_cursor_pins_the_client():
+    with Pgring(pool_config(pool_size=2)) as p:
+        a = app_connect(p)
+        a.autocommit = False
+        query(a, "DECLARE pgring_hold CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 9) g")
+        a.commit()
+        a.autocommit = True
+        pid = query_one(a, "SELECT pg_backend_pid()")
+        other = hold_other_backend(p, pid)
+        got = []
+        for _ in range(3):
+            got += [r[0] for r in query(a, "FETCH 3 FROM pgring_hold")]
+        check_eq(got, list(range(1, 10)), "rows fetched from the WITH HOLD cursor")
+        query(a, "CLOSE pgring_hold")
+        a.close()
+        other.close()
+
+
+def error_policy_config(**defaults):
+    return pool_config(pool_size=1, session_state="error", **defaults)
+
+
+def check_refused(p, sql, what):
+    """`sql` is refused with 0A000 and the connection closed, as seen by a raw client, by psql
+    and by psycopg2 (which reports a FATAL error followed by a closed socket only as
+    "server closed the connection unexpectedly", without the SQLSTATE, also from PostgreSQL
+    itself, so it can only check that the query failed and the connection is gone)."""
+    r = login(p.port, user=USER, db=DB)
+    check_eq(r.simple_query("SELECT 1"), [["1"]])
+    r.send(message(b"Q", sql.encode() + b"\0"))
+    msgs = r.read_until_close()  # fails the test if the connection stays open
+    r.close()
+    errors = [parse_fields(body) for kind, body in msgs if kind == b"E"]
+    check(errors, f"{what}: no ErrorResponse before the connection closed; got "
+                  f"{[k for k, _ in msgs]}")
+    check_eq(errors[0].get("C"), "0A000", f"{what}: SQLSTATE of the raw client's error "
+                                          f"({errors[0]})")
+    check(errors[0].get("M", "").startswith("pgring: "),
+          f"{what}: the error does not come from pgring: {errors[0]}")
+    check(not any(kind in (b"C", b"Z") for kind, _ in msgs),
+          f"{what}: the statement ran: {[k for k, _ in msgs]}")
+
+    rc, _, err = psql(p.port, f"SELECT 1; {sql}", db=DB, user=USER,
+                      extra_args=["-v", "VERBOSITY=verbose"])
+    check(rc != 0 and "0A000" in err, f"{what}: psql exit {rc}, stderr: {err}")
+
+    conn = app_connect(p)
+    check_eq(query_one(conn, "SELECT 1"), 1)
+    try:
+        query(conn, sql)
+    except psycopg2.Error as e:
+        check(sqlstate_of(e) in (None, "0A000"), f"{what}: psycopg2 error {e}")
+    else:
+        fail(f"{what}: {sql!r} succeeded for psycopg2 under session_state: error")
+    check(conn.closed != 0, f"{what}: psycopg2's connection is still open after the error")
+    conn.close()
+
+
+def next_client_is_clean(p):
+    b = app_connect(p)
+    try:
+        check_eq(query(b, "SELECT to_regclass('pgring_refused'), "
+                          "(SELECT count(*) FROM pg_prepared_statements), "
+                          "(SELECT count(*) FROM pg_listening_channels())"), [(None, 0, 0)],
+                 "session state left on the server for the next client")
+    finally:
+        b.close()
+
+
+def test_error_policy_refuses_temp_table():
+    with Pgring(error_policy_config()) as p:
+        check_refused(p, "CREATE TEMP TABLE pgring_refused(x int)", "CREATE TEMP TABLE")
+        next_client_is_clean(p)
+        check_refused(p, "CREATE TEMPORARY TABLE pgring_refused AS SELECT 1 AS x",
+                      "CREATE TEMPORARY TABLE AS")
+        next_client_is_clean(p)
+
+
+def test_error_policy_refuses_other_session_state():
+    statements = {
+        "PREPARE": "PREPARE pgring_refused_stmt AS SELECT 1",
+        "LISTEN": "LISTEN pgring_refused_chan",
+        "advisory lock": "SELECT pg_advisory_lock(4343)",
+        "WITH HOLD cursor": "DECLARE pgring_refused_cur CURSOR WITH HOLD FOR SELECT 1",
+    }
+    with Pgring(error_policy_config()) as p:
+        for what, sql in statements.items():
+            check_refused(p, sql, what)
+            next_client_is_clean(p)
+        monitor = monitor_connect()
+        wait_until(lambda: query_one(monitor, "SELECT count(*) FROM pg_locks WHERE "
+                                              "locktype = 'advisory' AND objid = 4343") == 0,
+                   5, what="the refused advisory lock to be gone")
+        monitor.close()
+        # Plain transactions still work under the error policy.
+        c = app_connect(p)
+        c.autocommit = False
+        check_eq(query_one(c, "SELECT 41 + 1"), 42)
+        c.commit()
+        c.close()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

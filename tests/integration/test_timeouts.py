@@ -1,0 +1,319 @@
+#!/usr/bin/python3
+"""timeouts: in the YAML: each limit ends what it limits with its SQLSTATE (DESIGN.md sections 6
+and 8) and leaves the pool healthy. The checks are on SQLSTATEs and outcomes; times are only
+bounded generously so that a missing timeout shows up as a failure rather than a hang."""
+
+import time
+
+from harness import (PGHOST, PGPORT, Background, Pgring, RawConn, check, check_eq, connect,
+                     direct_connect, expect_error, log, login, login_error, monitor_connect,
+                     query, query_one, run_tests, send_query_collect, error_fields_in,
+                     startup_packet, backend_pids, wait_no_backends, wait_until)
+from ops_helpers import SilentListener, expect_closed_with, ops_config, read_close
+
+
+def with_table(fn):
+    """Run fn(table) with a fresh table pgring_to_t on the test database; drop it afterwards."""
+    setup = direct_connect()
+    query(setup, "DROP TABLE IF EXISTS pgring_to_t")
+    query(setup, "CREATE TABLE pgring_to_t(id int)")
+    try:
+        fn(setup)
+    finally:
+        query(setup, "DROP TABLE IF EXISTS pgring_to_t")
+        setup.close()
+
+
+def query_timeout(pool_mode):
+    config = ops_config(pool_mode=pool_mode, pool_size=1, timeouts={"query": "500ms"})
+    with Pgring(config) as p:
+        conn = connect(p.port)
+        pid = query_one(conn, "SELECT pg_backend_pid()")
+        started = time.monotonic()
+        expect_error(lambda: query(conn, "SELECT pg_sleep(10)"), "57014")
+        elapsed = time.monotonic() - started
+        log(f"{pool_mode}: query timeout 500ms: 57014 after {elapsed:.2f}s")
+        check(elapsed < 9, f"the query ran {elapsed:.1f}s despite timeouts.query 500ms")
+        # The same client goes on, on a healthy server (the only one: pool_size 1).
+        check_eq(query_one(conn, "SELECT 1"), 1, "the next query on the same client")
+        check_eq(query_one(conn, "SELECT pg_backend_pid()"), pid, "the server after the cancel")
+        # A query under the limit is not touched.
+        check_eq(query_one(conn, "SELECT 'short' FROM pg_sleep(0.1)"), "short")
+        conn.close()
+        # The next client gets the same (only) server, healthy.
+        other = connect(p.port)
+        check_eq(query_one(other, "SELECT 2"), 2, "another client after the timeout")
+        check_eq(query_one(other, "SELECT pg_backend_pid()"), pid, "the next client's server")
+        other.close()
+
+
+def test_query_timeout_transaction_mode():
+    query_timeout("transaction")
+
+
+def test_query_timeout_session_mode():
+    query_timeout("session")
+
+
+def test_idle_transaction_timeout():
+    def body(setup):
+        config = ops_config(pool_mode="transaction", pool_size=1,
+                            timeouts={"idle_transaction": "1s"})
+        with Pgring(config) as p:
+            r = login(p.port, timeout=30)
+            r.simple_query("BEGIN")
+            r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
+            started = time.monotonic()
+            err = expect_closed_with(r, "25P03", timeout=20, what="client idle in transaction")
+            log(f"idle_transaction 1s: closed after {time.monotonic() - started:.2f}s: {err}")
+            check(err.get("M", "").startswith("pgring: "), f"message: {err}")
+            r.close()
+            # The server was rolled back: the INSERT is not committed.
+            check_eq(query_one(setup, "SELECT count(*) FROM pgring_to_t"), 0, "committed rows")
+            # The (only) server serves the next client, outside any transaction.
+            c = connect(p.port)
+            check_eq(query_one(c, "SELECT count(*) FROM pgring_to_t"), 0, "rows seen via pgring")
+            check_eq(query_one(c, "SELECT now() = statement_timestamp()"), True,
+                     "the next client runs outside the old transaction")
+            # Idling outside a transaction is not limited by idle_transaction.
+            time.sleep(1.5)
+            check_eq(query_one(c, "SELECT 1"), 1, "a client idle outside a transaction")
+            c.close()
+            check_eq(query_one(setup, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                      "datname = 'pgring_test' AND state LIKE 'idle in%'"),
+                     0, "server connections left idle in transaction")
+    with_table(body)
+
+
+def test_transaction_timeout():
+    def body(setup):
+        config = ops_config(pool_mode="transaction", pool_size=1,
+                            timeouts={"transaction": "1500ms"})
+        with Pgring(config) as p:
+            r = login(p.port, timeout=30)
+            r.simple_query("BEGIN")
+            r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
+            # Busy all the time (never idle long): only the transaction limit can end it.
+            started = time.monotonic()
+            err = None
+            while time.monotonic() - started < 20:
+                msgs, closed = send_query_collect(r, "SELECT pg_sleep(0.2)")
+                errors = error_fields_in(msgs)
+                if closed or errors:
+                    if not closed:
+                        _, more = read_close(r, 10)
+                        errors += more
+                    check(errors, f"closed without an ErrorResponse: {[k for k, _ in msgs]}")
+                    err = errors[-1]
+                    break
+            check(err is not None, "the transaction was not ended within 20 s")
+            log(f"transaction 1500ms: ended after {time.monotonic() - started:.2f}s: {err}")
+            check_eq(err.get("C"), "25P04", f"SQLSTATE ({err})")
+            r.close()
+            check_eq(query_one(setup, "SELECT count(*) FROM pgring_to_t"), 0, "committed rows")
+            c = connect(p.port)
+            check_eq(query_one(c, "SELECT 1"), 1, "the next client")
+            # Many short transactions, each under the limit, are fine.
+            c.autocommit = False
+            for i in range(4):
+                query(c, "SELECT pg_sleep(0.5)")
+                c.commit()
+            c.close()
+    with_table(body)
+
+
+def test_client_idle_timeout_transaction_mode():
+    config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"client_idle": "1s"})
+    with Pgring(config) as p:
+        busy = login(p.port, timeout=30)
+        r = login(p.port, timeout=30)
+        check_eq(r.simple_query("SELECT 1"), [["1"]])
+        # `busy` keeps talking (every 0.3 s) and must not be closed meanwhile.
+        started = time.monotonic()
+        bg = Background(lambda: read_close(r, 20))
+        while not bg.done() and time.monotonic() - started < 20:
+            check_eq(busy.simple_query("SELECT 2"), [["2"]], "an active client")
+            time.sleep(0.3)
+        _, errors = bg.result(5, "the idle client's close")
+        check(errors, "the idle client was closed without an ErrorResponse")
+        log(f"client_idle 1s: closed after {time.monotonic() - started:.2f}s: {errors[-1]}")
+        check_eq(errors[-1].get("C"), "57P05", f"SQLSTATE ({errors[-1]})")
+        check_eq(busy.simple_query("SELECT 3"), [["3"]], "the active client afterwards")
+        busy.terminate()
+        r.close()
+
+
+def test_client_idle_timeout_session_mode():
+    config = ops_config(pool_mode="session", pool_size=2, timeouts={"client_idle": "1s"})
+    with Pgring(config) as p:
+        r = login(p.port, timeout=30)
+        check_eq(r.simple_query("SELECT 1"), [["1"]])
+        err = expect_closed_with(r, "57P05", timeout=20, what="idle session-mode client")
+        check(err.get("M", "").startswith("pgring: "), f"message: {err}")
+        r.close()
+        c = connect(p.port)
+        check_eq(query_one(c, "SELECT 2"), 2, "the next client")
+        c.close()
+
+
+def test_query_wait_timeout():
+    config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"query_wait": "1s"})
+    with Pgring(config) as p:
+        holder = connect(p.port)
+        holder.autocommit = False
+        check_eq(query_one(holder, "SELECT 1"), 1)  # holds the only server in a transaction
+        r = login(p.port, timeout=30)
+        started = time.monotonic()
+        msgs, closed = send_query_collect(r, "SELECT 'ran'")
+        waited = time.monotonic() - started
+        errors = error_fields_in(msgs)
+        log(f"query_wait 1s: after {waited:.2f}s: {[k for k, _ in msgs]} closed={closed} "
+            f"{errors}")
+        check(not any(k == b"D" for k, _ in msgs), "the waiting client's query ran")
+        check(errors, "no ErrorResponse for the query_wait timeout")
+        check_eq(errors[-1].get("C"), "57014", f"SQLSTATE ({errors[-1]})")
+        if not closed:
+            _, more = read_close(r, 10)
+        check(r.is_closed(5), "the client was not closed after the query_wait timeout")
+        r.close()
+        check_eq(query_one(holder, "SELECT 2"), 2, "the holder's transaction")
+        holder.commit()
+        c = connect(p.port)
+        check_eq(query_one(c, "SELECT 3"), 3, "a new client after the holder committed")
+        c.close()
+        holder.close()
+
+
+def test_client_login_timeout():
+    config = ops_config(timeouts={"client_login": "1s"})
+    with Pgring(config) as p:
+        # 1. Connects and sends nothing.
+        r = RawConn(p.port, timeout=30)
+        started = time.monotonic()
+        err = expect_closed_with(r, "08P01", timeout=20, what="a silent client")
+        log(f"client_login 1s: silent client closed after {time.monotonic() - started:.2f}s: "
+            f"{err}")
+        r.close()
+        # 2. Sends half a startup packet.
+        r = RawConn(p.port, timeout=30)
+        r.send(startup_packet("postgres", "pgring_test")[:6])
+        expect_closed_with(r, "08P01", timeout=20, what="a client with half a startup packet")
+        r.close()
+        # A normal client is not affected.
+        c = connect(p.port)
+        check_eq(query_one(c, "SELECT 1"), 1)
+        time.sleep(1.5)
+        check_eq(query_one(c, "SELECT 2"), 2, "a logged-in client after client_login passed")
+        c.close()
+
+
+def test_client_login_timeout_during_auth():
+    config = {
+        "auth": {"method": "scram-sha-256"},
+        "users": {"app": {"password": "secret"}},
+        "defaults": {"pool_mode": "transaction", "pool_size": 2},
+        "databases": {"app": {"host": PGHOST, "port": PGPORT}},
+        "timeouts": {"client_login": "1s"},
+    }
+    with Pgring(config) as p:
+        r = RawConn(p.port, timeout=30)
+        r.send(startup_packet("app", "app"))
+        kind, body = r.read_message()
+        check_eq(kind, b"R", "pgring's first answer")
+        # Never answers the SASL request.
+        expect_closed_with(r, "08P01", timeout=20, what="a client stuck in authentication")
+        r.close()
+        c = login(p.port, user="app", db="app", password="secret")
+        check_eq(c.simple_query("SELECT current_user"), [["app"]])
+        c.terminate()
+
+
+def test_server_connect_timeout():
+    with SilentListener() as silent:
+        databases = {
+            "pgring_test": {"host": PGHOST, "port": PGPORT},
+            "stalled": {"host": "127.0.0.1", "port": silent.port, "dbname": "pgring_test"},
+        }
+        config = ops_config(pool_mode="transaction", pool_size=2, databases=databases,
+                            timeouts={"server_connect": "1s", "server_login_retry": "1s"})
+        with Pgring(config) as p:
+            started = time.monotonic()
+            e = login_error(p.port, db="stalled", timeout=30)
+            elapsed = time.monotonic() - started
+            log(f"server_connect 1s: {e} after {elapsed:.2f}s")
+            check_eq(e.sqlstate, "08006", f"SQLSTATE ({e})")
+            check(e.fields.get("M", "").startswith("pgring: "), f"message: {e.fields}")
+            check(elapsed < 10, f"the client waited {elapsed:.1f}s with server_connect 1s")
+            # The other database is not affected.
+            c = connect(p.port)
+            check_eq(query_one(c, "SELECT 1"), 1, "a client of the healthy database")
+            c.close()
+            # A later attempt also fails cleanly (no hang).
+            time.sleep(1.2)
+            e = login_error(p.port, db="stalled", timeout=30)
+            check_eq(e.sqlstate, "08006", f"SQLSTATE of the second attempt ({e})")
+
+
+def test_server_idle_timeout():
+    monitor = monitor_connect()
+    wait_no_backends(monitor, "app")
+    config = ops_config(pool_mode="transaction", pool_size=3, timeouts={"server_idle": "1s"})
+    with Pgring(config) as p:
+        clients = [connect(p.port, db="app") for _ in range(3)]
+        # Three transactions at once: three server connections.
+        for c in clients:
+            c.autocommit = False
+            query(c, "SELECT 1")
+        check_eq(len(backend_pids(monitor, "app")), 3, "server connections while 3 transactions "
+                                                       "are open")
+        for c in clients:
+            c.commit()
+        # Idle now: they go after server_idle; the clients stay connected.
+        started = time.monotonic()
+        wait_until(lambda: len(backend_pids(monitor, "app")) == 0, 15, interval=0.1,
+                   what="idle server connections to be closed after server_idle 1s")
+        log(f"server_idle 1s: servers closed after {time.monotonic() - started:.2f}s")
+        check("server_idle_timeout" in p.log(), "no server_idle_timeout in pgring's log")
+        # The clients go on: a new server is opened for them.
+        for i, c in enumerate(clients):
+            c.autocommit = True
+            check_eq(query_one(c, "SELECT %s::int", (i,)), i, f"client {i} after server_idle")
+            c.close()
+    monitor.close()
+
+
+def test_server_lifetime():
+    monitor = monitor_connect()
+    wait_no_backends(monitor, "app")
+    config = ops_config(pool_mode="transaction", pool_size=1,
+                        timeouts={"server_lifetime": "2s", "server_idle": "60s"})
+    with Pgring(config) as p:
+        c = connect(p.port, db="app")
+        first = query_one(c, "SELECT pg_backend_pid()")
+        # A transaction longer than the lifetime keeps its server to the end.
+        c.autocommit = False
+        check_eq(query_one(c, "SELECT pg_backend_pid()"), first)
+        time.sleep(2.5)
+        check_eq(query_one(c, "SELECT pg_backend_pid()"), first,
+                 "the server inside a transaction older than server_lifetime")
+        c.commit()
+        c.autocommit = True
+        # Between transactions the old server is retired and a new one takes over.
+        seen = set()
+
+        def retired():
+            seen.add(query_one(c, "SELECT pg_backend_pid()"))
+            time.sleep(0.2)
+            return first not in backend_pids(monitor, "app")
+        wait_until(retired, 15, interval=0.05, what="the old server to be retired")
+        check_eq(query_one(c, "SELECT 1"), 1, "the client after its server was retired")
+        pid = query_one(c, "SELECT pg_backend_pid()")
+        check(pid != first, f"still on the old backend {first}")
+        log(f"server_lifetime 2s: backends used {sorted(seen | {pid})}")
+        check("server_lifetime" in p.log(), "no server_lifetime close in pgring's log")
+        c.close()
+    monitor.close()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

@@ -1,0 +1,326 @@
+#!/usr/bin/python3
+"""Transaction pooling keeps each client's session settings its own: a SET (reported like
+TimeZone, or not reported like statement_timeout) follows its client from server to server and
+never shows up for another client; SETs in rolled-back transactions do not stick; startup
+parameters (options='-c ...', application_name) hold in every transaction; RESET ALL and
+DISCARD ALL go back to the client's own defaults (which include its startup options, as in
+PostgreSQL).
+
+With pool_size 1 both clients provably share one backend (checked with pg_backend_pid); with
+pool_size 2 their transactions are interleaved so that each runs on both backends."""
+
+from harness import (Pgring, bind_message, check, check_eq, connect, execute_message,
+                     expect_error, login, monitor_connect, parse_message, pool_config, query,
+                     query_one, read_until_ready, run_tests, SYNC_MESSAGE, error_fields_in,
+                     data_row_values)
+
+DB, USER = "app", "app"
+TOKYO = "Asia/Tokyo"
+TS = "SELECT '2020-01-01 00:00:00+00'::timestamptz::text"
+
+
+def app_connect(p, **kwargs):
+    kwargs.setdefault("connect_timeout", 30)
+    return connect(p.port, db=DB, user=USER, **kwargs)
+
+
+def server_defaults():
+    """What a session that set nothing sees (straight from PostgreSQL)."""
+    direct = monitor_connect(db=DB, user=USER)
+    try:
+        return {name: query_one(direct, f"SHOW {name}")
+                for name in ("TimeZone", "statement_timeout", "lock_timeout", "DateStyle")}
+    finally:
+        direct.close()
+
+
+def show(conn, name):
+    return query_one(conn, f"SHOW {name}")
+
+
+def on_each_backend(conn, blocker, fn, tries=10):
+    """pool_size 2: run fn(conn) (autocommit statements) on each of the two backends. While the
+    blocker holds a transaction on one backend, conn can only run on the other."""
+    seen = set()
+    for _ in range(tries):
+        blocker.autocommit = False
+        held = query_one(blocker, "SELECT pg_backend_pid()")
+        pid = query_one(conn, "SELECT pg_backend_pid()")
+        check(pid != held, f"a client ran on backend {pid}, inside another client's transaction")
+        fn(conn)
+        blocker.commit()
+        blocker.autocommit = True
+        seen.add(pid)
+        if len(seen) == 2:
+            return
+    check(False, f"a client ran only on backends {seen} in {tries} tries (pool_size 2)")
+
+
+def test_timezone_stays_with_its_client():
+    defaults = server_defaults()
+    default_tz = defaults["TimeZone"]
+    check(default_tz != TOKYO, f"the test server's default TimeZone is already {TOKYO}")
+    for pool_size in (1, 2):
+        with Pgring(pool_config(pool_size=pool_size)) as p:
+            a, b = app_connect(p), app_connect(p)
+            if pool_size == 1:
+                check_eq(query_one(a, "SELECT pg_backend_pid()"),
+                         query_one(b, "SELECT pg_backend_pid()"), "the one shared backend")
+            query(a, f"SET TimeZone = '{TOKYO}'")
+            blocker = app_connect(p) if pool_size == 2 else None
+
+            def check_a(conn, what):
+                check_eq(show(conn, "TimeZone"), TOKYO, f"A's TimeZone ({what})")
+                check_eq(query_one(conn, TS), "2020-01-01 09:00:00+09",
+                         f"A's timestamptz ({what})")
+                check_eq(conn.get_parameter_status("TimeZone"), TOKYO,
+                         f"A's ParameterStatus TimeZone ({what})")
+
+            def check_b(conn, what):
+                check_eq(show(conn, "TimeZone"), default_tz, f"B's TimeZone ({what})")
+                check_eq(query_one(conn, TS), "2020-01-01 00:00:00+00",
+                         f"B's timestamptz ({what})")
+                check_eq(conn.get_parameter_status("TimeZone"), default_tz,
+                         f"B's ParameterStatus TimeZone ({what})")
+
+            for round_ in range(3):
+                what = f"pool_size {pool_size}, round {round_}"
+                if blocker is None:
+                    check_a(a, what)
+                    check_b(b, what)
+                else:
+                    on_each_backend(a, blocker, lambda conn: check_a(conn, what))
+                    on_each_backend(b, blocker, lambda conn: check_b(conn, what))
+                # A's next transaction, explicit this time.
+                a.autocommit = False
+                check_eq(show(a, "TimeZone"), TOKYO, f"A's TimeZone in a transaction ({what})")
+                a.commit()
+                a.autocommit = True
+            if blocker is not None:
+                check_eq(show(blocker, "TimeZone"), default_tz, "the blocker's TimeZone")
+                blocker.close()
+            # A third client, fresh, sees the default too.
+            c = app_connect(p)
+            check_eq(show(c, "TimeZone"), default_tz, "a new client's TimeZone")
+            for conn in (a, b, c):
+                conn.close()
+
+
+def test_unreported_setting_stays_with_its_client():
+    for pool_size in (1, 2):
+        with Pgring(pool_config(pool_size=pool_size)) as p:
+            a, b = app_connect(p), app_connect(p)
+            query(a, "SET statement_timeout = '7s'")
+            query(a, "SET lock_timeout TO '3s'")
+            blocker = app_connect(p) if pool_size == 2 else None
+
+            def check_a(conn, what):
+                check_eq(show(conn, "statement_timeout"), "7s", f"A's statement_timeout ({what})")
+                check_eq(show(conn, "lock_timeout"), "3s", f"A's lock_timeout ({what})")
+
+            def check_b(conn, what):
+                check_eq(show(conn, "statement_timeout"), "0", f"B's statement_timeout ({what})")
+                check_eq(show(conn, "lock_timeout"), "0", f"B's lock_timeout ({what})")
+
+            for round_ in range(3):
+                what = f"pool_size {pool_size}, round {round_}"
+                if blocker is None:
+                    check_a(a, what)
+                    check_b(b, what)
+                else:
+                    on_each_backend(a, blocker, lambda conn: check_a(conn, what))
+                    on_each_backend(b, blocker, lambda conn: check_b(conn, what))
+            if blocker is not None:
+                check_eq(show(blocker, "statement_timeout"), "0", "the blocker's statement_timeout")
+                blocker.close()
+
+            # The setting is in force, not just displayed: A's short timeout cancels A's sleep,
+            # and B's equally long sleep on the same backend(s) is not cancelled.
+            query(a, "SET statement_timeout = '200ms'")
+            expect_error(lambda: query(a, "SELECT pg_sleep(2)"), "57014")
+            query(b, "SELECT pg_sleep(0.5)")
+            check_eq(show(a, "statement_timeout"), "200ms", "A's statement_timeout after 57014")
+            query(a, "RESET statement_timeout")
+            check_eq(show(a, "statement_timeout"), "0", "A's statement_timeout after RESET")
+            check_eq(show(a, "lock_timeout"), "3s", "A's lock_timeout after RESET of another")
+            check_eq(show(b, "statement_timeout"), "0", "B's statement_timeout at the end")
+            a.close()
+            b.close()
+
+
+def test_set_through_extended_protocol():
+    with Pgring(pool_config(pool_size=1)) as p:
+        r = login(p.port, user=USER, db=DB)
+        b = app_connect(p)
+        r.send(parse_message("SET statement_timeout = '6s'") + bind_message() + execute_message()
+               + SYNC_MESSAGE)
+        msgs, status = read_until_ready(r)
+        check(not error_fields_in(msgs), f"extended SET: {error_fields_in(msgs)}")
+        check_eq(status, "I", "status after the extended SET")
+        check_eq(show(b, "statement_timeout"), "0", "B's statement_timeout")
+        check_eq(r.simple_query("SHOW statement_timeout"), [["6s"]], "A's statement_timeout")
+        r.send(parse_message("SHOW statement_timeout") + bind_message() + execute_message()
+               + SYNC_MESSAGE)
+        msgs, _ = read_until_ready(r)
+        check_eq([data_row_values(body) for kind, body in msgs if kind == b"D"], [["6s"]],
+                 "A's statement_timeout (extended protocol)")
+        check_eq(show(b, "statement_timeout"), "0", "B's statement_timeout, again")
+        r.terminate()
+        b.close()
+
+
+def test_set_inside_transactions():
+    defaults = server_defaults()
+    with Pgring(pool_config(pool_size=1)) as p:
+        a, b = app_connect(p), app_connect(p)
+        query(a, "SET statement_timeout = '7s'")
+
+        # Rolled back: does not stick.
+        query(a, "BEGIN")
+        query(a, "SET statement_timeout = '9s'")
+        check_eq(show(a, "statement_timeout"), "9s", "inside the transaction")
+        query(a, "ROLLBACK")
+        check_eq(show(a, "statement_timeout"), "7s", "after ROLLBACK")
+        check_eq(show(b, "statement_timeout"), "0", "B after A's ROLLBACK")
+        check_eq(show(a, "statement_timeout"), "7s", "after ROLLBACK, next transaction")
+
+        # Rolled back after an error in the transaction.
+        query(a, "BEGIN")
+        query(a, "SET statement_timeout = '9s'")
+        expect_error(lambda: query(a, "SELECT 1/0"), "22012")
+        query(a, "ROLLBACK")
+        check_eq(show(b, "statement_timeout"), "0", "B after A's failed transaction")
+        check_eq(show(a, "statement_timeout"), "7s", "after a failed transaction")
+
+        # Committed: sticks, for A only.
+        query(a, "BEGIN")
+        query(a, "SET statement_timeout = '11s'")
+        query(a, "COMMIT")
+        check_eq(show(b, "statement_timeout"), "0", "B after A's COMMIT")
+        check_eq(show(a, "statement_timeout"), "11s", "after COMMIT")
+
+        # SET LOCAL ends with its transaction.
+        query(a, "BEGIN")
+        query(a, "SET LOCAL statement_timeout = '13s'")
+        check_eq(show(a, "statement_timeout"), "13s", "SET LOCAL inside the transaction")
+        query(a, "COMMIT")
+        check_eq(show(b, "statement_timeout"), "0", "B after A's SET LOCAL")
+        check_eq(show(a, "statement_timeout"), "11s", "after a SET LOCAL transaction")
+
+        # A reported parameter: rolled back, then committed.
+        query(a, "BEGIN")
+        query(a, f"SET TimeZone = '{TOKYO}'")
+        query(a, "ROLLBACK")
+        check_eq(show(a, "TimeZone"), defaults["TimeZone"], "A's TimeZone after ROLLBACK")
+        check_eq(a.get_parameter_status("TimeZone"), defaults["TimeZone"],
+                 "A's ParameterStatus TimeZone after ROLLBACK")
+        check_eq(show(b, "TimeZone"), defaults["TimeZone"], "B's TimeZone")
+        query(a, "BEGIN; SET TimeZone = 'Europe/Paris'; COMMIT")
+        check_eq(show(b, "TimeZone"), defaults["TimeZone"], "B's TimeZone after A's COMMIT")
+        check_eq(show(a, "TimeZone"), "Europe/Paris", "A's TimeZone after COMMIT")
+        check_eq(b.get_parameter_status("TimeZone"), defaults["TimeZone"],
+                 "B's ParameterStatus TimeZone")
+        a.close()
+        b.close()
+
+
+def test_set_in_rolled_back_savepoint():
+    # PostgreSQL undoes a SET made after a savepoint that is rolled back to, even though the
+    # transaction then commits.
+    with Pgring(pool_config(pool_size=1)) as p:
+        a, b = app_connect(p), app_connect(p)
+        query(a, "SET statement_timeout = '7s'")
+        query(a, "BEGIN")
+        query(a, "SAVEPOINT s1")
+        query(a, "SET statement_timeout = '9s'")
+        query(a, "ROLLBACK TO SAVEPOINT s1")
+        query(a, "COMMIT")
+        check_eq(show(b, "statement_timeout"), "0", "B's statement_timeout")
+        check_eq(show(a, "statement_timeout"), "7s", "A's statement_timeout after the "
+                                                     "savepoint was rolled back")
+        a.close()
+        b.close()
+
+
+def test_startup_parameters():
+    with Pgring(pool_config(pool_size=1)) as p:
+        x = app_connect(p, options="-c statement_timeout=5s", application_name="x")
+        y = app_connect(p)
+        check_eq(x.get_parameter_status("application_name"), "x", "x's application_name status")
+        for round_ in range(3):
+            what = f"round {round_}"
+            check_eq(show(x, "statement_timeout"), "5s", f"x's statement_timeout ({what})")
+            check_eq(show(x, "application_name"), "x", f"x's application_name ({what})")
+            check_eq(show(y, "statement_timeout"), "0", f"y's statement_timeout ({what})")
+            app_name = show(y, "application_name")
+            check(app_name != "x", f"y sees x's application_name ({what})")
+            check_eq(app_name, "", f"y's application_name ({what})")
+            check(y.get_parameter_status("application_name") != "x",
+                  f"y's ParameterStatus application_name is x's ({what})")
+            x.autocommit = False
+            check_eq(show(x, "statement_timeout"), "5s", f"x's statement_timeout in a "
+                                                         f"transaction ({what})")
+            check_eq(show(x, "application_name"), "x", f"x's application_name in a "
+                                                       f"transaction ({what})")
+            x.commit()
+            x.autocommit = True
+        # x's own server-side view in pg_stat_activity matches.
+        check_eq(query_one(x, "SELECT application_name FROM pg_stat_activity "
+                              "WHERE pid = pg_backend_pid()"), "x", "x in pg_stat_activity")
+        x.close()
+        y.close()
+
+
+def test_reset_all_and_discard_all():
+    defaults = server_defaults()
+    for command in ("RESET ALL", "DISCARD ALL"):
+        with Pgring(pool_config(pool_size=2)) as p:
+            a, b = app_connect(p), app_connect(p)
+            query(a, f"SET TimeZone = '{TOKYO}'")
+            query(a, "SET statement_timeout = '7s'")
+
+            def before(conn):
+                check_eq(show(conn, "TimeZone"), TOKYO, f"A's TimeZone before {command}")
+                check_eq(show(conn, "statement_timeout"), "7s",
+                         f"A's statement_timeout before {command}")
+
+            on_each_backend(a, b, before)
+            query(a, command)
+
+            def after(conn):
+                what = f"after {command}"
+                check_eq(show(conn, "TimeZone"), defaults["TimeZone"], f"A's TimeZone {what}")
+                check_eq(conn.get_parameter_status("TimeZone"), defaults["TimeZone"],
+                         f"A's ParameterStatus TimeZone {what}")
+                check_eq(show(conn, "statement_timeout"), "0", f"A's statement_timeout {what}")
+
+            on_each_backend(a, b, after)
+            check_eq(show(b, "TimeZone"), defaults["TimeZone"], f"B's TimeZone after {command}")
+            a.close()
+            b.close()
+
+
+def test_reset_all_returns_to_startup_options():
+    # In PostgreSQL, RESET ALL and DISCARD ALL go back to the values the session started with,
+    # which include the startup packet's options and application_name.
+    for command in ("RESET ALL", "DISCARD ALL"):
+        with Pgring(pool_config(pool_size=1)) as p:
+            x = app_connect(p, options="-c statement_timeout=5s", application_name="x")
+            y = app_connect(p)
+            query(x, "SET statement_timeout = '8s'")
+            query(x, "SET application_name = 'changed'")
+            check_eq(show(y, "application_name"), "", "y's application_name")
+            check_eq(show(x, "statement_timeout"), "8s", "x's statement_timeout after SET")
+            query(x, command)
+            check_eq(show(y, "statement_timeout"), "0", f"y's statement_timeout after x's "
+                                                        f"{command}")
+            check_eq(show(x, "statement_timeout"), "5s", f"x's statement_timeout after {command}")
+            check_eq(show(x, "application_name"), "x", f"x's application_name after {command}")
+            check_eq(x.get_parameter_status("application_name"), "x",
+                     f"x's ParameterStatus application_name after {command}")
+            x.close()
+            y.close()
+
+
+if __name__ == "__main__":
+    run_tests(globals())
