@@ -634,8 +634,12 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   if (Server* server = client.server_) {
     client.server_ = nullptr;
     server->client_ = nullptr;
-    if (server->state_ == ServerState::active)
-      server->release(client.pool_->settings_.pool_mode == config::PoolMode::session || client.pinned_state_ != 0);
+    if (server->state_ == ServerState::active) {
+      if (client.forward_remaining_ > 0)
+        close(*server, Reason::server_dirty, "client left in the middle of a message");  // half a message sent
+      else
+        server->release(client.pool_->settings_.pool_mode == config::PoolMode::session || client.pinned_state_ != 0);
+    }
   }
   if (client.cancel_pid_ != 0) {
     std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32);
@@ -864,7 +868,8 @@ void Reactor::start_cancel(Server& server) {
     return;
   }
   canceller->stream_.fd = fd;
-  log::info("S-{} canceling the request of C-{}", server.id_, server.client_ != nullptr ? server.client_->id_ : 0);
+  if (server.client_ != nullptr) log::info("S-{} canceling the request of C-{}", server.id_, server.client_->id_);
+  else log::info("S-{} canceling the request its departed client left running", server.id_);
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
   io_uring_sqe_set_data(sqe, &canceller->connect_op_);
@@ -1098,6 +1103,9 @@ void Reactor::sweep_active(Pool& pool) {
     Client* c = s->client_;
     bool busy = s->requests_in_flight() > 0;
     if (c == nullptr) {
+      // Draining after its client left: the cancel had cancel_wait to work.
+      if (s->draining_ && now_ - s->drain_since_ > t.cancel_wait + std::chrono::seconds(1))
+        close(*s, Reason::server_dirty, "did not finish after its client left");
       s = next;
       continue;
     }

@@ -236,9 +236,12 @@ void Server::handle_login_message(char type, std::string_view body) {
 
 void Server::release(bool session_reset) {
   // The client is gone. Only a connection whose every request was answered can be reused.
+  // The rest of a reply that was on its way to the client is swallowed.
+  swallow_remaining_ += forward_remaining_;
   forward_remaining_ = 0;
-  if (requests_in_flight() > 0 || unsynced_ || copy_in_ || restore_replies_pending_ > 0 || stream_.input_size() > 0) {
-    reactor_.close(*this, Reason::server_dirty, "client left with a request in flight");
+  if (requests_in_flight() > 0 || unsynced_ || copy_in_ || restore_replies_pending_ > 0 || stream_.input_size() > 0 ||
+      swallow_remaining_ > 0) {
+    start_draining(session_reset);
     return;
   }
   pending_settings_.clear();
@@ -273,6 +276,107 @@ void Server::release(bool session_reset) {
   }
   reactor_.want_send(stream_);
   pool_.set_state(*this, ServerState::resetting);
+}
+
+void Server::start_draining(bool session_reset) {
+  // The client left with work in flight. Rather than dropping the connection (and leaving a
+  // long query running on the server), cancel what runs, finish the protocol ourselves and
+  // swallow the replies; the connection then goes back to the pool clean. Bounded by
+  // timeouts.cancel_wait: a server that does not come back in time is closed.
+  draining_ = true;
+  drain_session_reset_ = session_reset;
+  drain_since_ = reactor_.now();
+  if (copy_in_) end_copy_in();
+  if (unsynced_) {
+    (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
+    expect('S');
+    unsynced_ = false;
+  }
+  reactor_.want_send(stream_);
+  if (requests_in_flight() > 0 && restore_replies_pending_ == 0) reactor_.start_cancel(*this);
+  log::debug("S-{} draining after its client left", id_);
+  drain();
+}
+
+void Server::end_copy_in() {
+  // COPY FROM STDIN without a client: fail it (the server answers with an error), and Sync in
+  // case it ran through the extended protocol (a spare Sync only adds a ReadyForQuery).
+  (void)stream_.emit([](std::string& out) { return proto::build::copy_fail(out, "pgring: client disconnected"); });
+  expect('c');
+  (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
+  expect('S');
+  unsynced_ = false;
+}
+
+void Server::drain() {
+  while (state_ == ServerState::active && draining_) {
+    if (swallow_remaining_ > 0 || forward_remaining_ > 0) {
+      std::size_t left = swallow_remaining_ + forward_remaining_;
+      std::size_t n = std::min(left, stream_.input_size());
+      if (n == 0) return;
+      stream_.consume(n);
+      swallow_remaining_ = left - n;
+      forward_remaining_ = 0;
+      continue;
+    }
+    if (stream_.input_size() < 5) return;
+    char header[5];
+    stream_.peek(header, 5);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxServerMessage);
+    if (frame.status == proto::FrameStatus::invalid_length) {
+      reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
+      return;
+    }
+    char type = frame.type;
+    if (frame.size > kMaxInspected) {  // rows and data: nobody to give them to
+      std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
+      stream_.consume(n);
+      swallow_remaining_ = frame.size - n;
+      continue;
+    }
+    if (stream_.input_size() < frame.size) return;
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    if (restore_replies_pending_ > 0) {
+      handle_restore_message(type, body);
+      if (state_ != ServerState::active) return;
+    } else {
+      switch (type) {
+        case proto::backend::kReadyForQuery:
+          if (auto status = proto::parse_ready_for_query(body)) on_ready_for_query(*status);
+          break;
+        case proto::backend::kErrorResponse: on_error_response(); break;
+        case proto::backend::kCommandComplete:
+          if (auto tag = proto::parse_query(body)) on_command_complete(*tag);
+          break;
+        case proto::backend::kEmptyQueryResponse:
+        case proto::backend::kPortalSuspended: on_command_complete({}); break;
+        case proto::backend::kParseComplete: (void)pop_reply('P'); break;
+        case proto::backend::kBindComplete: (void)pop_reply('B'); break;
+        case proto::backend::kCloseComplete: (void)pop_reply('C'); break;
+        case proto::backend::kNoData:
+        case proto::backend::kRowDescription: (void)pop_reply('D'); break;
+        case proto::backend::kParameterStatus:
+          if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+          break;
+        case proto::backend::kCopyInResponse:
+          copy_in_ = true;
+          end_copy_in();
+          reactor_.want_send(stream_);
+          break;
+        default: break;
+      }
+    }
+    stream_.consume(frame.size);
+    // Fake replies for a client that is gone: just drop them.
+    while (expected_head_ < expected_.size() && std::string_view("pxed").find(expected_[expected_head_].kind) != std::string_view::npos)
+      ++expected_head_;
+    if (requests_in_flight() == 0 && !copy_in_ && !unsynced_ && restore_replies_pending_ == 0) {
+      draining_ = false;
+      log::debug("S-{} drained", id_);
+      release(drain_session_reset_);
+      return;
+    }
+  }
 }
 
 void Server::maybe_release() {
@@ -650,6 +754,10 @@ void Server::handle_idle_message(char type, std::string_view body) {
 // ---- active: server -> client ----------------------------------------------------------------
 
 void Server::forward_to_client() {
+  if (draining_) {
+    drain();
+    return;
+  }
   for (;;) {
     if (client_ == nullptr || state_ != ServerState::active) return;
     Client& client = *client_;

@@ -68,7 +68,11 @@ class Server {
   std::uint64_t link_generation_ = 0;
   // Cancel connections still targeting this server: it is neither reused nor freed meanwhile.
   int cancels_in_flight_ = 0;
-  bool retire_ = false;  // the configuration moved the pool elsewhere: close instead of reuse
+  bool retire_ = false;
+  // The client left with work in flight: replies are swallowed until the protocol is idle.
+  bool draining_ = false;
+  bool drain_session_reset_ = false;
+  Clock::time_point drain_since_{};  // the configuration moved the pool elsewhere: close instead of reuse
   // When the oldest unanswered request was sent, and when the transaction began (timeouts).
   Clock::time_point busy_since_{};
   Clock::time_point transaction_since_{};
@@ -158,6 +162,9 @@ class Server {
   bool executed_in_batch_ = false;       // an Execute of the current batch completed
   std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);
+  void start_draining(bool session_reset);
+  void drain();
+  void end_copy_in();
 
   struct LoginState {
     std::string scram_client_first_bare;

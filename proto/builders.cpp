@@ -169,6 +169,18 @@ bool close_statement(std::string& out, std::string_view name) {
   return w.ok();
 }
 
+bool sync(std::string& out) {
+  Writer w(out);
+  w.begin(frontend::kSync).end();
+  return w.ok();
+}
+
+bool copy_fail(std::string& out, std::string_view reason) {
+  Writer w(out);
+  w.begin(frontend::kCopyFail).cstring(reason).end();
+  return w.ok();
+}
+
 bool terminate(std::string& out) {
   Writer w(out);
   w.begin(frontend::kTerminate).end();

@@ -42,6 +42,8 @@ namespace pgring::proto::build {
 [[nodiscard]] bool sasl_response(std::string& out, std::string_view data);
 [[nodiscard]] bool query(std::string& out, std::string_view sql);
 [[nodiscard]] bool terminate(std::string& out);
+[[nodiscard]] bool sync(std::string& out);
+[[nodiscard]] bool copy_fail(std::string& out, std::string_view reason);
 // Parse with pgring's statement name and the client's text and types (`tail`: the Parse body
 // after the name). Close('S', name) / Describe('S', name) for pgring's names.
 [[nodiscard]] bool parse(std::string& out, std::string_view name, std::string_view tail);
