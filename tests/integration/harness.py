@@ -930,6 +930,9 @@ class BackendSampler:
                                  f"(limit {limit}) over {len(self.samples)} samples")
 
     def __enter__(self):
+        # Backends of an earlier pgring may still be exiting (slowly on a loaded machine):
+        # sample only once they are gone, so the limit is this pgring's alone.
+        wait_no_backends(self._monitor, self.datname, self.usename)
         self._thread.start()
         return self
 
