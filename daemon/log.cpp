@@ -1,6 +1,9 @@
 #include "daemon/log.hpp"
 
+#include <array>
 #include <atomic>
+#include <cstdint>
+#include <mutex>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -39,6 +42,45 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
 }
 }  // namespace
+
+namespace {
+constexpr int kBurst = 20;
+struct Site {
+  const void* key = nullptr;
+  std::chrono::steady_clock::time_point window{};
+  int lines = 0;
+  std::uint64_t suppressed = 0;
+  std::string_view format;
+};
+std::mutex g_sites_mutex;
+std::array<Site, 256> g_sites;
+}  // namespace
+
+bool admit(const void* site, std::string_view format) {
+  auto now = std::chrono::steady_clock::now();
+  std::uint64_t report = 0;
+  std::string_view report_format;
+  {
+    std::lock_guard lock(g_sites_mutex);
+    Site& s = g_sites[(reinterpret_cast<std::uintptr_t>(site) >> 4) % g_sites.size()];
+    if (s.key != site) s = Site{site, now, 0, 0, format};
+    if (now - s.window >= std::chrono::seconds(1)) {
+      report = s.suppressed;
+      report_format = s.format;
+      s.window = now;
+      s.lines = 0;
+      s.suppressed = 0;
+    }
+    if (++s.lines > kBurst) {
+      ++s.suppressed;
+      return false;
+    }
+  }
+  if (report > 0)
+    write(config::LogLevel::warning, fmt::format("{} similar log lines suppressed in the last second: \"{}\"", report,
+                                                 report_format));
+  return true;
+}
 
 void init(config::LogLevel level, config::LogFormat format) {
   g_level = static_cast<int>(level);

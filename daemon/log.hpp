@@ -12,23 +12,30 @@ namespace pgring::log {
 void init(config::LogLevel level, config::LogFormat format);
 [[nodiscard]] bool enabled(config::LogLevel level);
 void write(config::LogLevel level, std::string_view message);
+// Rate limit per call site (keyed by the format string): at most kBurst lines per second from
+// one site; the rest are counted and reported once the second is over. A flood of failing
+// logins or connects cannot flood the log.
+[[nodiscard]] bool admit(const void* site, std::string_view format);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::debug)) write(config::LogLevel::debug, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(config::LogLevel::debug) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+    write(config::LogLevel::debug, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void info(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::info)) write(config::LogLevel::info, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(config::LogLevel::info) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+    write(config::LogLevel::info, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void warning(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::warning))
+  if (enabled(config::LogLevel::warning) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::warning, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void error(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::error)) write(config::LogLevel::error, fmt::format(f, std::forward<Args>(args)...));
+  if (enabled(config::LogLevel::error) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+    write(config::LogLevel::error, fmt::format(f, std::forward<Args>(args)...));
 }
 
 }  // namespace pgring::log
