@@ -338,17 +338,35 @@ void Client::handle_admin() {
 }
 
 namespace {
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : c; }
+
 bool iequal(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
   return true;
 }
 
 std::string lower(std::string_view s) {
   std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : out) c = ascii_lower(c);
   return out;
+}
+
+// Order-independent fingerprint of a session: equal sessions, equal fingerprints.
+std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>& params,
+                          const std::vector<std::pair<std::string, std::string>>& settings) {
+  std::uint64_t h = 0;
+  auto mix = [](std::string_view name, std::string_view value, std::uint64_t salt) {
+    std::uint64_t x = 1469598103934665603ull ^ salt;  // FNV-1a over lower(name) '=' value
+    for (char c : name) x = (x ^ static_cast<unsigned char>(ascii_lower(c))) * 1099511628211ull;
+    x = (x ^ '=') * 1099511628211ull;
+    for (char c : value) x = (x ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    return x;
+  };
+  for (const auto& [n, v] : params) h ^= mix(n, v, 0x5151);
+  for (const auto& [n, v] : settings) h ^= mix(n, v, 0xa3a3);
+  return h;
 }
 
 using NameValues = std::vector<std::pair<std::string, std::string>>;
@@ -486,7 +504,9 @@ std::string Client::restore_sql(const Server& server) const {
 
 void Client::on_linked(Server& server) {
   log::debug("C-{} linked to S-{}", id_, server.id_);
-  std::string sql = restore_sql(server);
+  // The common case costs one comparison: this server's session already is this client's
+  // (same client again, or clients that set the same things).
+  std::string sql = server.session_fingerprint_ == session_fingerprint() ? std::string() : restore_sql(server);
   if (!sql.empty()) {
     if (!server.stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
       reactor_.close(*this, Reason::protocol_violation, "cannot encode the session settings");
@@ -504,7 +524,10 @@ void Client::on_linked(Server& server) {
   if (state_ == ClientState::active) reactor_.arm_recv_for(*this);
 }
 
+std::uint64_t Client::session_fingerprint() const { return fingerprint(params_, settings_); }
+
 void Client::on_restored() {
+  if (server_ != nullptr) server_->session_fingerprint_ = session_fingerprint();
   // The first server of a client that had no welcome yet (session mode, or a pool that had
   // never logged in) gives it: its parameters are exactly this client's session now.
   if (!welcomed_) send_welcome(server_->params_);
@@ -578,6 +601,13 @@ void Client::note_session_state(std::uint8_t flags) {
 
 void Client::forward_to_server() {
   Server& server = *server_;
+  if (server.cancels_in_flight_ > 0) {
+    // PostgreSQL signals a cancelled backend more than once until it closes the cancel
+    // connection; a request sent before that could be cancelled too. Hold it (libpq's PQcancel
+    // waits for the same close); Reactor::finish_cancel resumes.
+    if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
+    return;
+  }
   const std::uint32_t max_size = reactor_.config().max_message_size;
   // The statement cache renames named statements in transaction and statement mode.
   const bool cache = pool_->settings_.pool_mode != config::PoolMode::session && pool_->settings_.prepared_statements > 0;
@@ -987,6 +1017,8 @@ void Client::apply_setting(const proto::sql::SetStatement& set) {
           break;
         }
       }
+      // RESET returns to the startup value, as PostgreSQL does; the next restore applies it.
+      if (const std::string* startup = find_value(startup_settings_, set.name)) put_value(settings_, set.name, *startup);
       break;
     case proto::sql::SetStatement::Kind::reset_all:
       // The server went back to its own defaults; this client's session goes back to its

@@ -61,6 +61,8 @@ class Client {
   // The client's startup value of a parameter, or null.
   [[nodiscard]] const std::string* startup_value(std::string_view name) const;
   void apply_setting(const proto::sql::SetStatement& set);
+  // Fingerprint of params_ + settings_ (Server::session_fingerprint_ is compared with it).
+  [[nodiscard]] std::uint64_t session_fingerprint() const;
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.

@@ -125,6 +125,9 @@ void Pool::request_server(Client& client) {
 
 void Pool::release_link(Server& server) {
   Client& client = *server.client_;
+  // Everything that changed the session while linked changed both sides alike.
+  server.session_fingerprint_ = server.session_diverged_ ? Server::kUnknownSession : client.session_fingerprint();
+  server.session_diverged_ = false;
   server.client_ = nullptr;
   client.server_ = nullptr;
   set_state(client, ClientState::idle);
@@ -158,6 +161,8 @@ void Pool::maintain() {
     set_state(*server, ServerState::active);
     set_state(*client, ClientState::active);
     ++server->link_generation_;
+    server->transaction_failed_ = false;
+    server->pending_settings_.clear();
     server->client_ = client;
     client->server_ = server;
     client->on_linked(*server);

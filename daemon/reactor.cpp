@@ -496,7 +496,10 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   client.last_activity_ = now_;
   if (client.pool_ != nullptr) client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
   client.on_input();
-  if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
+  if (client.state_ == ClientState::closing) return;
+  // Bytes that are not moving on (a client waiting for a server) leave the shared ring now.
+  if (client.state_ != ClientState::active && client.stream_.input_size() > 0) client.stream_.detach_input();
+  arm_recv(client.stream_, client.ops_in_flight_);
 }
 
 void Reactor::on_client_send(Client& client, int result) {
@@ -927,7 +930,13 @@ void Reactor::finish_cancel(Canceller& canceller) {
     if (Server* server = canceller.target_) {
       canceller.target_ = nullptr;
       if (--server->cancels_in_flight_ == 0) {
-        if (server->state_ == ServerState::canceling) {
+        if (server->state_ == ServerState::active && server->client_ != nullptr) {
+          // Requests held while the cancel was in flight go now.
+          Client& client = *server->client_;
+          client.stream_.reading_paused_ = false;
+          if (client.stream_.input_size() > 0) client.on_input();
+          if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
+        } else if (server->state_ == ServerState::canceling) {
           server->pool_.set_state(*server, ServerState::idle);
           server->pool_.maintain();
         } else if (server->state_ == ServerState::closing) {

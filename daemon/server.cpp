@@ -245,6 +245,10 @@ void Server::release(bool session_reset) {
     return;
   }
   pending_settings_.clear();
+  transaction_failed_ = false;
+  // The departed client's last changes are not known to be mirrored anywhere: compute the
+  // next restore in full.
+  session_fingerprint_ = kUnknownSession;
   reset_replies_pending_ = 0;
   reset_failed_ = false;
   if (transaction_status_ != 'I') {
@@ -617,9 +621,14 @@ void Server::on_command_complete(std::string_view tag) {
   }
 }
 
-bool Server::reset_all_pending() const {
-  for (const auto& set : pending_settings_)
+bool Server::reset_pending(std::string_view name) const {
+  for (const auto& set : pending_settings_) {
     if (set.kind == proto::sql::SetStatement::Kind::reset_all) return true;
+    if (set.kind == proto::sql::SetStatement::Kind::reset && set.name.size() == name.size() &&
+        std::equal(name.begin(), name.end(), set.name.begin(),
+                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+      return true;
+  }
   return false;
 }
 
@@ -646,6 +655,9 @@ void Server::on_ready_for_query(char status) {
       // the client to its startup values (the next restore re-applies those).
       for (const proto::sql::SetStatement& set : pending_settings_) {
         client_->apply_setting(set);
+        // A RESET returns the client to its startup values but the server to its defaults:
+        // the two sessions differ until the next restore.
+        if (set.kind != proto::sql::SetStatement::Kind::set) session_diverged_ = true;
         switch (set.kind) {
           case proto::sql::SetStatement::Kind::set: {
             bool found = false;
@@ -836,7 +848,7 @@ void Server::forward_to_client() {
       } else if (type == proto::backend::kParameterStatus) {
         if (auto p = proto::parse_parameter_status(body)) {
           set_param(p->name, p->value);
-          const std::string* startup = reset_all_pending() ? client.startup_value(p->name) : nullptr;
+          const std::string* startup = reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
           if (startup != nullptr && *startup != p->value) {
             // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
             // server to its own defaults. The client is told its startup value, which the next

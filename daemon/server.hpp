@@ -135,6 +135,11 @@ class Server {
   // the current transaction (applied at commit, dropped at rollback).
   std::vector<std::pair<std::string, std::string>> settings_;
   std::vector<proto::sql::SetStatement> pending_settings_;
+  // Whose session this connection carries, as Client::session_fingerprint(); 0 = the pool's
+  // defaults (a fresh or reset connection). Unknown states use kUnknownSession.
+  static constexpr std::uint64_t kUnknownSession = ~std::uint64_t{0};
+  std::uint64_t session_fingerprint_ = 0;
+  bool session_diverged_ = false;
   bool transaction_failed_ = false;
   int reset_replies_pending_ = 0;  // ReadyForQuery still expected while resetting
   bool reset_failed_ = false;
@@ -158,7 +163,7 @@ class Server {
   bool pop_reply(char request_kind);
   void on_error_response();
   bool retry_after_error(const proto::ErrorFields& error);
-  [[nodiscard]] bool reset_all_pending() const;
+  [[nodiscard]] bool reset_pending(std::string_view name) const;
   bool executed_in_batch_ = false;       // an Execute of the current batch completed
   std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);

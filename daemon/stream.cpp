@@ -76,7 +76,7 @@ Stream::~Stream() { discard_all(); }
 
 void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
   buffers_->taken(bid);
-  input_.push_back(Segment{bid, 0, length});
+  input_.push_back(Segment{bid, 0, length});  // bid fits: ring ids are below 32768
   input_bytes_ += length;
 }
 
@@ -84,7 +84,7 @@ void Stream::peek(char* out, std::size_t n) const {
   for (const Segment& s : input_) {
     if (n == 0) return;
     std::size_t take = std::min<std::size_t>(n, s.end - s.begin);
-    std::memcpy(out, buffers_->data(s.bid) + s.begin, take);
+    std::memcpy(out, segment_data(s) + s.begin, take);
     out += take;
     n -= take;
   }
@@ -93,7 +93,7 @@ void Stream::peek(char* out, std::size_t n) const {
 std::string_view Stream::contiguous(std::size_t n) {
   if (n == 0) return {};
   const Segment& first = input_.front();
-  if (first.end - first.begin >= n) return {buffers_->data(first.bid) + first.begin, n};
+  if (first.end - first.begin >= n) return {segment_data(first) + first.begin, n};
   carry_.resize(n);
   peek(carry_.data(), n);
   return carry_;
@@ -108,11 +108,13 @@ void Stream::consume(std::size_t n) {
     s.begin += static_cast<std::uint32_t>(take);
     n -= take;
     if (s.begin == s.end) {
-      buffers_->unref(s.bid);
+      if (s.bid == kOwnedInput) owned_input_.clear();
+      else buffers_->unref(static_cast<std::uint16_t>(s.bid));
       ++drop;
     }
   }
   input_.erase(input_.begin(), input_.begin() + static_cast<std::ptrdiff_t>(drop));
+  if (owned_input_.empty() && owned_input_.capacity() > 4096) std::string().swap(owned_input_);
   if (input_.empty() && carry_.capacity() > 4096) std::string().swap(carry_);
 }
 
@@ -121,8 +123,12 @@ void Stream::forward(std::size_t n, Stream& to) {
   for (const Segment& s : input_) {
     if (left == 0) break;
     std::size_t take = std::min<std::size_t>(left, s.end - s.begin);
-    buffers_->ref(s.bid);  // the slice's own reference, dropped when its send completes
-    to.push_slice(Slice{s.bid, s.begin, static_cast<std::uint32_t>(take)});
+    if (s.bid == kOwnedInput) {
+      to.emit_bytes(std::string_view(owned_input_.data() + s.begin, take));  // rare: a parked client's bytes
+    } else {
+      buffers_->ref(static_cast<std::uint16_t>(s.bid));  // the slice's own reference, dropped when its send completes
+      to.push_slice(Slice{s.bid, s.begin, static_cast<std::uint32_t>(take)});
+    }
     left -= take;
   }
   consume(n);
@@ -228,9 +234,24 @@ void Stream::release_inflight() {
   if (queue_.empty() && staging_.capacity() > 16384) std::string().swap(staging_);
 }
 
-void Stream::discard_all() {
-  for (const Segment& s : input_) buffers_->unref(s.bid);
+void Stream::detach_input() {
+  if (!input_in_ring()) return;
+  std::string owned;
+  owned.reserve(input_bytes_);
+  for (const Segment& s : input_) {
+    owned.append(segment_data(s) + s.begin, s.end - s.begin);
+    if (s.bid != kOwnedInput) buffers_->unref(static_cast<std::uint16_t>(s.bid));
+  }
+  owned_input_.swap(owned);
   input_.clear();
+  input_.push_back(Segment{kOwnedInput, 0, static_cast<std::uint32_t>(owned_input_.size())});
+}
+
+void Stream::discard_all() {
+  for (const Segment& s : input_)
+    if (s.bid != kOwnedInput) buffers_->unref(static_cast<std::uint16_t>(s.bid));
+  input_.clear();
+  owned_input_.clear();
   input_bytes_ = 0;
   for (const Slice& s : queue_)
     if (s.bid != kOwned) buffers_->unref(static_cast<std::uint16_t>(s.bid));

@@ -105,6 +105,16 @@ class Stream {
   void consume(std::size_t n);
   // Moves the first n input bytes to `to`'s send queue without copying them.
   void forward(std::size_t n, Stream& to);
+  // Copies the unconsumed input out of the ring buffers into this stream's own memory and
+  // returns the buffers. For connections whose bytes wait (a client queued for a server): the
+  // shared ring must never be held by data that is not moving, or a few thousand waiting
+  // clients would starve the servers' receives of buffers and everything would stop.
+  void detach_input();
+  [[nodiscard]] bool input_in_ring() const {
+    for (const Segment& s : input_)
+      if (s.bid != kOwnedInput) return true;
+    return false;
+  }
 
   // ---- output ----
   // Appends bytes built by pgring: call with a builder that appends to the string it gets.
@@ -144,11 +154,15 @@ class Stream {
   bool flush_queued_ = false;    // on the reactor's list of streams to send this loop turn
 
  private:
+  static constexpr std::int32_t kOwnedInput = -1;  // the segment lives in owned_input_
   struct Segment {
-    std::uint16_t bid;
+    std::int32_t bid;
     std::uint32_t begin;
     std::uint32_t end;
   };
+  [[nodiscard]] const char* segment_data(const Segment& s) const {
+    return s.bid == kOwnedInput ? owned_input_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+  }
   void push_owned(std::size_t offset, std::size_t length);
   void push_slice(Slice s);
   void release_inflight();
@@ -157,6 +171,7 @@ class Stream {
   std::vector<Segment> input_;
   std::size_t input_bytes_ = 0;
   std::string carry_;
+  std::string owned_input_;
 
   std::vector<Slice> queue_;
   std::string staging_;

@@ -117,9 +117,40 @@ bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_token
 
 bool is_word(const Token& t, std::string_view w) { return t.kind == Token::Kind::word && t.text == w; }
 
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : c; }
+
+bool word_is(std::string_view word, std::string_view lower) {
+  if (word.size() != lower.size()) return false;
+  for (std::size_t i = 0; i < word.size(); ++i)
+    if (ascii_lower(word[i]) != lower[i]) return false;
+  return true;
+}
+
+// One pass over the text, no allocation: does any word of `keywords` appear at all? Almost
+// every query a pooler sees (SELECT ... WHERE id = $1) has none, and then the tokenizer never
+// runs: this check is on the per-query path.
+bool mentions_any(std::string_view text, std::initializer_list<std::string_view> keywords) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    char c = text[i];
+    bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    if (!letter) {
+      ++i;
+      continue;
+    }
+    std::size_t start = i;
+    while (i < text.size() && (ident_char(text[i]) || static_cast<unsigned char>(text[i]) >= 0x80)) ++i;
+    std::string_view word = text.substr(start, i - start);
+    for (std::string_view k : keywords)
+      if (word_is(word, k)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::optional<SetStatement> parse_set_statement(std::string_view query) {
+  if (!mentions_any(query, {"set", "reset"})) return std::nullopt;
   std::vector<Token> t;
   if (query.size() > 4096 || !tokenize(query, t, 256) || t.empty()) return std::nullopt;
   // One statement only: a semicolon may only end it.
@@ -177,6 +208,7 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
 }
 
 std::optional<Deallocate> parse_deallocate(std::string_view query) {
+  if (!mentions_any(query, {"deallocate"})) return std::nullopt;
   std::vector<Token> t;
   if (query.size() > 4096 || !tokenize(query, t, 16) || t.empty()) return std::nullopt;
   if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
@@ -190,6 +222,9 @@ std::optional<Deallocate> parse_deallocate(std::string_view query) {
 }
 
 std::uint8_t scan_session_state(std::string_view query) {
+  if (!mentions_any(query, {"temp", "temporary", "hold", "pg_advisory_lock", "pg_try_advisory_lock",
+                            "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen", "prepare", "set"}))
+    return kNone;
   std::vector<Token> t;
   // Unparseable text (an unterminated literal, or huge) gets no flags: the server will reject
   // broken SQL itself, and huge statements are data loads, not session setup.
