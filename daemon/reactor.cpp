@@ -626,7 +626,10 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     log::debug("C-{} closed: {}", client.id_, name(reason));
   else
     log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
-  if (!state.empty() && reason != Reason::client_io_error) {
+  // No error in the middle of a message being streamed to the client: it would be read as
+  // part of that message. The client sees the connection end instead.
+  bool mid_message = client.server_ != nullptr && client.server_->forward_remaining_ > 0;
+  if (!state.empty() && reason != Reason::client_io_error && !mid_message) {
     std::string text = "pgring: ";
     text += message.empty() ? name(reason) : message;
     (void)client.stream_.emit(

@@ -290,6 +290,11 @@ void Server::start_draining(bool session_reset) {
   draining_ = true;
   drain_session_reset_ = session_reset;
   drain_since_ = reactor_.now();
+  // Reading may have been paused for the departed client's sake (flow control): drain needs it.
+  if (stream_.reading_paused_) {
+    stream_.reading_paused_ = false;
+    reactor_.arm_recv_for(*this);
+  }
   if (copy_in_) end_copy_in();
   if (unsynced_) {
     (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
@@ -604,7 +609,8 @@ void Server::on_command_complete(std::string_view tag) {
                   std::equal(name.begin(), name.end(), set->name.begin(),
                              [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
     }
-    if (!reported || set->kind == proto::sql::SetStatement::Kind::reset_all) pending_settings_.push_back(*set);
+    // A RESET matters even for a reported parameter: it returns to the startup value.
+    if (!reported || set->kind != proto::sql::SetStatement::Kind::set) pending_settings_.push_back(*set);
   } else if (tag == "DISCARD ALL") {
     pending_settings_.push_back(proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
     // Every prepared statement of the session is gone: the client's and pgring's.
@@ -871,7 +877,11 @@ void Server::forward_to_client() {
         case proto::backend::kParseComplete: swallow = pop_reply('P'); break;
         case proto::backend::kBindComplete: swallow = pop_reply('B'); break;
         case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
-        case proto::backend::kNoData: swallow = pop_reply('D'); break;
+        case proto::backend::kParameterDescription:
+          swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'D' &&
+                    expected_[expected_head_].skip;
+          break;
+        case proto::backend::kNoData:
         case proto::backend::kRowDescription: swallow = pop_reply('D'); break;  // Describe's; a Query's pops nothing
         case proto::backend::kErrorResponse:  // too large to read whole: not retried
           on_error_response();

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 
-from harness import PSQL, ConnectionClosed, _client_env, check, fail, parse_fields
+from harness import PSQL, ConnectionClosed, Pgring, _client_env, check, fail, parse_fields
 
 ADMIN_DB = "pgring"
 ADMIN_USER = "pgring_admin"
@@ -38,6 +38,19 @@ def ops_config(pool_mode="transaction", pool_size=5, timeouts=None, metrics_port
     if os.environ.get("PGRING_IT_DEBUG_LOG"):  # set it to see every connection event
         config["log"] = {"level": "debug"}
     return config
+
+
+class OpsPgring(Pgring):
+    """Pgring that also fails the test when the shutdown at the end of the block had to give up
+    on connections that were never freed (pgring then logs "shutdown: stopping with ...
+    left"): every connection must be gone by the time pgring stops."""
+
+    def problems(self):
+        problems = super().problems()
+        for line in self.log().splitlines():
+            if "shutdown: stopping with" in line:
+                problems.append(f"pgring's shutdown gave up on leftover connections: {line}")
+        return problems
 
 
 # ---------------------------------------------------------------------------------------------

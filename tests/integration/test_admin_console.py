@@ -6,10 +6,10 @@ with 57P01; SHUTDOWN makes pgring exit cleanly."""
 
 import time
 
-from harness import (SYNC_MESSAGE, Background, Pgring, bind_message, check, check_eq, connect,
+from harness import (SYNC_MESSAGE, Background, bind_message, check, check_eq, connect,
                      execute_message, expect_error, log, login, login_error, parse_message,
                      query, query_one, read_until_ready, run_tests)
-from ops_helpers import (STATS_USER, admin_ok, admin_psql, admin_rows,
+from ops_helpers import (OpsPgring, STATS_USER, admin_ok, admin_psql, admin_rows,
                          database_row, expect_closed_with, ops_config, pool_row, wait_exit)
 
 SHOW_COMMANDS = ["HELP", "POOLS", "CLIENTS", "SERVERS", "STATS", "DATABASES", "CONFIG",
@@ -17,7 +17,7 @@ SHOW_COMMANDS = ["HELP", "POOLS", "CLIENTS", "SERVERS", "STATS", "DATABASES", "C
 
 
 def test_every_show_command_returns_rows():
-    with Pgring(ops_config(pool_mode="transaction", pool_size=3)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=3)) as p:
         # Some traffic first, so the pool, server, client and statement lists are not empty.
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
@@ -78,7 +78,7 @@ def test_every_show_command_returns_rows():
 
 
 def test_stats_user_may_only_show():
-    with Pgring(ops_config()) as p:
+    with OpsPgring(ops_config()) as p:
         for what in ("POOLS", "STATS", "VERSION", "CONFIG"):
             check(admin_rows(p.port, f"SHOW {what}", user=STATS_USER) is not None)
         for cmd in ("PAUSE", "RESUME", "RELOAD", "KILL pgring_test", "SHUTDOWN"):
@@ -100,7 +100,7 @@ def test_stats_user_may_only_show():
 
 
 def test_non_admin_user_refused():
-    with Pgring(ops_config()) as p:
+    with OpsPgring(ops_config()) as p:
         e = login_error(p.port, user="postgres", db="pgring")
         check_eq(e.sqlstate, "42501", f"SQLSTATE for a non-admin user ({e})")
         e = login_error(p.port, user="app", db="pgring")
@@ -112,7 +112,7 @@ def test_non_admin_user_refused():
 
 
 def test_pause_and_resume():
-    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
         check_eq(admin_ok(p.port, "PAUSE"), "PAUSE", "PAUSE's command tag")
@@ -146,7 +146,7 @@ def test_pause_and_resume():
 
 def test_reload_command():
     config = ops_config(pool_mode="transaction", pool_size=2)
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
         check_eq(pool_row(p.port, "pgring_test")["pool_size"], "2")
@@ -170,7 +170,7 @@ def test_reload_command():
 
 
 def test_kill_database():
-    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
         victims = [login(p.port, timeout=30) for _ in range(2)]
         for v in victims:
             check_eq(v.simple_query("SELECT 1"), [["1"]])
@@ -192,7 +192,7 @@ def test_kill_database():
 
 
 def test_shutdown_command():
-    with Pgring(ops_config()) as p:
+    with OpsPgring(ops_config()) as p:
         c = login(p.port, timeout=30)
         check_eq(c.simple_query("SELECT 1"), [["1"]])
         rc, out, err = admin_psql(p.port, "SHUTDOWN")

@@ -10,10 +10,10 @@ import struct
 import subprocess
 import time
 
-from harness import (CANCEL_REQUEST_CODE, PSQL, Background, Pgring, RawConn, _client_env, check,
-                     check_eq, connect, expect_error, fail, log, monitor_connect, query,
-                     query_one, run_tests, wait_until)
-from ops_helpers import ops_config, pool_row
+from harness import (CANCEL_REQUEST_CODE, PGHOST, PGPORT, PSQL, Background, RawConn,
+                     _client_env, check, check_eq, connect, expect_error, fail, log,
+                     monitor_connect, query, query_one, run_tests, wait_until)
+from ops_helpers import OpsPgring, ops_config, pool_row
 
 
 def wait_running(monitor, marker, timeout=15):
@@ -26,9 +26,18 @@ def wait_running(monitor, marker, timeout=15):
     return wait_until(find, timeout, interval=0.05, what=f"a running query with {marker!r}")
 
 
+def settle():
+    """pgring closes a client's CancelRequest connection as soon as it has read it, before
+    PostgreSQL has processed the cancel it forwards, and PostgreSQL signals the backend twice
+    (the process, then its process group). So in session mode the second SIGINT can still be
+    on its way when the client sends its next query (test_cancel_does_not_leak_into_next_query
+    checks exactly that). The other tests wait a moment so that each checks one thing."""
+    time.sleep(0.3)
+
+
 def cancel_running_query(pool_mode):
     monitor = monitor_connect()
-    with Pgring(ops_config(pool_mode=pool_mode, pool_size=2)) as p:
+    with OpsPgring(ops_config(pool_mode=pool_mode, pool_size=2)) as p:
         conn = connect(p.port)
         check_eq(query_one(conn, "SELECT 1"), 1)
 
@@ -42,6 +51,7 @@ def cancel_running_query(pool_mode):
                      "canceling statement due to user request")
         elapsed = time.monotonic() - started
         bg.result(10, "the canceller thread")
+        settle()
         log(f"{pool_mode}: query canceled after {elapsed:.2f}s")
         check(elapsed < 9.5, f"the query ran {elapsed:.1f}s: it was not canceled")
         # The connection goes on, in and out of transactions.
@@ -54,6 +64,7 @@ def cancel_running_query(pool_mode):
         bg = Background(canceller)
         expect_error(lambda: query(conn, "SELECT pg_sleep(10) /* cancel-me */"), "57014")
         bg.result(10, "the second canceller thread")
+        settle()
         check_eq(query_one(conn, "SELECT 4"), 4, "the query after the second cancel")
         conn.close()
     monitor.close()
@@ -67,9 +78,50 @@ def test_cancel_session_mode():
     cancel_running_query("session")
 
 
+def cancel_then_query(conn, monitor, marker, rounds):
+    """`rounds` times: cancel a running pg_sleep(10) as soon as it runs, then at once run a
+    short query on the same connection. Returns how many of those short queries failed."""
+    pid = query_one(conn, "SELECT pg_backend_pid()")
+    hit = []
+    for i in range(rounds):
+        bg = Background(lambda: (wait_running(monitor, marker), conn.cancel()))
+        expect_error(lambda: query(conn, f"SELECT pg_sleep(10) {marker}"), "57014")
+        bg.result(10, "the canceller thread")
+        try:
+            query(conn, "SELECT pg_sleep(0.02)")
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            hit.append(f"round {i}: {getattr(e, 'pgcode', None)} {str(e).strip()}")
+    log(f"{marker}: backend {pid}: {len(hit)} of {rounds} follow-up queries failed {hit[:3]}")
+    return hit
+
+
+def test_cancel_does_not_leak_into_next_query():
+    # libpq's PQcancel (psycopg2's conn.cancel()) returns once PostgreSQL has closed the cancel
+    # connection, i.e. once the cancel is fully delivered: the next query on the connection is
+    # never hit by it. Through pgring it must be the same, in every pool mode.
+    rounds = 60
+    monitor = monitor_connect()
+    direct = connect(PGPORT, host=PGHOST)
+    control = cancel_then_query(direct, monitor, "/* leak-direct */", rounds)
+    direct.close()
+    check(not control, f"control run straight to PostgreSQL: {len(control)} of {rounds} "
+                       f"follow-up queries failed; this test cannot judge pgring here")
+    failures = []
+    for mode in ("transaction", "session"):
+        with OpsPgring(ops_config(pool_mode=mode, pool_size=1)) as p:
+            conn = connect(p.port)
+            hit = cancel_then_query(conn, monitor, f"/* leak-{mode} */", rounds)
+            conn.close()
+        if hit:
+            failures.append(f"{mode} mode: {len(hit)} of {rounds} queries sent right after a "
+                            f"canceled one were canceled too, e.g. {hit[0]}")
+    monitor.close()
+    check(not failures, "a cancel leaked into the next query: " + "; ".join(failures))
+
+
 def test_cancel_inside_explicit_transaction():
     monitor = monitor_connect()
-    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
         conn = connect(p.port)
         conn.autocommit = False
         query(conn, "CREATE TEMP TABLE cancel_t(x int)")
@@ -77,6 +129,7 @@ def test_cancel_inside_explicit_transaction():
         bg = Background(lambda: (wait_running(monitor, "/* cancel-in-xact */"), conn.cancel()))
         expect_error(lambda: query(conn, "SELECT pg_sleep(10) /* cancel-in-xact */"), "57014")
         bg.result(10, "the canceller thread")
+        settle()
         # The transaction is aborted, as on PostgreSQL itself; ROLLBACK ends it.
         expect_error(lambda: query(conn, "SELECT 1"), "25P02")
         conn.rollback()
@@ -89,7 +142,7 @@ def test_cancel_inside_explicit_transaction():
 def test_psql_ctrl_c():
     # psql sends a CancelRequest (PQcancel) with the key pgring gave it when it gets SIGINT.
     monitor = monitor_connect()
-    with Pgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
         cmd = [PSQL, "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres",
                "-d", "pgring_test", "-c", "SELECT pg_sleep(10) /* psql-cancel */"]
         proc = subprocess.Popen(cmd, env=_client_env(), stdin=subprocess.DEVNULL,
@@ -112,6 +165,7 @@ def test_psql_ctrl_c():
         check(proc.returncode != 0, f"psql succeeded after SIGINT: {out!r}")
         check("canceling statement due to user request" in err, f"psql stderr: {err!r}")
         check(elapsed < 9, f"psql took {elapsed:.1f}s after SIGINT")
+        settle()
         # The server connection went back to the pool clean: a new client works.
         check_eq(query_one(connect(p.port), "SELECT 6"), 6)
     monitor.close()
@@ -121,7 +175,7 @@ def test_late_cancel_does_not_hit_other_client():
     # pool_size 1 in transaction mode: A and B take turns on the same server. A's cancel,
     # sent while A is idle and B's query runs there, must not cancel B's query.
     monitor = monitor_connect()
-    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
         a = connect(p.port)
         b = connect(p.port)
         pid_a = query_one(a, "SELECT pg_backend_pid()")
@@ -143,7 +197,7 @@ def test_late_cancel_does_not_hit_other_client():
 
 def test_cancel_with_unknown_key_is_ignored():
     monitor = monitor_connect()
-    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
         conn = connect(p.port)
         bg = Background(lambda: query_one(conn, "SELECT 'kept' FROM pg_sleep(1) /* kept */"))
         wait_running(monitor, "/* kept */")
@@ -158,7 +212,7 @@ def test_cancel_with_unknown_key_is_ignored():
 def test_cancel_client_waiting_for_server():
     # pool_size 1: the holder keeps the only server inside a transaction; W's query waits in
     # the queue. W's cancel answers W with 57014 without touching the holder's server.
-    with Pgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
         holder = connect(p.port)
         w = connect(p.port)  # logs in while the server is free
         holder.autocommit = False

@@ -8,11 +8,11 @@ import copy
 import re
 import time
 
-from harness import (PGHOST, PGPORT, Background, Pgring, backend_pids, check, check_eq, connect,
+from harness import (PGHOST, PGPORT, Background, backend_pids, check, check_eq, connect,
                      expect_error, free_port, log, login, login_error, monitor_connect, query,
                      query_one, run_tests, wait_no_backends, wait_until)
-from ops_helpers import (admin_rows, database_row, expect_closed_with, metric_sum, ops_config,
-                         pool_row, scrape)
+from ops_helpers import (OpsPgring, admin_rows, database_row, expect_closed_with, metric_sum,
+                         ops_config, pool_row, scrape)
 
 
 def sighup(p, config):
@@ -28,7 +28,7 @@ def test_sighup_pool_size_applies_live():
     wait_no_backends(monitor, "app")
     mport = free_port()
     config = ops_config(pool_mode="transaction", pool_size=1, metrics_port=mport)
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         idle = connect(p.port, db="app")
         a = connect(p.port, db="app")
         b = connect(p.port, db="app")
@@ -75,7 +75,7 @@ def test_sighup_broken_file_keeps_running_config():
     mport = free_port()
     config = ops_config(pool_mode="transaction", pool_size=2, metrics_port=mport,
                         timeouts={"query": "0"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
         cases = [
@@ -124,7 +124,7 @@ def test_sighup_broken_file_keeps_running_config():
 def test_reload_adds_and_removes_databases():
     config = ops_config(pool_mode="transaction", pool_size=2,
                         databases={"pgring_test": {"host": PGHOST, "port": PGPORT}})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         e = login_error(p.port, db="added")
         check_eq(e.sqlstate, "3D000", f"database 'added' before the reload ({e})")
         keep = connect(p.port)
@@ -155,13 +155,14 @@ def test_reload_adds_and_removes_databases():
 
 def test_reload_changes_timeouts():
     config = ops_config(pool_mode="transaction", pool_size=2)
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 'slept' FROM pg_sleep(1)"), "slept", "no query timeout yet")
         new = copy.deepcopy(config)
         new["timeouts"] = {"query": "300ms", "shutdown": "5s"}
         sighup(p, new)
         expect_error(lambda: query(c, "SELECT pg_sleep(5)"), "57014")
+        time.sleep(0.3)  # see test_cancel.settle(): PostgreSQL's second SIGINT
         check_eq(query_one(c, "SELECT 1"), 1, "the client after its query was timed out")
         config_rows = {r["key"]: r["value"] for r in admin_rows(p.port, "SHOW CONFIG")}
         check_eq(config_rows.get("timeouts.query"), "300ms", "SHOW CONFIG timeouts.query")

@@ -7,9 +7,10 @@ promptly, even with a query running."""
 import signal
 import time
 
-from harness import (Pgring, check, check_eq, direct_connect, log, login, port_accepts, query,
+from harness import (check, check_eq, direct_connect, log, login, port_accepts, query,
                      query_one, run_tests, send_query_collect)
-from ops_helpers import expect_closed_with, ops_config, read_close, still_open, wait_exit
+from ops_helpers import (OpsPgring, expect_closed_with, ops_config, read_close, still_open,
+                         wait_exit)
 
 
 def with_table(fn):
@@ -26,7 +27,7 @@ def with_table(fn):
 def sigterm_with_open_transaction(pool_mode):
     def body(setup):
         config = ops_config(pool_mode=pool_mode, pool_size=3, timeouts={"shutdown": "10s"})
-        with Pgring(config) as p:
+        with OpsPgring(config) as p:
             busy = login(p.port, timeout=30)
             busy.simple_query("BEGIN")
             busy.simple_query("INSERT INTO pgring_shutdown_t VALUES (1)")
@@ -68,7 +69,7 @@ def test_sigterm_session_mode():
 def test_sigterm_deadline_cuts_off_open_transaction():
     def body(setup):
         config = ops_config(pool_mode="transaction", pool_size=2, timeouts={"shutdown": "1s"})
-        with Pgring(config) as p:
+        with OpsPgring(config) as p:
             r = login(p.port, timeout=30)
             r.simple_query("BEGIN")
             r.simple_query("INSERT INTO pgring_shutdown_t VALUES (1)")
@@ -88,7 +89,7 @@ def test_sigterm_deadline_cuts_off_open_transaction():
 
 def test_sigint_exits_promptly():
     config = ops_config(pool_mode="transaction", pool_size=3, timeouts={"shutdown": "30s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         in_xact = login(p.port, timeout=30)
         in_xact.simple_query("BEGIN")
         running = login(p.port, timeout=30)
@@ -120,7 +121,7 @@ def test_sigint_exits_promptly():
 
 def test_new_connections_refused_during_graceful_shutdown():
     config = ops_config(pool_mode="transaction", pool_size=2, timeouts={"shutdown": "10s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         r = login(p.port, timeout=30)
         r.simple_query("BEGIN")
         p.proc.send_signal(signal.SIGTERM)

@@ -12,9 +12,9 @@ import subprocess
 import tempfile
 import time
 
-from harness import (PGRING_BIN, SOURCE_DIR, Pgring, check, check_eq, connect, fail, log,
+from harness import (PGRING_BIN, SOURCE_DIR, check, check_eq, connect, fail, log,
                      query_one, run_tests, skip_test)
-from ops_helpers import ops_config, wait_exit
+from ops_helpers import OpsPgring, ops_config, wait_exit
 
 UNIT = os.path.join(SOURCE_DIR, "systemd", "pgring.service")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -119,7 +119,7 @@ def test_sd_notify_protocol():
     ns = NotifySocket()
     try:
         env = {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "400000"}
-        with Pgring(ops_config(), env=env) as p:
+        with OpsPgring(ops_config(), env=env) as p:
             ns.wait_for("READY=1")
             c = connect(p.port)
             check_eq(query_one(c, "SELECT 1"), 1)

@@ -5,11 +5,11 @@ bounded generously so that a missing timeout shows up as a failure rather than a
 
 import time
 
-from harness import (PGHOST, PGPORT, Background, Pgring, RawConn, check, check_eq, connect,
+from harness import (PGHOST, PGPORT, Background, RawConn, check, check_eq, connect,
                      direct_connect, expect_error, log, login, login_error, monitor_connect,
                      query, query_one, run_tests, send_query_collect, error_fields_in,
                      startup_packet, backend_pids, wait_no_backends, wait_until)
-from ops_helpers import SilentListener, expect_closed_with, ops_config, read_close
+from ops_helpers import OpsPgring, SilentListener, expect_closed_with, ops_config, read_close
 
 
 def with_table(fn):
@@ -26,7 +26,7 @@ def with_table(fn):
 
 def query_timeout(pool_mode):
     config = ops_config(pool_mode=pool_mode, pool_size=1, timeouts={"query": "500ms"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         conn = connect(p.port)
         pid = query_one(conn, "SELECT pg_backend_pid()")
         started = time.monotonic()
@@ -34,6 +34,9 @@ def query_timeout(pool_mode):
         elapsed = time.monotonic() - started
         log(f"{pool_mode}: query timeout 500ms: 57014 after {elapsed:.2f}s")
         check(elapsed < 9, f"the query ran {elapsed:.1f}s despite timeouts.query 500ms")
+        # PostgreSQL signals a canceled backend twice (process, then process group); let a
+        # late second SIGINT land on the idle backend rather than on the next query.
+        time.sleep(0.3)
         # The same client goes on, on a healthy server (the only one: pool_size 1).
         check_eq(query_one(conn, "SELECT 1"), 1, "the next query on the same client")
         check_eq(query_one(conn, "SELECT pg_backend_pid()"), pid, "the server after the cancel")
@@ -55,11 +58,42 @@ def test_query_timeout_session_mode():
     query_timeout("session")
 
 
+def test_query_timeout_does_not_leak_into_next_query():
+    # After a query ended by timeouts.query (pgring cancels it on the server), the client's
+    # next query, sent at once, must run normally: the cancel is over by then.
+    failures = []
+    for mode, rounds in (("transaction", 30), ("session", 80)):
+        config = ops_config(pool_mode=mode, pool_size=1, timeouts={"query": "100ms"})
+        with OpsPgring(config) as p:
+            conn = connect(p.port)
+            hit = []
+            for i in range(rounds):
+                try:
+                    query(conn, "SELECT pg_sleep(2)")
+                except Exception as e:  # noqa: BLE001 - checked below
+                    check_eq(getattr(e, "pgcode", None), "57014", f"round {i}: error ({e})")
+                else:
+                    # The cancel was lost (e.g. it reached PostgreSQL before the backend
+                    # started the query, so PostgreSQL ignored it) and not sent again.
+                    hit.append(f"round {i}: pg_sleep(2) was not ended by timeouts.query 100ms")
+                    continue
+                try:
+                    query(conn, "SELECT pg_sleep(0.02)")
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    hit.append(f"round {i}: {getattr(e, 'pgcode', None)} {str(e).strip()}")
+            conn.close()
+        log(f"{mode}: {len(hit)} of {rounds} queries right after a timed-out one failed")
+        if hit:
+            failures.append(f"{mode} mode: {len(hit)} of {rounds}, e.g. {hit[0]}")
+    check(not failures, "the query-timeout cancel hit the client's next query: "
+                        + "; ".join(failures))
+
+
 def test_idle_transaction_timeout():
     def body(setup):
         config = ops_config(pool_mode="transaction", pool_size=1,
                             timeouts={"idle_transaction": "1s"})
-        with Pgring(config) as p:
+        with OpsPgring(config) as p:
             r = login(p.port, timeout=30)
             r.simple_query("BEGIN")
             r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
@@ -89,7 +123,7 @@ def test_transaction_timeout():
     def body(setup):
         config = ops_config(pool_mode="transaction", pool_size=1,
                             timeouts={"transaction": "1500ms"})
-        with Pgring(config) as p:
+        with OpsPgring(config) as p:
             r = login(p.port, timeout=30)
             r.simple_query("BEGIN")
             r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
@@ -124,7 +158,7 @@ def test_transaction_timeout():
 
 def test_client_idle_timeout_transaction_mode():
     config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"client_idle": "1s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         busy = login(p.port, timeout=30)
         r = login(p.port, timeout=30)
         check_eq(r.simple_query("SELECT 1"), [["1"]])
@@ -145,7 +179,7 @@ def test_client_idle_timeout_transaction_mode():
 
 def test_client_idle_timeout_session_mode():
     config = ops_config(pool_mode="session", pool_size=2, timeouts={"client_idle": "1s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         r = login(p.port, timeout=30)
         check_eq(r.simple_query("SELECT 1"), [["1"]])
         err = expect_closed_with(r, "57P05", timeout=20, what="idle session-mode client")
@@ -158,7 +192,7 @@ def test_client_idle_timeout_session_mode():
 
 def test_query_wait_timeout():
     config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"query_wait": "1s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         holder = connect(p.port)
         holder.autocommit = False
         check_eq(query_one(holder, "SELECT 1"), 1)  # holds the only server in a transaction
@@ -186,7 +220,7 @@ def test_query_wait_timeout():
 
 def test_client_login_timeout():
     config = ops_config(timeouts={"client_login": "1s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         # 1. Connects and sends nothing.
         r = RawConn(p.port, timeout=30)
         started = time.monotonic()
@@ -215,7 +249,7 @@ def test_client_login_timeout_during_auth():
         "databases": {"app": {"host": PGHOST, "port": PGPORT}},
         "timeouts": {"client_login": "1s"},
     }
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         r = RawConn(p.port, timeout=30)
         r.send(startup_packet("app", "app"))
         kind, body = r.read_message()
@@ -236,7 +270,7 @@ def test_server_connect_timeout():
         }
         config = ops_config(pool_mode="transaction", pool_size=2, databases=databases,
                             timeouts={"server_connect": "1s", "server_login_retry": "1s"})
-        with Pgring(config) as p:
+        with OpsPgring(config) as p:
             started = time.monotonic()
             e = login_error(p.port, db="stalled", timeout=30)
             elapsed = time.monotonic() - started
@@ -258,7 +292,7 @@ def test_server_idle_timeout():
     monitor = monitor_connect()
     wait_no_backends(monitor, "app")
     config = ops_config(pool_mode="transaction", pool_size=3, timeouts={"server_idle": "1s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         clients = [connect(p.port, db="app") for _ in range(3)]
         # Three transactions at once: three server connections.
         for c in clients:
@@ -287,7 +321,7 @@ def test_server_lifetime():
     wait_no_backends(monitor, "app")
     config = ops_config(pool_mode="transaction", pool_size=1,
                         timeouts={"server_lifetime": "2s", "server_idle": "60s"})
-    with Pgring(config) as p:
+    with OpsPgring(config) as p:
         c = connect(p.port, db="app")
         first = query_one(c, "SELECT pg_backend_pid()")
         # A transaction longer than the lifetime keeps its server to the end.
