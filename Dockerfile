@@ -35,4 +35,8 @@ COPY --from=build /src/build/pgring /usr/local/bin/pgring
 COPY config/pgring.yaml /etc/pgring/pgring.yaml
 USER pgring
 EXPOSE 6432
+# /health on the metrics port of the example config (metrics.listen 127.0.0.1:9930); bash's
+# /dev/tcp keeps curl out of the image.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9930 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
 ENTRYPOINT ["/usr/local/bin/pgring", "--config", "/etc/pgring/pgring.yaml"]
