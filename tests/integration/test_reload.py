@@ -71,6 +71,60 @@ def test_sighup_pool_size_applies_live():
     monitor.close()
 
 
+def test_reload_under_load_32_clients():
+    """pool_size changes live (SHOW POOLS and pg_stat_activity) while 32 clients keep running
+    transactions: zero errors, and the backend count follows the new limit."""
+    import threading
+    monitor = monitor_connect()
+    wait_no_backends(monitor, "app")
+    config = ops_config(pool_mode="transaction", pool_size=2)
+    with OpsPgring(config) as p:
+        stop = threading.Event()
+        errors, done = [], [0]
+        lock = threading.Lock()
+
+        def client(i):
+            try:
+                conn = connect(p.port, db="app")
+                n = 0
+                while not stop.is_set():
+                    conn.autocommit = False
+                    check_eq(query_one(conn, "SELECT %s::int FROM pg_sleep(0.005)", (i,)), i)
+                    conn.commit()
+                    n += 1
+                conn.close()
+                with lock:
+                    done[0] += n
+            except Exception as e:  # noqa: BLE001 - collected below
+                with lock:
+                    errors.append(f"client {i}: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(32)]
+        for t in threads:
+            t.start()
+        samples = []
+        for size in (2, 6, 3):
+            new = copy.deepcopy(config)
+            new["defaults"]["pool_size"] = size
+            sighup(p, new)
+            wait_until(lambda: pool_row(p.port, "app")["pool_size"] == str(size), 10,
+                       what=f"SHOW POOLS pool_size {size}")
+            # Let the pool settle at the new size, then sample the server connections.
+            time.sleep(1.0)
+            seen = [len(backend_pids(monitor, "app")) for _ in range(20) if not time.sleep(0.02)]
+            samples.append((size, max(seen)))
+        stop.set()
+        for t in threads:
+            t.join(30)
+        check(not errors, "client errors during reloads:\n" + "\n".join(errors))
+        check(done[0] > 0, "no transaction completed")
+        log(f"32 clients, {done[0]} transactions across reloads; (pool_size, max backends seen): {samples}")
+        for size, seen in samples:
+            check(seen <= size, f"pool_size {size}: saw {seen} server connections")
+        check(samples[1][1] > 2, f"the pool did not grow after pool_size 6: {samples}")
+    monitor.close()
+
+
 def test_sighup_broken_file_keeps_running_config():
     mport = free_port()
     config = ops_config(pool_mode="transaction", pool_size=2, metrics_port=mport,
