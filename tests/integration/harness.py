@@ -902,8 +902,9 @@ class BackendSampler:
     """Samples count_backends() from its own monitor connection every `interval` seconds while
     the `with` block runs:  with BackendSampler("app") as s: ...;  then s.max, s.samples."""
 
-    def __init__(self, datname, usename=None, interval=0.02):
+    def __init__(self, datname, usename=None, interval=0.02, settle=False):
         self.datname, self.usename, self.interval = datname, usename, interval
+        self.settle = settle
         self.samples = []
         self.errors = []
         self._stop = threading.Event()
@@ -930,9 +931,11 @@ class BackendSampler:
                                  f"(limit {limit}) over {len(self.samples)} samples")
 
     def __enter__(self):
-        # Backends of an earlier pgring may still be exiting (slowly on a loaded machine):
-        # sample only once they are gone, so the limit is this pgring's alone.
-        wait_no_backends(self._monitor, self.datname, self.usename)
+        # settle=True: backends of an earlier pgring may still be exiting (slowly on a loaded
+        # machine); sample only once they are gone, so the limit is this pgring's alone. Only
+        # for a sampler started before this pgring opened any server connection.
+        if self.settle:
+            wait_no_backends(self._monitor, self.datname, self.usename)
         self._thread.start()
         return self
 

@@ -78,7 +78,7 @@ def test_pool_size_respected_with_many_waiting_clients():
     monitor = monitor_connect()
     wait_no_backends(monitor, DB)
     monitor.close()
-    with Pgring(pool_config(pool_size=pool_size)) as p, BackendSampler(DB) as sampler:
+    with Pgring(pool_config(pool_size=pool_size)) as p, BackendSampler(DB, settle=True) as sampler:
         def client(i):
             conn = app_connect(p)
             try:
@@ -101,7 +101,7 @@ def test_pool_size_respected_with_many_waiting_clients():
 
 def test_queued_clients_all_complete():
     # pool_size 1, five clients each wanting the one server for a pg_sleep(0.2) transaction.
-    with Pgring(pool_config(pool_size=1)) as p, BackendSampler(DB) as sampler:
+    with Pgring(pool_config(pool_size=1)) as p, BackendSampler(DB, settle=True) as sampler:
         conns = [app_connect(p) for _ in range(5)]
         finished = []
 
@@ -182,7 +182,7 @@ def test_max_db_connections():
     # Two pools on database app (users app and postgres, both trust on the test server).
     config = pool_config(pool_size=5, max_db_connections=2,
                          users={"app": {}, "postgres": {}})
-    with Pgring(config) as p, BackendSampler(DB) as sampler:
+    with Pgring(config) as p, BackendSampler(DB, settle=True) as sampler:
         def client(i):
             conn = app_connect(p, user="app" if i % 2 == 0 else "postgres")
             try:
