@@ -627,7 +627,7 @@ void Client::forward_to_server() {
       discard_remaining_ -= n;
       continue;
     }
-    if (stream_.input_size() < 5) break;
+    if (shape_check_pending_ || stream_.input_size() < 5) break;
     char header[5];
     stream_.peek(header, 5);
     proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
@@ -722,7 +722,7 @@ void Client::forward_to_server() {
           handled = cached_bind(server, body);
           if (state_ == ClientState::closing) return;
         }
-        if (!handled) server.expect('B');
+        if (!handled && !shape_check_pending_) server.expect('B');
         break;
       case proto::frontend::kDescribe:
         server.unsynced_ = true;
@@ -730,7 +730,7 @@ void Client::forward_to_server() {
           handled = cached_describe(server, body);
           if (state_ == ClientState::closing) return;
         }
-        if (!handled) server.expect('D');
+        if (!handled && !shape_check_pending_) server.expect('D');
         break;
       case proto::frontend::kClose:
         server.unsynced_ = true;
@@ -760,6 +760,7 @@ void Client::forward_to_server() {
         break;
       default: break;
     }
+    if (shape_check_pending_) break;  // this message waits for the check's answer
     if (handled) {
       stream_.consume(frame.size);
       if (type == proto::frontend::kSync) end_batch();
@@ -831,6 +832,78 @@ bool Client::ensure_prepared(Server& server, const PreparedStatement& statement)
   ++reactor_.statements().counters.injected;
   evict_statements(server, statement.id);
   return true;
+}
+
+bool Client::start_shape_check(Server& server, const PreparedStatement& statement) {
+  if (statement.described.empty() || server.prepared_.contains(statement.id)) return false;
+  // Parse + Describe (both swallowed) + Flush, then hold this client's messages until the
+  // description is back: one round trip, only when a described statement is first prepared on
+  // a connection.
+  (void)server.stream_.emit([&](std::string& out) {
+    return proto::build::parse(out, statement.server_name, statement.parse_tail);
+  });
+  Server::Expected& p = server.expect('P');
+  p.skip = true;
+  p.statement = &statement;
+  (void)server.stream_.emit([&](std::string& out) {
+    proto::Writer w(out);
+    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement.server_name).end();
+    w.begin(proto::frontend::kFlush).end();
+    return w.ok();
+  });
+  Server::Expected& d = server.expect('D');
+  d.skip = true;
+  d.statement = &statement;
+  d.shape_check = true;
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.injected;
+  evict_statements(server, statement.id);
+  shape_check_pending_ = true;
+  reactor_.want_send(server.stream_);
+  return true;
+}
+
+void Client::on_shape_checked(const PreparedStatement& statement, bool same) {
+  shape_check_pending_ = false;
+  if (!same && server_ != nullptr) {
+    // DDL changed the result under this client's description: PostgreSQL would refuse the
+    // Bind, so pgring does. The stale entry is retired (a new Parse prepares afresh) and this
+    // server forgets its new-shaped copy, so others naming the old entry are checked too.
+    Server& server = *server_;
+    log::info("C-{} statement {} changed its result type; refusing it as PostgreSQL would", id_,
+              statement.server_name);
+    reactor_.statements().retire(statement);
+    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
+    server.expect('C').skip = true;
+    server.prepared_.remove(statement.id);
+    // The server raises the error itself, so its transaction state is exactly PostgreSQL's
+    // (an explicit block becomes failed, an implicit one rolls back at Sync). It runs as the
+    // unnamed statement, which therefore no longer holds any client's.
+    static constexpr std::string_view kRaise =
+        "DO $pgring$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+        "MESSAGE = 'cached plan must not change result type'; END$pgring$";
+    (void)server.stream_.emit([&](std::string& out) {
+      proto::Writer w(out);
+      w.begin(proto::frontend::kParse).cstring("").cstring(kRaise).i16(0).end();
+      w.begin(proto::frontend::kBind).cstring("").cstring("").i16(0).i16(0).i16(0).end();
+      w.begin(proto::frontend::kExecute).cstring("").i32(0).end();
+      return w.ok();
+    });
+    server.expect('P').skip = true;
+    server.expect('B').skip = true;
+    // Its ErrorResponse is replaced by PostgreSQL's own for this case: drivers recognise it by
+    // the routine field (asyncpg: RevalidateCachedQuery -> InvalidCachedStatementError).
+    Server::Expected& raise = server.expect('E');
+    proto::Writer w(raise.fake);
+    w.begin(proto::backend::kErrorResponse);
+    w.u8('S').cstring("ERROR").u8('V').cstring("ERROR").u8('C').cstring("0A000");
+    w.u8('M').cstring("cached plan must not change result type");
+    w.u8('F').cstring("plancache.c").u8('R').cstring("RevalidateCachedQuery").u8(0).end();
+    server.unnamed_client_ = 0;
+    skip_until_sync_ = true;  // the held Bind and what follows, up to the client's Sync
+    reactor_.want_send(server.stream_);
+  }
+  if (state_ == ClientState::active) on_input();
 }
 
 void Client::evict_statements(Server& server, std::uint64_t keep) {
@@ -914,6 +987,7 @@ bool Client::cached_bind(Server& server, std::string_view body) {
   }
   const PreparedStatement* statement = find_statement(server, name);
   if (statement == nullptr) return true;
+  if (start_shape_check(server, *statement)) return false;  // held (see forward_to_server)
   if (!ensure_prepared(server, *statement)) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
@@ -950,6 +1024,7 @@ bool Client::cached_describe(Server& server, std::string_view body) {
   }
   const PreparedStatement* statement = find_statement(server, name);
   if (statement == nullptr) return true;
+  if (start_shape_check(server, *statement)) return false;  // held (see forward_to_server)
   if (!ensure_prepared(server, *statement)) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
@@ -961,7 +1036,7 @@ bool Client::cached_describe(Server& server, std::string_view body) {
     if (w.ok()) record_batch(std::string_view(out).substr(start));
     return w.ok();
   });
-  server.expect('D');
+  server.expect('D').statement = statement;  // its reply records the shape the client is told
   return true;
 }
 

@@ -63,6 +63,8 @@ class Client {
   void apply_setting(const proto::sql::SetStatement& set);
   // Fingerprint of params_ + settings_ (Server::session_fingerprint_ is compared with it).
   [[nodiscard]] std::uint64_t session_fingerprint() const;
+  // The shape check of `statement` answered: same result columns, or not.
+  void on_shape_checked(const PreparedStatement& statement, bool same);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
@@ -124,6 +126,9 @@ class Client {
   std::string unnamed_parse_tail_;
   std::uint64_t unnamed_seq_ = 0;
   bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
+  // Forwarding waits while pgring checks, on a server that never had it, that a statement this
+  // client described still has the same result shape (DDL may have changed it).
+  bool shape_check_pending_ = false;
   // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
   // that fails because a cached plan changed can be replayed (Server::retry_after_error).
   std::string batch_copy_;
@@ -157,6 +162,8 @@ class Client {
   void record_batch(std::string_view bytes);
   void end_batch();
   bool ensure_prepared(Server& server, const PreparedStatement& statement);
+  // True when a shape check was started: the message stays in the input until it answers.
+  bool start_shape_check(Server& server, const PreparedStatement& statement);
   void evict_statements(Server& server, std::uint64_t keep);
   const PreparedStatement* find_statement(Server& server, std::string_view name);
   void fake_error(Server& server, std::string_view sqlstate, std::string message);

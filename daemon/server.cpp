@@ -818,6 +818,8 @@ void Server::forward_to_client() {
     bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
                    type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
     bool swallow = false;
+    bool incomplete = false;  // must wait for the rest of this message
+    bool consumed = false;    // already taken out of the input
     if (inspect && frame.size <= kMaxInspected) {
       if (stream_.input_size() < frame.size) break;
       std::string_view body = stream_.contiguous(frame.size).substr(5);
@@ -837,7 +839,13 @@ void Server::forward_to_client() {
         on_ready_for_query(*status);
       } else if (type == proto::backend::kErrorResponse) {
         auto fields = proto::parse_error_fields(body);
-        if (fields && retry_after_error(*fields)) {
+        if (expected_head_ < expected_.size() && expected_[expected_head_].kind == 'E' &&
+            !expected_[expected_head_].fake.empty()) {
+          // An error pgring provoked on purpose: the client gets the one it stands for.
+          client.stream_.emit_bytes(expected_[expected_head_].fake);
+          on_error_response();
+          swallow = true;
+        } else if (fields && retry_after_error(*fields)) {
           swallow = true;
         } else {
           if (fields && fields->sqlstate == "0A000" &&
@@ -882,7 +890,32 @@ void Server::forward_to_client() {
                     expected_[expected_head_].skip;
           break;
         case proto::backend::kNoData:
-        case proto::backend::kRowDescription: swallow = pop_reply('D'); break;  // Describe's; a Query's pops nothing
+        case proto::backend::kRowDescription: {  // Describe's; a Query's pops nothing
+          if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != 'D') break;
+          const PreparedStatement* statement = expected_[expected_head_].statement;
+          bool check = expected_[expected_head_].shape_check;
+          std::string shape = "n";
+          if (statement != nullptr && type == proto::backend::kRowDescription) {
+            // The shape is the RowDescription body; a huge one is not compared.
+            if (frame.size > kMaxInspected) shape.clear();
+            else if (stream_.input_size() < frame.size) {
+              incomplete = true;
+              break;
+            } else {
+              shape.assign(stream_.contiguous(frame.size).substr(5));
+            }
+          }
+          swallow = pop_reply('D');
+          if (statement != nullptr && !check && statement->described.empty()) statement->described = shape;
+          if (check && statement != nullptr) {
+            std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
+            stream_.consume(have);
+            swallow_remaining_ = frame.size - have;  // only a huge RowDescription arrives in parts
+            client.on_shape_checked(*statement, shape.empty() || shape == statement->described);
+            consumed = true;
+          }
+          break;
+        }
         case proto::backend::kErrorResponse:  // too large to read whole: not retried
           on_error_response();
           ++pool_.stats_.errors_by_class["??"];
@@ -892,6 +925,12 @@ void Server::forward_to_client() {
         case proto::backend::kCopyInResponse: copy_in_ = true; break;
         default: break;
       }
+    }
+    if (incomplete) break;  // a RowDescription to compare has not fully arrived
+    if (consumed) {
+      // The shape check's RowDescription, already consumed; the client resumed (or failed).
+      if (client_ == nullptr || state_ != ServerState::active) return;
+      continue;
     }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
     if (swallow) {

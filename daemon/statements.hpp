@@ -26,6 +26,10 @@ struct PreparedStatement {
   // The Parse body after the statement name: query String, Int16 n, Int32[n] parameter types.
   // It is also the registry key: the same text with other types is another statement.
   std::string parse_tail;
+  // The result shape a client was told (RowDescription body, or "n" for NoData) when it
+  // described the statement. Preparing it on another server later must give the same shape,
+  // or the client gets the error PostgreSQL would give (the plan changed under it).
+  mutable std::string described;
   [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
 };
 

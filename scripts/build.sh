@@ -5,7 +5,7 @@
 #
 #   release (default)  build/       RelWithDebInfo, warnings are errors
 #   asan               build-asan/  Debug with AddressSanitizer + UBSan, warnings are errors;
-#                                   its integration tests use PostgreSQL port 55433 so both builds
+#                                   its integration tests use PostgreSQL port 25433 so both builds
 #                                   can be tested on one machine
 #
 # JOBS (default 2) sets the build parallelism.
@@ -22,7 +22,7 @@ case "$MODE" in
     ;;
   asan)
     DIR=$ROOT/build-asan
-    ARGS=(-DCMAKE_BUILD_TYPE=Debug -DPGRING_SANITIZE=ON -DPGRING_WERROR=ON -DPGRING_TEST_PGPORT=55433)
+    ARGS=(-DCMAKE_BUILD_TYPE=Debug -DPGRING_SANITIZE=ON -DPGRING_WERROR=ON -DPGRING_TEST_PGPORT=25433)
     ;;
   *)
     echo "usage: $0 [release|asan] [cmake options...]" >&2

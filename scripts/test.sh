@@ -8,7 +8,7 @@
 #                                         starting from tests/fuzz/corpus/<name without fuzz_>
 #
 # The integration tests' PostgreSQL is started and stopped by ctest's fixtures
-# (scripts/pg-throwaway.sh), on port 55432 for build/ and 55433 for build-asan/.
+# (scripts/pg-throwaway.sh), on port 25432 for build/ and 25433 for build-asan/.
 # Every step runs even if an earlier one failed (except deps); the exit status is 1 if any
 # step failed. Environment: FUZZ_SECONDS, FUZZ_JOBS (parallel fuzzers, default 2),
 # CTEST_JOBS (default 2), JOBS (build parallelism, default 2).

@@ -8,7 +8,7 @@ functions named test_*, and ends with `run_tests(globals())`. Exit status: 0 pas
 Environment (set by ctest, see tests/CMakeLists.txt):
   PGRING_BIN            the pgring binary            (default: <source>/build/pgring)
   PGRING_TEST_PGHOST    the test PostgreSQL's host   (default: 127.0.0.1)
-  PGRING_TEST_PGPORT    the test PostgreSQL's port   (default: 55432)
+  PGRING_TEST_PGPORT    the test PostgreSQL's port   (default: 25432)
   PGRING_TEST_PGDATA    its data directory (only the server-restart test needs it)
   PGRING_LIBPQ_CLIENT   tests/integration/libpq_client.c built by CMake
   PGRING_SOURCE_DIR     the source tree              (default: two levels above this file)
@@ -51,7 +51,7 @@ SOURCE_DIR = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PGRING_BIN = os.environ.get("PGRING_BIN") or os.path.join(SOURCE_DIR, "build", "pgring")
 PGHOST = os.environ.get("PGRING_TEST_PGHOST", "127.0.0.1")
-PGPORT = int(os.environ.get("PGRING_TEST_PGPORT", "55432"))
+PGPORT = int(os.environ.get("PGRING_TEST_PGPORT", "25432"))
 # The fixture's DIR may be a symlink to the real data directory (scripts/pg-throwaway.sh does
 # that when the postgres OS user cannot reach the build tree); pg_ctl wants the real one.
 PGDATA = os.path.realpath(os.environ["PGRING_TEST_PGDATA"]) if os.environ.get(

@@ -603,14 +603,6 @@ def test_result_type_change_on_another_server():
     on a server connection that never prepared the statement (the only other one is taken by
     another client's transaction): pgring must not silently prepare the new shape there and
     send rows the client cannot decode; the client must get what PostgreSQL would give it."""
-    # Known gap (issue 4 note): when asyncpg's Bind lands on a server that never had the
-    # statement, pgring prepares the new shape there without telling the client; see
-    # test_result_type_change_on_another_server.
-    skip_test("known gap: result-shape check on injected Parse not implemented yet")
-    # Known gap (issue 4 note): detecting that an injected Parse changed the shape the client
-    # was told needs a Describe round trip before the Bind; not built yet. PgBouncer has the
-    # same gap. This test states the expected behaviour and runs once that lands.
-    skip_test("known gap: result-shape check on injected Parse not implemented yet")
     setup = setup_conn()
     sessions = {}
     try:
