@@ -677,15 +677,16 @@ void Client::forward_to_server() {
           }
         }
         if (handled) break;
+        // Session state is judged before anything is queued: a refused Query is never sent.
+        if (state != 0) {
+          note_session_state(state);
+          if (state_ == ClientState::closing) return;
+        }
         ++pool_->stats_.queries;
         // A simple Query destroys the unnamed statement, on the server and in the session.
         unnamed_parse_tail_.clear();
         server.unnamed_client_ = 0;
         server.expect('Q', state, std::move(set));
-        if (state != 0) {
-          note_session_state(state);
-          if (state_ == ClientState::closing) return;
-        }
         break;
       }
       case proto::frontend::kParse: {
