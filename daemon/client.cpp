@@ -835,17 +835,26 @@ bool Client::ensure_prepared(Server& server, const PreparedStatement& statement)
   return true;
 }
 
-bool Client::start_shape_check(Server& server, const PreparedStatement& statement) {
-  if (statement.described.empty() || server.prepared_.contains(statement.id)) return false;
-  // Parse + Describe (both swallowed) + Flush, then hold this client's messages until the
-  // description is back: one round trip, only when a described statement is first prepared on
-  // a connection.
-  (void)server.stream_.emit([&](std::string& out) {
-    return proto::build::parse(out, statement.server_name, statement.parse_tail);
-  });
-  Server::Expected& p = server.expect('P');
-  p.skip = true;
-  p.statement = &statement;
+bool Client::start_shape_check(Server& server, const NamedStatement& named) {
+  const PreparedStatement& statement = *named.entry;
+  if (named.shape == 0) return false;  // this client never saw a result type: nothing to hold to
+  bool prepared = server.prepared_.contains(statement.id);
+  if (prepared && server.prepared_.shape(statement.id) == named.shape) return false;
+  // The statement is new to this connection, or was prepared here by a Parse nobody described,
+  // or has another shape here: ask the server (Parse when needed, Describe, both swallowed, and
+  // Flush), then hold this client's messages until the answer. One round trip, at most once
+  // per statement and connection; a shape that differs is confirmed by the server itself.
+  if (!prepared) {
+    (void)server.stream_.emit([&](std::string& out) {
+      return proto::build::parse(out, statement.server_name, statement.parse_tail);
+    });
+    Server::Expected& p = server.expect('P');
+    p.skip = true;
+    p.statement = &statement;
+    server.prepared_.add(statement.id);
+    ++reactor_.statements().counters.injected;
+    evict_statements(server, statement.id);
+  }
   (void)server.stream_.emit([&](std::string& out) {
     proto::Writer w(out);
     w.begin(proto::frontend::kDescribe).u8('S').cstring(statement.server_name).end();
@@ -856,16 +865,26 @@ bool Client::start_shape_check(Server& server, const PreparedStatement& statemen
   d.skip = true;
   d.statement = &statement;
   d.shape_check = true;
-  server.prepared_.add(statement.id);
-  ++reactor_.statements().counters.injected;
-  evict_statements(server, statement.id);
   shape_check_pending_ = true;
+  shape_check_expected_ = named.shape;
   reactor_.want_send(server.stream_);
   return true;
 }
 
-void Client::on_shape_checked(const PreparedStatement& statement, bool same) {
+bool Client::has_described(const PreparedStatement& statement) const {
+  for (const auto& [name, named] : statements_)
+    if (named.entry == &statement && named.shape != 0) return true;
+  return false;
+}
+
+void Client::on_described(const PreparedStatement& statement, Shape shape) {
+  for (auto& [name, named] : statements_)
+    if (named.entry == &statement && named.shape == 0) named.shape = shape;
+}
+
+void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
   shape_check_pending_ = false;
+  bool same = shape == 0 || shape == shape_check_expected_;
   if (!same && server_ != nullptr) {
     // DDL changed the result under this client's description: PostgreSQL would refuse the
     // Bind, so pgring does. The stale entry is retired (a new Parse prepares afresh) and this
@@ -935,7 +954,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
     return true;
   }
   const PreparedStatement& statement = reactor_.statements().intern(tail);
-  statements_.emplace(std::string(name), &statement);
+  statements_.emplace(std::string(name), NamedStatement{&statement});
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
@@ -957,9 +976,9 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   return true;
 }
 
-const PreparedStatement* Client::find_statement(Server& server, std::string_view name) {
+const Client::NamedStatement* Client::find_statement(Server& server, std::string_view name) {
   auto it = statements_.find(std::string(name));
-  if (it != statements_.end()) return it->second;
+  if (it != statements_.end()) return &it->second;
   fake_error(server, "26000", fmt::format("prepared statement \"{}\" does not exist", name));
   return nullptr;
 }
@@ -986,9 +1005,10 @@ bool Client::cached_bind(Server& server, std::string_view body) {
     if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return false;
   }
-  const PreparedStatement* statement = find_statement(server, name);
-  if (statement == nullptr) return true;
-  if (start_shape_check(server, *statement)) return false;  // held (see forward_to_server)
+  const NamedStatement* named = find_statement(server, name);
+  if (named == nullptr) return true;
+  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
+  const PreparedStatement* statement = named->entry;
   if (!ensure_prepared(server, *statement)) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
@@ -1023,13 +1043,15 @@ bool Client::cached_describe(Server& server, std::string_view body) {
     if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return false;
   }
-  const PreparedStatement* statement = find_statement(server, name);
-  if (statement == nullptr) return true;
-  if (start_shape_check(server, *statement)) return false;  // held (see forward_to_server)
+  const NamedStatement* named = find_statement(server, name);
+  if (named == nullptr) return true;
+  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
+  const PreparedStatement* statement = named->entry;
   if (!ensure_prepared(server, *statement)) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
   }
+  std::size_t offset = batch_copy_.size();
   (void)server.stream_.emit([&](std::string& out) {
     std::size_t start = out.size();
     proto::Writer w(out);
@@ -1037,7 +1059,10 @@ bool Client::cached_describe(Server& server, std::string_view body) {
     if (w.ok()) record_batch(std::string_view(out).substr(start));
     return w.ok();
   });
-  server.expect('D').statement = statement;  // its reply records the shape the client is told
+  Server::Expected& e = server.expect('D');
+  e.statement = statement;  // its reply records the shape the client is told
+  e.batch_seq = batch_seq_;
+  e.replay_offset = offset;
   return true;
 }
 

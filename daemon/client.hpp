@@ -63,8 +63,13 @@ class Client {
   void apply_setting(const proto::sql::SetStatement& set);
   // Fingerprint of params_ + settings_ (Server::session_fingerprint_ is compared with it).
   [[nodiscard]] std::uint64_t session_fingerprint() const;
-  // The shape check of `statement` answered: same result columns, or not.
-  void on_shape_checked(const PreparedStatement& statement, bool same);
+  // A Describe of `statement` this client sent was answered with `shape`: the result type it
+  // was told, kept with each of its names for that statement that had none yet.
+  void on_described(const PreparedStatement& statement, Shape shape);
+  // Whether this client was told the result type of `statement` (under any of its names).
+  [[nodiscard]] bool has_described(const PreparedStatement& statement) const;
+  // The shape check of `statement` answered with `shape` (0: too large to compare).
+  void on_shape_checked(const PreparedStatement& statement, Shape shape);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
@@ -119,8 +124,14 @@ class Client {
   AdminRole admin_ = AdminRole::none;
   bool admin_error_sent_ = false;
 
-  // Statement cache: this client's statement names -> the reactor's registry entries.
-  std::unordered_map<std::string, const PreparedStatement*> statements_;
+  // Statement cache: this client's statement names -> the reactor's registry entries, with the
+  // result shape this client was told when it described one (0: never described). The shape is
+  // the client's own: another client may have described the same text before or after DDL.
+  struct NamedStatement {
+    const PreparedStatement* entry = nullptr;
+    Shape shape = 0;
+  };
+  std::unordered_map<std::string, NamedStatement> statements_;
   // The unnamed statement survives Sync in PostgreSQL but not a change of server: pgring keeps
   // its Parse (after the name) and prepares it again where the next Bind/Describe lands.
   std::string unnamed_parse_tail_;
@@ -129,6 +140,7 @@ class Client {
   // Forwarding waits while pgring checks, on a server that never had it, that a statement this
   // client described still has the same result shape (DDL may have changed it).
   bool shape_check_pending_ = false;
+  Shape shape_check_expected_ = 0;  // the shape the held message's statement was described with
   // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
   // that fails because a cached plan changed can be replayed (Server::retry_after_error).
   std::string batch_copy_;
@@ -163,9 +175,9 @@ class Client {
   void end_batch();
   bool ensure_prepared(Server& server, const PreparedStatement& statement);
   // True when a shape check was started: the message stays in the input until it answers.
-  bool start_shape_check(Server& server, const PreparedStatement& statement);
+  bool start_shape_check(Server& server, const NamedStatement& named);
   void evict_statements(Server& server, std::uint64_t keep);
-  const PreparedStatement* find_statement(Server& server, std::string_view name);
+  const NamedStatement* find_statement(Server& server, std::string_view name);
   void fake_error(Server& server, std::string_view sqlstate, std::string message);
   [[nodiscard]] std::string restore_sql(const Server& server) const;
   [[nodiscard]] bool frame_next(proto::Frame& frame, std::uint32_t max_size);

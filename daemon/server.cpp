@@ -10,6 +10,7 @@
 #include "daemon/pool.hpp"
 #include "daemon/reactor.hpp"
 #include "proto/builders.hpp"
+#include "proto/bytes.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
 
@@ -476,16 +477,60 @@ bool Server::pop_reply(char request_kind) {
 
 bool Server::retry_after_error(const proto::ErrorFields& error) {
   // A cached statement whose plan no longer fits (DDL changed its result type), or that the
-  // server lost, fails at Bind. Outside an explicit transaction, and before anything of its
-  // batch ran, pgring re-prepares it and replays the batch once: the client sees no error.
-  // Inside a transaction the error is the client's, exactly as PostgreSQL gives it.
+  // server lost, fails at Bind, or at a Describe of the statement. Outside an explicit
+  // transaction, and before anything of its batch ran, pgring re-prepares it and replays the
+  // batch once: the client sees no error. Inside a transaction the error is the client's,
+  // exactly as PostgreSQL gives it.
+  //
+  // A Describe fails this way when the client's Parse was answered from a statement this server
+  // prepared before the DDL: PostgreSQL would have prepared afresh, so the error is pgring's
+  // and is always retried while the client has not been told a result type. A client that was
+  // told one gets the error (its description is stale, as PostgreSQL would say).
   bool plan_changed = error.sqlstate == "0A000" && error.message.find("cached plan must not change result type") !=
                                                        std::string_view::npos;
   bool lost = error.sqlstate == "26000";
   if ((!plan_changed && !lost) || client_ == nullptr || expected_head_ >= expected_.size()) return false;
   Expected& head = expected_[expected_head_];
   Client& client = *client_;
-  if (head.kind != 'B' || head.statement == nullptr || transaction_status_ != 'I' || executed_in_batch_) return false;
+  if ((head.kind != 'B' && head.kind != 'D') || head.statement == nullptr || transaction_status_ != 'I' ||
+      executed_in_batch_)
+    return false;
+  if (head.kind == 'D' && !head.shape_check && client.has_described(*head.statement)) return false;
+  if (head.kind == 'D' && expected_head_ + 1 == expected_.size()) {
+    // Parse + Describe + Flush (asyncpg prepares so), or pgring's own shape check: nothing
+    // after the Describe has reached the server. pgring ends the failed implicit transaction
+    // with its own Sync, prepares the statement afresh and describes it again (a check stays a
+    // check: its answer is compared with the client's description); one more round trip.
+    const PreparedStatement& statement = *head.statement;
+    bool check = head.shape_check;
+    log::info("S-{} {} describing {}: re-preparing and retrying once", id_, error.message, statement.server_name);
+    expected_.pop_back();
+    (void)stream_.emit([&](std::string& out) {
+      proto::Writer w(out);
+      w.begin(proto::frontend::kSync).end();
+      return w.ok() && proto::build::close_statement(out, statement.server_name) &&
+             proto::build::parse(out, statement.server_name, statement.parse_tail);
+    });
+    expect('S').skip = true;
+    expect('C').skip = true;
+    Expected& parse = expect('P');
+    parse.skip = true;
+    parse.statement = &statement;
+    prepared_.add(statement.id);
+    (void)stream_.emit([&](std::string& out) {
+      proto::Writer w(out);
+      w.begin(proto::frontend::kDescribe).u8('S').cstring(statement.server_name).end();
+      w.begin(proto::frontend::kFlush).end();
+      return w.ok();
+    });
+    Expected& describe = expect('D');
+    describe.statement = &statement;
+    describe.skip = check;
+    describe.shape_check = check;
+    ++reactor_.statements().counters.retries;
+    reactor_.want_send(stream_);
+    return true;
+  }
   // Only the last batch sent, kept whole by the client, and not retried before.
   if (expected_.back().kind != 'S' || !client.inflight_batch_ok_ || client.inflight_batch_seq_ != head.batch_seq ||
       expected_.back().batch_seq != head.batch_seq || retried_batch_seq_ == head.batch_seq + 1)
@@ -535,6 +580,12 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
       Expected& e = expect(t == 'B' ? 'B' : t == 'D' ? 'D' : t == 'E' ? 'E' : t == 'C' ? 'C' : 'S');
       e.batch_seq = seq;
       if (t == 'B') e.statement = &statement;
+      // A Describe of this statement records the shape the client is told (not a portal's).
+      if (t == 'D') {
+        proto::Reader d(rest.substr(5, f.size - 5));
+        char kind = static_cast<char>(d.u8());
+        if (d.cstring() == statement.server_name && d.ok() && kind == 'S') e.statement = &statement;
+      }
     }
     rest.remove_prefix(f.size);
   }
@@ -894,24 +945,26 @@ void Server::forward_to_client() {
           if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != 'D') break;
           const PreparedStatement* statement = expected_[expected_head_].statement;
           bool check = expected_[expected_head_].shape_check;
-          std::string shape = "n";
-          if (statement != nullptr && type == proto::backend::kRowDescription) {
-            // The shape is the RowDescription body; a huge one is not compared.
-            if (frame.size > kMaxInspected) shape.clear();
-            else if (stream_.input_size() < frame.size) {
-              incomplete = true;
-              break;
-            } else {
-              shape.assign(stream_.contiguous(frame.size).substr(5));
+          Shape shape = 0;
+          if (statement != nullptr) {
+            if (type == proto::backend::kNoData) {
+              shape = shape_of("n");
+            } else if (frame.size <= kMaxInspected) {  // a huge RowDescription is not compared
+              if (stream_.input_size() < frame.size) {
+                incomplete = true;
+                break;
+              }
+              shape = shape_of(stream_.contiguous(frame.size).substr(5));
             }
+            if (shape != 0) prepared_.set_shape(statement->id, shape);
           }
           swallow = pop_reply('D');
-          if (statement != nullptr && !check && statement->described.empty()) statement->described = shape;
+          if (statement != nullptr && !check) client.on_described(*statement, shape);
           if (check && statement != nullptr) {
             std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
             stream_.consume(have);
             swallow_remaining_ = frame.size - have;  // only a huge RowDescription arrives in parts
-            client.on_shape_checked(*statement, shape.empty() || shape == statement->described);
+            client.on_shape_checked(*statement, shape);
             consumed = true;
           }
           break;

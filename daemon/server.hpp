@@ -105,8 +105,8 @@ class Server {
     const PreparedStatement* statement = nullptr;   // 'P': prepared by this Parse; 'D': described
     bool shape_check = false;                       // 'D' injected to compare the result shape
     std::string fake;                               // 'e': the ErrorResponse to send
-    std::uint64_t batch_seq = 0;   // 'B', 'S': which extended batch (for a retry)
-    std::size_t replay_offset = 0;  // 'B': where it starts in the client's copy of the batch
+    std::uint64_t batch_seq = 0;   // 'B', 'D', 'S': which extended batch (for a retry)
+    std::size_t replay_offset = 0;  // 'B', 'D': where it starts in the client's copy of the batch
   };
   Expected& expect(char kind);
   void expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set);

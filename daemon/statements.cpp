@@ -1,6 +1,13 @@
 #include "daemon/statements.hpp"
 
+#include <functional>
+
 namespace pgring {
+
+Shape shape_of(std::string_view row_description_or_n) {
+  Shape h = std::hash<std::string_view>{}(row_description_or_n);
+  return h == 0 ? 1 : h;  // 0 is "unknown"
+}
 
 const PreparedStatement& StatementRegistry::intern(std::string_view parse_tail) {
   auto it = by_tail_.find(std::string(parse_tail));
@@ -24,7 +31,7 @@ void StatementRegistry::retire(const PreparedStatement& statement) {
 void PreparedSet::touch(std::uint64_t id) {
   auto it = index_.find(id);
   if (it == index_.end()) return;
-  order_.splice(order_.end(), order_, it->second);
+  order_.splice(order_.end(), order_, it->second.position);
 }
 
 void PreparedSet::add(std::uint64_t id) {
@@ -33,14 +40,24 @@ void PreparedSet::add(std::uint64_t id) {
     return;
   }
   order_.push_back(id);
-  index_.emplace(id, std::prev(order_.end()));
+  index_.emplace(id, Slot{std::prev(order_.end())});
 }
 
 void PreparedSet::remove(std::uint64_t id) {
   auto it = index_.find(id);
   if (it == index_.end()) return;
-  order_.erase(it->second);
+  order_.erase(it->second.position);
   index_.erase(it);
+}
+
+Shape PreparedSet::shape(std::uint64_t id) const {
+  auto it = index_.find(id);
+  return it == index_.end() ? 0 : it->second.shape;
+}
+
+void PreparedSet::set_shape(std::uint64_t id, Shape shape) {
+  auto it = index_.find(id);
+  if (it != index_.end()) it->second.shape = shape;
 }
 
 void PreparedSet::clear() {

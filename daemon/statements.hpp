@@ -26,12 +26,15 @@ struct PreparedStatement {
   // The Parse body after the statement name: query String, Int16 n, Int32[n] parameter types.
   // It is also the registry key: the same text with other types is another statement.
   std::string parse_tail;
-  // The result shape a client was told (RowDescription body, or "n" for NoData) when it
-  // described the statement. Preparing it on another server later must give the same shape,
-  // or the client gets the error PostgreSQL would give (the plan changed under it).
-  mutable std::string described;
   [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
 };
+
+// A statement's result shape as a Describe reported it: a hash of the RowDescription body (or
+// of "n" for NoData). 0 means unknown. PostgreSQL fixes a prepared statement's result type when
+// it is prepared; after DDL the same text prepared elsewhere can have another shape, and a client
+// must then get the error PostgreSQL would give, not rows it cannot decode.
+using Shape = std::uint64_t;
+Shape shape_of(std::string_view row_description_or_n);
 
 struct StatementCounters {
   std::uint64_t hits = 0;       // a client's Parse answered by pgring (already prepared there)
@@ -63,11 +66,14 @@ class StatementRegistry {
 };
 
 // The statements prepared on one server connection, least recently used first.
+// Each statement's shape on this connection is kept once a Describe of it has been answered here.
 class PreparedSet {
  public:
   [[nodiscard]] bool contains(std::uint64_t id) const { return index_.count(id) != 0; }
   void touch(std::uint64_t id);
   void add(std::uint64_t id);
+  [[nodiscard]] Shape shape(std::uint64_t id) const;
+  void set_shape(std::uint64_t id, Shape shape);
   void remove(std::uint64_t id);
   void clear();
   [[nodiscard]] std::size_t size() const { return index_.size(); }
@@ -75,8 +81,12 @@ class PreparedSet {
   [[nodiscard]] std::optional<std::uint64_t> victim(std::size_t limit, std::uint64_t keep) const;
 
  private:
+  struct Slot {
+    std::list<std::uint64_t>::iterator position;
+    Shape shape = 0;
+  };
   std::list<std::uint64_t> order_;
-  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> index_;
+  std::unordered_map<std::uint64_t, Slot> index_;
 };
 
 }  // namespace pgring

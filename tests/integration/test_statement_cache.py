@@ -502,6 +502,9 @@ async def apg_schema_change_scenario(port, table, ddl):
         sql = f"SELECT * FROM {table}"
         seen.append(("before", len((await conn.fetch(sql))[0]), None))
         for k in range(3):
+            # Other clients get a moment between two ALTERs: asyncpg retries a statement once,
+            # and a second ALTER inside that retry fails it directly on PostgreSQL too.
+            await asyncio.sleep(0.05)
             query(ddl, f"ALTER TABLE {table} ADD COLUMN extra{k} int DEFAULT {k}")
             try:
                 rows = await conn.fetch(sql)
@@ -511,6 +514,7 @@ async def apg_schema_change_scenario(port, table, ddl):
         # The statement is cached again (with the new columns); change the table once more and
         # run it inside a transaction.
         seen.append(("cached again", len((await conn.fetch(sql))[0]), None))
+        await asyncio.sleep(0.05)
         query(ddl, f"ALTER TABLE {table} ADD COLUMN in_tx int DEFAULT 9")
         try:
             async with conn.transaction():
@@ -526,12 +530,9 @@ async def apg_schema_change_scenario(port, table, ddl):
 
 
 def test_ddl_asyncpg_reprepares_like_postgres():
-    # Known gap (issue 4 note): the result shape a client was told is kept per registry entry,
-    # not per client. With ALTER TABLEs racing two other asyncpg connections, one client's
-    # re-prepare can be judged against another client's older description and get a second
-    # 0A000, which asyncpg (one retry) surfaces. Keeping the description per client name fixes
-    # it; until then this test is skipped (test_result_type_change_on_another_server runs).
-    skip_test("known gap: result shape kept per statement, not per client (racing DDL)")
+    # Several asyncpg connections keep the same SELECT * prepared on both servers while the
+    # table is altered under them: each client is judged against the result type it was told
+    # itself (a description another client got before or after the DDL does not count).
     require_asyncpg()
     mport = free_port()
     ddl = setup_conn()
@@ -593,11 +594,129 @@ def test_ddl_asyncpg_reprepares_like_postgres():
         # ... pgring gives exactly the same.
         check_eq(results["pgring"], pg, "what asyncpg saw through pgring vs. directly")
         # Meanwhile, two other connections ran the same query outside transactions: asyncpg
-        # re-prepares by itself on 0A000, so they must never fail (they do not, directly).
+        # re-prepares by itself on 0A000, so with the ALTERs spaced they never fail directly,
+        # and must not through pgring (whose servers keep copies prepared before the DDL).
         check_eq(others_errors, [], "errors of the other asyncpg connections running "
                                     "SELECT * during the ALTER TABLEs")
     finally:
         query(ddl, "DROP TABLE IF EXISTS stmt_apg_ddl")
+        ddl.close()
+
+
+def test_fresh_prepare_after_ddl_on_a_stale_copy():
+    """Client A prepares SELECT * (asyncpg), the table gains a column, then client B prepares
+    the same text for the first time. On PostgreSQL B's Parse is fresh and just works. Through
+    pgring (pool_size 1) the server already holds the statement, prepared before the ALTER:
+    answering B's Parse from it makes the Describe fail with 0A000, an error B could never get
+    directly, so pgring prepares it afresh and describes again. A's next fetch gets the 0A000
+    PostgreSQL gives it (its description is stale) and asyncpg re-prepares by itself."""
+    require_asyncpg()
+    ddl = setup_conn()
+    seen = {}
+    try:
+        for target in ("postgres", "pgring"):
+            query(ddl, "DROP TABLE IF EXISTS stmt_stale_copy")
+            query(ddl, "CREATE TABLE stmt_stale_copy (id int, name text)")
+            query(ddl, "INSERT INTO stmt_stale_copy VALUES (1, 'one')")
+            mport = free_port()
+            with (Pgring(cache_config(1, mport)) if target == "pgring" else _Nothing()) as p:
+                port = p.port if target == "pgring" else PGPORT
+
+                async def scenario():
+                    sql = "SELECT * FROM stmt_stale_copy"
+                    steps = []
+                    a = await asyncpg.connect(host="127.0.0.1", port=port, user=USER,
+                                              database=DB, timeout=30)
+                    steps.append(("a before", len((await a.fetch(sql))[0])))
+                    query(ddl, "ALTER TABLE stmt_stale_copy ADD COLUMN extra int DEFAULT 7")
+                    b = await asyncpg.connect(host="127.0.0.1", port=port, user=USER,
+                                              database=DB, timeout=30)
+                    for who, conn in (("b", b), ("a", a), ("b", b)):
+                        try:
+                            row = (await conn.fetch(sql))[0]
+                            steps.append((f"{who} after", len(row)))
+                        except Exception as e:  # noqa: BLE001 - compared below
+                            steps.append((f"{who} after", f"{type(e).__name__}: {e}"))
+                    await a.close()
+                    await b.close()
+                    return steps
+
+                seen[target] = asyncio.run(asyncio.wait_for(scenario(), 60))
+                if target == "pgring":
+                    retries = metric_sum(scrape(mport), "pgring_statement_cache_retries_total")
+        log(f"postgres: {seen['postgres']}")
+        log(f"pgring:   {seen['pgring']}")
+        check_eq(seen["postgres"], [("a before", 2), ("b after", 3), ("a after", 3),
+                                    ("b after", 3)], "directly on PostgreSQL")
+        check_eq(seen["pgring"], seen["postgres"], "through pgring vs. directly")
+        check(retries is not None and retries >= 1,
+              f"pgring_statement_cache_retries_total is {retries}: the stale copy was not hit")
+    finally:
+        query(ddl, "DROP TABLE IF EXISTS stmt_stale_copy")
+        ddl.close()
+
+
+def test_ddl_asyncpg_many_alters():
+    """Three asyncpg connections (default statement cache) keep running SELECT * through a pool
+    of 2 while the table gains a column every 50 ms, 30 times. Each ALTER costs every client one
+    0A000 that asyncpg handles itself by re-preparing; pgring's servers keep copies of the
+    statement prepared before the latest ALTER, and a client's fresh Parse answered from such a
+    copy must still behave like a fresh Parse on PostgreSQL: no error reaches the application."""
+    require_asyncpg()
+    ddl = setup_conn()
+    try:
+        query(ddl, "DROP TABLE IF EXISTS stmt_many_alters")
+        query(ddl, "CREATE TABLE stmt_many_alters (id int, name text)")
+        query(ddl, "INSERT INTO stmt_many_alters VALUES (1, 'one')")
+        mport = free_port()
+        with Pgring(cache_config(2, mport)) as p:
+            stop = threading.Event()
+
+            async def clients():
+                conns = [await asyncpg.connect(host="127.0.0.1", port=p.port, user=USER,
+                                               database=DB, timeout=30) for _ in range(3)]
+                errors, fetches, widths = [], 0, set()
+                try:
+                    while not stop.is_set():
+                        for c in conns:
+                            try:
+                                rows = await c.fetch("SELECT * FROM stmt_many_alters")
+                                fetches += 1
+                                widths.add(len(rows[0]))
+                            except Exception as e:  # noqa: BLE001 - every error counts
+                                errors.append(f"{type(e).__name__}: {e}")
+                        await asyncio.sleep(0.005)
+                finally:
+                    for c in conns:
+                        await c.close()
+                return errors, fetches, widths
+
+            holder = {}
+            bg = threading.Thread(target=lambda: holder.update(
+                result=_catch(lambda: asyncio.run(asyncio.wait_for(clients(), 90)))),
+                daemon=True)
+            bg.start()
+            time.sleep(0.3)
+            alters = 30
+            for k in range(alters):
+                query(ddl, f"ALTER TABLE stmt_many_alters ADD COLUMN c{k} int DEFAULT {k}")
+                time.sleep(0.05)
+            time.sleep(0.2)
+            stop.set()
+            bg.join(60)
+            check(not bg.is_alive(), "the asyncpg connections hung")
+            result = holder.get("result")
+            check(isinstance(result, tuple), f"asyncpg clients failed: {result}")
+            errors, fetches, widths = result
+            log(f"{fetches} fetches over {alters} ALTERs; widths seen {sorted(widths)}; "
+                f"errors {len(errors)}")
+            check_eq(errors[:3], [], "errors seen by asyncpg through pgring")
+            check(fetches > alters * 3, f"only {fetches} fetches")
+            check(2 + alters in widths, f"the last column never showed: {sorted(widths)}")
+            retries = metric_sum(scrape(mport), "pgring_statement_cache_retries_total")
+            log(f"pgring_statement_cache_retries_total {retries}")
+    finally:
+        query(ddl, "DROP TABLE IF EXISTS stmt_many_alters")
         ddl.close()
 
 
