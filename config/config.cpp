@@ -95,12 +95,16 @@ void apply(PoolSettings& out, const PoolOverrides& in) {
   if (in.server_reset_query) out.server_reset_query = *in.server_reset_query;
   if (in.prepared_statements) out.prepared_statements = *in.prepared_statements;
   if (in.session_state) out.session_state = *in.session_state;
+  if (in.max_db_client_connections) out.max_db_client_connections = *in.max_db_client_connections;
+  if (in.max_user_client_connections) out.max_user_client_connections = *in.max_user_client_connections;
+  for (const auto& [member, value] : in.timeouts) out.timeouts.*member = value;
 }
 
 }  // namespace
 
 PoolSettings Config::resolve_pool(const Database& db, const User* user) const {
   PoolSettings out = defaults;
+  out.timeouts = timeouts;
   apply(out, db.pool);
   if (user != nullptr) apply(out, user->pool);
   return out;
@@ -465,7 +469,30 @@ struct PoolMarks {
 
 const std::vector<std::string_view> kPoolKeys = {
     "pool_mode",          "pool_size",          "min_pool_size",       "reserve_pool_size",
-    "max_db_connections", "server_reset_query", "prepared_statements", "session_state"};
+    "max_db_connections", "server_reset_query", "prepared_statements", "session_state",
+    "max_db_client_connections", "max_user_client_connections"};
+
+// Every timeout of the top-level `timeouts:` section.
+const std::vector<std::pair<std::string_view, Duration Timeouts::*>> kTimeoutKeys = {
+    {"client_login", &Timeouts::client_login},
+    {"server_connect", &Timeouts::server_connect},
+    {"server_login_retry", &Timeouts::server_login_retry},
+    {"query_wait", &Timeouts::query_wait},
+    {"reserve_pool", &Timeouts::reserve_pool},
+    {"query", &Timeouts::query},
+    {"transaction", &Timeouts::transaction},
+    {"idle_transaction", &Timeouts::idle_transaction},
+    {"client_idle", &Timeouts::client_idle},
+    {"server_idle", &Timeouts::server_idle},
+    {"server_lifetime", &Timeouts::server_lifetime},
+    {"cancel_wait", &Timeouts::cancel_wait},
+    {"shutdown", &Timeouts::shutdown}};
+
+// Those a database or user may set for its own pools. client_login runs before the pool is
+// known; cancel_wait and shutdown are about the process.
+const std::vector<std::string_view> kPoolTimeoutKeys = {
+    "server_connect", "server_login_retry", "query_wait", "reserve_pool", "query", "transaction",
+    "idle_transaction", "client_idle", "server_idle", "server_lifetime"};
 
 bool is_pool_key(std::string_view key) {
   return std::find(kPoolKeys.begin(), kPoolKeys.end(), key) != kPoolKeys.end();
@@ -501,7 +528,23 @@ void pool_key(const std::string& key, const Item& item, PoolOverrides& out, Pool
   } else if (key == "session_state") {
     out.session_state = one_of<SessionStatePolicy>(
         item, {{"pin", SessionStatePolicy::pin}, {"error", SessionStatePolicy::error}});
+  } else if (key == "max_db_client_connections") {
+    out.max_db_client_connections = integer(item, 0, kMaxCount);
+  } else if (key == "max_user_client_connections") {
+    out.max_user_client_connections = integer(item, 0, kMaxCount);
   }
+}
+
+// databases.<db>.timeouts / users.<user>.timeouts.
+void pool_timeouts(const Item& section, PoolOverrides& out) {
+  std::vector<std::string_view> known;
+  for (const auto& entry : kTimeoutKeys) known.push_back(entry.first);
+  for_each_entry(section, known, [&](const std::string& key, const Item& item) {
+    if (std::find(kPoolTimeoutKeys.begin(), kPoolTimeoutKeys.end(), key) == kPoolTimeoutKeys.end())
+      item.fail("applies to the whole process: set it in the top-level timeouts: section");
+    for (const auto& [name, member] : kTimeoutKeys)
+      if (key == name) out.timeouts.emplace_back(member, duration(item));
+  });
 }
 
 bool is_lower_hex(char c) {
@@ -705,7 +748,7 @@ class Loader {
   }
 
   void users(const Item& section) {
-    static const std::vector<std::string_view> kUserKeys = with_pool_keys({"password"});
+    static const std::vector<std::string_view> kUserKeys = with_pool_keys({"password", "timeouts"});
     for_each_entry(section, {}, [&](const std::string& name, const Item& entry) {
       if (name.empty()) entry.fail("a user name must not be empty");
       User user;
@@ -718,6 +761,8 @@ class Loader {
           if (user.password.empty()) item.fail("must not be empty (omit it for no password)");
           user.secret_kind = secret_kind(item, user.password);
           password_lines_[name] = item.line;
+        } else if (key == "timeouts") {
+          pool_timeouts(item, user.pool);
         } else {
           pool_key(key, item, user.pool, marks);
         }
@@ -735,27 +780,10 @@ class Loader {
   }
 
   void timeouts(const Item& section) {
-    static const std::vector<std::pair<std::string_view, Duration Timeouts::*>> kTimeouts = {
-        {"client_login", &Timeouts::client_login},
-        {"server_connect", &Timeouts::server_connect},
-        {"server_login_retry", &Timeouts::server_login_retry},
-        {"query_wait", &Timeouts::query_wait},
-        {"reserve_pool", &Timeouts::reserve_pool},
-        {"query", &Timeouts::query},
-        {"transaction", &Timeouts::transaction},
-        {"idle_transaction", &Timeouts::idle_transaction},
-        {"client_idle", &Timeouts::client_idle},
-        {"server_idle", &Timeouts::server_idle},
-        {"server_lifetime", &Timeouts::server_lifetime},
-        {"cancel_wait", &Timeouts::cancel_wait},
-        {"shutdown", &Timeouts::shutdown}};
-    static const std::vector<std::string_view> kKeys = [] {
-      std::vector<std::string_view> keys;
-      for (const auto& entry : kTimeouts) keys.push_back(entry.first);
-      return keys;
-    }();
-    for_each_entry(section, kKeys, [&](const std::string& key, const Item& item) {
-      for (const auto& [name, member] : kTimeouts) {
+    std::vector<std::string_view> known;
+    for (const auto& entry : kTimeoutKeys) known.push_back(entry.first);
+    for_each_entry(section, known, [&](const std::string& key, const Item& item) {
+      for (const auto& [name, member] : kTimeoutKeys) {
         if (key == name) config_.timeouts.*member = duration(item);
       }
     });
@@ -763,7 +791,7 @@ class Loader {
 
   void databases(const Item& section) {
     static const std::vector<std::string_view> kDatabaseKeys =
-        with_pool_keys({"host", "port", "dbname", "user", "password"});
+        with_pool_keys({"host", "port", "dbname", "user", "password", "timeouts"});
     for_each_entry(section, {}, [&](const std::string& name, const Item& entry) {
       if (name.empty()) entry.fail("a database name must not be empty");
       if (name == "pgring") {
@@ -784,6 +812,8 @@ class Loader {
           db.user = non_empty_string(item);
         } else if (key == "password") {
           db.password = scalar(item);
+        } else if (key == "timeouts") {
+          pool_timeouts(item, db.pool);
         } else if (is_pool_key(key)) {
           pool_key(key, item, db.pool, marks);
         }

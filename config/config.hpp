@@ -38,31 +38,9 @@ struct ListenAddress {
   std::string unix_dir;    // non-empty for a unix socket
 };
 
-// Pool settings that defaults:, databases.<db> and users.<user> may each set. Absent = inherit.
-struct PoolOverrides {
-  std::optional<PoolMode> pool_mode;
-  std::optional<int> pool_size;
-  std::optional<int> min_pool_size;
-  std::optional<int> reserve_pool_size;
-  std::optional<int> max_db_connections;
-  std::optional<std::string> server_reset_query;
-  std::optional<int> prepared_statements;
-  std::optional<SessionStatePolicy> session_state;
-};
-
-// The resolved settings of one pool (database, user): defaults <- database <- user.
-struct PoolSettings {
-  PoolMode pool_mode = PoolMode::transaction;
-  int pool_size = 20;
-  int min_pool_size = 0;
-  int reserve_pool_size = 0;
-  int max_db_connections = 0;  // 0 = unlimited
-  std::string server_reset_query = "DISCARD ALL";
-  int prepared_statements = 200;  // per server connection; 0 disables the cache
-  SessionStatePolicy session_state = SessionStatePolicy::pin;
-};
-
-// DESIGN.md section 6. 0 disables a timeout.
+// DESIGN.md section 6. 0 disables a timeout. The top-level `timeouts:` section sets every one;
+// a database or user may override those that concern its pools (kPoolTimeoutKeys in config.cpp):
+// client_login, cancel_wait and shutdown are process-wide.
 struct Timeouts {
   Duration client_login{std::chrono::seconds(60)};
   Duration server_connect{std::chrono::seconds(15)};
@@ -77,6 +55,39 @@ struct Timeouts {
   Duration server_lifetime{std::chrono::seconds(3600)};
   Duration cancel_wait{std::chrono::seconds(10)};
   Duration shutdown{std::chrono::seconds(30)};
+};
+
+// Pool settings that defaults:, databases.<db> and users.<user> may each set. Absent = inherit.
+struct PoolOverrides {
+  std::optional<PoolMode> pool_mode;
+  std::optional<int> pool_size;
+  std::optional<int> min_pool_size;
+  std::optional<int> reserve_pool_size;
+  std::optional<int> max_db_connections;
+  std::optional<std::string> server_reset_query;
+  std::optional<int> prepared_statements;
+  std::optional<SessionStatePolicy> session_state;
+  std::optional<int> max_db_client_connections;
+  std::optional<int> max_user_client_connections;
+  // databases.<db>.timeouts / users.<user>.timeouts: the timeouts this entry sets.
+  std::vector<std::pair<Duration Timeouts::*, Duration>> timeouts;
+};
+
+// The resolved settings of one pool (database, user): defaults <- database <- user.
+struct PoolSettings {
+  PoolMode pool_mode = PoolMode::transaction;
+  int pool_size = 20;
+  int min_pool_size = 0;
+  int reserve_pool_size = 0;
+  int max_db_connections = 0;  // 0 = unlimited
+  std::string server_reset_query = "DISCARD ALL";
+  int prepared_statements = 200;  // per server connection; 0 disables the cache
+  SessionStatePolicy session_state = SessionStatePolicy::pin;
+  // Clients of one database (all its pools) / of one user (all their pools); 0 = unlimited.
+  int max_db_client_connections = 0;
+  int max_user_client_connections = 0;
+  // timeouts: <- databases.<db>.timeouts <- users.<user>.timeouts.
+  Timeouts timeouts;
 };
 
 enum class SecretKind { none, plain, md5, scram };

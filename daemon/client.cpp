@@ -272,6 +272,10 @@ void Client::auth_ok() {
   reactor_.register_cancel_key(*this);
   log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message_.user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message_.user);
+  if (std::string refusal = reactor_.client_limit_reached(pool); !refusal.empty()) {
+    reactor_.close(*this, Reason::too_many_clients, refusal);
+    return;
+  }
   pool.add_client(*this);
 }
 

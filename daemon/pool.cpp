@@ -170,7 +170,7 @@ void Pool::maintain() {
   if (paused_ || waiting_clients_.empty() || reactor_.shutting_down()) return;
 
   if (failing_) {
-    auto retry = reactor_.config().timeouts.server_login_retry;
+    auto retry = settings_.timeouts.server_login_retry;
     if (reactor_.now() - last_failure_ < retry && server_count() == 0) {
       // The server is known to be down: fail fast instead of letting clients hang.
       for (Client* c = waiting_clients_.front(); c != nullptr;) {
@@ -185,7 +185,7 @@ void Pool::maintain() {
   // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.
   int limit = settings_.pool_size;
   if (settings_.reserve_pool_size > 0 &&
-      reactor_.now() - waiting_clients_.front()->state_since_ >= reactor_.config().timeouts.reserve_pool)
+      reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
   int wanted = static_cast<int>(waiting_clients_.size()) - static_cast<int>(connecting_servers_.size());
   while (wanted-- > 0 && server_count() < limit) {

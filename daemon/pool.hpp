@@ -48,6 +48,10 @@ class Pool {
   // the pool can serve them.
   void on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message);
   [[nodiscard]] int server_count() const;
+  // Clients logged in to this pool (idle, waiting or linked).
+  [[nodiscard]] int client_count() const {
+    return static_cast<int>(idle_clients_.size() + waiting_clients_.size() + active_clients_.size());
+  }
   // A reload changed this pool's database, user or settings: apply them. A changed server
   // address retires the connections to the old one (idle ones now, busy ones when released).
   void reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings);

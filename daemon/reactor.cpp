@@ -766,6 +766,25 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   return ref;
 }
 
+std::string Reactor::client_limit_reached(const Pool& pool) const {
+  // Counted at login over the pools of this reactor: a walk of the pools, not of the clients.
+  const config::PoolSettings& s = pool.settings_;
+  if (s.max_db_client_connections == 0 && s.max_user_client_connections == 0) return {};
+  int database = 0, user = 0;
+  for (const auto& [key, other] : pools_) {
+    (void)key;
+    if (other->database_ == pool.database_) database += other->client_count();
+    if (other->user_name_ == pool.user_name_) user += other->client_count();
+  }
+  if (s.max_db_client_connections > 0 && database >= s.max_db_client_connections)
+    return fmt::format("too many client connections for database \"{}\" (max_db_client_connections {})",
+                       pool.database_, s.max_db_client_connections);
+  if (s.max_user_client_connections > 0 && user >= s.max_user_client_connections)
+    return fmt::format("too many client connections for user \"{}\" (max_user_client_connections {})",
+                       pool.user_name_, s.max_user_client_connections);
+  return {};
+}
+
 bool Reactor::database_has_room(Pool& pool) {
   int limit = pool.settings_.max_db_connections;
   if (limit <= 0) return true;
@@ -786,10 +805,10 @@ void Reactor::start_connect(Pool& pool) {
   ++database_servers_[pool.database_];
   ++pool.stats_.server_connects;
   // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
-  if (config_->timeouts.server_lifetime.count() > 0) {
+  if (pool.settings_.timeouts.server_lifetime.count() > 0) {
     std::uint32_t r = 0;
     RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
-    auto lifetime = config_->timeouts.server_lifetime;
+    auto lifetime = pool.settings_.timeouts.server_lifetime;
     server->retire_at_ = now_ + lifetime - std::chrono::milliseconds(lifetime.count() / 10 * (r % 1000) / 1000);
   }
   server->created_ = now_;
@@ -1035,30 +1054,31 @@ void Reactor::sweep() {
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
+    const config::Timeouts& pt = pool->settings_.timeouts;  // with the database's and user's overrides
     for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
-      if (expired(c->state_since_, t.query_wait)) close(*c, Reason::query_wait_timeout, "query_wait timeout");
+      if (expired(c->state_since_, pt.query_wait)) close(*c, Reason::query_wait_timeout, "query_wait timeout");
       c = next;
     }
     for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
-      if (expired(s->state_since_, t.server_connect))
+      if (expired(s->state_since_, pt.server_connect))
         close(*s, Reason::server_unreachable,
               fmt::format("server {} did not answer within server_connect ({} ms)", pool->address_text_,
-                          t.server_connect.count()));
+                          pt.server_connect.count()));
       s = next;
     }
     for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
-      if (expired(s->state_since_, t.server_idle)) close(*s, Reason::server_idle_timeout);
-      else if (t.server_lifetime.count() > 0 && now_ >= s->retire_at_) close(*s, Reason::server_lifetime);
+      if (expired(s->state_since_, pt.server_idle)) close(*s, Reason::server_idle_timeout);
+      else if (pt.server_lifetime.count() > 0 && now_ >= s->retire_at_) close(*s, Reason::server_lifetime);
       s = next;
     }
     sweep_active(*pool);
-    if (t.client_idle.count() > 0) {
+    if (pt.client_idle.count() > 0) {
       for (Client* c = pool->idle_clients_.front(); c != nullptr;) {
         Client* next = List<Client>::next(c);
-        if (expired(c->last_activity_, t.client_idle)) close(*c, Reason::client_idle_timeout, "idle-session timeout");
+        if (expired(c->last_activity_, pt.client_idle)) close(*c, Reason::client_idle_timeout, "idle-session timeout");
         c = next;
       }
     }
@@ -1106,7 +1126,8 @@ void Reactor::sweep_active(Pool& pool) {
   // Timeouts of linked clients: query, transaction, idle in transaction, and (session mode or
   // pinned) client idle. After each the server connection is left clean: the query cancelled,
   // the transaction rolled back by release(), or the connection closed.
-  const config::Timeouts& t = config_->timeouts;
+  const config::Timeouts& t = pool.settings_.timeouts;
+  const config::Duration cancel_wait = config_->timeouts.cancel_wait;  // process-wide
   auto expired = [&](Clock::time_point since, config::Duration limit) {
     return limit.count() > 0 && now_ - since >= limit;
   };
@@ -1116,7 +1137,7 @@ void Reactor::sweep_active(Pool& pool) {
     bool busy = s->requests_in_flight() > 0;
     if (c == nullptr) {
       // Draining after its client left: the cancel had cancel_wait to work.
-      if (s->draining_ && now_ - s->drain_since_ > t.cancel_wait + std::chrono::seconds(1))
+      if (s->draining_ && now_ - s->drain_since_ > cancel_wait + std::chrono::seconds(1))
         close(*s, Reason::server_dirty, "did not finish after its client left");
       s = next;
       continue;
@@ -1126,7 +1147,7 @@ void Reactor::sweep_active(Pool& pool) {
         s->query_timeout_canceled_ = true;
         log::info("C-{} query timeout ({} ms): canceling on S-{}", c->id_, t.query.count(), s->id_);
         start_cancel(*s);
-      } else if (expired(s->busy_since_, t.query + t.cancel_wait)) {
+      } else if (expired(s->busy_since_, t.query + cancel_wait)) {
         close(*c, Reason::query_timeout, "query timeout");
       }
     } else if (s->transaction_status_ != 'I' && expired(s->transaction_since_, t.transaction)) {

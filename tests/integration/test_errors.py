@@ -9,8 +9,8 @@ import time
 import psycopg2
 
 from harness import (PROTOCOL_3_0, PGHOST, PGPORT, PgError, Pgring, RawConn, check, check_eq,
-                     connect, expect_error, fail, free_port, login, login_error,
-                     message, parse_fields, psql_ok, query_one, run_tests, wait_until)
+                     connect, direct_connect, expect_error, fail, free_port, login, login_error,
+                     message, parse_fields, psql_ok, query, query_one, run_tests, wait_until)
 
 
 def trust_config(**extra):
@@ -74,6 +74,65 @@ def test_too_many_clients():
         wait_until(new_client, 5, interval=0.2, what="a client after one left")
         for c in conns:
             c.terminate()
+
+
+def test_per_database_and_per_user_client_limits():
+    """max_db_client_connections (over all pools of a database) and max_user_client_connections
+    (over all pools of a user) refuse one more client with 53300 naming the limit; the clients
+    already in are untouched and a slot that frees up is usable again."""
+    setup = direct_connect()
+    query(setup, "DROP ROLE IF EXISTS pgring_limited")
+    query(setup, "CREATE ROLE pgring_limited LOGIN")
+    config = trust_config()
+    config["databases"] = {
+        "pgring_test": {"host": PGHOST, "port": PGPORT, "max_db_client_connections": 3},
+        "other": {"host": PGHOST, "port": PGPORT, "dbname": "pgring_test"},
+    }
+    config["users"] = {"postgres": {}, "pgring_limited": {"max_user_client_connections": 2}}
+    try:
+        with Pgring(config) as p:
+            # Database limit: 3 clients of pgring_test, whichever user (two pools).
+            conns = [login(p.port), login(p.port), login(p.port, user="pgring_limited")]
+            e = login_error(p.port)
+            check_eq(e.sqlstate, "53300", f"4th client of pgring_test: {e}")
+            check("max_db_client_connections 3" in e.fields.get("M", ""), f"message: {e.fields}")
+            # Another database is not limited by it.
+            extra = login(p.port, db="other")
+            check_eq(extra.simple_query("SELECT 1"), [["1"]])
+            # User limit: pgring_limited already has one client (on pgring_test); one more on
+            # "other" fits, the next does not, wherever it goes.
+            second = login(p.port, db="other", user="pgring_limited")
+            e = login_error(p.port, db="other", user="pgring_limited")
+            check_eq(e.sqlstate, "53300", f"3rd client of pgring_limited: {e}")
+            check("max_user_client_connections 2" in e.fields.get("M", ""), f"message: {e.fields}")
+            for c in conns + [extra, second]:
+                check_eq(c.simple_query("SELECT 2"), [["2"]], "a client already in")
+            # A slot freed is a slot usable.
+            conns.pop(0).terminate()
+
+            def new_client():
+                try:
+                    c = login(p.port)
+                except PgError as err:
+                    if err.sqlstate == "53300":
+                        return None
+                    raise
+                c.simple_query("SELECT 1")
+                c.terminate()
+                return True
+            wait_until(new_client, 5, interval=0.1, what="a pgring_test client after one left")
+            for c in conns + [extra, second]:
+                c.terminate()
+    finally:
+        wait_no_backends_of(setup, "pgring_limited")
+        query(setup, "DROP ROLE IF EXISTS pgring_limited")
+        setup.close()
+
+
+def wait_no_backends_of(conn, role):
+    wait_until(lambda: query_one(conn, f"SELECT count(*) = 0 FROM pg_stat_activity "
+                                       f"WHERE usename = '{role}'"), 10, interval=0.1,
+               what=f"no backends of {role}")
 
 
 def test_too_many_clients_seen_by_libpq():

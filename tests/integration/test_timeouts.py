@@ -349,5 +349,51 @@ def test_server_lifetime():
     monitor.close()
 
 
+def test_per_database_and_per_user_timeouts():
+    """timeouts: set per database and per user (users win over databases, which win over the
+    top-level section). pgring_test has a 500 ms query timeout; database "other" (the same
+    PostgreSQL database) has none but a 500 ms idle_transaction; user pgring_patient turns the
+    query timeout off again on pgring_test."""
+    setup = direct_connect()
+    query(setup, "DROP ROLE IF EXISTS pgring_patient")
+    query(setup, "CREATE ROLE pgring_patient LOGIN")
+    config = ops_config(pool_mode="transaction", pool_size=2, timeouts={"query_wait": "30s"},
+                        databases={
+                            "pgring_test": {"host": PGHOST, "port": PGPORT,
+                                            "timeouts": {"query": "500ms"}},
+                            "other": {"host": PGHOST, "port": PGPORT, "dbname": "pgring_test",
+                                      "timeouts": {"idle_transaction": "500ms"}},
+                        })
+    config["users"] = {"postgres": {}, "pgring_patient": {"timeouts": {"query": 0}}}
+    try:
+        with OpsPgring(config) as p:
+            limited = connect(p.port)
+            started = time.monotonic()
+            expect_error(lambda: query(limited, "SELECT pg_sleep(10)"), "57014")
+            elapsed = time.monotonic() - started
+            log(f"pgring_test (query 500ms): 57014 after {elapsed:.2f}s")
+            check(elapsed < 9, f"the query ran {elapsed:.1f}s despite the database's 500ms")
+            time.sleep(0.3)  # PostgreSQL's second SIGINT lands on the idle backend
+            check_eq(query_one(limited, "SELECT 1"), 1, "the same client afterwards")
+            # The same database, a user whose own setting turns the limit off.
+            patient = connect(p.port, user="pgring_patient")
+            check_eq(query_one(patient, "SELECT 'slept' FROM pg_sleep(1.2)"), "slept",
+                     "pgring_patient's query (timeouts.query 0 for the user)")
+            # Another database: no query limit, but idle in transaction is.
+            other = connect(p.port, db="other")
+            check_eq(query_one(other, "SELECT 'slept' FROM pg_sleep(1.2)"), "slept",
+                     "a query on database other (no query timeout)")
+            r = login(p.port, db="other", timeout=30)
+            r.simple_query("BEGIN")
+            expect_closed_with(r, "25P03", timeout=20, what="idle in transaction on other")
+            r.close()
+            check_eq(query_one(other, "SELECT 3"), 3, "database other afterwards")
+            for c in (limited, patient, other):
+                c.close()
+    finally:
+        query(setup, "DROP ROLE IF EXISTS pgring_patient")
+        setup.close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

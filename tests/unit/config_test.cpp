@@ -372,6 +372,63 @@ databases:
   CHECK(no_override.server_reset_query == "RESET ALL");
 }
 
+TEST_CASE("config: per-database and per-user timeouts and client limits") {
+  const Config c = parse_config(R"(auth: {method: trust}
+timeouts:
+  query: 30s
+  client_idle: 10m
+  query_wait: 1m
+defaults:
+  max_db_client_connections: 500
+users:
+  batch:
+    max_user_client_connections: 5
+    timeouts: {query: 0, transaction: 1h}
+  web:
+databases:
+  app:
+    timeouts: {query: 5s, idle_transaction: 20s, server_lifetime: 10m}
+  reports:
+    max_db_client_connections: 0
+)");
+  const Database& app = *c.find_database("app");
+  const Database& reports = *c.find_database("reports");
+
+  // The top-level section is the default for every pool.
+  const PoolSettings plain = c.resolve_pool(reports, c.find_user("web"));
+  CHECK(plain.timeouts.query == 30s);
+  CHECK(plain.timeouts.client_idle == 10min);
+  CHECK(plain.timeouts.idle_transaction == 0ms);
+  CHECK(plain.max_db_client_connections == 0);
+  CHECK(plain.max_user_client_connections == 0);
+
+  // A database overrides some, keeps the rest.
+  const PoolSettings db = c.resolve_pool(app, c.find_user("web"));
+  CHECK(db.timeouts.query == 5s);
+  CHECK(db.timeouts.idle_transaction == 20s);
+  CHECK(db.timeouts.server_lifetime == 10min);
+  CHECK(db.timeouts.query_wait == 1min);
+  CHECK(db.max_db_client_connections == 500);
+
+  // A user wins over the database: 0 disables what the database set.
+  const PoolSettings user = c.resolve_pool(app, c.find_user("batch"));
+  CHECK(user.timeouts.query == 0ms);
+  CHECK(user.timeouts.transaction == 1h);
+  CHECK(user.timeouts.idle_transaction == 20s);
+  CHECK(user.max_user_client_connections == 5);
+
+  // Process-wide timeouts cannot be set per pool; unknown ones get a suggestion.
+  check_error("databases:\n  app:\n    timeouts: {client_login: 5s}\n", "databases.app.timeouts.client_login", 3,
+              "top-level timeouts:");
+  check_error("users:\n  bob:\n    timeouts:\n      shutdown: 5s\n", "users.bob.timeouts.shutdown", 4,
+              "top-level timeouts:");
+  check_error("databases:\n  app:\n    timeouts: {qurey: 5s}\n", "databases.app.timeouts.qurey", 3, "query");
+  check_error("databases:\n  app:\n    timeouts: {query: 5}\n", "databases.app.timeouts.query", 3, "duration");
+  check_error("defaults:\n  timeouts: {query: 5s}\n", "defaults.timeouts", 2, "unknown key");
+  check_error("users:\n  bob: {max_user_client_connections: -1}\n", "users.bob.max_user_client_connections", 2,
+              "integer");
+}
+
 TEST_CASE("config: parse_duration") {
   CHECK(parse_duration("0") == 0ms);
   CHECK(parse_duration("0s") == 0ms);
