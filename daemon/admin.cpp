@@ -38,6 +38,7 @@ class Result {
  public:
   explicit Result(std::vector<std::string_view> columns) : columns_(std::move(columns)) {}
   void row(std::vector<std::string> values) { rows_.push_back(std::move(values)); }
+  std::vector<std::vector<std::string>>& rows() { return rows_; }
   bool emit(Stream& out, std::string_view tag) const {
     bool ok = out.emit([&](std::string& o) { return proto::build::row_description(o, columns_); });
     for (const auto& r : rows_) ok &= out.emit([&](std::string& o) { return proto::build::data_row(o, r); });
@@ -49,6 +50,28 @@ class Result {
   std::vector<std::string_view> columns_;
   std::vector<std::vector<std::string>> rows_;
 };
+
+// Rows from every reactor, one result: rows with the same first `keys` columns become one, with
+// the columns in `summed` added up and `maxed` the largest; every other column is the first
+// reactor's. keys = 0 concatenates.
+Rows merge_rows(std::vector<Rows> parts, std::size_t keys, std::vector<std::size_t> summed = {},
+                std::vector<std::size_t> maxed = {}) {
+  Rows out;
+  for (Rows& part : parts) {
+    for (auto& row : part) {
+      auto same = keys == 0 ? out.end() : std::find_if(out.begin(), out.end(), [&](const auto& o) {
+        return std::equal(o.begin(), o.begin() + static_cast<std::ptrdiff_t>(keys), row.begin());
+      });
+      if (same == out.end()) {
+        out.push_back(std::move(row));
+        continue;
+      }
+      for (std::size_t c : summed) (*same)[c] = std::to_string(std::stoll((*same)[c]) + std::stoll(row[c]));
+      for (std::size_t c : maxed) (*same)[c] = std::to_string(std::max(std::stoll((*same)[c]), std::stoll(row[c])));
+    }
+  }
+  return out;
+}
 
 constexpr std::string_view kHelp[] = {
     "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|CONFIG|STATEMENTS|VERSION",
@@ -91,70 +114,22 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     Result r({"version"});
     r.row({std::string("pgring ") + PGRING_VERSION});
     ok = r.emit(out, "SHOW");
-  } else if (is_show && what == "pools") {
-    Result r({"database", "user", "pool_mode", "cl_idle", "cl_waiting", "cl_active", "sv_active", "sv_idle",
-              "sv_login", "sv_resetting", "pool_size", "maxwait_ms", "paused"});
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      Pool& p = *pool;
-      Clock::duration maxwait{};
-      if (Client* oldest = p.waiting_clients_.front()) maxwait = now_ - oldest->state_since_;
-      r.row({p.database_, p.user_name_, std::string(config::to_string(p.settings_.pool_mode)),
-             std::to_string(p.idle_clients_.size()), std::to_string(p.waiting_clients_.size()),
-             std::to_string(p.active_clients_.size()), std::to_string(p.active_servers_.size()),
-             std::to_string(p.idle_servers_.size()), std::to_string(p.connecting_servers_.size()),
-             std::to_string(p.resetting_servers_.size() + p.canceling_servers_.size()),
-             std::to_string(p.settings_.pool_size), ms(maxwait), p.paused_ ? "yes" : "no"});
-    }
-    ok = r.emit(out, "SHOW");
-  } else if (is_show && what == "clients") {
-    Result r({"id", "database", "user", "state", "addr", "state_ms", "server", "pinned", "statements"});
-    auto add = [&](const Client& c) {
-      r.row({"C-" + std::to_string(c.id_), c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
-             std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_, ms(now_ - c.state_since_),
-             c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
-             proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statements_.size())});
-    };
-    for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
-    for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
-        for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add(*c);
-    }
-    ok = r.emit(out, "SHOW");
-  } else if (is_show && what == "servers") {
-    Result r({"id", "database", "user", "state", "addr", "backend_pid", "client", "age_ms", "state_ms", "prepared",
-              "transaction_status"});
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
-                              &pool->resetting_servers_, &pool->canceling_servers_})
-        for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
-          r.row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_, std::string(to_string(s->state_)),
-                 pool->address_text_, std::to_string(s->backend_pid_),
-                 s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "", ms(now_ - s->created_),
-                 ms(now_ - s->state_since_), std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_)});
-    }
-    ok = r.emit(out, "SHOW");
-  } else if (is_show && what == "stats") {
-    Result r({"database", "user", "transactions", "queries", "bytes_received", "bytes_sent", "server_connects",
-              "avg_wait_us", "avg_query_us", "avg_xact_us", "errors"});
-    auto avg_us = [](const Histogram& h) {
-      return std::to_string(h.count == 0 ? 0 : static_cast<long long>(h.sum / static_cast<double>(h.count) * 1e6));
-    };
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      const PoolStats& st = pool->stats_;
-      std::uint64_t errors = 0;
-      for (const auto& [klass, n] : st.errors_by_class) {
-        (void)klass;
-        errors += n;
-      }
-      r.row({pool->database_, pool->user_name_, std::to_string(st.transactions), std::to_string(st.queries),
-             std::to_string(st.bytes_received), std::to_string(st.bytes_sent), std::to_string(st.server_connects),
-             avg_us(st.wait), avg_us(st.query), avg_us(st.transaction), std::to_string(errors)});
-    }
+  } else if (is_show && (what == "pools" || what == "clients" || what == "servers" || what == "stats")) {
+    // The whole process: every reactor's rows, merged.
+    auto parts = gather<Rows>([what](Reactor& r) { return r.admin_rows(what); });
+    Result r = what == "pools"     ? Result({"database", "user", "pool_mode", "cl_idle", "cl_waiting", "cl_active",
+                                             "sv_active", "sv_idle", "sv_login", "sv_resetting", "pool_size",
+                                             "maxwait_ms", "paused"})
+               : what == "clients" ? Result({"id", "database", "user", "state", "addr", "state_ms", "server",
+                                             "pinned", "statements", "worker"})
+               : what == "servers" ? Result({"id", "database", "user", "state", "addr", "backend_pid", "client",
+                                             "age_ms", "state_ms", "prepared", "transaction_status", "worker"})
+                                   : Result({"database", "user", "transactions", "queries", "bytes_received",
+                                             "bytes_sent", "server_connects", "avg_wait_us", "avg_query_us",
+                                             "avg_xact_us", "errors"});
+    if (what == "pools") r.rows() = merge_rows(std::move(parts), 2, {3, 4, 5, 6, 7, 8, 9}, {11});
+    else if (what == "stats") r.rows() = merge_rows(std::move(parts), 2, {2, 3, 4, 5, 6, 10}, {7, 8, 9});
+    else r.rows() = merge_rows(std::move(parts), 0);
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "databases") {
     Result r({"name", "host", "port", "dbname", "pool_mode", "pool_size", "max_db_connections", "current_connections"});
@@ -162,7 +137,7 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
       config::PoolSettings s = config_->resolve_pool(db, nullptr);
       r.row({name, db.host, std::to_string(db.port), db.dbname.empty() ? name : db.dbname,
              std::string(config::to_string(s.pool_mode)), std::to_string(s.pool_size),
-             std::to_string(s.max_db_connections), std::to_string(database_servers_[name])});
+             std::to_string(s.max_db_connections), std::to_string(database_budget(name).servers.load())});
     }
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "config") {
@@ -193,6 +168,113 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "statements") {
     Result r({"id", "server_name", "query", "prepared_on_servers"});
+    r.rows() = merge_rows(gather<Rows>([](Reactor& rr) { return rr.admin_rows("statements"); }), 0);
+    ok = r.emit(out, "SHOW");
+  } else if (is_show) {
+    error("42601", "unknown SHOW command \"" + what + "\"; try SHOW HELP");
+  } else if (verb == "pause" || verb == "resume") {
+    bool pause = verb == "pause";
+    if (!what.empty() && config_->find_database(what) == nullptr) {
+      error("3D000", "no such database \"" + what + "\"");
+    } else {
+      broadcast([pause, what](Reactor& r) { r.pause(what, pause); });
+      log::info("admin C-{}: {} {}", client.id_, verb, what.empty() ? "all" : what);
+      ok = out.emit([&](std::string& o) { return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME"); });
+    }
+  } else if (verb == "reload") {
+    std::string problem = reload();
+    if (problem.empty()) ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RELOAD"); });
+    else error("F0000", "reload failed, the running configuration stays: " + problem);
+  } else if (verb == "kill") {
+    if (what.empty() || config_->find_database(what) == nullptr) {
+      error("3D000", "KILL needs a configured database name");
+    } else {
+      broadcast([what](Reactor& r) { r.kill_database(what); });
+      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "KILL"); });
+    }
+  } else if (verb == "shutdown") {
+    log::info("admin C-{}: SHUTDOWN", client.id_);
+    ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "SHUTDOWN"); });
+    broadcast([](Reactor& r) { r.begin_shutdown(ShutdownMode::graceful); });
+  } else {
+    error("42601", "unknown command \"" + verb + "\"; try SHOW HELP");
+  }
+  if (!ok) error("XX000", "could not encode the result");
+  done();
+}
+
+void Reactor::pause(const std::string& database, bool pause) {
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (!database.empty() && pool->database_ != database) continue;
+    pool->paused_ = pause;
+    if (!pause) pool->maintain();
+  }
+  if (database.empty()) paused_all_ = pause;
+  else if (pause) paused_databases_.insert(database);
+  else paused_databases_.erase(database);
+}
+
+Rows Reactor::admin_rows(std::string_view what) {
+  Rows rows;
+  auto row = [&](std::vector<std::string> values) { rows.push_back(std::move(values)); };
+  if (what == "pools") {
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      Pool& p = *pool;
+      Clock::duration maxwait{};
+      if (Client* oldest = p.waiting_clients_.front()) maxwait = now_ - oldest->state_since_;
+      row({p.database_, p.user_name_, std::string(config::to_string(p.settings_.pool_mode)),
+           std::to_string(p.idle_clients_.size()), std::to_string(p.waiting_clients_.size()),
+           std::to_string(p.active_clients_.size()), std::to_string(p.active_servers_.size()),
+           std::to_string(p.idle_servers_.size()), std::to_string(p.connecting_servers_.size()),
+           std::to_string(p.resetting_servers_.size() + p.canceling_servers_.size()),
+           std::to_string(p.settings_.pool_size), ms(maxwait), p.paused_ ? "yes" : "no"});
+    }
+  } else if (what == "clients") {
+    auto add = [&](const Client& c) {
+      row({"C-" + std::to_string(c.id_), c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
+           std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_, ms(now_ - c.state_since_),
+           c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
+           proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statements_.size()),
+           std::to_string(index_)});
+    };
+    for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+        for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add(*c);
+    }
+  } else if (what == "servers") {
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
+                              &pool->resetting_servers_, &pool->canceling_servers_})
+        for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+          row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_, std::string(to_string(s->state_)),
+               pool->address_text_, std::to_string(s->backend_pid_),
+               s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "", ms(now_ - s->created_),
+               ms(now_ - s->state_since_), std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_),
+               std::to_string(index_)});
+    }
+  } else if (what == "stats") {
+    auto avg_us = [](const Histogram& h) {
+      return std::to_string(h.count == 0 ? 0 : static_cast<long long>(h.sum / static_cast<double>(h.count) * 1e6));
+    };
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      const PoolStats& st = pool->stats_;
+      std::uint64_t errors = 0;
+      for (const auto& [klass, n] : st.errors_by_class) {
+        (void)klass;
+        errors += n;
+      }
+      row({pool->database_, pool->user_name_, std::to_string(st.transactions), std::to_string(st.queries),
+           std::to_string(st.bytes_received), std::to_string(st.bytes_sent), std::to_string(st.server_connects),
+           avg_us(st.wait), avg_us(st.query), avg_us(st.transaction), std::to_string(errors)});
+    }
+  } else if (what == "statements") {
     std::vector<const PreparedStatement*> all;
     for (const auto& [tail, st] : statements_.entries()) {
       (void)tail;
@@ -206,52 +288,10 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
         for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_})
           for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) on += s->prepared_.contains(st->id);
       }
-      r.row({std::to_string(st->id), st->server_name, std::string(st->query().substr(0, 200)), std::to_string(on)});
+      row({std::to_string(st->id), st->server_name, std::string(st->query().substr(0, 200)), std::to_string(on)});
     }
-    ok = r.emit(out, "SHOW");
-  } else if (is_show) {
-    error("42601", "unknown SHOW command \"" + what + "\"; try SHOW HELP");
-  } else if (verb == "pause" || verb == "resume") {
-    bool pause = verb == "pause";
-    int n = 0;
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      if (!what.empty() && pool->database_ != what) continue;
-      pool->paused_ = pause;
-      ++n;
-      if (!pause) pool->maintain();
-    }
-    if (!what.empty() && config_->find_database(what) == nullptr) {
-      error("3D000", "no such database \"" + what + "\"");
-    } else {
-      paused_all_ = what.empty() ? pause : paused_all_;
-      if (!what.empty()) {
-        if (pause) paused_databases_.insert(what);
-        else paused_databases_.erase(what);
-      }
-      log::info("admin C-{}: {} {} ({} pools)", client.id_, verb, what.empty() ? "all" : what, n);
-      ok = out.emit([&](std::string& o) { return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME"); });
-    }
-  } else if (verb == "reload") {
-    std::string problem = reload();
-    if (problem.empty()) ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RELOAD"); });
-    else error("F0000", "reload failed, the running configuration stays: " + problem);
-  } else if (verb == "kill") {
-    if (what.empty() || config_->find_database(what) == nullptr) {
-      error("3D000", "KILL needs a configured database name");
-    } else {
-      kill_database(what);
-      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "KILL"); });
-    }
-  } else if (verb == "shutdown") {
-    log::info("admin C-{}: SHUTDOWN", client.id_);
-    ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "SHUTDOWN"); });
-    begin_shutdown(ShutdownMode::graceful);
-  } else {
-    error("42601", "unknown command \"" + verb + "\"; try SHOW HELP");
   }
-  if (!ok) error("XX000", "could not encode the result");
-  done();
+  return rows;
 }
 
 void Reactor::kill_database(std::string_view database) {

@@ -32,6 +32,7 @@ std::string_view name(Reason reason) {
     case Reason::server_idle_timeout: return "server_idle_timeout";
     case Reason::server_lifetime: return "server_lifetime";
     case Reason::server_evicted: return "server_evicted";
+    case Reason::server_handed_over: return "server_handed_over";
     case Reason::pool_removed: return "pool_removed";
     case Reason::shutdown: return "shutdown";
     case Reason::cancel_request: return "cancel_request";

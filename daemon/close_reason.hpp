@@ -36,6 +36,7 @@ enum class Reason {
   server_idle_timeout,    // idle longer than timeouts.server_idle
   server_lifetime,        // older than timeouts.server_lifetime
   server_evicted,         // idle, closed to make room for another pool (max_db_connections)
+  server_handed_over,     // idle, closed so another reactor's waiting clients get the slot
   pool_removed,           // the pool's database left the configuration
   shutdown,               // 57P01: pgring is shutting down
   cancel_request,         // the connection carried a CancelRequest (answered by closing)

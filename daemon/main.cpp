@@ -7,13 +7,18 @@
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <iostream>
+#include <latch>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "config/config.hpp"
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
+#include "daemon/shared.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"pgring: a PostgreSQL connection pooler on io_uring"};
@@ -36,8 +41,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   pgring::log::init(config->log_level, config->log_format);
-  if (config->workers != 1)
-    pgring::log::info("running one reactor thread (multi-reactor workers are not implemented yet)");
+  int workers = config->workers > 0 ? config->workers : static_cast<int>(std::thread::hardware_concurrency());
+  if (workers < 1) workers = 1;
+  if (workers > pgring::kMaxWorkers) {
+    pgring::log::warning("workers: {} is more than {}; running {}", workers, pgring::kMaxWorkers, pgring::kMaxWorkers);
+    workers = pgring::kMaxWorkers;
+  }
 
   // Signals are read by the reactor from a signalfd: block them for every thread.
   sigset_t mask;
@@ -59,17 +68,55 @@ int main(int argc, char** argv) {
     pgring::log::warning("the open files limit ({}) is below max_client_conn ({}); raise LimitNOFILE / ulimit -n",
                          files.rlim_cur, config->max_client_conn);
 
+  // One reactor per thread, each created on its own thread (its ring is SINGLE_ISSUER); reactor
+  // 0 runs here. A reactor object stays alive until every reactor has stopped, because the
+  // others may still post to it.
+  pgring::Shared shared(workers);
+  std::latch started(workers - 1);
+  std::latch finished(workers);
+  std::atomic<bool> start_failed{false};
+  std::vector<std::thread> threads;
+  auto run_worker = [&](int index) {
+    std::unique_ptr<pgring::Reactor> reactor;
+    try {
+      reactor = std::make_unique<pgring::Reactor>(shared, index, config, config_path);
+      reactor->listen();
+      shared.reactors[static_cast<std::size_t>(index)] = reactor.get();
+    } catch (const std::exception& e) {
+      pgring::log::error("reactor {}: {}", index, e.what());
+      start_failed = true;
+      reactor.reset();
+    }
+    started.count_down();
+    if (reactor) reactor->run();
+    finished.arrive_and_wait();
+  };
+  int rc = 0;
   try {
-    pgring::Reactor reactor(config, config_path);
+    pgring::Reactor reactor(shared, 0, config, config_path);
     reactor.listen();
     reactor.listen_metrics();
-    sd_notify(0, "READY=1\nSTATUS=accepting connections");
-    int rc = reactor.run();
+    shared.reactors[0] = &reactor;
+    for (int i = 1; i < workers; ++i) threads.emplace_back(run_worker, i);
+    started.wait();
+    if (start_failed) {
+      rc = 1;
+      reactor.broadcast([](pgring::Reactor& r) { r.begin_shutdown(pgring::Reactor::ShutdownMode::immediate); });
+    } else {
+      pgring::log::info("{} reactor thread{} serving", workers, workers == 1 ? "" : "s");
+      sd_notify(0, "READY=1\nSTATUS=accepting connections");
+    }
+    int run_rc = reactor.run();
+    if (rc == 0) rc = run_rc;
     sd_notify(0, "STOPPING=1");
-    pgring::log::info("stopped");
-    return rc;
+    finished.arrive_and_wait();
   } catch (const std::exception& e) {
     pgring::log::error("{}", e.what());
-    return 1;
+    // The other reactors (if any started) are told to stop through the signal path's absence:
+    // nothing can reach them without reactor 0, so the process ends here.
+    std::_Exit(1);
   }
+  for (auto& t : threads) t.join();
+  pgring::log::info("stopped");
+  return rc;
 }

@@ -16,6 +16,10 @@
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+#include <unordered_map>
+
 namespace pgring {
 
 namespace {
@@ -49,6 +53,7 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_statement_cache_entries", "gauge", "Distinct statements in the registry"},
     {"pgring_reloads_total", "counter", "Configuration reloads applied"},
     {"pgring_reload_failures_total", "counter", "Configuration reloads refused (bad file)"},
+    {"pgring_workers", "gauge", "Reactor threads serving connections"},
 };
 
 void header(std::string& out, std::string_view name) {
@@ -105,7 +110,69 @@ void histogram(std::string& out, std::string_view name, const std::string& label
 
 }  // namespace
 
+namespace {
+
+// Every reactor's exposition made one: samples of the same series are added up (pgring_info,
+// the same on each reactor, is kept once); families keep the order they first appear in.
+std::string merge_expositions(const std::vector<std::string>& texts) {
+  struct Family {
+    std::vector<std::string> header;
+    std::vector<std::string> series;
+    std::unordered_map<std::string, double> values;
+  };
+  std::vector<std::string> order;
+  std::unordered_map<std::string, Family> families;
+  for (const std::string& text : texts) {
+    std::string_view rest = text;
+    std::string current;
+    while (!rest.empty()) {
+      std::size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
+      if (line.empty()) continue;
+      if (line.starts_with("# ")) {
+        std::string_view name = line.substr(7);  // after "# HELP " / "# TYPE "
+        current = std::string(name.substr(0, name.find(' ')));
+        auto [it, fresh] = families.try_emplace(current);
+        if (fresh) order.push_back(current);
+        auto& header = it->second.header;
+        if (std::find(header.begin(), header.end(), line) == header.end()) header.emplace_back(line);
+        continue;
+      }
+      std::size_t space = line.rfind(' ');
+      if (space == std::string_view::npos) continue;
+      Family& f = families[current];
+      std::string series(line.substr(0, space));
+      double value = std::strtod(std::string(line.substr(space + 1)).c_str(), nullptr);
+      auto [it, fresh] = f.values.try_emplace(series, 0.0);
+      if (fresh) f.series.push_back(series);
+      it->second = current == "pgring_info" ? value : it->second + value;
+    }
+  }
+  std::string out;
+  for (const std::string& name : order) {
+    const Family& f = families[name];
+    for (const std::string& h : f.header) out += h + "\n";
+    for (const std::string& series : f.series) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " %.17g\n", f.values.at(series));
+      out += series + buf;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string Reactor::metrics_text() {
+  // The whole process: each reactor renders its own state on its own thread.
+  std::string out = merge_expositions(gather<std::string>([](Reactor& r) { return r.metrics_text_local(); }));
+  header(out, "pgring_workers");
+  sample(out, "pgring_workers", "", static_cast<double>(shared_.workers()));
+  return out;
+}
+
+std::string Reactor::metrics_text_local() {
   std::string out;
   header(out, "pgring_info");
   sample(out, "pgring_info", std::string("version=\"") + PGRING_VERSION + "\"", 1);
@@ -181,16 +248,23 @@ std::string Reactor::metrics_text() {
   return out;
 }
 
-bool Reactor::ready() const {
-  // Ready: accepting, and not every pool's server is known to be down.
+bool Reactor::ready() {
+  // Ready: accepting, and not every pool's server is known to be down (over all reactors).
   if (shutting_down()) return false;
+  auto answers = gather<int>([](Reactor& r) { return r.pools_up(); });
+  bool any_pool = std::any_of(answers.begin(), answers.end(), [](int a) { return a != 0; });
+  bool any_up = std::any_of(answers.begin(), answers.end(), [](int a) { return a == 1; });
+  return !any_pool || any_up;
+}
+
+int Reactor::pools_up() const {
   bool any_pool = false, any_up = false;
   for (const auto& [key, pool] : pools_) {
     (void)key;
     any_pool = true;
     any_up |= !pool->failing_;
   }
-  return !any_pool || any_up;
+  return !any_pool ? 0 : any_up ? 1 : 2;
 }
 
 // ---- HTTP ------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 #include "daemon/pool.hpp"
 
+#include "daemon/shared.hpp"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 
@@ -135,7 +137,8 @@ void Pool::release_link(Server& server) {
 }
 
 void Pool::server_ready(Server& server) {
-  if (server.retire_ || server_count() > settings_.pool_size + settings_.reserve_pool_size) {
+  if (server.retire_ ||
+      budget_->servers.load(std::memory_order_relaxed) > settings_.pool_size + settings_.reserve_pool_size) {
     reactor_.close(server, Reason::config_changed);
     return;
   }
@@ -145,6 +148,31 @@ void Pool::server_ready(Server& server) {
   }
   set_state(server, ServerState::idle);
   maintain();
+  offer_idle_server();
+}
+
+void Pool::set_starving(bool pool_budget, bool database_budget) {
+  std::uint64_t bit = std::uint64_t{1} << reactor_.index();
+  if (pool_budget != starving_pool_) {
+    if (pool_budget) budget_->starving.fetch_or(bit, std::memory_order_relaxed);
+    else budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
+    starving_pool_ = pool_budget;
+  }
+  if (database_budget != starving_db_) {
+    if (database_budget) db_budget_->starving.fetch_or(bit, std::memory_order_relaxed);
+    else db_budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
+    starving_db_ = database_budget;
+  }
+}
+
+void Pool::offer_idle_server() {
+  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
+  std::uint64_t others = (budget_->starving.load(std::memory_order_relaxed) |
+                          db_budget_->starving.load(std::memory_order_relaxed)) &
+                         ~(std::uint64_t{1} << reactor_.index());
+  if (others == 0) return;
+  // Closing it frees the slot; the starving reactors are told when it is freed.
+  reactor_.close(*idle_servers_.front(), Reason::server_handed_over, "another worker's clients need the slot");
 }
 
 int Pool::server_count() const {
@@ -167,6 +195,7 @@ void Pool::maintain() {
     client->server_ = server;
     client->on_linked(*server);
   }
+  if (waiting_clients_.empty() && (starving_pool_ || starving_db_)) set_starving(false, false);
   if (paused_ || waiting_clients_.empty() || reactor_.shutting_down()) return;
 
   if (failing_) {
@@ -188,16 +217,33 @@ void Pool::maintain() {
       reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
   int wanted = static_cast<int>(waiting_clients_.size()) - static_cast<int>(connecting_servers_.size());
-  while (wanted-- > 0 && server_count() < limit) {
-    if (!reactor_.database_has_room(*this)) break;
+  bool short_pool = false, short_database = false;
+  while (wanted-- > 0) {
+    if (!budget_->try_acquire(limit)) {
+      short_pool = true;
+      break;
+    }
+    if (!reactor_.database_has_room(*this)) {
+      budget_->release();
+      short_database = true;
+      break;
+    }
     reactor_.start_connect(*this);
   }
+  set_starving(short_pool, short_database);
 }
 
 void Pool::keep_warm() {
   // min_pool_size: open connections ahead of demand, but not while the server is failing.
   if (failing_ || reactor_.shutting_down()) return;
-  while (server_count() < settings_.min_pool_size && reactor_.database_has_room(*this)) reactor_.start_connect(*this);
+  if (settings_.min_pool_size <= 0) return;
+  while (budget_->try_acquire(settings_.min_pool_size)) {
+    if (!reactor_.database_has_room(*this)) {
+      budget_->release();
+      break;
+    }
+    reactor_.start_connect(*this);
+  }
 }
 
 void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message) {

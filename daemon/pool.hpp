@@ -20,6 +20,7 @@
 namespace pgring {
 
 class Reactor;
+struct Budget;
 
 class Pool {
  public:
@@ -55,6 +56,19 @@ class Pool {
   // A reload changed this pool's database, user or settings: apply them. A changed server
   // address retires the connections to the old one (idle ones now, busy ones when released).
   void reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings);
+
+  // Pool limits are for the process (DESIGN.md section 2): server connections are counted in
+  // budgets shared by the reactors (Shared), this pool's and its database's.
+  Budget* budget_ = nullptr;
+  Budget* db_budget_ = nullptr;
+  // Clients wait here because the pool's (or the database's) budget is used up: this reactor's
+  // bit is set in that budget's `starving` mask until they are served or gone.
+  void set_starving(bool pool_budget, bool database_budget);
+  bool starving_pool_ = false;
+  bool starving_db_ = false;
+  // Another reactor starves for a slot this pool holds idle (and nobody waits here): close the
+  // idle server so that the slot moves to where the clients are.
+  void offer_idle_server();
 
   Reactor& reactor_;
   const config::Database* db_;

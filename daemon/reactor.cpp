@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,8 +41,8 @@ constexpr auto kClosingGrace = std::chrono::seconds(5);
 std::string errno_text(int err) { return std::strerror(err); }
 }  // namespace
 
-Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string config_path)
-    : config_(std::move(config)), config_path_(std::move(config_path)) {
+Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config, std::string config_path)
+    : shared_(shared), index_(index), config_(std::move(config)), config_path_(std::move(config_path)) {
   io_uring_params params{};
   params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
                  IORING_SETUP_CQSIZE;
@@ -69,6 +70,11 @@ Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string confi
   if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0)
     watchdog_interval_ = std::chrono::microseconds(watchdog_usec / 2);
 
+  mailbox_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (mailbox_fd_ < 0) throw std::runtime_error("eventfd: " + errno_text(errno));
+  arm_mailbox();
+  if (index_ != 0) return;
+  // Signals go to reactor 0, which tells the others.
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -79,9 +85,60 @@ Reactor::Reactor(std::shared_ptr<const config::Config> config, std::string confi
   arm_signal();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Between reactors: a mailbox of tasks, rung with an eventfd read by the ring.
+
+void Reactor::post(std::function<void(Reactor&)> task) {
+  {
+    std::lock_guard lock(mailbox_mutex_);
+    mailbox_.push_back(std::move(task));
+  }
+  std::uint64_t one = 1;
+  (void)!::write(mailbox_fd_, &one, sizeof one);
+}
+
+void Reactor::arm_mailbox() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, mailbox_fd_, &mailbox_count_, sizeof mailbox_count_, 0);
+  io_uring_sqe_set_data(sqe, &mailbox_op_);
+}
+
+void Reactor::run_mailbox() {
+  // (A task may post again, or gather: gathering runs the later tasks itself.)
+  std::vector<std::function<void(Reactor&)>> tasks;
+  {
+    std::lock_guard lock(mailbox_mutex_);
+    tasks.swap(mailbox_);
+  }
+  for (auto& task : tasks) task(*this);
+}
+
+void Reactor::broadcast(const std::function<void(Reactor&)>& task) {
+  for (int i = 0; i < shared_.workers(); ++i) {
+    Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load();
+    if (r == nullptr) continue;
+    if (r == this) task(*this);
+    else r->post(task);
+  }
+}
+
+void Reactor::retry_database(const std::string& database) {
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (pool->database_ == database && !pool->waiting_clients_.empty()) pool->maintain();
+  }
+}
+
+Budget& Reactor::database_budget(const std::string& database) {
+  Budget*& b = database_budgets_[database];
+  if (b == nullptr) b = &shared_.database_budget(database);
+  return *b;
+}
+
 Reactor::~Reactor() {
   close_listeners();
   if (metrics_listener_.fd >= 0) ::close(metrics_listener_.fd);
+  if (mailbox_fd_ >= 0) ::close(mailbox_fd_);
   // Exiting the ring cancels and waits for every request still in flight, so no kernel
   // operation refers to a connection or buffer after this point.
   io_uring_queue_exit(&ring_);
@@ -138,6 +195,9 @@ Reactor::~Reactor() {
 
 void Reactor::listen() {
   for (const config::ListenAddress& address : config_->listen) {
+    // TCP addresses: every reactor has its own SO_REUSEPORT socket and the kernel spreads the
+    // connections. A unix socket path can be bound once: reactor 0 takes those.
+    if (!address.unix_dir.empty() && index_ != 0) continue;
     auto listener = std::make_unique<Listener>();
     listener->accept_op.owner = listener.get();
     int fd = -1;
@@ -324,6 +384,10 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
     case Operation::Kind::signal:
       on_signal(cqe->res);
       break;
+    case Operation::Kind::mailbox:
+      run_mailbox();
+      if (!stopped_) arm_mailbox();
+      break;
     case Operation::Kind::ignore:
       break;
   }
@@ -457,13 +521,14 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   }
   auto* client = new Client(*this, next_id(), result, std::move(peer));
   ++client_count_;
+  int clients = shared_.clients.fetch_add(1, std::memory_order_relaxed) + 1;
   login_clients_.push_back(client);
   client->state_since_ = now_;
   client->last_activity_ = now_;
   log::debug("C-{} connected from {}", client->id_, client->peer_);
   // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the
   // client sees the 53300 error; the login timeout bounds how long such a client may stay.
-  if (client_count_ > config_->max_client_conn) client->refused_too_many_ = true;
+  if (clients > config_->max_client_conn) client->refused_too_many_ = true;
   arm_recv(client->stream_, client->ops_in_flight_);
 }
 
@@ -596,11 +661,11 @@ void Reactor::on_signal(int result) {
       case SIGTERM:
         log::info("SIGTERM: graceful shutdown (waiting up to {} ms for transactions)",
                   config_->timeouts.shutdown.count());
-        begin_shutdown(ShutdownMode::graceful);
+        broadcast([](Reactor& r) { r.begin_shutdown(ShutdownMode::graceful); });
         break;
       case SIGINT:
         log::info("SIGINT: immediate shutdown");
-        begin_shutdown(ShutdownMode::immediate);
+        broadcast([](Reactor& r) { r.begin_shutdown(ShutdownMode::immediate); });
         break;
       case SIGHUP: {
         sd_notify(0, "RELOADING=1");
@@ -659,6 +724,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   client.state_since_ = now_;
   closing_clients_.push_back(&client);
   --client_count_;
+  shared_.clients.fetch_sub(1, std::memory_order_relaxed);
   client.stream_.reading_paused_ = true;
   if (!client.stream_.has_output() && !client.stream_.send_in_flight()) finish_close(client);
   if (pool != nullptr) pool->maintain();
@@ -742,12 +808,20 @@ void Reactor::maybe_free(Server& server) {
   server.stream_.fd = -1;
   unlink(&server);
   free_servers_.push_back(&server);
-  // A server slot of this database is free: pools of it with waiting clients may use it.
-  --database_servers_[server.pool_.database_];
-  for (auto& [key, pool] : pools_) {
-    (void)key;
-    if (pool->database_ == server.pool_.database_ && !pool->waiting_clients_.empty()) pool->maintain();
+  // A server slot of this pool and database is free: pools of it with waiting clients may use
+  // it, here and on the reactors that said they starve for one.
+  Pool& pool = server.pool_;
+  pool.budget_->release();
+  pool.db_budget_->release();
+  std::uint64_t starving = (pool.budget_->starving.load(std::memory_order_relaxed) |
+                            pool.db_budget_->starving.load(std::memory_order_relaxed)) &
+                           ~(std::uint64_t{1} << index_);
+  for (int i = 0; starving != 0 && i < shared_.workers(); ++i) {
+    if ((starving & (std::uint64_t{1} << i)) == 0) continue;
+    if (Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load())
+      r->post([database = pool.database_](Reactor& other) { other.retry_database(database); });
   }
+  retry_database(pool.database_);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -760,6 +834,8 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
   auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
+  pool->budget_ = &shared_.pool_budget(key);
+  pool->db_budget_ = &database_budget(db.name);
   pool->paused_ = paused_all_ || paused_databases_.count(db.name) != 0;
   Pool& ref = *pool;
   pools_.emplace(std::move(key), std::move(pool));
@@ -787,8 +863,7 @@ std::string Reactor::client_limit_reached(const Pool& pool) const {
 
 bool Reactor::database_has_room(Pool& pool) {
   int limit = pool.settings_.max_db_connections;
-  if (limit <= 0) return true;
-  if (database_servers_[pool.database_] < limit) return true;
+  if (pool.db_budget_->try_acquire(limit)) return true;  // (counted even without a limit)
   // Make room: an idle server of another pool of this database goes (its clients are not
   // waiting, ours are). The room appears once it is freed; maintain() runs again then.
   for (auto& [key, other] : pools_) {
@@ -801,8 +876,8 @@ bool Reactor::database_has_room(Pool& pool) {
 }
 
 void Reactor::start_connect(Pool& pool) {
+  // (Its pool and database budgets were acquired by the caller.)
   auto* server = new Server(*this, pool, next_id());
-  ++database_servers_[pool.database_];
   ++pool.stats_.server_connects;
   // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
   if (pool.settings_.timeouts.server_lifetime.count() > 0) {
@@ -849,7 +924,8 @@ void Reactor::register_cancel_key(Client& client) {
   for (;;) {
     RAND_bytes(reinterpret_cast<unsigned char*>(&client.cancel_pid_), sizeof client.cancel_pid_);
     RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()), 4);
-    client.cancel_pid_ &= 0x7fffffff;
+    // The low bits name this reactor: a CancelRequest may arrive on any of them.
+    client.cancel_pid_ = (client.cancel_pid_ & 0x7fffffc0) | index_;
     if (client.cancel_pid_ == 0) continue;
     std::uint32_t secret;
     std::memcpy(&secret, client.cancel_secret_.data(), 4);
@@ -860,6 +936,17 @@ void Reactor::register_cancel_key(Client& client) {
 
 void Reactor::cancel(std::int32_t pid, std::string_view secret) {
   if (secret.size() != 4) return;
+  int owner = pid & (kMaxWorkers - 1);
+  if (owner != index_) {
+    // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
+    Reactor* r = owner < shared_.workers() ? shared_.reactors[static_cast<std::size_t>(owner)].load() : nullptr;
+    if (r == nullptr) {
+      log::info("cancel request with an unknown key ignored");
+      return;
+    }
+    r->post([pid, secret = std::string(secret)](Reactor& other) { other.cancel(pid, secret); });
+    return;
+  }
   std::uint32_t secret_bits;
   std::memcpy(&secret_bits, secret.data(), 4);
   std::uint64_t key = (std::uint64_t(std::uint32_t(pid)) << 32) | secret_bits;
@@ -1011,9 +1098,15 @@ std::string Reactor::reload() {
   };
   if (metrics_text(old) != metrics_text(*fresh))
     log::warning("reload: metrics.listen changed; it takes effect after a restart");
+  broadcast([fresh](Reactor& r) { r.apply_config(fresh); });
+  log::info("configuration reloaded from {}", config_path_);
+  return {};
+}
+
+void Reactor::apply_config(std::shared_ptr<const config::Config> fresh) {
   retired_configs_.push_back(config_);
-  config_ = fresh;
-  log::init(config_->log_level, config_->log_format);
+  config_ = std::move(fresh);
+  if (index_ == 0) log::init(config_->log_level, config_->log_format);
   scram_secrets_.clear();  // passwords may have changed
   for (auto& [key, pool] : pools_) {
     (void)key;
@@ -1029,8 +1122,6 @@ std::string Reactor::reload() {
     }
     pool->reconfigure(*db, config_->find_user(pool->user_name_), config_->resolve_pool(*db, config_->find_user(pool->user_name_)));
   }
-  log::info("configuration reloaded from {}", config_path_);
-  return {};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1084,6 +1175,9 @@ void Reactor::sweep() {
     }
     // Waiting clients may now qualify for the reserve pool, or a failing server for a retry.
     if (!pool->waiting_clients_.empty()) pool->maintain();
+    else if (pool->starving_pool_ || pool->starving_db_) pool->set_starving(false, false);
+    // Servers idle here while another reactor's clients starve for the slot.
+    pool->offer_idle_server();
     pool->keep_warm();
   }
   // An HTTP client gets 5 seconds to send its request and read the answer.

@@ -8,6 +8,9 @@
 
 #include <array>
 #include <chrono>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <map>
 #include <set>
 #include <memory>
@@ -22,10 +25,14 @@
 #include "daemon/list.hpp"
 #include "daemon/pool.hpp"
 #include "daemon/server.hpp"
+#include "daemon/shared.hpp"
 #include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 
 namespace pgring {
+
+// Rows of text columns (the admin console's results).
+using Rows = std::vector<std::vector<std::string>>;
 
 // One HTTP request on the metrics port: read the request head, answer, close.
 struct HttpConn {
@@ -42,7 +49,10 @@ struct HttpConn {
 
 class Reactor {
  public:
-  Reactor(std::shared_ptr<const config::Config> config, std::string config_path);
+  enum class ShutdownMode { none, graceful, immediate };
+  // Reactor `index` of shared.workers(); it must be created on the thread that runs it (the
+  // ring is SINGLE_ISSUER). Reactor 0 also reads the signals and serves the metrics port.
+  Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config, std::string config_path);
   ~Reactor();
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
@@ -57,6 +67,22 @@ class Reactor {
   [[nodiscard]] Clock::time_point now() const { return now_; }
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
   [[nodiscard]] StatementRegistry& statements() { return statements_; }
+  [[nodiscard]] int index() const { return index_; }
+  [[nodiscard]] Shared& shared() { return shared_; }
+
+  // ---- between reactors ----
+  // Runs `task` on this reactor's thread at its next loop turn. Any thread may call it.
+  void post(std::function<void(Reactor&)> task);
+  // Runs `fn` on every reactor (this one directly, the others through their mailboxes) and
+  // returns the results in reactor order. While it waits, this reactor runs what was posted to
+  // it, so two reactors gathering at once do not deadlock; a reactor that does not answer
+  // within a second (stopped) contributes T{}. For the admin console and /metrics only.
+  template <typename T>
+  std::vector<T> gather(const std::function<T(Reactor&)>& fn);
+  // Every reactor, this one included (directly), runs `task`.
+  void broadcast(const std::function<void(Reactor&)>& task);
+  // A server slot of `database` was freed on another reactor: waiting clients may use it.
+  void retry_database(const std::string& database);
 
   // ---- services for handlers ----
   // The one way out of a connection. `message` is appended to the client-facing error text.
@@ -83,16 +109,27 @@ class Reactor {
   void login_done(Client& client);  // leaves the login list
   // Admin console (admin.cpp): one simple Query from an admin or stats user.
   void admin_query(Client& client, std::string_view sql);
-  // Reload the configuration file: "" when applied, else why not (the running config stays).
+  // Reload the configuration file: "" when applied (on every reactor), else why not (the
+  // running config stays).
   std::string reload();
+  // Take a configuration another reactor loaded.
+  void apply_config(std::shared_ptr<const config::Config> fresh);
   // Metrics (metrics.cpp).
   void listen_metrics();
+  // The whole process (gathered from every reactor), and this reactor's share.
   [[nodiscard]] std::string metrics_text();
-  [[nodiscard]] bool ready() const;
+  [[nodiscard]] std::string metrics_text_local();
+  [[nodiscard]] bool ready();
+  // 0: no pools here, 1: a pool here has a working server, 2: every pool here is failing.
+  [[nodiscard]] int pools_up() const;
   void kill_database(std::string_view database);
+  // PAUSE / RESUME (database "" = all), on this reactor's pools.
+  void pause(const std::string& database, bool pause);
+  // This reactor's rows of SHOW pools|clients|servers|stats|statements (the console merges them).
+  [[nodiscard]] Rows admin_rows(std::string_view what);
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
-  [[nodiscard]] std::uint64_t next_id() { return ++last_id_; }
+  [[nodiscard]] std::uint64_t next_id() { return shared_.last_id.fetch_add(1, std::memory_order_relaxed) + 1; }
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
 
   List<Client> login_clients_;
@@ -104,7 +141,6 @@ class Reactor {
   std::uint64_t reload_failures_ = 0;
 
  private:
-  enum class ShutdownMode { none, graceful, immediate };
   struct Listener {
     int fd = -1;
     std::string name;
@@ -142,11 +178,22 @@ class Reactor {
   void maybe_free(Server& server);
   void sweep();
   void sweep_active(Pool& pool);
-  void begin_shutdown(ShutdownMode mode);
   void close_listeners();
+  void arm_mailbox();
+  void run_mailbox();
+ public:
+  void begin_shutdown(ShutdownMode mode);
+ private:
 
+  Shared& shared_;
+  const int index_;
   std::shared_ptr<const config::Config> config_;
   std::string config_path_;
+  std::mutex mailbox_mutex_;
+  std::vector<std::function<void(Reactor&)>> mailbox_;
+  int mailbox_fd_ = -1;  // eventfd: the doorbell other threads ring after posting
+  std::uint64_t mailbox_count_ = 0;
+  Operation mailbox_op_{Operation::Kind::mailbox, nullptr};
   // Configurations replaced by reloads stay alive: clients keep pointers to their users.
   std::vector<std::shared_ptr<const config::Config>> retired_configs_;
   bool paused_all_ = false;
@@ -159,7 +206,11 @@ class Reactor {
   std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;
   std::unordered_map<std::uint64_t, Client*> cancel_keys_;
   // Server connections per database (all pools of it, until each is freed): max_db_connections.
-  std::unordered_map<std::string, int> database_servers_;
+  // (Budgets in Shared, looked up once per database.)
+  std::unordered_map<std::string, Budget*> database_budgets_;
+ public:
+  [[nodiscard]] Budget& database_budget(const std::string& database);
+ private:
 
   std::vector<Stream*> flush_list_;
   std::vector<std::pair<Stream*, int*>> starved_;
@@ -178,8 +229,7 @@ class Reactor {
   Clock::time_point next_sweep_;
   std::chrono::microseconds watchdog_interval_{0};
   Clock::time_point next_watchdog_{};
-  std::uint64_t last_id_ = 0;
-  int client_count_ = 0;
+  int client_count_ = 0;  // this reactor's; Shared::clients counts the process's
 
   int signal_fd_ = -1;
   Operation signal_op_{Operation::Kind::signal, nullptr};
@@ -190,5 +240,36 @@ class Reactor {
   Clock::time_point shutdown_deadline_;
   bool stopped_ = false;
 };
+
+template <typename T>
+std::vector<T> Reactor::gather(const std::function<T(Reactor&)>& fn) {
+  struct Pending {
+    std::vector<T> results;
+    std::atomic<int> remaining{0};
+  };
+  auto pending = std::make_shared<Pending>();
+  int n = shared_.workers();
+  pending->results.resize(static_cast<std::size_t>(n));
+  pending->remaining = n - 1;
+  for (int i = 0; i < n; ++i) {
+    Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load();
+    if (i == index_ || r == nullptr) {
+      if (i != index_) pending->remaining.fetch_sub(1);
+      continue;
+    }
+    r->post([pending, fn, i](Reactor& self) {
+      pending->results[static_cast<std::size_t>(i)] = fn(self);
+      pending->remaining.fetch_sub(1, std::memory_order_release);
+    });
+  }
+  pending->results[static_cast<std::size_t>(index_)] = fn(*this);
+  auto deadline = Clock::now() + std::chrono::seconds(1);
+  while (pending->remaining.load(std::memory_order_acquire) > 0 && Clock::now() < deadline) {
+    run_mailbox();
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  if (pending->remaining.load(std::memory_order_acquire) > 0) return {pending->results[static_cast<std::size_t>(index_)]};
+  return pending->results;
+}
 
 }  // namespace pgring

@@ -71,6 +71,7 @@ struct Operation {
     http_recv,
     http_send,
     signal,
+    mailbox,  // the eventfd other reactors ring after posting a task
     ignore,  // completions we do not care about (cancel requests)
   };
   Kind kind;

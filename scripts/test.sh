@@ -4,11 +4,12 @@
 #   1. scripts/deps.sh                    install missing Debian packages
 #   2. release build (build/)             unit + integration tests with ctest
 #   3. sanitizer build (build-asan/)      the same tests under ASan + UBSan
+#   3b. thread sanitizer (build-tsan/)    the tests labelled "workers" under TSan
 #   4. fuzz smoke (build-fuzz/, clang)    each fuzz_* target for FUZZ_SECONDS (default 60) seconds,
 #                                         starting from tests/fuzz/corpus/<name without fuzz_>
 #
 # The integration tests' PostgreSQL is started and stopped by ctest's fixtures
-# (scripts/pg-throwaway.sh), on port 25432 for build/ and 25433 for build-asan/.
+# (scripts/pg-throwaway.sh), on port 25432 for build/, 25433 for build-asan/ and 25434 for build-tsan/.
 # Every step runs even if an earlier one failed (except deps); the exit status is 1 if any
 # step failed. Environment: FUZZ_SECONDS, FUZZ_JOBS (parallel fuzzers, default 2),
 # CTEST_JOBS (default 2), JOBS (build parallelism, default 2).
@@ -157,11 +158,13 @@ if ! step "deps" "$ROOT/scripts/deps.sh"; then
   exit 1
 fi
 
-for mode in release asan; do
+for mode in release asan tsan; do
   dir=build
   [[ $mode == asan ]] && dir=build-asan
+  [[ $mode == tsan ]] && dir=build-tsan
   extra=()
   [[ $mode == asan ]] && extra=(-LE slow)
+  [[ $mode == tsan ]] && extra=(-L workers)
   if step "build $mode" "$ROOT/scripts/build.sh" "$mode"; then
     step "ctest $mode" run_ctest "$ROOT/$dir" "${extra[@]}" || true
   else

@@ -1,0 +1,69 @@
+#pragma once
+// What the reactors of one process share (DESIGN.md section 2), kept small and explicit. Nothing
+// here is touched per message: a budget changes when a server connection opens or is freed,
+// the client count when a client connects or leaves; cross-reactor requests (cancel routing,
+// reload, shutdown, admin and metrics snapshots, "a server slot is free") go through each
+// reactor's mailbox.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace pgring {
+
+class Reactor;
+
+// Most reactors a process runs: a reactor is one bit in Budget::starving and the low bits of the
+// cancel keys it hands out.
+inline constexpr int kMaxWorkers = 64;
+
+// The server connections of one pool, or of one database, over all reactors: pool_size and
+// max_db_connections are limits for the process, not per thread.
+struct Budget {
+  std::atomic<int> servers{0};
+  // Reactors (bit = index) with clients waiting because this budget is used up. Another reactor
+  // holding an idle server connection closes it so that the slot moves where the clients are.
+  std::atomic<std::uint64_t> starving{0};
+
+  // One more server connection, if `limit` allows (limit <= 0: counted, never refused).
+  bool try_acquire(int limit) {
+    int n = servers.load(std::memory_order_relaxed);
+    do {
+      if (limit > 0 && n >= limit) return false;
+    } while (!servers.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+    return true;
+  }
+  void release() { servers.fetch_sub(1, std::memory_order_relaxed); }
+};
+
+class Shared {
+ public:
+  explicit Shared(int workers) : reactors(static_cast<std::size_t>(workers)) {}
+  [[nodiscard]] int workers() const { return static_cast<int>(reactors.size()); }
+
+  // Filled in as the reactor threads start, before any of them accepts a connection.
+  std::vector<std::atomic<Reactor*>> reactors;
+  std::atomic<int> clients{0};            // max_client_conn is for the process
+  std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
+
+  // Budgets live as long as the process (pools keep plain pointers to them).
+  Budget& pool_budget(const std::string& key) { return find(pools_, key); }
+  Budget& database_budget(const std::string& name) { return find(databases_, name); }
+
+ private:
+  Budget& find(std::unordered_map<std::string, std::unique_ptr<Budget>>& map, const std::string& key) {
+    std::lock_guard lock(mutex_);  // only when a reactor creates a pool
+    auto& slot = map[key];
+    if (!slot) slot = std::make_unique<Budget>();
+    return *slot;
+  }
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::unique_ptr<Budget>> pools_;
+  std::unordered_map<std::string, std::unique_ptr<Budget>> databases_;
+};
+
+}  // namespace pgring

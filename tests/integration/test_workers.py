@@ -1,0 +1,222 @@
+#!/usr/bin/python3
+"""workers: N runs N reactor threads, each with its own ring and SO_REUSEPORT listener, and the
+pool limits stay limits for the process (DESIGN.md section 2): pool_size 4 means 4 server
+connections in pg_stat_activity whatever reactor the clients landed on; clients on every
+reactor make progress (an idle server on one reactor is handed over when another's clients
+wait); cancels reach the client's reactor whichever accepted them; the admin console, /metrics
+and reloads cover every reactor."""
+
+import threading
+import time
+
+import psycopg2
+
+from harness import (PGHOST, PGPORT, Background, check, check_eq, connect, direct_connect,
+                     expect_error, free_port, log, query, query_one, run_tests, wait_until)
+from ops_helpers import (OpsPgring, admin_ok, admin_rows, metric_sum, ops_config, scrape)
+
+ROLE = "pgring_workers"  # pgring logs in to PostgreSQL as this role: its backends are ours
+
+
+def workers_config(workers, pool_size, metrics_port=None, **defaults):
+    config = ops_config(pool_mode="transaction", pool_size=pool_size, metrics_port=metrics_port,
+                        databases={"pgring_test": {"host": PGHOST, "port": PGPORT, "user": ROLE}},
+                        **defaults)
+    config["workers"] = workers
+    return config
+
+
+def our_backends(monitor):
+    return query_one(monitor, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (ROLE,))
+
+
+class Sampler:
+    """Counts our backends in pg_stat_activity every 20 ms; .peak is the largest count seen."""
+
+    def __init__(self):
+        self.monitor = direct_connect()
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, our_backends(self.monitor))
+            time.sleep(0.02)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.monitor.close()
+        return self.peak
+
+
+def setup_role():
+    c = direct_connect()
+    query(c, f"DO $$BEGIN CREATE ROLE {ROLE} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    query(c, f"GRANT ALL ON SCHEMA public TO {ROLE}")
+    c.close()
+
+
+def run_clients(port, n, seconds, sql="SELECT pg_sleep(0.005)"):
+    """n psycopg2 clients run `sql` in a loop for `seconds`. Returns [(queries, worst seconds,
+    error or None)] per client."""
+    results = [None] * n
+    start = threading.Barrier(n)
+
+    def client(i):
+        worst, done = 0.0, 0
+        try:
+            c = connect(port, connect_timeout=30)
+            start.wait(30)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                t = time.monotonic()
+                query(c, sql)
+                worst = max(worst, time.monotonic() - t)
+                done += 1
+            c.close()
+            results[i] = (done, worst, None)
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[i] = (done, worst, f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return results
+
+
+def test_pool_size_is_global_with_64_clients():
+    setup_role()
+    mport = free_port()
+    with OpsPgring(workers_config(2, 4, metrics_port=mport)) as p:
+        sampler = Sampler()
+        try:
+            # Hold the clients open while the admin console looks at them.
+            results = run_clients(p.port, 64, 6)
+        finally:
+            peak = sampler.finish()
+        errors = [r[2] for r in results if r is None or r[2]]
+        check_eq(errors, [], "client errors")
+        done = [r[0] for r in results]
+        worst = max(r[1] for r in results)
+        log(f"64 clients, pool_size 4, workers 2: {sum(done)} queries, fewest per client "
+            f"{min(done)}, slowest query {worst:.3f}s, peak backends {peak}")
+        check(peak <= 4, f"{peak} server connections in pg_stat_activity with pool_size 4")
+        check(min(done) > 0, "a client made no progress")
+        check(worst < 10, f"a query waited {worst:.1f}s for a server")
+        text = scrape(mport)
+        check_eq(metric_sum(text, "pgring_workers"), 2.0, "pgring_workers")
+        served = metric_sum(text, "pgring_transactions_total")
+        check(served is not None and served >= sum(done), f"transactions_total {served} < {sum(done)}")
+
+
+def test_clients_on_every_reactor_and_handoff():
+    """pool_size 1 over 2 reactors: the one server slot moves to whichever reactor has clients
+    waiting (the idle server is closed there and opened here), so every client progresses."""
+    setup_role()
+    mport = free_port()
+    with OpsPgring(workers_config(2, 1, metrics_port=mport)) as p:
+        # Enough connections that both reactors get some (SO_REUSEPORT hashes the ports).
+        held = [connect(p.port) for _ in range(12)]
+        workers = {r["worker"] for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
+        log(f"clients on workers {sorted(workers)}")
+        check_eq(sorted(workers), ["0", "1"], "reactors holding clients")
+        sampler = Sampler()
+        stop = time.monotonic() + 5
+        counts = [0] * len(held)
+        worst = [0.0]
+        errors = []
+
+        def loop(i):
+            try:
+                while time.monotonic() < stop:
+                    t = time.monotonic()
+                    check_eq(query_one(held[i], "SELECT 1"), 1)
+                    worst[0] = max(worst[0], time.monotonic() - t)
+                    counts[i] += 1
+                    time.sleep(0.01)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+        threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(len(held))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        peak = sampler.finish()
+        log(f"pool_size 1, 12 clients on 2 reactors: queries per client {counts}, slowest "
+            f"{worst[0]:.3f}s, peak backends {peak}")
+        check_eq(errors, [], "client errors")
+        check(min(counts) > 0, f"a client starved: {counts}")
+        check(peak <= 1, f"{peak} server connections with pool_size 1")
+        handed = metric_sum(scrape(mport), "pgring_disconnects_total", reason="server_handed_over")
+        log(f"server connections handed over: {handed}")
+        check(handed and handed > 0, "the slot never moved between reactors")
+        for c in held:
+            c.close()
+
+
+def test_cancel_reaches_the_right_reactor():
+    setup_role()
+    with OpsPgring(workers_config(2, 16)) as p:
+        conns = [connect(p.port) for _ in range(16)]
+        workers = {r["worker"] for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
+        check_eq(sorted(workers), ["0", "1"], "reactors holding clients")
+        # Each client sleeps; its cancel (a new connection, on whichever reactor the kernel
+        # picks) must end exactly that sleep.
+        sleepers = [Background(lambda c=c: expect_error(lambda: query(c, "SELECT pg_sleep(30)"),
+                                                        "57014")) for c in conns]
+        time.sleep(0.5)
+        started = time.monotonic()
+        for c in conns:
+            c.cancel()
+        for b in sleepers:
+            b.result(20, "a canceled sleep")
+        elapsed = time.monotonic() - started
+        log(f"16 cancels over 2 reactors answered in {elapsed:.2f}s")
+        check(elapsed < 15, f"cancels took {elapsed:.1f}s")
+        for c in conns:
+            check_eq(query_one(c, "SELECT 7"), 7, "a client after its cancel")
+            c.close()
+
+
+def test_admin_metrics_and_reload_cover_every_reactor():
+    setup_role()
+    mport = free_port()
+    config = workers_config(2, 2, metrics_port=mport)
+    with OpsPgring(config) as p:
+        held = [connect(p.port) for _ in range(10)]
+        for c in held:
+            query_one(c, "SELECT 1")
+        pools = [r for r in admin_rows(p.port, "SHOW POOLS") if r["database"] == "pgring_test"]
+        check_eq(len(pools), 1, f"one merged row per pool: {pools}")
+        check_eq(int(pools[0]["cl_idle"]) + int(pools[0]["cl_active"]), 10, f"clients in SHOW POOLS {pools}")
+        check_eq(metric_sum(scrape(mport), "pgring_clients", database="pgring_test"), 10.0,
+                 "pgring_clients over both reactors")
+        # A reload reaches both reactors: pool_size 2 -> 3, then a burst never exceeds 3.
+        config["defaults"]["pool_size"] = 3
+        p.write_config(config)
+        admin_ok(p.port, "RELOAD")
+        time.sleep(0.3)
+        sampler = Sampler()
+        results = run_clients(p.port, 24, 3, "SELECT pg_sleep(0.02)")
+        peak = sampler.finish()
+        check_eq([r[2] for r in results if r[2]], [], "client errors after the reload")
+        log(f"after RELOAD to pool_size 3: peak backends {peak}")
+        check(peak <= 3, f"{peak} server connections after reloading pool_size 3")
+        check(peak == 3, f"only {peak} server connections under load with pool_size 3")
+        # PAUSE and RESUME reach both reactors too.
+        admin_ok(p.port, "PAUSE pgring_test")
+        paused = [r for r in admin_rows(p.port, "SHOW POOLS") if r["database"] == "pgring_test"]
+        check_eq(paused[0]["paused"], "yes", "SHOW POOLS after PAUSE")
+        admin_ok(p.port, "RESUME pgring_test")
+        for c in held:
+            check_eq(query_one(c, "SELECT 2"), 2, "a client after RESUME")
+            c.close()
+
+
+if __name__ == "__main__":
+    run_tests(globals())
