@@ -33,6 +33,7 @@ PGRING=$ROOT/build/pgring
 KEEP=0
 SERVE=0
 PGRING_PREFIX=""
+WORKERS=1
 
 usage() {
   cat <<EOF
@@ -51,6 +52,7 @@ usage: loadtest/run.sh [options]
   --storm N            clients in the connection storm (default 5000)
   --port-base P        PostgreSQL on P, pgring P+1, PgBouncer P+2, HAProxy P+3 (default 25470)
   --pgring PATH        pgring binary (default build/pgring)
+  --workers N          pgring reactor threads (default 1, like PgBouncer's one process)
   --keep               keep the work directory in /tmp (configs, logs) after the run
   --serve              start PostgreSQL and the targets with the benchmark configs, print how to
                        reach them, and wait (Ctrl-C stops and removes everything): for profiling
@@ -74,6 +76,7 @@ while (($#)); do
     --storm) STORM_N=$2; shift ;;
     --port-base) PORT_BASE=$2; shift ;;
     --pgring) PGRING=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
     --keep) KEEP=1 ;;
     --serve) SERVE=1 ;;
     --pgring-prefix) PGRING_PREFIX=$2; shift ;;
@@ -252,7 +255,7 @@ cmdlog "PGPASSWORD=bench pgbench -i -q -s $SCALE -h 127.0.0.1 -p $PGPORT -U benc
 MAX_CLIENT_CONN=$(( NOFILE - 200 < 20000 ? NOFILE - 200 : 20000 ))
 cat >"$WORK/pgring.yaml" <<EOF
 listen: ["127.0.0.1:${PORT[pgring]}"]
-workers: 1
+workers: $WORKERS
 max_client_conn: $MAX_CLIENT_CONN
 log: {level: warning}
 auth: {method: $AUTH}

@@ -60,7 +60,7 @@ LIBPQ_CLIENT = os.environ.get("PGRING_LIBPQ_CLIENT", "")
 PSQL = "/usr/bin/psql"
 NO_PASSFILE = "/nonexistent/pgring-test-pgpass"  # keeps ~/.pgpass out of the tests
 
-SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
 
 
 class TestFailure(AssertionError):
@@ -224,6 +224,7 @@ class Pgring:
         # Sanitizer builds: report everything, with stacks, and make sure leaks are checked.
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:print_summary=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        env.setdefault("TSAN_OPTIONS", "halt_on_error=0:second_deadlock_stack=1")
         env.update(self.extra_env)
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

@@ -198,7 +198,7 @@ TEST_CASE("config: wrong types name their path and line") {
 }
 
 TEST_CASE("config: out of range values") {
-  check_error("workers: 1025\n", "workers", 1, "at most 1024");
+  check_error("workers: 65\n", "workers", 1, "at most 64");
   check_error("workers: 0\n", "workers", 1, "'auto' or a positive integer");
   check_error("workers: -3\n", "workers", 1, "'auto' or a positive integer");
   check_error("max_client_conn: 99999999999999999999\n", "max_client_conn", 1, "at most");
