@@ -272,7 +272,7 @@ void Client::auth_ok() {
   reactor_.register_cancel_key(*this);
   log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message_.user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message_.user);
-  if (std::string refusal = reactor_.client_limit_reached(pool); !refusal.empty()) {
+  if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {
     reactor_.close(*this, Reason::too_many_clients, refusal);
     return;
   }
@@ -927,6 +927,12 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
     skip_until_sync_ = true;  // the held Bind and what follows, up to the client's Sync
     reactor_.want_send(server.stream_);
   }
+  if (state_ == ClientState::active) on_input();
+}
+
+void Client::on_shape_check_failed() {
+  shape_check_pending_ = false;
+  skip_until_sync_ = true;  // the held request and the rest of the batch; the Sync goes on
   if (state_ == ClientState::active) on_input();
 }
 

@@ -70,6 +70,8 @@ class Client {
   [[nodiscard]] bool has_described(const PreparedStatement& statement) const;
   // The shape check of `statement` answered with `shape` (0: too large to compare).
   void on_shape_checked(const PreparedStatement& statement, Shape shape);
+  // The check itself failed with an error (already forwarded to this client).
+  void on_shape_check_failed();
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
@@ -140,6 +142,7 @@ class Client {
   // Forwarding waits while pgring checks, on a server that never had it, that a statement this
   // client described still has the same result shape (DDL may have changed it).
   bool shape_check_pending_ = false;
+  Pool* counted_in_ = nullptr;  // holds a unit of this pool's database and user client budgets
   Shape shape_check_expected_ = 0;  // the shape the held message's statement was described with
   // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
   // that fails because a cached plan changed can be replayed (Server::retry_after_error).

@@ -61,6 +61,8 @@ class Pool {
   // budgets shared by the reactors (Shared), this pool's and its database's.
   Budget* budget_ = nullptr;
   Budget* db_budget_ = nullptr;
+  Budget* db_clients_ = nullptr;    // clients of this database, all reactors
+  Budget* user_clients_ = nullptr;  // clients of this user, all reactors
   // Clients wait here because the pool's (or the database's) budget is used up: this reactor's
   // bit is set in that budget's `starving` mask until they are served or gone.
   void set_starving(bool pool_budget, bool database_budget);

@@ -595,7 +595,12 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
   }
   if (server.state_ == ServerState::closing) {
     server.stream_.discard_all();
-    if (result > 0 && !server.shut_down_) arm_recv(server.stream_, server.ops_in_flight_);
+    if (result > 0 && !server.shut_down_) {
+      server.stream_.reading_paused_ = false;  // read (and drop) until PostgreSQL closes its end
+      arm_recv(server.stream_, server.ops_in_flight_);
+    } else if (result <= 0 && result != -ENOBUFS) {
+      finish_close(server);  // EOF after our Terminate
+    }
     maybe_free(server);
     return;
   }
@@ -630,7 +635,15 @@ void Reactor::on_server_send(Server& server, int result) {
   if (!done || server.stream_.has_output()) {
     want_send(server.stream_);
   } else if (server.state_ == ServerState::closing) {
-    finish_close(server);
+    // Terminate sent to an idle server: wait for PostgreSQL to close its end. By then the backend has left
+    // pg_stat_activity, so the slot this connection frees is really free (pool_size counts
+    // what the server sees, also when the slot moves to another reactor). kClosingGrace bounds
+    // the wait.
+    if (server.await_eof_ && !server.stream_.recv_armed_) {
+      server.stream_.reading_paused_ = false;
+      arm_recv(server.stream_, server.ops_in_flight_);
+    }
+    if (!server.await_eof_ || !server.stream_.recv_armed_) finish_close(server);
   }
   if (server.state_ != ServerState::closing) resume_peer_reading(server.stream_);
   maybe_free(server);
@@ -686,6 +699,11 @@ void Reactor::on_signal(int result) {
 void Reactor::close(Client& client, Reason reason, std::string_view message) {
   if (client.state_ == ClientState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
+  if (Pool* counted = client.counted_in_) {
+    counted->db_clients_->release();
+    counted->user_clients_->release();
+    client.counted_in_ = nullptr;
+  }
   std::string_view state = sqlstate(reason);
   if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
@@ -756,6 +774,8 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
                  reason == Reason::server_lifetime || reason == Reason::shutdown || reason == Reason::server_dirty) &&
                 reason != Reason::server_eof && reason != Reason::server_io_error;
   if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
+    // An idle server reads the Terminate at once: wait for it to close its end (below).
+    server.await_eof_ = was == ServerState::idle;
     (void)server.stream_.emit([](std::string& out) { return proto::build::terminate(out); });
     want_send(server.stream_);
   } else {
@@ -836,28 +856,27 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
   pool->budget_ = &shared_.pool_budget(key);
   pool->db_budget_ = &database_budget(db.name);
+  pool->db_clients_ = &shared_.database_clients(db.name);
+  pool->user_clients_ = &shared_.user_clients(std::string(user_name));
   pool->paused_ = paused_all_ || paused_databases_.count(db.name) != 0;
   Pool& ref = *pool;
   pools_.emplace(std::move(key), std::move(pool));
   return ref;
 }
 
-std::string Reactor::client_limit_reached(const Pool& pool) const {
-  // Counted at login over the pools of this reactor: a walk of the pools, not of the clients.
+std::string Reactor::admit_client(Client& client, Pool& pool) {
+  // Counted over the process: the client holds one unit of its database's and its user's
+  // client budgets until it closes.
   const config::PoolSettings& s = pool.settings_;
-  if (s.max_db_client_connections == 0 && s.max_user_client_connections == 0) return {};
-  int database = 0, user = 0;
-  for (const auto& [key, other] : pools_) {
-    (void)key;
-    if (other->database_ == pool.database_) database += other->client_count();
-    if (other->user_name_ == pool.user_name_) user += other->client_count();
-  }
-  if (s.max_db_client_connections > 0 && database >= s.max_db_client_connections)
+  if (!pool.db_clients_->try_acquire(s.max_db_client_connections))
     return fmt::format("too many client connections for database \"{}\" (max_db_client_connections {})",
                        pool.database_, s.max_db_client_connections);
-  if (s.max_user_client_connections > 0 && user >= s.max_user_client_connections)
+  if (!pool.user_clients_->try_acquire(s.max_user_client_connections)) {
+    pool.db_clients_->release();
     return fmt::format("too many client connections for user \"{}\" (max_user_client_connections {})",
                        pool.user_name_, s.max_user_client_connections);
+  }
+  client.counted_in_ = &pool;
   return {};
 }
 

@@ -97,9 +97,9 @@ class Reactor {
   // max_db_connections: may `pool` open one more server connection to its database? When the
   // database is at its limit, an idle server of another pool of it is closed to make room.
   [[nodiscard]] bool database_has_room(Pool& pool);
-  // Why one more client may not join `pool` (max_db_client_connections,
-  // max_user_client_connections), or "" when it may.
-  [[nodiscard]] std::string client_limit_reached(const Pool& pool) const;
+  // Count `client` in its database's and user's client budgets (max_db_client_connections,
+  // max_user_client_connections) and return "", or why it may not join `pool`.
+  [[nodiscard]] std::string admit_client(Client& client, Pool& pool);
   [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
   void register_cancel_key(Client& client);
   // A CancelRequest with pgring's key (pid, secret) arrived on another connection.

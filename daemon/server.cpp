@@ -906,7 +906,15 @@ void Server::forward_to_client() {
             // the client gets the error, and its next Parse of this text prepares afresh.
             reactor_.statements().retire(*expected_[expected_head_].statement);
           }
+          bool check_failed = client.shape_check_pending_;
           on_error_response();
+          if (check_failed) {
+            // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the
+            // error stands for the held request, as PostgreSQL would give it, and the server
+            // skips to the client's Sync.
+            client.on_shape_check_failed();
+            if (client_ == nullptr || client.state_ == ClientState::closing) return;
+          }
           std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
           ++pool_.stats_.errors_by_class[klass];
         }

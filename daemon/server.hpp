@@ -60,6 +60,7 @@ class Server {
   Stream stream_;
   Operation connect_op_;
   int ops_in_flight_ = 0;
+  bool await_eof_ = false;  // closing: Terminate sent to an idle server, waiting for its EOF
   bool shut_down_ = false;
   bool freed_ = false;      // queued for deletion at the end of the loop turn
 

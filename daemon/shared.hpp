@@ -53,6 +53,10 @@ class Shared {
   // Budgets live as long as the process (pools keep plain pointers to them).
   Budget& pool_budget(const std::string& key) { return find(pools_, key); }
   Budget& database_budget(const std::string& name) { return find(databases_, name); }
+  // Logged-in clients per database and per user (max_db_client_connections,
+  // max_user_client_connections), counted the same way.
+  Budget& database_clients(const std::string& name) { return find(database_clients_, name); }
+  Budget& user_clients(const std::string& name) { return find(user_clients_, name); }
 
  private:
   Budget& find(std::unordered_map<std::string, std::unique_ptr<Budget>>& map, const std::string& key) {
@@ -64,6 +68,8 @@ class Shared {
   std::mutex mutex_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> pools_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> databases_;
+  std::unordered_map<std::string, std::unique_ptr<Budget>> database_clients_;
+  std::unordered_map<std::string, std::unique_ptr<Budget>> user_clients_;
 };
 
 }  // namespace pgring

@@ -213,6 +213,10 @@ class Pgring:
         """(Re)write the YAML file; use with reload() to test SIGHUP."""
         if config is not None:
             self.config = copy.deepcopy(config)
+        # Most tests check what one pool does (which backend serves whom, one server slot
+        # reused): they run one reactor unless they say otherwise. test_workers.py runs several,
+        # and PGRING_IT_WORKERS=N runs every test that does not set workers with N.
+        self.config.setdefault("workers", int(os.environ.get("PGRING_IT_WORKERS", "1")))
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f, sort_keys=False, default_flow_style=False)
 

@@ -656,6 +656,36 @@ def test_fresh_prepare_after_ddl_on_a_stale_copy():
         ddl.close()
 
 
+def test_described_statement_in_a_failed_transaction_elsewhere():
+    """A client described a statement (so pgring checks its result shape wherever it is first
+    prepared), then binds it inside a failed transaction on a server that never prepared it.
+    The check's Parse fails there with 25P02 like everything in an aborted transaction: the
+    client must get exactly PostgreSQL's answer (25P02, then ReadyForQuery 'E'), not wait for
+    a check that will never be answered."""
+    sessions = {}
+    for target in ("postgres", "pgring"):
+        steps = []
+        with (Pgring(cache_config(2)) if target == "pgring" else _Nothing()) as p:
+            port = p.port if target == "pgring" else PGPORT
+            a = login(port, user=USER, db=DB, timeout=30)
+            steps += step_replies(a, parse_message("SELECT 1 AS one", "s1")
+                                  + describe_message(b"S", "s1") + SYNC_MESSAGE, 1)
+            b = login(port, user=USER, db=DB, timeout=30)
+            steps += step_replies(b, q("BEGIN"), 1)  # holds the server a prepared s1 on
+            steps += step_replies(a, q("BEGIN") + q("SELECT 1/0"), 2)
+            steps += step_replies(a, bind_exec("s1"), 1)
+            steps += step_replies(a, q("ROLLBACK"), 1)
+            steps += step_replies(a, bind_exec("s1"), 1)
+            steps += step_replies(b, q("COMMIT"), 1)
+            a.terminate()
+            b.terminate()
+        sessions[target] = steps
+    for i, (want, have) in enumerate(zip(sessions["postgres"], sessions["pgring"])):
+        log(f"step {i + 1}: postgres {want['kinds']} {want['errors']}; pgring {have['kinds']} "
+            f"{have['errors']}")
+    check_eq(sessions["pgring"], sessions["postgres"], "through pgring vs. PostgreSQL")
+
+
 def test_ddl_asyncpg_many_alters():
     """Three asyncpg connections (default statement cache) keep running SELECT * through a pool
     of 2 while the table gains a column every 50 ms, 30 times. Each ALTER costs every client one
