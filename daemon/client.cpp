@@ -855,6 +855,7 @@ bool Client::start_shape_check(Server& server, const NamedStatement& named) {
     Server::Expected& p = server.expect('P');
     p.skip = true;
     p.statement = &statement;
+    p.shape_check = true;  // (its error would be the check's: see Server, ErrorResponse)
     server.prepared_.add(statement.id);
     ++reactor_.statements().counters.injected;
     evict_statements(server, statement.id);

@@ -906,7 +906,10 @@ void Server::forward_to_client() {
             // the client gets the error, and its next Parse of this text prepares afresh.
             reactor_.statements().retire(*expected_[expected_head_].statement);
           }
-          bool check_failed = client.shape_check_pending_;
+          // (An error of an earlier pipelined batch may arrive while a check is pending: only
+          // the check's own Parse or Describe failing ends the check.)
+          bool check_failed = client.shape_check_pending_ && expected_head_ < expected_.size() &&
+                              expected_[expected_head_].shape_check;
           on_error_response();
           if (check_failed) {
             // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the

@@ -104,7 +104,7 @@ class Server {
     std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // 'P': prepared by this Parse; 'D': described
-    bool shape_check = false;                       // 'D' injected to compare the result shape
+    bool shape_check = false;                       // 'P', 'D' injected to compare the result shape
     std::string fake;                               // 'e': the ErrorResponse to send
     std::uint64_t batch_seq = 0;   // 'B', 'D', 'S': which extended batch (for a retry)
     std::size_t replay_offset = 0;  // 'B', 'D': where it starts in the client's copy of the batch
