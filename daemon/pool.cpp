@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 
+#include <bit>
 #include <cstring>
 
 #include "daemon/log.hpp"
@@ -167,10 +168,18 @@ void Pool::set_starving(bool pool_budget, bool database_budget) {
 
 void Pool::offer_idle_server() {
   if (idle_servers_.empty() || !waiting_clients_.empty()) return;
-  std::uint64_t others = (budget_->starving.load(std::memory_order_relaxed) |
-                          db_budget_->starving.load(std::memory_order_relaxed)) &
-                         ~(std::uint64_t{1} << reactor_.index());
-  if (others == 0) return;
+  std::uint64_t mine = std::uint64_t{1} << reactor_.index();
+  std::uint64_t pool_others = budget_->starving.load(std::memory_order_relaxed) & ~mine;
+  std::uint64_t db_others = db_budget_->starving.load(std::memory_order_relaxed) & ~mine;
+  if (pool_others == 0 && db_others == 0) return;
+  // Keep a fair share of the limit among the reactors that want slots (this one included,
+  // rounded down): only what is above it moves, so two busy reactors do not trade connections
+  // back and forth (each move costs a new PostgreSQL backend). A slot that cannot be shared
+  // evenly (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
+  int sharers = std::popcount(pool_others | db_others) + 1;
+  int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size : settings_.max_db_connections;
+  int fair = limit / sharers;
+  if (server_count() <= fair) return;
   // Closing it frees the slot; the starving reactors are told when it is freed.
   reactor_.close(*idle_servers_.front(), Reason::server_handed_over, "another worker's clients need the slot");
 }
