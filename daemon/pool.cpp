@@ -149,7 +149,7 @@ void Pool::server_ready(Server& server) {
   }
   set_state(server, ServerState::idle);
   maintain();
-  offer_idle_server();
+  offer_idle_server(false);
 }
 
 void Pool::set_starving(bool pool_budget, bool database_budget) {
@@ -166,7 +166,7 @@ void Pool::set_starving(bool pool_budget, bool database_budget) {
   }
 }
 
-void Pool::offer_idle_server() {
+void Pool::offer_idle_server(bool sweeping) {
   if (idle_servers_.empty() || !waiting_clients_.empty()) return;
   std::uint64_t mine = std::uint64_t{1} << reactor_.index();
   std::uint64_t pool_others = budget_->starving.load(std::memory_order_relaxed) & ~mine;
@@ -179,7 +179,11 @@ void Pool::offer_idle_server() {
   int sharers = std::popcount(pool_others | db_others) + 1;
   int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size : settings_.max_db_connections;
   int fair = limit / sharers;
-  if (server_count() <= fair) return;
+  // Within its share, a reactor still gives up a server nobody here has used for a while (the
+  // sweep looks): its clients may have gone quiet while another reactor's wait.
+  if (server_count() <= fair &&
+      (!sweeping || reactor_.now() - idle_servers_.front()->state_since_ < kHandoffIdle))
+    return;
   // Closing it frees the slot; the starving reactors are told when it is freed.
   reactor_.close(*idle_servers_.front(), Reason::server_handed_over, "another worker's clients need the slot");
 }

@@ -69,8 +69,10 @@ class Pool {
   bool starving_pool_ = false;
   bool starving_db_ = false;
   // Another reactor starves for a slot this pool holds idle (and nobody waits here): close the
-  // idle server so that the slot moves to where the clients are.
-  void offer_idle_server();
+  // idle server so that the slot moves to where the clients are. Within this reactor's fair
+  // share only from the sweep (`sweeping`), for a server idle at least kHandoffIdle.
+  void offer_idle_server(bool sweeping);
+  static constexpr auto kHandoffIdle = std::chrono::milliseconds(20);
 
   Reactor& reactor_;
   const config::Database* db_;

@@ -1196,7 +1196,7 @@ void Reactor::sweep() {
     if (!pool->waiting_clients_.empty()) pool->maintain();
     else if (pool->starving_pool_ || pool->starving_db_) pool->set_starving(false, false);
     // Servers idle here while another reactor's clients starve for the slot.
-    pool->offer_idle_server();
+    pool->offer_idle_server(true);
     pool->keep_warm();
   }
   // An HTTP client gets 5 seconds to send its request and read the answer.

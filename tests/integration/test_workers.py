@@ -6,6 +6,7 @@ reactor make progress (an idle server on one reactor is handed over when another
 wait); cancels reach the client's reactor whichever accepted them; the admin console, /metrics
 and reloads cover every reactor."""
 
+import os
 import threading
 import time
 
@@ -18,8 +19,9 @@ from ops_helpers import (OpsPgring, admin_ok, admin_rows, metric_sum, ops_config
 ROLE = "pgring_workers"  # pgring logs in to PostgreSQL as this role: its backends are ours
 
 
-def workers_config(workers, pool_size, metrics_port=None, **defaults):
+def workers_config(workers, pool_size, metrics_port=None, timeouts=None, **defaults):
     config = ops_config(pool_mode="transaction", pool_size=pool_size, metrics_port=metrics_port,
+                        timeouts=timeouts,
                         databases={"pgring_test": {"host": PGHOST, "port": PGPORT, "user": ROLE}},
                         **defaults)
     config["workers"] = workers
@@ -157,6 +159,46 @@ def test_clients_on_every_reactor_and_handoff():
         check(handed and handed > 0, "the slot never moved between reactors")
         for c in held:
             c.close()
+
+
+def local_port(conn):
+    import socket
+    s = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def test_idle_server_within_its_share_still_moves():
+    """pool_size 2 over 2 reactors: reactor 0's client C holds one server in a transaction,
+    reactor 1's client B finished its transaction (its server idles there, within reactor 1's
+    fair share of 1), and reactor 0's client A needs a server. Reactor 1 must give up the server
+    its clients are not using (within milliseconds, not after query_wait)."""
+    setup_role()
+    with OpsPgring(workers_config(2, 2, timeouts={"query_wait": "20s"})) as p:
+        conns = [connect(p.port) for _ in range(10)]
+        worker_of = {r["addr"].rsplit(":", 1)[1]: r["worker"]
+                     for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
+        on = {"0": [], "1": []}
+        for c in conns:
+            on[worker_of[str(local_port(c))]].append(c)
+        check(len(on["0"]) >= 2 and len(on["1"]) >= 1, f"clients per worker: "
+              f"{ {w: len(v) for w, v in on.items()} }")
+        a, c = on["0"][0], on["0"][1]
+        b = on["1"][0]
+        c.autocommit = b.autocommit = False
+        query_one(c, "SELECT 1")  # C holds a server on reactor 0
+        query_one(b, "SELECT 1")  # B holds the other on reactor 1
+        b.commit()                # ... which now idles there
+        started = time.monotonic()
+        check_eq(query_one(a, "SELECT 2"), 2, "A's query")
+        waited = time.monotonic() - started
+        log(f"A waited {waited:.3f}s for the server idle on the other reactor")
+        check(waited < 5, f"A waited {waited:.1f}s while a server idled on the other reactor")
+        c.commit()
+        for conn in conns:
+            conn.close()
 
 
 def test_cancel_reaches_the_right_reactor():
