@@ -1197,6 +1197,13 @@ void Reactor::sweep() {
     else if (pool->starving_pool_ || pool->starving_db_) pool->set_starving(false, false);
     // Servers idle here while another reactor's clients starve for the slot.
     pool->offer_idle_server(true);
+    // Over the limit for the process (a reload shrank pool_size while other reactors hold
+    // servers too): one idle server per sweep goes, so the reactors converge without all
+    // closing at once.
+    if (!pool->idle_servers_.empty() &&
+        pool->budget_->servers.load(std::memory_order_relaxed) >
+            pool->settings_.pool_size + pool->settings_.reserve_pool_size)
+      close(*pool->idle_servers_.front(), Reason::config_changed, "pool_size shrank");
     pool->keep_warm();
   }
   // An HTTP client gets 5 seconds to send its request and read the answer.
