@@ -48,8 +48,89 @@ std::string_view to_string(AuthMethod method) {
       return "md5";
     case AuthMethod::scram_sha_256:
       return "scram-sha-256";
+    case AuthMethod::reject:
+      return "reject";
+    case AuthMethod::cert:
+      return "cert";
   }
   return "unknown";
+}
+
+std::string_view to_string(ClientTlsMode mode) {
+  switch (mode) {
+    case ClientTlsMode::disable: return "disable";
+    case ClientTlsMode::allow: return "allow";
+    case ClientTlsMode::require: return "require";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(ServerTlsMode mode) {
+  switch (mode) {
+    case ServerTlsMode::disable: return "disable";
+    case ServerTlsMode::prefer: return "prefer";
+    case ServerTlsMode::require: return "require";
+    case ServerTlsMode::verify_ca: return "verify-ca";
+    case ServerTlsMode::verify_full: return "verify-full";
+  }
+  return "unknown";
+}
+
+bool Network::contains(int address_family, const std::uint8_t* address) const {
+  if (address_family != family) return false;
+  int full = prefix / 8;
+  if (std::memcmp(bytes.data(), address, static_cast<std::size_t>(full)) != 0) return false;
+  int rest = prefix % 8;
+  if (rest == 0) return true;
+  auto mask = static_cast<std::uint8_t>(0xff << (8 - rest));
+  return (bytes[static_cast<std::size_t>(full)] & mask) == (address[full] & mask);
+}
+
+std::optional<Network> parse_network(std::string_view text) {
+  std::string address(text.substr(0, text.find('/')));
+  Network net;
+  int max_prefix = 0;
+  if (inet_pton(AF_INET, address.c_str(), net.bytes.data()) == 1) {
+    net.family = AF_INET;
+    max_prefix = 32;
+  } else if (inet_pton(AF_INET6, address.c_str(), net.bytes.data()) == 1) {
+    net.family = AF_INET6;
+    max_prefix = 128;
+  } else {
+    return std::nullopt;
+  }
+  net.prefix = max_prefix;
+  if (std::size_t slash = text.find('/'); slash != std::string_view::npos) {
+    std::string_view digits = text.substr(slash + 1);
+    int value = -1;
+    auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    if (digits.empty() || ec != std::errc() || ptr != digits.data() + digits.size() || value < 0 ||
+        value > max_prefix)
+      return std::nullopt;
+    net.prefix = value;
+  }
+  return net;
+}
+
+Config::AuthChoice Config::choose_auth(std::string_view database, std::string_view user, const Peer& peer) const {
+  if (auth_rules.empty()) return {auth_method, "auth.method"};
+  auto listed = [](const std::vector<std::string>& names, std::string_view name) {
+    return names.empty() || std::find(names.begin(), names.end(), name) != names.end();
+  };
+  for (const AuthRule& rule : auth_rules) {
+    if (!listed(rule.databases, database) || !listed(rule.users, user)) continue;
+    if (rule.tls && *rule.tls != peer.tls) continue;
+    if (rule.source == AuthRule::Source::local && !peer.local) continue;
+    if (rule.source == AuthRule::Source::network) {
+      if (peer.local) continue;
+      bool inside = std::any_of(rule.networks.begin(), rule.networks.end(), [&](const Network& n) {
+        return n.contains(peer.family, peer.address.data());
+      });
+      if (!inside) continue;
+    }
+    return {rule.method, rule.path};
+  }
+  return {AuthMethod::reject, ""};
 }
 
 namespace {
@@ -637,9 +718,12 @@ class Loader {
         timeouts(item);
       } else if (key == "databases") {
         databases(item);
+      } else if (key == "tls") {
+        tls(item);
       }
     });
     finish_listen(listen_item);
+    check_auth();
     check_secrets();
     check_pool_sizes();
     return config_;
@@ -648,7 +732,7 @@ class Loader {
  private:
   inline static const std::vector<std::string_view> kTopKeys = {
       "listen", "workers", "max_client_conn", "max_message_size", "log",      "metrics",
-      "admin",  "auth",    "users",           "defaults",         "timeouts", "databases"};
+      "admin",  "auth",    "users",           "defaults",         "timeouts", "databases", "tls"};
 
   void listen(const Item& item) {
     config_.listen.clear();
@@ -737,14 +821,134 @@ class Loader {
         });
   }
 
+  static AuthMethod auth_method(const Item& item) {
+    return one_of<AuthMethod>(item, {{"trust", AuthMethod::trust},
+                                     {"reject", AuthMethod::reject},
+                                     {"md5", AuthMethod::md5},
+                                     {"scram-sha-256", AuthMethod::scram_sha_256},
+                                     {"cert", AuthMethod::cert}});
+  }
+
   void auth(const Item& section) {
-    for_each_entry(section, {"method"}, [&](const std::string&, const Item& item) {
-      auth_method_line_ = item.line;
-      config_.auth_method =
-          one_of<AuthMethod>(item, {{"trust", AuthMethod::trust},
-                                    {"md5", AuthMethod::md5},
-                                    {"scram-sha-256", AuthMethod::scram_sha_256}});
+    for_each_entry(section, {"method", "rules", "query"}, [&](const std::string& key, const Item& item) {
+      if (key == "method") {
+        auth_method_line_ = item.line;
+        config_.auth_method = auth_method(item);
+        if (config_.auth_method == AuthMethod::reject) item.fail("reject would refuse everyone; use it in auth.rules");
+        if (config_.auth_method == AuthMethod::cert) cert_rule_ = {item.path, item.line};
+      } else if (key == "rules") {
+        auth_rules(item);
+      } else {
+        auth_query(item);
+      }
     });
+  }
+
+  void auth_rules(const Item& list) {
+    if (!list.node.IsSequence()) list.fail("expected a list of rules, got " + std::string(type_name(list.node)));
+    std::size_t i = 0;
+    for (const YAML::Node& node : list.node) {
+      const Item entry = make_item(index_path(list.path, i++), node, list.line);
+      AuthRule rule;
+      rule.path = entry.path;
+      bool has_method = false;
+      for_each_entry(entry, {"database", "user", "address", "tls", "method"}, [&](const std::string& key,
+                                                                                  const Item& item) {
+        if (key == "database" || key == "user") {
+          std::vector<std::string> names = string_list(item);
+          if (names.size() == 1 && names[0] == "all") names.clear();
+          (key == "database" ? rule.databases : rule.users) = std::move(names);
+        } else if (key == "address") {
+          for (const std::string& text : string_list(item)) {
+            if (text == "all") {
+              rule.source = AuthRule::Source::any;
+            } else if (text == "local") {
+              rule.source = AuthRule::Source::local;
+            } else {
+              auto net = parse_network(text);
+              if (!net) item.fail("'" + text + "' is not all, local, an address or a network like 10.0.0.0/8");
+              rule.source = AuthRule::Source::network;
+              rule.networks.push_back(*net);
+            }
+          }
+        } else if (key == "tls") {
+          if (!item.node.IsScalar() || (item.node.Scalar() != "true" && item.node.Scalar() != "false"))
+            item.fail("must be true (TLS connections only) or false (plain ones only); omit it for both");
+          rule.tls = item.node.Scalar() == "true";
+        } else {
+          has_method = true;
+          rule.method = auth_method(item);
+          if (rule.method == AuthMethod::cert && !cert_rule_.first.size()) cert_rule_ = {item.path, item.line};
+        }
+      });
+      if (!has_method) entry.fail("a rule needs a method (trust, reject, md5, scram-sha-256 or cert)");
+      config_.auth_rules.push_back(std::move(rule));
+    }
+  }
+
+  void auth_query(const Item& section) {
+    AuthQuery query;
+    for_each_entry(section, {"query", "user", "database", "cache"}, [&](const std::string& key, const Item& item) {
+      if (key == "query") query.query = non_empty_string(item);
+      else if (key == "user") query.user = non_empty_string(item);
+      else if (key == "database") query.database = non_empty_string(item);
+      else query.cache = duration(item);
+    });
+    if (query.user.empty()) section.fail("auth.query needs a user: who runs the lookup on the server");
+    auth_query_line_ = section.line;
+    config_.auth_query = std::move(query);
+  }
+
+  void tls(const Item& section) {
+    for_each_entry(section, {"client", "server"}, [&](const std::string& key, const Item& side) {
+      if (key == "client") {
+        ClientTls& t = config_.tls_client;
+        for_each_entry(side, {"mode", "cert", "key", "ca"}, [&](const std::string& k, const Item& item) {
+          if (k == "mode") {
+            t.mode = one_of<ClientTlsMode>(item, {{"disable", ClientTlsMode::disable},
+                                                  {"allow", ClientTlsMode::allow},
+                                                  {"require", ClientTlsMode::require}});
+          } else {
+            (k == "cert" ? t.cert : k == "key" ? t.key : t.ca) = non_empty_string(item);
+          }
+        });
+        if (t.mode != ClientTlsMode::disable && (t.cert.empty() || t.key.empty()))
+          side.fail("mode " + std::string(to_string(t.mode)) + " needs cert and key");
+      } else {
+        ServerTls& t = config_.tls_server;
+        for_each_entry(side, {"mode", "ca", "cert", "key"}, [&](const std::string& k, const Item& item) {
+          if (k == "mode") {
+            t.mode = one_of<ServerTlsMode>(item, {{"disable", ServerTlsMode::disable},
+                                                  {"prefer", ServerTlsMode::prefer},
+                                                  {"require", ServerTlsMode::require},
+                                                  {"verify-ca", ServerTlsMode::verify_ca},
+                                                  {"verify-full", ServerTlsMode::verify_full}});
+          } else {
+            (k == "ca" ? t.ca : k == "cert" ? t.cert : t.key) = non_empty_string(item);
+          }
+        });
+        if ((t.mode == ServerTlsMode::verify_ca || t.mode == ServerTlsMode::verify_full) && t.ca.empty())
+          side.fail("mode " + std::string(to_string(t.mode)) + " needs ca (the CA file that signed the server's certificate)");
+        if (t.cert.empty() != t.key.empty()) side.fail("cert and key go together");
+      }
+    });
+  }
+
+  // Cross-key rules of auth: and tls:.
+  void check_auth() {
+    if (!cert_rule_.first.empty() && config_.tls_client.ca.empty())
+      throw ConfigError(cert_rule_.first, cert_rule_.second,
+                        "method cert needs tls.client.ca (the CA that signs client certificates)");
+    if (config_.auth_query) {
+      const User* runner = config_.find_user(config_.auth_query->user);
+      if (runner == nullptr || runner->secret_kind != SecretKind::plain)
+        throw ConfigError("auth.query.user", auth_query_line_,
+                          "'" + config_.auth_query->user +
+                              "' must be in users: with a plain password (pgring logs in to the server as it)");
+      if (!config_.auth_query->database.empty() && config_.find_database(config_.auth_query->database) == nullptr)
+        throw ConfigError("auth.query.database", auth_query_line_,
+                          "'" + config_.auth_query->database + "' is not in databases:");
+    }
   }
 
   void users(const Item& section) {
@@ -823,7 +1027,10 @@ class Loader {
   }
 
   void check_secrets() {
-    const bool needs_password = config_.auth_method != AuthMethod::trust;
+    // With rules, whether a user needs a password depends on the rule that matches a login: a
+    // user without one is refused at login by a password rule (28P01), not here.
+    const bool needs_password = config_.auth_rules.empty() && config_.auth_method != AuthMethod::trust &&
+                                config_.auth_method != AuthMethod::cert;
     for (const auto& [name, user] : config_.users) {
       const std::string user_path = "users." + name;
       auto line = password_lines_.find(name);
@@ -837,7 +1044,8 @@ class Loader {
       }
       // A SCRAM verifier cannot be derived from an md5 hash. (The reverse works: like
       // PostgreSQL, method md5 runs SCRAM for a user whose secret is a SCRAM secret.)
-      if (config_.auth_method == AuthMethod::scram_sha_256 && user.secret_kind == SecretKind::md5) {
+      if (config_.auth_rules.empty() && config_.auth_method == AuthMethod::scram_sha_256 &&
+          user.secret_kind == SecretKind::md5) {
         throw ConfigError(
             user_path + ".password", line->second,
             "an md5 secret cannot be used with auth method scram-sha-256 (" +
@@ -890,6 +1098,8 @@ class Loader {
   std::map<std::string, int, std::less<>> password_lines_;
   std::map<std::string, int, std::less<>> user_lines_;
   int auth_method_line_ = 0;
+  int auth_query_line_ = 0;
+  std::pair<std::string, int> cert_rule_;  // where method cert is first used
 };
 
 // Only the start of a document matters: where a second one begins.

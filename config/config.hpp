@@ -3,6 +3,7 @@
 // validated value. Loading may throw ConfigError (startup and reload are not the data path);
 // everything after loading is a const Config passed explicitly. No globals.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -22,13 +23,24 @@ enum class PoolMode { session, transaction, statement };
 // session advisory locks, SET ROLE, SETs pgring cannot replay): pin the client to its server
 // until it disconnects, or refuse it with an error (0A000) and close the client.
 enum class SessionStatePolicy { pin, error };
-enum class AuthMethod { trust, md5, scram_sha_256 };
+// cert: the client's TLS certificate, verified against tls.client.ca, names the user (CN).
+// reject: refused whatever it sends (an auth rule that closes a door).
+enum class AuthMethod { trust, reject, md5, scram_sha_256, cert };
+// tls.client.mode: disable answers 'N' to SSLRequest and refuses direct TLS; allow serves TLS
+// to clients that ask; require refuses TCP clients that do not use it (unix sockets are local).
+enum class ClientTlsMode { disable, allow, require };
+// tls.server.mode, libpq's sslmode: prefer falls back to plain text only when the server says
+// it has no TLS; require never does; verify-ca also checks the chain against tls.server.ca,
+// verify-full also the host name.
+enum class ServerTlsMode { disable, prefer, require, verify_ca, verify_full };
 enum class LogFormat { text, json };
 enum class LogLevel { debug, info, warning, error };
 
 [[nodiscard]] std::string_view to_string(PoolMode mode);
 [[nodiscard]] std::string_view to_string(AuthMethod method);
 [[nodiscard]] std::string_view to_string(SessionStatePolicy policy);
+[[nodiscard]] std::string_view to_string(ClientTlsMode mode);
+[[nodiscard]] std::string_view to_string(ServerTlsMode mode);
 
 // One `listen:` entry: "host:port", "[v6]:port", or an absolute directory for a unix socket
 // (the socket file is <dir>/.s.PGSQL.<port of the first TCP entry, or 6432>).
@@ -111,6 +123,63 @@ struct Database {
   PoolOverrides pool;
 };
 
+// tls.client: pgring as the TLS server its clients talk to.
+struct ClientTls {
+  ClientTlsMode mode = ClientTlsMode::disable;
+  std::string cert;  // PEM certificate chain file
+  std::string key;   // PEM private key file
+  std::string ca;    // PEM CA file: when set, clients may present certificates (auth method cert)
+};
+
+// tls.server: pgring as a TLS client of PostgreSQL.
+struct ServerTls {
+  ServerTlsMode mode = ServerTlsMode::disable;
+  std::string ca;    // PEM CA file (verify-ca, verify-full)
+  std::string cert;  // optional client certificate for PostgreSQL's cert authentication
+  std::string key;
+};
+
+// A network in an auth rule: "10.0.0.0/8", "::1/128", or a bare address (all bits).
+struct Network {
+  int family = 0;  // AF_INET or AF_INET6
+  std::array<std::uint8_t, 16> bytes{};
+  int prefix = 0;
+  // `address` is 4 (AF_INET) or 16 (AF_INET6) bytes in network order.
+  [[nodiscard]] bool contains(int address_family, const std::uint8_t* address) const;
+};
+[[nodiscard]] std::optional<Network> parse_network(std::string_view text);
+
+// An auth.rules entry, like a pg_hba.conf line. The first rule that matches a client's
+// database, user, address and transport decides its method; a client no rule matches is
+// rejected. Without rules, auth.method applies to every client.
+struct AuthRule {
+  std::vector<std::string> databases;  // empty: all
+  std::vector<std::string> users;      // empty: all
+  enum class Source { any, local, network } source = Source::any;  // address: all | local | CIDR
+  std::vector<Network> networks;       // Source::network
+  std::optional<bool> tls;             // absent: either
+  AuthMethod method = AuthMethod::scram_sha_256;
+  std::string path;                    // "auth.rules[2]", for logs and errors
+};
+
+// Who is logging in, for choosing an auth rule.
+struct Peer {
+  bool local = false;  // unix socket
+  int family = 0;      // AF_INET / AF_INET6 for TCP
+  std::array<std::uint8_t, 16> address{};
+  bool tls = false;
+};
+
+// auth.query: secrets of users not in `users:` are looked up on the server (like PgBouncer's
+// auth_query), over a connection as `user` (which must have a plain password in users:) to
+// `database` (default: the database the client asked for). Results are kept for `cache`.
+struct AuthQuery {
+  std::string query = "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1";
+  std::string user;
+  std::string database;
+  Duration cache{std::chrono::seconds(60)};
+};
+
 struct Config {
   std::vector<ListenAddress> listen{ListenAddress{"127.0.0.1", 6432, {}}};
   int workers = 0;  // 0 = auto (one per CPU)
@@ -122,6 +191,10 @@ struct Config {
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;
   AuthMethod auth_method = AuthMethod::scram_sha_256;
+  std::vector<AuthRule> auth_rules;
+  std::optional<AuthQuery> auth_query;
+  ClientTls tls_client;
+  ServerTls tls_server;
   std::map<std::string, User, std::less<>> users;
   PoolSettings defaults;
   Timeouts timeouts;
@@ -131,6 +204,13 @@ struct Config {
   [[nodiscard]] const Database* find_database(std::string_view name) const;
   // defaults <- databases.<db> <- users.<user> (user may be null).
   [[nodiscard]] PoolSettings resolve_pool(const Database& db, const User* user) const;
+  // The method for this login: the first auth rule that matches (rule = its path), auth.method
+  // when there are no rules (rule = "auth.method"), or reject when no rule matches (rule = "").
+  struct AuthChoice {
+    AuthMethod method;
+    std::string_view rule;
+  };
+  [[nodiscard]] AuthChoice choose_auth(std::string_view database, std::string_view user, const Peer& peer) const;
 };
 
 // A configuration error names the YAML path and line:

@@ -10,6 +10,7 @@
 #include "daemon/pool.hpp"
 #include "daemon/reactor.hpp"
 #include "daemon/server.hpp"
+#include "daemon/tls.hpp"
 #include "proto/builders.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
@@ -67,6 +68,25 @@ bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {
 // ---- startup ---------------------------------------------------------------------------------
 
 void Client::handle_startup() {
+  // Direct TLS (PostgreSQL 17): a TLS ClientHello instead of a startup packet. Its first byte,
+  // 0x16, cannot begin a startup packet's length (that would be over 350 MB).
+  if (stream_.tls() == nullptr && startup_packet_.empty() && stream_.input_size() > 0) {
+    char first = 0;
+    stream_.peek(&first, 1);
+    if (first == 0x16) {
+      begin_tls(true);
+      return;
+    }
+  }
+  if (TlsSession* tls = stream_.tls()) {
+    if (!tls->handshake_done()) return;
+    if (direct_tls_ && tls->alpn() != "postgresql") {
+      // Without ALPN the client could be speaking anything over TLS (PostgreSQL refuses too).
+      reactor_.close(*this, Reason::tls_error, "direct TLS connection without ALPN protocol \"postgresql\"");
+      return;
+    }
+    peer_info_.tls = true;
+  }
   while (state_ == ClientState::startup && stream_.input_size() >= 4) {
     char header[4];
     stream_.peek(header, 4);
@@ -87,8 +107,20 @@ void Client::handle_startup() {
     proto::StartupPacket packet = proto::classify_startup(startup_packet_);
     switch (packet.kind) {
       case proto::StartupKind::ssl_request:
+        if (stream_.tls() != nullptr) {
+          reactor_.close(*this, Reason::protocol_violation, "SSLRequest inside TLS");
+          return;
+        }
+        if (reactor_.tls().client_side == nullptr) {
+          stream_.emit_bytes("N");  // tls.client.mode disable: the client goes on in plain text
+          reactor_.want_send(stream_);
+          continue;
+        }
+        stream_.emit_bytes("S");
+        begin_tls(false);
+        return;
       case proto::StartupKind::gssenc_request:
-        // No TLS or GSSAPI encryption yet: 'N' and the client goes on in plain text.
+        // No GSSAPI encryption: 'N', and the client may go on with an SSLRequest or in clear.
         stream_.emit_bytes("N");
         reactor_.want_send(stream_);
         continue;
@@ -121,6 +153,11 @@ void Client::handle_startup() {
       reactor_.close(*this, Reason::protocol_violation, "unexpected data after the startup packet");
       return;
     }
+    if (reactor_.config().tls_client.mode == config::ClientTlsMode::require && stream_.tls() == nullptr &&
+        !peer_info_.local) {
+      reactor_.close(*this, Reason::tls_required, "TLS is required (tls.client.mode require); connect with sslmode=require");
+      return;
+    }
     // We speak 3.0. A newer minor or protocol extensions (_pq_.*) are negotiated down, as
     // PostgreSQL does, instead of failing the client.
     std::vector<std::string_view> unsupported;
@@ -130,36 +167,104 @@ void Client::handle_startup() {
       (void)stream_.emit([&](std::string& out) {
         return proto::build::negotiate_protocol_version(out, proto::kProtocol30, unsupported);
       });
-    log::debug("C-{} startup user={} database={}", id_, startup_message_.user, startup_message_.database);
+    log::debug("C-{} startup user={} database={}{}", id_, startup_message_.user, startup_message_.database,
+               stream_.tls() != nullptr ? fmt::format(" ({})", stream_.tls()->version()) : std::string());
     start_auth();
   }
+}
+
+void Client::begin_tls(bool direct) {
+  SSL_CTX* ctx = reactor_.tls().client_side.get();
+  if (ctx == nullptr) {
+    // tls.client.mode disable: the bytes cannot be a startup packet either.
+    reactor_.close(*this, Reason::tls_error, "direct TLS connection, but TLS is not enabled (tls.client.mode)");
+    return;
+  }
+  if (stream_.input_size() != 0 && !direct) {
+    // Bytes sent before our 'S' was read could be injected by a man in the middle and would be
+    // taken as coming through TLS (CVE-2021-23222).
+    reactor_.close(*this, Reason::protocol_violation, "received unencrypted data after SSLRequest");
+    return;
+  }
+  direct_tls_ = direct;
+  std::unique_ptr<TlsSession> session = TlsSession::accept(ctx);
+  bool ok = session != nullptr && stream_.start_tls(std::move(session));
+  reactor_.want_send(stream_);
+  if (!ok) {
+    reactor_.close(*this, Reason::tls_error,
+                   stream_.tls() != nullptr ? stream_.tls()->error() : std::string("cannot start TLS"));
+    return;
+  }
+  if (stream_.input_size() > 0) handle_startup();  // the handshake finished with the first bytes
 }
 
 // ---- authentication --------------------------------------------------------------------------
 
 void Client::start_auth() {
   const config::Config& cfg = reactor_.config();
-  user_ = cfg.find_user(startup_message_.user);
-  if (user_ == nullptr && !(cfg.auth_method == config::AuthMethod::trust && cfg.users.empty())) {
-    reactor_.close(*this, Reason::unknown_user, fmt::format("no such user \"{}\"", startup_message_.user));
-    return;
-  }
+  std::string_view user_name = startup_message_.user;
+  config::Config::AuthChoice choice = cfg.choose_auth(startup_message_.database, user_name, peer_info_);
+  user_ = cfg.find_user(user_name);
   state_ = ClientState::auth;
   state_since_ = reactor_.now();
-  if (cfg.auth_method == config::AuthMethod::trust) {
-    auth_ok();
-    return;
+  switch (choice.method) {
+    case config::AuthMethod::reject:
+      reactor_.close(*this, Reason::auth_rejected,
+                     choice.rule.empty()
+                         ? fmt::format("no auth rule allows user \"{}\" to database \"{}\" from {}{}", user_name,
+                                       startup_message_.database, peer_info_.local ? "the unix socket" : peer_,
+                                       peer_info_.tls ? " with TLS" : " without TLS")
+                         : fmt::format("{} rejects user \"{}\"", choice.rule, user_name));
+      return;
+    case config::AuthMethod::trust:
+    case config::AuthMethod::cert:
+      // Without a password to check, only configured users may log in, unless none are.
+      if (user_ == nullptr && !cfg.users.empty()) {
+        reactor_.close(*this, Reason::unknown_user, fmt::format("no such user \"{}\"", user_name));
+        return;
+      }
+      if (choice.method == config::AuthMethod::cert) {
+        std::string name = stream_.tls() != nullptr ? stream_.tls()->verified_peer_name() : std::string();
+        if (name.empty() || name != user_name) {
+          reactor_.close(*this, Reason::cert_auth_failed,
+                         fmt::format("certificate authentication failed for user \"{}\"{}", user_name,
+                                     name.empty() ? ": no valid client certificate" : ""));
+          return;
+        }
+      }
+      auth_ok();
+      return;
+    case config::AuthMethod::md5:
+    case config::AuthMethod::scram_sha_256:
+      if (user_ == nullptr) {
+        reactor_.close(*this, Reason::unknown_user, fmt::format("no such user \"{}\"", user_name));
+        return;
+      }
+      if (user_->password.empty()) {
+        reactor_.close(*this, Reason::auth_failed,
+                       fmt::format("password authentication failed for user \"{}\"", user_name));
+        return;
+      }
+      start_password_auth(choice.method);
+      return;
   }
+}
+
+void Client::start_password_auth(config::AuthMethod method) {
   auth_ = std::make_unique<AuthState>();
   auth_->secret = user_->password;
   // Use what the stored secret allows: an MD5 secret cannot answer SCRAM and a SCRAM secret
   // cannot answer MD5 (PostgreSQL makes the same choice).
   bool use_scram = user_->secret_kind == config::SecretKind::scram ||
-                   (cfg.auth_method == config::AuthMethod::scram_sha_256 && user_->secret_kind != config::SecretKind::md5);
+                   (method == config::AuthMethod::scram_sha_256 && user_->secret_kind != config::SecretKind::md5);
   if (use_scram) {
     auth_->step = AuthState::Step::scram_first;
-    (void)stream_.emit([](std::string& out) {
-      return proto::build::authentication_sasl(out, proto::scram::kMechanism);
+    // Over TLS, channel binding is offered first: a client that can bind will.
+    auth_->offered_plus = stream_.tls() != nullptr;
+    (void)stream_.emit([&](std::string& out) {
+      return auth_->offered_plus
+                 ? proto::build::authentication_sasl(out, proto::scram::kMechanismPlus, proto::scram::kMechanism)
+                 : proto::build::authentication_sasl(out, proto::scram::kMechanism);
     });
   } else {
     auth_->step = AuthState::Step::md5;
@@ -205,11 +310,19 @@ void Client::handle_auth() {
       case AuthState::Step::scram_first: {
         auto initial = proto::parse_sasl_initial_response(body);
         std::optional<proto::scram::ClientFirst> first;
-        if (initial && initial->mechanism == proto::scram::kMechanism)
+        bool plus = initial && initial->mechanism == proto::scram::kMechanismPlus && auth_->offered_plus;
+        if (initial && (initial->mechanism == proto::scram::kMechanism || plus))
           first = proto::scram::parse_client_first(initial->data);
         stream_.consume(frame.size);
-        if (!first) {
-          reactor_.close(*this, Reason::protocol_violation, "malformed SCRAM client-first-message");
+        if (!first || first->binds() != plus) {
+          reactor_.close(*this, Reason::protocol_violation,
+                         first ? "SCRAM channel binding does not match the mechanism chosen"
+                               : "malformed SCRAM client-first-message");
+          return;
+        }
+        if (first->could_bind() && auth_->offered_plus) {
+          // The client can bind and we offered it: someone removed -PLUS from our offer.
+          reactor_.close(*this, Reason::auth_failed, "SCRAM channel binding was offered but the client says it was not");
           return;
         }
         unsigned char nonce_raw[18];
@@ -228,8 +341,10 @@ void Client::handle_auth() {
       }
       case AuthState::Step::scram_final: {
         const proto::scram::Secret& secret = reactor_.scram_secret_for(*user_);
+        std::string binding;
+        if (auth_->scram_first.binds() && stream_.tls() != nullptr) binding = stream_.tls()->end_point_hash();
         auto final_message =
-            proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret);
+            proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret, nullptr, binding);
         stream_.consume(frame.size);
         if (!final_message) {
           reactor_.close(*this, Reason::auth_failed,

@@ -1,7 +1,8 @@
 #pragma once
 // A client connection: what an application opened to pgring.
 //
-//   startup ──SSLRequest/GSSENCRequest: answer 'N'──> startup
+//   startup ──SSLRequest: 'S' and a TLS handshake (or 'N'), GSSENCRequest: 'N'──> startup
+//   startup ──first byte 0x16: direct TLS (PostgreSQL 17, ALPN "postgresql")──> startup
 //   startup ──StartupMessage──> auth ──password ok──> idle | waiting
 //   idle ──a message arrives──> waiting ──server linked──> active
 //   active ──transaction over (transaction/statement mode, not pinned)──> idle
@@ -87,6 +88,8 @@ class Client {
   Clock::time_point last_activity_;  // last bytes received (client_idle timeout)
   Stream stream_;
   std::string peer_;  // "ip:port" for logs
+  config::Peer peer_info_;  // address and transport, for the auth rules
+  bool direct_tls_ = false;  // TLS began without an SSLRequest: ALPN must say "postgresql"
   int ops_in_flight_ = 0;
   bool shut_down_ = false;  // socket shut down; waiting for in-flight operations to finish
   bool freed_ = false;      // queued for deletion at the end of the loop turn
@@ -160,6 +163,10 @@ class Client {
  private:
   friend class Reactor;
   void handle_startup();
+  // Answering an SSLRequest ('S' already queued) or a direct TLS ClientHello.
+  void begin_tls(bool direct);
+  // The login's method came from `rule`; `method` needs a password the client must prove.
+  void start_password_auth(config::AuthMethod method);
   void handle_auth();
   void start_auth();
   void auth_ok();
@@ -191,6 +198,7 @@ class Client {
     std::array<char, 4> md5_salt{};
     proto::scram::ClientFirst scram_first;
     std::string server_first;
+    bool offered_plus = false;  // SCRAM-SHA-256-PLUS was offered (TLS): a "y" flag is a downgrade
     std::string secret;  // the configured secret the exchange checks against
   };
   std::unique_ptr<AuthState> auth_;

@@ -40,6 +40,10 @@ std::string_view name(Reason reason) {
     case Reason::admin_kill: return "admin_kill";
     case Reason::admin_denied: return "admin_denied";
     case Reason::config_changed: return "config_changed";
+    case Reason::tls_error: return "tls_error";
+    case Reason::tls_required: return "tls_required";
+    case Reason::auth_rejected: return "auth_rejected";
+    case Reason::cert_auth_failed: return "cert_auth_failed";
     case Reason::count_: break;
   }
   return "unknown";
@@ -49,7 +53,11 @@ std::string_view sqlstate(Reason reason) {
   switch (reason) {
     case Reason::protocol_violation:
     case Reason::unsupported_protocol:
-    case Reason::login_timeout: return "08P01";
+    case Reason::login_timeout:
+    case Reason::tls_error: return "08P01";
+    case Reason::tls_required:
+    case Reason::auth_rejected:
+    case Reason::cert_auth_failed: return "28000";
     case Reason::message_too_large: return "54000";
     case Reason::admin_denied: return "42501";
     case Reason::feature_not_supported: return "0A000";

@@ -44,6 +44,10 @@ enum class Reason {
   admin_kill,             // 57P01: KILL db from the admin console
   admin_denied,           // 42501: the admin console, for a user not in admin.users/stats_users
   config_changed,         // a reload moved or shrank the pool
+  tls_error,              // 08P01: TLS handshake or record failed (no ErrorResponse can reach the client)
+  tls_required,           // 28000: tls.client.mode require, and the client did not use TLS
+  auth_rejected,          // 28000: an auth rule rejects the login (or no rule matches)
+  cert_auth_failed,       // 28000: method cert without a verified certificate naming the user
   count_,                 // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

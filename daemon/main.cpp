@@ -19,6 +19,7 @@
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
 #include "daemon/shared.hpp"
+#include "daemon/tls.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"pgring: a PostgreSQL connection pooler on io_uring"};
@@ -30,8 +31,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   std::shared_ptr<const pgring::config::Config> config;
+  std::shared_ptr<const pgring::TlsContexts> tls;
   try {
     config = std::make_shared<const pgring::config::Config>(pgring::config::load_config_file(config_path));
+    tls = pgring::build_tls(*config);  // --check reads the certificates too
   } catch (const pgring::config::ConfigError& e) {
     std::fprintf(stderr, "pgring: %s: %s\n", config_path.c_str(), e.what());
     return 1;
@@ -79,7 +82,7 @@ int main(int argc, char** argv) {
   auto run_worker = [&](int index) {
     std::unique_ptr<pgring::Reactor> reactor;
     try {
-      reactor = std::make_unique<pgring::Reactor>(shared, index, config, config_path);
+      reactor = std::make_unique<pgring::Reactor>(shared, index, config, tls, config_path);
       reactor->listen();
       shared.reactors[static_cast<std::size_t>(index)] = reactor.get();
     } catch (const std::exception& e) {
@@ -93,7 +96,7 @@ int main(int argc, char** argv) {
   };
   int rc = 0;
   try {
-    pgring::Reactor reactor(shared, 0, config, config_path);
+    pgring::Reactor reactor(shared, 0, config, tls, config_path);
     reactor.listen();
     reactor.listen_metrics();
     shared.reactors[0] = &reactor;

@@ -41,8 +41,9 @@ constexpr auto kClosingGrace = std::chrono::seconds(5);
 std::string errno_text(int err) { return std::strerror(err); }
 }  // namespace
 
-Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config, std::string config_path)
-    : shared_(shared), index_(index), config_(std::move(config)), config_path_(std::move(config_path)) {
+Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config,
+                 std::shared_ptr<const TlsContexts> tls, std::string config_path)
+    : shared_(shared), index_(index), config_(std::move(config)), tls_(std::move(tls)), config_path_(std::move(config_path)) {
   io_uring_params params{};
   params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
                  IORING_SETUP_CQSIZE;
@@ -503,9 +504,17 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
     return;
   }
   std::string peer = "unix";
+  config::Peer peer_info;
+  peer_info.local = true;
   sockaddr_storage addr{};
   socklen_t len = sizeof addr;
   if (getpeername(result, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.ss_family != AF_UNIX) {
+    peer_info.local = false;
+    peer_info.family = addr.ss_family;
+    if (addr.ss_family == AF_INET)
+      std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, 4);
+    else if (addr.ss_family == AF_INET6)
+      std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, 16);
     char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
     if (addr.ss_family == AF_INET) {
@@ -520,6 +529,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
     peer = std::string(host) + ":" + std::to_string(port);
   }
   auto* client = new Client(*this, next_id(), result, std::move(peer));
+  client->peer_info_ = peer_info;
   ++client_count_;
   int clients = shared_.clients.fetch_add(1, std::memory_order_relaxed) + 1;
   login_clients_.push_back(client);
@@ -557,6 +567,15 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   if (result < 0) {
     close(client, Reason::client_io_error, errno_text(-result));
     return;
+  }
+  if (client.stream_.tls() != nullptr) {
+    if (client.stream_.tls_failed()) {
+      TlsSession& tls = *client.stream_.tls();
+      if (tls.peer_closed()) close(client, Reason::client_eof);
+      else close(client, Reason::tls_error, tls.error());
+      return;
+    }
+    if (client.stream_.has_output()) want_send(client.stream_);  // handshake records, tickets
   }
   client.last_activity_ = now_;
   if (client.pool_ != nullptr) client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
@@ -616,6 +635,16 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
   if (result < 0) {
     close(server, Reason::server_io_error, errno_text(-result));
     return;
+  }
+  if (server.stream_.tls() != nullptr) {
+    if (server.stream_.tls_failed()) {
+      TlsSession& tls = *server.stream_.tls();
+      if (tls.peer_closed()) close(server, Reason::server_eof, "server closed the TLS session");
+      else close(server, server.state_ == ServerState::login ? Reason::server_login_failed : Reason::server_io_error,
+                 tls.error());
+      return;
+    }
+    if (server.stream_.has_output()) want_send(server.stream_);
   }
   server.pool_.stats_.bytes_sent += static_cast<std::uint64_t>(result);
   server.on_input();
@@ -712,7 +741,9 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   // No error in the middle of a message being streamed to the client: it would be read as
   // part of that message. The client sees the connection end instead.
   bool mid_message = client.server_ != nullptr && client.server_->forward_remaining_ > 0;
-  if (!state.empty() && reason != Reason::client_io_error && !mid_message) {
+  // Before (or after a broken) TLS handshake nothing the client could read can be sent.
+  bool tls_broken = client.stream_.tls() != nullptr && (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
+  if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken) {
     std::string text = "pgring: ";
     text += message.empty() ? name(reason) : message;
     (void)client.stream_.emit(
@@ -744,7 +775,8 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   --client_count_;
   shared_.clients.fetch_sub(1, std::memory_order_relaxed);
   client.stream_.reading_paused_ = true;
-  if (!client.stream_.has_output() && !client.stream_.send_in_flight()) finish_close(client);
+  if (client.stream_.has_output()) want_send(client.stream_);  // the error, or a TLS alert
+  else if (!client.stream_.send_in_flight()) finish_close(client);
   if (pool != nullptr) pool->maintain();
   maybe_free(client);
 }
@@ -1095,8 +1127,11 @@ void Reactor::login_done(Client& client) {
 
 std::string Reactor::reload() {
   std::shared_ptr<const config::Config> fresh;
+  std::shared_ptr<const TlsContexts> tls;
   try {
     fresh = std::make_shared<const config::Config>(config::load_config_file(config_path_));
+    // Certificates are read again too: a renewed certificate is picked up by new connections.
+    tls = build_tls(*fresh);
   } catch (const config::ConfigError& e) {
     ++reload_failures_;
     log::error("reload of {} failed, keeping the running configuration: {}", config_path_, e.what());
@@ -1117,14 +1152,15 @@ std::string Reactor::reload() {
   };
   if (metrics_text(old) != metrics_text(*fresh))
     log::warning("reload: metrics.listen changed; it takes effect after a restart");
-  broadcast([fresh](Reactor& r) { r.apply_config(fresh); });
+  broadcast([fresh, tls](Reactor& r) { r.apply_config(fresh, tls); });
   log::info("configuration reloaded from {}", config_path_);
   return {};
 }
 
-void Reactor::apply_config(std::shared_ptr<const config::Config> fresh) {
+void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::shared_ptr<const TlsContexts> tls) {
   retired_configs_.push_back(config_);
   config_ = std::move(fresh);
+  tls_ = std::move(tls);
   if (index_ == 0) log::init(config_->log_level, config_->log_format);
   scram_secrets_.clear();  // passwords may have changed
   for (auto& [key, pool] : pools_) {

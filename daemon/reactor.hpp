@@ -26,6 +26,7 @@
 #include "daemon/pool.hpp"
 #include "daemon/server.hpp"
 #include "daemon/shared.hpp"
+#include "daemon/tls.hpp"
 #include "daemon/statements.hpp"
 #include "daemon/stream.hpp"
 
@@ -52,7 +53,8 @@ class Reactor {
   enum class ShutdownMode { none, graceful, immediate };
   // Reactor `index` of shared.workers(); it must be created on the thread that runs it (the
   // ring is SINGLE_ISSUER). Reactor 0 also reads the signals and serves the metrics port.
-  Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config, std::string config_path);
+  Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config,
+          std::shared_ptr<const TlsContexts> tls, std::string config_path);
   ~Reactor();
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
@@ -64,6 +66,7 @@ class Reactor {
   void run_once();
 
   [[nodiscard]] const config::Config& config() const { return *config_; }
+  [[nodiscard]] const TlsContexts& tls() const { return *tls_; }
   [[nodiscard]] Clock::time_point now() const { return now_; }
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
   [[nodiscard]] StatementRegistry& statements() { return statements_; }
@@ -113,7 +116,7 @@ class Reactor {
   // running config stays).
   std::string reload();
   // Take a configuration another reactor loaded.
-  void apply_config(std::shared_ptr<const config::Config> fresh);
+  void apply_config(std::shared_ptr<const config::Config> fresh, std::shared_ptr<const TlsContexts> tls);
   // Metrics (metrics.cpp).
   void listen_metrics();
   // The whole process (gathered from every reactor), and this reactor's share.
@@ -188,6 +191,7 @@ class Reactor {
   Shared& shared_;
   const int index_;
   std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const TlsContexts> tls_;  // sessions hold their own SSL_CTX reference
   std::string config_path_;
   std::mutex mailbox_mutex_;
   std::vector<std::function<void(Reactor&)>> mailbox_;

@@ -9,6 +9,7 @@
 #include "daemon/log.hpp"
 #include "daemon/pool.hpp"
 #include "daemon/reactor.hpp"
+#include "daemon/tls.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/md5.hpp"
@@ -46,6 +47,63 @@ Server::Server(Reactor& reactor, Pool& pool, std::uint64_t id)
 void Server::on_connected() {
   pool_.set_state(*this, ServerState::login);
   login_ = std::make_unique<LoginState>();
+  const config::ServerTls& tls = reactor_.config().tls_server;
+  bool unix_socket = !pool_.db_->host.empty() && pool_.db_->host[0] == '/';
+  if (tls.mode != config::ServerTlsMode::disable && !unix_socket && reactor_.tls().server_side != nullptr) {
+    (void)stream_.emit([](std::string& out) { return proto::build::ssl_request(out); });
+    tls_step_ = TlsStep::requested;
+    reactor_.want_send(stream_);
+    return;
+  }
+  send_startup();
+}
+
+bool Server::negotiate_tls() {
+  const config::ServerTls& tls = reactor_.config().tls_server;
+  if (tls_step_ == TlsStep::requested) {
+    if (stream_.input_size() < 1) return false;
+    char answer = 0;
+    stream_.peek(&answer, 1);
+    stream_.consume(1);
+    if (stream_.input_size() != 0) {
+      // Anything after the one-byte answer was sent before TLS: never take it as part of the
+      // encrypted session (CVE-2021-23222).
+      reactor_.close(*this, Reason::server_protocol_error, "server sent unencrypted data after its TLS answer");
+      return false;
+    }
+    if (answer == 'N') {
+      if (tls.mode != config::ServerTlsMode::prefer) {
+        reactor_.close(*this, Reason::server_login_failed,
+                       fmt::format("server does not support TLS (tls.server.mode {})", config::to_string(tls.mode)));
+        return false;
+      }
+      tls_step_ = TlsStep::none;
+      send_startup();
+      return false;
+    }
+    if (answer != 'S') {
+      // An error here is not shown: it came before the server was authenticated (CVE-2024-10977).
+      reactor_.close(*this, Reason::server_protocol_error, "server answered the SSLRequest with something else");
+      return false;
+    }
+    std::unique_ptr<TlsSession> session =
+        TlsSession::connect(reactor_.tls().server_side.get(), pool_.db_->host, tls.mode);
+    if (session == nullptr || !stream_.start_tls(std::move(session))) {
+      reactor_.close(*this, Reason::server_login_failed, "cannot start TLS");
+      return false;
+    }
+    tls_step_ = TlsStep::handshake;
+    reactor_.want_send(stream_);
+    return false;
+  }
+  if (!stream_.tls()->handshake_done()) return false;
+  tls_step_ = TlsStep::none;
+  log::debug("S-{} TLS {} with {}", id_, stream_.tls()->version(), pool_.address_text_);
+  send_startup();
+  return true;
+}
+
+void Server::send_startup() {
   std::vector<std::pair<std::string_view, std::string_view>> params{
       {"user", pool_.server_user_},
       {"database", pool_.db_->dbname.empty() ? pool_.db_->name : pool_.db_->dbname},
@@ -82,6 +140,7 @@ void Server::on_input() {
     forward_to_client();
     return;
   }
+  if (tls_step_ != TlsStep::none && !negotiate_tls()) return;
   // Login, reset and idle: every message is read whole and handled here.
   while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle ||
          state_ == ServerState::canceling) {

@@ -2,6 +2,7 @@
 // A server connection: pgring's own session with PostgreSQL.
 //
 //   connecting ──TCP up──> login ──ReadyForQuery──> idle <──reset done── resetting
+//   (login with tls.server: SSLRequest, 'S', TLS handshake, then the startup packet)
 //   idle ──linked to a client──> active ──client left, clean──> resetting (ROLLBACK?, reset query)
 //   active ──client left with requests in flight──> closing
 //   active ──transaction over while a cancel is in flight──> canceling ──cancel done──> idle
@@ -152,6 +153,11 @@ class Server {
  private:
   friend class Reactor;
   void handle_login_message(char type, std::string_view body);
+  void send_startup();
+  // tls.server: the answer to our SSLRequest, then the handshake. False while not logged in yet.
+  bool negotiate_tls();
+  enum class TlsStep : std::uint8_t { none, requested, handshake };
+  TlsStep tls_step_ = TlsStep::none;
   void handle_reset_message(char type, std::string_view body);
   void handle_idle_message(char type, std::string_view body);
   void forward_to_client();

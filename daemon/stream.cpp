@@ -1,5 +1,7 @@
 #include "daemon/stream.hpp"
 
+#include "daemon/tls.hpp"
+
 #include <sys/mman.h>
 #include <sys/socket.h>
 
@@ -76,6 +78,11 @@ Stream::~Stream() { discard_all(); }
 
 void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
   buffers_->taken(bid);
+  if (tls_) {
+    receive_tls(std::string_view(buffers_->data(bid), length));
+    buffers_->unref(bid);  // decrypted: the ring buffer is free again
+    return;
+  }
   input_.push_back(Segment{bid, 0, length});  // bid fits: ring ids are below 32768
   input_bytes_ += length;
 }
@@ -134,8 +141,68 @@ void Stream::forward(std::size_t n, Stream& to) {
   consume(n);
 }
 
+void Stream::receive_tls(std::string_view ciphertext) {
+  if (tls_failed_) return;
+  // All TLS input is owned: at most one segment, over owned_input_. Move what is left of it to
+  // the front before appending, so a connection that keeps a partial message stays small.
+  if (input_.empty()) {
+    owned_input_.clear();
+  } else if (input_.front().begin > 0) {
+    Segment& s = input_.front();
+    owned_input_.erase(0, s.begin);
+    s.end -= s.begin;
+    s.begin = 0;
+  }
+  std::size_t before = owned_input_.size();
+  if (!tls_->receive(ciphertext, owned_input_)) tls_failed_ = true;
+  std::size_t added = owned_input_.size() - before;
+  if (added == 0) return;
+  if (input_.empty()) input_.push_back(Segment{kOwnedInput, 0, 0});
+  input_.front().end = static_cast<std::uint32_t>(owned_input_.size());
+  input_bytes_ += added;
+}
+
+bool Stream::start_tls(std::unique_ptr<TlsSession> session) {
+  // Clear bytes queued before the switch go first, as they are.
+  for (const Slice& s : queue_) {
+    const char* base = s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+    cipher_.append(base + s.offset, s.length);
+    pending_bytes_ -= s.length;
+    if (s.bid != kOwned) {
+      --pending_buffers_;
+      buffers_->unref(static_cast<std::uint16_t>(s.bid));
+    }
+  }
+  queue_.clear();
+  staging_.clear();
+  tls_ = std::move(session);
+  if (input_bytes_ == 0) return true;
+  std::string first(input_bytes_, '\0');
+  peek(first.data(), first.size());
+  consume(first.size());
+  receive_tls(first);
+  return !tls_failed_;
+}
+
+void Stream::encrypt_queue() {
+  for (const Slice& s : queue_) {
+    const char* base = s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+    if (!tls_failed_ && !tls_->send(std::string_view(base + s.offset, s.length))) tls_failed_ = true;
+    pending_bytes_ -= s.length;
+    if (s.bid != kOwned) {
+      --pending_buffers_;
+      buffers_->unref(static_cast<std::uint16_t>(s.bid));
+    }
+  }
+  queue_.clear();
+  staging_.clear();
+  tls_->take_output(cipher_);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stream: output
+
+bool Stream::has_output() const { return !queue_.empty() || !cipher_.empty() || (tls_ && tls_->has_output()); }
 
 void Stream::emit_bytes(std::string_view bytes) {
   std::size_t start = staging_.size();
@@ -162,7 +229,19 @@ void Stream::push_slice(Slice s) {
 
 bool Stream::prepare_send(io_uring_sqe* sqe) {
   if (send_in_flight_) return false;
-  if (iov_done_ >= iov_.size()) {
+  if (iov_done_ >= iov_.size() && (tls_ || !cipher_.empty())) {
+    // TLS: the batch is one run of records (plus any clear bytes queued before TLS began).
+    if (tls_) encrypt_queue();
+    if (cipher_.empty()) return false;
+    iov_.clear();
+    iov_done_ = 0;
+    inflight_owned_.swap(cipher_);
+    cipher_.clear();
+    auto size = static_cast<std::uint32_t>(inflight_owned_.size());
+    inflight_.assign(1, Slice{kOwned, 0, size});
+    pending_bytes_ += size;
+    iov_.push_back(iovec{inflight_owned_.data(), size});
+  } else if (iov_done_ >= iov_.size()) {
     // A new batch: the whole queue (up to kMaxIov slices) goes out in one sendmsg.
     if (queue_.empty()) return false;
     iov_.clear();
@@ -257,6 +336,7 @@ void Stream::discard_all() {
     if (s.bid != kOwned) buffers_->unref(static_cast<std::uint16_t>(s.bid));
   queue_.clear();
   staging_.clear();
+  cipher_.clear();
   // In-flight slices stay pinned until the kernel reports the send finished.
   if (!send_in_flight_) release_inflight();
   pending_bytes_ = 0;

@@ -7,6 +7,10 @@
 // become slices of the peer's send queue that pin the ring buffer (a reference count) until the
 // send completes. A ring buffer goes back to the kernel when its last reference is dropped.
 //
+// TLS: once start_tls() ran, received bytes are ciphertext. They are decrypted as they arrive
+// into owned input (the ring buffer goes back at once), and everything queued for sending is
+// encrypted when a batch is prepared: handlers see plaintext either way.
+//
 // Send: at most one sendmsg in flight per socket (io_uring may reorder concurrent sends). Bytes
 // queued meanwhile wait in `queue_` and go out as one batch when the send completes. Bytes
 // pgring builds itself live in `staging_`; when a batch is submitted, `staging_` is frozen as
@@ -16,11 +20,14 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace pgring {
+
+class TlsSession;
 
 class BufferRing {
  public:
@@ -130,7 +137,7 @@ class Stream {
     return true;
   }
   void emit_bytes(std::string_view bytes);
-  [[nodiscard]] bool has_output() const { return !queue_.empty(); }
+  [[nodiscard]] bool has_output() const;
   [[nodiscard]] bool send_in_flight() const { return send_in_flight_; }
   // Bytes and pinned ring buffers waiting to be sent: for flow control.
   [[nodiscard]] std::size_t pending_bytes() const { return pending_bytes_; }
@@ -145,6 +152,15 @@ class Stream {
   [[nodiscard]] BufferRing& buffers() const { return *buffers_; }
   // Drops all input and output (connection closing for good).
   void discard_all();
+
+  // ---- TLS ----
+  // From now on the socket carries TLS records. Output already queued (the 'S' answering an
+  // SSLRequest) goes out in clear ahead of them; input already received (a direct TLS
+  // ClientHello) is the first ciphertext. False when the session cannot go on (tls_error()).
+  bool start_tls(std::unique_ptr<TlsSession> session);
+  [[nodiscard]] TlsSession* tls() const { return tls_.get(); }
+  // Set when received ciphertext could not be decrypted (or the peer ended TLS).
+  [[nodiscard]] bool tls_failed() const { return tls_failed_; }
 
   // ---- operations (owned here, referenced by user_data) ----
   Operation recv_op_;
@@ -165,6 +181,8 @@ class Stream {
     return s.bid == kOwnedInput ? owned_input_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
   }
   void push_owned(std::size_t offset, std::size_t length);
+  void receive_tls(std::string_view ciphertext);
+  void encrypt_queue();
   void push_slice(Slice s);
   void release_inflight();
 
@@ -185,6 +203,10 @@ class Stream {
   std::vector<iovec> iov_;
   std::size_t iov_done_ = 0;  // iovecs fully sent
   msghdr msg_{};
+
+  std::unique_ptr<TlsSession> tls_;
+  std::string cipher_;  // records (and clear bytes before TLS began) waiting for the next batch
+  bool tls_failed_ = false;
 };
 
 }  // namespace pgring

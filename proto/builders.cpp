@@ -40,10 +40,12 @@ bool authentication_md5(std::string& out, std::string_view salt4) {
   return salt4.size() == 4 && auth(out, AuthCode::md5_password, salt4);
 }
 
-bool authentication_sasl(std::string& out, std::string_view mechanism) {
+bool authentication_sasl(std::string& out, std::string_view mechanism, std::string_view second) {
   Writer w(out);
   w.begin(backend::kAuthentication).i32(static_cast<std::int32_t>(AuthCode::sasl));
-  w.cstring(mechanism).u8(0).end();
+  w.cstring(mechanism);
+  if (!second.empty()) w.cstring(second);
+  w.u8(0).end();
   return w.ok();
 }
 
@@ -129,6 +131,12 @@ bool startup_message(std::string& out, std::uint32_t version,
 bool cancel_request(std::string& out, std::int32_t pid, std::string_view secret) {
   Writer w(out);
   w.begin_untyped().i32(static_cast<std::int32_t>(kCancelRequestCode)).i32(pid).bytes(secret).end();
+  return w.ok();
+}
+
+bool ssl_request(std::string& out) {
+  Writer w(out);
+  w.begin_untyped().i32(static_cast<std::int32_t>(kSslRequestCode)).end();
   return w.ok();
 }
 

@@ -18,7 +18,8 @@ namespace pgring::proto::build {
 [[nodiscard]] bool authentication_ok(std::string& out);
 [[nodiscard]] bool authentication_cleartext(std::string& out);
 [[nodiscard]] bool authentication_md5(std::string& out, std::string_view salt4);
-[[nodiscard]] bool authentication_sasl(std::string& out, std::string_view mechanism);
+// The mechanisms offered, in order of preference (an empty `second` is left out).
+[[nodiscard]] bool authentication_sasl(std::string& out, std::string_view mechanism, std::string_view second = {});
 [[nodiscard]] bool authentication_sasl_continue(std::string& out, std::string_view data);
 [[nodiscard]] bool authentication_sasl_final(std::string& out, std::string_view data);
 [[nodiscard]] bool parameter_status(std::string& out, std::string_view name, std::string_view value);
@@ -37,6 +38,7 @@ namespace pgring::proto::build {
 [[nodiscard]] bool startup_message(std::string& out, std::uint32_t version,
                                    const std::vector<std::pair<std::string_view, std::string_view>>& params);
 [[nodiscard]] bool cancel_request(std::string& out, std::int32_t pid, std::string_view secret);
+[[nodiscard]] bool ssl_request(std::string& out);
 [[nodiscard]] bool password_message(std::string& out, std::string_view password);
 [[nodiscard]] bool sasl_initial_response(std::string& out, std::string_view mechanism, std::string_view data);
 [[nodiscard]] bool sasl_response(std::string& out, std::string_view data);

@@ -399,12 +399,13 @@ Secret make_secret(std::string_view password, std::string_view salt, int iterati
 
 std::optional<ClientFirst> parse_client_first(std::string_view message) {
   if (message.size() > kMaxMessageLength) return std::nullopt;
-  // gs2-header = gs2-cbind-flag "," [authzid] ",". Only "n" (client cannot bind) and "y"
-  // (client can, but believes we cannot) are accepted: we do not advertise -PLUS yet, so "p="
-  // is refused, and an authzid is refused because PostgreSQL has no use for one.
+  // gs2-header = gs2-cbind-flag "," [authzid] ",". "n" (client cannot bind), "y" (client can,
+  // but believes we cannot) and "p=tls-server-end-point" (the only binding PostgreSQL knows)
+  // are accepted; an authzid is refused because PostgreSQL has no use for one.
   std::string_view header = message.substr(0, 3);
-  if (header != "n,," && header != "y,,") return std::nullopt;
-  std::string_view bare = message.substr(3);
+  if (message.starts_with(kEndPointHeader)) header = message.substr(0, kEndPointHeader.size());
+  else if (header != "n,," && header != "y,,") return std::nullopt;
+  std::string_view bare = message.substr(header.size());
   auto nonce = parse_client_first_bare(bare);
   if (!nonce) return std::nullopt;
   ClientFirst first;
@@ -426,7 +427,8 @@ std::string server_first(const ClientFirst& first, std::string_view server_nonce
 std::optional<std::string> verify_client_final(const ClientFirst& first,
                                                std::string_view server_first_message,
                                                std::string_view client_final_message,
-                                               const Secret& secret, Key* client_key_out) {
+                                               const Secret& secret, Key* client_key_out,
+                                               std::string_view channel_binding) {
   if (secret.iterations < kMinIterations || client_final_message.size() > kMaxMessageLength) {
     return std::nullopt;
   }
@@ -447,10 +449,14 @@ std::optional<std::string> verify_client_final(const ClientFirst& first,
   auto binding_b64 = reader.attr('c');
   auto nonce = reader.attr('r');
   if (reader.failed() || !reader.skip_extensions() || !reader.done()) return std::nullopt;
-  // Without channel binding the "c=" carries just the gs2 header we saw in client-first; a
-  // mismatch means someone tampered with the header (e.g. downgraded "y" to "n").
+  // "c=" carries the gs2 header we saw in client-first, followed by the binding data when the
+  // client binds; a mismatch means someone tampered with the header (e.g. downgraded "y" to
+  // "n") or the client saw another certificate than ours (a man in the middle).
   auto binding = base64_decode(*binding_b64);
-  if (!binding || *binding != first.gs2_header) return std::nullopt;
+  if (first.binds() && channel_binding.empty()) return std::nullopt;
+  std::string expected_binding = first.gs2_header;
+  if (first.binds()) expected_binding.append(channel_binding);
+  if (!binding || !timing_safe_equal(*binding, expected_binding)) return std::nullopt;
   if (*nonce != sent->nonce) return std::nullopt;
 
   auto proof_raw = base64_decode(proof_attr.substr(2));

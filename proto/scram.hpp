@@ -14,6 +14,9 @@
 namespace pgring::proto::scram {
 
 inline constexpr std::string_view kMechanism = "SCRAM-SHA-256";
+// With channel binding over TLS; PostgreSQL (and pgring) bind with tls-server-end-point only.
+inline constexpr std::string_view kMechanismPlus = "SCRAM-SHA-256-PLUS";
+inline constexpr std::string_view kEndPointHeader = "p=tls-server-end-point,,";
 inline constexpr int kDefaultIterations = 4096;
 
 using Key = std::array<std::uint8_t, 32>;
@@ -40,10 +43,13 @@ struct Secret {
 
 // ---- server side (pgring checks a client) ----
 
-// client-first-message: gs2-header "n,," or "y,," (channel binding "p=" is refused for now),
-// then client-first-bare "n=<user>,r=<nonce>". PostgreSQL ignores the SCRAM user name.
+// client-first-message: gs2-header "n,," (client cannot bind), "y,," (it could, but thinks
+// we cannot) or "p=tls-server-end-point,," (it binds), then client-first-bare "n=<user>,r=<nonce>".
+// PostgreSQL ignores the SCRAM user name.
 struct ClientFirst {
   std::string gs2_header;         // e.g. "n,,"
+  [[nodiscard]] bool binds() const { return gs2_header.starts_with("p="); }
+  [[nodiscard]] bool could_bind() const { return gs2_header.starts_with("y"); }
   std::string client_first_bare;  // e.g. "n=,r=rOprNGfwEbeRWgbNEkqO"
   std::string client_nonce;
 };
@@ -57,11 +63,13 @@ struct ClientFirst {
 // exchange so far. On success returns the server-final-message "v=<b64 ServerSignature>"
 // and, through client_key_out (if non-null), the ClientKey the proof revealed (for SCRAM
 // pass-through to the server later). nullopt when the proof, nonce or binding is wrong.
+// `channel_binding` is the tls-server-end-point data of our certificate when the client binds.
 [[nodiscard]] std::optional<std::string> verify_client_final(const ClientFirst& first,
                                                              std::string_view server_first_message,
                                                              std::string_view client_final_message,
                                                              const Secret& secret,
-                                                             Key* client_key_out = nullptr);
+                                                             Key* client_key_out = nullptr,
+                                                             std::string_view channel_binding = {});
 
 // ---- client side (pgring logs in to Postgres) ----
 

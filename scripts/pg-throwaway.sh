@@ -17,6 +17,7 @@
 #   database pgring_test (owner postgres, usable by everyone); every other TCP login: trust
 set -euo pipefail
 
+SCRIPT_DIR=$(dirname "$(readlink -f "$0")")
 MARKER=.pgring-throwaway   # written into DIR so `start`/`stop` only ever delete their own clusters
 
 die() {
@@ -165,6 +166,13 @@ cmd_start() {
   pg touch "$dir/$MARKER"
   pg mkdir -p "$dir/log"
 
+  # TLS for tests of tls.server: a throwaway CA ($dir/tls/ca.crt) and a certificate for
+  # localhost / 127.0.0.1 (not 127.0.0.2: a host name mismatch to test verify-full with).
+  "$SCRIPT_DIR/gen-test-certs.sh" "$dir/tls" >/dev/null
+  chmod 0755 "$dir/tls"
+  chmod 0644 "$dir/tls/ca.crt"
+  [[ $EUID -eq 0 ]] && chown -R postgres: "$dir/tls"
+
   # The socket path (DIR/.s.PGSQL.PORT) must fit in sun_path (107 bytes); otherwise TCP only.
   local sockdir=$dir
   if (( ${#dir} + 20 > 107 )); then
@@ -175,8 +183,11 @@ cmd_start() {
   pg tee -a "$dir/postgresql.conf" >/dev/null <<EOF
 
 # ---- pgring throwaway cluster (scripts/pg-throwaway.sh) ----
-listen_addresses = '127.0.0.1'
+listen_addresses = '127.0.0.1,127.0.0.2'
 port = $port
+ssl = on
+ssl_cert_file = 'tls/server.crt'
+ssl_key_file = 'tls/server.key'
 unix_socket_directories = '$sockdir'
 max_connections = 400
 fsync = off
@@ -193,10 +204,13 @@ EOF
   pg tee "$dir/pg_hba.conf" >/dev/null <<'EOF'
 # pgring throwaway cluster: TYPE DATABASE USER ADDRESS METHOD
 local all all                      trust
+hostssl   all pgring_tls 127.0.0.0/8 scram-sha-256
+hostnossl all pgring_tls 127.0.0.0/8 reject
 host  all pgring_md5   127.0.0.1/32 md5
 host  all pgring_scram 127.0.0.1/32 scram-sha-256
 host  all pgring_plain 127.0.0.1/32 password
 host  all all          127.0.0.1/32 trust
+host  all all          127.0.0.2/32 trust
 EOF
 
   if ! pg "$PG_BIN/pg_ctl" start -D "$dir" -l "$dir/log/pg_ctl.log" -w -t 60 >/dev/null; then
@@ -219,7 +233,7 @@ EOF
 DO $$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['app', 'pgring_scram', 'pgring_md5', 'pgring_plain'] LOOP
+  FOREACH r IN ARRAY ARRAY['app', 'pgring_scram', 'pgring_md5', 'pgring_plain', 'pgring_tls'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I LOGIN', r);
     END IF;
@@ -229,6 +243,7 @@ SET password_encryption = 'scram-sha-256';
 ALTER ROLE app LOGIN PASSWORD 'secret';
 ALTER ROLE pgring_scram LOGIN PASSWORD 'scram_pw';
 ALTER ROLE pgring_plain LOGIN PASSWORD 'plain_pw';
+ALTER ROLE pgring_tls LOGIN PASSWORD 'tls_pw';
 SET password_encryption = 'md5';
 ALTER ROLE pgring_md5 LOGIN PASSWORD 'md5_pw';
 RESET password_encryption;

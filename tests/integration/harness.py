@@ -738,16 +738,19 @@ class RawConn:
 
 
 class _Scram:
-    """Client side of SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL uses it (no channel binding)."""
+    """Client side of SCRAM-SHA-256 (RFC 5802/7677) as PostgreSQL uses it. `gs2` is the header
+    ("n,,", "y,," or "p=tls-server-end-point,,"); `cbind` the binding data that goes with "p"."""
 
-    def __init__(self, password):
+    def __init__(self, password, gs2="n,,", cbind=b""):
+        self.gs2 = gs2
+        self.cbind = cbind
         self.password = password.encode()
         self.nonce = base64.b64encode(secrets.token_bytes(18)).decode()
         self.first_bare = f"n=,r={self.nonce}"
         self.server_signature = None
 
     def client_first(self):
-        return "n,," + self.first_bare
+        return self.gs2 + self.first_bare
 
     def client_final(self, server_first):
         attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
@@ -757,7 +760,8 @@ class _Scram:
         salted = hashlib.pbkdf2_hmac("sha256", self.password, salt, iterations)
         client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
         stored_key = hashlib.sha256(client_key).digest()
-        without_proof = f"c=biws,r={attrs['r']}"
+        binding = base64.b64encode(self.gs2.encode() + self.cbind).decode()
+        without_proof = f"c={binding},r={attrs['r']}"
         auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
         client_signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
         proof = bytes(a ^ b for a, b in zip(client_key, client_signature))

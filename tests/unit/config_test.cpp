@@ -2,6 +2,8 @@
 
 #include "config/config.hpp"
 
+#include <netinet/in.h>
+
 #include <doctest/doctest.h>
 
 #include <fstream>
@@ -233,7 +235,7 @@ TEST_CASE("config: enum values") {
               "must be one of session, transaction, statement; did you mean 'session'?");
   check_error("databases:\n  a: {pool_mode: Transaction}\n", "databases.a.pool_mode", 2,
               "did you mean 'transaction'?");
-  check_error("auth:\n  method: scram\n", "auth.method", 2, "trust, md5, scram-sha-256");
+  check_error("auth:\n  method: scram\n", "auth.method", 2, "trust, reject, md5, scram-sha-256, cert");
   check_error("log: {format: xml}\n", "log.format", 1, "must be one of text, json");
   check_error("log: {level: warn}\n", "log.level", 1, "did you mean 'warning'?");
   check_error("defaults:\n  session_state: pinned\n", "defaults.session_state", 2,
@@ -551,3 +553,111 @@ TEST_CASE("config: the reference config/pgring.yaml parses and matches the defau
   CHECK(t.shutdown == u.shutdown);
 }
 #endif
+
+TEST_CASE("config: tls sections") {
+  const Config c = parse_config(R"(tls:
+  client: {mode: require, cert: /c.crt, key: /c.key, ca: /ca.crt}
+  server: {mode: verify-full, ca: /root.crt}
+)");
+  CHECK(c.tls_client.mode == ClientTlsMode::require);
+  CHECK(c.tls_client.cert == "/c.crt");
+  CHECK(c.tls_client.ca == "/ca.crt");
+  CHECK(c.tls_server.mode == ServerTlsMode::verify_full);
+  CHECK(c.tls_server.ca == "/root.crt");
+  CHECK(parse_config("").tls_client.mode == ClientTlsMode::disable);
+  CHECK(parse_config("").tls_server.mode == ServerTlsMode::disable);
+  check_error("tls:\n  client: {mode: require}\n", "tls.client", 2, "mode require needs cert and key");
+  check_error("tls:\n  client: {mode: prefer, cert: a, key: b}\n", "tls.client.mode", 2,
+              "must be one of disable, allow, require");
+  check_error("tls:\n  server: {mode: verify-ca}\n", "tls.server", 2, "needs ca");
+  check_error("tls:\n  server: {mode: require, cert: /a}\n", "tls.server", 2, "cert and key go together");
+  check_error("tls:\n  server: {mode: verify}\n", "tls.server.mode", 2, "did you mean 'verify-ca'?");
+  check_error("tls:\n  clients: {}\n", "tls.clients", 2, "did you mean 'client'?");
+}
+
+TEST_CASE("config: auth rules choose the method like pg_hba") {
+  const Config c = parse_config(R"(auth:
+  method: md5
+  rules:
+    - {user: admin, address: 10.0.0.0/8, method: reject}
+    - {database: [reports], tls: true, method: cert}
+    - {address: local, method: trust}
+    - {address: [192.168.1.0/24, "::1"], method: scram-sha-256}
+    - {user: [app, web], tls: false, method: md5}
+tls:
+  client: {mode: allow, cert: /c, key: /k, ca: /ca}
+)");
+  REQUIRE(c.auth_rules.size() == 5);
+  auto v4 = [](std::uint8_t a, std::uint8_t b, std::uint8_t c3, std::uint8_t d, bool tls) {
+    Peer p;
+    p.family = AF_INET;
+    p.address = {a, b, c3, d};
+    p.tls = tls;
+    return p;
+  };
+  Peer local;
+  local.local = true;
+  Peer v6;
+  v6.family = AF_INET6;
+  v6.address[15] = 1;
+  CHECK(c.choose_auth("x", "admin", v4(10, 1, 2, 3, false)).method == AuthMethod::reject);
+  CHECK(c.choose_auth("x", "admin", v4(10, 1, 2, 3, false)).rule == "auth.rules[0]");
+  CHECK(c.choose_auth("reports", "bob", v4(11, 0, 0, 1, true)).method == AuthMethod::cert);
+  CHECK(c.choose_auth("reports", "bob", local).method == AuthMethod::trust);
+  CHECK(c.choose_auth("x", "bob", v4(192, 168, 1, 200, false)).method == AuthMethod::scram_sha_256);
+  CHECK(c.choose_auth("x", "bob", v6).method == AuthMethod::scram_sha_256);
+  CHECK(c.choose_auth("x", "web", v4(172, 16, 0, 1, false)).method == AuthMethod::md5);
+  // Nothing matches: rejected, with no rule named.
+  CHECK(c.choose_auth("x", "web", v4(172, 16, 0, 1, true)).method == AuthMethod::reject);
+  CHECK(c.choose_auth("x", "web", v4(172, 16, 0, 1, true)).rule.empty());
+  CHECK(c.choose_auth("x", "bob", v4(192, 168, 2, 1, false)).method == AuthMethod::reject);
+  // Without rules, auth.method for everyone.
+  const Config plain = parse_config("auth: {method: md5}\nusers:\n  a: {password: x}\n");
+  CHECK(plain.choose_auth("x", "y", local).method == AuthMethod::md5);
+  CHECK(plain.choose_auth("x", "y", local).rule == "auth.method");
+
+  check_error("auth:\n  rules:\n    - {user: a}\n", "auth.rules[0]", 3, "a rule needs a method");
+  check_error("auth:\n  rules:\n    - {address: 10.0.0.0/33, method: trust}\n", "auth.rules[0].address", 3,
+              "is not all, local, an address or a network");
+  check_error("auth:\n  rules:\n    - {tls: maybe, method: trust}\n", "auth.rules[0].tls", 3, "must be true");
+  check_error("auth:\n  rules:\n    - {method: cert}\n", "auth.rules[0].method", 3, "method cert needs tls.client.ca");
+  check_error("auth:\n  rules:\n    - {hosts: all, method: trust}\n", "auth.rules[0].hosts", 3, "unknown key");
+  check_error("auth:\n  method: reject\n", "auth.method", 2, "use it in auth.rules");
+}
+
+TEST_CASE("config: networks") {
+  auto n = parse_network("10.1.0.0/16");
+  REQUIRE(n);
+  const std::uint8_t in[4] = {10, 1, 200, 3};
+  const std::uint8_t out[4] = {10, 2, 0, 1};
+  CHECK(n->contains(AF_INET, in));
+  CHECK_FALSE(n->contains(AF_INET, out));
+  CHECK_FALSE(n->contains(AF_INET6, in));
+  auto odd = parse_network("192.168.0.0/23");
+  REQUIRE(odd);
+  const std::uint8_t a[4] = {192, 168, 1, 7};
+  const std::uint8_t b[4] = {192, 168, 2, 7};
+  CHECK(odd->contains(AF_INET, a));
+  CHECK_FALSE(odd->contains(AF_INET, b));
+  CHECK(parse_network("0.0.0.0/0"));
+  CHECK(parse_network("::/0"));
+  CHECK_FALSE(parse_network("10.0.0.0/"));
+  CHECK_FALSE(parse_network("10.0.0.0/x"));
+  CHECK_FALSE(parse_network("::1/129"));
+  CHECK_FALSE(parse_network("example.com"));
+}
+
+TEST_CASE("config: auth query") {
+  const Config c = parse_config(R"(auth:
+  method: scram-sha-256
+  query: {user: pgring_auth, cache: 30s}
+users:
+  pgring_auth: {password: plain}
+)");
+  REQUIRE(c.auth_query);
+  CHECK(c.auth_query->user == "pgring_auth");
+  CHECK(c.auth_query->cache == std::chrono::seconds(30));
+  CHECK(c.auth_query->query.find("$1") != std::string::npos);
+  check_error("auth:\n  query: {cache: 1s}\n", "auth.query", 2, "needs a user");
+  check_error("auth:\n  query: {user: nobody}\n", "auth.query.user", 2, "must be in users: with a plain password");
+}

@@ -270,7 +270,7 @@ TEST_CASE("scram: gs2 header and channel binding") {
                                "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0") ==
         kRfcClientFinal);
 
-  CHECK_FALSE(scram::parse_client_first("p=tls-server-end-point,,n=,r=abc"));
+  CHECK_FALSE(scram::parse_client_first("p=tls-unique,,n=,r=abc"));
   CHECK_FALSE(scram::parse_client_first("p=,,n=,r=abc"));
   CHECK_FALSE(scram::parse_client_first("n,a=admin,n=,r=abc"));
   CHECK_FALSE(scram::parse_client_first("y,a=admin,n=,r=abc"));
@@ -279,6 +279,27 @@ TEST_CASE("scram: gs2 header and channel binding") {
   CHECK_FALSE(scram::parse_client_first("N,,n=,r=abc"));
   CHECK_FALSE(scram::parse_client_first("n,n=,r=abc"));
   CHECK_FALSE(scram::parse_client_first(",,n=,r=abc"));
+}
+
+TEST_CASE("scram: tls-server-end-point channel binding") {
+  scram::Secret secret = rfc_secret();
+  auto p = scram::parse_client_first("p=tls-server-end-point,,n=,r=abc");
+  REQUIRE(p.has_value());
+  CHECK(p->binds());
+  CHECK_FALSE(p->could_bind());
+  CHECK(p->client_first_bare == "n=,r=abc");
+  std::string sf = scram::server_first(*p, "XYZ", secret);
+  const std::string hash(32, '\x5a');
+  std::string c = "c=" + scram::base64_encode("p=tls-server-end-point,," + hash) + ",r=abcXYZ";
+  std::string final_message = hand_made_client_final(p->client_first_bare, sf, c);
+  CHECK(scram::verify_client_final(*p, sf, final_message, secret, nullptr, hash).has_value());
+  // Another certificate seen by the client (a man in the middle), or no binding data at all.
+  CHECK_FALSE(scram::verify_client_final(*p, sf, final_message, secret, nullptr, std::string(32, '\x5b')));
+  CHECK_FALSE(scram::verify_client_final(*p, sf, final_message, secret));
+  // A client that binds must send the binding data, not only the header.
+  std::string bare_header = hand_made_client_final(
+      p->client_first_bare, sf, "c=" + scram::base64_encode("p=tls-server-end-point,,") + ",r=abcXYZ");
+  CHECK_FALSE(scram::verify_client_final(*p, sf, bare_header, secret, nullptr, hash));
 }
 
 TEST_CASE("scram: parse_client_first grammar") {
