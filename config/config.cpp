@@ -665,23 +665,27 @@ bool looks_like_scram_secret(std::string_view s) {
 }
 
 SecretKind secret_kind(const Item& item, const std::string& password) {
+  SecretKind kind = classify_secret(password);
+  // PostgreSQL would quietly take a mangled secret as a plain password; in a config file it
+  // is a paste error, so say so. The value is a secret: never echo it.
+  if (kind == SecretKind::none)
+    item.fail("malformed SCRAM secret; expected SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>");
+  return kind;
+}
+
+}  // namespace
+
+SecretKind classify_secret(std::string_view password) {
   // PostgreSQL's rule (isMD5 in crypt.c): "md5" and exactly 32 lowercase hex digits.
   if (password.size() == 35 && password.starts_with("md5") &&
       std::all_of(password.begin() + 3, password.end(), is_lower_hex)) {
     return SecretKind::md5;
   }
-  if (password.starts_with("SCRAM-SHA-256$")) {
-    // PostgreSQL would quietly take a mangled secret as a plain password; in a config file it
-    // is a paste error, so say so. The value is a secret: never echo it.
-    if (!looks_like_scram_secret(password)) {
-      item.fail(
-          "malformed SCRAM secret; expected "
-          "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>");
-    }
-    return SecretKind::scram;
-  }
+  if (password.starts_with("SCRAM-SHA-256$")) return looks_like_scram_secret(password) ? SecretKind::scram : SecretKind::none;
   return SecretKind::plain;
 }
+
+namespace {
 
 class Loader {
  public:

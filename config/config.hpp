@@ -103,6 +103,9 @@ struct PoolSettings {
 };
 
 enum class SecretKind { none, plain, md5, scram };
+// What a stored password is: "md5" + 32 lowercase hex (PostgreSQL's rule), a well-formed
+// "SCRAM-SHA-256$..." secret, or plain text; none for a malformed SCRAM secret.
+[[nodiscard]] SecretKind classify_secret(std::string_view password);
 
 // A users.<name> entry.
 struct User {

@@ -1,5 +1,6 @@
 #include "daemon/client.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -236,6 +237,16 @@ void Client::start_auth() {
       return;
     case config::AuthMethod::md5:
     case config::AuthMethod::scram_sha_256:
+      auth_method_ = choice.method;
+      if (user_ == nullptr && cfg.auth_query) {
+        // Not in users: its secret comes from the server (auth.query), cached for a while.
+        if (const config::User* cached = reactor_.cached_lookup(user_name)) {
+          user_ = cached;
+        } else {
+          reactor_.look_up(*this);
+          return;
+        }
+      }
       if (user_ == nullptr) {
         reactor_.close(*this, Reason::unknown_user, fmt::format("no such user \"{}\"", user_name));
         return;
@@ -250,7 +261,36 @@ void Client::start_auth() {
   }
 }
 
+void Client::on_lookup_done(std::optional<std::string> secret, const std::string& error) {
+  std::string_view user_name = startup_message_.user;
+  if (!error.empty()) {
+    reactor_.close(*this, Reason::auth_query_failed, fmt::format("auth.query failed: {}", error));
+    return;
+  }
+  if (!secret || secret->empty()) {
+    // No such user (or no password): go through the motions with a secret nobody knows, so
+    // that a stranger cannot tell unknown users from wrong passwords.
+    user_ = &reactor_.mock_user();
+    start_password_auth(auth_method_);
+    return;
+  }
+  config::SecretKind kind = config::classify_secret(*secret);
+  if (kind == config::SecretKind::none) {
+    reactor_.close(*this, Reason::auth_query_failed,
+                   fmt::format("auth.query returned a malformed SCRAM secret for user \"{}\"", user_name));
+    return;
+  }
+  user_ = &reactor_.store_lookup(user_name, std::move(*secret), kind);
+  start_password_auth(auth_method_);
+}
+
 void Client::start_password_auth(config::AuthMethod method) {
+  if (user_->secret_kind == config::SecretKind::md5 && method == config::AuthMethod::scram_sha_256) {
+    // Like PostgreSQL: an md5 secret cannot answer scram-sha-256. The client learns no more
+    // than from a wrong password.
+    log::info("C-{} user \"{}\" has an md5 secret, which auth method scram-sha-256 cannot use", id_, user_->name);
+    user_ = &reactor_.mock_user();
+  }
   auth_ = std::make_unique<AuthState>();
   auth_->secret = user_->password;
   // Use what the stored secret allows: an MD5 secret cannot answer SCRAM and a SCRAM secret
@@ -277,6 +317,7 @@ void Client::start_password_auth(config::AuthMethod method) {
 }
 
 void Client::handle_auth() {
+  if (auth_ == nullptr) return;  // auth.query still running: the password waits in the input
   proto::Frame frame;
   while (state_ == ClientState::auth && frame_next(frame, kMaxAuthMessage)) {
     std::string_view whole = stream_.contiguous(frame.size);
@@ -290,7 +331,7 @@ void Client::handle_auth() {
                      fmt::format("expected a password message, got '{}'", frame.type));
       return;
     }
-    const std::string& user_name = user_->name;
+    std::string_view user_name = startup_message_.user;
     switch (auth_->step) {
       case AuthState::Step::md5: {
         auto password = proto::parse_password_message(body);
@@ -343,14 +384,19 @@ void Client::handle_auth() {
         const proto::scram::Secret& secret = reactor_.scram_secret_for(*user_);
         std::string binding;
         if (auth_->scram_first.binds() && stream_.tls() != nullptr) binding = stream_.tls()->end_point_hash();
+        proto::scram::Key client_key{};
         auto final_message =
-            proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret, nullptr, binding);
+            proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
         stream_.consume(frame.size);
         if (!final_message) {
           reactor_.close(*this, Reason::auth_failed,
                          fmt::format("password authentication failed for user \"{}\"", user_name));
           return;
         }
+        // Checked against a stored SCRAM secret: the ClientKey is what logs in to the server.
+        if (user_->secret_kind == config::SecretKind::scram)
+          reactor_.shared().remember_client_key(user_->name, user_->password, client_key);
+        OPENSSL_cleanse(client_key.data(), client_key.size());
         (void)stream_.emit([&](std::string& out) {
           return proto::build::authentication_sasl_final(out, *final_message);
         });

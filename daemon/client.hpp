@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <unordered_map>
@@ -73,6 +74,8 @@ class Client {
   void on_shape_checked(const PreparedStatement& statement, Shape shape);
   // The check itself failed with an error (already forwarded to this client).
   void on_shape_check_failed();
+  // auth.query answered: the user's secret (nullopt: no such user), or an error.
+  void on_lookup_done(std::optional<std::string> secret, const std::string& error);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
@@ -96,6 +99,10 @@ class Client {
 
   Pool* pool_ = nullptr;
   Server* server_ = nullptr;
+  // auth.query: queued in this pool for a server, or running on this server.
+  Pool* lookup_pool_ = nullptr;
+  Server* lookup_server_ = nullptr;
+  config::AuthMethod auth_method_ = config::AuthMethod::trust;  // chosen by the auth rules
 
   // The startup packet, kept for the client's life: startup_message_ views into it.
   std::string startup_packet_;

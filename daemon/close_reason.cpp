@@ -44,6 +44,7 @@ std::string_view name(Reason reason) {
     case Reason::tls_required: return "tls_required";
     case Reason::auth_rejected: return "auth_rejected";
     case Reason::cert_auth_failed: return "cert_auth_failed";
+    case Reason::auth_query_failed: return "auth_query_failed";
     case Reason::count_: break;
   }
   return "unknown";
@@ -78,7 +79,8 @@ std::string_view sqlstate(Reason reason) {
     case Reason::server_io_error:
     case Reason::server_protocol_error:
     case Reason::server_reset_failed:
-    case Reason::server_dirty: return "08006";
+    case Reason::server_dirty:
+    case Reason::auth_query_failed: return "08006";
     case Reason::shutdown:
     case Reason::admin_kill:
     case Reason::pool_removed: return "57P01";

@@ -48,6 +48,7 @@ enum class Reason {
   tls_required,           // 28000: tls.client.mode require, and the client did not use TLS
   auth_rejected,          // 28000: an auth rule rejects the login (or no rule matches)
   cert_auth_failed,       // 28000: method cert without a verified certificate naming the user
+  auth_query_failed,      // 08006: auth.query could not look the user's secret up on the server
   count_,                 // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

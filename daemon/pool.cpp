@@ -24,12 +24,14 @@ Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* use
 void Pool::set_credentials(const config::Database& db, const config::User* user) {
   // Whom we log in as: the database's forced user if set, else the client's own user.
   server_password_.clear();
+  server_secret_.clear();
   if (db.user) {
     server_user_ = *db.user;
     server_password_ = db.password.value_or("");
   } else {
     server_user_ = user_name_;
     if (user != nullptr && user->secret_kind != config::SecretKind::scram) server_password_ = user->password;
+    if (user != nullptr && user->secret_kind == config::SecretKind::scram) server_secret_ = user->password;
   }
 }
 
@@ -103,7 +105,8 @@ void Pool::set_state(Server& server, ServerState state) {
     case ServerState::connecting:
     case ServerState::login: connecting_servers_.push_back(&server); break;
     case ServerState::idle: idle_servers_.push_back(&server); break;
-    case ServerState::active: active_servers_.push_back(&server); break;
+    case ServerState::active:
+    case ServerState::lookup: active_servers_.push_back(&server); break;
     case ServerState::resetting: resetting_servers_.push_back(&server); break;
     case ServerState::canceling: canceling_servers_.push_back(&server); break;
     case ServerState::closing: reactor_.closing_servers_.push_back(&server); break;
@@ -194,6 +197,13 @@ int Pool::server_count() const {
 }
 
 void Pool::maintain() {
+  // auth.query lookups first: a client cannot even log in until its lookup ran.
+  while (!lookups_.empty() && !idle_servers_.empty()) {
+    Client* client = lookups_.front();
+    lookups_.pop_front();
+    client->lookup_pool_ = nullptr;
+    idle_servers_.front()->start_lookup(*client);
+  }
   // FIFO: the longest-waiting client gets the next idle server.
   while (!paused_ && !waiting_clients_.empty() && !idle_servers_.empty()) {
     Client* client = waiting_clients_.front();
@@ -209,7 +219,8 @@ void Pool::maintain() {
     client->on_linked(*server);
   }
   if (waiting_clients_.empty() && (starving_pool_ || starving_db_)) set_starving(false, false);
-  if (paused_ || waiting_clients_.empty() || reactor_.shutting_down()) return;
+  int demand = static_cast<int>(waiting_clients_.size() + lookups_.size());
+  if (paused_ || demand == 0 || reactor_.shutting_down()) return;
 
   if (failing_) {
     auto retry = settings_.timeouts.server_login_retry;
@@ -220,16 +231,17 @@ void Pool::maintain() {
         reactor_.close(*c, Reason::server_unreachable, last_error_message_);
         c = next;
       }
+      while (!lookups_.empty()) reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
       return;
     }
   }
   // Open connections for clients that no connecting server will serve, up to pool_size; the
   // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.
   int limit = settings_.pool_size;
-  if (settings_.reserve_pool_size > 0 &&
+  if (settings_.reserve_pool_size > 0 && !waiting_clients_.empty() &&
       reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
-  int wanted = static_cast<int>(waiting_clients_.size()) - static_cast<int>(connecting_servers_.size());
+  int wanted = demand - static_cast<int>(connecting_servers_.size());
   bool short_pool = false, short_database = false;
   while (wanted-- > 0) {
     if (!budget_->try_acquire(limit)) {

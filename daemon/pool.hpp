@@ -9,6 +9,7 @@
 #include <sys/un.h>
 
 #include <chrono>
+#include <deque>
 #include <string>
 
 #include "config/config.hpp"
@@ -83,6 +84,7 @@ class Pool {
   // Server login: who we log in as and with what secret (plain or "md5...", may be empty).
   std::string server_user_;
   std::string server_password_;
+  std::string server_secret_;  // the user's SCRAM secret when it has no password: SCRAM pass-through
 
   // Resolved server address.
   sockaddr_storage address_{};
@@ -90,6 +92,8 @@ class Pool {
   std::string address_text_;
   bool address_ok_ = false;
 
+  // auth.query: clients logging in whose secret waits for a server of this pool to look it up.
+  std::deque<Client*> lookups_;
   List<Client> idle_clients_;
   List<Client> waiting_clients_;
   List<Client> active_clients_;

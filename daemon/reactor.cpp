@@ -733,6 +733,14 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     counted->user_clients_->release();
     client.counted_in_ = nullptr;
   }
+  if (Pool* lookups = client.lookup_pool_) {
+    std::erase(lookups->lookups_, &client);
+    client.lookup_pool_ = nullptr;
+  }
+  if (Server* lookup = client.lookup_server_) {
+    lookup->lookup_client_ = nullptr;  // the lookup finishes on its own; nobody waits for it
+    client.lookup_server_ = nullptr;
+  }
   std::string_view state = sqlstate(reason);
   if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
@@ -788,6 +796,12 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
             message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
   Pool& pool = server.pool_;
+  if (Client* client = server.lookup_client_) {
+    server.lookup_client_ = nullptr;
+    client->lookup_server_ = nullptr;
+    close(*client, Reason::auth_query_failed,
+          fmt::format("auth.query failed: server connection lost{}{}", message.empty() ? "" : ": ", message));
+  }
   if (Client* client = server.client_) {
     // Session state is gone with the server: the client cannot go on.
     server.client_ = nullptr;
@@ -894,6 +908,72 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   Pool& ref = *pool;
   pools_.emplace(std::move(key), std::move(pool));
   return ref;
+}
+
+const config::User* Reactor::cached_lookup(std::string_view name) const {
+  auto it = looked_up_.find(std::string(name));
+  if (it == looked_up_.end() || !config_->auth_query || now_ - it->second->fetched >= config_->auth_query->cache)
+    return nullptr;
+  return &it->second->user;
+}
+
+const config::User* Reactor::find_user(std::string_view name) const {
+  if (const config::User* user = config_->find_user(name)) return user;
+  auto it = looked_up_.find(std::string(name));
+  return it == looked_up_.end() ? nullptr : &it->second->user;
+}
+
+void Reactor::look_up(Client& client) {
+  const config::AuthQuery& q = *config_->auth_query;
+  // The lookup runs in the database the client asked for unless auth.query names one, over
+  // the auth user's own pool (never with the client's startup settings: CVE-2025-12819).
+  std::string_view db_name = q.database.empty() ? std::string_view(client.startup_message_.database) : q.database;
+  const config::Database* db = config_->find_database(db_name);
+  if (db == nullptr) {
+    close(client, Reason::unknown_database, fmt::format("database \"{}\" does not exist", db_name));
+    return;
+  }
+  Pool& pool = pool_for(*db, config_->find_user(q.user), q.user);
+  pool.lookups_.push_back(&client);
+  client.lookup_pool_ = &pool;
+  log::debug("C-{} looking up user {} with auth.query", client.id_, client.startup_message_.user);
+  pool.maintain();
+}
+
+const config::User& Reactor::store_lookup(std::string_view name, std::string secret, config::SecretKind kind) {
+  auto& slot = looked_up_[std::string(name)];
+  if (!slot) slot = std::make_unique<LookedUp>();
+  bool changed = slot->user.password != secret;
+  slot->user.name = std::string(name);
+  slot->user.password = std::move(secret);
+  slot->user.secret_kind = kind;
+  slot->fetched = now_;
+  if (changed) {
+    scram_secrets_.erase(slot->user.name);
+    // The user's pools log in to the server with the new secret from now on.
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      if (pool->user_name_ == name && config_->find_user(name) == nullptr)
+        pool->reconfigure(*pool->db_, &slot->user, config_->resolve_pool(*pool->db_, &slot->user));
+    }
+  }
+  return slot->user;
+}
+
+const config::User& Reactor::mock_user() {
+  if (!mock_user_) {
+    std::string salt(16, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(salt.data()), static_cast<int>(salt.size()));
+    proto::scram::Secret secret;
+    secret.iterations = proto::scram::kDefaultIterations;
+    secret.salt = salt;
+    RAND_bytes(secret.stored_key.data(), static_cast<int>(secret.stored_key.size()));
+    RAND_bytes(secret.server_key.data(), static_cast<int>(secret.server_key.size()));
+    mock_user_ = std::make_unique<config::User>();
+    mock_user_->password = proto::scram::format_secret(secret);
+    mock_user_->secret_kind = config::SecretKind::scram;
+  }
+  return *mock_user_;
 }
 
 std::string Reactor::admit_client(Client& client, Pool& pool) {
@@ -1175,7 +1255,8 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::sha
         while (Server* s = l->front()) close(*s, Reason::pool_removed);
       continue;
     }
-    pool->reconfigure(*db, config_->find_user(pool->user_name_), config_->resolve_pool(*db, config_->find_user(pool->user_name_)));
+    const config::User* user = find_user(pool->user_name_);
+    pool->reconfigure(*db, user, config_->resolve_pool(*db, user));
   }
 }
 
@@ -1292,6 +1373,11 @@ void Reactor::sweep_active(Pool& pool) {
     Client* c = s->client_;
     bool busy = s->requests_in_flight() > 0;
     if (c == nullptr) {
+      if (s->state_ == ServerState::lookup && expired(s->state_since_, config_->timeouts.client_login)) {
+        close(*s, Reason::server_dirty, "auth.query did not finish within timeouts.client_login");
+        s = next;
+        continue;
+      }
       // Draining after its client left: the cancel had cancel_wait to work.
       if (s->draining_ && now_ - s->drain_since_ > cancel_wait + std::chrono::seconds(1))
         close(*s, Reason::server_dirty, "did not finish after its client left");

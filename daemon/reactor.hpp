@@ -104,6 +104,17 @@ class Reactor {
   // max_user_client_connections) and return "", or why it may not join `pool`.
   [[nodiscard]] std::string admit_client(Client& client, Pool& pool);
   [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
+  // auth.query: a user's looked-up secret while it is fresh (auth.query.cache), else null.
+  [[nodiscard]] const config::User* cached_lookup(std::string_view name) const;
+  // Queue `client` for a lookup of its secret on a server of the auth.query pool.
+  void look_up(Client& client);
+  // Keep a looked-up secret. The entry lives as long as the reactor (pools and clients point
+  // at it); a later lookup updates it in place, and the pools of that user log in with it.
+  const config::User& store_lookup(std::string_view name, std::string secret, config::SecretKind kind);
+  // A user with a random SCRAM secret: the exchange an unknown user goes through.
+  [[nodiscard]] const config::User& mock_user();
+  // users: or, for users known only through auth.query, the looked-up entry (any age).
+  [[nodiscard]] const config::User* find_user(std::string_view name) const;
   void register_cancel_key(Client& client);
   // A CancelRequest with pgring's key (pid, secret) arrived on another connection.
   void cancel(std::int32_t pid, std::string_view secret);
@@ -208,6 +219,12 @@ class Reactor {
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
   std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;
+  struct LookedUp {
+    config::User user;
+    Clock::time_point fetched;
+  };
+  std::unordered_map<std::string, std::unique_ptr<LookedUp>> looked_up_;
+  std::unique_ptr<config::User> mock_user_;
   std::unordered_map<std::uint64_t, Client*> cancel_keys_;
   // Server connections per database (all pools of it, until each is freed): max_db_connections.
   // (Budgets in Shared, looked up once per database.)

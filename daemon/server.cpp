@@ -32,6 +32,7 @@ std::string_view to_string(ServerState state) {
     case ServerState::active: return "active";
     case ServerState::resetting: return "resetting";
     case ServerState::canceling: return "canceling";
+    case ServerState::lookup: return "lookup";
     case ServerState::closing: return "closing";
   }
   return "?";
@@ -143,7 +144,7 @@ void Server::on_input() {
   if (tls_step_ != TlsStep::none && !negotiate_tls()) return;
   // Login, reset and idle: every message is read whole and handled here.
   while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle ||
-         state_ == ServerState::canceling) {
+         state_ == ServerState::canceling || state_ == ServerState::lookup) {
     if (stream_.input_size() < 5) return;
     char header[5];
     stream_.peek(header, 5);
@@ -157,6 +158,7 @@ void Server::on_input() {
     ServerState before = state_;
     if (before == ServerState::login) handle_login_message(frame.type, body);
     else if (before == ServerState::resetting) handle_reset_message(frame.type, body);
+    else if (before == ServerState::lookup) handle_lookup_message(frame.type, body);
     else handle_idle_message(frame.type, body);
     if (state_ == ServerState::closing) return;
     stream_.consume(frame.size);
@@ -215,7 +217,20 @@ void Server::handle_login_message(char type, std::string_view body) {
             reactor_.close(*this, Reason::server_login_failed, "server offers no SASL mechanism pgring supports");
             return;
           }
-          if (!need_plain("SCRAM-SHA-256")) return;
+          if (password.empty() && !pool_.server_secret_.empty()) {
+            // Only the SCRAM secret is configured: pass through the ClientKey of a client of
+            // this user that logged in to pgring (PostgreSQL must store the same secret).
+            login_->client_key = reactor_.shared().client_key(pool_.server_user_, pool_.server_secret_);
+            if (!login_->client_key) {
+              reactor_.close(*this, Reason::server_login_failed,
+                             fmt::format("server asks for SCRAM-SHA-256 for user \"{}\"; pgring has its SCRAM secret "
+                                         "only, and no client of this user has logged in with SCRAM yet (pass-through)",
+                                         pool_.server_user_));
+              return;
+            }
+          } else if (!need_plain("SCRAM-SHA-256")) {
+            return;
+          }
           unsigned char raw[18];
           RAND_bytes(raw, sizeof raw);
           std::string nonce = proto::scram::base64_encode(std::string_view(reinterpret_cast<char*>(raw), sizeof raw));
@@ -227,7 +242,22 @@ void Server::handle_login_message(char type, std::string_view body) {
           break;
         }
         case AuthCode::sasl_continue: {
-          auto final_message = proto::scram::client_final(password, login_->scram_client_first_bare, auth->data);
+          std::optional<proto::scram::ClientFinal> final_message;
+          if (login_->client_key) {
+            auto secret = proto::scram::parse_secret(pool_.server_secret_);
+            if (secret)
+              final_message = proto::scram::client_final_from_keys(*login_->client_key, *secret,
+                                                                   login_->scram_client_first_bare, auth->data);
+            if (!final_message) {
+              reactor_.close(*this, Reason::server_login_failed,
+                             fmt::format("SCRAM pass-through for user \"{}\" needs the server to store the same secret "
+                                         "(salt and iterations) as users.{}.password",
+                                         pool_.server_user_, pool_.server_user_));
+              return;
+            }
+          } else {
+            final_message = proto::scram::client_final(password, login_->scram_client_first_bare, auth->data);
+          }
           if (!final_message) {
             reactor_.close(*this, Reason::server_protocol_error, "malformed SCRAM server-first-message");
             return;
@@ -289,6 +319,63 @@ void Server::handle_login_message(char type, std::string_view body) {
     default:
       reactor_.close(*this, Reason::server_protocol_error, fmt::format("unexpected message '{}' during login", type));
       return;
+  }
+}
+
+// ---- auth.query ------------------------------------------------------------------------------
+
+void Server::start_lookup(Client& client) {
+  const config::AuthQuery& q = *reactor_.config().auth_query;
+  lookup_client_ = &client;
+  client.lookup_server_ = this;
+  lookup_secret_.reset();
+  lookup_error_.clear();
+  // The unnamed statement is about to be replaced: no client's copy lives here any more.
+  unnamed_client_ = 0;
+  if (!stream_.emit([&](std::string& out) {
+        return proto::build::query_with_params(out, q.query, {client.startup_message_.user});
+      })) {
+    lookup_client_ = nullptr;
+    client.lookup_server_ = nullptr;
+    reactor_.close(client, Reason::auth_query_failed, "cannot encode auth.query");
+    pool_.server_ready(*this);
+    return;
+  }
+  pool_.set_state(*this, ServerState::lookup);
+  reactor_.want_send(stream_);
+}
+
+void Server::handle_lookup_message(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kDataRow:
+      // The secret is the second column (PgBouncer's convention: usename, passwd); the first
+      // row wins.
+      if (auto row = proto::parse_data_row(body); row && row->size() >= 2 && !lookup_secret_ && (*row)[1])
+        lookup_secret_ = std::string(*(*row)[1]);
+      return;
+    case proto::backend::kErrorResponse:
+      if (auto e = proto::parse_error_fields(body)) lookup_error_ = fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate);
+      else lookup_error_ = "malformed error";
+      return;
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+      return;
+    case proto::backend::kReadyForQuery: {
+      transaction_status_ = body.empty() ? 'I' : body[0];
+      Client* client = lookup_client_;
+      lookup_client_ = nullptr;
+      std::optional<std::string> secret = std::move(lookup_secret_);
+      std::string error = std::move(lookup_error_);
+      lookup_secret_.reset();
+      pool_.server_ready(*this);
+      if (client != nullptr) {
+        client->lookup_server_ = nullptr;
+        client->on_lookup_done(std::move(secret), error);
+      }
+      return;
+    }
+    default:
+      return;  // ParseComplete, BindComplete, RowDescription, CommandComplete, notices
   }
 }
 

@@ -6,6 +6,7 @@
 //   idle ──linked to a client──> active ──client left, clean──> resetting (ROLLBACK?, reset query)
 //   active ──client left with requests in flight──> closing
 //   active ──transaction over while a cancel is in flight──> canceling ──cancel done──> idle
+//   idle ──auth.query for a client logging in──> lookup ──ReadyForQuery──> idle
 //   any ──close(reason)──> closing ──ops and cancels done──> freed at end of loop turn
 //
 // The state is the list the server is on in its pool.
@@ -13,11 +14,13 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <sys/socket.h>
 
 #include "daemon/close_reason.hpp"
@@ -36,7 +39,7 @@ class Pool;
 class Client;
 using Clock = std::chrono::steady_clock;
 
-enum class ServerState { connecting, login, idle, active, resetting, canceling, closing };
+enum class ServerState { connecting, login, idle, active, resetting, canceling, lookup, closing };
 [[nodiscard]] std::string_view to_string(ServerState state);
 
 class Server {
@@ -48,6 +51,8 @@ class Server {
   // The linked client left: make this connection reusable (or close it). `session_reset` runs
   // server_reset_query too (session mode, or a client that left session state behind).
   void release(bool session_reset);
+  // auth.query: look up `client`'s secret (the server is idle; it is idle again afterwards).
+  void start_lookup(Client& client);
   // Transaction/statement mode: give the server back when the client's transaction is over.
   void maybe_release();
 
@@ -66,6 +71,10 @@ class Server {
   bool freed_ = false;      // queued for deletion at the end of the loop turn
 
   Client* client_ = nullptr;
+  // auth.query in progress: whose secret (null once that client left), and what came back.
+  Client* lookup_client_ = nullptr;
+  std::optional<std::string> lookup_secret_;
+  std::string lookup_error_;
   // Incremented at every link: a cancel names the link it was meant for.
   std::uint64_t link_generation_ = 0;
   // Cancel connections still targeting this server: it is neither reused nor freed meanwhile.
@@ -160,6 +169,7 @@ class Server {
   TlsStep tls_step_ = TlsStep::none;
   void handle_reset_message(char type, std::string_view body);
   void handle_idle_message(char type, std::string_view body);
+  void handle_lookup_message(char type, std::string_view body);
   void forward_to_client();
   void set_param(std::string_view name, std::string_view value);
   void on_command_complete(std::string_view tag);
@@ -183,6 +193,10 @@ class Server {
     std::string scram_client_first_bare;
     proto::scram::Key expected_server_signature{};
     bool scram_final_checked = false;
+    std::optional<proto::scram::Key> client_key;  // SCRAM pass-through: a client's ClientKey
+    ~LoginState() {
+      if (client_key) OPENSSL_cleanse(client_key->data(), client_key->size());
+    }
   };
   std::unique_ptr<LoginState> login_;
 };

@@ -5,10 +5,12 @@
 // reload, shutdown, admin and metrics snapshots, "a server slot is free") go through each
 // reactor's mailbox.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -58,6 +60,21 @@ class Shared {
   Budget& database_clients(const std::string& name) { return find(database_clients_, name); }
   Budget& user_clients(const std::string& name) { return find(user_clients_, name); }
 
+  // SCRAM pass-through: the ClientKey a client revealed when it logged in to pgring with SCRAM,
+  // kept per user together with the secret it was checked against (the key is good for that
+  // secret only). Server connections of that user log in with it: no password is stored
+  // anywhere. Written at a client's login, read at a server's login: both rare.
+  void remember_client_key(const std::string& user, const std::string& secret, const std::array<std::uint8_t, 32>& key) {
+    std::lock_guard lock(mutex_);
+    client_keys_[user] = {secret, key};
+  }
+  [[nodiscard]] std::optional<std::array<std::uint8_t, 32>> client_key(const std::string& user, const std::string& secret) {
+    std::lock_guard lock(mutex_);
+    auto it = client_keys_.find(user);
+    if (it == client_keys_.end() || it->second.first != secret) return std::nullopt;
+    return it->second.second;
+  }
+
  private:
   Budget& find(std::unordered_map<std::string, std::unique_ptr<Budget>>& map, const std::string& key) {
     std::lock_guard lock(mutex_);  // only when a reactor creates a pool
@@ -70,6 +87,7 @@ class Shared {
   std::unordered_map<std::string, std::unique_ptr<Budget>> databases_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> database_clients_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> user_clients_;
+  std::unordered_map<std::string, std::pair<std::string, std::array<std::uint8_t, 32>>> client_keys_;
 };
 
 }  // namespace pgring

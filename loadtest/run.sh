@@ -3,6 +3,7 @@
 #
 #   loadtest/run.sh            full run (3 rounds of 4 s runs, ~15 min), results in docs/benchmarks/
 #   loadtest/run.sh --quick    2 rounds of 1 s runs (~4 min), results in loadtest/build/results-quick/
+#   loadtest/run.sh --tls      the same with TLS between the clients and every target (sslmode=require)
 #
 # Everything runs on 127.0.0.1: a throwaway PostgreSQL (scripts/pg-throwaway.sh), pgring, PgBouncer
 # and HAProxy, all with one worker thread/process and the same pool settings (transaction mode,
@@ -34,6 +35,7 @@ KEEP=0
 SERVE=0
 PGRING_PREFIX=""
 WORKERS=1
+TLS=0
 
 usage() {
   cat <<EOF
@@ -53,6 +55,11 @@ usage: loadtest/run.sh [options]
   --port-base P        PostgreSQL on P, pgring P+1, PgBouncer P+2, HAProxy P+3 (default 25470)
   --pgring PATH        pgring binary (default build/pgring)
   --workers N          pgring reactor threads (default 1, like PgBouncer's one process)
+  --tls                client TLS for every target: pgbench, psql and loadgen connect with
+                       sslmode=require; pgring (tls.client.mode require) and PgBouncer
+                       (client_tls_sslmode = require) terminate it with a throwaway certificate
+                       (scripts/gen-test-certs.sh), PostgreSQL (direct, and through HAProxy, which
+                       relays the bytes) with its own (ssl = on). Proxy-to-PostgreSQL stays plain TCP
   --keep               keep the work directory in /tmp (configs, logs) after the run
   --serve              start PostgreSQL and the targets with the benchmark configs, print how to
                        reach them, and wait (Ctrl-C stops and removes everything): for profiling
@@ -77,6 +84,7 @@ while (($#)); do
     --port-base) PORT_BASE=$2; shift ;;
     --pgring) PGRING=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
+    --tls) TLS=1 ;;
     --keep) KEEP=1 ;;
     --serve) SERVE=1 ;;
     --pgring-prefix) PGRING_PREFIX=$2; shift ;;
@@ -106,6 +114,8 @@ done
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 [[ "$PGRING" == /* ]] || PGRING=$PWD/$PGRING
+# libpq's sslmode for every client of the run (pgbench, psql, loadgen).
+if ((TLS)); then SSLMODE=require; else SSLMODE=disable; fi
 
 PGPORT=$PORT_BASE
 declare -A PORT=([direct]=$PORT_BASE [pgring]=$((PORT_BASE + 1)) [pgbouncer]=$((PORT_BASE + 2)) [haproxy]=$((PORT_BASE + 3)))
@@ -209,7 +219,7 @@ REC_NO=0
 mkdir -p "$WORK/rec"
 record() {
   REC_NO=$((REC_NO + 1))
-  printf '%s\0' "$@" >"$WORK/rec/$(printf %05d "$REC_NO")"
+  printf '%s\0' "$@" tls="$TLS" >"$WORK/rec/$(printf %05d "$REC_NO")"
 }
 record_patch_last() { printf '%s\0' "$@" >>"$WORK/rec/$(printf %05d "$REC_NO")"; }
 # Commands are written down once (round 1) for the report.
@@ -243,11 +253,21 @@ SQL
 # bench authenticates over TCP with the same method everywhere (the cluster trusts the rest).
 as_pg sed -i "1i host all bench 127.0.0.1/32 $AUTH" "$PGDATA_REAL/pg_hba.conf"
 as_pg "$PG_BIN/psql" -X -q -h "$PGDATA_REAL" -p "$PGPORT" -U postgres -d postgres -c 'SELECT pg_reload_conf()' >/dev/null
-export PGPASSWORD=bench PGSSLMODE=disable PGGSSENCMODE=disable PGUSER=bench PGDATABASE=bench PGCONNECT_TIMEOUT=30
+export PGPASSWORD=bench PGSSLMODE=$SSLMODE PGGSSENCMODE=disable PGUSER=bench PGDATABASE=bench PGCONNECT_TIMEOUT=30
 log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" bench >"$WORK/pgbench-init.log" 2>&1 ||
   { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
 cmdlog "PGPASSWORD=bench pgbench -i -q -s $SCALE -h 127.0.0.1 -p $PGPORT -U bench bench"
+
+# Client TLS (--tls): one throwaway CA and server certificate (localhost, 127.0.0.1) for both
+# poolers. PgBouncer runs as postgres (setpriv, below) and must read the key; pgring runs as root.
+if ((TLS)); then
+  log "client TLS: certificates in $WORK/tls"
+  "$ROOT/scripts/gen-test-certs.sh" "$WORK/tls" >&2
+  chmod 0755 "$WORK/tls"
+  chown -R postgres: "$WORK/tls"
+  cmdlog "scripts/gen-test-certs.sh $WORK/tls"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Proxy configurations: one worker/thread each, transaction pooling, pool size $POOL_SIZE.
@@ -263,6 +283,9 @@ users: {bench: {password: bench}}
 defaults: {pool_mode: transaction, pool_size: $POOL_SIZE}
 databases: {bench: {host: 127.0.0.1, port: $PGPORT}}
 EOF
+if ((TLS)); then
+  echo "tls: {client: {mode: require, cert: $WORK/tls/server.crt, key: $WORK/tls/server.key}}" >>"$WORK/pgring.yaml"
+fi
 "$PGRING" --config "$WORK/pgring.yaml" --check >&2 || die "pgring rejects $WORK/pgring.yaml"
 
 mkdir -p "$WORK/pgbouncer"
@@ -287,6 +310,13 @@ log_disconnections = 0
 log_pooler_errors = 1
 ignore_startup_parameters = extra_float_digits
 EOF
+if ((TLS)); then
+  cat >>"$WORK/pgbouncer/pgbouncer.ini" <<EOF
+client_tls_sslmode = require
+client_tls_cert_file = $WORK/tls/server.crt
+client_tls_key_file = $WORK/tls/server.key
+EOF
+fi
 echo '"bench" "bench"' >"$WORK/pgbouncer/userlist.txt"
 chown -R postgres: "$WORK/pgbouncer"
 chmod 0600 "$WORK/pgbouncer/userlist.txt"
@@ -381,7 +411,31 @@ warm() {
 
 restart_target() { stop_target "$1"; start_target "$1"; warm "$1"; }
 
+# With --tls, proves each target speaks TLS to its clients: the poolers must refuse a plain
+# connection (they require TLS); PostgreSQL, directly or through HAProxy, must report the session
+# as TLS in pg_stat_ssl.
+tls_check() {
+  local t=$1 ssl
+  case "$t" in
+    pgring|pgbouncer)
+      if psql -X -q "host=127.0.0.1 port=${PORT[$t]} sslmode=disable" -c 'SELECT 1' >/dev/null 2>>"$WORK/tls-check.log"; then
+        die "client TLS: $t accepted a connection without TLS"
+      fi
+      ;;
+    direct|haproxy)
+      ssl=$(psql -X -At -h 127.0.0.1 -p "${PORT[$t]}" -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>>"$WORK/tls-check.log" || true)
+      [[ $ssl == t ]] || die "client TLS: PostgreSQL through $t does not see a TLS session (pg_stat_ssl.ssl = '${ssl}')"
+      ;;
+  esac
+  psql -X -At -h 127.0.0.1 -p "${PORT[$t]}" -c 'SELECT 1' >/dev/null 2>>"$WORK/tls-check.log" ||
+    die "client TLS: sslmode=require through $t failed (see $WORK/tls-check.log)"
+}
+
 for t in "${TARGETS[@]}"; do start_target "$t"; done
+if ((TLS)); then
+  for t in "${TARGETS[@]}"; do tls_check "$t"; done
+  log "client TLS: on for ${TARGETS[*]} (sslmode=require accepted; the poolers refuse sslmode=disable)"
+fi
 for t in "${TARGETS[@]}"; do warm "$t"; done
 
 if ((SERVE)); then
@@ -391,8 +445,8 @@ if ((SERVE)); then
     for t in "${TARGETS[@]}"; do
       printf '  %-10s 127.0.0.1:%s%s\n' "$t" "${PORT[$t]}" "${PID[$t]:+  pid ${PID[$t]}}"
     done
-    echo "  user bench, password bench, database bench ($AUTH); e.g."
-    echo "  PGPASSWORD=bench pgbench -n -S -M simple -c 8 -j 2 -T 10 -h 127.0.0.1 -p ${PORT[pgring]} -U bench bench"
+    echo "  user bench, password bench, database bench ($AUTH), client TLS $( ((TLS)) && echo on || echo off); e.g."
+    echo "  PGPASSWORD=bench PGSSLMODE=$SSLMODE pgbench -n -S -M simple -c 8 -j 2 -T 10 -h 127.0.0.1 -p ${PORT[pgring]} -U bench bench"
     echo "Ctrl-C (or SIGTERM to this script, pid $$) stops everything."
   } >&2
   while :; do
@@ -456,7 +510,7 @@ run_pgbench() {
   check_alive "$t" "round $ROUND $sc"
 }
 
-CONNINFO() { echo "host=127.0.0.1 port=${PORT[$1]} dbname=bench user=bench password=bench sslmode=disable gssencmode=disable connect_timeout=60"; }
+CONNINFO() { echo "host=127.0.0.1 port=${PORT[$1]} dbname=bench user=bench password=bench sslmode=$SSLMODE gssencmode=disable connect_timeout=60"; }
 
 run_idle() {
   local t=$1 pid rss0 rss1 line done_line lg_out=$WORK/out/idle-$ROUND-$t.txt i
@@ -571,6 +625,8 @@ META=$WORK/meta.txt
   echo "loadavg_after	$LOAD_AFTER"
   echo "nofile	$NOFILE"
   echo "auth	$AUTH"
+  echo "tls	$( ((TLS)) && echo on || echo off)"
+  echo "sslmode	$SSLMODE"
   echo "pool_size	$POOL_SIZE"
   echo "idle_n	$IDLE_N"
   echo "storm_n	$STORM_N"

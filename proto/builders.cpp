@@ -171,6 +171,17 @@ bool parse(std::string& out, std::string_view name, std::string_view tail) {
   return w.ok();
 }
 
+bool query_with_params(std::string& out, std::string_view sql, const std::vector<std::string_view>& params) {
+  Writer w(out);
+  w.begin(frontend::kParse).cstring("").cstring(sql).i16(0).end();
+  w.begin(frontend::kBind).cstring("").cstring("").i16(0).i16(static_cast<std::int16_t>(params.size()));
+  for (std::string_view p : params) w.i32(static_cast<std::int32_t>(p.size())).bytes(p);
+  w.i16(0).end();
+  w.begin(frontend::kExecute).cstring("").i32(0).end();
+  w.begin(frontend::kSync).end();
+  return w.ok();
+}
+
 bool close_statement(std::string& out, std::string_view name) {
   Writer w(out);
   w.begin(frontend::kClose).u8('S').cstring(name).end();

@@ -50,5 +50,8 @@ namespace pgring::proto::build {
 // after the name). Close('S', name) / Describe('S', name) for pgring's names.
 [[nodiscard]] bool parse(std::string& out, std::string_view name, std::string_view tail);
 [[nodiscard]] bool close_statement(std::string& out, std::string_view name);
+// One query with text parameters through the unnamed statement and portal, then Sync:
+// Parse, Bind, Execute, Sync. Parameters travel apart from the SQL (no quoting to get wrong).
+[[nodiscard]] bool query_with_params(std::string& out, std::string_view sql, const std::vector<std::string_view>& params);
 
 }  // namespace pgring::proto::build

@@ -109,4 +109,25 @@ std::optional<std::string_view> parse_query(std::string_view body) {
   return single_string(body);
 }
 
+std::optional<Row> parse_data_row(std::string_view body) {
+  Reader r(body);
+  std::int16_t count = r.i16();
+  if (!r.ok() || count < 0) return std::nullopt;
+  Row row;
+  row.reserve(static_cast<std::size_t>(count));
+  for (std::int16_t i = 0; i < count; ++i) {
+    std::int32_t length = r.i32();
+    if (length == -1) {
+      row.emplace_back(std::nullopt);
+      continue;
+    }
+    if (length < 0) return std::nullopt;
+    std::string_view value = r.bytes(static_cast<std::size_t>(length));
+    if (!r.ok()) return std::nullopt;
+    row.emplace_back(value);
+  }
+  if (!r.ok() || !r.at_end()) return std::nullopt;
+  return row;
+}
+
 }  // namespace pgring::proto

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace pgring::proto {
 
@@ -29,6 +30,7 @@ inline constexpr char kBindComplete = '2';
 inline constexpr char kCloseComplete = '3';
 inline constexpr char kNoData = 'n';
 inline constexpr char kRowDescription = 'T';
+inline constexpr char kDataRow = 'D';
 inline constexpr char kParameterDescription = 't';
 inline constexpr char kPortalSuspended = 's';
 }  // namespace backend
@@ -113,5 +115,9 @@ struct SaslInitialResponse {
 
 // Frontend Query: String query.
 [[nodiscard]] std::optional<std::string_view> parse_query(std::string_view body);
+
+// DataRow: the column values (nullopt = SQL NULL), views into body. nullopt when malformed.
+using Row = std::vector<std::optional<std::string_view>>;
+[[nodiscard]] std::optional<Row> parse_data_row(std::string_view body);
 
 }  // namespace pgring::proto

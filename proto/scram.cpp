@@ -522,6 +522,29 @@ std::optional<ClientFinal> client_final(std::string_view password,
   return out;
 }
 
+std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
+                                                  std::string_view client_first_bare,
+                                                  std::string_view server_first_message) {
+  auto our_nonce = parse_client_first_bare(client_first_bare);
+  if (!our_nonce) return std::nullopt;
+  auto server = parse_server_first(server_first_message);
+  if (!server || !nonce_extends(server->nonce, *our_nonce)) return std::nullopt;
+  if (server->iterations != secret.iterations || !timing_safe_equal(server->salt, secret.salt)) return std::nullopt;
+  Key client_signature{};
+  ClientFinal out;
+  std::string without_proof = "c=biws,r=";
+  without_proof.append(server->nonce);
+  std::string auth = auth_message(client_first_bare, server_first_message, without_proof);
+  if (!hmac_sha256(secret.stored_key, auth, client_signature) ||
+      !hmac_sha256(secret.server_key, auth, out.expected_server_signature))
+    return std::nullopt;
+  Key proof{};
+  for (std::size_t i = 0; i < kKeyLength; ++i) proof[i] = client_key[i] ^ client_signature[i];
+  out.message = std::move(without_proof);
+  out.message.append(",p=").append(base64_encode(as_view(proof)));
+  return out;
+}
+
 bool verify_server_final(std::string_view server_final_message,
                          const Key& expected_server_signature) {
   // server-final-message = (server-error / verifier) ["," extensions]; "e=" is a failure.

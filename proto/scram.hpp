@@ -87,6 +87,13 @@ struct ClientFinal {
                                                       std::string_view client_first_bare,
                                                       std::string_view server_first_message);
 
+// SCRAM pass-through: log in with the ClientKey a client revealed when it logged in to us
+// (verify_client_final) instead of a password. Works only when the server stores the same
+// secret as ours: nullopt also when server-first names another salt or iteration count.
+[[nodiscard]] std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
+                                                                std::string_view client_first_bare,
+                                                                std::string_view server_first_message);
+
 // Checks server-final-message "v=<b64>" (an "e=<error>" message is a failure).
 [[nodiscard]] bool verify_server_final(std::string_view server_final_message,
                                        const Key& expected_server_signature);

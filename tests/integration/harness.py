@@ -567,8 +567,9 @@ class RawConn:
         c.send(bytes); c.read_message() -> (type, body); c.read_until_close() -> [(type, body)]
     """
 
-    def __init__(self, port, host="127.0.0.1", timeout=10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=10.0, source=None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(timeout)
         self.buf = b""
         self.auth_requests = []   # authentication request codes seen (0 ok, 3, 5, 10, ...)
@@ -777,9 +778,10 @@ class _Scram:
 
 
 def login(port, user="postgres", db="pgring_test", password=None, host="127.0.0.1",
-          timeout=10.0, **params):
-    """Open a RawConn and log in; returns it ready for simple_query(). Raises PgError."""
-    conn = RawConn(port, host=host, timeout=timeout)
+          timeout=10.0, source=None, **params):
+    """Open a RawConn (from address `source`, if given) and log in; returns it ready for
+    simple_query(). Raises PgError."""
+    conn = RawConn(port, host=host, timeout=timeout, source=source)
     try:
         return conn.startup(user, db, password=password, **params)
     except BaseException:
