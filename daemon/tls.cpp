@@ -183,12 +183,15 @@ bool TlsSession::receive(std::string_view ciphertext, std::string& plaintext) {
     handshake_done_ = true;
   }
   for (;;) {
-    std::size_t start = plaintext.size();
-    plaintext.resize(start + 16384);
+    // One record at most per call; read into a scratch buffer rather than growing (and
+    // zero-filling) `plaintext` by a record's worth each time.
+    char record[16384];
     std::size_t got = 0;
-    int rc = SSL_read_ex(ssl_, plaintext.data() + start, 16384, &got);
-    plaintext.resize(start + got);
-    if (rc == 1) continue;
+    int rc = SSL_read_ex(ssl_, record, sizeof record, &got);
+    if (rc == 1) {
+      plaintext.append(record, got);
+      continue;
+    }
     int error = SSL_get_error(ssl_, rc);
     if (error == SSL_ERROR_WANT_READ) return true;
     if (error == SSL_ERROR_ZERO_RETURN) {
