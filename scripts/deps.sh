@@ -16,6 +16,7 @@ PACKAGES=(
   systemd              # systemd-analyze verify for systemd/pgring.service
   prometheus           # promtool check metrics on /metrics
   curl
+  openssl              # throwaway certificates for the TLS tests (scripts/gen-test-certs.sh)
 )
 # Note: prometheus-cpp is not packaged for Debian 12; the build uses it only when present.
 

@@ -35,6 +35,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_password_message(body);
     (void)parse_sasl_initial_response(body);
     (void)parse_query(body);
+    if (auto row = parse_data_row(body)) {
+      std::size_t total = 2;
+      for (const auto& value : *row) total += 4 + (value ? value->size() : 0);
+      if (total != body.size()) __builtin_trap();  // every byte accounted for
+    }
     rest.remove_prefix(f.size);
   }
   return 0;

@@ -144,3 +144,55 @@ TEST_CASE("NegotiateProtocolVersion lists unsupported options") {
   CHECK(r.cstring() == "_pq_.bar");
   CHECK(r.at_end());
 }
+
+TEST_CASE("DataRow: values, NULLs and lying lengths") {
+  std::string out;
+  REQUIRE(build::data_row(out, {"alice", "SCRAM-SHA-256$4096:c2FsdA==$a:b"}));
+  auto row = parse_data_row(std::string_view(out).substr(5));
+  REQUIRE(row);
+  REQUIRE(row->size() == 2);
+  CHECK((*row)[0] == "alice");
+  CHECK((*row)[1] == "SCRAM-SHA-256$4096:c2FsdA==$a:b");
+
+  // One NULL column: length -1 and no bytes.
+  std::string null_row("\x00\x01\xff\xff\xff\xff", 6);
+  auto n = parse_data_row(null_row);
+  REQUIRE(n);
+  REQUIRE(n->size() == 1);
+  CHECK_FALSE((*n)[0].has_value());
+
+  CHECK(parse_data_row(std::string_view("\x00\x00", 2))->empty());
+  CHECK_FALSE(parse_data_row(""));
+  CHECK_FALSE(parse_data_row(std::string_view("\x00\x01\x00\x00\x00\x05" "abc", 9)));  // value runs past the end
+  CHECK_FALSE(parse_data_row(std::string_view("\x00\x01\xff\xff\xff\xfe", 6)));         // -2 is not a length
+  CHECK_FALSE(parse_data_row(std::string_view("\x00\x00" "x", 3)));                     // trailing bytes
+  CHECK_FALSE(parse_data_row(std::string_view("\xff\xff", 2)));                         // negative count
+}
+
+TEST_CASE("query_with_params: Parse, Bind, Execute, Sync") {
+  std::string out;
+  REQUIRE(build::query_with_params(out, "SELECT $1", {"it's"}));
+  Reader r(out);
+  CHECK(r.u8() == 'P');
+  CHECK(r.i32() == 4 + 1 + 10 + 2);
+  CHECK(r.cstring().empty());
+  CHECK(r.cstring() == "SELECT $1");
+  CHECK(r.i16() == 0);
+  CHECK(r.u8() == 'B');
+  CHECK(r.i32() == 4 + 1 + 1 + 2 + 2 + 4 + 4 + 2);
+  CHECK(r.cstring().empty());
+  CHECK(r.cstring().empty());
+  CHECK(r.i16() == 0);  // parameter formats: all text
+  CHECK(r.i16() == 1);
+  CHECK(r.i32() == 4);
+  CHECK(r.bytes(4) == "it's");  // the value travels as is: no quoting
+  CHECK(r.i16() == 0);          // result formats: all text
+  CHECK(r.u8() == 'E');
+  CHECK(r.i32() == 4 + 1 + 4);
+  CHECK(r.cstring().empty());
+  CHECK(r.i32() == 0);
+  CHECK(r.u8() == 'S');
+  CHECK(r.i32() == 4);
+  CHECK(r.at_end());
+  CHECK(r.ok());
+}
