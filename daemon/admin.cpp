@@ -8,11 +8,18 @@
 
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
+#include "daemon/tls.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
 
 namespace {
+
+// The TLS version a connection speaks ("" in plain text): SHOW CLIENTS / SHOW SERVERS.
+std::string tls_version(const Stream& stream) {
+  return stream.tls() != nullptr ? std::string(stream.tls()->version()) : std::string();
+}
+
 
 std::vector<std::string> words_of(std::string_view sql) {
   std::vector<std::string> words;
@@ -121,9 +128,9 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
                                              "sv_active", "sv_idle", "sv_login", "sv_resetting", "pool_size",
                                              "maxwait_ms", "paused"})
                : what == "clients" ? Result({"id", "database", "user", "state", "addr", "state_ms", "server",
-                                             "pinned", "statements", "worker"})
+                                             "pinned", "statements", "worker", "tls"})
                : what == "servers" ? Result({"id", "database", "user", "state", "addr", "backend_pid", "client",
-                                             "age_ms", "state_ms", "prepared", "transaction_status", "worker"})
+                                             "age_ms", "state_ms", "prepared", "transaction_status", "worker", "tls"})
                                    : Result({"database", "user", "transactions", "queries", "bytes_received",
                                              "bytes_sent", "server_connects", "avg_wait_us", "avg_query_us",
                                              "avg_xact_us", "errors"});
@@ -149,6 +156,10 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     r.row({"max_client_conn", std::to_string(c.max_client_conn)});
     r.row({"max_message_size", std::to_string(c.max_message_size)});
     r.row({"auth.method", std::string(config::to_string(c.auth_method))});
+    r.row({"auth.rules", std::to_string(c.auth_rules.size())});
+    r.row({"auth.query", c.auth_query ? "user " + c.auth_query->user : std::string("off")});
+    r.row({"tls.client.mode", std::string(config::to_string(c.tls_client.mode))});
+    r.row({"tls.server.mode", std::string(config::to_string(c.tls_server.mode))});
     r.row({"defaults.pool_mode", std::string(config::to_string(c.defaults.pool_mode))});
     r.row({"defaults.pool_size", std::to_string(c.defaults.pool_size)});
     r.row({"defaults.min_pool_size", std::to_string(c.defaults.min_pool_size)});
@@ -237,7 +248,7 @@ Rows Reactor::admin_rows(std::string_view what) {
            std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_, ms(now_ - c.state_since_),
            c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
            proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statements_.size()),
-           std::to_string(index_)});
+           std::to_string(index_), tls_version(c.stream_)});
     };
     for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
     for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
@@ -256,7 +267,7 @@ Rows Reactor::admin_rows(std::string_view what) {
                pool->address_text_, std::to_string(s->backend_pid_),
                s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "", ms(now_ - s->created_),
                ms(now_ - s->state_since_), std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_),
-               std::to_string(index_)});
+               std::to_string(index_), tls_version(s->stream_)});
     }
   } else if (what == "stats") {
     auto avg_us = [](const Histogram& h) {

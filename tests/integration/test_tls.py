@@ -338,7 +338,8 @@ def test_drivers_over_tls():
         import asyncpg
     except ImportError:
         skip_test("python3-asyncpg is not installed")
-    with Pgring(scram_config("require")) as p:
+    # Two reactors: TLS sessions on both threads share one SSL_CTX (ThreadSanitizer runs this).
+    with Pgring(scram_config("require", workers=2)) as p:
         async def work():
             context = ssl.create_default_context(cafile=cert("ca.crt"))
             conns = [await asyncpg.connect(host="localhost", port=p.port, user="app", password="secret",
