@@ -188,6 +188,7 @@ void Client::begin_tls(bool direct) {
     return;
   }
   direct_tls_ = direct;
+  reactor_.note_tls_handshake();
   std::unique_ptr<TlsSession> session = TlsSession::accept(ctx);
   bool ok = session != nullptr && stream_.start_tls(std::move(session));
   reactor_.want_send(stream_);

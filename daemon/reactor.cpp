@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <malloc.h>
 #include <stdexcept>
 
 #include <openssl/rand.h>
@@ -1274,6 +1275,12 @@ void Reactor::sweep() {
   auto expired = [&](Clock::time_point since, config::Duration limit) {
     return limit.count() > 0 && now_ - since >= limit;
   };
+  // A burst of TLS handshakes leaves tens of KiB of freed heap per handshake behind (OpenSSL's
+  // transient state); once the burst is over, give it back so idle clients cost what they hold.
+  if (tls_handshakes_since_trim_ >= kTrimAfterHandshakes && login_clients_.empty()) {
+    malloc_trim(0);
+    tls_handshakes_since_trim_ = 0;
+  }
   for (Client* c = login_clients_.front(); c != nullptr;) {
     Client* next = List<Client>::next(c);
     if (expired(c->state_since_, t.client_login)) close(*c, Reason::login_timeout, "client login timeout");

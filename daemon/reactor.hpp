@@ -111,6 +111,8 @@ class Reactor {
   // Keep a looked-up secret. The entry lives as long as the reactor (pools and clients point
   // at it); a later lookup updates it in place, and the pools of that user log in with it.
   const config::User& store_lookup(std::string_view name, std::string secret, config::SecretKind kind);
+  // A TLS handshake began (the sweep trims the heap after a burst of them).
+  void note_tls_handshake() { ++tls_handshakes_since_trim_; }
   // A user with a random SCRAM secret: the exchange an unknown user goes through.
   [[nodiscard]] const config::User& mock_user();
   // users: or, for users known only through auth.query, the looked-up entry (any age).
@@ -225,6 +227,9 @@ class Reactor {
   };
   std::unordered_map<std::string, std::unique_ptr<LookedUp>> looked_up_;
   std::unique_ptr<config::User> mock_user_;
+  // TLS handshakes since the heap was last trimmed (sweep).
+  int tls_handshakes_since_trim_ = 0;
+  static constexpr int kTrimAfterHandshakes = 256;
   std::unordered_map<std::uint64_t, Client*> cancel_keys_;
   // Server connections per database (all pools of it, until each is freed): max_db_connections.
   // (Budgets in Shared, looked up once per database.)

@@ -121,7 +121,7 @@ void Stream::consume(std::size_t n) {
     }
   }
   input_.erase(input_.begin(), input_.begin() + static_cast<std::ptrdiff_t>(drop));
-  if (owned_input_.empty() && owned_input_.capacity() > 4096) std::string().swap(owned_input_);
+  if (owned_input_.empty() && owned_input_.capacity() > (tls_ ? 1024u : 4096u)) std::string().swap(owned_input_);
   if (input_.empty() && carry_.capacity() > 4096) std::string().swap(carry_);
 }
 
@@ -317,6 +317,13 @@ void Stream::release_inflight() {
   // Idle connections must stay small: give back large output buffers once drained.
   if (inflight_owned_.capacity() > 16384) std::string().swap(inflight_owned_);
   if (queue_.empty() && staging_.capacity() > 16384) std::string().swap(staging_);
+  if (tls_ && queue_.empty() && cipher_.empty()) {
+    // Every TLS byte passes through these buffers (not only what pgring builds): keep none of
+    // them while nothing is waiting, nor the TLS session's own.
+    if (inflight_owned_.capacity() > 1024) std::string().swap(inflight_owned_);
+    if (cipher_.capacity() > 1024) std::string().swap(cipher_);
+    tls_->trim();
+  }
 }
 
 void Stream::detach_input() {

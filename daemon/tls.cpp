@@ -1,6 +1,7 @@
 #include "daemon/tls.hpp"
 
 #include <arpa/inet.h>
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
@@ -93,6 +94,11 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
     }
     static constexpr unsigned char kSessionContext[] = "pgring";
     SSL_CTX_set_session_id_context(ctx.get(), kSessionContext, sizeof kSessionContext - 1);
+    // libpq never resumes a session: like PostgreSQL, keep no session cache and issue no
+    // tickets (each would cost an encryption per handshake and memory per client).
+    SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx.get(), SSL_OP_NO_TICKET);
+    SSL_CTX_set_num_tickets(ctx.get(), 0);
     SSL_CTX_set_alpn_select_cb(ctx.get(), select_alpn, nullptr);
     contexts->client_side = std::move(ctx);
   }
@@ -214,6 +220,30 @@ bool TlsSession::send(std::string_view plaintext) {
 }
 
 bool TlsSession::has_output() const { return BIO_ctrl_pending(out_) > 0; }
+
+void TlsSession::trim() {
+  constexpr std::size_t kKeep = 1024;
+  auto large_and_empty = [](BIO* bio) {
+    BUF_MEM* mem = nullptr;
+    BIO_get_mem_ptr(bio, &mem);
+    return mem != nullptr && mem->max > kKeep && BIO_ctrl_pending(bio) == 0;
+  };
+  if (large_and_empty(in_)) {
+    BIO* fresh = BIO_new(BIO_s_mem());
+    if (fresh != nullptr) {
+      BIO_set_mem_eof_return(fresh, -1);
+      SSL_set0_rbio(ssl_, fresh);  // frees the old one
+      in_ = fresh;
+    }
+  }
+  if (large_and_empty(out_)) {
+    BIO* fresh = BIO_new(BIO_s_mem());
+    if (fresh != nullptr) {
+      SSL_set0_wbio(ssl_, fresh);
+      out_ = fresh;
+    }
+  }
+}
 
 void TlsSession::take_output(std::string& out) {
   std::size_t pending = BIO_ctrl_pending(out_);

@@ -50,6 +50,9 @@ class TlsSession {
   // Moves every record produced so far to the end of `out`.
   void take_output(std::string& out);
   [[nodiscard]] bool has_output() const;
+  // Nothing in flight: give back BIO buffers a handshake or a large result left behind, so an
+  // idle TLS connection stays small.
+  void trim();
   [[nodiscard]] bool handshake_done() const { return handshake_done_; }
   [[nodiscard]] const std::string& error() const { return error_; }
   [[nodiscard]] bool peer_closed() const { return peer_closed_; }  // close_notify: an orderly EOF
