@@ -119,9 +119,18 @@ def test_mode_require_refuses_plain_clients():
 
 
 def test_mode_allow_serves_both_and_disable_answers_n():
-    with Pgring(scram_config("allow")) as p:
+    with Pgring(scram_config("allow", admin={"users": ["app"]})) as p:
         check_eq(psql_tls(p.port, "SELECT 1", sslmode="disable")[1], "1", "plain client")
         check_eq(psql_tls(p.port, "SELECT 2", sslmode="require")[1], "2", "TLS client")
+        # The admin console over TLS; SHOW CLIENTS and SHOW CONFIG tell TLS connections apart.
+        plain = connect(p.port, db="app", user="app", password="secret", sslmode="disable")
+        rc, out, err = psql_tls(p.port, "SHOW CLIENTS", db="pgring")
+        check(rc == 0, f"SHOW CLIENTS over TLS: {err}")
+        tls_column = [line.split("|")[-1] for line in out.splitlines()]
+        check("TLSv1.3" in tls_column and "" in tls_column, f"one TLS and one plain client: {out}")
+        rc, out, err = psql_tls(p.port, "SHOW CONFIG", db="pgring")
+        check("tls.client.mode|allow" in out, f"SHOW CONFIG: {out}")
+        plain.close()
     config = scram_config()
     del config["tls"]
     with Pgring(config) as p:
