@@ -903,15 +903,24 @@ class Loader {
     config_.auth_query = std::move(query);
   }
 
+  static std::string tls_version(const Item& item) {
+    return std::string(one_of<std::string_view>(item, {{"TLSv1.2", "TLSv1.2"}, {"TLSv1.3", "TLSv1.3"}}));
+  }
+
   void tls(const Item& section) {
     for_each_entry(section, {"client", "server"}, [&](const std::string& key, const Item& side) {
       if (key == "client") {
         ClientTls& t = config_.tls_client;
-        for_each_entry(side, {"mode", "cert", "key", "ca"}, [&](const std::string& k, const Item& item) {
+        for_each_entry(side, {"mode", "cert", "key", "ca", "min_version", "ciphers"}, [&](const std::string& k,
+                                                                                          const Item& item) {
           if (k == "mode") {
             t.mode = one_of<ClientTlsMode>(item, {{"disable", ClientTlsMode::disable},
                                                   {"allow", ClientTlsMode::allow},
                                                   {"require", ClientTlsMode::require}});
+          } else if (k == "min_version") {
+            t.min_version = tls_version(item);
+          } else if (k == "ciphers") {
+            t.ciphers = non_empty_string(item);
           } else {
             (k == "cert" ? t.cert : k == "key" ? t.key : t.ca) = non_empty_string(item);
           }
@@ -920,13 +929,18 @@ class Loader {
           side.fail("mode " + std::string(to_string(t.mode)) + " needs cert and key");
       } else {
         ServerTls& t = config_.tls_server;
-        for_each_entry(side, {"mode", "ca", "cert", "key"}, [&](const std::string& k, const Item& item) {
+        for_each_entry(side, {"mode", "ca", "cert", "key", "min_version", "ciphers"}, [&](const std::string& k,
+                                                                                          const Item& item) {
           if (k == "mode") {
             t.mode = one_of<ServerTlsMode>(item, {{"disable", ServerTlsMode::disable},
                                                   {"prefer", ServerTlsMode::prefer},
                                                   {"require", ServerTlsMode::require},
                                                   {"verify-ca", ServerTlsMode::verify_ca},
                                                   {"verify-full", ServerTlsMode::verify_full}});
+          } else if (k == "min_version") {
+            t.min_version = tls_version(item);
+          } else if (k == "ciphers") {
+            t.ciphers = non_empty_string(item);
           } else {
             (k == "ca" ? t.ca : k == "cert" ? t.cert : t.key) = non_empty_string(item);
           }

@@ -132,6 +132,8 @@ struct ClientTls {
   std::string cert;  // PEM certificate chain file
   std::string key;   // PEM private key file
   std::string ca;    // PEM CA file: when set, clients may present certificates (auth method cert)
+  std::string min_version = "TLSv1.2";  // TLSv1.2 | TLSv1.3
+  std::string ciphers;  // OpenSSL cipher list for TLS 1.2 (empty: OpenSSL's default)
 };
 
 // tls.server: pgring as a TLS client of PostgreSQL.
@@ -140,6 +142,8 @@ struct ServerTls {
   std::string ca;    // PEM CA file (verify-ca, verify-full)
   std::string cert;  // optional client certificate for PostgreSQL's cert authentication
   std::string key;
+  std::string min_version = "TLSv1.2";
+  std::string ciphers;
 };
 
 // A network in an auth rule: "10.0.0.0/8", "::1/128", or a bare address (all bits).

@@ -47,8 +47,11 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* out_length, cons
   return SSL_TLSEXT_ERR_OK;
 }
 
-void common_options(SSL_CTX* ctx) {
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+// min_version and ciphers of one side (`path`: "tls.client" or "tls.server").
+void common_options(SSL_CTX* ctx, const std::string& path, const std::string& min_version, const std::string& ciphers) {
+  SSL_CTX_set_min_proto_version(ctx, min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+  if (!ciphers.empty() && SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1)
+    fail_path(path + ".ciphers", "no usable cipher in \"" + ciphers + "\"");
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   // Idle connections keep no record buffers: thousands of idle TLS clients stay small.
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
@@ -78,7 +81,7 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
   if (c.mode != config::ClientTlsMode::disable) {
     SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
     if (!ctx) fail_path("tls.client", "cannot create a TLS context");
-    common_options(ctx.get());
+    common_options(ctx.get(), "tls.client", c.min_version, c.ciphers);
     if (SSL_CTX_use_certificate_chain_file(ctx.get(), c.cert.c_str()) != 1)
       fail_path("tls.client.cert", "cannot load " + c.cert);
     if (SSL_CTX_use_PrivateKey_file(ctx.get(), c.key.c_str(), SSL_FILETYPE_PEM) != 1)
@@ -106,7 +109,7 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
   if (s.mode != config::ServerTlsMode::disable) {
     SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
     if (!ctx) fail_path("tls.server", "cannot create a TLS context");
-    common_options(ctx.get());
+    common_options(ctx.get(), "tls.server", s.min_version, s.ciphers);
     if (!s.ca.empty() && SSL_CTX_load_verify_locations(ctx.get(), s.ca.c_str(), nullptr) != 1)
       fail_path("tls.server.ca", "cannot load " + s.ca);
     if (!s.cert.empty()) {

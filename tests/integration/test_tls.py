@@ -143,6 +143,26 @@ def test_mode_allow_serves_both_and_disable_answers_n():
         check(rc != 0 and "does not support SSL" in err, f"sslmode=require against no TLS: {err}")
 
 
+def test_min_version_and_ciphers():
+    config = scram_config("require")
+    config["tls"]["client"]["min_version"] = "TLSv1.3"
+    with Pgring(config) as p:
+        rc, _, err = psql_tls(p.port, "SELECT 1", ssl_max_protocol_version="TLSv1.2")
+        check(rc != 0, f"a TLS 1.2 client is refused with min_version TLSv1.3: {err}")
+        check_eq(psql_tls(p.port, "SELECT 2")[1], "2", "TLS 1.3 client")
+    config = scram_config("require")
+    config["tls"]["client"]["ciphers"] = "NO-SUCH-CIPHER"
+    p = Pgring(config)
+    p.write_config()
+    r = subprocess.run([p_bin(), "--config", p.config_path, "--check"], capture_output=True, text=True)
+    check(r.returncode != 0 and "tls.client.ciphers" in r.stderr, f"--check names the key: {r.stderr}")
+
+
+def p_bin():
+    from harness import PGRING_BIN
+    return PGRING_BIN
+
+
 def test_direct_tls_needs_alpn_postgresql():
     with Pgring(scram_config("require")) as p:
         c = RawConn(p.port)

@@ -573,6 +573,12 @@ TEST_CASE("config: tls sections") {
   check_error("tls:\n  server: {mode: require, cert: /a}\n", "tls.server", 2, "cert and key go together");
   check_error("tls:\n  server: {mode: verify}\n", "tls.server.mode", 2, "did you mean 'verify-ca'?");
   check_error("tls:\n  clients: {}\n", "tls.clients", 2, "did you mean 'client'?");
+  const Config v = parse_config("tls:\n  client: {min_version: TLSv1.3, ciphers: HIGH}\n  server: {min_version: TLSv1.3}\n");
+  CHECK(v.tls_client.min_version == "TLSv1.3");
+  CHECK(v.tls_client.ciphers == "HIGH");
+  CHECK(v.tls_server.min_version == "TLSv1.3");
+  CHECK(parse_config("").tls_client.min_version == "TLSv1.2");
+  check_error("tls:\n  client: {min_version: TLSv1.1}\n", "tls.client.min_version", 2, "must be one of TLSv1.2, TLSv1.3");
 }
 
 TEST_CASE("config: auth rules choose the method like pg_hba") {
