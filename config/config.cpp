@@ -863,7 +863,12 @@ class Loader {
           if (names.size() == 1 && names[0] == "all") names.clear();
           (key == "database" ? rule.databases : rule.users) = std::move(names);
         } else if (key == "address") {
-          for (const std::string& text : string_list(item)) {
+          std::vector<std::string> entries = string_list(item);
+          if (entries.size() > 1 && std::any_of(entries.begin(), entries.end(), [](const std::string& e) {
+                return e == "all" || e == "local";
+              }))
+            item.fail("all and local stand alone; a list holds networks only");
+          for (const std::string& text : entries) {
             if (text == "all") {
               rule.source = AuthRule::Source::any;
             } else if (text == "local") {

@@ -239,9 +239,10 @@ void Client::start_auth() {
     case config::AuthMethod::md5:
     case config::AuthMethod::scram_sha_256:
       auth_method_ = choice.method;
-      if (user_ == nullptr && cfg.auth_query) {
-        // Not in users: its secret comes from the server (auth.query), cached for a while.
-        if (const config::User* cached = reactor_.cached_lookup(user_name)) {
+      // Not in users: its secret comes from the server (auth.query), cached for a while. The
+      // admin console never trusts a looked-up role: its users must be configured.
+      if (user_ == nullptr && cfg.auth_query && startup_message_.database != kAdminDatabase) {
+        if (const config::User* cached = reactor_.cached_lookup(startup_message_.database, user_name)) {
           user_ = cached;
         } else {
           reactor_.look_up(*this);
@@ -264,39 +265,45 @@ void Client::start_auth() {
 
 void Client::on_lookup_done(std::optional<std::string> secret, const std::string& error) {
   std::string_view user_name = startup_message_.user;
+  reactor_.resume_reading(*this);  // the password may already be waiting
   if (!error.empty()) {
-    reactor_.close(*this, Reason::auth_query_failed, fmt::format("auth.query failed: {}", error));
+    // The details are for the operator: the client has not proven anything yet.
+    log::warning("C-{} auth.query for user \"{}\" failed: {}", id_, user_name, error);
+    reactor_.close(*this, Reason::auth_query_failed, "authentication failed: the user could not be looked up");
     return;
   }
-  if (!secret || secret->empty()) {
-    // No such user (or no password): go through the motions with a secret nobody knows, so
-    // that a stranger cannot tell unknown users from wrong passwords.
-    user_ = &reactor_.mock_user();
+  config::SecretKind kind = secret ? config::classify_secret(*secret) : config::SecretKind::none;
+  if (kind == config::SecretKind::scram && !proto::scram::parse_secret(*secret)) kind = config::SecretKind::none;
+  if (secret && !secret->empty() && kind == config::SecretKind::none)
+    log::warning("C-{} auth.query returned a malformed SCRAM secret for user \"{}\"", id_, user_name);
+  if (!secret || secret->empty() || kind == config::SecretKind::none) {
+    // No such user, no password, or a secret pgring cannot use: go through the motions with a
+    // secret nobody knows, so that a stranger cannot tell which roles exist.
+    user_ = nullptr;
     start_password_auth(auth_method_);
     return;
   }
-  config::SecretKind kind = config::classify_secret(*secret);
-  if (kind == config::SecretKind::none) {
-    reactor_.close(*this, Reason::auth_query_failed,
-                   fmt::format("auth.query returned a malformed SCRAM secret for user \"{}\"", user_name));
-    return;
-  }
-  user_ = &reactor_.store_lookup(user_name, std::move(*secret), kind);
+  user_ = &reactor_.store_lookup(startup_message_.database, user_name, std::move(*secret), kind);
   start_password_auth(auth_method_);
 }
 
 void Client::start_password_auth(config::AuthMethod method) {
-  if (user_->secret_kind == config::SecretKind::md5 && method == config::AuthMethod::scram_sha_256) {
+  if (user_ != nullptr && user_->secret_kind == config::SecretKind::md5 && method == config::AuthMethod::scram_sha_256) {
     // Like PostgreSQL: an md5 secret cannot answer scram-sha-256. The client learns no more
     // than from a wrong password.
     log::info("C-{} user \"{}\" has an md5 secret, which auth method scram-sha-256 cannot use", id_, user_->name);
-    user_ = &reactor_.mock_user();
+    user_ = nullptr;
   }
   auth_ = std::make_unique<AuthState>();
-  auth_->secret = user_->password;
+  if (user_ == nullptr) {
+    // The mock exchange: a SCRAM secret nobody knows, salted per user name like a real one.
+    auth_->mock = reactor_.mock_secret(startup_message_.user);
+  } else {
+    auth_->secret = user_->password;
+  }
   // Use what the stored secret allows: an MD5 secret cannot answer SCRAM and a SCRAM secret
   // cannot answer MD5 (PostgreSQL makes the same choice).
-  bool use_scram = user_->secret_kind == config::SecretKind::scram ||
+  bool use_scram = user_ == nullptr || user_->secret_kind == config::SecretKind::scram ||
                    (method == config::AuthMethod::scram_sha_256 && user_->secret_kind != config::SecretKind::md5);
   if (use_scram) {
     auth_->step = AuthState::Step::scram_first;
@@ -371,7 +378,7 @@ void Client::handle_auth() {
         RAND_bytes(nonce_raw, sizeof nonce_raw);
         std::string server_nonce =
             proto::scram::base64_encode(std::string_view(reinterpret_cast<char*>(nonce_raw), sizeof nonce_raw));
-        const proto::scram::Secret& secret = reactor_.scram_secret_for(*user_);
+        const proto::scram::Secret& secret = auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
         auth_->scram_first = std::move(*first);
         auth_->server_first = proto::scram::server_first(auth_->scram_first, server_nonce, secret);
         auth_->step = AuthState::Step::scram_final;
@@ -382,20 +389,20 @@ void Client::handle_auth() {
         break;
       }
       case AuthState::Step::scram_final: {
-        const proto::scram::Secret& secret = reactor_.scram_secret_for(*user_);
+        const proto::scram::Secret& secret = auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
         std::string binding;
         if (auth_->scram_first.binds() && stream_.tls() != nullptr) binding = stream_.tls()->end_point_hash();
         proto::scram::Key client_key{};
         auto final_message =
             proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
         stream_.consume(frame.size);
-        if (!final_message) {
+        if (!final_message || auth_->mock) {  // a mock exchange fails, whatever came (by construction)
           reactor_.close(*this, Reason::auth_failed,
                          fmt::format("password authentication failed for user \"{}\"", user_name));
           return;
         }
         // Checked against a stored SCRAM secret: the ClientKey is what logs in to the server.
-        if (user_->secret_kind == config::SecretKind::scram)
+        if (user_ != nullptr && user_->secret_kind == config::SecretKind::scram)
           reactor_.shared().remember_client_key(user_->name, user_->password, client_key);
         OPENSSL_cleanse(client_key.data(), client_key.size());
         (void)stream_.emit([&](std::string& out) {

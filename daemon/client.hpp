@@ -206,6 +206,7 @@ class Client {
     proto::scram::ClientFirst scram_first;
     std::string server_first;
     bool offered_plus = false;  // SCRAM-SHA-256-PLUS was offered (TLS): a "y" flag is a downgrade
+    std::optional<proto::scram::Secret> mock;  // the exchange of a user pgring has no secret for
     std::string secret;  // the configured secret the exchange checks against
   };
   std::unique_ptr<AuthState> auth_;

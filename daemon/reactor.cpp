@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <malloc.h>
+#include <openssl/sha.h>
 #include <stdexcept>
 
 #include <openssl/rand.h>
@@ -516,6 +517,12 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
       std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, 4);
     else if (addr.ss_family == AF_INET6)
       std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, 16);
+    // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d: the auth rules see it
+    // as the IPv4 address it is.
+    if (addr.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr)) {
+      peer_info.family = AF_INET;
+      std::memmove(peer_info.address.data(), peer_info.address.data() + 12, 4);
+    }
     char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
     if (addr.ss_family == AF_INET) {
@@ -572,8 +579,12 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   if (client.stream_.tls() != nullptr) {
     if (client.stream_.tls_failed()) {
       TlsSession& tls = *client.stream_.tls();
-      if (tls.peer_closed()) close(client, Reason::client_eof);
-      else close(client, Reason::tls_error, tls.error());
+      if (tls.peer_closed()) {
+        client.on_input();  // what came before close_notify (a Terminate, say) still counts
+        if (client.state_ != ClientState::closing) close(client, Reason::client_eof);
+      } else {
+        close(client, Reason::tls_error, tls.error());
+      }
       return;
     }
     if (client.stream_.has_output()) want_send(client.stream_);  // handshake records, tickets
@@ -640,9 +651,13 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
   if (server.stream_.tls() != nullptr) {
     if (server.stream_.tls_failed()) {
       TlsSession& tls = *server.stream_.tls();
-      if (tls.peer_closed()) close(server, Reason::server_eof, "server closed the TLS session");
-      else close(server, server.state_ == ServerState::login ? Reason::server_login_failed : Reason::server_io_error,
-                 tls.error());
+      if (tls.peer_closed()) {
+        server.on_input();  // PostgreSQL sends its FATAL error before close_notify
+        if (server.state_ != ServerState::closing) close(server, Reason::server_eof, "server closed the TLS session");
+      } else {
+        close(server, server.state_ == ServerState::login ? Reason::server_login_failed : Reason::server_io_error,
+              tls.error());
+      }
       return;
     }
     if (server.stream_.has_output()) want_send(server.stream_);
@@ -911,16 +926,24 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   return ref;
 }
 
-const config::User* Reactor::cached_lookup(std::string_view name) const {
-  auto it = looked_up_.find(std::string(name));
+std::string Reactor::lookup_key(std::string_view database, std::string_view name) const {
+  std::string key;
+  if (config_->auth_query && config_->auth_query->database.empty()) key = database;
+  key += '\0';
+  key += name;
+  return key;
+}
+
+const config::User* Reactor::cached_lookup(std::string_view database, std::string_view name) const {
+  auto it = looked_up_.find(lookup_key(database, name));
   if (it == looked_up_.end() || !config_->auth_query || now_ - it->second->fetched >= config_->auth_query->cache)
     return nullptr;
   return &it->second->user;
 }
 
-const config::User* Reactor::find_user(std::string_view name) const {
+const config::User* Reactor::find_user(std::string_view database, std::string_view name) const {
   if (const config::User* user = config_->find_user(name)) return user;
-  auto it = looked_up_.find(std::string(name));
+  auto it = looked_up_.find(lookup_key(database, name));
   return it == looked_up_.end() ? nullptr : &it->second->user;
 }
 
@@ -931,18 +954,28 @@ void Reactor::look_up(Client& client) {
   std::string_view db_name = q.database.empty() ? std::string_view(client.startup_message_.database) : q.database;
   const config::Database* db = config_->find_database(db_name);
   if (db == nullptr) {
-    close(client, Reason::unknown_database, fmt::format("database \"{}\" does not exist", db_name));
+    // Unknown databases are revealed only after authentication: fail like a wrong password.
+    client.on_lookup_done(std::nullopt, {});
     return;
   }
   Pool& pool = pool_for(*db, config_->find_user(q.user), q.user);
   pool.lookups_.push_back(&client);
   client.lookup_pool_ = &pool;
+  // Nothing the client sends matters until the lookup answers: do not let it pile up.
+  client.stream_.reading_paused_ = true;
   log::debug("C-{} looking up user {} with auth.query", client.id_, client.startup_message_.user);
   pool.maintain();
 }
 
-const config::User& Reactor::store_lookup(std::string_view name, std::string secret, config::SecretKind kind) {
-  auto& slot = looked_up_[std::string(name)];
+void Reactor::resume_reading(Client& client) {
+  if (!client.stream_.reading_paused_ || client.state_ == ClientState::closing) return;
+  client.stream_.reading_paused_ = false;
+  arm_recv(client.stream_, client.ops_in_flight_);
+}
+
+const config::User& Reactor::store_lookup(std::string_view database, std::string_view name, std::string secret,
+                                          config::SecretKind kind) {
+  auto& slot = looked_up_[lookup_key(database, name)];
   if (!slot) slot = std::make_unique<LookedUp>();
   bool changed = slot->user.password != secret;
   slot->user.name = std::string(name);
@@ -950,31 +983,33 @@ const config::User& Reactor::store_lookup(std::string_view name, std::string sec
   slot->user.secret_kind = kind;
   slot->fetched = now_;
   if (changed) {
-    scram_secrets_.erase(slot->user.name);
-    // The user's pools log in to the server with the new secret from now on.
+    scram_secrets_.erase(&slot->user);
+    // The user's pools for this database (or all, with auth.query.database) log in with the
+    // new secret from now on.
+    bool every_database = config_->auth_query && !config_->auth_query->database.empty();
     for (auto& [key, pool] : pools_) {
       (void)key;
-      if (pool->user_name_ == name && config_->find_user(name) == nullptr)
+      if (pool->user_name_ == name && config_->find_user(name) == nullptr &&
+          (every_database || pool->database_ == database))
         pool->reconfigure(*pool->db_, &slot->user, config_->resolve_pool(*pool->db_, &slot->user));
     }
   }
   return slot->user;
 }
 
-const config::User& Reactor::mock_user() {
-  if (!mock_user_) {
-    std::string salt(16, '\0');
-    RAND_bytes(reinterpret_cast<unsigned char*>(salt.data()), static_cast<int>(salt.size()));
-    proto::scram::Secret secret;
-    secret.iterations = proto::scram::kDefaultIterations;
-    secret.salt = salt;
-    RAND_bytes(secret.stored_key.data(), static_cast<int>(secret.stored_key.size()));
-    RAND_bytes(secret.server_key.data(), static_cast<int>(secret.server_key.size()));
-    mock_user_ = std::make_unique<config::User>();
-    mock_user_->password = proto::scram::format_secret(secret);
-    mock_user_->secret_kind = config::SecretKind::scram;
-  }
-  return *mock_user_;
+proto::scram::Secret Reactor::mock_secret(std::string_view name) const {
+  // Like PostgreSQL's scram_mock_salt: a hash of a process secret and the name, so asking twice
+  // for the same unknown user shows the same salt, as a real user's would.
+  std::string input(reinterpret_cast<const char*>(shared_.mock_nonce.data()), shared_.mock_nonce.size());
+  input.append(name);
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), digest);
+  proto::scram::Secret secret;
+  secret.iterations = proto::scram::kDefaultIterations;
+  secret.salt.assign(reinterpret_cast<const char*>(digest), 16);
+  RAND_bytes(secret.stored_key.data(), static_cast<int>(secret.stored_key.size()));
+  RAND_bytes(secret.server_key.data(), static_cast<int>(secret.server_key.size()));
+  return secret;
 }
 
 std::string Reactor::admit_client(Client& client, Pool& pool) {
@@ -1038,18 +1073,21 @@ void Reactor::start_connect(Pool& pool) {
 }
 
 const proto::scram::Secret& Reactor::scram_secret_for(const config::User& user) {
-  auto it = scram_secrets_.find(user.name);
+  auto it = scram_secrets_.find(&user);
   if (it != scram_secrets_.end()) return it->second;
   proto::scram::Secret secret;
   if (user.secret_kind == config::SecretKind::scram) {
-    secret = *proto::scram::parse_secret(user.password);
+    // The config's check is structural; a secret the parser still refuses (say, "04096"
+    // iterations) can only fail, like an unknown user's.
+    auto parsed = proto::scram::parse_secret(user.password);
+    secret = parsed ? std::move(*parsed) : mock_secret(user.name);
   } else {
     // From a plain password: derived once per reactor, not per login (PBKDF2 is slow on purpose).
     std::string salt(16, '\0');
     RAND_bytes(reinterpret_cast<unsigned char*>(salt.data()), static_cast<int>(salt.size()));
     secret = proto::scram::make_secret(user.password, salt, proto::scram::kDefaultIterations);
   }
-  return scram_secrets_.emplace(user.name, std::move(secret)).first->second;
+  return scram_secrets_.emplace(&user, std::move(secret)).first->second;
 }
 
 void Reactor::register_cancel_key(Client& client) {
@@ -1242,6 +1280,14 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::sha
   retired_configs_.push_back(config_);
   config_ = std::move(fresh);
   tls_ = std::move(tls);
+  if (!config_->auth_query) {
+    // auth.query is gone: nobody is looked up any more, and nobody waits for a lookup.
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      while (!pool->lookups_.empty())
+        close(*pool->lookups_.front(), Reason::auth_query_failed, "authentication failed: auth.query was removed");
+    }
+  }
   if (index_ == 0) log::init(config_->log_level, config_->log_format);
   scram_secrets_.clear();  // passwords may have changed
   for (auto& [key, pool] : pools_) {
@@ -1256,7 +1302,7 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::sha
         while (Server* s = l->front()) close(*s, Reason::pool_removed);
       continue;
     }
-    const config::User* user = find_user(pool->user_name_);
+    const config::User* user = find_user(pool->database_, pool->user_name_);
     pool->reconfigure(*db, user, config_->resolve_pool(*db, user));
   }
 }

@@ -105,18 +105,24 @@ class Reactor {
   [[nodiscard]] std::string admit_client(Client& client, Pool& pool);
   [[nodiscard]] const proto::scram::Secret& scram_secret_for(const config::User& user);
   // auth.query: a user's looked-up secret while it is fresh (auth.query.cache), else null.
-  [[nodiscard]] const config::User* cached_lookup(std::string_view name) const;
+  // Secrets belong to the database they were looked up in (auth.query.database, or each
+  // database its own: two databases may be two clusters with different passwords).
+  [[nodiscard]] const config::User* cached_lookup(std::string_view database, std::string_view name) const;
   // Queue `client` for a lookup of its secret on a server of the auth.query pool.
   void look_up(Client& client);
   // Keep a looked-up secret. The entry lives as long as the reactor (pools and clients point
   // at it); a later lookup updates it in place, and the pools of that user log in with it.
-  const config::User& store_lookup(std::string_view name, std::string secret, config::SecretKind kind);
+  const config::User& store_lookup(std::string_view database, std::string_view name, std::string secret,
+                                   config::SecretKind kind);
+  // A SCRAM secret nobody knows, salted per user name (stable for the process, as a real
+  // secret's salt is): the exchange a user without a usable secret goes through.
+  [[nodiscard]] proto::scram::Secret mock_secret(std::string_view name) const;
+  // users: or, for users known only through auth.query, the entry looked up for `database`.
+  [[nodiscard]] const config::User* find_user(std::string_view database, std::string_view name) const;
   // A TLS handshake began (the sweep trims the heap after a burst of them).
   void note_tls_handshake() { ++tls_handshakes_since_trim_; }
-  // A user with a random SCRAM secret: the exchange an unknown user goes through.
-  [[nodiscard]] const config::User& mock_user();
-  // users: or, for users known only through auth.query, the looked-up entry (any age).
-  [[nodiscard]] const config::User* find_user(std::string_view name) const;
+  // Reading a client resumes (after an auth.query lookup held it).
+  void resume_reading(Client& client);
   void register_cancel_key(Client& client);
   // A CancelRequest with pgring's key (pid, secret) arrived on another connection.
   void cancel(std::int32_t pid, std::string_view secret);
@@ -220,13 +226,17 @@ class Reactor {
   StatementRegistry statements_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
-  std::unordered_map<std::string, proto::scram::Secret> scram_secrets_;
+  // Parsed (or, from plain passwords, derived) SCRAM secrets by user entry: configured users
+  // (cleared at reload) and looked-up ones (replaced when their secret changes).
+  std::unordered_map<const config::User*, proto::scram::Secret> scram_secrets_;
   struct LookedUp {
     config::User user;
     Clock::time_point fetched;
   };
   std::unordered_map<std::string, std::unique_ptr<LookedUp>> looked_up_;
-  std::unique_ptr<config::User> mock_user_;
+  // The key of a looked-up secret: the database it belongs to ("" with auth.query.database,
+  // which serves every database) and the user.
+  [[nodiscard]] std::string lookup_key(std::string_view database, std::string_view name) const;
   // TLS handshakes since the heap was last trimmed (sweep).
   int tls_handshakes_since_trim_ = 0;
   static constexpr int kTrimAfterHandshakes = 256;

@@ -325,11 +325,17 @@ void Server::handle_login_message(char type, std::string_view body) {
 // ---- auth.query ------------------------------------------------------------------------------
 
 void Server::start_lookup(Client& client) {
+  if (!reactor_.config().auth_query) {  // removed by a reload meanwhile
+    reactor_.close(client, Reason::auth_query_failed, "authentication failed: auth.query was removed");
+    pool_.server_ready(*this);
+    return;
+  }
   const config::AuthQuery& q = *reactor_.config().auth_query;
   lookup_client_ = &client;
   client.lookup_server_ = this;
   lookup_secret_.reset();
   lookup_error_.clear();
+  lookup_row_seen_ = false;
   // The unnamed statement is about to be replaced: no client's copy lives here any more.
   unnamed_client_ = 0;
   if (!stream_.emit([&](std::string& out) {
@@ -350,8 +356,10 @@ void Server::handle_lookup_message(char type, std::string_view body) {
     case proto::backend::kDataRow:
       // The secret is the second column (PgBouncer's convention: usename, passwd); the first
       // row wins.
-      if (auto row = proto::parse_data_row(body); row && row->size() >= 2 && !lookup_secret_ && (*row)[1])
-        lookup_secret_ = std::string(*(*row)[1]);
+      if (auto row = proto::parse_data_row(body); row && !lookup_row_seen_) {
+        lookup_row_seen_ = true;
+        if (row->size() >= 2 && (*row)[1]) lookup_secret_ = std::string(*(*row)[1]);
+      }
       return;
     case proto::backend::kErrorResponse:
       if (auto e = proto::parse_error_fields(body)) lookup_error_ = fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate);

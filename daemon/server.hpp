@@ -74,6 +74,7 @@ class Server {
   // auth.query in progress: whose secret (null once that client left), and what came back.
   Client* lookup_client_ = nullptr;
   std::optional<std::string> lookup_secret_;
+  bool lookup_row_seen_ = false;  // the first row decides (a NULL secret there: no password)
   std::string lookup_error_;
   // Incremented at every link: a cancel names the link it was meant for.
   std::uint64_t link_generation_ = 0;

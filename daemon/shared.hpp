@@ -5,6 +5,8 @@
 // reload, shutdown, admin and metrics snapshots, "a server slot is free") go through each
 // reactor's mailbox.
 
+#include <openssl/rand.h>
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -44,13 +46,17 @@ struct Budget {
 
 class Shared {
  public:
-  explicit Shared(int workers) : reactors(static_cast<std::size_t>(workers)) {}
+  explicit Shared(int workers) : reactors(static_cast<std::size_t>(workers)) {
+    RAND_bytes(mock_nonce.data(), static_cast<int>(mock_nonce.size()));
+  }
   [[nodiscard]] int workers() const { return static_cast<int>(reactors.size()); }
 
   // Filled in as the reactor threads start, before any of them accepts a connection.
   std::vector<std::atomic<Reactor*>> reactors;
   std::atomic<int> clients{0};            // max_client_conn is for the process
   std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
+  // Salts the mock SCRAM exchange of unknown users (the same on every reactor; never changes).
+  std::array<unsigned char, 32> mock_nonce{};
 
   // Budgets live as long as the process (pools keep plain pointers to them).
   Budget& pool_budget(const std::string& key) { return find(pools_, key); }

@@ -6,8 +6,12 @@ but scram-sha-256 for that role: pgring_scram in scripts/pg-throwaway.sh's pg_hb
 
 import time
 
-from harness import (PGHOST, PGPORT, Pgring, check, check_eq, connect, direct_connect, login,
-                     login_error, psql, psql_ok, query_one, run_tests)
+import base64
+import re
+import struct
+
+from harness import (PGHOST, PGPORT, Pgring, RawConn, check, check_eq, connect, direct_connect, free_port, login,
+                     login_error, message, psql, psql_ok, query_one, run_tests, startup_packet)
 
 AUTH_OK, AUTH_MD5, AUTH_SASL = 0, 5, 10
 
@@ -157,7 +161,9 @@ def test_auth_query_errors():
     with Pgring(auth_query_config(query="SELECT usename, passwd FROM no_such_table WHERE usename = $1")) as p:
         e = login_error(p.port, user="pgring_scram", password="scram_pw")
         check_eq(e.sqlstate, "08006")
-        check("auth.query failed" in e.fields["M"] and "no_such_table" in e.fields["M"], e.fields["M"])
+        # The client (not authenticated yet) is told nothing about the server; the log says why.
+        check("could not be looked up" in e.fields["M"] and "no_such_table" not in e.fields["M"], e.fields["M"])
+        check(p.wait_log(r"auth.query for user \"pgring_scram\" failed: .*no_such_table"), "details in the log")
         # The lookup's server connection is fine afterwards: a configured user still logs in.
         check_eq(psql_ok(p.port, "SELECT 7", user="postgres", password="unused"), "7")
     # The server is down: the lookup fails with a clear error, not a hang.
@@ -169,6 +175,89 @@ def test_auth_query_errors():
         e = login_error(p.port, user="pgring_scram", password="scram_pw")
         check_eq(e.sqlstate, "08006")
         check(time.monotonic() - started < 4.5, "failed before the login timeout")
+
+
+def scram_salt(port, user, db="pgring_test"):
+    """The salt pgring's server-first-message shows for `user` (the exchange is then dropped)."""
+    c = RawConn(port)
+    c.send(startup_packet(user, db))
+    kind, body = c.read_message()
+    check_eq((kind, struct.unpack("!I", body[:4])[0]), (b"R", AUTH_SASL), "SASL offered")
+    first = b"n,,n=,r=abcdefghijklmnop"
+    c.send(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+    kind, body = c.read_message()
+    check_eq(kind, b"R")
+    attrs = dict(kv.split("=", 1) for kv in body[4:].decode().split(","))
+    c.close()
+    return attrs["s"], attrs["i"]
+
+
+def test_unknown_users_look_like_known_ones():
+    with Pgring(auth_query_config()) as p:
+        a1, a2, b = scram_salt(p.port, "ghost_a"), scram_salt(p.port, "ghost_a"), scram_salt(p.port, "ghost_b")
+        check_eq(a1, a2, "the same unknown user shows the same salt each time, as a real one does")
+        check(a1[0] != b[0], "another unknown user shows another salt")
+        check_eq(len(base64.b64decode(a1[0])), 16)
+        real = scram_salt(p.port, "pgring_scram")
+        check_eq(real, scram_salt(p.port, "pgring_scram"), "a real user's salt is stable")
+        # Unknown databases are not revealed before authentication either.
+        e = login_error(p.port, user="pgring_scram", db="no_such_db", password="scram_pw")
+        check_eq(e.sqlstate, "28P01")
+
+
+def test_auth_query_secrets_belong_to_their_database():
+    config = auth_query_config()
+    config["log"] = {"level": "debug"}
+    config["databases"]["other"] = {"host": PGHOST, "port": PGPORT, "dbname": "pgring_test"}
+    with Pgring(config) as p:
+        check_eq(psql_ok(p.port, "SELECT 1", user="pgring_scram", password="scram_pw"), "1")
+        check_eq(psql_ok(p.port, "SELECT 2", db="other", user="pgring_scram", password="scram_pw"), "2")
+        # Two databases may be two clusters: the secret looked up in one never serves the other.
+        lookups = re.findall(r"looking up user pgring_scram", p.log())
+        check_eq(len(lookups), 2, "one lookup per database")
+    config["auth"]["query"]["database"] = "pgring_test"
+    with Pgring(config) as p:
+        check_eq(psql_ok(p.port, "SELECT 1", user="pgring_scram", password="scram_pw"), "1")
+        check_eq(psql_ok(p.port, "SELECT 2", db="other", user="pgring_scram", password="scram_pw"), "2")
+        check_eq(len(re.findall(r"looking up user pgring_scram", p.log())), 1,
+                 "auth.query.database: one secret for every database")
+
+
+def test_auth_query_odd_results():
+    secret = pg_secret("pgring_scram")
+    # The first row decides: a NULL secret there means no password, whatever follows.
+    first_null = ("SELECT * FROM (VALUES ($1::text, NULL::text, 1), ($1::text, '" + secret +
+                  "', 2)) v(u, p, o) ORDER BY o")
+    with Pgring(auth_query_config(query=first_null)) as p:
+        check_eq(login_error(p.port, user="pgring_scram", password="scram_pw").sqlstate, "28P01")
+    # A secret PostgreSQL would store but pgring's parser refuses (iterations "04096"): a
+    # failed login, not a crash.
+    odd = secret.replace("SCRAM-SHA-256$4096:", "SCRAM-SHA-256$04096:")
+    with Pgring(auth_query_config(query=f"SELECT $1::text, '{odd}'::text")) as p:
+        check_eq(login_error(p.port, user="pgring_scram", password="scram_pw").sqlstate, "28P01")
+        check(p.wait_log(r"malformed SCRAM secret"), "logged for the operator")
+        check(p.alive(), "still running")
+
+
+def test_admin_console_never_uses_looked_up_roles():
+    config = auth_query_config()
+    config["admin"] = {"users": ["pgring_scram"]}
+    with Pgring(config) as p:
+        e = login_error(p.port, user="pgring_scram", db="pgring", password="scram_pw")
+        check_eq(e.sqlstate, "28000")
+
+
+def test_ipv4_clients_on_a_dual_stack_listener():
+    port = free_port()
+    config = {"listen": [f"[::]:{port}"],
+              "auth": {"method": "scram-sha-256", "rules": [{"address": "127.0.0.1/32", "method": "trust"}]},
+              "databases": {"pgring_test": {"host": PGHOST, "port": PGPORT}}}
+    with Pgring(config) as p:
+        c = login(p.port, user="postgres")  # over IPv4: ::ffff:127.0.0.1 on the listener
+        check_eq(c.auth_requests, [0], "the IPv4 rule matched")
+        c.terminate()
+        e = login_error(p.port, user="postgres", host="::1")
+        check_eq(e.sqlstate, "28000")
 
 
 if __name__ == "__main__":

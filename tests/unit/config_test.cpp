@@ -629,6 +629,8 @@ tls:
   check_error("auth:\n  rules:\n    - {method: cert}\n", "auth.rules[0].method", 3, "method cert needs tls.client.ca");
   check_error("auth:\n  rules:\n    - {hosts: all, method: trust}\n", "auth.rules[0].hosts", 3, "unknown key");
   check_error("auth:\n  method: reject\n", "auth.method", 2, "use it in auth.rules");
+  check_error("auth:\n  rules:\n    - {address: [10.0.0.0/8, local], method: trust}\n", "auth.rules[0].address", 3,
+              "all and local stand alone");
 }
 
 TEST_CASE("config: networks") {
