@@ -403,11 +403,14 @@ void Reactor::want_send(Stream& stream) {
 }
 
 void Reactor::submit_sends() {
+  std::vector<Stream*> tls_failed;
   for (Stream* s : flush_list_) {
     s->flush_queued_ = false;
     if (s->fd < 0 || s->send_in_flight() || !s->has_output()) continue;
     io_uring_sqe* sqe = get_sqe();
-    if (!s->prepare_send(sqe)) {
+    bool prepared = s->prepare_send(sqe);
+    if (s->tls() != nullptr && s->tls_failed()) tls_failed.push_back(s);  // encrypting failed
+    if (!prepared) {
       io_uring_prep_nop(sqe);
       io_uring_sqe_set_data(sqe, &ignore_op_);
       continue;
@@ -421,6 +424,16 @@ void Reactor::submit_sends() {
     }
   }
   flush_list_.clear();
+  // Closed after the loop: closing queues sends of its own (an error, a Terminate).
+  for (Stream* s : tls_failed) {
+    if (s->send_op_.kind == Operation::Kind::client_send) {
+      auto* client = static_cast<Client*>(s->send_op_.owner);
+      if (client->state_ != ClientState::closing) close(*client, Reason::tls_error, s->tls()->error());
+    } else if (s->send_op_.kind == Operation::Kind::server_send) {
+      auto* server = static_cast<Server*>(s->send_op_.owner);
+      if (server->state_ != ServerState::closing) close(*server, Reason::server_io_error, s->tls()->error());
+    }
+  }
 }
 
 void Reactor::arm_recv(Stream& stream, int& ops) {

@@ -231,13 +231,24 @@ void Server::handle_login_message(char type, std::string_view body) {
           } else if (!need_plain("SCRAM-SHA-256")) {
             return;
           }
+          // Over TLS, bind the exchange to the server's certificate when it offers -PLUS: a man
+          // in the middle (tls.server.mode prefer/require check no certificate) cannot relay
+          // it. Otherwise say "y": a server that did offer it sees the offer was tampered with.
+          if (TlsSession* tls = stream_.tls()) {
+            login_->end_point = tls->peer_end_point_hash();
+            bool plus = proto::sasl_offers(auth->data, proto::scram::kMechanismPlus) && !login_->end_point.empty();
+            login_->binding = plus ? proto::scram::Binding::bind : proto::scram::Binding::could;
+          }
           unsigned char raw[18];
           RAND_bytes(raw, sizeof raw);
           std::string nonce = proto::scram::base64_encode(std::string_view(reinterpret_cast<char*>(raw), sizeof raw));
-          std::string first = proto::scram::client_first(nonce);
-          login_->scram_client_first_bare = first.substr(3);  // after the gs2 header "n,,"
+          std::string first = proto::scram::client_first(nonce, login_->binding);
+          login_->scram_client_first_bare = first.substr(proto::scram::gs2_header(login_->binding).size());
+          std::string_view mechanism = login_->binding == proto::scram::Binding::bind ? proto::scram::kMechanismPlus
+                                                                                        : proto::scram::kMechanism;
+          log::debug("S-{} SCRAM login with {}", id_, mechanism);
           (void)stream_.emit([&](std::string& out) {
-            return proto::build::sasl_initial_response(out, proto::scram::kMechanism, first);
+            return proto::build::sasl_initial_response(out, mechanism, first);
           });
           break;
         }
@@ -247,7 +258,8 @@ void Server::handle_login_message(char type, std::string_view body) {
             auto secret = proto::scram::parse_secret(pool_.server_secret_);
             if (secret)
               final_message = proto::scram::client_final_from_keys(*login_->client_key, *secret,
-                                                                   login_->scram_client_first_bare, auth->data);
+                                                                   login_->scram_client_first_bare, auth->data,
+                                                                   login_->binding, login_->end_point);
             if (!final_message) {
               reactor_.close(*this, Reason::server_login_failed,
                              fmt::format("SCRAM pass-through for user \"{}\" needs the server to store the same secret "
@@ -256,7 +268,8 @@ void Server::handle_login_message(char type, std::string_view body) {
               return;
             }
           } else {
-            final_message = proto::scram::client_final(password, login_->scram_client_first_bare, auth->data);
+            final_message = proto::scram::client_final(password, login_->scram_client_first_bare, auth->data,
+                                                       login_->binding, login_->end_point);
           }
           if (!final_message) {
             reactor_.close(*this, Reason::server_protocol_error, "malformed SCRAM server-first-message");

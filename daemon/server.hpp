@@ -195,6 +195,8 @@ class Server {
     proto::scram::Key expected_server_signature{};
     bool scram_final_checked = false;
     std::optional<proto::scram::Key> client_key;  // SCRAM pass-through: a client's ClientKey
+    proto::scram::Binding binding = proto::scram::Binding::none;
+    std::string end_point;  // the server certificate's tls-server-end-point hash (TLS)
     ~LoginState() {
       if (client_key) OPENSSL_cleanse(client_key->data(), client_key->size());
     }

@@ -266,6 +266,8 @@ std::string TlsSession::alpn() const {
 
 std::string TlsSession::end_point_hash() const { return certificate_hash(SSL_get_certificate(ssl_)); }
 
+std::string TlsSession::peer_end_point_hash() const { return certificate_hash(SSL_get0_peer_certificate(ssl_)); }
+
 std::string_view TlsSession::version() const { return SSL_get_version(ssl_); }
 
 std::string TlsSession::verified_peer_name() const {

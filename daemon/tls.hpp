@@ -64,6 +64,8 @@ class TlsSession {
   // SCRAM-SHA-256-PLUS binding data (tls-server-end-point, RFC 5929): the hash of the
   // certificate this session presented (the one loaded when it began, also after a reload).
   [[nodiscard]] std::string end_point_hash() const;
+  // The same of the peer's certificate (pgring as a client: PostgreSQL's), "" without one.
+  [[nodiscard]] std::string peer_end_point_hash() const;
 
  private:
   explicit TlsSession(SSL* ssl);

@@ -481,15 +481,37 @@ std::optional<std::string> verify_client_final(const ClientFirst& first,
 
 // ---- client side ----
 
-std::string client_first(std::string_view client_nonce) {
-  std::string out = "n,,n=,r=";
-  out.append(client_nonce);
+std::string_view gs2_header(Binding binding) {
+  switch (binding) {
+    case Binding::none: return "n,,";
+    case Binding::could: return "y,,";
+    case Binding::bind: return kEndPointHeader;
+  }
+  return "n,,";
+}
+
+std::string client_first(std::string_view client_nonce, Binding binding) {
+  std::string out(gs2_header(binding));
+  out.append("n=,r=").append(client_nonce);
   return out;
 }
 
+namespace {
+// client-final-without-proof: "c=" carries the gs2 header (and, when binding, the data).
+std::string final_without_proof(Binding binding, std::string_view end_point, std::string_view nonce) {
+  std::string c(gs2_header(binding));
+  if (binding == Binding::bind) c.append(end_point);
+  std::string out = "c=" + base64_encode(c) + ",r=";
+  out.append(nonce);
+  return out;
+}
+}  // namespace
+
 std::optional<ClientFinal> client_final(std::string_view password,
                                         std::string_view client_first_bare,
-                                        std::string_view server_first_message) {
+                                        std::string_view server_first_message, Binding binding,
+                                        std::string_view end_point) {
+  if (binding == Binding::bind && end_point.empty()) return std::nullopt;
   auto our_nonce = parse_client_first_bare(client_first_bare);
   if (!our_nonce) return std::nullopt;
   auto server = parse_server_first(server_first_message);
@@ -501,9 +523,7 @@ std::optional<ClientFinal> client_final(std::string_view password,
   Key server_key{};
   Key client_signature{};
   ClientFinal out;
-  // We always send gs2 header "n,," (see client_first), whose base64 is "biws".
-  std::string without_proof = "c=biws,r=";
-  without_proof.append(server->nonce);
+  std::string without_proof = final_without_proof(binding, end_point, server->nonce);
   std::string auth = auth_message(client_first_bare, server_first_message, without_proof);
   bool ok = salted_password(password, server->salt, server->iterations, salted) &&
             hmac_sha256(salted, kClientKeyLabel, client_key) &&
@@ -524,7 +544,9 @@ std::optional<ClientFinal> client_final(std::string_view password,
 
 std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
                                                   std::string_view client_first_bare,
-                                                  std::string_view server_first_message) {
+                                                  std::string_view server_first_message, Binding binding,
+                                                  std::string_view end_point) {
+  if (binding == Binding::bind && end_point.empty()) return std::nullopt;
   auto our_nonce = parse_client_first_bare(client_first_bare);
   if (!our_nonce) return std::nullopt;
   auto server = parse_server_first(server_first_message);
@@ -532,8 +554,7 @@ std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const S
   if (server->iterations != secret.iterations || !timing_safe_equal(server->salt, secret.salt)) return std::nullopt;
   Key client_signature{};
   ClientFinal out;
-  std::string without_proof = "c=biws,r=";
-  without_proof.append(server->nonce);
+  std::string without_proof = final_without_proof(binding, end_point, server->nonce);
   std::string auth = auth_message(client_first_bare, server_first_message, without_proof);
   if (!hmac_sha256(secret.stored_key, auth, client_signature) ||
       !hmac_sha256(secret.server_key, auth, out.expected_server_signature))

@@ -73,8 +73,16 @@ struct ClientFirst {
 
 // ---- client side (pgring logs in to Postgres) ----
 
-// "n,,n=,r=<client nonce>"
-[[nodiscard]] std::string client_first(std::string_view client_nonce);
+// How pgring, as a SCRAM client, speaks of channel binding (the gs2 header it sends):
+//   none  "n,,"  (no TLS)
+//   could "y,,"  (TLS, but the server did not offer -PLUS: tells a server that did that someone
+//                 removed it on the way)
+//   bind  "p=tls-server-end-point,," (SCRAM-SHA-256-PLUS, with the server certificate's hash)
+enum class Binding { none, could, bind };
+[[nodiscard]] std::string_view gs2_header(Binding binding);
+
+// "<gs2 header>n=,r=<client nonce>"
+[[nodiscard]] std::string client_first(std::string_view client_nonce, Binding binding = Binding::none);
 
 struct ClientFinal {
   std::string message;            // "c=biws,r=...,p=..."
@@ -82,17 +90,22 @@ struct ClientFinal {
 };
 // From the password, the client-first-bare we sent and the server-first we got. nullopt when
 // server-first is malformed, its nonce does not extend ours, or iterations are out of range
-// (1..10,000,000).
+// (1..10,000,000). `binding` as in client_first; `end_point` is the server certificate's
+// tls-server-end-point hash with Binding::bind.
 [[nodiscard]] std::optional<ClientFinal> client_final(std::string_view password,
                                                       std::string_view client_first_bare,
-                                                      std::string_view server_first_message);
+                                                      std::string_view server_first_message,
+                                                      Binding binding = Binding::none,
+                                                      std::string_view end_point = {});
 
 // SCRAM pass-through: log in with the ClientKey a client revealed when it logged in to us
 // (verify_client_final) instead of a password. Works only when the server stores the same
 // secret as ours: nullopt also when server-first names another salt or iteration count.
 [[nodiscard]] std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
                                                                 std::string_view client_first_bare,
-                                                                std::string_view server_first_message);
+                                                                std::string_view server_first_message,
+                                                                Binding binding = Binding::none,
+                                                                std::string_view end_point = {});
 
 // Checks server-final-message "v=<b64>" (an "e=<error>" message is a failure).
 [[nodiscard]] bool verify_server_final(std::string_view server_final_message,

@@ -418,6 +418,21 @@ def test_server_tls_modes():
         with Pgring(server_config(mode, host, ca=mode.startswith("verify"))) as p:
             rc, out, err = server_ssl(p.port)
             check(rc == 0 and out.startswith("t|TLSv1"), f"{mode} to {host}: {out} {err}")
+    # Over TLS pgring binds its SCRAM login to PostgreSQL's certificate (SCRAM-SHA-256-PLUS),
+    # with a password and with SCRAM pass-through alike.
+    config = server_config("verify-full")
+    config["log"] = {"level": "debug"}
+    with Pgring(config) as p:
+        check(server_ssl(p.port)[1].startswith("t|"), "logged in")
+        check(p.wait_log(r"SCRAM login with SCRAM-SHA-256-PLUS"), "channel binding used")
+    conn = connect(PGPORT, db="postgres", host=PGHOST)
+    secret = query_one(conn, "SELECT rolpassword FROM pg_authid WHERE rolname = 'pgring_tls'")
+    conn.close()
+    config["users"]["pgring_tls"]["password"] = secret
+    with Pgring(config) as p:
+        rc, out, err = server_ssl(p.port)
+        check(rc == 0 and out.startswith("t|"), f"pass-through over TLS with channel binding: {err}")
+        check(p.wait_log(r"SCRAM login with SCRAM-SHA-256-PLUS"), "channel binding used")
     # The certificate names 127.0.0.1, not 127.0.0.2: verify-full refuses it.
     with Pgring(server_config("verify-full", "127.0.0.2")) as p:
         rc, _, err = server_ssl(p.port)

@@ -302,6 +302,31 @@ TEST_CASE("scram: tls-server-end-point channel binding") {
   CHECK_FALSE(scram::verify_client_final(*p, sf, bare_header, secret, nullptr, hash));
 }
 
+TEST_CASE("scram: pgring as client binds, and its own server side accepts it") {
+  scram::Secret secret = rfc_secret();
+  const std::string hash(32, '\x33');
+  for (auto binding : {scram::Binding::none, scram::Binding::could, scram::Binding::bind}) {
+    std::string first = scram::client_first("clientNonce", binding);
+    CHECK(first.starts_with(scram::gs2_header(binding)));
+    auto parsed = scram::parse_client_first(first);
+    REQUIRE(parsed.has_value());
+    std::string sf = scram::server_first(*parsed, "srv", secret);
+    auto cf = scram::client_final(kRfcPassword, parsed->client_first_bare, sf, binding, hash);
+    REQUIRE(cf.has_value());
+    scram::Key client_key{};
+    auto verified = scram::verify_client_final(*parsed, sf, cf->message, secret, &client_key,
+                                               binding == scram::Binding::bind ? std::string_view(hash) : "");
+    REQUIRE(verified.has_value());
+    CHECK(scram::verify_server_final(*verified, cf->expected_server_signature));
+    // Pass-through with the ClientKey the exchange revealed produces the same proof.
+    auto again = scram::client_final_from_keys(client_key, secret, parsed->client_first_bare, sf, binding, hash);
+    REQUIRE(again.has_value());
+    CHECK(again->message == cf->message);
+  }
+  // Binding without the certificate's hash is refused rather than sent empty.
+  CHECK_FALSE(scram::client_final(kRfcPassword, "n=,r=abc", "r=abcdef,s=c2FsdA==,i=4096", scram::Binding::bind, ""));
+}
+
 TEST_CASE("scram: parse_client_first grammar") {
   CHECK(scram::parse_client_first("n,,n=,r=a"));
   CHECK(scram::parse_client_first("n,,n=*,r=a"));
