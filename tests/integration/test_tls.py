@@ -392,6 +392,44 @@ def test_drivers_over_tls():
         check("number of failed transactions: 0" in r.stdout or "failed" not in r.stdout, r.stdout)
 
 
+def test_tls_under_load_and_abuse():
+    config = scram_config("require", timeouts={"client_login": "1s"})
+    with Pgring(config) as p:
+        # A client that stops halfway through its handshake is closed at client_login.
+        stalled = RawConn(p.port)
+        check_eq(stalled.ssl_request(), b"S")
+        stalled.send(b"\x16\x03\x01\x02\x00")  # a ClientHello header, and nothing more
+        check(closes(stalled, timeout=5), "stalled handshake closed")
+        check(p.wait_log(r"closed: login_timeout"), "login_timeout logged")
+        # 40 TLS logins at once, each with a query.
+        errors = []
+
+        def one(i):
+            try:
+                conn = connect(p.port, db="app", user="app", password="secret", sslmode="require")
+                if query_one(conn, "SELECT %s::int", (i,)) != i:
+                    errors.append(f"client {i}: wrong answer")
+                conn.close()
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(f"client {i}: {e}")
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        check_eq(errors, [], "parallel TLS logins")
+        # COPY FROM STDIN of 8 MB through TLS (client to server: flow control over decrypted input).
+        conn = connect(p.port, db="app", user="app", password="secret", sslmode="require")
+        cur = conn.cursor()
+        cur.execute("CREATE TEMP TABLE copied (line text)")
+        import io
+        data = "".join(f"{i:08d}{'y' * 120}\n" for i in range(65536))
+        cur.copy_expert("COPY copied FROM STDIN", io.StringIO(data))
+        check_eq(query_one(conn, "SELECT count(*) FROM copied"), 65536)
+        check_eq(query_one(conn, "SELECT sum(length(line)) FROM copied"), 65536 * 128)
+        conn.close()
+
+
 # ---- servers ------------------------------------------------------------------------------------
 
 def server_config(mode, host="127.0.0.1", ca=True):
