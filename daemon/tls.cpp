@@ -41,14 +41,16 @@ int select_alpn(SSL*, const unsigned char** out, unsigned char* out_length, cons
   // the handshake (PostgreSQL 17 does the same). No ALPN at all is allowed after SSLRequest;
   // direct TLS checks for it after the handshake.
   unsigned char* chosen = nullptr;
-  if (SSL_select_next_proto(&chosen, out_length, kAlpn, kAlpnLength, in, in_length) != OPENSSL_NPN_NEGOTIATED)
+  if (SSL_select_next_proto(&chosen, out_length, kAlpn, kAlpnLength, in, in_length) !=
+      OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_ALERT_FATAL;
   *out = chosen;
   return SSL_TLSEXT_ERR_OK;
 }
 
 // min_version and ciphers of one side (`path`: "tls.client" or "tls.server").
-void common_options(SSL_CTX* ctx, const std::string& path, const std::string& min_version, const std::string& ciphers) {
+void common_options(SSL_CTX* ctx, const std::string& path, const std::string& min_version,
+                    const std::string& ciphers) {
   SSL_CTX_set_min_proto_version(ctx, min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
   if (!ciphers.empty() && SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1)
     fail_path(path + ".ciphers", "no usable cipher in \"" + ciphers + "\"");
@@ -62,8 +64,8 @@ void common_options(SSL_CTX* ctx, const std::string& path, const std::string& mi
 std::string certificate_hash(X509* cert) {
   if (cert == nullptr) return {};
   int digest_nid = NID_undef;
-  if (!OBJ_find_sigid_algs(X509_get_signature_nid(cert), &digest_nid, nullptr) || digest_nid == NID_md5 ||
-      digest_nid == NID_sha1 || digest_nid == NID_undef)
+  if (!OBJ_find_sigid_algs(X509_get_signature_nid(cert), &digest_nid, nullptr) ||
+      digest_nid == NID_md5 || digest_nid == NID_sha1 || digest_nid == NID_undef)
     digest_nid = NID_sha256;
   const EVP_MD* md = EVP_get_digestbynid(digest_nid);
   if (md == nullptr) md = EVP_sha256();
@@ -86,14 +88,16 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
       fail_path("tls.client.cert", "cannot load " + c.cert);
     if (SSL_CTX_use_PrivateKey_file(ctx.get(), c.key.c_str(), SSL_FILETYPE_PEM) != 1)
       fail_path("tls.client.key", "cannot load " + c.key);
-    if (SSL_CTX_check_private_key(ctx.get()) != 1) fail_path("tls.client.key", "does not match tls.client.cert");
+    if (SSL_CTX_check_private_key(ctx.get()) != 1)
+      fail_path("tls.client.key", "does not match tls.client.cert");
     if (!c.ca.empty()) {
       if (SSL_CTX_load_verify_locations(ctx.get(), c.ca.c_str(), nullptr) != 1)
         fail_path("tls.client.ca", "cannot load " + c.ca);
       // Ask for a certificate, check any that comes, but let clients without one in: whether
       // one is needed is the auth rule's business (method cert).
       SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
-      if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(c.ca.c_str())) SSL_CTX_set_client_CA_list(ctx.get(), names);
+      if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(c.ca.c_str()))
+        SSL_CTX_set_client_CA_list(ctx.get(), names);
     }
     static constexpr unsigned char kSessionContext[] = "pgring";
     SSL_CTX_set_session_id_context(ctx.get(), kSessionContext, sizeof kSessionContext - 1);
@@ -118,7 +122,8 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
       if (SSL_CTX_use_PrivateKey_file(ctx.get(), s.key.c_str(), SSL_FILETYPE_PEM) != 1)
         fail_path("tls.server.key", "cannot load " + s.key);
     }
-    bool verify = s.mode == config::ServerTlsMode::verify_ca || s.mode == config::ServerTlsMode::verify_full;
+    bool verify =
+        s.mode == config::ServerTlsMode::verify_ca || s.mode == config::ServerTlsMode::verify_full;
     SSL_CTX_set_verify(ctx.get(), verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
     SSL_CTX_set_alpn_protos(ctx.get(), kAlpn, kAlpnLength);
     contexts->server_side = std::move(ctx);
@@ -129,13 +134,16 @@ std::shared_ptr<const TlsContexts> build_tls(const config::Config& config) {
 
 // ---------------------------------------------------------------------------------------------
 
-TlsSession::TlsSession(SSL* ssl) : ssl_(ssl), in_(BIO_new(BIO_s_mem())), out_(BIO_new(BIO_s_mem())) {
+TlsSession::TlsSession(SSL* ssl)
+    : ssl_(ssl), in_(BIO_new(BIO_s_mem())), out_(BIO_new(BIO_s_mem())) {
   // An empty read BIO means "no more yet", not end of file.
   BIO_set_mem_eof_return(in_, -1);
   SSL_set_bio(ssl_, in_, out_);
 }
 
-TlsSession::~TlsSession() { SSL_free(ssl_); }
+TlsSession::~TlsSession() {
+  SSL_free(ssl_);
+}
 
 std::unique_ptr<TlsSession> TlsSession::accept(SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
@@ -145,18 +153,21 @@ std::unique_ptr<TlsSession> TlsSession::accept(SSL_CTX* ctx) {
   return session;
 }
 
-std::unique_ptr<TlsSession> TlsSession::connect(SSL_CTX* ctx, const std::string& host, config::ServerTlsMode mode) {
+std::unique_ptr<TlsSession> TlsSession::connect(SSL_CTX* ctx, const std::string& host,
+                                                config::ServerTlsMode mode) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return nullptr;
   std::unique_ptr<TlsSession> session(new TlsSession(ssl));
   SSL_set_connect_state(ssl);
   unsigned char probe[16];
-  bool is_address = inet_pton(AF_INET, host.c_str(), probe) == 1 || inet_pton(AF_INET6, host.c_str(), probe) == 1;
+  bool is_address =
+      inet_pton(AF_INET, host.c_str(), probe) == 1 || inet_pton(AF_INET6, host.c_str(), probe) == 1;
   // SNI carries names only (RFC 6066).
   if (!is_address) SSL_set_tlsext_host_name(ssl, host.c_str());
   if (mode == config::ServerTlsMode::verify_full) {
     X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-    int ok = is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) : SSL_set1_host(ssl, host.c_str());
+    int ok = is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str())
+                        : SSL_set1_host(ssl, host.c_str());
     if (ok != 1) return nullptr;
   }
   // The ClientHello, ready to send.
@@ -170,7 +181,8 @@ bool TlsSession::fail(std::string_view what) {
   error_.assign(what);
   long verify = SSL_get_verify_result(ssl_);
   std::string detail = openssl_error();
-  if (verify != X509_V_OK) detail = std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
+  if (verify != X509_V_OK)
+    detail = std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
   error_ += ": " + detail;
   return false;
 }
@@ -216,13 +228,16 @@ bool TlsSession::send(std::string_view plaintext) {
   ERR_clear_error();
   while (!plaintext.empty()) {
     std::size_t written = 0;
-    if (SSL_write_ex(ssl_, plaintext.data(), plaintext.size(), &written) != 1) return fail("TLS write");
+    if (SSL_write_ex(ssl_, plaintext.data(), plaintext.size(), &written) != 1)
+      return fail("TLS write");
     plaintext.remove_prefix(written);
   }
   return true;
 }
 
-bool TlsSession::has_output() const { return BIO_ctrl_pending(out_) > 0; }
+bool TlsSession::has_output() const {
+  return BIO_ctrl_pending(out_) > 0;
+}
 
 void TlsSession::trim() {
   constexpr std::size_t kKeep = 1024;
@@ -264,11 +279,17 @@ std::string TlsSession::alpn() const {
   return data == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(data), length);
 }
 
-std::string TlsSession::end_point_hash() const { return certificate_hash(SSL_get_certificate(ssl_)); }
+std::string TlsSession::end_point_hash() const {
+  return certificate_hash(SSL_get_certificate(ssl_));
+}
 
-std::string TlsSession::peer_end_point_hash() const { return certificate_hash(SSL_get0_peer_certificate(ssl_)); }
+std::string TlsSession::peer_end_point_hash() const {
+  return certificate_hash(SSL_get0_peer_certificate(ssl_));
+}
 
-std::string_view TlsSession::version() const { return SSL_get_version(ssl_); }
+std::string_view TlsSession::version() const {
+  return SSL_get_version(ssl_);
+}
 
 std::string TlsSession::verified_peer_name() const {
   X509* peer = SSL_get0_peer_certificate(ssl_);

@@ -37,7 +37,8 @@ class TlsSession {
  public:
   // Accept (pgring is the TLS server) or connect (pgring is the client of `host`).
   static std::unique_ptr<TlsSession> accept(SSL_CTX* ctx);
-  static std::unique_ptr<TlsSession> connect(SSL_CTX* ctx, const std::string& host, config::ServerTlsMode mode);
+  static std::unique_ptr<TlsSession> connect(SSL_CTX* ctx, const std::string& host,
+                                             config::ServerTlsMode mode);
   ~TlsSession();
   TlsSession(const TlsSession&) = delete;
   TlsSession& operator=(const TlsSession&) = delete;
