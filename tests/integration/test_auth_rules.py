@@ -140,7 +140,9 @@ def test_auth_query_scram_secret_and_pass_through():
 def test_auth_query_cache():
     admin = direct_connect(db="postgres")
     try:
-        with Pgring(auth_query_config(cache="1s")) as p:
+        config = auth_query_config(cache="1s")
+        config["workers"] = 1  # each reactor keeps its own cache: this test follows one
+        with Pgring(config) as p:
             check_eq(psql_ok(p.port, "SELECT 1", user="pgring_scram", password="scram_pw"), "1")
             query_one(admin, "SELECT 1 FROM (SELECT set_config('password_encryption', 'scram-sha-256', false)) s")
             admin.cursor().execute("ALTER ROLE pgring_scram PASSWORD 'changed_pw'")
