@@ -162,11 +162,10 @@ void Stream::receive_tls(std::string_view ciphertext) {
   input_bytes_ += added;
 }
 
-bool Stream::start_tls(std::unique_ptr<TlsSession> session) {
-  // Clear bytes queued before the switch go first, as they are.
+void Stream::take_queue(std::string& out) {
   for (const Slice& s : queue_) {
     const char* base = s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
-    cipher_.append(base + s.offset, s.length);
+    out.append(base + s.offset, s.length);
     pending_bytes_ -= s.length;
     if (s.bid != kOwned) {
       --pending_buffers_;
@@ -175,6 +174,10 @@ bool Stream::start_tls(std::unique_ptr<TlsSession> session) {
   }
   queue_.clear();
   staging_.clear();
+}
+
+bool Stream::start_tls(std::unique_ptr<TlsSession> session) {
+  take_queue(cipher_);  // clear bytes queued before the switch go first, as they are
   tls_ = std::move(session);
   if (input_bytes_ == 0) return true;
   std::string first(input_bytes_, '\0');
@@ -189,17 +192,7 @@ void Stream::encrypt_queue() {
   // (a header, a tag and an AEAD pass each), and a batch is typically many small messages.
   thread_local std::string plain;  // one per reactor thread: idle connections keep none
   plain.clear();
-  for (const Slice& s : queue_) {
-    const char* base = s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
-    plain.append(base + s.offset, s.length);
-    pending_bytes_ -= s.length;
-    if (s.bid != kOwned) {
-      --pending_buffers_;
-      buffers_->unref(static_cast<std::uint16_t>(s.bid));
-    }
-  }
-  queue_.clear();
-  staging_.clear();
+  take_queue(plain);
   if (!plain.empty() && !tls_failed_ && !tls_->send(plain)) tls_failed_ = true;
   if (plain.capacity() > (1u << 20)) std::string().swap(plain);
   tls_->take_output(cipher_);

@@ -182,6 +182,8 @@ class Stream {
   }
   void push_owned(std::size_t offset, std::size_t length);
   void receive_tls(std::string_view ciphertext);
+  // Appends every queued byte to `out` and empties the queue (the slices' buffers released).
+  void take_queue(std::string& out);
   void encrypt_queue();
   void push_slice(Slice s);
   void release_inflight();

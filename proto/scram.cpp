@@ -505,17 +505,25 @@ std::string final_without_proof(Binding binding, std::string_view end_point, std
   out.append(nonce);
   return out;
 }
+
+// The server-first pgring (as SCRAM client) got, checked against the client-first-bare it sent.
+std::optional<ServerFirst> answer_to(std::string_view client_first_bare, std::string_view server_first_message,
+                                     Binding binding, std::string_view end_point) {
+  if (binding == Binding::bind && end_point.empty()) return std::nullopt;
+  auto our_nonce = parse_client_first_bare(client_first_bare);
+  if (!our_nonce) return std::nullopt;
+  auto server = parse_server_first(server_first_message);
+  if (!server || !nonce_extends(server->nonce, *our_nonce)) return std::nullopt;
+  return server;
+}
 }  // namespace
 
 std::optional<ClientFinal> client_final(std::string_view password,
                                         std::string_view client_first_bare,
                                         std::string_view server_first_message, Binding binding,
                                         std::string_view end_point) {
-  if (binding == Binding::bind && end_point.empty()) return std::nullopt;
-  auto our_nonce = parse_client_first_bare(client_first_bare);
-  if (!our_nonce) return std::nullopt;
-  auto server = parse_server_first(server_first_message);
-  if (!server || !nonce_extends(server->nonce, *our_nonce)) return std::nullopt;
+  auto server = answer_to(client_first_bare, server_first_message, binding, end_point);
+  if (!server) return std::nullopt;
 
   Key salted{};
   Key client_key{};
@@ -546,11 +554,8 @@ std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const S
                                                   std::string_view client_first_bare,
                                                   std::string_view server_first_message, Binding binding,
                                                   std::string_view end_point) {
-  if (binding == Binding::bind && end_point.empty()) return std::nullopt;
-  auto our_nonce = parse_client_first_bare(client_first_bare);
-  if (!our_nonce) return std::nullopt;
-  auto server = parse_server_first(server_first_message);
-  if (!server || !nonce_extends(server->nonce, *our_nonce)) return std::nullopt;
+  auto server = answer_to(client_first_bare, server_first_message, binding, end_point);
+  if (!server) return std::nullopt;
   if (server->iterations != secret.iterations || !timing_safe_equal(server->salt, secret.salt)) return std::nullopt;
   Key client_signature{};
   ClientFinal out;

@@ -4,10 +4,13 @@ PostgreSQL, and "is the pool healthy" checks that compare pgring's SHOW SERVERS 
 pg_stat_activity."""
 
 import os
+import socket
+import struct
 import subprocess
+import threading
 import time
 
-from harness import (MONITOR_APP, PGDATA, as_postgres_cmd, check, connect, fail,
+from harness import (MONITOR_APP, PGDATA, PGHOST, PGPORT, SSL_REQUEST_CODE, as_postgres_cmd, check, connect, fail,
                      find_pg_tool, log, pg_isready, query, query_one, wait_until)
 from ops_helpers import admin_rows
 
@@ -191,3 +194,58 @@ def percentile(values, q):
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Relay:
+    """Forwards every connection accepted on `listener` to PostgreSQL. With refuse_tls, a
+    connection that starts with an SSLRequest gets 'N' (a server without TLS) and the rest is
+    relayed, so pgring logs in to the real PostgreSQL in plain text."""
+
+    def __init__(self, listener, refuse_tls=False):
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        self.refuse_tls = refuse_tls
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            try:
+                first = b""
+                if self.refuse_tls:
+                    first = down.recv(8)
+                    if first == struct.pack("!II", 8, SSL_REQUEST_CODE):
+                        down.sendall(b"N")
+                        first = b""
+                up = socket.create_connection((PGHOST, PGPORT), timeout=10)
+                up.settimeout(None)
+                up.sendall(first)
+            except OSError:
+                down.close()
+                continue
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()

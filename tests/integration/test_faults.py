@@ -28,7 +28,7 @@ from harness import (PGHOST, PGPORT, Background, ConnectionClosed, PgError, Pgri
                      run_clients, run_tests, run_with_timeout, skip_test, wait_no_backends,
                      wait_until)
 from ops_helpers import ops_config
-from fault_helpers import (backends, check_pool_healthy, describe_fds, ensure_postgres_running,
+from fault_helpers import (Relay, backends, check_pool_healthy, describe_fds, ensure_postgres_running,
                            fd_count, have_pgdata, percentile, pg_start, pg_stop_immediate,
                            wait_backend_gone, wait_fds_at_most)
 from fake_server import FakeServer
@@ -684,51 +684,6 @@ class LossyLink:
         if "error" in out:
             raise out["error"]
         return out["sock"]
-
-
-class Relay:
-    """Forwards every connection accepted on `listener` to PostgreSQL."""
-
-    def __init__(self, listener):
-        self.listener = listener
-        self.port = listener.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            try:
-                up = socket.create_connection((PGHOST, PGPORT), timeout=10)
-                up.settimeout(None)
-            except OSError:
-                down.close()
-                continue
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
 
 
 def test_lossy_network_to_server():

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 
+from fault_helpers import Relay
 from harness import (PGDATA, PGHOST, PGPORT, SOURCE_DIR, ConnectionClosed, PgError, Pgring, RawConn,
                      _Scram, check, check_eq, connect, fail, login, login_error, message, psql,
                      psql_ok, query, query_one, run_tests, skip_test, startup_packet)
@@ -493,46 +494,8 @@ def test_server_tls_refused_downgrade():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def fake():
-        # Answers 'N' and then relays to the real PostgreSQL, so prefer can log in.
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=relay, args=(client,), daemon=True).start()
-
-    def relay(client):
-        try:
-            data = client.recv(8)
-            if data == struct.pack("!II", 8, 80877103):
-                client.sendall(b"N")
-                data = b""
-            upstream = socket.create_connection((PGHOST, PGPORT))
-            upstream.sendall(data)
-
-            def pump(a, b):
-                try:
-                    while chunk := a.recv(65536):
-                        b.sendall(chunk)
-                except OSError:
-                    pass
-                for s in (a, b):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
-            pump(client, upstream)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=fake, daemon=True)
-    thread.start()
+    relay = Relay(listener, refuse_tls=True)
+    port = relay.port
     try:
         base = {"auth": {"method": "trust"},
                 "timeouts": {"server_connect": "3s", "query_wait": "2s", "server_login_retry": "1s"},
@@ -546,9 +509,7 @@ def test_server_tls_refused_downgrade():
             rc, _, err = psql(p.port, "SELECT 1")
             check(rc != 0 and "server does not support TLS" in err, f"require refuses 'N': {err}")
     finally:
-        stop.set()
-        thread.join()
-        listener.close()
+        relay.close()
 
 
 if __name__ == "__main__":
