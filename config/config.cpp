@@ -273,7 +273,7 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
 namespace {
 
 constexpr int kMaxCount = 1'000'000;  // pool sizes etc.: big enough, and sums cannot overflow int
-constexpr int kMaxWorkers = 64;  // daemon/shared.hpp: a reactor is one bit of a 64-bit mask
+constexpr int kMaxWorkers = 64;  // daemon/core/shared.hpp: a reactor is one bit of a 64-bit mask
 constexpr std::uint64_t kMinMessageSize = 1u << 10;
 constexpr std::uint64_t kMaxMessageSize = 1u << 30;
 // Timers add durations to steady_clock time points in nanoseconds; one year keeps that far from

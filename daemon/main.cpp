@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "daemon/log.hpp"
-#include "daemon/reactor.hpp"
-#include "daemon/shared.hpp"
-#include "daemon/tls.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/core/shared.hpp"
+#include "daemon/net/tls.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"pgring: a PostgreSQL connection pooler on io_uring"};

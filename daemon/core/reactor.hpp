@@ -19,18 +19,21 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "daemon/cancel.hpp"
-#include "daemon/client.hpp"
-#include "daemon/close_reason.hpp"
-#include "daemon/list.hpp"
-#include "daemon/pool.hpp"
-#include "daemon/server.hpp"
-#include "daemon/shared.hpp"
-#include "daemon/tls.hpp"
-#include "daemon/statements.hpp"
-#include "daemon/stream.hpp"
+#include "daemon/cancel/cancel.hpp"
+#include "daemon/conn/client.hpp"
+#include "daemon/core/close_reason.hpp"
+#include "daemon/core/list.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/core/shared.hpp"
+#include "daemon/net/tls.hpp"
+#include "daemon/cache/statements.hpp"
+#include "daemon/core/stream.hpp"
 
 namespace pgring {
+
+// strerror(err), for logs and close messages.
+[[nodiscard]] std::string errno_text(int err);
 
 // Rows of text columns (the admin console's results).
 using Rows = std::vector<std::vector<std::string>>;

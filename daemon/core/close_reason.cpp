@@ -1,4 +1,4 @@
-#include "daemon/close_reason.hpp"
+#include "daemon/core/close_reason.hpp"
 
 namespace pgring {
 

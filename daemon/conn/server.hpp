@@ -23,10 +23,10 @@
 #include <openssl/crypto.h>
 #include <sys/socket.h>
 
-#include "daemon/close_reason.hpp"
-#include "daemon/list.hpp"
-#include "daemon/statements.hpp"
-#include "daemon/stream.hpp"
+#include "daemon/core/close_reason.hpp"
+#include "daemon/core/list.hpp"
+#include "daemon/cache/statements.hpp"
+#include "daemon/core/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/messages.hpp"
 #include "proto/scram.hpp"
@@ -41,6 +41,11 @@ using Clock = std::chrono::steady_clock;
 
 enum class ServerState { connecting, login, idle, active, resetting, canceling, lookup, closing };
 [[nodiscard]] std::string_view to_string(ServerState state);
+
+// Messages pgring reads whole from a server (authentication, parameters, errors) are small;
+// anything it only forwards may be up to PostgreSQL's 1 GiB and is streamed.
+inline constexpr std::uint32_t kMaxInspected = 1u << 20;
+inline constexpr std::uint32_t kMaxServerMessage = 0x7fffffffu;
 
 class Server {
  public:

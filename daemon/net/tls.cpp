@@ -1,4 +1,4 @@
-#include "daemon/tls.hpp"
+#include "daemon/net/tls.hpp"
 
 #include <arpa/inet.h>
 #include <openssl/buffer.h>

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "daemon/log.hpp"
-#include "daemon/reactor.hpp"
-#include "daemon/tls.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/net/tls.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -317,6 +317,68 @@ void Reactor::kill_database(std::string_view database) {
                             &pool->resetting_servers_, &pool->canceling_servers_}) {
       while (Server* s = l->front()) close(*s, Reason::admin_kill);
     }
+  }
+}
+
+void Client::admin_login() {
+  const config::Config& cfg = reactor_.config();
+  auto listed = [&](const std::vector<std::string>& users) {
+    return std::find(users.begin(), users.end(), startup_message_.user) != users.end();
+  };
+  if (listed(cfg.admin_users)) admin_ = AdminRole::admin;
+  else if (listed(cfg.stats_users)) admin_ = AdminRole::stats;
+  else {
+    reactor_.close(*this, Reason::admin_denied,
+                   fmt::format("user \"{}\" may not use the admin console (admin.users, admin.stats_users)",
+                               startup_message_.user));
+    return;
+  }
+  reactor_.login_done(*this);
+  reactor_.register_cancel_key(*this);
+  log::info("C-{} admin login user={} from {}", id_, startup_message_.user, peer_);
+  state_ = ClientState::idle;
+  state_since_ = reactor_.now();
+  reactor_.admin_clients_.push_back(this);
+  send_welcome({{"server_version", "15.0 (pgring " PGRING_VERSION ")"}, {"server_encoding", "UTF8"},
+                {"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"},
+                {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"}, {"application_name", ""}});
+}
+
+void Client::handle_admin() {
+  // Simple Query only; anything else gets an error, then ReadyForQuery at its Sync.
+  proto::Frame frame;
+  while (state_ == ClientState::idle && frame_next(frame, kMaxInspectedQuery)) {
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    switch (frame.type) {
+      case proto::frontend::kTerminate:
+        stream_.consume(frame.size);
+        reactor_.close(*this, Reason::client_terminate);
+        return;
+      case proto::frontend::kQuery: {
+        auto sql = proto::parse_query(body);
+        std::string text(sql.value_or(""));
+        stream_.consume(frame.size);
+        reactor_.admin_query(*this, text);
+        break;
+      }
+      case proto::frontend::kSync:
+        stream_.consume(frame.size);
+        (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+        reactor_.want_send(stream_);
+        break;
+      default:
+        stream_.consume(frame.size);
+        if (!admin_error_sent_) {
+          admin_error_sent_ = true;
+          (void)stream_.emit([](std::string& out) {
+            return proto::build::error_response(out, "ERROR", "0A000",
+                                                "pgring: the admin console speaks the simple query protocol only");
+          });
+          reactor_.want_send(stream_);
+        }
+        continue;
+    }
+    admin_error_sent_ = false;
   }
 }
 

@@ -13,10 +13,10 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "daemon/client.hpp"
-#include "daemon/list.hpp"
-#include "daemon/server.hpp"
-#include "daemon/stats.hpp"
+#include "daemon/conn/client.hpp"
+#include "daemon/core/list.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/pool/stats.hpp"
 
 namespace pgring {
 

@@ -28,10 +28,10 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "daemon/close_reason.hpp"
-#include "daemon/list.hpp"
-#include "daemon/statements.hpp"
-#include "daemon/stream.hpp"
+#include "daemon/core/close_reason.hpp"
+#include "daemon/core/list.hpp"
+#include "daemon/cache/statements.hpp"
+#include "daemon/core/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
 #include "proto/sql.hpp"
@@ -45,6 +45,12 @@ using Clock = std::chrono::steady_clock;
 
 enum class ClientState { startup, auth, idle, waiting, active, closing };
 [[nodiscard]] std::string_view to_string(ClientState state);
+
+// Query and Parse messages up to this size are read whole to look for session state; larger
+// ones (bulk INSERTs) stream through unread.
+inline constexpr std::uint32_t kMaxInspectedQuery = 64u << 10;
+// The admin console's database name.
+inline constexpr std::string_view kAdminDatabase = "pgring";
 
 class Client {
  public:

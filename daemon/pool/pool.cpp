@@ -1,6 +1,6 @@
-#include "daemon/pool.hpp"
+#include "daemon/pool/pool.hpp"
 
-#include "daemon/shared.hpp"
+#include "daemon/core/shared.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -8,8 +8,8 @@
 #include <bit>
 #include <cstring>
 
-#include "daemon/log.hpp"
-#include "daemon/reactor.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {

@@ -1,6 +1,6 @@
-#include "daemon/stream.hpp"
+#include "daemon/core/stream.hpp"
 
-#include "daemon/tls.hpp"
+#include "daemon/net/tls.hpp"
 
 #include <sys/mman.h>
 #include <sys/socket.h>

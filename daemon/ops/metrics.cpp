@@ -13,8 +13,8 @@
 #include <cstring>
 #include <string>
 
-#include "daemon/log.hpp"
-#include "daemon/reactor.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 
 #include <algorithm>
 #include <cstdlib>

@@ -1,4 +1,4 @@
-#include "daemon/statements.hpp"
+#include "daemon/cache/statements.hpp"
 
 #include <functional>
 

@@ -1,4 +1,4 @@
-#include "daemon/log.hpp"
+#include "daemon/core/log.hpp"
 
 #include <array>
 #include <atomic>

@@ -14,8 +14,8 @@
 #include <cstdint>
 #include <string>
 
-#include "daemon/list.hpp"
-#include "daemon/stream.hpp"
+#include "daemon/core/list.hpp"
+#include "daemon/core/stream.hpp"
 
 namespace pgring {
 

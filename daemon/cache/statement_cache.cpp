@@ -1,0 +1,319 @@
+// (split from conn/client.cpp)
+#include "daemon/conn/client.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include "daemon/core/log.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/net/tls.hpp"
+#include "proto/builders.hpp"
+#include "proto/md5.hpp"
+#include "proto/messages.hpp"
+#include "proto/bytes.hpp"
+#include "proto/sql.hpp"
+
+namespace pgring {
+
+// ---- the statement cache (DESIGN.md section 5) ------------------------------------------------
+
+void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
+  Server::Expected& e = server.expect('e');
+  (void)proto::build::error_response(e.fake, "ERROR", sqlstate, message);
+  skip_until_sync_ = true;
+}
+
+bool Client::ensure_prepared(Server& server, const PreparedStatement& statement) {
+  if (server.prepared_.contains(statement.id)) {
+    server.prepared_.touch(statement.id);
+    return true;
+  }
+  // The server lacks it (another connection, or evicted): prepare it first and swallow the
+  // ParseComplete. An error from this Parse reaches the client as the error of its request.
+  if (!server.stream_.emit([&](std::string& out) {
+        return proto::build::parse(out, statement.server_name, statement.parse_tail);
+      }))
+    return false;
+  Server::Expected& e = server.expect('P');
+  e.skip = true;
+  e.statement = &statement;
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.injected;
+  evict_statements(server, statement.id);
+  return true;
+}
+
+bool Client::start_shape_check(Server& server, const NamedStatement& named) {
+  const PreparedStatement& statement = *named.entry;
+  if (named.shape == 0) return false;  // this client never saw a result type: nothing to hold to
+  bool prepared = server.prepared_.contains(statement.id);
+  if (prepared && server.prepared_.shape(statement.id) == named.shape) return false;
+  // The statement is new to this connection, or was prepared here by a Parse nobody described,
+  // or has another shape here: ask the server (Parse when needed, Describe, both swallowed, and
+  // Flush), then hold this client's messages until the answer. One round trip, at most once
+  // per statement and connection; a shape that differs is confirmed by the server itself.
+  if (!prepared) {
+    (void)server.stream_.emit([&](std::string& out) {
+      return proto::build::parse(out, statement.server_name, statement.parse_tail);
+    });
+    Server::Expected& p = server.expect('P');
+    p.skip = true;
+    p.statement = &statement;
+    p.shape_check = true;  // (its error would be the check's: see Server, ErrorResponse)
+    server.prepared_.add(statement.id);
+    ++reactor_.statements().counters.injected;
+    evict_statements(server, statement.id);
+  }
+  (void)server.stream_.emit([&](std::string& out) {
+    proto::Writer w(out);
+    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement.server_name).end();
+    w.begin(proto::frontend::kFlush).end();
+    return w.ok();
+  });
+  Server::Expected& d = server.expect('D');
+  d.skip = true;
+  d.statement = &statement;
+  d.shape_check = true;
+  shape_check_pending_ = true;
+  shape_check_expected_ = named.shape;
+  reactor_.want_send(server.stream_);
+  return true;
+}
+
+bool Client::has_described(const PreparedStatement& statement) const {
+  for (const auto& [name, named] : statements_)
+    if (named.entry == &statement && named.shape != 0) return true;
+  return false;
+}
+
+void Client::on_described(const PreparedStatement& statement, Shape shape) {
+  for (auto& [name, named] : statements_)
+    if (named.entry == &statement && named.shape == 0) named.shape = shape;
+}
+
+void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
+  shape_check_pending_ = false;
+  bool same = shape == 0 || shape == shape_check_expected_;
+  if (!same && server_ != nullptr) {
+    // DDL changed the result under this client's description: PostgreSQL would refuse the
+    // Bind, so pgring does. The stale entry is retired (a new Parse prepares afresh) and this
+    // server forgets its new-shaped copy, so others naming the old entry are checked too.
+    Server& server = *server_;
+    log::info("C-{} statement {} changed its result type; refusing it as PostgreSQL would", id_,
+              statement.server_name);
+    reactor_.statements().retire(statement);
+    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
+    server.expect('C').skip = true;
+    server.prepared_.remove(statement.id);
+    // The server raises the error itself, so its transaction state is exactly PostgreSQL's
+    // (an explicit block becomes failed, an implicit one rolls back at Sync). It runs as the
+    // unnamed statement, which therefore no longer holds any client's.
+    static constexpr std::string_view kRaise =
+        "DO $pgring$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+        "MESSAGE = 'cached plan must not change result type'; END$pgring$";
+    (void)server.stream_.emit([&](std::string& out) {
+      proto::Writer w(out);
+      w.begin(proto::frontend::kParse).cstring("").cstring(kRaise).i16(0).end();
+      w.begin(proto::frontend::kBind).cstring("").cstring("").i16(0).i16(0).i16(0).end();
+      w.begin(proto::frontend::kExecute).cstring("").i32(0).end();
+      return w.ok();
+    });
+    server.expect('P').skip = true;
+    server.expect('B').skip = true;
+    // Its ErrorResponse is replaced by PostgreSQL's own for this case: drivers recognise it by
+    // the routine field (asyncpg: RevalidateCachedQuery -> InvalidCachedStatementError).
+    Server::Expected& raise = server.expect('E');
+    proto::Writer w(raise.fake);
+    w.begin(proto::backend::kErrorResponse);
+    w.u8('S').cstring("ERROR").u8('V').cstring("ERROR").u8('C').cstring("0A000");
+    w.u8('M').cstring("cached plan must not change result type");
+    w.u8('F').cstring("plancache.c").u8('R').cstring("RevalidateCachedQuery").u8(0).end();
+    server.unnamed_client_ = 0;
+    skip_until_sync_ = true;  // the held Bind and what follows, up to the client's Sync
+    reactor_.want_send(server.stream_);
+  }
+  if (state_ == ClientState::active) on_input();
+}
+
+void Client::on_shape_check_failed() {
+  shape_check_pending_ = false;
+  skip_until_sync_ = true;  // the held request and the rest of the batch; the Sync goes on
+  if (state_ == ClientState::active) on_input();
+}
+
+void Client::evict_statements(Server& server, std::uint64_t keep) {
+  auto limit = static_cast<std::size_t>(pool_->settings_.prepared_statements);
+  while (auto victim = server.prepared_.victim(limit, keep)) {
+    std::string name = "pgring_" + std::to_string(*victim);
+    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, name); });
+    server.expect('C').skip = true;
+    server.prepared_.remove(*victim);
+    ++reactor_.statements().counters.evictions;
+  }
+}
+
+bool Client::cached_parse(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  std::string_view name = r.cstring();
+  std::string_view tail = r.rest();
+  if (!r.ok()) return false;
+  if (name.empty()) {
+    // The unnamed statement passes through; remember it in case the next Bind lands elsewhere.
+    unnamed_parse_tail_.assign(tail);
+    server.unnamed_client_ = id_;
+    server.unnamed_seq_ = ++unnamed_seq_;
+    return false;
+  }
+  if (statements_.count(std::string(name)) != 0) {
+    fake_error(server, "42P05", fmt::format("prepared statement \"{}\" already exists", name));
+    return true;
+  }
+  const PreparedStatement& statement = reactor_.statements().intern(tail);
+  statements_.emplace(std::string(name), NamedStatement{&statement});
+  if (server.prepared_.contains(statement.id)) {
+    // Already prepared on this connection: ParseComplete comes from pgring, in its place.
+    server.prepared_.touch(statement.id);
+    server.expect('p');
+    ++reactor_.statements().counters.hits;
+    return true;
+  }
+  if (!server.stream_.emit([&](std::string& out) {
+        return proto::build::parse(out, statement.server_name, statement.parse_tail);
+      })) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  Server::Expected& e = server.expect('P');
+  e.statement = &statement;
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.parses_sent;
+  evict_statements(server, statement.id);
+  return true;
+}
+
+const Client::NamedStatement* Client::find_statement(Server& server, std::string_view name) {
+  auto it = statements_.find(std::string(name));
+  if (it != statements_.end()) return &it->second;
+  fake_error(server, "26000", fmt::format("prepared statement \"{}\" does not exist", name));
+  return nullptr;
+}
+
+bool Client::ensure_unnamed(Server& server) {
+  if (unnamed_parse_tail_.empty() || (server.unnamed_client_ == id_ && server.unnamed_seq_ == unnamed_seq_)) return true;
+  // This server holds someone else's unnamed statement (or none): prepare ours first.
+  if (!server.stream_.emit([&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
+    return false;
+  server.expect('P').skip = true;
+  server.unnamed_client_ = id_;
+  server.unnamed_seq_ = unnamed_seq_;
+  ++reactor_.statements().counters.injected;
+  return true;
+}
+
+bool Client::cached_bind(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  std::string_view portal = r.cstring();
+  std::string_view name = r.cstring();
+  std::string_view rest = r.rest();
+  if (!r.ok()) return false;
+  if (name.empty()) {
+    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return false;
+  }
+  const NamedStatement* named = find_statement(server, name);
+  if (named == nullptr) return true;
+  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
+  const PreparedStatement* statement = named->entry;
+  if (!ensure_prepared(server, *statement)) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  // The parameters are copied once into the rewritten Bind.
+  std::size_t offset = batch_copy_.size();
+  std::size_t start = 0;
+  bool ok = server.stream_.emit([&](std::string& out) {
+    start = out.size();
+    proto::Writer b(out, std::size_t{1} << 31);
+    b.begin(proto::frontend::kBind).cstring(portal).cstring(statement->server_name).bytes(rest).end();
+    if (b.ok()) record_batch(std::string_view(out).substr(start));
+    return b.ok();
+  });
+  if (!ok) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Bind");
+    return true;
+  }
+  Server::Expected& e = server.expect('B');
+  e.statement = statement;
+  e.batch_seq = batch_seq_;
+  e.replay_offset = offset;
+  return true;
+}
+
+bool Client::cached_describe(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  char kind = static_cast<char>(r.u8());
+  std::string_view name = r.cstring();
+  if (!r.ok() || kind != 'S') return false;
+  if (name.empty()) {
+    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return false;
+  }
+  const NamedStatement* named = find_statement(server, name);
+  if (named == nullptr) return true;
+  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
+  const PreparedStatement* statement = named->entry;
+  if (!ensure_prepared(server, *statement)) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return true;
+  }
+  std::size_t offset = batch_copy_.size();
+  (void)server.stream_.emit([&](std::string& out) {
+    std::size_t start = out.size();
+    proto::Writer w(out);
+    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement->server_name).end();
+    if (w.ok()) record_batch(std::string_view(out).substr(start));
+    return w.ok();
+  });
+  Server::Expected& e = server.expect('D');
+  e.statement = statement;  // its reply records the shape the client is told
+  e.batch_seq = batch_seq_;
+  e.replay_offset = offset;
+  return true;
+}
+
+bool Client::cached_close(Server& server, std::string_view body) {
+  proto::Reader r(body);
+  char kind = static_cast<char>(r.u8());
+  std::string_view name = r.cstring();
+  if (!r.ok() || kind != 'S') return false;
+  if (name.empty()) {
+    unnamed_parse_tail_.clear();
+    if (server.unnamed_client_ == id_) server.unnamed_client_ = 0;
+    return false;
+  }
+  // The client forgets its name; the server keeps the statement for whoever uses it next.
+  statements_.erase(std::string(name));
+  server.expect('x');
+  return true;
+}
+
+bool Client::deallocate(std::string_view query) {
+  auto d = proto::sql::parse_deallocate(query);
+  if (!d) return false;
+  if (d->all) {
+    // Forwarded: it also drops the client's SQL-level statements. The tag clears the caches.
+    statements_.clear();
+    return false;
+  }
+  if (statements_.erase(d->name) == 0) return false;  // an SQL-level statement: the server's business
+  server_->expect('d');
+  return true;
+}
+
+}  // namespace pgring

@@ -1,0 +1,169 @@
+#include "daemon/cancel/cancel.hpp"
+
+#include "daemon/core/reactor.hpp"
+
+#include <cstring>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+Canceller::Canceller(Reactor& reactor, Server& target, std::uint64_t link_generation)
+    : reactor_(reactor),
+      target_(&target),
+      link_generation_(link_generation),
+      stream_(reactor.buffers(), Operation::Kind::cancel_recv, Operation::Kind::cancel_send, this),
+      connect_op_{Operation::Kind::cancel_connect, this} {}
+
+void Reactor::register_cancel_key(Client& client) {
+  for (;;) {
+    RAND_bytes(reinterpret_cast<unsigned char*>(&client.cancel_pid_), sizeof client.cancel_pid_);
+    RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()), 4);
+    // The low bits name this reactor: a CancelRequest may arrive on any of them.
+    client.cancel_pid_ = (client.cancel_pid_ & 0x7fffffc0) | index_;
+    if (client.cancel_pid_ == 0) continue;
+    std::uint32_t secret;
+    std::memcpy(&secret, client.cancel_secret_.data(), 4);
+    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32) | secret;
+    if (cancel_keys_.emplace(key, &client).second) return;
+  }
+}
+
+void Reactor::cancel(std::int32_t pid, std::string_view secret) {
+  if (secret.size() != 4) return;
+  int owner = pid & (kMaxWorkers - 1);
+  if (owner != index_) {
+    // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
+    Reactor* r = owner < shared_.workers() ? shared_.reactors[static_cast<std::size_t>(owner)].load() : nullptr;
+    if (r == nullptr) {
+      log::info("cancel request with an unknown key ignored");
+      return;
+    }
+    r->post([pid, secret = std::string(secret)](Reactor& other) { other.cancel(pid, secret); });
+    return;
+  }
+  std::uint32_t secret_bits;
+  std::memcpy(&secret_bits, secret.data(), 4);
+  std::uint64_t key = (std::uint64_t(std::uint32_t(pid)) << 32) | secret_bits;
+  auto it = cancel_keys_.find(key);
+  if (it == cancel_keys_.end()) {
+    log::info("cancel request with an unknown key ignored");
+    return;
+  }
+  Client& client = *it->second;
+  if (client.state_ == ClientState::waiting && client.pool_ != nullptr) {
+    // Still queued for a server: nothing runs yet, so the request is dropped right here.
+    log::info("C-{} canceled while waiting for a server", client.id_);
+    client.cancel_while_waiting();
+    return;
+  }
+  if (client.state_ != ClientState::active || client.server_ == nullptr) return;  // idle: nothing to cancel
+  Server& server = *client.server_;
+  if (server.requests_in_flight() == 0 || server.restore_replies_pending_ > 0) return;
+  start_cancel(server);
+}
+
+void Reactor::start_cancel(Server& server) {
+  auto* canceller = new Canceller(*this, server, server.link_generation_);
+  canceller->started_ = now_;
+  ++server.cancels_in_flight_;
+  cancellers_.push_back(canceller);
+  Pool& pool = server.pool_;
+  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    finish_cancel(*canceller);
+    return;
+  }
+  canceller->stream_.fd = fd;
+  if (server.client_ != nullptr) log::info("S-{} canceling the request of C-{}", server.id_, server.client_->id_);
+  else log::info("S-{} canceling the request its departed client left running", server.id_);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
+  io_uring_sqe_set_data(sqe, &canceller->connect_op_);
+  ++canceller->ops_in_flight_;
+}
+
+void Reactor::on_cancel_connect(Canceller& canceller, int result) {
+  --canceller.ops_in_flight_;
+  Server* server = canceller.target_;
+  if (canceller.done_ || result < 0 || server == nullptr) {
+    finish_cancel(canceller);
+    return;
+  }
+  // Only the request it was meant for: if that link ended meanwhile, say nothing.
+  if (server->state_ != ServerState::active || server->link_generation_ != canceller.link_generation_ ||
+      server->requests_in_flight() == 0) {
+    log::debug("S-{} cancel dropped: the request already finished", server->id_);
+    finish_cancel(canceller);
+    return;
+  }
+  (void)canceller.stream_.emit([&](std::string& out) {
+    return proto::build::cancel_request(out, server->backend_pid_, server->backend_secret_);
+  });
+  want_send(canceller.stream_);
+  // PostgreSQL answers nothing and closes: wait for that EOF (bounded by cancel_wait).
+  arm_recv(canceller.stream_, canceller.ops_in_flight_);
+}
+
+void Reactor::on_cancel_send(Canceller& canceller, int result) {
+  --canceller.ops_in_flight_;
+  if (result < 0) canceller.stream_.send_failed();
+  else (void)canceller.stream_.on_sent(static_cast<std::uint32_t>(result));
+  if (result < 0) finish_cancel(canceller);
+  else if (canceller.done_) finish_cancel(canceller);
+}
+
+void Reactor::on_cancel_recv(Canceller& canceller, int result, unsigned flags) {
+  --canceller.ops_in_flight_;
+  canceller.stream_.recv_armed_ = false;
+  if (flags & IORING_CQE_F_BUFFER) {
+    canceller.stream_.on_received(static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT),
+                                  static_cast<std::uint32_t>(result > 0 ? result : 0));
+    canceller.stream_.discard_all();
+  }
+  if (result > 0 && !canceller.done_) {
+    arm_recv(canceller.stream_, canceller.ops_in_flight_);
+    return;
+  }
+  finish_cancel(canceller);
+}
+
+void Reactor::finish_cancel(Canceller& canceller) {
+  if (!canceller.done_) {
+    canceller.done_ = true;
+    if (Server* server = canceller.target_) {
+      canceller.target_ = nullptr;
+      if (--server->cancels_in_flight_ == 0) {
+        if (server->state_ == ServerState::active && server->client_ != nullptr) {
+          // Requests held while the cancel was in flight go now.
+          Client& client = *server->client_;
+          client.stream_.reading_paused_ = false;
+          if (client.stream_.input_size() > 0) client.on_input();
+          if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
+        } else if (server->state_ == ServerState::canceling) {
+          server->pool_.set_state(*server, ServerState::idle);
+          server->pool_.maintain();
+        } else if (server->state_ == ServerState::closing) {
+          maybe_free(*server);
+        }
+      }
+    }
+    if (canceller.stream_.fd >= 0) {
+      if (canceller.ops_in_flight_ > 0) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, canceller.stream_.fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data(sqe, &ignore_op_);
+      }
+      ::shutdown(canceller.stream_.fd, SHUT_RDWR);
+    }
+  }
+  if (canceller.ops_in_flight_ > 0 || canceller.freed_) return;
+  canceller.freed_ = true;
+  if (canceller.stream_.fd >= 0) ::close(canceller.stream_.fd);
+  canceller.stream_.fd = -1;
+  unlink(&canceller);
+  free_cancellers_.push_back(&canceller);
+}
+
+}  // namespace pgring

@@ -1,0 +1,333 @@
+#include "daemon/conn/client.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include "daemon/core/log.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/net/tls.hpp"
+#include "proto/builders.hpp"
+#include "proto/md5.hpp"
+#include "proto/messages.hpp"
+#include "proto/bytes.hpp"
+#include "proto/sql.hpp"
+
+namespace pgring {
+
+std::string_view to_string(ClientState state) {
+  switch (state) {
+    case ClientState::startup: return "startup";
+    case ClientState::auth: return "auth";
+    case ClientState::idle: return "idle";
+    case ClientState::waiting: return "waiting";
+    case ClientState::active: return "active";
+    case ClientState::closing: return "closing";
+  }
+  return "?";
+}
+
+Client::Client(Reactor& reactor, std::uint64_t id, int fd, std::string peer)
+    : reactor_(reactor),
+      id_(id),
+      stream_(reactor.buffers(), Operation::Kind::client_recv, Operation::Kind::client_send, this),
+      peer_(std::move(peer)) {
+  stream_.fd = fd;
+}
+
+bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {
+  if (stream_.input_size() < 5) return false;
+  char header[5];
+  stream_.peek(header, 5);
+  frame = proto::frame_message(std::string_view(header, 5), max_size);
+  if (frame.status == proto::FrameStatus::invalid_length) {
+    reactor_.close(*this, Reason::protocol_violation, "invalid message length");
+    return false;
+  }
+  if (frame.status == proto::FrameStatus::too_large) {
+    reactor_.close(*this, Reason::message_too_large,
+                   fmt::format("message of {} bytes is larger than the limit of {}", frame.size, max_size));
+    return false;
+  }
+  return stream_.input_size() >= frame.size;
+}
+
+void Client::on_input() {
+  switch (state_) {
+    case ClientState::startup: handle_startup(); break;
+    case ClientState::auth: handle_auth(); break;
+    case ClientState::idle:
+      if (admin_ != AdminRole::none) {
+        handle_admin();
+        break;
+      }
+      // Transaction mode: the first byte of a new request asks for a server.
+      if (stream_.input_size() >= 5) {
+        char header[5];
+        stream_.peek(header, 5);
+        if (header[0] == proto::frontend::kTerminate) {
+          reactor_.close(*this, Reason::client_terminate);
+          return;
+        }
+      }
+      pool_->request_server(*this);
+      if (state_ == ClientState::waiting) on_input();
+      break;
+    case ClientState::waiting:
+      // Nothing is forwarded until a server is linked; do not let a client pile up unbounded
+      // bytes meanwhile.
+      if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
+      break;
+    case ClientState::active: forward_to_server(); break;
+    case ClientState::closing: stream_.discard_all(); break;
+  }
+}
+
+void Client::cancel_while_waiting() {
+  if (!welcomed_) {
+    reactor_.close(*this, Reason::query_canceled, "canceling statement due to user request");
+    return;
+  }
+  // The queued request never reached a server: drop it and answer as PostgreSQL would.
+  stream_.discard_all();
+  forward_remaining_ = 0;
+  (void)stream_.emit([](std::string& out) {
+    return proto::build::error_response(out, "ERROR", "57014", "canceling statement due to user request");
+  });
+  (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  reactor_.want_send(stream_);
+  pool_->set_state(*this, ClientState::idle);
+  if (stream_.reading_paused_) {
+    stream_.reading_paused_ = false;
+    reactor_.arm_recv_for(*this);
+  }
+}
+
+void Client::note_session_state(std::uint8_t flags) {
+  std::uint8_t fresh = flags & ~pinned_state_;
+  if (fresh == 0) return;
+  pinned_state_ |= flags;
+  if (pool_->settings_.pool_mode == config::PoolMode::session) return;
+  if (pool_->settings_.session_state == config::SessionStatePolicy::error) {
+    reactor_.close(*this, Reason::feature_not_supported,
+                   fmt::format("{} cannot be used in {} pooling mode (session_state: error)",
+                               proto::sql::describe_session_state(fresh), config::to_string(pool_->settings_.pool_mode)));
+    return;
+  }
+  log::info("C-{} pinned to its server: {}", id_, proto::sql::describe_session_state(fresh));
+}
+
+void Client::forward_to_server() {
+  Server& server = *server_;
+  if (server.cancels_in_flight_ > 0) {
+    // PostgreSQL signals a cancelled backend more than once until it closes the cancel
+    // connection; a request sent before that could be cancelled too. Hold it (libpq's PQcancel
+    // waits for the same close); Reactor::finish_cancel resumes.
+    if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
+    return;
+  }
+  const std::uint32_t max_size = reactor_.config().max_message_size;
+  // The statement cache renames named statements in transaction and statement mode.
+  const bool cache = pool_->settings_.pool_mode != config::PoolMode::session && pool_->settings_.prepared_statements > 0;
+  for (;;) {
+    if (forward_remaining_ > 0) {
+      // The rest of a large message, streamed as it arrives.
+      std::size_t n = std::min(forward_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.forward(n, server.stream_);
+      forward_remaining_ -= n;
+      continue;
+    }
+    if (discard_remaining_ > 0) {
+      std::size_t n = std::min(discard_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.consume(n);
+      discard_remaining_ -= n;
+      continue;
+    }
+    if (shape_check_pending_ || stream_.input_size() < 5) break;
+    char header[5];
+    stream_.peek(header, 5);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
+    if (frame.status == proto::FrameStatus::invalid_length) {
+      reactor_.close(*this, Reason::protocol_violation, "invalid message length");
+      return;
+    }
+    if (frame.status == proto::FrameStatus::too_large) {
+      reactor_.close(*this, Reason::message_too_large,
+                     fmt::format("message of {} bytes is larger than max_message_size ({})", frame.size, max_size));
+      return;
+    }
+    const char type = frame.type;
+    if (type == proto::frontend::kTerminate) {
+      // Never forwarded: the server stays in the pool.
+      stream_.consume(std::min<std::size_t>(frame.size, stream_.input_size()));
+      reactor_.close(*this, Reason::client_terminate);
+      return;
+    }
+    if (skip_until_sync_ && type != proto::frontend::kSync) {
+      // After an error pgring raised in the extended protocol, the client's messages up to its
+      // Sync are dropped, as PostgreSQL drops them after an error of its own.
+      discard_remaining_ = frame.size;
+      continue;
+    }
+    // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session
+    // state; with the statement cache, every message that names a statement.
+    bool statement_message = cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
+                                       type == proto::frontend::kDescribe || type == proto::frontend::kClose);
+    bool inspect = statement_message || ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
+                                         frame.size <= kMaxInspectedQuery);
+    if (inspect && stream_.input_size() < frame.size) break;
+    std::string_view body = inspect ? stream_.contiguous(frame.size).substr(5) : std::string_view();
+    bool handled = false;  // true: the message was consumed (rewritten or answered here)
+    switch (type) {
+      case proto::frontend::kQuery: {
+        std::uint8_t state = 0;
+        std::unique_ptr<proto::sql::SetStatement> set;
+        if (inspect) {
+          if (auto text = proto::parse_query(body)) {
+            state = proto::sql::scan_session_state(*text);
+            if (auto s = proto::sql::parse_set_statement(*text)) {
+              set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
+              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+            }
+            if (cache) handled = deallocate(*text);
+          }
+        }
+        if (handled) break;
+        // Session state is judged before anything is queued: a refused Query is never sent.
+        if (state != 0) {
+          note_session_state(state);
+          if (state_ == ClientState::closing) return;
+        }
+        ++pool_->stats_.queries;
+        // A simple Query destroys the unnamed statement, on the server and in the session.
+        unnamed_parse_tail_.clear();
+        server.unnamed_client_ = 0;
+        server.expect('Q', state, std::move(set));
+        break;
+      }
+      case proto::frontend::kParse: {
+        if (inspect) {
+          proto::Reader r(body);
+          (void)r.cstring();
+          std::string_view text = r.cstring();
+          if (r.ok()) {
+            std::uint8_t state = proto::sql::scan_session_state(text);
+            // A lone SET sent through the extended protocol is replayed like a simple one: it
+            // rides on the next Execute.
+            last_parse_set_.reset();
+            if (auto set = proto::sql::parse_set_statement(text)) {
+              last_parse_set_ = std::make_unique<proto::sql::SetStatement>(std::move(*set));
+              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+            }
+            if (state != 0) {
+              note_session_state(state);
+              if (state_ == ClientState::closing) return;
+            }
+          }
+        }
+        server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_parse(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled) server.expect('P');
+        break;
+      }
+      case proto::frontend::kBind:
+        server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_bind(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled && !shape_check_pending_) server.expect('B');
+        break;
+      case proto::frontend::kDescribe:
+        server.unsynced_ = true;
+        if (statement_message) {
+          handled = cached_describe(server, body);
+          if (state_ == ClientState::closing) return;
+        }
+        if (!handled && !shape_check_pending_) server.expect('D');
+        break;
+      case proto::frontend::kClose:
+        server.unsynced_ = true;
+        if (statement_message) handled = cached_close(server, body);
+        if (!handled) server.expect('C');
+        break;
+      case proto::frontend::kSync:
+        skip_until_sync_ = false;
+        server.expect('S').batch_seq = batch_seq_;
+        server.unsynced_ = false;
+        break;
+      case proto::frontend::kFunctionCall:
+        server.expect('F');
+        break;
+      case proto::frontend::kExecute:
+        ++pool_->stats_.queries;
+        server.expect('E', 0, std::move(last_parse_set_));
+        server.unsynced_ = true;
+        break;
+      case proto::frontend::kFlush:
+        server.unsynced_ = true;
+        break;
+      case proto::frontend::kCopyDone:
+      case proto::frontend::kCopyFail:
+        // Only meaningful while the server is in COPY FROM STDIN; otherwise it ignores them.
+        if (server.copy_in_) server.expect('c');
+        break;
+      default: break;
+    }
+    if (shape_check_pending_) break;  // this message waits for the check's answer
+    if (handled) {
+      stream_.consume(frame.size);
+      if (type == proto::frontend::kSync) end_batch();
+      continue;
+    }
+    std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
+    bool extended = type == proto::frontend::kBind || type == proto::frontend::kDescribe ||
+                    type == proto::frontend::kExecute || type == proto::frontend::kSync ||
+                    type == proto::frontend::kFlush || type == proto::frontend::kClose ||
+                    type == proto::frontend::kParse;
+    if (cache && extended) {
+      if (n == frame.size) record_batch(stream_.contiguous(n));
+      else batch_copy_ok_ = false;
+    }
+    stream_.forward(n, server.stream_);
+    forward_remaining_ = frame.size - n;
+    if (type == proto::frontend::kSync) end_batch();
+  }
+  // Replies pgring owes with nothing before them in the queue go out now.
+  server.flush_fakes();
+  reactor_.want_send(server.stream_);
+  reactor_.apply_backpressure(stream_, server.stream_);
+  if (state_ == ClientState::active && server.requests_in_flight() == 0) server.maybe_release();
+}
+
+void Client::record_batch(std::string_view bytes) {
+  constexpr std::size_t kMaxBatchCopy = 64u << 10;  // larger batches are not retried
+  if (!batch_copy_ok_) return;
+  if (batch_copy_.size() + bytes.size() > kMaxBatchCopy) {
+    batch_copy_ok_ = false;
+    batch_copy_.clear();
+    return;
+  }
+  batch_copy_.append(bytes);
+}
+
+void Client::end_batch() {
+  inflight_batch_.swap(batch_copy_);
+  inflight_batch_ok_ = batch_copy_ok_;
+  inflight_batch_seq_ = batch_seq_++;
+  batch_copy_.clear();
+  batch_copy_ok_ = true;
+  if (inflight_batch_.capacity() > (64u << 10)) inflight_batch_.shrink_to_fit();
+}
+
+}  // namespace pgring

@@ -1,0 +1,196 @@
+// (split from core/reactor.cpp)
+#include "daemon/core/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <malloc.h>
+#include <openssl/sha.h>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+// ---------------------------------------------------------------------------------------------
+// Closing: one way out
+
+void Reactor::close(Client& client, Reason reason, std::string_view message) {
+  if (client.state_ == ClientState::closing) return;
+  ++disconnects_[static_cast<std::size_t>(reason)];
+  if (Pool* counted = client.counted_in_) {
+    counted->db_clients_->release();
+    counted->user_clients_->release();
+    client.counted_in_ = nullptr;
+  }
+  if (Pool* lookups = client.lookup_pool_) {
+    std::erase(lookups->lookups_, &client);
+    client.lookup_pool_ = nullptr;
+  }
+  if (Server* lookup = client.lookup_server_) {
+    lookup->lookup_client_ = nullptr;  // the lookup finishes on its own; nobody waits for it
+    client.lookup_server_ = nullptr;
+  }
+  std::string_view state = sqlstate(reason);
+  if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
+    log::debug("C-{} closed: {}", client.id_, name(reason));
+  else
+    log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
+  // No error in the middle of a message being streamed to the client: it would be read as
+  // part of that message. The client sees the connection end instead.
+  bool mid_message = client.server_ != nullptr && client.server_->forward_remaining_ > 0;
+  // Before (or after a broken) TLS handshake nothing the client could read can be sent.
+  bool tls_broken = client.stream_.tls() != nullptr && (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
+  if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken) {
+    std::string text = "pgring: ";
+    text += message.empty() ? name(reason) : message;
+    (void)client.stream_.emit(
+        [&](std::string& out) { return proto::build::error_response(out, "FATAL", state, text); });
+    want_send(client.stream_);
+  }
+  // Unlink the server first: it goes back to the pool (reset) or is closed if not clean.
+  if (Server* server = client.server_) {
+    client.server_ = nullptr;
+    server->client_ = nullptr;
+    if (server->state_ == ServerState::active) {
+      if (client.forward_remaining_ > 0)
+        close(*server, Reason::server_dirty, "client left in the middle of a message");  // half a message sent
+      else
+        server->release(client.pool_->settings_.pool_mode == config::PoolMode::session || client.pinned_state_ != 0);
+    }
+  }
+  if (client.cancel_pid_ != 0) {
+    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32);
+    std::uint32_t secret;
+    std::memcpy(&secret, client.cancel_secret_.data(), 4);
+    cancel_keys_.erase(key | secret);
+  }
+  Pool* pool = client.pool_;
+  unlink(&client);
+  client.state_ = ClientState::closing;
+  client.state_since_ = now_;
+  closing_clients_.push_back(&client);
+  --client_count_;
+  shared_.clients.fetch_sub(1, std::memory_order_relaxed);
+  client.stream_.reading_paused_ = true;
+  if (client.stream_.has_output()) want_send(client.stream_);  // the error, or a TLS alert
+  else if (!client.stream_.send_in_flight()) finish_close(client);
+  if (pool != nullptr) pool->maintain();
+  maybe_free(client);
+}
+
+void Reactor::close(Server& server, Reason reason, std::string_view message) {
+  if (server.state_ == ServerState::closing) return;
+  ++disconnects_[static_cast<std::size_t>(reason)];
+  log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_, server.pool_.user_name_, name(reason),
+            message.empty() ? "" : ": ", message);
+  ServerState was = server.state_;
+  Pool& pool = server.pool_;
+  if (Client* client = server.lookup_client_) {
+    server.lookup_client_ = nullptr;
+    client->lookup_server_ = nullptr;
+    close(*client, Reason::auth_query_failed,
+          fmt::format("auth.query failed: server connection lost{}{}", message.empty() ? "" : ": ", message));
+  }
+  if (Client* client = server.client_) {
+    // Session state is gone with the server: the client cannot go on.
+    server.client_ = nullptr;
+    client->server_ = nullptr;
+    close(*client, Reason::server_connection_lost,
+          message.empty() ? std::string("server connection lost") : "server connection lost: " + std::string(message));
+  }
+  unlink(&server);
+  server.state_ = ServerState::closing;
+  server.state_since_ = now_;
+  closing_servers_.push_back(&server);
+  server.stream_.reading_paused_ = true;
+  server.stream_.discard_all();
+  // A healthy server gets a polite Terminate; one that failed gets its socket shut down.
+  bool polite = (was == ServerState::idle || reason == Reason::server_idle_timeout ||
+                 reason == Reason::server_lifetime || reason == Reason::shutdown || reason == Reason::server_dirty) &&
+                reason != Reason::server_eof && reason != Reason::server_io_error;
+  if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
+    // An idle server reads the Terminate at once: wait for it to close its end (below).
+    server.await_eof_ = was == ServerState::idle;
+    (void)server.stream_.emit([](std::string& out) { return proto::build::terminate(out); });
+    want_send(server.stream_);
+  } else {
+    finish_close(server);
+  }
+  if (was == ServerState::connecting || was == ServerState::login) {
+    std::string sqlstate_text(sqlstate(reason));
+    pool.on_server_failed(reason, sqlstate_text, message);
+  }
+  pool.maintain();
+  maybe_free(server);
+}
+
+void Reactor::finish_close(Client& client) {
+  if (client.shut_down_) return;
+  client.shut_down_ = true;
+  // shutdown() wakes an armed recv (it completes with 0); close() alone would not.
+  if (client.stream_.fd >= 0) ::shutdown(client.stream_.fd, SHUT_RDWR);
+}
+
+void Reactor::finish_close(Server& server) {
+  if (server.shut_down_) return;
+  server.shut_down_ = true;
+  if (server.stream_.fd < 0) return;
+  if (server.state_ == ServerState::closing && server.ops_in_flight_ > 0) {
+    // A connect in flight is not woken by shutdown(): cancel every request on the socket.
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel_fd(sqe, server.stream_.fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data(sqe, &ignore_op_);
+  }
+  ::shutdown(server.stream_.fd, SHUT_RDWR);
+}
+
+void Reactor::maybe_free(Client& client) {
+  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_) return;
+  if (client.freed_) return;
+  client.freed_ = true;
+  if (client.stream_.fd >= 0) ::close(client.stream_.fd);
+  client.stream_.fd = -1;
+  unlink(&client);
+  free_clients_.push_back(&client);
+}
+
+void Reactor::maybe_free(Server& server) {
+  if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_) return;
+  if (server.cancels_in_flight_ > 0) return;  // a Canceller still points here
+  if (server.freed_) return;
+  server.freed_ = true;
+  if (server.stream_.fd >= 0) ::close(server.stream_.fd);
+  server.stream_.fd = -1;
+  unlink(&server);
+  free_servers_.push_back(&server);
+  // A server slot of this pool and database is free: pools of it with waiting clients may use
+  // it, here and on the reactors that said they starve for one.
+  Pool& pool = server.pool_;
+  pool.budget_->release();
+  pool.db_budget_->release();
+  std::uint64_t starving = (pool.budget_->starving.load(std::memory_order_relaxed) |
+                            pool.db_budget_->starving.load(std::memory_order_relaxed)) &
+                           ~(std::uint64_t{1} << index_);
+  for (int i = 0; starving != 0 && i < shared_.workers(); ++i) {
+    if ((starving & (std::uint64_t{1} << i)) == 0) continue;
+    if (Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load())
+      r->post([database = pool.database_](Reactor& other) { other.retry_database(database); });
+  }
+  retry_database(pool.database_);
+}
+
+}  // namespace pgring

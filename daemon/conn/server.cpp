@@ -1,0 +1,452 @@
+#include "daemon/conn/server.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "daemon/conn/client.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/net/tls.hpp"
+#include "proto/builders.hpp"
+#include "proto/bytes.hpp"
+#include "proto/md5.hpp"
+#include "proto/messages.hpp"
+
+namespace pgring {
+
+std::string_view to_string(ServerState state) {
+  switch (state) {
+    case ServerState::connecting: return "connecting";
+    case ServerState::login: return "login";
+    case ServerState::idle: return "idle";
+    case ServerState::active: return "active";
+    case ServerState::resetting: return "resetting";
+    case ServerState::canceling: return "canceling";
+    case ServerState::lookup: return "lookup";
+    case ServerState::closing: return "closing";
+  }
+  return "?";
+}
+
+Server::Server(Reactor& reactor, Pool& pool, std::uint64_t id)
+    : reactor_(reactor),
+      pool_(pool),
+      id_(id),
+      stream_(reactor.buffers(), Operation::Kind::server_recv, Operation::Kind::server_send, this),
+      connect_op_{Operation::Kind::server_connect, this} {}
+
+void Server::set_param(std::string_view name, std::string_view value) {
+  // A reported parameter is tracked here from now on, never as a replayed setting.
+  for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+    if (it->first.size() == name.size() &&
+        std::equal(name.begin(), name.end(), it->first.begin(), [](char a, char b) {
+          return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+        })) {
+      settings_.erase(it);
+      break;
+    }
+  }
+  for (auto& [k, v] : params_) {
+    if (k == name) {
+      v.assign(value);
+      return;
+    }
+  }
+  params_.emplace_back(std::string(name), std::string(value));
+}
+
+void Server::on_input() {
+  if (state_ == ServerState::active) {
+    forward_to_client();
+    return;
+  }
+  if (tls_step_ != TlsStep::none && !negotiate_tls()) return;
+  // Login, reset and idle: every message is read whole and handled here.
+  while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle ||
+         state_ == ServerState::canceling || state_ == ServerState::lookup) {
+    if (stream_.input_size() < 5) return;
+    char header[5];
+    stream_.peek(header, 5);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxInspected);
+    if (frame.status == proto::FrameStatus::invalid_length || frame.status == proto::FrameStatus::too_large) {
+      reactor_.close(*this, Reason::server_protocol_error, "invalid message from server");
+      return;
+    }
+    if (stream_.input_size() < frame.size) return;
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    ServerState before = state_;
+    if (before == ServerState::login) handle_login_message(frame.type, body);
+    else if (before == ServerState::resetting) handle_reset_message(frame.type, body);
+    else if (before == ServerState::lookup) handle_lookup_message(frame.type, body);
+    else handle_idle_message(frame.type, body);
+    if (state_ == ServerState::closing) return;
+    stream_.consume(frame.size);
+    if (state_ == ServerState::active && stream_.input_size() > 0) {
+      forward_to_client();
+      return;
+    }
+  }
+}
+
+void Server::on_error_response() {
+  transaction_failed_ = true;
+  if (expected_head_ < expected_.size()) {
+    Expected& head = expected_[expected_head_];
+    char kind = head.kind;
+    if (kind == 'P' || kind == 'B' || kind == 'D' || kind == 'C' || kind == 'E') {
+      // An extended-protocol request failed: the server now skips everything up to the next
+      // Sync, so those requests (and fake replies queued among them) will never be answered.
+      // Statements those skipped Parses would have prepared do not exist.
+      std::size_t i = expected_head_;
+      while (i < expected_.size() && expected_[i].kind != 'S') {
+        if (expected_[i].kind == 'P' && expected_[i].statement != nullptr) prepared_.remove(expected_[i].statement->id);
+        ++i;
+      }
+      expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_),
+                      expected_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+  if (copy_in_) {
+    // An error ends COPY FROM STDIN; Syncs sent during it were ignored.
+    copy_in_ = false;
+    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
+      if (expected_[i].kind == 'c') {
+        drop_expected(i);
+        break;
+      }
+      if (expected_[i].kind == 'S') drop_expected(i--);
+    }
+  }
+}
+
+void Server::on_command_complete(std::string_view tag) {
+  // The request this completes: an Execute (popped now), or the Query still running.
+  std::unique_ptr<proto::sql::SetStatement> set;
+  if (expected_head_ < expected_.size()) {
+    Expected& head = expected_[expected_head_];
+    if (head.kind == 'E') {
+      set = std::move(head.set);
+      ++expected_head_;
+      executed_in_batch_ = true;
+    } else if (head.kind == 'Q' && head.set) {
+      set = std::make_unique<proto::sql::SetStatement>(*head.set);
+    }
+  }
+  if (copy_in_) {
+    // COPY FROM STDIN is over. The server ignored every Sync sent during the copy: forget them,
+    // and the CopyDone/CopyFail that ended it.
+    copy_in_ = false;
+    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
+      if (expected_[i].kind == 'c') {
+        drop_expected(i);
+        break;
+      }
+      if (expected_[i].kind == 'S') drop_expected(i--);
+    }
+  }
+  if ((tag == "SET" || tag == "RESET") && set) {
+    // A reported parameter is tracked through ParameterStatus; other settings are replayed.
+    bool reported = false;
+    for (const auto& [name, value] : params_) {
+      (void)value;
+      reported |= name.size() == set->name.size() &&
+                  std::equal(name.begin(), name.end(), set->name.begin(),
+                             [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+    }
+    // A RESET matters even for a reported parameter: it returns to the startup value.
+    if (!reported || set->kind != proto::sql::SetStatement::Kind::set) pending_settings_.push_back(*set);
+  } else if (tag == "DISCARD ALL") {
+    pending_settings_.push_back(proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
+    // Every prepared statement of the session is gone: the client's and pgring's.
+    prepared_.clear();
+    if (client_ != nullptr) client_->statements_.clear();
+  } else if (tag == "DEALLOCATE ALL") {
+    prepared_.clear();
+  } else if (tag == "PREPARE") {
+    if (client_ != nullptr) client_->note_session_state(proto::sql::kSqlPrepare);
+  } else if (tag == "LISTEN") {
+    if (client_ != nullptr) client_->note_session_state(proto::sql::kListen);
+  } else if (tag == "ROLLBACK") {
+    transaction_failed_ = true;
+  }
+}
+
+bool Server::reset_pending(std::string_view name) const {
+  for (const auto& set : pending_settings_) {
+    if (set.kind == proto::sql::SetStatement::Kind::reset_all) return true;
+    if (set.kind == proto::sql::SetStatement::Kind::reset && set.name.size() == name.size() &&
+        std::equal(name.begin(), name.end(), set.name.begin(),
+                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+      return true;
+  }
+  return false;
+}
+
+void Server::on_ready_for_query(char status) {
+  executed_in_batch_ = false;
+  if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
+  pool_.stats_.query.observe(reactor_.now() - busy_since_);
+  if (status == 'I') {
+    ++pool_.stats_.transactions;
+    pool_.stats_.transaction.observe(reactor_.now() - transaction_start_);
+  }
+  transaction_status_ = status;
+  last_ready_ = reactor_.now();
+  pop_expected_until_ready();
+  // Pipelined requests still queued: the next one is running from now on.
+  if (expected_head_ < expected_.size()) {
+    busy_since_ = reactor_.now();
+    query_timeout_canceled_ = false;
+  }
+  if (status == 'I') {
+    // The transaction ended: its replayable SETs take effect unless it rolled back.
+    if (!transaction_failed_ && client_ != nullptr) {
+      // Both sides change the same way, except RESET ALL: the server returns to its defaults,
+      // the client to its startup values (the next restore re-applies those).
+      for (const proto::sql::SetStatement& set : pending_settings_) {
+        client_->apply_setting(set);
+        // A RESET returns the client to its startup values but the server to its defaults:
+        // the two sessions differ until the next restore.
+        if (set.kind != proto::sql::SetStatement::Kind::set) session_diverged_ = true;
+        switch (set.kind) {
+          case proto::sql::SetStatement::Kind::set: {
+            bool found = false;
+            for (auto& [k, v] : settings_)
+              if (k == set.name) {
+                v = set.value;
+                found = true;
+              }
+            if (!found) settings_.emplace_back(set.name, set.value);
+            break;
+          }
+          case proto::sql::SetStatement::Kind::reset:
+            std::erase_if(settings_, [&](const auto& kv) { return kv.first == set.name; });
+            break;
+          case proto::sql::SetStatement::Kind::reset_all: settings_.clear(); break;
+        }
+      }
+    }
+    pending_settings_.clear();
+    transaction_failed_ = false;
+  }
+}
+
+// ---- active: server -> client ----------------------------------------------------------------
+
+void Server::forward_to_client() {
+  if (draining_) {
+    drain();
+    return;
+  }
+  for (;;) {
+    if (client_ == nullptr || state_ != ServerState::active) return;
+    Client& client = *client_;
+    if (forward_remaining_ > 0) {
+      std::size_t n = std::min(forward_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.forward(n, client.stream_);
+      forward_remaining_ -= n;
+      continue;
+    }
+    if (swallow_remaining_ > 0) {
+      std::size_t n = std::min(swallow_remaining_, stream_.input_size());
+      if (n == 0) break;
+      stream_.consume(n);
+      swallow_remaining_ -= n;
+      continue;
+    }
+    if (stream_.input_size() < 5) break;
+    char header[5];
+    stream_.peek(header, 5);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxServerMessage);
+    if (frame.status == proto::FrameStatus::invalid_length) {
+      reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
+      return;
+    }
+    if (restore_replies_pending_ > 0) {
+      // Replies to the settings pgring restored: read whole and swallowed.
+      if (frame.size > kMaxInspected) {
+        reactor_.close(*this, Reason::server_protocol_error, "oversized reply while restoring settings");
+        return;
+      }
+      if (stream_.input_size() < frame.size) break;
+      handle_restore_message(frame.type, stream_.contiguous(frame.size).substr(5));
+      if (state_ == ServerState::closing) return;
+      stream_.consume(frame.size);
+      continue;
+    }
+    // The few messages pgring tracks are read whole; everything else streams through.
+    char type = frame.type;
+    bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
+                   type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
+    bool swallow = false;
+    bool incomplete = false;  // must wait for the rest of this message
+    bool consumed = false;    // already taken out of the input
+    if (inspect && frame.size <= kMaxInspected) {
+      if (stream_.input_size() < frame.size) break;
+      std::string_view body = stream_.contiguous(frame.size).substr(5);
+      if (type == proto::backend::kReadyForQuery) {
+        auto status = proto::parse_ready_for_query(body);
+        if (!status) {
+          reactor_.close(*this, Reason::server_protocol_error, "malformed ReadyForQuery");
+          return;
+        }
+        if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' && client.pinned_state_ == 0) {
+          refuse_transaction_block(frame.size);
+          continue;
+        }
+        // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
+        swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'S' &&
+                  expected_[expected_head_].skip;
+        on_ready_for_query(*status);
+      } else if (type == proto::backend::kErrorResponse) {
+        auto fields = proto::parse_error_fields(body);
+        if (expected_head_ < expected_.size() && expected_[expected_head_].kind == 'E' &&
+            !expected_[expected_head_].fake.empty()) {
+          // An error pgring provoked on purpose: the client gets the one it stands for.
+          client.stream_.emit_bytes(expected_[expected_head_].fake);
+          on_error_response();
+          swallow = true;
+        } else if (fields && retry_after_error(*fields)) {
+          swallow = true;
+        } else {
+          if (fields && fields->sqlstate == "0A000" &&
+              fields->message.find("cached plan must not change result type") != std::string_view::npos &&
+              expected_head_ < expected_.size() && expected_[expected_head_].statement != nullptr) {
+            // Not retried (inside a transaction, or a driver with its own row description):
+            // the client gets the error, and its next Parse of this text prepares afresh.
+            reactor_.statements().retire(*expected_[expected_head_].statement);
+          }
+          // (An error of an earlier pipelined batch may arrive while a check is pending: only
+          // the check's own Parse or Describe failing ends the check.)
+          bool check_failed = client.shape_check_pending_ && expected_head_ < expected_.size() &&
+                              expected_[expected_head_].shape_check;
+          on_error_response();
+          if (check_failed) {
+            // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the
+            // error stands for the held request, as PostgreSQL would give it, and the server
+            // skips to the client's Sync.
+            client.on_shape_check_failed();
+            if (client_ == nullptr || client.state_ == ClientState::closing) return;
+          }
+          std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
+          ++pool_.stats_.errors_by_class[klass];
+        }
+      } else if (type == proto::backend::kParameterStatus) {
+        if (auto p = proto::parse_parameter_status(body)) {
+          set_param(p->name, p->value);
+          const std::string* startup = reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
+          if (startup != nullptr && *startup != p->value) {
+            // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
+            // server to its own defaults. The client is told its startup value, which the next
+            // restore applies again.
+            std::string value = *startup;
+            std::string name(p->name);
+            client.on_server_parameter(name, value);
+            (void)client.stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, value); });
+            swallow = true;
+          } else {
+            client.on_server_parameter(p->name, p->value);
+          }
+        }
+      } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
+        on_command_complete(*tag);
+        if (client_ == nullptr || client.state_ == ClientState::closing) return;
+      }
+    } else {
+      switch (type) {
+        case proto::backend::kParseComplete: swallow = pop_reply('P'); break;
+        case proto::backend::kBindComplete: swallow = pop_reply('B'); break;
+        case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
+        case proto::backend::kParameterDescription:
+          swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'D' &&
+                    expected_[expected_head_].skip;
+          break;
+        case proto::backend::kNoData:
+        case proto::backend::kRowDescription: {  // Describe's; a Query's pops nothing
+          if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != 'D') break;
+          const PreparedStatement* statement = expected_[expected_head_].statement;
+          bool check = expected_[expected_head_].shape_check;
+          Shape shape = 0;
+          if (statement != nullptr) {
+            if (type == proto::backend::kNoData) {
+              shape = shape_of("n");
+            } else if (frame.size <= kMaxInspected) {  // a huge RowDescription is not compared
+              if (stream_.input_size() < frame.size) {
+                incomplete = true;
+                break;
+              }
+              shape = shape_of(stream_.contiguous(frame.size).substr(5));
+            }
+            if (shape != 0) prepared_.set_shape(statement->id, shape);
+          }
+          swallow = pop_reply('D');
+          if (statement != nullptr && !check) client.on_described(*statement, shape);
+          if (check && statement != nullptr) {
+            std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
+            stream_.consume(have);
+            swallow_remaining_ = frame.size - have;  // only a huge RowDescription arrives in parts
+            client.on_shape_checked(*statement, shape);
+            consumed = true;
+          }
+          break;
+        }
+        case proto::backend::kErrorResponse:  // too large to read whole: not retried
+          on_error_response();
+          ++pool_.stats_.errors_by_class["??"];
+          break;
+        case proto::backend::kEmptyQueryResponse:
+        case proto::backend::kPortalSuspended: on_command_complete({}); break;
+        case proto::backend::kCopyInResponse: copy_in_ = true; break;
+        default: break;
+      }
+    }
+    if (incomplete) break;  // a RowDescription to compare has not fully arrived
+    if (consumed) {
+      // The shape check's RowDescription, already consumed; the client resumed (or failed).
+      if (client_ == nullptr || state_ != ServerState::active) return;
+      continue;
+    }
+    std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
+    if (swallow) {
+      stream_.consume(n);
+    } else {
+      stream_.forward(n, client.stream_);
+    }
+    forward_remaining_ = swallow ? 0 : frame.size - n;
+    if (swallow && n < frame.size) swallow_remaining_ = frame.size - n;
+    flush_fakes();
+    if (type == proto::backend::kReadyForQuery && n == frame.size) {
+      reactor_.want_send(client.stream_);
+      maybe_release();
+      if (client_ == nullptr) return;  // released: anything further is not this client's
+    }
+  }
+  if (client_ != nullptr) {
+    reactor_.want_send(client_->stream_);
+    reactor_.apply_backpressure(stream_, client_->stream_);
+  }
+}
+
+void Server::refuse_transaction_block(std::size_t ready_size) {
+  // Statement mode: the statement opened a transaction block. The client gets an error instead
+  // of this ReadyForQuery; pgring rolls the block back on its own.
+  Client& client = *client_;
+  stream_.consume(ready_size);
+  pop_expected_until_ready();
+  (void)client.stream_.emit([](std::string& out) {
+    return proto::build::error_response(out, "ERROR", "0A000",
+                                        "pgring: transaction blocks are not allowed in statement pooling mode");
+  });
+  (void)client.stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  reactor_.want_send(client.stream_);
+  (void)stream_.emit([](std::string& out) { return proto::build::query(out, "ROLLBACK"); });
+  ++restore_replies_pending_;
+  reactor_.want_send(stream_);
+  transaction_status_ = 'I';
+}
+
+}  // namespace pgring

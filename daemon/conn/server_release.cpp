@@ -1,0 +1,270 @@
+// (split from conn/server.cpp)
+#include "daemon/conn/server.hpp"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "daemon/conn/client.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/net/tls.hpp"
+#include "proto/builders.hpp"
+#include "proto/bytes.hpp"
+#include "proto/md5.hpp"
+#include "proto/messages.hpp"
+
+namespace pgring {
+
+// ---- release and reset -----------------------------------------------------------------------
+
+void Server::release(bool session_reset) {
+  // The client is gone. Only a connection whose every request was answered can be reused.
+  // The rest of a reply that was on its way to the client is swallowed.
+  swallow_remaining_ += forward_remaining_;
+  forward_remaining_ = 0;
+  if (requests_in_flight() > 0 || unsynced_ || copy_in_ || restore_replies_pending_ > 0 || stream_.input_size() > 0 ||
+      swallow_remaining_ > 0) {
+    start_draining(session_reset);
+    return;
+  }
+  pending_settings_.clear();
+  transaction_failed_ = false;
+  // The departed client's last changes are not known to be mirrored anywhere: compute the
+  // next restore in full.
+  session_fingerprint_ = kUnknownSession;
+  reset_replies_pending_ = 0;
+  reset_failed_ = false;
+  if (transaction_status_ != 'I') {
+    (void)stream_.emit([](std::string& out) { return proto::build::query(out, "ROLLBACK"); });
+    ++reset_replies_pending_;
+  }
+  const std::string& reset = pool_.settings_.server_reset_query;
+  if (session_reset) {
+    if (reset.empty()) {
+      // Session state and no reset query to clear it: the connection cannot be shared.
+      if (reset_replies_pending_ == 0 && pool_.settings_.pool_mode != config::PoolMode::session) {
+        reactor_.close(*this, Reason::server_dirty, "session state and no server_reset_query");
+        return;
+      }
+    } else {
+      // Sent as its own Query: DISCARD ALL cannot run inside a multi-statement string.
+      if (!stream_.emit([&](std::string& out) { return proto::build::query(out, reset); })) {
+        reactor_.close(*this, Reason::server_reset_failed, "cannot encode server_reset_query");
+        return;
+      }
+      ++reset_replies_pending_;
+      settings_.clear();  // DISCARD ALL / RESET ALL: back to the defaults
+      prepared_.clear();
+    }
+  }
+  if (reset_replies_pending_ == 0) {
+    pool_.server_ready(*this);
+    return;
+  }
+  reactor_.want_send(stream_);
+  pool_.set_state(*this, ServerState::resetting);
+}
+
+void Server::start_draining(bool session_reset) {
+  // The client left with work in flight. Rather than dropping the connection (and leaving a
+  // long query running on the server), cancel what runs, finish the protocol ourselves and
+  // swallow the replies; the connection then goes back to the pool clean. Bounded by
+  // timeouts.cancel_wait: a server that does not come back in time is closed.
+  draining_ = true;
+  drain_session_reset_ = session_reset;
+  drain_since_ = reactor_.now();
+  // Reading may have been paused for the departed client's sake (flow control): drain needs it.
+  if (stream_.reading_paused_) {
+    stream_.reading_paused_ = false;
+    reactor_.arm_recv_for(*this);
+  }
+  if (copy_in_) end_copy_in();
+  if (unsynced_) {
+    (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
+    expect('S');
+    unsynced_ = false;
+  }
+  reactor_.want_send(stream_);
+  if (requests_in_flight() > 0 && restore_replies_pending_ == 0) reactor_.start_cancel(*this);
+  log::debug("S-{} draining after its client left", id_);
+  drain();
+}
+
+void Server::end_copy_in() {
+  // COPY FROM STDIN without a client: fail it (the server answers with an error), and Sync in
+  // case it ran through the extended protocol (a spare Sync only adds a ReadyForQuery).
+  (void)stream_.emit([](std::string& out) { return proto::build::copy_fail(out, "pgring: client disconnected"); });
+  expect('c');
+  (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
+  expect('S');
+  unsynced_ = false;
+}
+
+void Server::drain() {
+  while (state_ == ServerState::active && draining_) {
+    if (swallow_remaining_ > 0 || forward_remaining_ > 0) {
+      std::size_t left = swallow_remaining_ + forward_remaining_;
+      std::size_t n = std::min(left, stream_.input_size());
+      if (n == 0) return;
+      stream_.consume(n);
+      swallow_remaining_ = left - n;
+      forward_remaining_ = 0;
+      continue;
+    }
+    if (stream_.input_size() < 5) return;
+    char header[5];
+    stream_.peek(header, 5);
+    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxServerMessage);
+    if (frame.status == proto::FrameStatus::invalid_length) {
+      reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
+      return;
+    }
+    char type = frame.type;
+    if (frame.size > kMaxInspected) {  // rows and data: nobody to give them to
+      std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
+      stream_.consume(n);
+      swallow_remaining_ = frame.size - n;
+      continue;
+    }
+    if (stream_.input_size() < frame.size) return;
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    if (restore_replies_pending_ > 0) {
+      handle_restore_message(type, body);
+      if (state_ != ServerState::active) return;
+    } else {
+      switch (type) {
+        case proto::backend::kReadyForQuery:
+          if (auto status = proto::parse_ready_for_query(body)) on_ready_for_query(*status);
+          break;
+        case proto::backend::kErrorResponse: on_error_response(); break;
+        case proto::backend::kCommandComplete:
+          if (auto tag = proto::parse_query(body)) on_command_complete(*tag);
+          break;
+        case proto::backend::kEmptyQueryResponse:
+        case proto::backend::kPortalSuspended: on_command_complete({}); break;
+        case proto::backend::kParseComplete: (void)pop_reply('P'); break;
+        case proto::backend::kBindComplete: (void)pop_reply('B'); break;
+        case proto::backend::kCloseComplete: (void)pop_reply('C'); break;
+        case proto::backend::kNoData:
+        case proto::backend::kRowDescription: (void)pop_reply('D'); break;
+        case proto::backend::kParameterStatus:
+          if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+          break;
+        case proto::backend::kCopyInResponse:
+          copy_in_ = true;
+          end_copy_in();
+          reactor_.want_send(stream_);
+          break;
+        default: break;
+      }
+    }
+    stream_.consume(frame.size);
+    // Fake replies for a client that is gone: just drop them.
+    while (expected_head_ < expected_.size() && std::string_view("pxed").find(expected_[expected_head_].kind) != std::string_view::npos)
+      ++expected_head_;
+    if (requests_in_flight() == 0 && !copy_in_ && !unsynced_ && restore_replies_pending_ == 0) {
+      draining_ = false;
+      log::debug("S-{} drained", id_);
+      release(drain_session_reset_);
+      return;
+    }
+  }
+}
+
+void Server::maybe_release() {
+  // Transaction and statement mode: the link ends when the server is idle again and the client
+  // has nothing half-sent. A pinned client keeps its server.
+  if (client_ == nullptr || pool_.settings_.pool_mode == config::PoolMode::session) return;
+  Client& client = *client_;
+  if (client.pinned_state_ != 0 || restore_replies_pending_ > 0 || !idle_in_protocol()) return;
+  if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
+  pool_.release_link(*this);
+}
+
+
+void Server::handle_restore_message(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) {
+        set_param(p->name, p->value);
+        if (client_ != nullptr) client_->on_server_parameter(p->name, p->value);
+      }
+      return;
+    case proto::backend::kErrorResponse: {
+      auto e = proto::parse_error_fields(body);
+      restore_failed_ = true;
+      restore_error_ = e ? fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate) : "error";
+      return;
+    }
+    case proto::backend::kReadyForQuery:
+      transaction_status_ = body.empty() ? '?' : body[0];
+      if (--restore_replies_pending_ > 0) return;
+      if (restore_failed_ || transaction_status_ != 'I') {
+        // The server's session is not what anyone expects: neither side may continue with it.
+        std::string message = "could not apply session settings: " + restore_error_;
+        if (client_ != nullptr) {
+          Client* client = client_;
+          client_ = nullptr;
+          client->server_ = nullptr;
+          reactor_.close(*client, Reason::server_reset_failed, message);
+        }
+        reactor_.close(*this, Reason::server_reset_failed, message);
+        return;
+      }
+      if (client_ != nullptr) client_->on_restored();
+      return;
+    default:
+      return;  // CommandComplete of our SETs, notices: swallowed
+  }
+}
+
+void Server::handle_reset_message(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+      return;
+    case proto::backend::kErrorResponse: {
+      auto e = proto::parse_error_fields(body);
+      reset_failed_ = true;
+      if (e && e->is_fatal()) reactor_.close(*this, Reason::server_reset_failed, e->message);
+      return;
+    }
+    case proto::backend::kReadyForQuery: {
+      transaction_status_ = body.empty() ? '?' : body[0];
+      if (--reset_replies_pending_ > 0) return;
+      if (reset_failed_ || transaction_status_ != 'I') {
+        reactor_.close(*this, Reason::server_reset_failed, "server_reset_query failed");
+        return;
+      }
+      pool_.server_ready(*this);
+      return;
+    }
+    default:
+      return;  // CommandComplete, notices: the reset's own replies, swallowed
+  }
+}
+
+void Server::handle_idle_message(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+      return;
+    case proto::backend::kNoticeResponse:
+    case proto::backend::kNotificationResponse:
+      return;  // nobody to tell while idle
+    case proto::backend::kErrorResponse: {
+      // Typically FATAL 57P01 "terminating connection due to administrator command".
+      auto e = proto::parse_error_fields(body);
+      reactor_.close(*this, Reason::server_eof, e ? std::string(e->message) : std::string("error while idle"));
+      return;
+    }
+    default:
+      reactor_.close(*this, Reason::server_protocol_error, fmt::format("unexpected message '{}' while idle", type));
+      return;
+  }
+}
+
+}  // namespace pgring

@@ -1,0 +1,256 @@
+// (split from conn/client.cpp)
+#include "daemon/conn/client.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+
+#include "daemon/core/log.hpp"
+#include "daemon/pool/pool.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/net/tls.hpp"
+#include "proto/builders.hpp"
+#include "proto/md5.hpp"
+#include "proto/messages.hpp"
+#include "proto/bytes.hpp"
+#include "proto/sql.hpp"
+
+namespace pgring {
+
+namespace {
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : c; }
+
+bool iequal(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  return true;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = ascii_lower(c);
+  return out;
+}
+
+// Order-independent fingerprint of a session: equal sessions, equal fingerprints.
+std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>& params,
+                          const std::vector<std::pair<std::string, std::string>>& settings) {
+  std::uint64_t h = 0;
+  auto mix = [](std::string_view name, std::string_view value, std::uint64_t salt) {
+    std::uint64_t x = 1469598103934665603ull ^ salt;  // FNV-1a over lower(name) '=' value
+    for (char c : name) x = (x ^ static_cast<unsigned char>(ascii_lower(c))) * 1099511628211ull;
+    x = (x ^ '=') * 1099511628211ull;
+    for (char c : value) x = (x ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    return x;
+  };
+  for (const auto& [n, v] : params) h ^= mix(n, v, 0x5151);
+  for (const auto& [n, v] : settings) h ^= mix(n, v, 0xa3a3);
+  return h;
+}
+
+using NameValues = std::vector<std::pair<std::string, std::string>>;
+
+const std::string* find_value(const NameValues& list, std::string_view name) {
+  for (const auto& [k, v] : list)
+    if (iequal(k, name)) return &v;
+  return nullptr;
+}
+
+void put_value(NameValues& list, std::string_view name, std::string_view value) {
+  for (auto& [k, v] : list) {
+    if (iequal(k, name)) {
+      v.assign(value);
+      return;
+    }
+  }
+  list.emplace_back(std::string(name), std::string(value));
+}
+
+// Reported parameters that describe the server or the login itself: never SET by pgring.
+bool restorable(std::string_view name) {
+  for (std::string_view fixed : {"server_version", "server_encoding", "integer_datetimes", "is_superuser",
+                                 "session_authorization", "in_hot_standby", "scram_iterations"})
+    if (iequal(name, fixed)) return false;
+  return true;
+}
+
+// The startup `options` parameter: backend command-line switches, space separated, with
+// backslash escapes. pgring honours "-c name=value" and "--name=value".
+std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
+  std::vector<std::string> words;
+  std::string word;
+  bool have = false;
+  for (std::size_t i = 0; i < options.size(); ++i) {
+    char c = options[i];
+    if (c == '\\' && i + 1 < options.size()) {
+      word.push_back(options[++i]);
+      have = true;
+    } else if (c == ' ' || c == '\t') {
+      if (have) words.push_back(std::move(word));
+      word.clear();
+      have = false;
+    } else {
+      word.push_back(c);
+      have = true;
+    }
+  }
+  if (have) words.push_back(std::move(word));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string_view setting;
+    if (words[i] == "-c" && i + 1 < words.size()) setting = words[++i];
+    else if (words[i].starts_with("-c")) setting = std::string_view(words[i]).substr(2);
+    else if (words[i].starts_with("--")) setting = std::string_view(words[i]).substr(2);
+    else continue;
+    auto eq = setting.find('=');
+    if (eq == std::string_view::npos || eq == 0) continue;
+    std::string name = lower(setting.substr(0, eq));
+    for (char& c : name)
+      if (c == '-') c = '_';
+    out.emplace_back(std::move(name), std::string(setting.substr(eq + 1)));
+  }
+  return out;
+}
+}  // namespace
+
+void Client::take_startup_settings() {
+  // Every other startup parameter is a setting for the session (as PostgreSQL treats them):
+  // applied with SET on the first server, then tracked like any SET of the client.
+  auto add = [&](std::string_view name, std::string_view value) {
+    put_value(settings_, lower(name), proto::sql::quote_literal(value));
+    put_value(params_, name, value);  // for the welcome; the server's report replaces it
+    put_value(startup_values_, name, value);
+  };
+  // RESET ALL and DISCARD ALL return to these, as PostgreSQL returns to the startup values.
+  for (const auto& [name, value] : startup_message_.params) {
+    if (name == "options") {
+      for (const auto& [n, v] : parse_options(value)) add(n, v);
+    } else if (name != "replication" && !name.starts_with("_pq_.")) {
+      add(name, value);
+    }
+  }
+  startup_settings_ = settings_;
+}
+
+void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>& base) {
+  welcomed_ = true;
+  bool ok = true;
+  // The server's values, overlaid with what this client asked for.
+  for (const auto& [name, value] : base) {
+    const std::string* mine = find_value(params_, name);
+    const std::string& v = mine != nullptr ? *mine : value;
+    ok &= stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, v); });
+  }
+  ok &= stream_.emit([&](std::string& out) {
+    return proto::build::backend_key_data(out, cancel_pid_, std::string_view(cancel_secret_.data(), 4));
+  });
+  ok &= stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  reactor_.want_send(stream_);
+  if (!ok) reactor_.close(*this, Reason::protocol_violation, "cannot encode the session parameters");
+}
+
+// ---- linked ----------------------------------------------------------------------------------
+
+std::string Client::restore_sql(const Server& server) const {
+  // Make the server's session this client's: settings the server has that this client does not
+  // are RESET, the client's own are SET, then reported parameters are brought to the client's
+  // values (or the pool's defaults where the client set nothing).
+  std::string sql;
+  for (const auto& [name, value] : server.settings_) {
+    (void)value;
+    if (find_value(settings_, name) == nullptr) sql += "RESET " + proto::sql::quote_identifier(name) + ";";
+  }
+  for (const auto& [name, value] : settings_) {
+    const std::string* have = find_value(server.settings_, name);
+    if (have == nullptr || *have != value) sql += "SET " + proto::sql::quote_identifier(name) + " TO " + value + ";";
+  }
+  auto check_param = [&](const std::string& name, const std::string& want) {
+    if (!restorable(name)) return;
+    const std::string* have = find_value(server.params_, name);
+    if (have != nullptr && *have == want) return;
+    // A setting restored above already covers this name.
+    if (find_value(settings_, lower(name)) != nullptr) return;
+    sql += "SET " + proto::sql::quote_identifier(lower(name)) + " TO " + proto::sql::quote_literal(want) + ";";
+  };
+  for (const auto& [name, value] : pool_->defaults_) {
+    const std::string* mine = find_value(params_, name);
+    check_param(name, mine != nullptr ? *mine : value);
+  }
+  for (const auto& [name, value] : params_)
+    if (find_value(pool_->defaults_, name) == nullptr) check_param(name, value);
+  return sql;
+}
+
+void Client::on_linked(Server& server) {
+  log::debug("C-{} linked to S-{}", id_, server.id_);
+  // The common case costs one comparison: this server's session already is this client's
+  // (same client again, or clients that set the same things).
+  std::string sql = server.session_fingerprint_ == session_fingerprint() ? std::string() : restore_sql(server);
+  if (!sql.empty()) {
+    if (!server.stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode the session settings");
+      return;
+    }
+    log::debug("C-{} restoring its session on S-{}: {}", id_, server.id_, sql);
+    ++server.restore_replies_pending_;
+    server.settings_ = settings_;
+    reactor_.want_send(server.stream_);
+  } else {
+    on_restored();
+  }
+  stream_.reading_paused_ = false;
+  if (stream_.input_size() > 0) forward_to_server();
+  if (state_ == ClientState::active) reactor_.arm_recv_for(*this);
+}
+
+std::uint64_t Client::session_fingerprint() const { return fingerprint(params_, settings_); }
+
+void Client::on_restored() {
+  if (server_ != nullptr) server_->session_fingerprint_ = session_fingerprint();
+  // The first server of a client that had no welcome yet (session mode, or a pool that had
+  // never logged in) gives it: its parameters are exactly this client's session now.
+  if (!welcomed_) send_welcome(server_->params_);
+  if (state_ == ClientState::active) server_->maybe_release();
+}
+
+
+const std::string* Client::startup_value(std::string_view name) const { return find_value(startup_values_, name); }
+
+void Client::on_server_parameter(std::string_view name, std::string_view value) {
+  put_value(params_, name, value);
+  // The server reports it from now on: a SET of the same name from startup is superseded.
+  for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+    if (iequal(it->first, name)) {
+      settings_.erase(it);
+      break;
+    }
+  }
+}
+
+void Client::apply_setting(const proto::sql::SetStatement& set) {
+  switch (set.kind) {
+    case proto::sql::SetStatement::Kind::set: put_value(settings_, set.name, set.value); break;
+    case proto::sql::SetStatement::Kind::reset:
+      for (auto it = settings_.begin(); it != settings_.end(); ++it) {
+        if (iequal(it->first, set.name)) {
+          settings_.erase(it);
+          break;
+        }
+      }
+      // RESET returns to the startup value, as PostgreSQL does; the next restore applies it.
+      if (const std::string* startup = find_value(startup_settings_, set.name)) put_value(settings_, set.name, *startup);
+      break;
+    case proto::sql::SetStatement::Kind::reset_all:
+      // The server went back to its own defaults; this client's session goes back to its
+      // startup values, which the next restore applies again.
+      settings_ = startup_settings_;
+      break;
+  }
+}
+
+}  // namespace pgring

@@ -1,0 +1,394 @@
+#include "daemon/core/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <malloc.h>
+#include <openssl/sha.h>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+namespace {
+constexpr unsigned kRingEntries = 4096;
+constexpr unsigned kCqEntries = 16384;
+constexpr std::uint32_t kBufferSize = 16384;
+constexpr std::uint32_t kBufferCount = 1024;
+constexpr std::uint16_t kBufferGroup = 0;
+// The sweep (timeouts, budgets, the watchdog) runs this often.
+constexpr auto kSweepInterval = std::chrono::milliseconds(100);
+}  // namespace
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config,
+                 std::shared_ptr<const TlsContexts> tls, std::string config_path)
+    : shared_(shared), index_(index), config_(std::move(config)), tls_(std::move(tls)), config_path_(std::move(config_path)) {
+  io_uring_params params{};
+  params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
+                 IORING_SETUP_CQSIZE;
+  params.cq_entries = kCqEntries;
+  int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+  if (rc == -EINVAL) {
+    // Older kernels (before 6.1) lack DEFER_TASKRUN / SINGLE_ISSUER: run without them.
+    params = {};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = kCqEntries;
+    rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+  }
+  if (rc < 0) {
+    throw std::runtime_error("io_uring setup failed: " + errno_text(-rc) +
+                             (rc == -EPERM || rc == -ENOSYS
+                                  ? " (is io_uring disabled? check sysctl kernel.io_uring_disabled, or the "
+                                    "container's seccomp profile)"
+                                  : ""));
+  }
+  io_uring_register_ring_fd(&ring_);
+  buffers_ = std::make_unique<BufferRing>(ring_, kBufferGroup, kBufferSize, kBufferCount);
+  now_ = Clock::now();
+  next_sweep_ = now_ + kSweepInterval;
+  std::uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0)
+    watchdog_interval_ = std::chrono::microseconds(watchdog_usec / 2);
+
+  mailbox_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (mailbox_fd_ < 0) throw std::runtime_error("eventfd: " + errno_text(errno));
+  arm_mailbox();
+  if (index_ != 0) return;
+  // Signals go to reactor 0, which tells the others.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGHUP);
+  signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (signal_fd_ < 0) throw std::runtime_error("signalfd: " + errno_text(errno));
+  arm_signal();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Between reactors: a mailbox of tasks, rung with an eventfd read by the ring.
+
+void Reactor::post(std::function<void(Reactor&)> task) {
+  {
+    std::lock_guard lock(mailbox_mutex_);
+    mailbox_.push_back(std::move(task));
+  }
+  std::uint64_t one = 1;
+  (void)!::write(mailbox_fd_, &one, sizeof one);
+}
+
+void Reactor::arm_mailbox() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, mailbox_fd_, &mailbox_count_, sizeof mailbox_count_, 0);
+  io_uring_sqe_set_data(sqe, &mailbox_op_);
+}
+
+void Reactor::run_mailbox() {
+  // (A task may post again, or gather: gathering runs the later tasks itself.)
+  std::vector<std::function<void(Reactor&)>> tasks;
+  {
+    std::lock_guard lock(mailbox_mutex_);
+    tasks.swap(mailbox_);
+  }
+  for (auto& task : tasks) task(*this);
+}
+
+void Reactor::broadcast(const std::function<void(Reactor&)>& task) {
+  for (int i = 0; i < shared_.workers(); ++i) {
+    Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load();
+    if (r == nullptr) continue;
+    if (r == this) task(*this);
+    else r->post(task);
+  }
+}
+
+void Reactor::retry_database(const std::string& database) {
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (pool->database_ == database && !pool->waiting_clients_.empty()) pool->maintain();
+  }
+}
+
+Budget& Reactor::database_budget(const std::string& database) {
+  Budget*& b = database_budgets_[database];
+  if (b == nullptr) b = &shared_.database_budget(database);
+  return *b;
+}
+
+Reactor::~Reactor() {
+  close_listeners();
+  if (metrics_listener_.fd >= 0) ::close(metrics_listener_.fd);
+  if (mailbox_fd_ >= 0) ::close(mailbox_fd_);
+  // Exiting the ring cancels and waits for every request still in flight, so no kernel
+  // operation refers to a connection or buffer after this point.
+  io_uring_queue_exit(&ring_);
+  auto free_clients = [](List<Client>& list) {
+    while (Client* c = list.pop_front()) {
+      if (c->stream_.fd >= 0) ::close(c->stream_.fd);
+      c->stream_.fd = -1;
+      delete c;
+    }
+  };
+  auto free_servers = [](List<Server>& list) {
+    while (Server* s = list.pop_front()) {
+      if (s->stream_.fd >= 0) ::close(s->stream_.fd);
+      s->stream_.fd = -1;
+      delete s;
+    }
+  };
+  free_clients(login_clients_);
+  free_clients(admin_clients_);
+  free_clients(closing_clients_);
+  free_servers(closing_servers_);
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    free_clients(pool->idle_clients_);
+    free_clients(pool->waiting_clients_);
+    free_clients(pool->active_clients_);
+    free_servers(pool->connecting_servers_);
+    free_servers(pool->idle_servers_);
+    free_servers(pool->active_servers_);
+    free_servers(pool->resetting_servers_);
+    free_servers(pool->canceling_servers_);
+  }
+  for (Client* c : free_clients_) delete c;
+  for (Server* s : free_servers_) delete s;
+  while (Canceller* c = cancellers_.pop_front()) {
+    if (c->stream_.fd >= 0) ::close(c->stream_.fd);
+    c->stream_.fd = -1;
+    delete c;
+  }
+  for (Canceller* c : free_cancellers_) delete c;
+  while (HttpConn* h = http_conns_.pop_front()) {
+    if (h->stream_.fd >= 0) ::close(h->stream_.fd);
+    h->stream_.fd = -1;
+    delete h;
+  }
+  for (HttpConn* h : free_http_) delete h;
+  pools_.clear();
+  buffers_.reset();
+  if (signal_fd_ >= 0) ::close(signal_fd_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+int Reactor::run() {
+  while (!stopped_) run_once();
+  // Let cancelled operations complete before the listeners and buffers go away.
+  io_uring_submit(&ring_);
+  return 0;
+}
+
+void Reactor::run_once() {
+  // 1. Submit: every stream with queued output gets one sendmsg; starved receives re-armed.
+  buffers_->publish();
+  rearm_starved();
+  submit_sends();
+
+  // 2. Wait for at least one completion or the next sweep.
+  auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(next_sweep_ - Clock::now());
+  if (wait.count() < 0) wait = std::chrono::nanoseconds(0);
+  __kernel_timespec ts{};
+  ts.tv_sec = wait.count() / 1000000000;
+  ts.tv_nsec = wait.count() % 1000000000;
+  io_uring_cqe* cqe = nullptr;
+  int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+    log::error("io_uring wait failed: {}", errno_text(-rc));
+  now_ = Clock::now();
+
+  // 3. Reap the batch, advance the CQ once, then run the handlers.
+  io_uring_cqe* batch[256];
+  for (;;) {
+    unsigned n = io_uring_peek_batch_cqe(&ring_, batch, 256);
+    if (n == 0) break;
+    // Copy what we need first: handlers may submit, and the CQ slots are reused once advanced.
+    struct Done {
+      void* data;
+      int res;
+      unsigned flags;
+    } done[256];
+    for (unsigned i = 0; i < n; ++i) done[i] = {io_uring_cqe_get_data(batch[i]), batch[i]->res, batch[i]->flags};
+    io_uring_cq_advance(&ring_, n);
+    for (unsigned i = 0; i < n; ++i) {
+      io_uring_cqe c{};
+      c.user_data = reinterpret_cast<std::uint64_t>(done[i].data);
+      c.res = done[i].res;
+      c.flags = done[i].flags;
+      dispatch(&c);
+    }
+    if (n < 256) break;
+  }
+
+  // 4. Timers: one sweep of the state lists every kSweepInterval.
+  if (now_ >= next_sweep_) {
+    sweep();
+    next_sweep_ = now_ + kSweepInterval;
+  }
+
+  // 5. Free connections whose last operation completed during this turn.
+  for (Client* c : free_clients_) delete c;
+  free_clients_.clear();
+  for (Server* s : free_servers_) delete s;
+  free_servers_.clear();
+  for (Canceller* c : free_cancellers_) delete c;
+  free_cancellers_.clear();
+  for (HttpConn* h : free_http_) delete h;
+  free_http_.clear();
+}
+
+io_uring_sqe* Reactor::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // The submission queue is full: hand what we have to the kernel and take a fresh slot.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Reactor::dispatch(io_uring_cqe* cqe) {
+  auto* op = static_cast<Operation*>(io_uring_cqe_get_data(cqe));
+  if (op == nullptr) return;
+  switch (op->kind) {
+    case Operation::Kind::accept:
+      on_accept(*static_cast<Listener*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::client_recv:
+      on_client_recv(*static_cast<Client*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::client_send:
+      on_client_send(*static_cast<Client*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::server_recv:
+      on_server_recv(*static_cast<Server*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::server_send:
+      on_server_send(*static_cast<Server*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::server_connect:
+      on_server_connect(*static_cast<Server*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::cancel_connect:
+      on_cancel_connect(*static_cast<Canceller*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::cancel_send:
+      on_cancel_send(*static_cast<Canceller*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::cancel_recv:
+      on_cancel_recv(*static_cast<Canceller*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::http_accept:
+      on_http_accept(cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::http_recv:
+      on_http_recv(*static_cast<HttpConn*>(op->owner), cqe->res, cqe->flags);
+      break;
+    case Operation::Kind::http_send:
+      on_http_send(*static_cast<HttpConn*>(op->owner), cqe->res);
+      break;
+    case Operation::Kind::signal:
+      on_signal(cqe->res);
+      break;
+    case Operation::Kind::mailbox:
+      run_mailbox();
+      if (!stopped_) arm_mailbox();
+      break;
+    case Operation::Kind::ignore:
+      break;
+  }
+}
+
+void Reactor::want_send(Stream& stream) {
+  if (stream.flush_queued_) return;
+  stream.flush_queued_ = true;
+  flush_list_.push_back(&stream);
+}
+
+void Reactor::submit_sends() {
+  std::vector<Stream*> tls_failed;
+  for (Stream* s : flush_list_) {
+    s->flush_queued_ = false;
+    if (s->fd < 0 || s->send_in_flight() || !s->has_output()) continue;
+    io_uring_sqe* sqe = get_sqe();
+    bool prepared = s->prepare_send(sqe);
+    if (s->tls() != nullptr && s->tls_failed()) tls_failed.push_back(s);  // encrypting failed
+    if (!prepared) {
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data(sqe, &ignore_op_);
+      continue;
+    }
+    // The owner counts the operation: it may not be freed before the send completes.
+    switch (s->send_op_.kind) {
+      case Operation::Kind::client_send: ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_; break;
+      case Operation::Kind::server_send: ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_; break;
+      case Operation::Kind::http_send: ++static_cast<HttpConn*>(s->send_op_.owner)->ops_in_flight_; break;
+      default: ++static_cast<Canceller*>(s->send_op_.owner)->ops_in_flight_; break;
+    }
+  }
+  flush_list_.clear();
+  // Closed after the loop: closing queues sends of its own (an error, a Terminate).
+  for (Stream* s : tls_failed) {
+    if (s->send_op_.kind == Operation::Kind::client_send) {
+      auto* client = static_cast<Client*>(s->send_op_.owner);
+      if (client->state_ != ClientState::closing) close(*client, Reason::tls_error, s->tls()->error());
+    } else if (s->send_op_.kind == Operation::Kind::server_send) {
+      auto* server = static_cast<Server*>(s->send_op_.owner);
+      if (server->state_ != ServerState::closing) close(*server, Reason::server_io_error, s->tls()->error());
+    }
+  }
+}
+
+void Reactor::arm_recv(Stream& stream, int& ops) {
+  if (stream.recv_armed_ || stream.fd < 0 || stream.reading_paused_) return;
+  io_uring_sqe* sqe = get_sqe();
+  // No buffer until bytes arrive: the kernel picks one from the ring then.
+  io_uring_prep_recv(sqe, stream.fd, nullptr, buffers_->buffer_size(), 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffers_->group();
+  io_uring_sqe_set_data(sqe, &stream.recv_op_);
+  stream.recv_armed_ = true;
+  ++ops;
+}
+
+void Reactor::rearm_starved() {
+  if (starved_.empty() || buffers_->available() < kBufferCount / 8) return;
+  auto starved = std::move(starved_);
+  starved_.clear();
+  for (auto [stream, ops] : starved) {
+    stream->starved_ = false;
+    arm_recv(*stream, *ops);
+  }
+}
+
+void Reactor::arm_accept(Listener& listener) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept(sqe, listener.fd, nullptr, nullptr, SOCK_CLOEXEC);
+  io_uring_sqe_set_data(sqe, &listener.accept_op);
+  listener.armed = true;
+}
+
+void Reactor::arm_signal() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, signal_fd_, signal_buffer_, sizeof(signalfd_siginfo), 0);
+  io_uring_sqe_set_data(sqe, &signal_op_);
+}
+
+}  // namespace pgring

@@ -1,0 +1,163 @@
+// (split from core/reactor.cpp)
+#include "daemon/core/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <malloc.h>
+#include <openssl/sha.h>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+void Reactor::listen() {
+  for (const config::ListenAddress& address : config_->listen) {
+    // TCP addresses: every reactor has its own SO_REUSEPORT socket and the kernel spreads the
+    // connections. A unix socket path can be bound once: reactor 0 takes those.
+    if (!address.unix_dir.empty() && index_ != 0) continue;
+    auto listener = std::make_unique<Listener>();
+    listener->accept_op.owner = listener.get();
+    int fd = -1;
+    if (!address.unix_dir.empty()) {
+      std::uint16_t port = 6432;
+      for (const auto& a : config_->listen)
+        if (a.unix_dir.empty()) {
+          port = a.port;
+          break;
+        }
+      std::string path = address.unix_dir + "/.s.PGSQL." + std::to_string(port);
+      sockaddr_un sun{};
+      sun.sun_family = AF_UNIX;
+      if (path.size() >= sizeof sun.sun_path) throw std::runtime_error("unix socket path too long: " + path);
+      std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+      fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      ::unlink(path.c_str());  // a stale socket from a previous run
+      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0 || ::listen(fd, 4096) != 0)
+        throw std::runtime_error("cannot listen on " + path + ": " + errno_text(errno));
+      chmod(path.c_str(), 0777);
+      listener->name = path;
+    } else {
+      addrinfo hints{};
+      hints.ai_family = AF_UNSPEC;
+      hints.ai_socktype = SOCK_STREAM;
+      hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+      addrinfo* res = nullptr;
+      std::string port = std::to_string(address.port);
+      int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
+      if (gai != 0) throw std::runtime_error("cannot resolve listen address " + address.host + ": " + gai_strerror(gai));
+      fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      // One listener per reactor on the same port; the kernel spreads connections.
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+      // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      int ok = bind(fd, res->ai_addr, res->ai_addrlen);
+      freeaddrinfo(res);
+      if (ok != 0 || ::listen(fd, 4096) != 0)
+        throw std::runtime_error("cannot listen on " + address.host + ":" + port + ": " + errno_text(errno));
+      listener->name = (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
+                       ":" + port;
+    }
+    listener->fd = fd;
+    arm_accept(*listener);
+    log::info("listening on {}", listener->name);
+    listeners_.push_back(std::move(listener));
+  }
+}
+
+void Reactor::close_listeners() {
+  for (auto& l : listeners_) {
+    if (l->fd < 0) continue;
+    if (l->armed && !stopped_) {
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel(sqe, &l->accept_op, 0);
+      io_uring_sqe_set_data(sqe, &ignore_op_);
+    }
+    ::shutdown(l->fd, SHUT_RDWR);
+    ::close(l->fd);
+    l->fd = -1;
+  }
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Completions
+
+void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
+  if (!(flags & IORING_CQE_F_MORE)) {
+    listener.armed = false;
+    if (listener.fd >= 0 && !shutting_down()) arm_accept(listener);
+  }
+  if (result < 0) {
+    if (result != -ECANCELED) log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
+    return;
+  }
+  if (shutting_down()) {
+    ::close(result);
+    return;
+  }
+  std::string peer = "unix";
+  config::Peer peer_info;
+  peer_info.local = true;
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (getpeername(result, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.ss_family != AF_UNIX) {
+    peer_info.local = false;
+    peer_info.family = addr.ss_family;
+    if (addr.ss_family == AF_INET)
+      std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, 4);
+    else if (addr.ss_family == AF_INET6)
+      std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, 16);
+    // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d: the auth rules see it
+    // as the IPv4 address it is.
+    if (addr.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr)) {
+      peer_info.family = AF_INET;
+      std::memmove(peer_info.address.data(), peer_info.address.data() + 12, 4);
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (addr.ss_family == AF_INET) {
+      auto* in = reinterpret_cast<sockaddr_in*>(&addr);
+      inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+      port = ntohs(in->sin_port);
+    } else if (addr.ss_family == AF_INET6) {
+      auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
+      inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+      port = ntohs(in6->sin6_port);
+    }
+    peer = std::string(host) + ":" + std::to_string(port);
+  }
+  auto* client = new Client(*this, next_id(), result, std::move(peer));
+  client->peer_info_ = peer_info;
+  ++client_count_;
+  int clients = shared_.clients.fetch_add(1, std::memory_order_relaxed) + 1;
+  login_clients_.push_back(client);
+  client->state_since_ = now_;
+  client->last_activity_ = now_;
+  log::debug("C-{} connected from {}", client->id_, client->peer_);
+  // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the
+  // client sees the 53300 error; the login timeout bounds how long such a client may stay.
+  if (clients > config_->max_client_conn) client->refused_too_many_ = true;
+  arm_recv(client->stream_, client->ops_in_flight_);
+}
+
+}  // namespace pgring

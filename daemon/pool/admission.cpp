@@ -1,0 +1,114 @@
+// (split from core/reactor.cpp)
+#include "daemon/core/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <malloc.h>
+#include <openssl/sha.h>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+// ---------------------------------------------------------------------------------------------
+// Pools and servers
+
+Pool& Reactor::pool_for(const config::Database& db, const config::User* user, std::string_view user_name) {
+  std::string key = db.name;
+  key += '\0';
+  key += user_name;
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
+  pool->budget_ = &shared_.pool_budget(key);
+  pool->db_budget_ = &database_budget(db.name);
+  pool->db_clients_ = &shared_.database_clients(db.name);
+  pool->user_clients_ = &shared_.user_clients(std::string(user_name));
+  pool->paused_ = paused_all_ || paused_databases_.count(db.name) != 0;
+  Pool& ref = *pool;
+  pools_.emplace(std::move(key), std::move(pool));
+  return ref;
+}
+
+
+std::string Reactor::admit_client(Client& client, Pool& pool) {
+  // Counted over the process: the client holds one unit of its database's and its user's
+  // client budgets until it closes.
+  const config::PoolSettings& s = pool.settings_;
+  if (!pool.db_clients_->try_acquire(s.max_db_client_connections))
+    return fmt::format("too many client connections for database \"{}\" (max_db_client_connections {})",
+                       pool.database_, s.max_db_client_connections);
+  if (!pool.user_clients_->try_acquire(s.max_user_client_connections)) {
+    pool.db_clients_->release();
+    return fmt::format("too many client connections for user \"{}\" (max_user_client_connections {})",
+                       pool.user_name_, s.max_user_client_connections);
+  }
+  client.counted_in_ = &pool;
+  return {};
+}
+
+bool Reactor::database_has_room(Pool& pool) {
+  int limit = pool.settings_.max_db_connections;
+  if (pool.db_budget_->try_acquire(limit)) return true;  // (counted even without a limit)
+  // Make room: an idle server of another pool of this database goes (its clients are not
+  // waiting, ours are). The room appears once it is freed; maintain() runs again then.
+  for (auto& [key, other] : pools_) {
+    (void)key;
+    if (other.get() == &pool || other->database_ != pool.database_ || other->idle_servers_.empty()) continue;
+    close(*other->idle_servers_.front(), Reason::server_evicted, "making room under max_db_connections");
+    break;
+  }
+  return false;
+}
+
+void Reactor::start_connect(Pool& pool) {
+  // (Its pool and database budgets were acquired by the caller.)
+  auto* server = new Server(*this, pool, next_id());
+  ++pool.stats_.server_connects;
+  // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
+  if (pool.settings_.timeouts.server_lifetime.count() > 0) {
+    std::uint32_t r = 0;
+    RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
+    auto lifetime = pool.settings_.timeouts.server_lifetime;
+    server->retire_at_ = now_ + lifetime - std::chrono::milliseconds(lifetime.count() / 10 * (r % 1000) / 1000);
+  }
+  server->created_ = now_;
+  pool.set_state(*server, ServerState::connecting);
+  if (!pool.address_ok_) {
+    close(*server, Reason::server_unreachable, "cannot resolve server address " + pool.address_text_);
+    return;
+  }
+  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    close(*server, Reason::server_unreachable, "socket: " + errno_text(errno));
+    return;
+  }
+  server->stream_.fd = fd;
+  log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_, pool.user_name_);
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
+  io_uring_sqe_set_data(sqe, &server->connect_op_);
+  ++server->ops_in_flight_;
+}
+
+
+void Reactor::login_done(Client& client) {
+  if (client.node_.list == &login_clients_) login_clients_.remove(&client);
+}
+
+}  // namespace pgring

@@ -1,0 +1,252 @@
+// (split from core/reactor.cpp)
+#include "daemon/core/reactor.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <malloc.h>
+#include <openssl/sha.h>
+#include <stdexcept>
+
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/core/log.hpp"
+#include "proto/builders.hpp"
+
+namespace pgring {
+
+namespace {
+// A closing connection that cannot drain its last error within this time is cut off.
+constexpr auto kClosingGrace = std::chrono::seconds(5);
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Timers: a sweep of the state lists, a few times a second. No syscall or allocation per
+// armed timeout: a deadline is the time a connection entered its list plus the configured limit.
+
+void Reactor::sweep() {
+  const config::Timeouts& t = config_->timeouts;
+  // systemd's watchdog is fed from the loop itself: if this reactor stalls, the pings stop.
+  if (watchdog_interval_.count() > 0 && now_ >= next_watchdog_) {
+    sd_notify(0, "WATCHDOG=1");
+    next_watchdog_ = now_ + watchdog_interval_;
+  }
+  auto expired = [&](Clock::time_point since, config::Duration limit) {
+    return limit.count() > 0 && now_ - since >= limit;
+  };
+  // A burst of TLS handshakes leaves tens of KiB of freed heap per handshake behind (OpenSSL's
+  // transient state); once the burst is over, give it back so idle clients cost what they hold.
+  if (tls_handshakes_since_trim_ >= kTrimAfterHandshakes && login_clients_.empty()) {
+    malloc_trim(0);
+    tls_handshakes_since_trim_ = 0;
+  }
+  for (Client* c = login_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    if (expired(c->state_since_, t.client_login)) close(*c, Reason::login_timeout, "client login timeout");
+    c = next;
+  }
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    const config::Timeouts& pt = pool->settings_.timeouts;  // with the database's and user's overrides
+    for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      if (expired(c->state_since_, pt.query_wait)) close(*c, Reason::query_wait_timeout, "query_wait timeout");
+      c = next;
+    }
+    for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      if (expired(s->state_since_, pt.server_connect))
+        close(*s, Reason::server_unreachable,
+              fmt::format("server {} did not answer within server_connect ({} ms)", pool->address_text_,
+                          pt.server_connect.count()));
+      s = next;
+    }
+    for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      if (expired(s->state_since_, pt.server_idle)) close(*s, Reason::server_idle_timeout);
+      else if (pt.server_lifetime.count() > 0 && now_ >= s->retire_at_) close(*s, Reason::server_lifetime);
+      s = next;
+    }
+    sweep_active(*pool);
+    if (pt.client_idle.count() > 0) {
+      for (Client* c = pool->idle_clients_.front(); c != nullptr;) {
+        Client* next = List<Client>::next(c);
+        if (expired(c->last_activity_, pt.client_idle)) close(*c, Reason::client_idle_timeout, "idle-session timeout");
+        c = next;
+      }
+    }
+    // Waiting clients may now qualify for the reserve pool, or a failing server for a retry.
+    if (!pool->waiting_clients_.empty()) pool->maintain();
+    else if (pool->starving_pool_ || pool->starving_db_) pool->set_starving(false, false);
+    // Servers idle here while another reactor's clients starve for the slot.
+    pool->offer_idle_server(true);
+    // Over the limit for the process (a reload shrank pool_size while other reactors hold
+    // servers too): one idle server per sweep goes, so the reactors converge without all
+    // closing at once.
+    if (!pool->idle_servers_.empty() &&
+        pool->budget_->servers.load(std::memory_order_relaxed) >
+            pool->settings_.pool_size + pool->settings_.reserve_pool_size)
+      close(*pool->idle_servers_.front(), Reason::config_changed, "pool_size shrank");
+    pool->keep_warm();
+  }
+  // An HTTP client gets 5 seconds to send its request and read the answer.
+  for (HttpConn* h = http_conns_.front(); h != nullptr;) {
+    HttpConn* next = List<HttpConn>::next(h);
+    if (now_ - h->started_ > std::chrono::seconds(5)) finish_http(*h);
+    h = next;
+  }
+  // cancel_wait: a cancel connection PostgreSQL does not close in time is given up.
+  for (Canceller* c = cancellers_.front(); c != nullptr;) {
+    Canceller* next = List<Canceller>::next(c);
+    if (expired(c->started_, t.cancel_wait) && !c->done_) {
+      log::warning("cancel request not completed within cancel_wait ({} ms)", t.cancel_wait.count());
+      finish_cancel(*c);
+    }
+    c = next;
+  }
+  // Connections that could not drain their last bytes are cut off.
+  for (Client* c = closing_clients_.front(); c != nullptr;) {
+    Client* next = List<Client>::next(c);
+    if (now_ - c->state_since_ > kClosingGrace) {
+      finish_close(*c);
+      maybe_free(*c);
+    }
+    c = next;
+  }
+  for (Server* s = closing_servers_.front(); s != nullptr;) {
+    Server* next = List<Server>::next(s);
+    if (now_ - s->state_since_ > kClosingGrace) {
+      finish_close(*s);
+      maybe_free(*s);
+    }
+    s = next;
+  }
+
+  if (shutdown_ != ShutdownMode::none) begin_shutdown(shutdown_);
+}
+
+void Reactor::sweep_active(Pool& pool) {
+  // Timeouts of linked clients: query, transaction, idle in transaction, and (session mode or
+  // pinned) client idle. After each the server connection is left clean: the query cancelled,
+  // the transaction rolled back by release(), or the connection closed.
+  const config::Timeouts& t = pool.settings_.timeouts;
+  const config::Duration cancel_wait = config_->timeouts.cancel_wait;  // process-wide
+  auto expired = [&](Clock::time_point since, config::Duration limit) {
+    return limit.count() > 0 && now_ - since >= limit;
+  };
+  for (Server* s = pool.active_servers_.front(); s != nullptr;) {
+    Server* next = List<Server>::next(s);
+    Client* c = s->client_;
+    bool busy = s->requests_in_flight() > 0;
+    if (c == nullptr) {
+      if (s->state_ == ServerState::lookup && expired(s->state_since_, config_->timeouts.client_login)) {
+        close(*s, Reason::server_dirty, "auth.query did not finish within timeouts.client_login");
+        s = next;
+        continue;
+      }
+      // Draining after its client left: the cancel had cancel_wait to work.
+      if (s->draining_ && now_ - s->drain_since_ > cancel_wait + std::chrono::seconds(1))
+        close(*s, Reason::server_dirty, "did not finish after its client left");
+      s = next;
+      continue;
+    }
+    if (busy && expired(s->busy_since_, t.query)) {
+      if (!s->query_timeout_canceled_) {
+        s->query_timeout_canceled_ = true;
+        log::info("C-{} query timeout ({} ms): canceling on S-{}", c->id_, t.query.count(), s->id_);
+        start_cancel(*s);
+      } else if (expired(s->busy_since_, t.query + cancel_wait)) {
+        close(*c, Reason::query_timeout, "query timeout");
+      }
+    } else if (s->transaction_status_ != 'I' && expired(s->transaction_since_, t.transaction)) {
+      close(*c, Reason::transaction_timeout, "terminating connection due to transaction timeout");
+    } else if (!busy && s->transaction_status_ != 'I' && expired(s->last_ready_, t.idle_transaction)) {
+      close(*c, Reason::idle_transaction_timeout, "terminating connection due to idle-in-transaction timeout");
+    } else if (!busy && s->idle_in_protocol() && expired(c->last_activity_, t.client_idle)) {
+      close(*c, Reason::client_idle_timeout, "terminating connection due to idle-session timeout");
+    }
+    s = next;
+  }
+}
+
+void Reactor::begin_shutdown(ShutdownMode mode) {
+  if (shutdown_ == ShutdownMode::none) {
+    shutdown_deadline_ = now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
+    close_listeners();
+  }
+  if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_) shutdown_ = ShutdownMode::immediate;
+  else shutdown_ = ShutdownMode::graceful;
+  bool immediate = shutdown_ == ShutdownMode::immediate;
+
+  for (List<Client>* list : {&login_clients_, &admin_clients_}) {
+    for (Client* c = list->front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      close(*c, Reason::shutdown, "shutting down");
+      c = next;
+    }
+  }
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (List<Client>* list : {&pool->waiting_clients_, &pool->idle_clients_}) {
+      for (Client* c = list->front(); c != nullptr;) {
+        Client* next = List<Client>::next(c);
+        close(*c, Reason::shutdown, "shutting down");
+        c = next;
+      }
+    }
+    for (Client* c = pool->active_clients_.front(); c != nullptr;) {
+      Client* next = List<Client>::next(c);
+      // Graceful: a client whose server is between transactions may go now; others finish.
+      Server* s = c->server_;
+      bool between = s == nullptr || (s->idle_in_protocol() && s->restore_replies_pending_ == 0);
+      if (immediate || between) close(*c, Reason::shutdown, "shutting down");
+      c = next;
+    }
+  }
+  bool clients_left = client_count_ > 0;
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      close(*s, Reason::shutdown);
+      s = next;
+    }
+    if (!clients_left || immediate) {
+      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_,
+                                 &pool->canceling_servers_}) {
+        for (Server* s = list->front(); s != nullptr;) {
+          Server* next = List<Server>::next(s);
+          close(*s, Reason::shutdown);
+          s = next;
+        }
+      }
+    }
+  }
+  bool servers_left = false;
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    servers_left |= pool->server_count() > 0;
+  }
+  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty() &&
+      http_conns_.empty())
+    stopped_ = true;
+  // Immediate mode waits at most a second for peers to read their last bytes.
+  if (immediate && now_ >= shutdown_deadline_ + std::chrono::seconds(1)) {
+    if (!stopped_)
+      log::warning("shutdown: stopping with {} clients, {} closing clients, {} closing servers, {} cancels left",
+                   client_count_, closing_clients_.size(), closing_servers_.size(), cancellers_.size());
+    stopped_ = true;
+  }
+}
+
+}  // namespace pgring
