@@ -13,13 +13,20 @@ bool auth(std::string& out, AuthCode code, std::string_view data = {}) {
   return w.ok();
 }
 
+struct Origin {
+  std::string_view file;
+  std::string_view routine;
+};
+
 bool fields(std::string& out, char type, std::string_view severity, std::string_view sqlstate,
-            std::string_view message, std::string_view hint) {
+            std::string_view message, std::string_view hint, Origin origin = {}) {
   Writer w(out);
   w.begin(type);
   w.u8('S').cstring(severity).u8('V').cstring(severity).u8('C').cstring(sqlstate);
   w.u8('M').cstring(message);
   if (!hint.empty()) w.u8('H').cstring(hint);
+  if (!origin.file.empty()) w.u8('F').cstring(origin.file);
+  if (!origin.routine.empty()) w.u8('R').cstring(origin.routine);
   w.u8(0).end();
   return w.ok();
 }
@@ -30,12 +37,22 @@ bool error_response(std::string& out, std::string_view severity, std::string_vie
   return fields(out, backend::kErrorResponse, severity, sqlstate, message, hint);
 }
 
+bool error_response_from(std::string& out, std::string_view sqlstate, std::string_view message,
+                         std::string_view file, std::string_view routine) {
+  return fields(out, backend::kErrorResponse, "ERROR", sqlstate, message, {},
+                Origin{file, routine});
+}
+
 bool notice_response(std::string& out, std::string_view sqlstate, std::string_view message) {
   return fields(out, backend::kNoticeResponse, "NOTICE", sqlstate, message, {});
 }
 
-bool authentication_ok(std::string& out) { return auth(out, AuthCode::ok); }
-bool authentication_cleartext(std::string& out) { return auth(out, AuthCode::cleartext_password); }
+bool authentication_ok(std::string& out) {
+  return auth(out, AuthCode::ok);
+}
+bool authentication_cleartext(std::string& out) {
+  return auth(out, AuthCode::cleartext_password);
+}
 bool authentication_md5(std::string& out, std::string_view salt4) {
   return salt4.size() == 4 && auth(out, AuthCode::md5_password, salt4);
 }
@@ -171,14 +188,42 @@ bool parse(std::string& out, std::string_view name, std::string_view tail) {
   return w.ok();
 }
 
-bool query_with_params(std::string& out, std::string_view sql, const std::vector<std::string_view>& params) {
+bool run_unnamed(std::string& out, std::string_view sql,
+                 const std::vector<std::string_view>& params) {
   Writer w(out);
   w.begin(frontend::kParse).cstring("").cstring(sql).i16(0).end();
-  w.begin(frontend::kBind).cstring("").cstring("").i16(0).i16(static_cast<std::int16_t>(params.size()));
+  w.begin(frontend::kBind)
+      .cstring("")
+      .cstring("")
+      .i16(0)
+      .i16(static_cast<std::int16_t>(params.size()));
   for (std::string_view p : params) w.i32(static_cast<std::int32_t>(p.size())).bytes(p);
   w.i16(0).end();
   w.begin(frontend::kExecute).cstring("").i32(0).end();
-  w.begin(frontend::kSync).end();
+  return w.ok();
+}
+
+bool query_with_params(std::string& out, std::string_view sql,
+                       const std::vector<std::string_view>& params) {
+  return run_unnamed(out, sql, params) && sync(out);
+}
+
+bool bind(std::string& out, std::string_view portal, std::string_view statement,
+          std::string_view rest) {
+  Writer w(out, std::size_t{1} << 31);
+  w.begin(frontend::kBind).cstring(portal).cstring(statement).bytes(rest).end();
+  return w.ok();
+}
+
+bool describe_statement(std::string& out, std::string_view name) {
+  Writer w(out);
+  w.begin(frontend::kDescribe).u8('S').cstring(name).end();
+  return w.ok();
+}
+
+bool flush(std::string& out) {
+  Writer w(out);
+  w.begin(frontend::kFlush).end();
   return w.ok();
 }
 

@@ -12,17 +12,26 @@
 namespace pgring::proto::build {
 
 // ---- to clients ----
-[[nodiscard]] bool error_response(std::string& out, std::string_view severity, std::string_view sqlstate,
-                                  std::string_view message, std::string_view hint = {});
-[[nodiscard]] bool notice_response(std::string& out, std::string_view sqlstate, std::string_view message);
+[[nodiscard]] bool error_response(std::string& out, std::string_view severity,
+                                  std::string_view sqlstate, std::string_view message,
+                                  std::string_view hint = {});
+// An ERROR as PostgreSQL raises it from `file`/`routine` (drivers recognise some errors by the
+// routine field: asyncpg's InvalidCachedStatementError by RevalidateCachedQuery).
+[[nodiscard]] bool error_response_from(std::string& out, std::string_view sqlstate,
+                                       std::string_view message, std::string_view file,
+                                       std::string_view routine);
+[[nodiscard]] bool notice_response(std::string& out, std::string_view sqlstate,
+                                   std::string_view message);
 [[nodiscard]] bool authentication_ok(std::string& out);
 [[nodiscard]] bool authentication_cleartext(std::string& out);
 [[nodiscard]] bool authentication_md5(std::string& out, std::string_view salt4);
 // The mechanisms offered, in order of preference (an empty `second` is left out).
-[[nodiscard]] bool authentication_sasl(std::string& out, std::string_view mechanism, std::string_view second = {});
+[[nodiscard]] bool authentication_sasl(std::string& out, std::string_view mechanism,
+                                       std::string_view second = {});
 [[nodiscard]] bool authentication_sasl_continue(std::string& out, std::string_view data);
 [[nodiscard]] bool authentication_sasl_final(std::string& out, std::string_view data);
-[[nodiscard]] bool parameter_status(std::string& out, std::string_view name, std::string_view value);
+[[nodiscard]] bool parameter_status(std::string& out, std::string_view name,
+                                    std::string_view value);
 [[nodiscard]] bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret);
 [[nodiscard]] bool ready_for_query(std::string& out, char status);
 [[nodiscard]] bool parse_complete(std::string& out);
@@ -35,12 +44,14 @@ namespace pgring::proto::build {
                                               const std::vector<std::string_view>& unsupported);
 
 // ---- to servers ----
-[[nodiscard]] bool startup_message(std::string& out, std::uint32_t version,
-                                   const std::vector<std::pair<std::string_view, std::string_view>>& params);
+[[nodiscard]] bool startup_message(
+    std::string& out, std::uint32_t version,
+    const std::vector<std::pair<std::string_view, std::string_view>>& params);
 [[nodiscard]] bool cancel_request(std::string& out, std::int32_t pid, std::string_view secret);
 [[nodiscard]] bool ssl_request(std::string& out);
 [[nodiscard]] bool password_message(std::string& out, std::string_view password);
-[[nodiscard]] bool sasl_initial_response(std::string& out, std::string_view mechanism, std::string_view data);
+[[nodiscard]] bool sasl_initial_response(std::string& out, std::string_view mechanism,
+                                         std::string_view data);
 [[nodiscard]] bool sasl_response(std::string& out, std::string_view data);
 [[nodiscard]] bool query(std::string& out, std::string_view sql);
 [[nodiscard]] bool terminate(std::string& out);
@@ -50,8 +61,19 @@ namespace pgring::proto::build {
 // after the name). Close('S', name) / Describe('S', name) for pgring's names.
 [[nodiscard]] bool parse(std::string& out, std::string_view name, std::string_view tail);
 [[nodiscard]] bool close_statement(std::string& out, std::string_view name);
+[[nodiscard]] bool describe_statement(std::string& out, std::string_view name);
+[[nodiscard]] bool flush(std::string& out);
+// Bind of pgring's statement name with the client's portal and the rest of its Bind (formats,
+// parameters, result formats), which may be as large as a message can be.
+[[nodiscard]] bool bind(std::string& out, std::string_view portal, std::string_view statement,
+                        std::string_view rest);
+// One query with text parameters through the unnamed statement and portal: Parse, Bind,
+// Execute (no Sync: it runs inside the caller's batch).
+[[nodiscard]] bool run_unnamed(std::string& out, std::string_view sql,
+                               const std::vector<std::string_view>& params);
 // One query with text parameters through the unnamed statement and portal, then Sync:
 // Parse, Bind, Execute, Sync. Parameters travel apart from the SQL (no quoting to get wrong).
-[[nodiscard]] bool query_with_params(std::string& out, std::string_view sql, const std::vector<std::string_view>& params);
+[[nodiscard]] bool query_with_params(std::string& out, std::string_view sql,
+                                     const std::vector<std::string_view>& params);
 
 }  // namespace pgring::proto::build

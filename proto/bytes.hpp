@@ -90,7 +90,8 @@ class Writer {
   Writer& end() {
     if (!ok_) return *this;
     auto len = static_cast<std::uint32_t>(out_.size() - start_);
-    unsigned char b[4] = {static_cast<unsigned char>(len >> 24), static_cast<unsigned char>(len >> 16),
+    unsigned char b[4] = {static_cast<unsigned char>(len >> 24),
+                          static_cast<unsigned char>(len >> 16),
                           static_cast<unsigned char>(len >> 8), static_cast<unsigned char>(len)};
     std::memcpy(out_.data() + start_, b, 4);
     return *this;

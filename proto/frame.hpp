@@ -14,12 +14,12 @@
 
 namespace pgring::proto {
 
-inline constexpr std::uint32_t kProtocol30 = 196608;          // 3.0
-inline constexpr std::uint32_t kProtocol32 = 196610;          // 3.2 (PostgreSQL 18)
+inline constexpr std::uint32_t kProtocol30 = 196608;  // 3.0
+inline constexpr std::uint32_t kProtocol32 = 196610;  // 3.2 (PostgreSQL 18)
 inline constexpr std::uint32_t kCancelRequestCode = 80877102;
 inline constexpr std::uint32_t kSslRequestCode = 80877103;
 inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
-inline constexpr std::uint32_t kMaxStartupPacket = 10000;     // PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+inline constexpr std::uint32_t kMaxStartupPacket = 10000;  // PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 
 enum class FrameStatus {
   complete,        // a whole message is in the buffer
@@ -30,9 +30,15 @@ enum class FrameStatus {
 
 struct Frame {
   FrameStatus status = FrameStatus::need_more;
-  char type = 0;          // 0 for startup packets
+  char type = 0;           // 0 for startup packets
   std::uint32_t size = 0;  // whole message in bytes, header included (when known)
   [[nodiscard]] std::size_t header_size() const { return type == 0 ? 4 : 5; }
+  // The length cannot be valid, or passes the limit: the connection cannot go on.
+  [[nodiscard]] bool bad() const {
+    return status == FrameStatus::invalid_length || status == FrameStatus::too_large;
+  }
+  // The header is in (type and size known), the body may still be arriving.
+  [[nodiscard]] bool header_known() const { return size != 0; }
 };
 
 // A typed message at the front of `buf`. Needs the 5-byte header to decide; the body may still

@@ -19,6 +19,7 @@ using Salt = std::array<char, 4>;
 // ("md5..." as returned by password_hash).
 [[nodiscard]] std::string response_from_secret(std::string_view md5_secret, const Salt& salt);
 // Same, from the plain password.
-[[nodiscard]] std::string response(std::string_view user, std::string_view password, const Salt& salt);
+[[nodiscard]] std::string response(std::string_view user, std::string_view password,
+                                   const Salt& salt);
 
 }  // namespace pgring::proto::md5

@@ -61,13 +61,26 @@ std::optional<ErrorFields> parse_error_fields(std::string_view body) {
     std::string_view value = r.cstring();
     if (!r.ok()) return std::nullopt;
     switch (code) {
-      case 'S': f.severity = value; break;
-      case 'V': f.severity_text = value; break;
-      case 'C': f.sqlstate = value; break;
-      case 'M': f.message = value; break;
-      case 'D': f.detail = value; break;
-      case 'H': f.hint = value; break;
-      default: break;  // the docs say unknown codes must be ignored
+      case 'S':
+        f.severity = value;
+        break;
+      case 'V':
+        f.severity_text = value;
+        break;
+      case 'C':
+        f.sqlstate = value;
+        break;
+      case 'M':
+        f.message = value;
+        break;
+      case 'D':
+        f.detail = value;
+        break;
+      case 'H':
+        f.hint = value;
+        break;
+      default:
+        break;  // the docs say unknown codes must be ignored
     }
   }
   if (!r.at_end()) return std::nullopt;
@@ -107,6 +120,45 @@ std::optional<SaslInitialResponse> parse_sasl_initial_response(std::string_view 
 
 std::optional<std::string_view> parse_query(std::string_view body) {
   return single_string(body);
+}
+
+std::optional<ParseMessage> parse_parse(std::string_view body) {
+  Reader r(body);
+  ParseMessage p;
+  p.name = r.cstring();
+  p.tail = r.rest();
+  Reader text(p.tail);
+  p.query = text.cstring();
+  if (!r.ok() || !text.ok()) return std::nullopt;
+  return p;
+}
+
+std::optional<BindMessage> parse_bind(std::string_view body) {
+  Reader r(body);
+  BindMessage b;
+  b.portal = r.cstring();
+  b.statement = r.cstring();
+  b.rest = r.rest();
+  if (!r.ok()) return std::nullopt;
+  return b;
+}
+
+namespace {
+std::optional<TargetMessage> target(std::string_view body) {
+  Reader r(body);
+  TargetMessage t;
+  t.kind = static_cast<char>(r.u8());
+  t.name = r.cstring();
+  if (!r.ok()) return std::nullopt;
+  return t;
+}
+}  // namespace
+
+std::optional<TargetMessage> parse_describe(std::string_view body) {
+  return target(body);
+}
+std::optional<TargetMessage> parse_close(std::string_view body) {
+  return target(body);
 }
 
 std::optional<Row> parse_data_row(std::string_view body) {

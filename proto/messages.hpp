@@ -116,6 +116,33 @@ struct SaslInitialResponse {
 // Frontend Query: String query.
 [[nodiscard]] std::optional<std::string_view> parse_query(std::string_view body);
 
+// Frontend Parse: String name, String query, Int16 n, Int32[n] parameter types. `tail` is the
+// body after the name (query and types): the statement cache's key and what it re-sends.
+struct ParseMessage {
+  std::string_view name;
+  std::string_view query;
+  std::string_view tail;
+};
+[[nodiscard]] std::optional<ParseMessage> parse_parse(std::string_view body);
+
+// Frontend Bind: String portal, String statement, then formats, parameters and result formats
+// (`rest`, passed on untouched).
+struct BindMessage {
+  std::string_view portal;
+  std::string_view statement;
+  std::string_view rest;
+};
+[[nodiscard]] std::optional<BindMessage> parse_bind(std::string_view body);
+
+// Frontend Describe and Close: Byte1 'S' (statement) or 'P' (portal), String name.
+struct TargetMessage {
+  char kind = 0;
+  std::string_view name;
+  [[nodiscard]] bool statement() const { return kind == 'S'; }
+};
+[[nodiscard]] std::optional<TargetMessage> parse_describe(std::string_view body);
+[[nodiscard]] std::optional<TargetMessage> parse_close(std::string_view body);
+
 // DataRow: the column values (nullopt = SQL NULL), views into body. nullopt when malformed.
 using Row = std::vector<std::optional<std::string_view>>;
 [[nodiscard]] std::optional<Row> parse_data_row(std::string_view body);

@@ -403,8 +403,10 @@ std::optional<ClientFirst> parse_client_first(std::string_view message) {
   // but believes we cannot) and "p=tls-server-end-point" (the only binding PostgreSQL knows)
   // are accepted; an authzid is refused because PostgreSQL has no use for one.
   std::string_view header = message.substr(0, 3);
-  if (message.starts_with(kEndPointHeader)) header = message.substr(0, kEndPointHeader.size());
-  else if (header != "n,," && header != "y,,") return std::nullopt;
+  if (message.starts_with(kEndPointHeader))
+    header = message.substr(0, kEndPointHeader.size());
+  else if (header != "n,," && header != "y,,")
+    return std::nullopt;
   std::string_view bare = message.substr(header.size());
   auto nonce = parse_client_first_bare(bare);
   if (!nonce) return std::nullopt;
@@ -483,9 +485,12 @@ std::optional<std::string> verify_client_final(const ClientFirst& first,
 
 std::string_view gs2_header(Binding binding) {
   switch (binding) {
-    case Binding::none: return "n,,";
-    case Binding::could: return "y,,";
-    case Binding::bind: return kEndPointHeader;
+    case Binding::none:
+      return "n,,";
+    case Binding::could:
+      return "y,,";
+    case Binding::bind:
+      return kEndPointHeader;
   }
   return "n,,";
 }
@@ -498,7 +503,8 @@ std::string client_first(std::string_view client_nonce, Binding binding) {
 
 namespace {
 // client-final-without-proof: "c=" carries the gs2 header (and, when binding, the data).
-std::string final_without_proof(Binding binding, std::string_view end_point, std::string_view nonce) {
+std::string final_without_proof(Binding binding, std::string_view end_point,
+                                std::string_view nonce) {
   std::string c(gs2_header(binding));
   if (binding == Binding::bind) c.append(end_point);
   std::string out = "c=" + base64_encode(c) + ",r=";
@@ -507,8 +513,9 @@ std::string final_without_proof(Binding binding, std::string_view end_point, std
 }
 
 // The server-first pgring (as SCRAM client) got, checked against the client-first-bare it sent.
-std::optional<ServerFirst> answer_to(std::string_view client_first_bare, std::string_view server_first_message,
-                                     Binding binding, std::string_view end_point) {
+std::optional<ServerFirst> answer_to(std::string_view client_first_bare,
+                                     std::string_view server_first_message, Binding binding,
+                                     std::string_view end_point) {
   if (binding == Binding::bind && end_point.empty()) return std::nullopt;
   auto our_nonce = parse_client_first_bare(client_first_bare);
   if (!our_nonce) return std::nullopt;
@@ -552,11 +559,12 @@ std::optional<ClientFinal> client_final(std::string_view password,
 
 std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
                                                   std::string_view client_first_bare,
-                                                  std::string_view server_first_message, Binding binding,
-                                                  std::string_view end_point) {
+                                                  std::string_view server_first_message,
+                                                  Binding binding, std::string_view end_point) {
   auto server = answer_to(client_first_bare, server_first_message, binding, end_point);
   if (!server) return std::nullopt;
-  if (server->iterations != secret.iterations || !timing_safe_equal(server->salt, secret.salt)) return std::nullopt;
+  if (server->iterations != secret.iterations || !timing_safe_equal(server->salt, secret.salt))
+    return std::nullopt;
   Key client_signature{};
   ClientFinal out;
   std::string without_proof = final_without_proof(binding, end_point, server->nonce);

@@ -47,7 +47,7 @@ struct Secret {
 // we cannot) or "p=tls-server-end-point,," (it binds), then client-first-bare "n=<user>,r=<nonce>".
 // PostgreSQL ignores the SCRAM user name.
 struct ClientFirst {
-  std::string gs2_header;         // e.g. "n,,"
+  std::string gs2_header;  // e.g. "n,,"
   [[nodiscard]] bool binds() const { return gs2_header.starts_with("p="); }
   [[nodiscard]] bool could_bind() const { return gs2_header.starts_with("y"); }
   std::string client_first_bare;  // e.g. "n=,r=rOprNGfwEbeRWgbNEkqO"
@@ -82,7 +82,8 @@ enum class Binding { none, could, bind };
 [[nodiscard]] std::string_view gs2_header(Binding binding);
 
 // "<gs2 header>n=,r=<client nonce>"
-[[nodiscard]] std::string client_first(std::string_view client_nonce, Binding binding = Binding::none);
+[[nodiscard]] std::string client_first(std::string_view client_nonce,
+                                       Binding binding = Binding::none);
 
 struct ClientFinal {
   std::string message;            // "c=biws,r=...,p=..."
@@ -101,11 +102,10 @@ struct ClientFinal {
 // SCRAM pass-through: log in with the ClientKey a client revealed when it logged in to us
 // (verify_client_final) instead of a password. Works only when the server stores the same
 // secret as ours: nullopt also when server-first names another salt or iteration count.
-[[nodiscard]] std::optional<ClientFinal> client_final_from_keys(const Key& client_key, const Secret& secret,
-                                                                std::string_view client_first_bare,
-                                                                std::string_view server_first_message,
-                                                                Binding binding = Binding::none,
-                                                                std::string_view end_point = {});
+[[nodiscard]] std::optional<ClientFinal> client_final_from_keys(
+    const Key& client_key, const Secret& secret, std::string_view client_first_bare,
+    std::string_view server_first_message, Binding binding = Binding::none,
+    std::string_view end_point = {});
 
 // Checks server-final-message "v=<b64>" (an "e=<error>" message is a failure).
 [[nodiscard]] bool verify_server_final(std::string_view server_final_message,

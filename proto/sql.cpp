@@ -3,11 +3,15 @@
 #include <cctype>
 #include <vector>
 
+#include "proto/ascii.hpp"
+
 namespace pgring::proto::sql {
 
 namespace {
 
-bool ident_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$'; }
+bool ident_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$';
+}
 
 // Tokens of a query: words (lower-cased), quoted identifiers, string literals and punctuation.
 // Comments and whitespace vanish. Enough to recognise statement shapes, not to parse SQL.
@@ -62,7 +66,8 @@ bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_token
         ++i;
       }
       out.push_back({Token::Kind::string, {}, q.substr(start, i - start)});
-    } else if (c == '$' && (i + 1 < q.size()) && (q[i + 1] == '$' || std::isalpha(static_cast<unsigned char>(q[i + 1])))) {
+    } else if (c == '$' && (i + 1 < q.size()) &&
+               (q[i + 1] == '$' || std::isalpha(static_cast<unsigned char>(q[i + 1])))) {
       // Dollar quoting: $tag$ ... $tag$
       std::size_t end_tag = q.find('$', i + 1);
       if (end_tag == std::string_view::npos) return false;
@@ -96,13 +101,16 @@ bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_token
         text.push_back(q[i++]);
       }
       out.push_back({Token::Kind::quoted_ident, std::move(text), q.substr(start, i - start)});
-    } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_' || static_cast<unsigned char>(c) >= 0x80) {
+    } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_' ||
+               static_cast<unsigned char>(c) >= 0x80) {
       std::size_t start = i;
       while (i < q.size() && (ident_char(q[i]) || static_cast<unsigned char>(q[i]) >= 0x80)) ++i;
       std::string text(q.substr(start, i - start));
-      for (char& t : text) t = static_cast<char>(std::tolower(static_cast<unsigned char>(t)));
+      for (char& t : text) t = ascii_lower(t);
       out.push_back({Token::Kind::word, std::move(text), q.substr(start, i - start)});
-    } else if (std::isdigit(static_cast<unsigned char>(c)) || (c == '.' && i + 1 < q.size() && std::isdigit(static_cast<unsigned char>(q[i + 1])))) {
+    } else if (std::isdigit(static_cast<unsigned char>(c)) ||
+               (c == '.' && i + 1 < q.size() &&
+                std::isdigit(static_cast<unsigned char>(q[i + 1])))) {
       std::size_t start = i;
       while (i < q.size() && (std::isalnum(static_cast<unsigned char>(q[i])) || q[i] == '.')) ++i;
       out.push_back({Token::Kind::number, {}, q.substr(start, i - start)});
@@ -115,15 +123,8 @@ bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_token
   return true;
 }
 
-bool is_word(const Token& t, std::string_view w) { return t.kind == Token::Kind::word && t.text == w; }
-
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : c; }
-
-bool word_is(std::string_view word, std::string_view lower) {
-  if (word.size() != lower.size()) return false;
-  for (std::size_t i = 0; i < word.size(); ++i)
-    if (ascii_lower(word[i]) != lower[i]) return false;
-  return true;
+bool is_word(const Token& t, std::string_view w) {
+  return t.kind == Token::Kind::word && t.text == w;
 }
 
 // One pass over the text, no allocation: does any word of `keywords` appear at all? Almost
@@ -139,10 +140,11 @@ bool mentions_any(std::string_view text, std::initializer_list<std::string_view>
       continue;
     }
     std::size_t start = i;
-    while (i < text.size() && (ident_char(text[i]) || static_cast<unsigned char>(text[i]) >= 0x80)) ++i;
+    while (i < text.size() && (ident_char(text[i]) || static_cast<unsigned char>(text[i]) >= 0x80))
+      ++i;
     std::string_view word = text.substr(start, i - start);
     for (std::string_view k : keywords)
-      if (word_is(word, k)) return true;
+      if (iequals(word, k)) return true;
   }
   return false;
 }
@@ -155,14 +157,16 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
   if (query.size() > 4096 || !tokenize(query, t, 256) || t.empty()) return std::nullopt;
   // One statement only: a semicolon may only end it.
   for (std::size_t i = 0; i < t.size(); ++i)
-    if (t[i].kind == Token::Kind::punct && t[i].text == ";" && i + 1 != t.size()) return std::nullopt;
+    if (t[i].kind == Token::Kind::punct && t[i].text == ";" && i + 1 != t.size())
+      return std::nullopt;
   if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
   if (t.size() < 2) return std::nullopt;
 
   std::size_t i = 1;
   // name: ident(.ident)* — PostgreSQL lower-cases unquoted names.
   auto read_name = [&](std::string& name) {
-    if (i >= t.size() || (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident)) return false;
+    if (i >= t.size() || (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident))
+      return false;
     name = t[i++].text;
     while (i + 1 < t.size() && t[i].kind == Token::Kind::punct && t[i].text == "." &&
            (t[i + 1].kind == Token::Kind::word || t[i + 1].kind == Token::Kind::quoted_ident)) {
@@ -173,10 +177,12 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
   };
 
   if (is_word(t[0], "reset")) {
-    if (t.size() == 2 && is_word(t[1], "all")) return SetStatement{SetStatement::Kind::reset_all, {}, {}};
+    if (t.size() == 2 && is_word(t[1], "all"))
+      return SetStatement{SetStatement::Kind::reset_all, {}, {}};
     SetStatement s{SetStatement::Kind::reset, {}, {}};
     if (!read_name(s.name) || i != t.size()) return std::nullopt;
-    if (s.name == "role" || s.name == "session") return std::nullopt;  // RESET ROLE / SESSION AUTHORIZATION
+    if (s.name == "role" || s.name == "session")
+      return std::nullopt;  // RESET ROLE / SESSION AUTHORIZATION
     return s;
   }
   if (!is_word(t[0], "set")) return std::nullopt;
@@ -188,7 +194,8 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
   SetStatement s{SetStatement::Kind::set, {}, {}};
   if (!read_name(s.name)) return std::nullopt;
   // Statements that look like SET but are not session GUC assignments.
-  if (s.name == "role" || s.name == "transaction" || s.name == "constraints" || s.name == "characteristics")
+  if (s.name == "role" || s.name == "transaction" || s.name == "constraints" ||
+      s.name == "characteristics")
     return std::nullopt;
   if (s.name == "time" && i < t.size() && is_word(t[i], "zone")) {
     // SET TIME ZONE value: TimeZone is reported by the server; replay it as such.
@@ -196,8 +203,10 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
     s.name = "timezone";
   } else {
     if (i >= t.size()) return std::nullopt;
-    if (is_word(t[i], "to") || (t[i].kind == Token::Kind::punct && t[i].text == "=")) ++i;
-    else return std::nullopt;
+    if (is_word(t[i], "to") || (t[i].kind == Token::Kind::punct && t[i].text == "="))
+      ++i;
+    else
+      return std::nullopt;
   }
   if (i >= t.size()) return std::nullopt;
   // The value is the rest of the statement, verbatim.
@@ -223,7 +232,8 @@ std::optional<Deallocate> parse_deallocate(std::string_view query) {
 
 std::uint8_t scan_session_state(std::string_view query) {
   if (!mentions_any(query, {"temp", "temporary", "hold", "pg_advisory_lock", "pg_try_advisory_lock",
-                            "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen", "prepare", "set"}))
+                            "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen",
+                            "prepare", "set"}))
     return kNone;
   std::vector<Token> t;
   // Unparseable text (an unterminated literal, or huge) gets no flags: the server will reject
@@ -244,13 +254,14 @@ std::uint8_t scan_session_state(std::string_view query) {
           if (is_word(t[j], "temp") || is_word(t[j], "temporary")) flags |= kTemporaryObject;
       } else if (w == "with" && i + 1 < t.size() && is_word(t[i + 1], "hold")) {
         flags |= kHoldCursor;
-      } else if ((w == "pg_advisory_lock" || w == "pg_try_advisory_lock" || w == "pg_advisory_lock_shared" ||
-                  w == "pg_try_advisory_lock_shared") &&
+      } else if ((w == "pg_advisory_lock" || w == "pg_try_advisory_lock" ||
+                  w == "pg_advisory_lock_shared" || w == "pg_try_advisory_lock_shared") &&
                  i + 1 < t.size() && t[i + 1].text == "(") {
         flags |= kAdvisoryLock;
       } else if (statement_start && w == "listen") {
         flags |= kListen;
-      } else if (statement_start && w == "prepare" && i + 1 < t.size() && !is_word(t[i + 1], "transaction")) {
+      } else if (statement_start && w == "prepare" && i + 1 < t.size() &&
+                 !is_word(t[i + 1], "transaction")) {
         flags |= kSqlPrepare;
       } else if (statement_start && w == "set") {
         std::size_t j = i + 1;
@@ -261,8 +272,11 @@ std::uint8_t scan_session_state(std::string_view query) {
           // Settings the server reports (ParameterStatus) are tracked whatever the statement
           // looks like; transaction-scoped forms end with the transaction.
           static constexpr std::string_view kHarmless[] = {
-              "local", "transaction", "constraints", "application_name", "client_encoding", "datestyle",
-              "timezone", "time", "intervalstyle", "standard_conforming_strings"};
+              "local",           "transaction",
+              "constraints",     "application_name",
+              "client_encoding", "datestyle",
+              "timezone",        "time",
+              "intervalstyle",   "standard_conforming_strings"};
           bool harmless = false;
           for (std::string_view h : kHarmless) harmless |= t[j].text == h;
           if (!harmless) flags |= kUntrackedSet;
@@ -295,9 +309,12 @@ std::string quote_literal(std::string_view value) {
   bool backslash = value.find('\\') != std::string_view::npos;
   std::string out = backslash ? "E'" : "'";
   for (char c : value) {
-    if (c == '\'') out += "''";
-    else if (c == '\\') out += "\\\\";
-    else out.push_back(c);
+    if (c == '\'')
+      out += "''";
+    else if (c == '\\')
+      out += "\\\\";
+    else
+      out.push_back(c);
   }
   out.push_back('\'');
   return out;
@@ -305,18 +322,23 @@ std::string quote_literal(std::string_view value) {
 
 std::string quote_identifier(std::string_view name) {
   bool plain = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0]));
-  for (char c : name) plain &= (std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '_' || c == '.');
+  for (char c : name)
+    plain &= (std::islower(static_cast<unsigned char>(c)) ||
+              std::isdigit(static_cast<unsigned char>(c)) || c == '_' || c == '.');
   if (plain) return std::string(name);
   // Dotted custom settings (myapp.x) are quoted as one identifier per part.
   std::string out;
   std::size_t start = 0;
   while (true) {
     std::size_t dot = name.find('.', start);
-    std::string_view part = name.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    std::string_view part =
+        name.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
     out.push_back('"');
     for (char c : part) {
-      if (c == '"') out += "\"\"";
-      else out.push_back(c);
+      if (c == '"')
+        out += "\"\"";
+      else
+        out.push_back(c);
     }
     out.push_back('"');
     if (dot == std::string_view::npos) break;

@@ -35,6 +35,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_password_message(body);
     (void)parse_sasl_initial_response(body);
     (void)parse_query(body);
+    if (auto p = parse_parse(body)) {
+      if (p->tail.size() > body.size() || p->query.size() >= p->tail.size()) __builtin_trap();
+    }
+    if (auto b = parse_bind(body)) {
+      if (b->portal.size() + b->statement.size() + 2 + b->rest.size() != body.size())
+        __builtin_trap();
+    }
+    (void)parse_describe(body);
+    (void)parse_close(body);
     if (auto row = parse_data_row(body)) {
       std::size_t total = 2;
       for (const auto& value : *row) total += 4 + (value ? value->size() : 0);

@@ -109,13 +109,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // SCRAM pass-through: a server-first against our secret and a known ClientKey. Only the
   // RFC's salt and iteration count can be used (else nullopt), and the proof is well formed.
   // (No PBKDF2 here: any iteration count is cheap.)
-  if (auto final_msg = scram::client_final_from_keys(scram::Key{}, fx.secret, kClientFirstBare, input)) {
+  if (auto final_msg =
+          scram::client_final_from_keys(scram::Key{}, fx.secret, kClientFirstBare, input)) {
     check(final_msg->message.substr(0, 9) == "c=biws,r=");
   }
   // Channel binding: the input as the binding data for a client that binds to other data.
   if (auto bound = scram::parse_client_first("p=tls-server-end-point,,n=,r=abc")) {
     std::string sf = scram::server_first(*bound, "XYZ", fx.secret);
-    check(!scram::verify_client_final(*bound, sf, "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAAAA,r=abcXYZ,p=AAAA",
+    check(!scram::verify_client_final(*bound, sf,
+                                      "c=cD10bHMtc2VydmVyLWVuZC1wb2ludCwsAAAA,r=abcXYZ,p=AAAA",
                                       fx.secret, nullptr, input));
   }
 

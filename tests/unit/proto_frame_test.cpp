@@ -19,7 +19,8 @@ std::string startup_bytes(std::vector<std::pair<std::string_view, std::string_vi
   return out;
 }
 std::string be32(std::uint32_t v) {
-  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+          static_cast<char>(v)};
 }
 }  // namespace
 
@@ -52,8 +53,10 @@ TEST_CASE("frame_message: two messages in one read frame one after the other") {
 TEST_CASE("frame_message: lying lengths") {
   CHECK(frame_message(std::string("Q") + be32(3), 1 << 20).status == FrameStatus::invalid_length);
   CHECK(frame_message(std::string("Q") + be32(0), 1 << 20).status == FrameStatus::invalid_length);
-  CHECK(frame_message(std::string("Q") + be32(0xffffffffu), 1 << 20).status == FrameStatus::invalid_length);
-  CHECK(frame_message(std::string("Q") + be32(0x80000000u), 1 << 20).status == FrameStatus::invalid_length);
+  CHECK(frame_message(std::string("Q") + be32(0xffffffffu), 1 << 20).status ==
+        FrameStatus::invalid_length);
+  CHECK(frame_message(std::string("Q") + be32(0x80000000u), 1 << 20).status ==
+        FrameStatus::invalid_length);
   // Over the limit is known from the header, before any body arrived.
   Frame big = frame_message(std::string("Q") + be32(100000), 1024);
   CHECK(big.status == FrameStatus::too_large);
@@ -84,7 +87,8 @@ TEST_CASE("frame_startup: limits and classification") {
 }
 
 TEST_CASE("parse_startup_message: parameters, defaults and malformed packets") {
-  std::string s = startup_bytes({{"user", "alice"}, {"application_name", "psql"}, {"client_encoding", "UTF8"}});
+  std::string s =
+      startup_bytes({{"user", "alice"}, {"application_name", "psql"}, {"client_encoding", "UTF8"}});
   Frame f = frame_startup(s);
   REQUIRE(f.status == FrameStatus::complete);
   auto m = parse_startup_message(classify_startup(s));
@@ -94,12 +98,14 @@ TEST_CASE("parse_startup_message: parameters, defaults and malformed packets") {
   CHECK(m->find("application_name") == "psql");
   CHECK(m->params.size() == 2);
 
-  std::string with_db_bytes = startup_bytes({{"user", "a"}, {"database", "d"}});  // views point into it
+  std::string with_db_bytes =
+      startup_bytes({{"user", "a"}, {"database", "d"}});  // views point into it
   auto with_db = parse_startup_message(classify_startup(with_db_bytes));
   REQUIRE(with_db);
   CHECK(with_db->database == "d");
 
-  CHECK_FALSE(parse_startup_message(classify_startup(startup_bytes({{"database", "d"}}))));  // no user
+  CHECK_FALSE(
+      parse_startup_message(classify_startup(startup_bytes({{"database", "d"}}))));  // no user
   CHECK_FALSE(parse_startup_message(classify_startup(startup_bytes({{"user", ""}}))));
 
   // Missing final terminator.
@@ -121,7 +127,8 @@ TEST_CASE("parse_cancel_request: 3.0 and 3.2 key sizes") {
   CHECK(r->secret.size() == 4);
   std::string long_key = be32(12 + 32) + be32(kCancelRequestCode) + be32(7) + std::string(32, 'k');
   CHECK(parse_cancel_request(classify_startup(long_key))->secret.size() == 32);
-  CHECK_FALSE(parse_cancel_request(classify_startup(be32(12) + be32(kCancelRequestCode) + be32(7))));
+  CHECK_FALSE(
+      parse_cancel_request(classify_startup(be32(12) + be32(kCancelRequestCode) + be32(7))));
   std::string built;
   REQUIRE(build::cancel_request(built, 1234, std::string("\xde\xad\xbe\xef", 4)));
   CHECK(built == c);

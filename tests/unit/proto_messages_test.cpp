@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/frame.hpp"
@@ -22,7 +23,10 @@ std::string_view body_of(const std::string& msg) {
 }  // namespace
 
 TEST_CASE("Reader: sticky failure") {
-  std::string bytes("\x00\x01\x00\x00\x00\x02" "abc\0", 10);
+  std::string bytes(
+      "\x00\x01\x00\x00\x00\x02"
+      "abc\0",
+      10);
   Reader r(bytes);
   CHECK(r.i16() == 1);
   CHECK(r.i32() == 2);
@@ -50,7 +54,8 @@ TEST_CASE("Writer: sticky failure on NUL and size limit") {
 
 TEST_CASE("ErrorResponse round trip, missing fields tolerated") {
   std::string msg;
-  REQUIRE(build::error_response(msg, "FATAL", "28P01", "pgring: password authentication failed", "check it"));
+  REQUIRE(build::error_response(msg, "FATAL", "28P01", "pgring: password authentication failed",
+                                "check it"));
   auto e = parse_error_fields(body_of(msg));
   REQUIRE(e);
   CHECK(e->sqlstate == "28P01");
@@ -88,7 +93,7 @@ TEST_CASE("Authentication requests") {
   CHECK(parse_authentication(body_of(cont))->data == "r=abc,s=xyz,i=4096");
   CHECK_FALSE(parse_authentication(std::string_view("\0\0", 2)));
   CHECK_FALSE(parse_authentication(std::string_view("\0\0\0\5ab", 6)));  // md5 salt too short
-  CHECK_FALSE(sasl_offers(std::string_view("SCRAM", 5), "SCRAM"));  // no terminator
+  CHECK_FALSE(sasl_offers(std::string_view("SCRAM", 5), "SCRAM"));       // no terminator
 }
 
 TEST_CASE("ParameterStatus, BackendKeyData, ReadyForQuery") {
@@ -126,7 +131,10 @@ TEST_CASE("Frontend password and SASL messages") {
   CHECK(body_of(resp) == "c=biws,r=x,p=y");
   CHECK(parse_query(body_of(q)) == "SELECT 1");
   // Length field lying about the data that follows.
-  std::string lie("SCRAM-SHA-256\0\0\0\0\x10" "abc", 21);
+  std::string lie(
+      "SCRAM-SHA-256\0\0\0\0\x10"
+      "abc",
+      21);
   CHECK_FALSE(parse_sasl_initial_response(lie));
   std::string negative("SCRAM-SHA-256\0\xff\xff\xff\xfe", 18);
   CHECK_FALSE(parse_sasl_initial_response(negative));
@@ -163,10 +171,17 @@ TEST_CASE("DataRow: values, NULLs and lying lengths") {
 
   CHECK(parse_data_row(std::string_view("\x00\x00", 2))->empty());
   CHECK_FALSE(parse_data_row(""));
-  CHECK_FALSE(parse_data_row(std::string_view("\x00\x01\x00\x00\x00\x05" "abc", 9)));  // value runs past the end
-  CHECK_FALSE(parse_data_row(std::string_view("\x00\x01\xff\xff\xff\xfe", 6)));         // -2 is not a length
-  CHECK_FALSE(parse_data_row(std::string_view("\x00\x00" "x", 3)));                     // trailing bytes
-  CHECK_FALSE(parse_data_row(std::string_view("\xff\xff", 2)));                         // negative count
+  CHECK_FALSE(
+      parse_data_row(std::string_view("\x00\x01\x00\x00\x00\x05"
+                                      "abc",
+                                      9)));  // value runs past the end
+  CHECK_FALSE(
+      parse_data_row(std::string_view("\x00\x01\xff\xff\xff\xfe", 6)));  // -2 is not a length
+  CHECK_FALSE(
+      parse_data_row(std::string_view("\x00\x00"
+                                      "x",
+                                      3)));                      // trailing bytes
+  CHECK_FALSE(parse_data_row(std::string_view("\xff\xff", 2)));  // negative count
 }
 
 TEST_CASE("query_with_params: Parse, Bind, Execute, Sync") {
@@ -195,4 +210,71 @@ TEST_CASE("query_with_params: Parse, Bind, Execute, Sync") {
   CHECK(r.i32() == 4);
   CHECK(r.at_end());
   CHECK(r.ok());
+}
+
+TEST_CASE("frontend Parse, Bind, Describe, Close: views, and the builders that make them") {
+  std::string out;
+  REQUIRE(build::parse(out, "pgring_7", std::string_view("SELECT $1\0\0\x01\0\0\0\x17", 16)));
+  auto parse = parse_parse(std::string_view(out).substr(5));
+  REQUIRE(parse);
+  CHECK(parse->name == "pgring_7");
+  CHECK(parse->query == "SELECT $1");
+  CHECK(parse->tail.size() == 16);  // query, Int16 1, Int32 23 (int4)
+  CHECK_FALSE(parse_parse(std::string_view("name\0SELECT", 11)));  // the query has no NUL
+  CHECK_FALSE(parse_parse("name"));
+
+  out.clear();
+  const std::string_view params("\0\0\0\x01\0\0\0\x01x\0\0", 11);
+  REQUIRE(build::bind(out, "portal", "pgring_7", params));
+  auto bind = parse_bind(std::string_view(out).substr(5));
+  REQUIRE(bind);
+  CHECK(bind->portal == "portal");
+  CHECK(bind->statement == "pgring_7");
+  CHECK(bind->rest == params);  // formats, parameters, result formats: untouched
+  CHECK_FALSE(parse_bind(std::string_view("portal\0stmt", 11)));
+
+  out.clear();
+  REQUIRE(build::describe_statement(out, "pgring_7"));
+  REQUIRE(build::flush(out));
+  CHECK(out[0] == 'D');
+  auto describe = parse_describe(std::string_view(out).substr(5, out.size() - 5 - 5));
+  REQUIRE(describe);
+  CHECK(describe->statement());
+  CHECK(describe->name == "pgring_7");
+  CHECK(out.substr(out.size() - 5) == std::string_view("H\0\0\0\x04", 5));
+  auto portal = parse_close(std::string_view("P\0", 2));
+  REQUIRE(portal);
+  CHECK_FALSE(portal->statement());
+  CHECK(portal->name.empty());
+  CHECK_FALSE(parse_describe(""));
+  CHECK_FALSE(parse_close("Sname"));  // no NUL
+}
+
+TEST_CASE("run_unnamed: Parse, Bind, Execute without Sync; error_response_from names its origin") {
+  std::string batch;
+  REQUIRE(build::run_unnamed(batch, "DO $$BEGIN END$$", {}));
+  std::string with_sync;
+  REQUIRE(build::query_with_params(with_sync, "DO $$BEGIN END$$", {}));
+  CHECK(with_sync == batch + std::string("S\0\0\0\x04", 5));
+
+  std::string error;
+  REQUIRE(build::error_response_from(error, "0A000", "cached plan must not change result type",
+                                     "plancache.c", "RevalidateCachedQuery"));
+  auto fields = parse_error_fields(std::string_view(error).substr(5));
+  REQUIRE(fields);
+  CHECK(fields->sqlstate == "0A000");
+  CHECK(fields->severity == "ERROR");
+  CHECK(fields->message == "cached plan must not change result type");
+  CHECK(error.find(std::string_view("RRevalidateCachedQuery\0", 23)) != std::string::npos);
+  CHECK(error.find(std::string_view("Fplancache.c\0", 13)) != std::string::npos);
+}
+
+TEST_CASE("ascii case folding: locale-free, both sides folded") {
+  CHECK(ascii_lower('Q') == 'q');
+  CHECK(ascii_lower('\xc9') == '\xc9');  // not ASCII: unchanged
+  CHECK(iequals("TimeZone", "timezone"));
+  CHECK(iequals("timezone", "TIMEZONE"));
+  CHECK_FALSE(iequals("timezone", "timezon"));
+  CHECK_FALSE(iequals("a", "b"));
+  CHECK(to_lower("DateStyle") == "datestyle");
 }

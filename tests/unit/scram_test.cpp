@@ -294,11 +294,13 @@ TEST_CASE("scram: tls-server-end-point channel binding") {
   std::string final_message = hand_made_client_final(p->client_first_bare, sf, c);
   CHECK(scram::verify_client_final(*p, sf, final_message, secret, nullptr, hash).has_value());
   // Another certificate seen by the client (a man in the middle), or no binding data at all.
-  CHECK_FALSE(scram::verify_client_final(*p, sf, final_message, secret, nullptr, std::string(32, '\x5b')));
+  CHECK_FALSE(
+      scram::verify_client_final(*p, sf, final_message, secret, nullptr, std::string(32, '\x5b')));
   CHECK_FALSE(scram::verify_client_final(*p, sf, final_message, secret));
   // A client that binds must send the binding data, not only the header.
-  std::string bare_header = hand_made_client_final(
-      p->client_first_bare, sf, "c=" + scram::base64_encode("p=tls-server-end-point,,") + ",r=abcXYZ");
+  std::string bare_header =
+      hand_made_client_final(p->client_first_bare, sf,
+                             "c=" + scram::base64_encode("p=tls-server-end-point,,") + ",r=abcXYZ");
   CHECK_FALSE(scram::verify_client_final(*p, sf, bare_header, secret, nullptr, hash));
 }
 
@@ -314,17 +316,20 @@ TEST_CASE("scram: pgring as client binds, and its own server side accepts it") {
     auto cf = scram::client_final(kRfcPassword, parsed->client_first_bare, sf, binding, hash);
     REQUIRE(cf.has_value());
     scram::Key client_key{};
-    auto verified = scram::verify_client_final(*parsed, sf, cf->message, secret, &client_key,
-                                               binding == scram::Binding::bind ? std::string_view(hash) : "");
+    auto verified =
+        scram::verify_client_final(*parsed, sf, cf->message, secret, &client_key,
+                                   binding == scram::Binding::bind ? std::string_view(hash) : "");
     REQUIRE(verified.has_value());
     CHECK(scram::verify_server_final(*verified, cf->expected_server_signature));
     // Pass-through with the ClientKey the exchange revealed produces the same proof.
-    auto again = scram::client_final_from_keys(client_key, secret, parsed->client_first_bare, sf, binding, hash);
+    auto again = scram::client_final_from_keys(client_key, secret, parsed->client_first_bare, sf,
+                                               binding, hash);
     REQUIRE(again.has_value());
     CHECK(again->message == cf->message);
   }
   // Binding without the certificate's hash is refused rather than sent empty.
-  CHECK_FALSE(scram::client_final(kRfcPassword, "n=,r=abc", "r=abcdef,s=c2FsdA==,i=4096", scram::Binding::bind, ""));
+  CHECK_FALSE(scram::client_final(kRfcPassword, "n=,r=abc", "r=abcdef,s=c2FsdA==,i=4096",
+                                  scram::Binding::bind, ""));
 }
 
 TEST_CASE("scram: parse_client_first grammar") {

@@ -1,11 +1,11 @@
 // SQL text heuristics: replayable SET/RESET statements and session-state detection.
 
+#include "proto/sql.hpp"
+
 #include <doctest/doctest.h>
 
 #include <random>
 #include <string>
-
-#include "proto/sql.hpp"
 
 using namespace pgring::proto::sql;
 
