@@ -58,7 +58,8 @@ struct Timeouts {
   Duration server_connect{std::chrono::seconds(15)};
   Duration server_login_retry{std::chrono::seconds(15)};
   Duration query_wait{std::chrono::seconds(120)};
-  Duration reserve_pool{std::chrono::seconds(5)};  // a client waiting this long may use the reserve pool
+  Duration reserve_pool{
+      std::chrono::seconds(5)};  // a client waiting this long may use the reserve pool
   Duration query{0};
   Duration transaction{0};
   Duration idle_transaction{0};
@@ -100,6 +101,8 @@ struct PoolSettings {
   int max_user_client_connections = 0;
   // timeouts: <- databases.<db>.timeouts <- users.<user>.timeouts.
   Timeouts timeouts;
+  // Takes every value a layer (defaults, a database, a user) sets.
+  void apply(const PoolOverrides& layer);
 };
 
 enum class SecretKind { none, plain, md5, scram };
@@ -118,9 +121,10 @@ struct User {
 // A databases.<name> entry: where the server is and how pools for it behave.
 struct Database {
   std::string name;  // what clients put in `database`
-  std::string host = "127.0.0.1";  // host name, address, or a unix socket directory (starts with '/')
+  std::string host =
+      "127.0.0.1";  // host name, address, or a unix socket directory (starts with '/')
   std::uint16_t port = 5432;
-  std::string dbname;  // server-side database name; default: name
+  std::string dbname;                   // server-side database name; default: name
   std::optional<std::string> user;      // log in to the server as this user instead of the client's
   std::optional<std::string> password;  // password for `user`
   PoolOverrides pool;
@@ -160,13 +164,13 @@ struct Network {
 // database, user, address and transport decides its method; a client no rule matches is
 // rejected. Without rules, auth.method applies to every client.
 struct AuthRule {
-  std::vector<std::string> databases;  // empty: all
-  std::vector<std::string> users;      // empty: all
+  std::vector<std::string> databases;                              // empty: all
+  std::vector<std::string> users;                                  // empty: all
   enum class Source { any, local, network } source = Source::any;  // address: all | local | CIDR
-  std::vector<Network> networks;       // Source::network
-  std::optional<bool> tls;             // absent: either
+  std::vector<Network> networks;                                   // Source::network
+  std::optional<bool> tls;                                         // absent: either
   AuthMethod method = AuthMethod::scram_sha_256;
-  std::string path;                    // "auth.rules[2]", for logs and errors
+  std::string path;  // "auth.rules[2]", for logs and errors
 };
 
 // Who is logging in, for choosing an auth rule.
@@ -217,7 +221,8 @@ struct Config {
     AuthMethod method;
     std::string_view rule;
   };
-  [[nodiscard]] AuthChoice choose_auth(std::string_view database, std::string_view user, const Peer& peer) const;
+  [[nodiscard]] AuthChoice choose_auth(std::string_view database, std::string_view user,
+                                       const Peer& peer) const;
 };
 
 // A configuration error names the YAML path and line:
@@ -243,7 +248,11 @@ class ConfigError : public std::runtime_error {
 
 // "250ms", "15s", "2m", "1h", "0" -> duration. nullopt when malformed.
 [[nodiscard]] std::optional<Duration> parse_duration(std::string_view text);
-// "65536", "64KiB", "64MiB", "1GiB" (also kB/MB/GB as powers of 1024) -> bytes. nullopt when malformed.
+// "65536", "64KiB", "64MiB", "1GiB" (also kB/MB/GB as powers of 1024) -> bytes. nullopt when
+// malformed.
 [[nodiscard]] std::optional<std::uint64_t> parse_size(std::string_view text);
+// Whole-string unsigned decimal; no sign, no spaces, no "0x". nullopt when malformed or on
+// overflow.
+[[nodiscard]] std::optional<std::uint64_t> parse_digits(std::string_view text);
 
 }  // namespace pgring::config

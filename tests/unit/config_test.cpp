@@ -2,9 +2,8 @@
 
 #include "config/config.hpp"
 
-#include <netinet/in.h>
-
 #include <doctest/doctest.h>
+#include <netinet/in.h>
 
 #include <fstream>
 #include <string>
@@ -235,7 +234,8 @@ TEST_CASE("config: enum values") {
               "must be one of session, transaction, statement; did you mean 'session'?");
   check_error("databases:\n  a: {pool_mode: Transaction}\n", "databases.a.pool_mode", 2,
               "did you mean 'transaction'?");
-  check_error("auth:\n  method: scram\n", "auth.method", 2, "trust, reject, md5, scram-sha-256, cert");
+  check_error("auth:\n  method: scram\n", "auth.method", 2,
+              "trust, reject, md5, scram-sha-256, cert");
   check_error("log: {format: xml}\n", "log.format", 1, "must be one of text, json");
   check_error("log: {level: warn}\n", "log.level", 1, "did you mean 'warning'?");
   check_error("defaults:\n  session_state: pinned\n", "defaults.session_state", 2,
@@ -420,15 +420,17 @@ databases:
   CHECK(user.max_user_client_connections == 5);
 
   // Process-wide timeouts cannot be set per pool; unknown ones get a suggestion.
-  check_error("databases:\n  app:\n    timeouts: {client_login: 5s}\n", "databases.app.timeouts.client_login", 3,
-              "top-level timeouts:");
-  check_error("users:\n  bob:\n    timeouts:\n      shutdown: 5s\n", "users.bob.timeouts.shutdown", 4,
-              "top-level timeouts:");
-  check_error("databases:\n  app:\n    timeouts: {qurey: 5s}\n", "databases.app.timeouts.qurey", 3, "query");
-  check_error("databases:\n  app:\n    timeouts: {query: 5}\n", "databases.app.timeouts.query", 3, "duration");
+  check_error("databases:\n  app:\n    timeouts: {client_login: 5s}\n",
+              "databases.app.timeouts.client_login", 3, "top-level timeouts:");
+  check_error("users:\n  bob:\n    timeouts:\n      shutdown: 5s\n", "users.bob.timeouts.shutdown",
+              4, "top-level timeouts:");
+  check_error("databases:\n  app:\n    timeouts: {qurey: 5s}\n", "databases.app.timeouts.qurey", 3,
+              "query");
+  check_error("databases:\n  app:\n    timeouts: {query: 5}\n", "databases.app.timeouts.query", 3,
+              "duration");
   check_error("defaults:\n  timeouts: {query: 5s}\n", "defaults.timeouts", 2, "unknown key");
-  check_error("users:\n  bob: {max_user_client_connections: -1}\n", "users.bob.max_user_client_connections", 2,
-              "integer");
+  check_error("users:\n  bob: {max_user_client_connections: -1}\n",
+              "users.bob.max_user_client_connections", 2, "integer");
 }
 
 TEST_CASE("config: parse_duration") {
@@ -566,19 +568,24 @@ TEST_CASE("config: tls sections") {
   CHECK(c.tls_server.ca == "/root.crt");
   CHECK(parse_config("").tls_client.mode == ClientTlsMode::disable);
   CHECK(parse_config("").tls_server.mode == ServerTlsMode::disable);
-  check_error("tls:\n  client: {mode: require}\n", "tls.client", 2, "mode require needs cert and key");
+  check_error("tls:\n  client: {mode: require}\n", "tls.client", 2,
+              "mode require needs cert and key");
   check_error("tls:\n  client: {mode: prefer, cert: a, key: b}\n", "tls.client.mode", 2,
               "must be one of disable, allow, require");
   check_error("tls:\n  server: {mode: verify-ca}\n", "tls.server", 2, "needs ca");
-  check_error("tls:\n  server: {mode: require, cert: /a}\n", "tls.server", 2, "cert and key go together");
-  check_error("tls:\n  server: {mode: verify}\n", "tls.server.mode", 2, "did you mean 'verify-ca'?");
+  check_error("tls:\n  server: {mode: require, cert: /a}\n", "tls.server", 2,
+              "cert and key go together");
+  check_error("tls:\n  server: {mode: verify}\n", "tls.server.mode", 2,
+              "did you mean 'verify-ca'?");
   check_error("tls:\n  clients: {}\n", "tls.clients", 2, "did you mean 'client'?");
-  const Config v = parse_config("tls:\n  client: {min_version: TLSv1.3, ciphers: HIGH}\n  server: {min_version: TLSv1.3}\n");
+  const Config v = parse_config(
+      "tls:\n  client: {min_version: TLSv1.3, ciphers: HIGH}\n  server: {min_version: TLSv1.3}\n");
   CHECK(v.tls_client.min_version == "TLSv1.3");
   CHECK(v.tls_client.ciphers == "HIGH");
   CHECK(v.tls_server.min_version == "TLSv1.3");
   CHECK(parse_config("").tls_client.min_version == "TLSv1.2");
-  check_error("tls:\n  client: {min_version: TLSv1.1}\n", "tls.client.min_version", 2, "must be one of TLSv1.2, TLSv1.3");
+  check_error("tls:\n  client: {min_version: TLSv1.1}\n", "tls.client.min_version", 2,
+              "must be one of TLSv1.2, TLSv1.3");
 }
 
 TEST_CASE("config: auth rules choose the method like pg_hba") {
@@ -623,14 +630,17 @@ tls:
   CHECK(plain.choose_auth("x", "y", local).rule == "auth.method");
 
   check_error("auth:\n  rules:\n    - {user: a}\n", "auth.rules[0]", 3, "a rule needs a method");
-  check_error("auth:\n  rules:\n    - {address: 10.0.0.0/33, method: trust}\n", "auth.rules[0].address", 3,
-              "is not all, local, an address or a network");
-  check_error("auth:\n  rules:\n    - {tls: maybe, method: trust}\n", "auth.rules[0].tls", 3, "must be true");
-  check_error("auth:\n  rules:\n    - {method: cert}\n", "auth.rules[0].method", 3, "method cert needs tls.client.ca");
-  check_error("auth:\n  rules:\n    - {hosts: all, method: trust}\n", "auth.rules[0].hosts", 3, "unknown key");
+  check_error("auth:\n  rules:\n    - {address: 10.0.0.0/33, method: trust}\n",
+              "auth.rules[0].address", 3, "is not all, local, an address or a network");
+  check_error("auth:\n  rules:\n    - {tls: maybe, method: trust}\n", "auth.rules[0].tls", 3,
+              "must be true");
+  check_error("auth:\n  rules:\n    - {method: cert}\n", "auth.rules[0].method", 3,
+              "method cert needs tls.client.ca");
+  check_error("auth:\n  rules:\n    - {hosts: all, method: trust}\n", "auth.rules[0].hosts", 3,
+              "unknown key");
   check_error("auth:\n  method: reject\n", "auth.method", 2, "use it in auth.rules");
-  check_error("auth:\n  rules:\n    - {address: [10.0.0.0/8, local], method: trust}\n", "auth.rules[0].address", 3,
-              "all and local stand alone");
+  check_error("auth:\n  rules:\n    - {address: [10.0.0.0/8, local], method: trust}\n",
+              "auth.rules[0].address", 3, "all and local stand alone");
 }
 
 TEST_CASE("config: networks") {
@@ -667,5 +677,6 @@ users:
   CHECK(c.auth_query->cache == std::chrono::seconds(30));
   CHECK(c.auth_query->query.find("$1") != std::string::npos);
   check_error("auth:\n  query: {cache: 1s}\n", "auth.query", 2, "needs a user");
-  check_error("auth:\n  query: {user: nobody}\n", "auth.query.user", 2, "must be in users: with a plain password");
+  check_error("auth:\n  query: {user: nobody}\n", "auth.query.user", 2,
+              "must be in users: with a plain password");
 }
