@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   std::shared_ptr<const pgring::config::Config> config;
   std::shared_ptr<const pgring::TlsContexts> tls;
   try {
-    config = std::make_shared<const pgring::config::Config>(pgring::config::load_config_file(config_path));
+    config = std::make_shared<const pgring::config::Config>(
+        pgring::config::load_config_file(config_path));
     tls = pgring::build_tls(*config);  // --check reads the certificates too
   } catch (const pgring::config::ConfigError& e) {
     std::fprintf(stderr, "pgring: %s: %s\n", config_path.c_str(), e.what());
@@ -44,10 +45,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   pgring::log::init(config->log_level, config->log_format);
-  int workers = config->workers > 0 ? config->workers : static_cast<int>(std::thread::hardware_concurrency());
+  int workers =
+      config->workers > 0 ? config->workers : static_cast<int>(std::thread::hardware_concurrency());
   if (workers < 1) workers = 1;
   if (workers > pgring::kMaxWorkers) {
-    pgring::log::warning("workers: {} is more than {}; running {}", workers, pgring::kMaxWorkers, pgring::kMaxWorkers);
+    pgring::log::warning("workers: {} is more than {}; running {}", workers, pgring::kMaxWorkers,
+                         pgring::kMaxWorkers);
     workers = pgring::kMaxWorkers;
   }
 
@@ -68,8 +71,9 @@ int main(int argc, char** argv) {
   }
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 &&
       files.rlim_cur < static_cast<rlim_t>(config->max_client_conn) + 100)
-    pgring::log::warning("the open files limit ({}) is below max_client_conn ({}); raise LimitNOFILE / ulimit -n",
-                         files.rlim_cur, config->max_client_conn);
+    pgring::log::warning(
+        "the open files limit ({}) is below max_client_conn ({}); raise LimitNOFILE / ulimit -n",
+        files.rlim_cur, config->max_client_conn);
 
   // One reactor per thread, each created on its own thread (its ring is SINGLE_ISSUER); reactor
   // 0 runs here. A reactor object stays alive until every reactor has stopped, because the
@@ -104,7 +108,8 @@ int main(int argc, char** argv) {
     started.wait();
     if (start_failed) {
       rc = 1;
-      reactor.broadcast([](pgring::Reactor& r) { r.begin_shutdown(pgring::Reactor::ShutdownMode::immediate); });
+      reactor.broadcast(
+          [](pgring::Reactor& r) { r.begin_shutdown(pgring::Reactor::ShutdownMode::immediate); });
     } else {
       pgring::log::info("{} reactor thread{} serving", workers, workers == 1 ? "" : "s");
       sd_notify(0, "READY=1\nSTATUS=accepting connections");

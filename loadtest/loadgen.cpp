@@ -39,7 +39,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 volatile sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+  g_stop = 1;
+}
 
 enum class State { Pending, Connecting, Querying, Idle, Done, Failed };
 
@@ -58,8 +60,8 @@ struct Options {
   int concurrency = 0;  // 0: idle 500, storm n
   std::string query;
   bool query_set = false;
-  double hold = 0;        // idle: seconds to hold before exiting on its own (0: until a signal)
-  double timeout = 300;   // give up on clients not done after this many seconds
+  double hold = 0;       // idle: seconds to hold before exiting on its own (0: until a signal)
+  double timeout = 300;  // give up on clients not done after this many seconds
 };
 
 [[noreturn]] void usage() {
@@ -113,8 +115,7 @@ class Loadgen {
       arm(static_cast<unsigned>(i), EPOLLIN | EPOLLRDHUP);
     }
     while (!g_stop) {
-      if (opt_.hold > 0 &&
-          std::chrono::duration<double>(Clock::now() - start).count() >= opt_.hold)
+      if (opt_.hold > 0 && std::chrono::duration<double>(Clock::now() - start).count() >= opt_.hold)
         break;
       int n = epoll_wait(ep_, events.data(), static_cast<int>(events.size()), 200);
       if (n < 0) {
@@ -306,7 +307,8 @@ class Loadgen {
 
 double pct(const std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
-  std::size_t k = static_cast<std::size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
+  std::size_t k =
+      static_cast<std::size_t>(p / 100.0 * static_cast<double>(sorted.size() - 1) + 0.5);
   return sorted[std::min(k, sorted.size() - 1)];
 }
 
@@ -334,14 +336,22 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) usage();
       return argv[++i];
     };
-    if (a == "-n") o.n = std::atoi(val().c_str());
-    else if (a == "-k") o.concurrency = std::atoi(val().c_str());
-    else if (a == "-q") o.query = val(), o.query_set = true;
-    else if (a == "--hold") o.hold = std::atof(val().c_str());
-    else if (a == "--timeout") o.timeout = std::atof(val().c_str());
-    else if (a == "-h" || a == "--help") usage();
-    else if (!a.empty() && a[0] == '-') usage();
-    else o.conninfo = a;
+    if (a == "-n")
+      o.n = std::atoi(val().c_str());
+    else if (a == "-k")
+      o.concurrency = std::atoi(val().c_str());
+    else if (a == "-q")
+      o.query = val(), o.query_set = true;
+    else if (a == "--hold")
+      o.hold = std::atof(val().c_str());
+    else if (a == "--timeout")
+      o.timeout = std::atof(val().c_str());
+    else if (a == "-h" || a == "--help")
+      usage();
+    else if (!a.empty() && a[0] == '-')
+      usage();
+    else
+      o.conninfo = a;
   }
   if (o.n <= 0 || o.conninfo.empty()) usage();
   if (!o.query_set && o.mode == "storm") o.query = "SELECT 1";
@@ -357,7 +367,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "loadgen: warning: open files limit %llu is below %d clients\n",
                  static_cast<unsigned long long>(rl.rlim_cur), o.n);
 
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;  // no SA_RESTART: epoll_wait returns EINTR
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
@@ -366,12 +376,13 @@ int main(int argc, char** argv) {
   Loadgen lg(o);
   bool complete = lg.run_logins();
   auto t = lg.done_ms();
-  std::printf("%s n=%d ok=%d failed=%d complete=%d seconds=%.3f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
-              "stuck_logging_in=%d stuck_in_query=%d not_started=%d loadgen_rss_kib=%ld error=\"%s\"\n",
-              o.mode == "idle" ? "ready" : "storm", o.n, lg.ok(), lg.failed(), complete ? 1 : 0,
-              lg.elapsed_s(), pct(t, 50), pct(t, 99), t.empty() ? 0.0 : t.back(),
-              lg.count(State::Connecting), lg.count(State::Querying), lg.count(State::Pending),
-              rss_kib(), lg.first_error().c_str());
+  std::printf(
+      "%s n=%d ok=%d failed=%d complete=%d seconds=%.3f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
+      "stuck_logging_in=%d stuck_in_query=%d not_started=%d loadgen_rss_kib=%ld error=\"%s\"\n",
+      o.mode == "idle" ? "ready" : "storm", o.n, lg.ok(), lg.failed(), complete ? 1 : 0,
+      lg.elapsed_s(), pct(t, 50), pct(t, 99), t.empty() ? 0.0 : t.back(),
+      lg.count(State::Connecting), lg.count(State::Querying), lg.count(State::Pending), rss_kib(),
+      lg.first_error().c_str());
   std::fflush(stdout);
   if (o.mode == "idle" && complete) {
     lg.watch();

@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -29,7 +27,8 @@ void Reactor::look_up(Client& client) {
   const config::AuthQuery& q = *config_->auth_query;
   // The lookup runs in the database the client asked for unless auth.query names one, over
   // the auth user's own pool (never with the client's startup settings: CVE-2025-12819).
-  std::string_view db_name = q.database.empty() ? std::string_view(client.startup_message_.database) : q.database;
+  std::string_view db_name =
+      q.database.empty() ? std::string_view(client.startup_message_.database) : q.database;
   const config::Database* db = config_->find_database(db_name);
   if (db == nullptr) {
     // Unknown databases are revealed only after authentication: fail like a wrong password.
@@ -55,7 +54,8 @@ void Reactor::resume_reading(Client& client) {
 
 void Server::start_lookup(Client& client) {
   if (!reactor_.config().auth_query) {  // removed by a reload meanwhile
-    reactor_.close(client, Reason::auth_query_failed, "authentication failed: auth.query was removed");
+    reactor_.close(client, Reason::auth_query_failed,
+                   "authentication failed: auth.query was removed");
     pool_.server_ready(*this);
     return;
   }
@@ -76,7 +76,7 @@ void Server::start_lookup(Client& client) {
     pool_.server_ready(*this);
     return;
   }
-  pool_.set_state(*this, ServerState::lookup);
+  reactor_.set_state(*this, ServerState::lookup);
   reactor_.want_send(stream_);
 }
 
@@ -91,8 +91,10 @@ void Server::handle_lookup_message(char type, std::string_view body) {
       }
       return;
     case proto::backend::kErrorResponse:
-      if (auto e = proto::parse_error_fields(body)) lookup_error_ = fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate);
-      else lookup_error_ = "malformed error";
+      if (auto e = proto::parse_error_fields(body))
+        lookup_error_ = fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate);
+      else
+        lookup_error_ = "malformed error";
       return;
     case proto::backend::kParameterStatus:
       if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);

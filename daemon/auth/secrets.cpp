@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -35,7 +33,8 @@ std::string Reactor::lookup_key(std::string_view database, std::string_view name
 
 const config::User* Reactor::cached_lookup(std::string_view database, std::string_view name) const {
   auto it = looked_up_.find(lookup_key(database, name));
-  if (it == looked_up_.end() || !config_->auth_query || now_ - it->second->fetched >= config_->auth_query->cache)
+  if (it == looked_up_.end() || !config_->auth_query ||
+      now_ - it->second->fetched >= config_->auth_query->cache)
     return nullptr;
   return &it->second->user;
 }
@@ -46,9 +45,8 @@ const config::User* Reactor::find_user(std::string_view database, std::string_vi
   return it == looked_up_.end() ? nullptr : &it->second->user;
 }
 
-
-const config::User& Reactor::store_lookup(std::string_view database, std::string_view name, std::string secret,
-                                          config::SecretKind kind) {
+const config::User& Reactor::store_lookup(std::string_view database, std::string_view name,
+                                          std::string secret, config::SecretKind kind) {
   auto& slot = looked_up_[lookup_key(database, name)];
   if (!slot) slot = std::make_unique<LookedUp>();
   bool changed = slot->user.password != secret;
@@ -74,7 +72,8 @@ const config::User& Reactor::store_lookup(std::string_view database, std::string
 proto::scram::Secret Reactor::mock_secret(std::string_view name) const {
   // Like PostgreSQL's scram_mock_salt: a hash of a process secret and the name, so asking twice
   // for the same unknown user shows the same salt, as a real user's would.
-  std::string input(reinterpret_cast<const char*>(shared_.mock_nonce.data()), shared_.mock_nonce.size());
+  std::string input(reinterpret_cast<const char*>(shared_.mock_nonce.data()),
+                    shared_.mock_nonce.size());
   input.append(name);
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(input.data()), input.size(), digest);
@@ -85,7 +84,6 @@ proto::scram::Secret Reactor::mock_secret(std::string_view name) const {
   RAND_bytes(secret.server_key.data(), static_cast<int>(secret.server_key.size()));
   return secret;
 }
-
 
 const proto::scram::Secret& Reactor::scram_secret_for(const config::User& user) {
   auto it = scram_secrets_.find(&user);

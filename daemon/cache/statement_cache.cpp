@@ -1,6 +1,4 @@
 // (split from conn/client.cpp)
-#include "daemon/conn/client.hpp"
-
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -8,15 +6,16 @@
 #include <cctype>
 #include <cstring>
 
-#include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/core/reactor.hpp"
+#include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
+#include "proto/bytes.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
-#include "proto/bytes.hpp"
 #include "proto/sql.hpp"
 
 namespace pgring {
@@ -24,7 +23,7 @@ namespace pgring {
 // ---- the statement cache (DESIGN.md section 5) ------------------------------------------------
 
 void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
-  Server::Expected& e = server.expect('e');
+  RequestQueue::Entry& e = server.expect(Request::owed_error);
   (void)proto::build::error_response(e.fake, "ERROR", sqlstate, message);
   skip_until_sync_ = true;
 }
@@ -36,14 +35,7 @@ bool Client::ensure_prepared(Server& server, const PreparedStatement& statement)
   }
   // The server lacks it (another connection, or evicted): prepare it first and swallow the
   // ParseComplete. An error from this Parse reaches the client as the error of its request.
-  if (!server.stream_.emit([&](std::string& out) {
-        return proto::build::parse(out, statement.server_name, statement.parse_tail);
-      }))
-    return false;
-  Server::Expected& e = server.expect('P');
-  e.skip = true;
-  e.statement = &statement;
-  server.prepared_.add(statement.id);
+  if (server.inject_parse(statement) == nullptr) return false;
   ++reactor_.statements().counters.injected;
   evict_statements(server, statement.id);
   return true;
@@ -59,24 +51,15 @@ bool Client::start_shape_check(Server& server, const NamedStatement& named) {
   // Flush), then hold this client's messages until the answer. One round trip, at most once
   // per statement and connection; a shape that differs is confirmed by the server itself.
   if (!prepared) {
-    (void)server.stream_.emit([&](std::string& out) {
-      return proto::build::parse(out, statement.server_name, statement.parse_tail);
-    });
-    Server::Expected& p = server.expect('P');
-    p.skip = true;
-    p.statement = &statement;
-    p.shape_check = true;  // (its error would be the check's: see Server, ErrorResponse)
-    server.prepared_.add(statement.id);
+    // (Its error would be the check's: see Server, ErrorResponse.)
+    if (RequestQueue::Entry* p = server.inject_parse(statement)) p->shape_check = true;
     ++reactor_.statements().counters.injected;
     evict_statements(server, statement.id);
   }
   (void)server.stream_.emit([&](std::string& out) {
-    proto::Writer w(out);
-    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement.server_name).end();
-    w.begin(proto::frontend::kFlush).end();
-    return w.ok();
+    return proto::build::describe_statement(out, statement.server_name) && proto::build::flush(out);
   });
-  Server::Expected& d = server.expect('D');
+  RequestQueue::Entry& d = server.expect(Request::describe);
   d.skip = true;
   d.statement = &statement;
   d.shape_check = true;
@@ -108,8 +91,10 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
     log::info("C-{} statement {} changed its result type; refusing it as PostgreSQL would", id_,
               statement.server_name);
     reactor_.statements().retire(statement);
-    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
-    server.expect('C').skip = true;
+    (void)server.stream_.emit([&](std::string& out) {
+      return proto::build::close_statement(out, statement.server_name);
+    });
+    server.expect(Request::close).skip = true;
     server.prepared_.remove(statement.id);
     // The server raises the error itself, so its transaction state is exactly PostgreSQL's
     // (an explicit block becomes failed, an implicit one rolls back at Sync). It runs as the
@@ -117,23 +102,16 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
     static constexpr std::string_view kRaise =
         "DO $pgring$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
         "MESSAGE = 'cached plan must not change result type'; END$pgring$";
-    (void)server.stream_.emit([&](std::string& out) {
-      proto::Writer w(out);
-      w.begin(proto::frontend::kParse).cstring("").cstring(kRaise).i16(0).end();
-      w.begin(proto::frontend::kBind).cstring("").cstring("").i16(0).i16(0).i16(0).end();
-      w.begin(proto::frontend::kExecute).cstring("").i32(0).end();
-      return w.ok();
-    });
-    server.expect('P').skip = true;
-    server.expect('B').skip = true;
+    (void)server.stream_.emit(
+        [&](std::string& out) { return proto::build::run_unnamed(out, kRaise, {}); });
+    server.expect(Request::parse).skip = true;
+    server.expect(Request::bind).skip = true;
     // Its ErrorResponse is replaced by PostgreSQL's own for this case: drivers recognise it by
     // the routine field (asyncpg: RevalidateCachedQuery -> InvalidCachedStatementError).
-    Server::Expected& raise = server.expect('E');
-    proto::Writer w(raise.fake);
-    w.begin(proto::backend::kErrorResponse);
-    w.u8('S').cstring("ERROR").u8('V').cstring("ERROR").u8('C').cstring("0A000");
-    w.u8('M').cstring("cached plan must not change result type");
-    w.u8('F').cstring("plancache.c").u8('R').cstring("RevalidateCachedQuery").u8(0).end();
+    RequestQueue::Entry& raise = server.expect(Request::execute);
+    (void)proto::build::error_response_from(raise.fake, "0A000",
+                                            "cached plan must not change result type",
+                                            "plancache.c", "RevalidateCachedQuery");
     server.unnamed_client_ = 0;
     skip_until_sync_ = true;  // the held Bind and what follows, up to the client's Sync
     reactor_.want_send(server.stream_);
@@ -151,18 +129,19 @@ void Client::evict_statements(Server& server, std::uint64_t keep) {
   auto limit = static_cast<std::size_t>(pool_->settings_.prepared_statements);
   while (auto victim = server.prepared_.victim(limit, keep)) {
     std::string name = "pgring_" + std::to_string(*victim);
-    (void)server.stream_.emit([&](std::string& out) { return proto::build::close_statement(out, name); });
-    server.expect('C').skip = true;
+    (void)server.stream_.emit(
+        [&](std::string& out) { return proto::build::close_statement(out, name); });
+    server.expect(Request::close).skip = true;
     server.prepared_.remove(*victim);
     ++reactor_.statements().counters.evictions;
   }
 }
 
 bool Client::cached_parse(Server& server, std::string_view body) {
-  proto::Reader r(body);
-  std::string_view name = r.cstring();
-  std::string_view tail = r.rest();
-  if (!r.ok()) return false;
+  auto parse = proto::parse_parse(body);
+  if (!parse) return false;  // malformed: the server answers it
+  std::string_view name = parse->name;
+  std::string_view tail = parse->tail;
   if (name.empty()) {
     // The unnamed statement passes through; remember it in case the next Bind lands elsewhere.
     unnamed_parse_tail_.assign(tail);
@@ -179,7 +158,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
-    server.expect('p');
+    server.expect(Request::owed_parse_complete);
     ++reactor_.statements().counters.hits;
     return true;
   }
@@ -189,7 +168,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
   }
-  Server::Expected& e = server.expect('P');
+  RequestQueue::Entry& e = server.expect(Request::parse);
   e.statement = &statement;
   server.prepared_.add(statement.id);
   ++reactor_.statements().counters.parses_sent;
@@ -205,50 +184,63 @@ const Client::NamedStatement* Client::find_statement(Server& server, std::string
 }
 
 bool Client::ensure_unnamed(Server& server) {
-  if (unnamed_parse_tail_.empty() || (server.unnamed_client_ == id_ && server.unnamed_seq_ == unnamed_seq_)) return true;
+  if (unnamed_parse_tail_.empty() ||
+      (server.unnamed_client_ == id_ && server.unnamed_seq_ == unnamed_seq_))
+    return true;
   // This server holds someone else's unnamed statement (or none): prepare ours first.
-  if (!server.stream_.emit([&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
+  if (!server.stream_.emit(
+          [&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
     return false;
-  server.expect('P').skip = true;
+  server.expect(Request::parse).skip = true;
   server.unnamed_client_ = id_;
   server.unnamed_seq_ = unnamed_seq_;
   ++reactor_.statements().counters.injected;
   return true;
 }
 
-bool Client::cached_bind(Server& server, std::string_view body) {
-  proto::Reader r(body);
-  std::string_view portal = r.cstring();
-  std::string_view name = r.cstring();
-  std::string_view rest = r.rest();
-  if (!r.ok()) return false;
+const PreparedStatement* Client::prepare_named(Server& server, std::string_view name,
+                                               bool& consumed) {
+  consumed = false;
   if (name.empty()) {
-    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
-    return false;
+    // The unnamed statement keeps its name: prepared here first if it lives elsewhere.
+    if (!ensure_unnamed(server))
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    return nullptr;
   }
   const NamedStatement* named = find_statement(server, name);
-  if (named == nullptr) return true;
-  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
-  const PreparedStatement* statement = named->entry;
-  if (!ensure_prepared(server, *statement)) {
-    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
-    return true;
+  if (named == nullptr) {
+    consumed = true;  // answered with 26000 in its place
+    return nullptr;
   }
+  if (start_shape_check(server, *named)) return nullptr;  // held (see forward_to_server)
+  if (!ensure_prepared(server, *named->entry)) {
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+    consumed = true;
+    return nullptr;
+  }
+  return named->entry;
+}
+
+bool Client::cached_bind(Server& server, std::string_view body) {
+  auto bind = proto::parse_bind(body);
+  if (!bind) return false;  // malformed: the server answers it
+  bool consumed = false;
+  const PreparedStatement* statement = prepare_named(server, bind->statement, consumed);
+  if (statement == nullptr) return consumed;
   // The parameters are copied once into the rewritten Bind.
   std::size_t offset = batch_copy_.size();
   std::size_t start = 0;
   bool ok = server.stream_.emit([&](std::string& out) {
     start = out.size();
-    proto::Writer b(out, std::size_t{1} << 31);
-    b.begin(proto::frontend::kBind).cstring(portal).cstring(statement->server_name).bytes(rest).end();
-    if (b.ok()) record_batch(std::string_view(out).substr(start));
-    return b.ok();
+    if (!proto::build::bind(out, bind->portal, statement->server_name, bind->rest)) return false;
+    record_batch(std::string_view(out).substr(start));
+    return true;
   });
   if (!ok) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Bind");
     return true;
   }
-  Server::Expected& e = server.expect('B');
+  RequestQueue::Entry& e = server.expect(Request::bind);
   e.statement = statement;
   e.batch_seq = batch_seq_;
   e.replay_offset = offset;
@@ -256,31 +248,19 @@ bool Client::cached_bind(Server& server, std::string_view body) {
 }
 
 bool Client::cached_describe(Server& server, std::string_view body) {
-  proto::Reader r(body);
-  char kind = static_cast<char>(r.u8());
-  std::string_view name = r.cstring();
-  if (!r.ok() || kind != 'S') return false;
-  if (name.empty()) {
-    if (!ensure_unnamed(server)) reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
-    return false;
-  }
-  const NamedStatement* named = find_statement(server, name);
-  if (named == nullptr) return true;
-  if (start_shape_check(server, *named)) return false;  // held (see forward_to_server)
-  const PreparedStatement* statement = named->entry;
-  if (!ensure_prepared(server, *statement)) {
-    reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
-    return true;
-  }
+  auto describe = proto::parse_describe(body);
+  if (!describe || !describe->statement()) return false;  // a portal, or malformed: passed on
+  bool consumed = false;
+  const PreparedStatement* statement = prepare_named(server, describe->name, consumed);
+  if (statement == nullptr) return consumed;
   std::size_t offset = batch_copy_.size();
   (void)server.stream_.emit([&](std::string& out) {
     std::size_t start = out.size();
-    proto::Writer w(out);
-    w.begin(proto::frontend::kDescribe).u8('S').cstring(statement->server_name).end();
-    if (w.ok()) record_batch(std::string_view(out).substr(start));
-    return w.ok();
+    if (!proto::build::describe_statement(out, statement->server_name)) return false;
+    record_batch(std::string_view(out).substr(start));
+    return true;
   });
-  Server::Expected& e = server.expect('D');
+  RequestQueue::Entry& e = server.expect(Request::describe);
   e.statement = statement;  // its reply records the shape the client is told
   e.batch_seq = batch_seq_;
   e.replay_offset = offset;
@@ -288,10 +268,9 @@ bool Client::cached_describe(Server& server, std::string_view body) {
 }
 
 bool Client::cached_close(Server& server, std::string_view body) {
-  proto::Reader r(body);
-  char kind = static_cast<char>(r.u8());
-  std::string_view name = r.cstring();
-  if (!r.ok() || kind != 'S') return false;
+  auto close = proto::parse_close(body);
+  if (!close || !close->statement()) return false;  // a portal, or malformed: passed on
+  std::string_view name = close->name;
   if (name.empty()) {
     unnamed_parse_tail_.clear();
     if (server.unnamed_client_ == id_) server.unnamed_client_ = 0;
@@ -299,7 +278,7 @@ bool Client::cached_close(Server& server, std::string_view body) {
   }
   // The client forgets its name; the server keeps the statement for whoever uses it next.
   statements_.erase(std::string(name));
-  server.expect('x');
+  server.expect(Request::owed_close_complete);
   return true;
 }
 
@@ -311,8 +290,9 @@ bool Client::deallocate(std::string_view query) {
     statements_.clear();
     return false;
   }
-  if (statements_.erase(d->name) == 0) return false;  // an SQL-level statement: the server's business
-  server_->expect('d');
+  if (statements_.erase(d->name) == 0)
+    return false;  // an SQL-level statement: the server's business
+  server_->expect(Request::owed_deallocate);
   return true;
 }
 

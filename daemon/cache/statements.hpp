@@ -37,11 +37,11 @@ using Shape = std::uint64_t;
 Shape shape_of(std::string_view row_description_or_n);
 
 struct StatementCounters {
-  std::uint64_t hits = 0;       // a client's Parse answered by pgring (already prepared there)
+  std::uint64_t hits = 0;         // a client's Parse answered by pgring (already prepared there)
   std::uint64_t parses_sent = 0;  // a client's Parse sent on (renamed)
-  std::uint64_t injected = 0;   // Parses pgring sent before a Bind/Describe that needed one
-  std::uint64_t evictions = 0;  // Closes sent to keep a server within prepared_statements
-  std::uint64_t retries = 0;    // requests re-run after "cached plan must not change result type"
+  std::uint64_t injected = 0;     // Parses pgring sent before a Bind/Describe that needed one
+  std::uint64_t evictions = 0;    // Closes sent to keep a server within prepared_statements
+  std::uint64_t retries = 0;      // requests re-run after "cached plan must not change result type"
 };
 
 class StatementRegistry {
@@ -54,7 +54,8 @@ class StatementRegistry {
   // prepares it afresh. Clients still naming the old entry keep a valid pointer.
   void retire(const PreparedStatement& statement);
   [[nodiscard]] std::size_t size() const { return by_tail_.size(); }
-  [[nodiscard]] const std::unordered_map<std::string, std::unique_ptr<PreparedStatement>>& entries() const {
+  [[nodiscard]] const std::unordered_map<std::string, std::unique_ptr<PreparedStatement>>& entries()
+      const {
     return by_tail_;
   }
   StatementCounters counters;

@@ -1,10 +1,9 @@
 #include "daemon/cancel/cancel.hpp"
 
-#include "daemon/core/reactor.hpp"
-
 #include <cstring>
 
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -35,7 +34,9 @@ void Reactor::cancel(std::int32_t pid, std::string_view secret) {
   int owner = pid & (kMaxWorkers - 1);
   if (owner != index_) {
     // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
-    Reactor* r = owner < shared_.workers() ? shared_.reactors[static_cast<std::size_t>(owner)].load() : nullptr;
+    Reactor* r = owner < shared_.workers()
+                     ? shared_.reactors[static_cast<std::size_t>(owner)].load()
+                     : nullptr;
     if (r == nullptr) {
       log::info("cancel request with an unknown key ignored");
       return;
@@ -58,7 +59,8 @@ void Reactor::cancel(std::int32_t pid, std::string_view secret) {
     client.cancel_while_waiting();
     return;
   }
-  if (client.state_ != ClientState::active || client.server_ == nullptr) return;  // idle: nothing to cancel
+  if (client.state_ != ClientState::active || client.server_ == nullptr)
+    return;  // idle: nothing to cancel
   Server& server = *client.server_;
   if (server.requests_in_flight() == 0 || server.restore_replies_pending_ > 0) return;
   start_cancel(server);
@@ -76,8 +78,10 @@ void Reactor::start_cancel(Server& server) {
     return;
   }
   canceller->stream_.fd = fd;
-  if (server.client_ != nullptr) log::info("S-{} canceling the request of C-{}", server.id_, server.client_->id_);
-  else log::info("S-{} canceling the request its departed client left running", server.id_);
+  if (server.client_ != nullptr)
+    log::info("S-{} canceling the request of C-{}", server.id_, server.client_->id_);
+  else
+    log::info("S-{} canceling the request its departed client left running", server.id_);
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
   io_uring_sqe_set_data(sqe, &canceller->connect_op_);
@@ -92,8 +96,8 @@ void Reactor::on_cancel_connect(Canceller& canceller, int result) {
     return;
   }
   // Only the request it was meant for: if that link ended meanwhile, say nothing.
-  if (server->state_ != ServerState::active || server->link_generation_ != canceller.link_generation_ ||
-      server->requests_in_flight() == 0) {
+  if (server->state_ != ServerState::active ||
+      server->link_generation_ != canceller.link_generation_ || server->requests_in_flight() == 0) {
     log::debug("S-{} cancel dropped: the request already finished", server->id_);
     finish_cancel(canceller);
     return;
@@ -108,10 +112,14 @@ void Reactor::on_cancel_connect(Canceller& canceller, int result) {
 
 void Reactor::on_cancel_send(Canceller& canceller, int result) {
   --canceller.ops_in_flight_;
-  if (result < 0) canceller.stream_.send_failed();
-  else (void)canceller.stream_.on_sent(static_cast<std::uint32_t>(result));
-  if (result < 0) finish_cancel(canceller);
-  else if (canceller.done_) finish_cancel(canceller);
+  if (result < 0)
+    canceller.stream_.send_failed();
+  else
+    (void)canceller.stream_.on_sent(static_cast<std::uint32_t>(result));
+  if (result < 0)
+    finish_cancel(canceller);
+  else if (canceller.done_)
+    finish_cancel(canceller);
 }
 
 void Reactor::on_cancel_recv(Canceller& canceller, int result, unsigned flags) {
@@ -140,9 +148,10 @@ void Reactor::finish_cancel(Canceller& canceller) {
           Client& client = *server->client_;
           client.stream_.reading_paused_ = false;
           if (client.stream_.input_size() > 0) client.on_input();
-          if (client.state_ != ClientState::closing) arm_recv(client.stream_, client.ops_in_flight_);
+          if (client.state_ != ClientState::closing)
+            arm_recv(client.stream_, client.ops_in_flight_);
         } else if (server->state_ == ServerState::canceling) {
-          server->pool_.set_state(*server, ServerState::idle);
+          server->reactor_.set_state(*server, ServerState::idle);
           server->pool_.maintain();
         } else if (server->state_ == ServerState::closing) {
           maybe_free(*server);

@@ -7,27 +7,33 @@
 #include <cctype>
 #include <cstring>
 
-#include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/core/reactor.hpp"
 #include "daemon/conn/server.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
+#include "proto/bytes.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
-#include "proto/bytes.hpp"
 #include "proto/sql.hpp"
 
 namespace pgring {
 
 std::string_view to_string(ClientState state) {
   switch (state) {
-    case ClientState::startup: return "startup";
-    case ClientState::auth: return "auth";
-    case ClientState::idle: return "idle";
-    case ClientState::waiting: return "waiting";
-    case ClientState::active: return "active";
-    case ClientState::closing: return "closing";
+    case ClientState::startup:
+      return "startup";
+    case ClientState::auth:
+      return "auth";
+    case ClientState::idle:
+      return "idle";
+    case ClientState::waiting:
+      return "waiting";
+    case ClientState::active:
+      return "active";
+    case ClientState::closing:
+      return "closing";
   }
   return "?";
 }
@@ -41,51 +47,86 @@ Client::Client(Reactor& reactor, std::uint64_t id, int fd, std::string peer)
 }
 
 bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {
-  if (stream_.input_size() < 5) return false;
-  char header[5];
-  stream_.peek(header, 5);
-  frame = proto::frame_message(std::string_view(header, 5), max_size);
-  if (frame.status == proto::FrameStatus::invalid_length) {
-    reactor_.close(*this, Reason::protocol_violation, "invalid message length");
-    return false;
-  }
+  frame = stream_.next_frame(max_size);
+  if (frame.bad()) refuse_frame(frame, max_size);
+  return frame.status == proto::FrameStatus::complete;
+}
+
+void Client::refuse_frame(const proto::Frame& frame, std::uint32_t max_size) {
   if (frame.status == proto::FrameStatus::too_large) {
-    reactor_.close(*this, Reason::message_too_large,
-                   fmt::format("message of {} bytes is larger than the limit of {}", frame.size, max_size));
-    return false;
+    reactor_.close(
+        *this, Reason::message_too_large,
+        fmt::format("message of {} bytes is larger than the limit of {}", frame.size, max_size));
+  } else {
+    reactor_.close(*this, Reason::protocol_violation, "invalid message length");
   }
-  return stream_.input_size() >= frame.size;
 }
 
 void Client::on_input() {
   switch (state_) {
-    case ClientState::startup: handle_startup(); break;
-    case ClientState::auth: handle_auth(); break;
+    case ClientState::startup:
+      handle_startup();
+      break;
+    case ClientState::auth:
+      handle_auth();
+      break;
     case ClientState::idle:
       if (admin_ != AdminRole::none) {
         handle_admin();
         break;
       }
       // Transaction mode: the first byte of a new request asks for a server.
-      if (stream_.input_size() >= 5) {
-        char header[5];
-        stream_.peek(header, 5);
-        if (header[0] == proto::frontend::kTerminate) {
-          reactor_.close(*this, Reason::client_terminate);
-          return;
-        }
+      if (stream_.next_frame(reactor_.config().max_message_size).type ==
+          proto::frontend::kTerminate) {
+        reactor_.close(*this, Reason::client_terminate);
+        return;
       }
-      pool_->request_server(*this);
-      if (state_ == ClientState::waiting) on_input();
+      pool_->request_server(*this);  // links an idle server at once, if there is one
+      if (state_ == ClientState::active)
+        forward_to_server();
+      else if (state_ == ClientState::waiting)
+        hold_while_waiting();
       break;
     case ClientState::waiting:
-      // Nothing is forwarded until a server is linked; do not let a client pile up unbounded
-      // bytes meanwhile.
-      if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
+      hold_while_waiting();
       break;
-    case ClientState::active: forward_to_server(); break;
-    case ClientState::closing: stream_.discard_all(); break;
+    case ClientState::active:
+      forward_to_server();
+      break;
+    case ClientState::closing:
+      stream_.discard_all();
+      break;
   }
+}
+
+void Client::on_linked(Server& server) {
+  log::debug("C-{} linked to S-{}", id_, server.id_);
+  // The common case costs one comparison: this server's session already is this client's
+  // (same client again, or clients that set the same things).
+  std::string sql =
+      server.session_fingerprint_ == session_fingerprint() ? std::string() : restore_sql(server);
+  if (!sql.empty()) {
+    if (!server.stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode the session settings");
+      return;
+    }
+    log::debug("C-{} restoring its session on S-{}: {}", id_, server.id_, sql);
+    ++server.restore_replies_pending_;
+    server.settings_ = settings_;
+    reactor_.want_send(server.stream_);
+  } else {
+    on_restored();
+  }
+  stream_.reading_paused_ = false;
+  // What it sent while waiting goes on after this loop turn's completions (forward_linked),
+  // never on the stack of whoever freed the server (another client's read loop, say).
+  reactor_.forward_later(*this);
+}
+
+void Client::hold_while_waiting() {
+  // Nothing is forwarded until a server is linked; do not let a client pile up unbounded bytes
+  // meanwhile.
+  if (stream_.input_size() > (64u << 10)) stream_.reading_paused_ = true;
 }
 
 void Client::cancel_while_waiting() {
@@ -97,11 +138,12 @@ void Client::cancel_while_waiting() {
   stream_.discard_all();
   forward_remaining_ = 0;
   (void)stream_.emit([](std::string& out) {
-    return proto::build::error_response(out, "ERROR", "57014", "canceling statement due to user request");
+    return proto::build::error_response(out, "ERROR", "57014",
+                                        "canceling statement due to user request");
   });
   (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(stream_);
-  pool_->set_state(*this, ClientState::idle);
+  reactor_.set_state(*this, ClientState::idle);
   if (stream_.reading_paused_) {
     stream_.reading_paused_ = false;
     reactor_.arm_recv_for(*this);
@@ -116,7 +158,8 @@ void Client::note_session_state(std::uint8_t flags) {
   if (pool_->settings_.session_state == config::SessionStatePolicy::error) {
     reactor_.close(*this, Reason::feature_not_supported,
                    fmt::format("{} cannot be used in {} pooling mode (session_state: error)",
-                               proto::sql::describe_session_state(fresh), config::to_string(pool_->settings_.pool_mode)));
+                               proto::sql::describe_session_state(fresh),
+                               config::to_string(pool_->settings_.pool_mode)));
     return;
   }
   log::info("C-{} pinned to its server: {}", id_, proto::sql::describe_session_state(fresh));
@@ -133,7 +176,8 @@ void Client::forward_to_server() {
   }
   const std::uint32_t max_size = reactor_.config().max_message_size;
   // The statement cache renames named statements in transaction and statement mode.
-  const bool cache = pool_->settings_.pool_mode != config::PoolMode::session && pool_->settings_.prepared_statements > 0;
+  const bool cache = pool_->settings_.pool_mode != config::PoolMode::session &&
+                     pool_->settings_.prepared_statements > 0;
   for (;;) {
     if (forward_remaining_ > 0) {
       // The rest of a large message, streamed as it arrives.
@@ -150,19 +194,13 @@ void Client::forward_to_server() {
       discard_remaining_ -= n;
       continue;
     }
-    if (shape_check_pending_ || stream_.input_size() < 5) break;
-    char header[5];
-    stream_.peek(header, 5);
-    proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
-    if (frame.status == proto::FrameStatus::invalid_length) {
-      reactor_.close(*this, Reason::protocol_violation, "invalid message length");
+    if (shape_check_pending_) break;
+    proto::Frame frame = stream_.next_frame(max_size);
+    if (frame.bad()) {
+      refuse_frame(frame, max_size);
       return;
     }
-    if (frame.status == proto::FrameStatus::too_large) {
-      reactor_.close(*this, Reason::message_too_large,
-                     fmt::format("message of {} bytes is larger than max_message_size ({})", frame.size, max_size));
-      return;
-    }
+    if (!frame.header_known()) break;
     const char type = frame.type;
     if (type == proto::frontend::kTerminate) {
       // Never forwarded: the server stays in the pool.
@@ -178,10 +216,12 @@ void Client::forward_to_server() {
     }
     // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session
     // state; with the statement cache, every message that names a statement.
-    bool statement_message = cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
-                                       type == proto::frontend::kDescribe || type == proto::frontend::kClose);
-    bool inspect = statement_message || ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
-                                         frame.size <= kMaxInspectedQuery);
+    bool statement_message =
+        cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
+                  type == proto::frontend::kDescribe || type == proto::frontend::kClose);
+    bool inspect = statement_message ||
+                   ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
+                    frame.size <= kMaxInspectedQuery);
     if (inspect && stream_.input_size() < frame.size) break;
     std::string_view body = inspect ? stream_.contiguous(frame.size).substr(5) : std::string_view();
     bool handled = false;  // true: the message was consumed (rewritten or answered here)
@@ -209,15 +249,13 @@ void Client::forward_to_server() {
         // A simple Query destroys the unnamed statement, on the server and in the session.
         unnamed_parse_tail_.clear();
         server.unnamed_client_ = 0;
-        server.expect('Q', state, std::move(set));
+        server.expect(Request::query, state, std::move(set));
         break;
       }
       case proto::frontend::kParse: {
         if (inspect) {
-          proto::Reader r(body);
-          (void)r.cstring();
-          std::string_view text = r.cstring();
-          if (r.ok()) {
+          if (auto parse = proto::parse_parse(body)) {
+            std::string_view text = parse->query;
             std::uint8_t state = proto::sql::scan_session_state(text);
             // A lone SET sent through the extended protocol is replayed like a simple one: it
             // rides on the next Execute.
@@ -232,57 +270,58 @@ void Client::forward_to_server() {
             }
           }
         }
-        server.unsynced_ = true;
+        server.requests_.unsynced_ = true;
         if (statement_message) {
           handled = cached_parse(server, body);
           if (state_ == ClientState::closing) return;
         }
-        if (!handled) server.expect('P');
+        if (!handled) server.expect(Request::parse);
         break;
       }
       case proto::frontend::kBind:
-        server.unsynced_ = true;
+        server.requests_.unsynced_ = true;
         if (statement_message) {
           handled = cached_bind(server, body);
           if (state_ == ClientState::closing) return;
         }
-        if (!handled && !shape_check_pending_) server.expect('B');
+        if (!handled && !shape_check_pending_) server.expect(Request::bind);
         break;
       case proto::frontend::kDescribe:
-        server.unsynced_ = true;
+        server.requests_.unsynced_ = true;
         if (statement_message) {
           handled = cached_describe(server, body);
           if (state_ == ClientState::closing) return;
         }
-        if (!handled && !shape_check_pending_) server.expect('D');
+        if (!handled && !shape_check_pending_) server.expect(Request::describe);
         break;
       case proto::frontend::kClose:
-        server.unsynced_ = true;
+        server.requests_.unsynced_ = true;
         if (statement_message) handled = cached_close(server, body);
-        if (!handled) server.expect('C');
+        if (!handled) server.expect(Request::close);
         break;
       case proto::frontend::kSync:
         skip_until_sync_ = false;
-        server.expect('S').batch_seq = batch_seq_;
-        server.unsynced_ = false;
+        server.expect(Request::sync).batch_seq = batch_seq_;
+        server.requests_.unsynced_ = false;
         break;
       case proto::frontend::kFunctionCall:
-        server.expect('F');
+        server.expect(Request::function_call);
         break;
       case proto::frontend::kExecute:
         ++pool_->stats_.queries;
-        server.expect('E', 0, std::move(last_parse_set_));
-        server.unsynced_ = true;
+        server.expect(Request::execute, 0, std::move(last_parse_set_));
+        server.requests_.unsynced_ = true;
         break;
       case proto::frontend::kFlush:
-        server.unsynced_ = true;
+        server.requests_.unsynced_ = true;
         break;
       case proto::frontend::kCopyDone:
       case proto::frontend::kCopyFail:
         // Only meaningful while the server is in COPY FROM STDIN; otherwise it ignores them.
-        if (server.copy_in_) server.expect('c');
+        if (server.requests_.copy_in_) server.expect(Request::copy_end);
         break;
-      default: break;
+      default:
+        break;
     }
     if (shape_check_pending_) break;  // this message waits for the check's answer
     if (handled) {
@@ -296,8 +335,10 @@ void Client::forward_to_server() {
                     type == proto::frontend::kFlush || type == proto::frontend::kClose ||
                     type == proto::frontend::kParse;
     if (cache && extended) {
-      if (n == frame.size) record_batch(stream_.contiguous(n));
-      else batch_copy_ok_ = false;
+      if (n == frame.size)
+        record_batch(stream_.contiguous(n));
+      else
+        batch_copy_ok_ = false;
     }
     stream_.forward(n, server.stream_);
     forward_remaining_ = frame.size - n;

@@ -23,14 +23,14 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <utility>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "config/config.hpp"
+#include "daemon/cache/statements.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
-#include "daemon/cache/statements.hpp"
 #include "daemon/core/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/scram.hpp"
@@ -96,8 +96,8 @@ class Client {
   Clock::time_point state_since_;
   Clock::time_point last_activity_;  // last bytes received (client_idle timeout)
   Stream stream_;
-  std::string peer_;  // "ip:port" for logs
-  config::Peer peer_info_;  // address and transport, for the auth rules
+  std::string peer_;         // "ip:port" for logs
+  config::Peer peer_info_;   // address and transport, for the auth rules
   bool direct_tls_ = false;  // TLS began without an SSLRequest: ALPN must say "postgresql"
   int ops_in_flight_ = 0;
   bool shut_down_ = false;  // socket shut down; waiting for in-flight operations to finish
@@ -154,11 +154,11 @@ class Client {
   // its Parse (after the name) and prepares it again where the next Bind/Describe lands.
   std::string unnamed_parse_tail_;
   std::uint64_t unnamed_seq_ = 0;
-  bool skip_until_sync_ = false;      // after an error pgring raised in the extended protocol
+  bool skip_until_sync_ = false;  // after an error pgring raised in the extended protocol
   // Forwarding waits while pgring checks, on a server that never had it, that a statement this
   // client described still has the same result shape (DDL may have changed it).
   bool shape_check_pending_ = false;
-  Pool* counted_in_ = nullptr;  // holds a unit of this pool's database and user client budgets
+  Pool* counted_in_ = nullptr;      // holds a unit of this pool's database and user client budgets
   Shape shape_check_expected_ = 0;  // the shape the held message's statement was described with
   // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
   // that fails because a cached plan changed can be replayed (Server::retry_after_error).
@@ -184,6 +184,7 @@ class Client {
   void start_auth();
   void auth_ok();
   void forward_to_server();
+  void hold_while_waiting();
   void take_startup_settings();
   void admin_login();
   void handle_admin();
@@ -194,6 +195,11 @@ class Client {
   bool cached_close(Server& server, std::string_view body);
   bool deallocate(std::string_view query);
   bool ensure_unnamed(Server& server);
+  // A Bind or Describe names statement `name`: the statement the linked server now has (the
+  // message is rewritten to its name), or null when the message goes on as it is (the unnamed
+  // statement, a held shape check) or was dealt with (`consumed`: an error owed in its place,
+  // or the connection closed).
+  const PreparedStatement* prepare_named(Server& server, std::string_view name, bool& consumed);
   void record_batch(std::string_view bytes);
   void end_batch();
   bool ensure_prepared(Server& server, const PreparedStatement& statement);
@@ -203,7 +209,10 @@ class Client {
   const NamedStatement* find_statement(Server& server, std::string_view name);
   void fake_error(Server& server, std::string_view sqlstate, std::string message);
   [[nodiscard]] std::string restore_sql(const Server& server) const;
+  // The next whole message in `frame`; false while it is incomplete or when it was refused.
   [[nodiscard]] bool frame_next(proto::Frame& frame, std::uint32_t max_size);
+  // A message whose length lies or passes `max_size`: close with 08P01 or 54000.
+  void refuse_frame(const proto::Frame& frame, std::uint32_t max_size);
 
   // Auth exchange state, only while authenticating (idle clients stay small).
   struct AuthState {
@@ -213,7 +222,7 @@ class Client {
     std::string server_first;
     bool offered_plus = false;  // SCRAM-SHA-256-PLUS was offered (TLS): a "y" flag is a downgrade
     std::optional<proto::scram::Secret> mock;  // the exchange of a user pgring has no secret for
-    std::string secret;  // the configured secret the exchange checks against
+    std::string secret;                        // the configured secret the exchange checks against
   };
   std::unique_ptr<AuthState> auth_;
 };

@@ -1,6 +1,4 @@
 // (split from conn/client.cpp)
-#include "daemon/conn/client.hpp"
-
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -8,15 +6,16 @@
 #include <cctype>
 #include <cstring>
 
-#include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/core/reactor.hpp"
+#include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
+#include "proto/bytes.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
-#include "proto/bytes.hpp"
 #include "proto/sql.hpp"
 
 namespace pgring {
@@ -43,7 +42,8 @@ void Client::handle_startup() {
     if (!tls->handshake_done()) return;
     if (direct_tls_ && tls->alpn() != "postgresql") {
       // Without ALPN the client could be speaking anything over TLS (PostgreSQL refuses too).
-      reactor_.close(*this, Reason::tls_error, "direct TLS connection without ALPN protocol \"postgresql\"");
+      reactor_.close(*this, Reason::tls_error,
+                     "direct TLS connection without ALPN protocol \"postgresql\"");
       return;
     }
     peer_info_.tls = true;
@@ -58,8 +58,8 @@ void Client::handle_startup() {
     }
     if (frame.status == proto::FrameStatus::too_large) {
       reactor_.close(*this, Reason::message_too_large,
-                     fmt::format("startup packet of {} bytes is larger than the limit of {}", frame.size,
-                                 proto::kMaxStartupPacket));
+                     fmt::format("startup packet of {} bytes is larger than the limit of {}",
+                                 frame.size, proto::kMaxStartupPacket));
       return;
     }
     if (stream_.input_size() < frame.size) return;
@@ -88,15 +88,18 @@ void Client::handle_startup() {
       case proto::StartupKind::cancel_request: {
         // This connection only carries the request; like PostgreSQL, pgring answers nothing
         // and closes it.
-        if (auto request = proto::parse_cancel_request(packet)) reactor_.cancel(request->pid, request->secret);
+        if (auto request = proto::parse_cancel_request(packet))
+          reactor_.cancel(request->pid, request->secret);
         reactor_.close(*this, Reason::cancel_request);
         return;
       }
       case proto::StartupKind::unknown:
         reactor_.close(*this, Reason::unsupported_protocol,
-                       fmt::format("unsupported frontend protocol {}.{}", packet.code >> 16, packet.code & 0xffff));
+                       fmt::format("unsupported frontend protocol {}.{}", packet.code >> 16,
+                                   packet.code & 0xffff));
         return;
-      case proto::StartupKind::startup: break;
+      case proto::StartupKind::startup:
+        break;
     }
     auto message = proto::parse_startup_message(packet);
     if (!message) {
@@ -106,7 +109,8 @@ void Client::handle_startup() {
     startup_message_ = *message;
     if (refused_too_many_) {
       reactor_.close(*this, Reason::too_many_clients,
-                     fmt::format("no more connections allowed (max_client_conn {})", reactor_.config().max_client_conn));
+                     fmt::format("no more connections allowed (max_client_conn {})",
+                                 reactor_.config().max_client_conn));
       return;
     }
     if (stream_.input_size() != 0) {
@@ -114,9 +118,10 @@ void Client::handle_startup() {
       reactor_.close(*this, Reason::protocol_violation, "unexpected data after the startup packet");
       return;
     }
-    if (reactor_.config().tls_client.mode == config::ClientTlsMode::require && stream_.tls() == nullptr &&
-        !peer_info_.local) {
-      reactor_.close(*this, Reason::tls_required, "TLS is required (tls.client.mode require); connect with sslmode=require");
+    if (reactor_.config().tls_client.mode == config::ClientTlsMode::require &&
+        stream_.tls() == nullptr && !peer_info_.local) {
+      reactor_.close(*this, Reason::tls_required,
+                     "TLS is required (tls.client.mode require); connect with sslmode=require");
       return;
     }
     // We speak 3.0. A newer minor or protocol extensions (_pq_.*) are negotiated down, as
@@ -128,8 +133,9 @@ void Client::handle_startup() {
       (void)stream_.emit([&](std::string& out) {
         return proto::build::negotiate_protocol_version(out, proto::kProtocol30, unsupported);
       });
-    log::debug("C-{} startup user={} database={}{}", id_, startup_message_.user, startup_message_.database,
-               stream_.tls() != nullptr ? fmt::format(" ({})", stream_.tls()->version()) : std::string());
+    log::debug(
+        "C-{} startup user={} database={}{}", id_, startup_message_.user, startup_message_.database,
+        stream_.tls() != nullptr ? fmt::format(" ({})", stream_.tls()->version()) : std::string());
     start_auth();
   }
 }
@@ -138,7 +144,8 @@ void Client::begin_tls(bool direct) {
   SSL_CTX* ctx = reactor_.tls().client_side.get();
   if (ctx == nullptr) {
     // tls.client.mode disable: the bytes cannot be a startup packet either.
-    reactor_.close(*this, Reason::tls_error, "direct TLS connection, but TLS is not enabled (tls.client.mode)");
+    reactor_.close(*this, Reason::tls_error,
+                   "direct TLS connection, but TLS is not enabled (tls.client.mode)");
     return;
   }
   if (stream_.input_size() != 0 && !direct) {
@@ -153,8 +160,9 @@ void Client::begin_tls(bool direct) {
   bool ok = session != nullptr && stream_.start_tls(std::move(session));
   reactor_.want_send(stream_);
   if (!ok) {
-    reactor_.close(*this, Reason::tls_error,
-                   stream_.tls() != nullptr ? stream_.tls()->error() : std::string("cannot start TLS"));
+    reactor_.close(
+        *this, Reason::tls_error,
+        stream_.tls() != nullptr ? stream_.tls()->error() : std::string("cannot start TLS"));
     return;
   }
   if (stream_.input_size() > 0) handle_startup();  // the handshake finished with the first bytes
@@ -165,18 +173,20 @@ void Client::begin_tls(bool direct) {
 void Client::start_auth() {
   const config::Config& cfg = reactor_.config();
   std::string_view user_name = startup_message_.user;
-  config::Config::AuthChoice choice = cfg.choose_auth(startup_message_.database, user_name, peer_info_);
+  config::Config::AuthChoice choice =
+      cfg.choose_auth(startup_message_.database, user_name, peer_info_);
   user_ = cfg.find_user(user_name);
-  state_ = ClientState::auth;
-  state_since_ = reactor_.now();
+  reactor_.set_state(*this, ClientState::auth);
   switch (choice.method) {
     case config::AuthMethod::reject:
-      reactor_.close(*this, Reason::auth_rejected,
-                     choice.rule.empty()
-                         ? fmt::format("no auth rule allows user \"{}\" to database \"{}\" from {}{}", user_name,
-                                       startup_message_.database, peer_info_.local ? "the unix socket" : peer_,
-                                       peer_info_.tls ? " with TLS" : " without TLS")
-                         : fmt::format("{} rejects user \"{}\"", choice.rule, user_name));
+      reactor_.close(
+          *this, Reason::auth_rejected,
+          choice.rule.empty()
+              ? fmt::format("no auth rule allows user \"{}\" to database \"{}\" from {}{}",
+                            user_name, startup_message_.database,
+                            peer_info_.local ? "the unix socket" : peer_,
+                            peer_info_.tls ? " with TLS" : " without TLS")
+              : fmt::format("{} rejects user \"{}\"", choice.rule, user_name));
       return;
     case config::AuthMethod::trust:
     case config::AuthMethod::cert:
@@ -186,11 +196,13 @@ void Client::start_auth() {
         return;
       }
       if (choice.method == config::AuthMethod::cert) {
-        std::string name = stream_.tls() != nullptr ? stream_.tls()->verified_peer_name() : std::string();
+        std::string name =
+            stream_.tls() != nullptr ? stream_.tls()->verified_peer_name() : std::string();
         if (name.empty() || name != user_name) {
-          reactor_.close(*this, Reason::cert_auth_failed,
-                         fmt::format("certificate authentication failed for user \"{}\"{}", user_name,
-                                     name.empty() ? ": no valid client certificate" : ""));
+          reactor_.close(
+              *this, Reason::cert_auth_failed,
+              fmt::format("certificate authentication failed for user \"{}\"{}", user_name,
+                          name.empty() ? ": no valid client certificate" : ""));
           return;
         }
       }
@@ -202,7 +214,8 @@ void Client::start_auth() {
       // Not in users: its secret comes from the server (auth.query), cached for a while. The
       // admin console never trusts a looked-up role: its users must be configured.
       if (user_ == nullptr && cfg.auth_query && startup_message_.database != kAdminDatabase) {
-        if (const config::User* cached = reactor_.cached_lookup(startup_message_.database, user_name)) {
+        if (const config::User* cached =
+                reactor_.cached_lookup(startup_message_.database, user_name)) {
           user_ = cached;
         } else {
           reactor_.look_up(*this);
@@ -229,13 +242,16 @@ void Client::on_lookup_done(std::optional<std::string> secret, const std::string
   if (!error.empty()) {
     // The details are for the operator: the client has not proven anything yet.
     log::warning("C-{} auth.query for user \"{}\" failed: {}", id_, user_name, error);
-    reactor_.close(*this, Reason::auth_query_failed, "authentication failed: the user could not be looked up");
+    reactor_.close(*this, Reason::auth_query_failed,
+                   "authentication failed: the user could not be looked up");
     return;
   }
   config::SecretKind kind = secret ? config::classify_secret(*secret) : config::SecretKind::none;
-  if (kind == config::SecretKind::scram && !proto::scram::parse_secret(*secret)) kind = config::SecretKind::none;
+  if (kind == config::SecretKind::scram && !proto::scram::parse_secret(*secret))
+    kind = config::SecretKind::none;
   if (secret && !secret->empty() && kind == config::SecretKind::none)
-    log::warning("C-{} auth.query returned a malformed SCRAM secret for user \"{}\"", id_, user_name);
+    log::warning("C-{} auth.query returned a malformed SCRAM secret for user \"{}\"", id_,
+                 user_name);
   if (!secret || secret->empty() || kind == config::SecretKind::none) {
     // No such user, no password, or a secret pgring cannot use: go through the motions with a
     // secret nobody knows, so that a stranger cannot tell which roles exist.
@@ -248,10 +264,12 @@ void Client::on_lookup_done(std::optional<std::string> secret, const std::string
 }
 
 void Client::start_password_auth(config::AuthMethod method) {
-  if (user_ != nullptr && user_->secret_kind == config::SecretKind::md5 && method == config::AuthMethod::scram_sha_256) {
+  if (user_ != nullptr && user_->secret_kind == config::SecretKind::md5 &&
+      method == config::AuthMethod::scram_sha_256) {
     // Like PostgreSQL: an md5 secret cannot answer scram-sha-256. The client learns no more
     // than from a wrong password.
-    log::info("C-{} user \"{}\" has an md5 secret, which auth method scram-sha-256 cannot use", id_, user_->name);
+    log::info("C-{} user \"{}\" has an md5 secret, which auth method scram-sha-256 cannot use", id_,
+              user_->name);
     user_ = nullptr;
   }
   auth_ = std::make_unique<AuthState>();
@@ -264,15 +282,16 @@ void Client::start_password_auth(config::AuthMethod method) {
   // Use what the stored secret allows: an MD5 secret cannot answer SCRAM and a SCRAM secret
   // cannot answer MD5 (PostgreSQL makes the same choice).
   bool use_scram = user_ == nullptr || user_->secret_kind == config::SecretKind::scram ||
-                   (method == config::AuthMethod::scram_sha_256 && user_->secret_kind != config::SecretKind::md5);
+                   (method == config::AuthMethod::scram_sha_256 &&
+                    user_->secret_kind != config::SecretKind::md5);
   if (use_scram) {
     auth_->step = AuthState::Step::scram_first;
     // Over TLS, channel binding is offered first: a client that can bind will.
     auth_->offered_plus = stream_.tls() != nullptr;
     (void)stream_.emit([&](std::string& out) {
-      return auth_->offered_plus
-                 ? proto::build::authentication_sasl(out, proto::scram::kMechanismPlus, proto::scram::kMechanism)
-                 : proto::build::authentication_sasl(out, proto::scram::kMechanism);
+      return auth_->offered_plus ? proto::build::authentication_sasl(
+                                       out, proto::scram::kMechanismPlus, proto::scram::kMechanism)
+                                 : proto::build::authentication_sasl(out, proto::scram::kMechanism);
     });
   } else {
     auth_->step = AuthState::Step::md5;
@@ -303,9 +322,10 @@ void Client::handle_auth() {
     switch (auth_->step) {
       case AuthState::Step::md5: {
         auto password = proto::parse_password_message(body);
-        std::string expected = user_->secret_kind == config::SecretKind::md5
-                                   ? proto::md5::response_from_secret(auth_->secret, auth_->md5_salt)
-                                   : proto::md5::response(user_name, auth_->secret, auth_->md5_salt);
+        std::string expected =
+            user_->secret_kind == config::SecretKind::md5
+                ? proto::md5::response_from_secret(auth_->secret, auth_->md5_salt)
+                : proto::md5::response(user_name, auth_->secret, auth_->md5_salt);
         bool good = password && proto::scram::timing_safe_equal(*password, expected);
         stream_.consume(frame.size);
         if (!good) {
@@ -319,7 +339,8 @@ void Client::handle_auth() {
       case AuthState::Step::scram_first: {
         auto initial = proto::parse_sasl_initial_response(body);
         std::optional<proto::scram::ClientFirst> first;
-        bool plus = initial && initial->mechanism == proto::scram::kMechanismPlus && auth_->offered_plus;
+        bool plus =
+            initial && initial->mechanism == proto::scram::kMechanismPlus && auth_->offered_plus;
         if (initial && (initial->mechanism == proto::scram::kMechanism || plus))
           first = proto::scram::parse_client_first(initial->data);
         stream_.consume(frame.size);
@@ -331,14 +352,16 @@ void Client::handle_auth() {
         }
         if (first->could_bind() && auth_->offered_plus) {
           // The client can bind and we offered it: someone removed -PLUS from our offer.
-          reactor_.close(*this, Reason::auth_failed, "SCRAM channel binding was offered but the client says it was not");
+          reactor_.close(*this, Reason::auth_failed,
+                         "SCRAM channel binding was offered but the client says it was not");
           return;
         }
         unsigned char nonce_raw[18];
         RAND_bytes(nonce_raw, sizeof nonce_raw);
-        std::string server_nonce =
-            proto::scram::base64_encode(std::string_view(reinterpret_cast<char*>(nonce_raw), sizeof nonce_raw));
-        const proto::scram::Secret& secret = auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
+        std::string server_nonce = proto::scram::base64_encode(
+            std::string_view(reinterpret_cast<char*>(nonce_raw), sizeof nonce_raw));
+        const proto::scram::Secret& secret =
+            auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
         auth_->scram_first = std::move(*first);
         auth_->server_first = proto::scram::server_first(auth_->scram_first, server_nonce, secret);
         auth_->step = AuthState::Step::scram_final;
@@ -349,14 +372,17 @@ void Client::handle_auth() {
         break;
       }
       case AuthState::Step::scram_final: {
-        const proto::scram::Secret& secret = auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
+        const proto::scram::Secret& secret =
+            auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
         std::string binding;
-        if (auth_->scram_first.binds() && stream_.tls() != nullptr) binding = stream_.tls()->end_point_hash();
+        if (auth_->scram_first.binds() && stream_.tls() != nullptr)
+          binding = stream_.tls()->end_point_hash();
         proto::scram::Key client_key{};
-        auto final_message =
-            proto::scram::verify_client_final(auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
+        auto final_message = proto::scram::verify_client_final(
+            auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
         stream_.consume(frame.size);
-        if (!final_message || auth_->mock) {  // a mock exchange fails, whatever came (by construction)
+        if (!final_message ||
+            auth_->mock) {  // a mock exchange fails, whatever came (by construction)
           reactor_.close(*this, Reason::auth_failed,
                          fmt::format("password authentication failed for user \"{}\"", user_name));
           return;
@@ -393,7 +419,8 @@ void Client::auth_ok() {
     return;
   }
   if (!startup_message_.find("replication").empty()) {
-    reactor_.close(*this, Reason::feature_not_supported, "replication connections are not supported");
+    reactor_.close(*this, Reason::feature_not_supported,
+                   "replication connections are not supported");
     return;
   }
   take_startup_settings();

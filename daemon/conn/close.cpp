@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -45,15 +43,18 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     client.lookup_server_ = nullptr;
   }
   std::string_view state = sqlstate(reason);
-  if (reason == Reason::client_eof || reason == Reason::client_terminate || reason == Reason::cancel_request)
+  if (reason == Reason::client_eof || reason == Reason::client_terminate ||
+      reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
   else
-    log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
+    log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ",
+              message);
   // No error in the middle of a message being streamed to the client: it would be read as
   // part of that message. The client sees the connection end instead.
   bool mid_message = client.server_ != nullptr && client.server_->forward_remaining_ > 0;
   // Before (or after a broken) TLS handshake nothing the client could read can be sent.
-  bool tls_broken = client.stream_.tls() != nullptr && (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
+  bool tls_broken = client.stream_.tls() != nullptr &&
+                    (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
   if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken) {
     std::string text = "pgring: ";
     text += message.empty() ? name(reason) : message;
@@ -67,9 +68,11 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     server->client_ = nullptr;
     if (server->state_ == ServerState::active) {
       if (client.forward_remaining_ > 0)
-        close(*server, Reason::server_dirty, "client left in the middle of a message");  // half a message sent
+        close(*server, Reason::server_dirty,
+              "client left in the middle of a message");  // half a message sent
       else
-        server->release(client.pool_->settings_.pool_mode == config::PoolMode::session || client.pinned_state_ != 0);
+        server->release(client.pool_->settings_.pool_mode == config::PoolMode::session ||
+                        client.pinned_state_ != 0);
     }
   }
   if (client.cancel_pid_ != 0) {
@@ -79,15 +82,14 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     cancel_keys_.erase(key | secret);
   }
   Pool* pool = client.pool_;
-  unlink(&client);
-  client.state_ = ClientState::closing;
-  client.state_since_ = now_;
-  closing_clients_.push_back(&client);
+  set_state(client, ClientState::closing);
   --client_count_;
   shared_.clients.fetch_sub(1, std::memory_order_relaxed);
   client.stream_.reading_paused_ = true;
-  if (client.stream_.has_output()) want_send(client.stream_);  // the error, or a TLS alert
-  else if (!client.stream_.send_in_flight()) finish_close(client);
+  if (client.stream_.has_output())
+    want_send(client.stream_);  // the error, or a TLS alert
+  else if (!client.stream_.send_in_flight())
+    finish_close(client);
   if (pool != nullptr) pool->maintain();
   maybe_free(client);
 }
@@ -95,32 +97,32 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
 void Reactor::close(Server& server, Reason reason, std::string_view message) {
   if (server.state_ == ServerState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
-  log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_, server.pool_.user_name_, name(reason),
-            message.empty() ? "" : ": ", message);
+  log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_,
+            server.pool_.user_name_, name(reason), message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
   Pool& pool = server.pool_;
   if (Client* client = server.lookup_client_) {
     server.lookup_client_ = nullptr;
     client->lookup_server_ = nullptr;
     close(*client, Reason::auth_query_failed,
-          fmt::format("auth.query failed: server connection lost{}{}", message.empty() ? "" : ": ", message));
+          fmt::format("auth.query failed: server connection lost{}{}", message.empty() ? "" : ": ",
+                      message));
   }
   if (Client* client = server.client_) {
     // Session state is gone with the server: the client cannot go on.
     server.client_ = nullptr;
     client->server_ = nullptr;
     close(*client, Reason::server_connection_lost,
-          message.empty() ? std::string("server connection lost") : "server connection lost: " + std::string(message));
+          message.empty() ? std::string("server connection lost")
+                          : "server connection lost: " + std::string(message));
   }
-  unlink(&server);
-  server.state_ = ServerState::closing;
-  server.state_since_ = now_;
-  closing_servers_.push_back(&server);
+  set_state(server, ServerState::closing);
   server.stream_.reading_paused_ = true;
   server.stream_.discard_all();
   // A healthy server gets a polite Terminate; one that failed gets its socket shut down.
   bool polite = (was == ServerState::idle || reason == Reason::server_idle_timeout ||
-                 reason == Reason::server_lifetime || reason == Reason::shutdown || reason == Reason::server_dirty) &&
+                 reason == Reason::server_lifetime || reason == Reason::shutdown ||
+                 reason == Reason::server_dirty) &&
                 reason != Reason::server_eof && reason != Reason::server_io_error;
   if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
     // An idle server reads the Terminate at once: wait for it to close its end (below).
@@ -159,7 +161,8 @@ void Reactor::finish_close(Server& server) {
 }
 
 void Reactor::maybe_free(Client& client) {
-  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_) return;
+  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_)
+    return;
   if (client.freed_) return;
   client.freed_ = true;
   if (client.stream_.fd >= 0) ::close(client.stream_.fd);
@@ -169,7 +172,8 @@ void Reactor::maybe_free(Client& client) {
 }
 
 void Reactor::maybe_free(Server& server) {
-  if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_) return;
+  if (server.state_ != ServerState::closing || server.ops_in_flight_ > 0 || !server.shut_down_)
+    return;
   if (server.cancels_in_flight_ > 0) return;  // a Canceller still points here
   if (server.freed_) return;
   server.freed_ = true;

@@ -1,97 +1,136 @@
-// (split from conn/server.cpp)
-#include "daemon/conn/server.hpp"
+#include "daemon/conn/request_queue.hpp"
 
-#include <openssl/rand.h>
-
-#include <algorithm>
-#include <cctype>
-
-#include "daemon/conn/client.hpp"
-#include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/core/reactor.hpp"
-#include "daemon/net/tls.hpp"
-#include "proto/builders.hpp"
-#include "proto/bytes.hpp"
-#include "proto/md5.hpp"
 #include "proto/messages.hpp"
 
 namespace pgring {
 
-Server::Expected& Server::expect(char kind) {
-  if (expected_head_ == expected_.size()) {
-    // The server becomes busy now: the query timeout counts from here.
-    busy_since_ = reactor_.now();
-    if (transaction_status_ == 'I') transaction_start_ = busy_since_;
-    query_timeout_canceled_ = false;
-    expected_.clear();
-    expected_head_ = 0;
-  } else if (expected_head_ > 64 && expected_head_ * 2 > expected_.size()) {
-    expected_.erase(expected_.begin(), expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_));
-    expected_head_ = 0;
+std::string_view to_string(Request kind) {
+  switch (kind) {
+    case Request::query:
+      return "Query";
+    case Request::sync:
+      return "Sync";
+    case Request::function_call:
+      return "FunctionCall";
+    case Request::execute:
+      return "Execute";
+    case Request::parse:
+      return "Parse";
+    case Request::bind:
+      return "Bind";
+    case Request::close:
+      return "Close";
+    case Request::describe:
+      return "Describe";
+    case Request::copy_end:
+      return "CopyDone/CopyFail";
+    case Request::owed_parse_complete:
+      return "owed ParseComplete";
+    case Request::owed_close_complete:
+      return "owed CloseComplete";
+    case Request::owed_error:
+      return "owed ErrorResponse";
+    case Request::owed_deallocate:
+      return "owed DEALLOCATE";
   }
-  expected_.emplace_back();
-  expected_.back().kind = kind;
-  return expected_.back();
+  return "?";
 }
 
-void Server::expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set) {
-  Expected& e = expect(kind);
-  e.session_state = session_state;
-  e.set = std::move(set);
+bool is_owed(Request kind) {
+  return kind == Request::owed_parse_complete || kind == Request::owed_close_complete ||
+         kind == Request::owed_error || kind == Request::owed_deallocate;
 }
 
-namespace {
-bool is_fake(char kind) { return kind == 'p' || kind == 'x' || kind == 'e' || kind == 'd'; }
-}  // namespace
-
-void Server::flush_fakes() {
-  if (client_ == nullptr) return;
-  Client& client = *client_;
-  bool sent = false;
-  while (expected_head_ < expected_.size() && is_fake(expected_[expected_head_].kind)) {
-    Expected& e = expected_[expected_head_];
-    switch (e.kind) {
-      case 'p': (void)client.stream_.emit([](std::string& out) { return proto::build::parse_complete(out); }); break;
-      case 'x': (void)client.stream_.emit([](std::string& out) { return proto::build::close_complete(out); }); break;
-      case 'e': client.stream_.emit_bytes(e.fake); break;
-      case 'd':
-        (void)client.stream_.emit([](std::string& out) { return proto::build::command_complete(out, "DEALLOCATE"); });
-        (void)client.stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, transaction_status_); });
-        break;
-      default: break;
-    }
-    ++expected_head_;
-    sent = true;
-  }
-  if (sent) reactor_.want_send(client.stream_);
+bool is_extended(Request kind) {
+  return kind == Request::parse || kind == Request::bind || kind == Request::describe ||
+         kind == Request::close || kind == Request::execute;
 }
 
-void Server::pop_expected_until_ready() {
-  // ReadyForQuery answers the first Query, Sync or FunctionCall; Executes before it that got no
-  // reply of their own were skipped by the server after an error.
-  while (expected_head_ < expected_.size()) {
-    Expected& e = expected_[expected_head_];
-    char kind = e.kind;
-    if (kind == 'P' && e.statement != nullptr) prepared_.remove(e.statement->id);  // skipped: not prepared
-    e.set.reset();
-    ++expected_head_;
-    if (kind == 'Q' || kind == 'S' || kind == 'F') break;
+bool ends_cycle(Request kind) {
+  return kind == Request::query || kind == Request::sync || kind == Request::function_call;
+}
+
+std::optional<Request> request_for(char frontend_type) {
+  namespace fe = proto::frontend;
+  switch (frontend_type) {
+    case fe::kQuery:
+      return Request::query;
+    case fe::kSync:
+      return Request::sync;
+    case fe::kFunctionCall:
+      return Request::function_call;
+    case fe::kExecute:
+      return Request::execute;
+    case fe::kParse:
+      return Request::parse;
+    case fe::kBind:
+      return Request::bind;
+    case fe::kClose:
+      return Request::close;
+    case fe::kDescribe:
+      return Request::describe;
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      return Request::copy_end;
+    default:
+      return std::nullopt;
   }
 }
 
-void Server::drop_expected(std::size_t index) {
-  expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(index));
+RequestQueue::Entry& RequestQueue::push(Request kind, bool* became_busy) {
+  if (became_busy != nullptr) *became_busy = empty();
+  if (empty()) {
+    entries_.clear();
+    head_ = 0;
+  } else if (head_ > 64 && head_ * 2 > entries_.size()) {
+    // A long pipeline: drop the answered prefix now and then instead of at every reply.
+    entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
+  entries_.emplace_back();
+  entries_.back().kind = kind;
+  return entries_.back();
 }
 
-bool Server::pop_reply(char request_kind) {
-  if (request_kind == 'E') executed_in_batch_ = true;
-  if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != request_kind) return false;
-  Expected& e = expected_[expected_head_];
+bool RequestQueue::pop_reply(Request kind) {
+  if (!head_is(kind)) return false;
+  Entry& e = entries_[head_];
   bool skip = e.skip;
   e.set.reset();
-  ++expected_head_;
+  ++head_;
   return skip;
+}
+
+RequestQueue::Completed RequestQueue::on_command_complete() {
+  Completed done;
+  if (!empty()) {
+    Entry& head = entries_[head_];
+    if (head.kind == Request::execute) {
+      done.execute = true;
+      done.set = std::move(head.set);
+      ++head_;
+    } else if (head.kind == Request::query && head.set) {
+      done.set = std::make_unique<proto::sql::SetStatement>(*head.set);
+    }
+  }
+  if (copy_in_) end_copy();
+  return done;
+}
+
+void RequestQueue::end_copy() {
+  copy_in_ = false;
+  for (std::size_t i = head_; i < entries_.size(); ++i) {
+    Request kind = entries_[i].kind;
+    if (kind != Request::copy_end && kind != Request::sync) continue;
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+    if (kind == Request::copy_end) break;
+    --i;
+  }
+}
+
+void RequestQueue::drop_all_but_last() {
+  if (entries_.size() - head_ < 2) return;
+  entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(head_), entries_.end() - 1);
 }
 
 }  // namespace pgring

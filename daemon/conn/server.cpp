@@ -7,9 +7,10 @@
 
 #include "daemon/conn/client.hpp"
 #include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/md5.hpp"
@@ -19,14 +20,22 @@ namespace pgring {
 
 std::string_view to_string(ServerState state) {
   switch (state) {
-    case ServerState::connecting: return "connecting";
-    case ServerState::login: return "login";
-    case ServerState::idle: return "idle";
-    case ServerState::active: return "active";
-    case ServerState::resetting: return "resetting";
-    case ServerState::canceling: return "canceling";
-    case ServerState::lookup: return "lookup";
-    case ServerState::closing: return "closing";
+    case ServerState::connecting:
+      return "connecting";
+    case ServerState::login:
+      return "login";
+    case ServerState::idle:
+      return "idle";
+    case ServerState::active:
+      return "active";
+    case ServerState::resetting:
+      return "resetting";
+    case ServerState::canceling:
+      return "canceling";
+    case ServerState::lookup:
+      return "lookup";
+    case ServerState::closing:
+      return "closing";
   }
   return "?";
 }
@@ -41,10 +50,7 @@ Server::Server(Reactor& reactor, Pool& pool, std::uint64_t id)
 void Server::set_param(std::string_view name, std::string_view value) {
   // A reported parameter is tracked here from now on, never as a replayed setting.
   for (auto it = settings_.begin(); it != settings_.end(); ++it) {
-    if (it->first.size() == name.size() &&
-        std::equal(name.begin(), name.end(), it->first.begin(), [](char a, char b) {
-          return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
-        })) {
+    if (proto::iequals(it->first, name)) {
       settings_.erase(it);
       break;
     }
@@ -65,23 +71,25 @@ void Server::on_input() {
   }
   if (tls_step_ != TlsStep::none && !negotiate_tls()) return;
   // Login, reset and idle: every message is read whole and handled here.
-  while (state_ == ServerState::login || state_ == ServerState::resetting || state_ == ServerState::idle ||
-         state_ == ServerState::canceling || state_ == ServerState::lookup) {
-    if (stream_.input_size() < 5) return;
-    char header[5];
-    stream_.peek(header, 5);
-    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxInspected);
-    if (frame.status == proto::FrameStatus::invalid_length || frame.status == proto::FrameStatus::too_large) {
+  while (state_ == ServerState::login || state_ == ServerState::resetting ||
+         state_ == ServerState::idle || state_ == ServerState::canceling ||
+         state_ == ServerState::lookup) {
+    proto::Frame frame = stream_.next_frame(kMaxInspected);
+    if (frame.bad()) {
       reactor_.close(*this, Reason::server_protocol_error, "invalid message from server");
       return;
     }
-    if (stream_.input_size() < frame.size) return;
+    if (frame.status != proto::FrameStatus::complete) return;
     std::string_view body = stream_.contiguous(frame.size).substr(5);
     ServerState before = state_;
-    if (before == ServerState::login) handle_login_message(frame.type, body);
-    else if (before == ServerState::resetting) handle_reset_message(frame.type, body);
-    else if (before == ServerState::lookup) handle_lookup_message(frame.type, body);
-    else handle_idle_message(frame.type, body);
+    if (before == ServerState::login)
+      handle_login_message(frame.type, body);
+    else if (before == ServerState::resetting)
+      handle_reset_message(frame.type, body);
+    else if (before == ServerState::lookup)
+      handle_lookup_message(frame.type, body);
+    else
+      handle_idle_message(frame.type, body);
     if (state_ == ServerState::closing) return;
     stream_.consume(frame.size);
     if (state_ == ServerState::active && stream_.input_size() > 0) {
@@ -91,75 +99,105 @@ void Server::on_input() {
   }
 }
 
+RequestQueue::Entry& Server::expect(Request kind) {
+  bool became_busy = false;
+  RequestQueue::Entry& e = requests_.push(kind, &became_busy);
+  if (became_busy) {
+    // The server becomes busy now: the query timeout counts from here.
+    busy_since_ = reactor_.now();
+    if (transaction_status_ == 'I') transaction_start_ = busy_since_;
+    query_timeout_canceled_ = false;
+  }
+  return e;
+}
+
+void Server::expect(Request kind, std::uint8_t session_state,
+                    std::unique_ptr<proto::sql::SetStatement> set) {
+  RequestQueue::Entry& e = expect(kind);
+  e.session_state = session_state;
+  e.set = std::move(set);
+}
+
+RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
+  if (!stream_.emit([&](std::string& out) {
+        return proto::build::parse(out, statement.server_name, statement.parse_tail);
+      }))
+    return nullptr;
+  RequestQueue::Entry& e = expect(Request::parse);
+  e.skip = true;
+  e.statement = &statement;
+  prepared_.add(statement.id);
+  return &e;
+}
+
+void Server::flush_fakes() {
+  if (client_ == nullptr) return;
+  Stream& out = client_->stream_;
+  bool sent = false;
+  requests_.take_owed([&](const RequestQueue::Entry& e) {
+    sent = true;
+    switch (e.kind) {
+      case Request::owed_parse_complete:
+        (void)out.emit([](std::string& o) { return proto::build::parse_complete(o); });
+        break;
+      case Request::owed_close_complete:
+        (void)out.emit([](std::string& o) { return proto::build::close_complete(o); });
+        break;
+      case Request::owed_error:
+        out.emit_bytes(e.fake);
+        break;
+      case Request::owed_deallocate:
+        (void)out.emit(
+            [](std::string& o) { return proto::build::command_complete(o, "DEALLOCATE"); });
+        (void)out.emit(
+            [&](std::string& o) { return proto::build::ready_for_query(o, transaction_status_); });
+        break;
+      default:
+        break;
+    }
+  });
+  if (sent) reactor_.want_send(out);
+}
+
+void Server::pop_expected_until_ready() {
+  // Executes before the answered Query/Sync/FunctionCall that got no reply of their own were
+  // skipped by the server after an error: a skipped Parse prepared nothing.
+  requests_.pop_until_ready([&](const RequestQueue::Entry& e) {
+    if (e.kind == Request::parse && e.statement != nullptr) prepared_.remove(e.statement->id);
+  });
+}
+
+bool Server::pop_reply(Request request_kind) {
+  if (request_kind == Request::execute) executed_in_batch_ = true;
+  return requests_.pop_reply(request_kind);
+}
+
 void Server::on_error_response() {
   transaction_failed_ = true;
-  if (expected_head_ < expected_.size()) {
-    Expected& head = expected_[expected_head_];
-    char kind = head.kind;
-    if (kind == 'P' || kind == 'B' || kind == 'D' || kind == 'C' || kind == 'E') {
-      // An extended-protocol request failed: the server now skips everything up to the next
-      // Sync, so those requests (and fake replies queued among them) will never be answered.
-      // Statements those skipped Parses would have prepared do not exist.
-      std::size_t i = expected_head_;
-      while (i < expected_.size() && expected_[i].kind != 'S') {
-        if (expected_[i].kind == 'P' && expected_[i].statement != nullptr) prepared_.remove(expected_[i].statement->id);
-        ++i;
-      }
-      expected_.erase(expected_.begin() + static_cast<std::ptrdiff_t>(expected_head_),
-                      expected_.begin() + static_cast<std::ptrdiff_t>(i));
-    }
-  }
-  if (copy_in_) {
-    // An error ends COPY FROM STDIN; Syncs sent during it were ignored.
-    copy_in_ = false;
-    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
-      if (expected_[i].kind == 'c') {
-        drop_expected(i);
-        break;
-      }
-      if (expected_[i].kind == 'S') drop_expected(i--);
-    }
-  }
+  // Statements the Parses skipped after the error would have prepared do not exist.
+  requests_.on_error([&](const RequestQueue::Entry& e) {
+    if (e.kind == Request::parse && e.statement != nullptr) prepared_.remove(e.statement->id);
+  });
 }
 
 void Server::on_command_complete(std::string_view tag) {
   // The request this completes: an Execute (popped now), or the Query still running.
-  std::unique_ptr<proto::sql::SetStatement> set;
-  if (expected_head_ < expected_.size()) {
-    Expected& head = expected_[expected_head_];
-    if (head.kind == 'E') {
-      set = std::move(head.set);
-      ++expected_head_;
-      executed_in_batch_ = true;
-    } else if (head.kind == 'Q' && head.set) {
-      set = std::make_unique<proto::sql::SetStatement>(*head.set);
-    }
-  }
-  if (copy_in_) {
-    // COPY FROM STDIN is over. The server ignored every Sync sent during the copy: forget them,
-    // and the CopyDone/CopyFail that ended it.
-    copy_in_ = false;
-    for (std::size_t i = expected_head_; i < expected_.size(); ++i) {
-      if (expected_[i].kind == 'c') {
-        drop_expected(i);
-        break;
-      }
-      if (expected_[i].kind == 'S') drop_expected(i--);
-    }
-  }
+  RequestQueue::Completed done = requests_.on_command_complete();
+  if (done.execute) executed_in_batch_ = true;
+  std::unique_ptr<proto::sql::SetStatement>& set = done.set;
   if ((tag == "SET" || tag == "RESET") && set) {
     // A reported parameter is tracked through ParameterStatus; other settings are replayed.
     bool reported = false;
     for (const auto& [name, value] : params_) {
       (void)value;
-      reported |= name.size() == set->name.size() &&
-                  std::equal(name.begin(), name.end(), set->name.begin(),
-                             [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+      reported |= proto::iequals(name, set->name);
     }
     // A RESET matters even for a reported parameter: it returns to the startup value.
-    if (!reported || set->kind != proto::sql::SetStatement::Kind::set) pending_settings_.push_back(*set);
+    if (!reported || set->kind != proto::sql::SetStatement::Kind::set)
+      pending_settings_.push_back(*set);
   } else if (tag == "DISCARD ALL") {
-    pending_settings_.push_back(proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
+    pending_settings_.push_back(
+        proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
     // Every prepared statement of the session is gone: the client's and pgring's.
     prepared_.clear();
     if (client_ != nullptr) client_->statements_.clear();
@@ -177,9 +215,7 @@ void Server::on_command_complete(std::string_view tag) {
 bool Server::reset_pending(std::string_view name) const {
   for (const auto& set : pending_settings_) {
     if (set.kind == proto::sql::SetStatement::Kind::reset_all) return true;
-    if (set.kind == proto::sql::SetStatement::Kind::reset && set.name.size() == name.size() &&
-        std::equal(name.begin(), name.end(), set.name.begin(),
-                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; }))
+    if (set.kind == proto::sql::SetStatement::Kind::reset && proto::iequals(name, set.name))
       return true;
   }
   return false;
@@ -197,7 +233,7 @@ void Server::on_ready_for_query(char status) {
   last_ready_ = reactor_.now();
   pop_expected_until_ready();
   // Pipelined requests still queued: the next one is running from now on.
-  if (expected_head_ < expected_.size()) {
+  if (!requests_.empty()) {
     busy_since_ = reactor_.now();
     query_timeout_canceled_ = false;
   }
@@ -225,7 +261,9 @@ void Server::on_ready_for_query(char status) {
           case proto::sql::SetStatement::Kind::reset:
             std::erase_if(settings_, [&](const auto& kv) { return kv.first == set.name; });
             break;
-          case proto::sql::SetStatement::Kind::reset_all: settings_.clear(); break;
+          case proto::sql::SetStatement::Kind::reset_all:
+            settings_.clear();
+            break;
         }
       }
     }
@@ -258,18 +296,17 @@ void Server::forward_to_client() {
       swallow_remaining_ -= n;
       continue;
     }
-    if (stream_.input_size() < 5) break;
-    char header[5];
-    stream_.peek(header, 5);
-    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxServerMessage);
-    if (frame.status == proto::FrameStatus::invalid_length) {
+    proto::Frame frame = stream_.next_frame(kMaxServerMessage);
+    if (frame.bad()) {
       reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
       return;
     }
+    if (!frame.header_known()) break;
     if (restore_replies_pending_ > 0) {
       // Replies to the settings pgring restored: read whole and swallowed.
       if (frame.size > kMaxInspected) {
-        reactor_.close(*this, Reason::server_protocol_error, "oversized reply while restoring settings");
+        reactor_.close(*this, Reason::server_protocol_error,
+                       "oversized reply while restoring settings");
         return;
       }
       if (stream_.input_size() < frame.size) break;
@@ -280,8 +317,9 @@ void Server::forward_to_client() {
     }
     // The few messages pgring tracks are read whole; everything else streams through.
     char type = frame.type;
-    bool inspect = type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
-                   type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
+    bool inspect =
+        type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
+        type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
     bool swallow = false;
     bool incomplete = false;  // must wait for the rest of this message
     bool consumed = false;    // already taken out of the input
@@ -294,36 +332,36 @@ void Server::forward_to_client() {
           reactor_.close(*this, Reason::server_protocol_error, "malformed ReadyForQuery");
           return;
         }
-        if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' && client.pinned_state_ == 0) {
+        if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' &&
+            client.pinned_state_ == 0) {
           refuse_transaction_block(frame.size);
           continue;
         }
         // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
-        swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'S' &&
-                  expected_[expected_head_].skip;
+        swallow = requests_.head_is(Request::sync) && requests_.head()->skip;
         on_ready_for_query(*status);
       } else if (type == proto::backend::kErrorResponse) {
         auto fields = proto::parse_error_fields(body);
-        if (expected_head_ < expected_.size() && expected_[expected_head_].kind == 'E' &&
-            !expected_[expected_head_].fake.empty()) {
+        const RequestQueue::Entry* head = requests_.head();
+        if (head != nullptr && head->kind == Request::execute && !head->fake.empty()) {
           // An error pgring provoked on purpose: the client gets the one it stands for.
-          client.stream_.emit_bytes(expected_[expected_head_].fake);
+          client.stream_.emit_bytes(head->fake);
           on_error_response();
           swallow = true;
         } else if (fields && retry_after_error(*fields)) {
           swallow = true;
         } else {
           if (fields && fields->sqlstate == "0A000" &&
-              fields->message.find("cached plan must not change result type") != std::string_view::npos &&
-              expected_head_ < expected_.size() && expected_[expected_head_].statement != nullptr) {
+              fields->message.find("cached plan must not change result type") !=
+                  std::string_view::npos &&
+              head != nullptr && head->statement != nullptr) {
             // Not retried (inside a transaction, or a driver with its own row description):
             // the client gets the error, and its next Parse of this text prepares afresh.
-            reactor_.statements().retire(*expected_[expected_head_].statement);
+            reactor_.statements().retire(*head->statement);
           }
           // (An error of an earlier pipelined batch may arrive while a check is pending: only
           // the check's own Parse or Describe failing ends the check.)
-          bool check_failed = client.shape_check_pending_ && expected_head_ < expected_.size() &&
-                              expected_[expected_head_].shape_check;
+          bool check_failed = client.shape_check_pending_ && head != nullptr && head->shape_check;
           on_error_response();
           if (check_failed) {
             // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the
@@ -332,13 +370,16 @@ void Server::forward_to_client() {
             client.on_shape_check_failed();
             if (client_ == nullptr || client.state_ == ClientState::closing) return;
           }
-          std::string klass = fields && fields->sqlstate.size() >= 2 ? std::string(fields->sqlstate.substr(0, 2)) : "??";
+          std::string klass = fields && fields->sqlstate.size() >= 2
+                                  ? std::string(fields->sqlstate.substr(0, 2))
+                                  : "??";
           ++pool_.stats_.errors_by_class[klass];
         }
       } else if (type == proto::backend::kParameterStatus) {
         if (auto p = proto::parse_parameter_status(body)) {
           set_param(p->name, p->value);
-          const std::string* startup = reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
+          const std::string* startup =
+              reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
           if (startup != nullptr && *startup != p->value) {
             // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
             // server to its own defaults. The client is told its startup value, which the next
@@ -346,7 +387,8 @@ void Server::forward_to_client() {
             std::string value = *startup;
             std::string name(p->name);
             client.on_server_parameter(name, value);
-            (void)client.stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, value); });
+            (void)client.stream_.emit(
+                [&](std::string& out) { return proto::build::parameter_status(out, name, value); });
             swallow = true;
           } else {
             client.on_server_parameter(p->name, p->value);
@@ -358,18 +400,23 @@ void Server::forward_to_client() {
       }
     } else {
       switch (type) {
-        case proto::backend::kParseComplete: swallow = pop_reply('P'); break;
-        case proto::backend::kBindComplete: swallow = pop_reply('B'); break;
-        case proto::backend::kCloseComplete: swallow = pop_reply('C'); break;
+        case proto::backend::kParseComplete:
+          swallow = pop_reply(Request::parse);
+          break;
+        case proto::backend::kBindComplete:
+          swallow = pop_reply(Request::bind);
+          break;
+        case proto::backend::kCloseComplete:
+          swallow = pop_reply(Request::close);
+          break;
         case proto::backend::kParameterDescription:
-          swallow = expected_head_ < expected_.size() && expected_[expected_head_].kind == 'D' &&
-                    expected_[expected_head_].skip;
+          swallow = requests_.head_is(Request::describe) && requests_.head()->skip;
           break;
         case proto::backend::kNoData:
         case proto::backend::kRowDescription: {  // Describe's; a Query's pops nothing
-          if (expected_head_ >= expected_.size() || expected_[expected_head_].kind != 'D') break;
-          const PreparedStatement* statement = expected_[expected_head_].statement;
-          bool check = expected_[expected_head_].shape_check;
+          if (!requests_.head_is(Request::describe)) break;
+          const PreparedStatement* statement = requests_.head()->statement;
+          bool check = requests_.head()->shape_check;
           Shape shape = 0;
           if (statement != nullptr) {
             if (type == proto::backend::kNoData) {
@@ -383,7 +430,7 @@ void Server::forward_to_client() {
             }
             if (shape != 0) prepared_.set_shape(statement->id, shape);
           }
-          swallow = pop_reply('D');
+          swallow = pop_reply(Request::describe);
           if (statement != nullptr && !check) client.on_described(*statement, shape);
           if (check && statement != nullptr) {
             std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
@@ -399,9 +446,14 @@ void Server::forward_to_client() {
           ++pool_.stats_.errors_by_class["??"];
           break;
         case proto::backend::kEmptyQueryResponse:
-        case proto::backend::kPortalSuspended: on_command_complete({}); break;
-        case proto::backend::kCopyInResponse: copy_in_ = true; break;
-        default: break;
+        case proto::backend::kPortalSuspended:
+          on_command_complete({});
+          break;
+        case proto::backend::kCopyInResponse:
+          requests_.copy_in_ = true;
+          break;
+        default:
+          break;
       }
     }
     if (incomplete) break;  // a RowDescription to compare has not fully arrived
@@ -438,10 +490,12 @@ void Server::refuse_transaction_block(std::size_t ready_size) {
   stream_.consume(ready_size);
   pop_expected_until_ready();
   (void)client.stream_.emit([](std::string& out) {
-    return proto::build::error_response(out, "ERROR", "0A000",
-                                        "pgring: transaction blocks are not allowed in statement pooling mode");
+    return proto::build::error_response(
+        out, "ERROR", "0A000",
+        "pgring: transaction blocks are not allowed in statement pooling mode");
   });
-  (void)client.stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  (void)client.stream_.emit(
+      [](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(client.stream_);
   (void)stream_.emit([](std::string& out) { return proto::build::query(out, "ROLLBACK"); });
   ++restore_replies_pending_;

@@ -11,6 +11,10 @@
 //
 // The state is the list the server is on in its pool.
 
+#include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -19,13 +23,10 @@
 #include <utility>
 #include <vector>
 
-#include <netinet/in.h>
-#include <openssl/crypto.h>
-#include <sys/socket.h>
-
+#include "daemon/cache/statements.hpp"
+#include "daemon/conn/request_queue.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
-#include "daemon/cache/statements.hpp"
 #include "daemon/core/stream.hpp"
 #include "proto/frame.hpp"
 #include "proto/messages.hpp"
@@ -73,7 +74,7 @@ class Server {
   int ops_in_flight_ = 0;
   bool await_eof_ = false;  // closing: Terminate sent to an idle server, waiting for its EOF
   bool shut_down_ = false;
-  bool freed_ = false;      // queued for deletion at the end of the loop turn
+  bool freed_ = false;  // queued for deletion at the end of the loop turn
 
   Client* client_ = nullptr;
   // auth.query in progress: whose secret (null once that client left), and what came back.
@@ -89,59 +90,42 @@ class Server {
   // The client left with work in flight: replies are swallowed until the protocol is idle.
   bool draining_ = false;
   bool drain_session_reset_ = false;
-  Clock::time_point drain_since_{};  // the configuration moved the pool elsewhere: close instead of reuse
+  Clock::time_point
+      drain_since_{};  // the configuration moved the pool elsewhere: close instead of reuse
   // When the oldest unanswered request was sent, and when the transaction began (timeouts).
   Clock::time_point busy_since_{};
   Clock::time_point transaction_since_{};
-  Clock::time_point retire_at_{};  // server_lifetime with jitter
+  Clock::time_point retire_at_{};          // server_lifetime with jitter
   Clock::time_point transaction_start_{};  // first request after 'I' (transaction histogram)
-  Clock::time_point last_ready_{};  // last ReadyForQuery (idle-in-transaction timeout)
-  bool query_timeout_canceled_ = false;  // timeouts.query fired and a cancel went out
+  Clock::time_point last_ready_{};         // last ReadyForQuery (idle-in-transaction timeout)
+  bool query_timeout_canceled_ = false;    // timeouts.query fired and a cancel went out
 
   // What the server told us at login and since (ParameterStatus), and its cancel key.
   std::vector<std::pair<std::string, std::string>> params_;
   std::int32_t backend_pid_ = 0;
   std::string backend_secret_;
 
-  // Protocol tracking: what the linked client sent that the server has not answered yet, in
-  // order (PgBouncer's outstanding requests, PgDog's protocol state). Request entries:
-  //   'Q' Query, 'S' Sync, 'F' FunctionCall     answered by ReadyForQuery
-  //   'E' Execute        CommandComplete, EmptyQueryResponse, PortalSuspended or an error
-  //   'P' Parse '1'   'B' Bind '2'   'C' Close '3'   'D' Describe  'T' or 'n'
-  //   'c' CopyDone/CopyFail during COPY FROM STDIN
-  // `skip` marks a request pgring injected (a Parse before a Bind, an eviction Close): its reply
-  // is swallowed. Fake entries are replies pgring owes the client at that place in the stream:
-  //   'p' ParseComplete  'x' CloseComplete  'e' an ErrorResponse  'd' DEALLOCATE done + 'Z'
-  // They are sent when they reach the head. The link may be released only when this is empty,
-  // no extended message waits for its Sync, no COPY is running and the server says 'I'.
-  struct Expected {
-    char kind = 0;
-    bool skip = false;
-    std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
-    std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
-    const PreparedStatement* statement = nullptr;   // 'P': prepared by this Parse; 'D': described
-    bool shape_check = false;                       // 'P', 'D' injected to compare the result shape
-    std::string fake;                               // 'e': the ErrorResponse to send
-    std::uint64_t batch_seq = 0;   // 'B', 'D', 'S': which extended batch (for a retry)
-    std::size_t replay_offset = 0;  // 'B', 'D': where it starts in the client's copy of the batch
-  };
-  Expected& expect(char kind);
-  void expect(char kind, std::uint8_t session_state, std::unique_ptr<proto::sql::SetStatement> set);
-  // Sends the fake replies now at the head of the queue.
+  // What the linked client sent that the server has not answered yet (conn/request_queue.hpp).
+  // The link may be released only when it is idle and the server says 'I'.
+  RequestQueue requests_;
+  // Appends a request; the first one after an idle queue starts the query timer.
+  RequestQueue::Entry& expect(Request kind);
+  void expect(Request kind, std::uint8_t session_state,
+              std::unique_ptr<proto::sql::SetStatement> set);
+  // Prepares `statement` here ahead of a client's request (the client did not send this
+  // Parse): its ParseComplete is swallowed. Null when the Parse could not be encoded.
+  RequestQueue::Entry* inject_parse(const PreparedStatement& statement);
+  // Sends the owed replies now at the head of the queue.
   void flush_fakes();
   [[nodiscard]] bool idle_in_protocol() const {
-    return expected_head_ == expected_.size() && !unsynced_ && !copy_in_ && transaction_status_ == 'I';
+    return requests_.idle() && transaction_status_ == 'I';
   }
-  [[nodiscard]] int requests_in_flight() const { return static_cast<int>(expected_.size() - expected_head_); }
+  [[nodiscard]] int requests_in_flight() const { return static_cast<int>(requests_.in_flight()); }
   // The statements prepared on this connection (transaction/statement mode statement cache).
   PreparedSet prepared_;
   // Whose unnamed statement this connection holds: client id and that client's unnamed_seq_.
   std::uint64_t unnamed_client_ = 0;
   std::uint64_t unnamed_seq_ = 0;
-  std::vector<Expected> expected_;
-  std::size_t expected_head_ = 0;
-  bool unsynced_ = false;
-  bool copy_in_ = false;
   char transaction_status_ = 'I';
 
   // Replies to queries pgring injected (restoring a client's settings) are swallowed up to
@@ -181,10 +165,10 @@ class Server {
   void on_command_complete(std::string_view tag);
   void on_ready_for_query(char status);
   void handle_restore_message(char type, std::string_view body);
+  // ReadyForQuery: the queue up to the request it answers is done.
   void pop_expected_until_ready();
-  void drop_expected(std::size_t index);
   // A reply to the head request arrived; returns whether to swallow it.
-  bool pop_reply(char request_kind);
+  bool pop_reply(Request request_kind);
   void on_error_response();
   bool retry_after_error(const proto::ErrorFields& error);
   [[nodiscard]] bool reset_pending(std::string_view name) const;

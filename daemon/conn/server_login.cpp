@@ -1,16 +1,15 @@
 // (split from conn/server.cpp)
-#include "daemon/conn/server.hpp"
-
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <cctype>
 
 #include "daemon/conn/client.hpp"
+#include "daemon/conn/server.hpp"
 #include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/md5.hpp"
@@ -19,11 +18,12 @@
 namespace pgring {
 
 void Server::on_connected() {
-  pool_.set_state(*this, ServerState::login);
+  reactor_.set_state(*this, ServerState::login);
   login_ = std::make_unique<LoginState>();
   const config::ServerTls& tls = reactor_.config().tls_server;
   bool unix_socket = !pool_.db_->host.empty() && pool_.db_->host[0] == '/';
-  if (tls.mode != config::ServerTlsMode::disable && !unix_socket && reactor_.tls().server_side != nullptr) {
+  if (tls.mode != config::ServerTlsMode::disable && !unix_socket &&
+      reactor_.tls().server_side != nullptr) {
     (void)stream_.emit([](std::string& out) { return proto::build::ssl_request(out); });
     tls_step_ = TlsStep::requested;
     reactor_.want_send(stream_);
@@ -42,13 +42,15 @@ bool Server::negotiate_tls() {
     if (stream_.input_size() != 0) {
       // Anything after the one-byte answer was sent before TLS: never take it as part of the
       // encrypted session (CVE-2021-23222).
-      reactor_.close(*this, Reason::server_protocol_error, "server sent unencrypted data after its TLS answer");
+      reactor_.close(*this, Reason::server_protocol_error,
+                     "server sent unencrypted data after its TLS answer");
       return false;
     }
     if (answer == 'N') {
       if (tls.mode != config::ServerTlsMode::prefer) {
         reactor_.close(*this, Reason::server_login_failed,
-                       fmt::format("server does not support TLS (tls.server.mode {})", config::to_string(tls.mode)));
+                       fmt::format("server does not support TLS (tls.server.mode {})",
+                                   config::to_string(tls.mode)));
         return false;
       }
       tls_step_ = TlsStep::none;
@@ -57,7 +59,8 @@ bool Server::negotiate_tls() {
     }
     if (answer != 'S') {
       // An error here is not shown: it came before the server was authenticated (CVE-2024-10977).
-      reactor_.close(*this, Reason::server_protocol_error, "server answered the SSLRequest with something else");
+      reactor_.close(*this, Reason::server_protocol_error,
+                     "server answered the SSLRequest with something else");
       return false;
     }
     std::unique_ptr<TlsSession> session =
@@ -82,13 +85,14 @@ void Server::send_startup() {
       {"user", pool_.server_user_},
       {"database", pool_.db_->dbname.empty() ? pool_.db_->name : pool_.db_->dbname},
   };
-  if (!stream_.emit([&](std::string& out) { return proto::build::startup_message(out, proto::kProtocol30, params); })) {
+  if (!stream_.emit([&](std::string& out) {
+        return proto::build::startup_message(out, proto::kProtocol30, params);
+      })) {
     reactor_.close(*this, Reason::server_login_failed, "cannot encode the startup packet");
     return;
   }
   reactor_.want_send(stream_);
 }
-
 
 // ---- login -----------------------------------------------------------------------------------
 
@@ -105,21 +109,26 @@ void Server::handle_login_message(char type, std::string_view body) {
       bool is_md5_secret = proto::md5::is_md5_secret(password);
       auto need_plain = [&](std::string_view method) {
         if (!password.empty() && !is_md5_secret) return true;
-        reactor_.close(*this, Reason::server_login_failed,
-                       fmt::format("server asks for {} authentication for user \"{}\" but no plain password is "
-                                   "configured for it",
-                                   method, pool_.server_user_));
+        reactor_.close(
+            *this, Reason::server_login_failed,
+            fmt::format(
+                "server asks for {} authentication for user \"{}\" but no plain password is "
+                "configured for it",
+                method, pool_.server_user_));
         return false;
       };
       switch (auth->code) {
         case AuthCode::ok:
-          if (login_->expected_server_signature != proto::scram::Key{} && !login_->scram_final_checked) {
-            reactor_.close(*this, Reason::server_protocol_error, "server skipped SCRAM server-final-message");
+          if (login_->expected_server_signature != proto::scram::Key{} &&
+              !login_->scram_final_checked) {
+            reactor_.close(*this, Reason::server_protocol_error,
+                           "server skipped SCRAM server-final-message");
           }
           return;
         case AuthCode::cleartext_password:
           if (!need_plain("password")) return;
-          (void)stream_.emit([&](std::string& out) { return proto::build::password_message(out, password); });
+          (void)stream_.emit(
+              [&](std::string& out) { return proto::build::password_message(out, password); });
           break;
         case AuthCode::md5_password: {
           if (password.empty()) {
@@ -128,25 +137,32 @@ void Server::handle_login_message(char type, std::string_view body) {
           }
           proto::md5::Salt salt;
           std::copy(auth->data.begin(), auth->data.end(), salt.begin());
-          std::string response = is_md5_secret ? proto::md5::response_from_secret(password, salt)
-                                               : proto::md5::response(pool_.server_user_, password, salt);
-          (void)stream_.emit([&](std::string& out) { return proto::build::password_message(out, response); });
+          std::string response = is_md5_secret
+                                     ? proto::md5::response_from_secret(password, salt)
+                                     : proto::md5::response(pool_.server_user_, password, salt);
+          (void)stream_.emit(
+              [&](std::string& out) { return proto::build::password_message(out, response); });
           break;
         }
         case AuthCode::sasl: {
           if (!proto::sasl_offers(auth->data, proto::scram::kMechanism)) {
-            reactor_.close(*this, Reason::server_login_failed, "server offers no SASL mechanism pgring supports");
+            reactor_.close(*this, Reason::server_login_failed,
+                           "server offers no SASL mechanism pgring supports");
             return;
           }
           if (password.empty() && !pool_.server_secret_.empty()) {
             // Only the SCRAM secret is configured: pass through the ClientKey of a client of
             // this user that logged in to pgring (PostgreSQL must store the same secret).
-            login_->client_key = reactor_.shared().client_key(pool_.server_user_, pool_.server_secret_);
+            login_->client_key =
+                reactor_.shared().client_key(pool_.server_user_, pool_.server_secret_);
             if (!login_->client_key) {
-              reactor_.close(*this, Reason::server_login_failed,
-                             fmt::format("server asks for SCRAM-SHA-256 for user \"{}\"; pgring has its SCRAM secret "
-                                         "only, and no client of this user has logged in with SCRAM yet (pass-through)",
-                                         pool_.server_user_));
+              reactor_.close(
+                  *this, Reason::server_login_failed,
+                  fmt::format(
+                      "server asks for SCRAM-SHA-256 for user \"{}\"; pgring has its SCRAM secret "
+                      "only, and no client of this user has logged in with SCRAM yet "
+                      "(pass-through)",
+                      pool_.server_user_));
               return;
             }
           } else if (!need_plain("SCRAM-SHA-256")) {
@@ -157,16 +173,20 @@ void Server::handle_login_message(char type, std::string_view body) {
           // it. Otherwise say "y": a server that did offer it sees the offer was tampered with.
           if (TlsSession* tls = stream_.tls()) {
             login_->end_point = tls->peer_end_point_hash();
-            bool plus = proto::sasl_offers(auth->data, proto::scram::kMechanismPlus) && !login_->end_point.empty();
+            bool plus = proto::sasl_offers(auth->data, proto::scram::kMechanismPlus) &&
+                        !login_->end_point.empty();
             login_->binding = plus ? proto::scram::Binding::bind : proto::scram::Binding::could;
           }
           unsigned char raw[18];
           RAND_bytes(raw, sizeof raw);
-          std::string nonce = proto::scram::base64_encode(std::string_view(reinterpret_cast<char*>(raw), sizeof raw));
+          std::string nonce = proto::scram::base64_encode(
+              std::string_view(reinterpret_cast<char*>(raw), sizeof raw));
           std::string first = proto::scram::client_first(nonce, login_->binding);
-          login_->scram_client_first_bare = first.substr(proto::scram::gs2_header(login_->binding).size());
-          std::string_view mechanism = login_->binding == proto::scram::Binding::bind ? proto::scram::kMechanismPlus
-                                                                                        : proto::scram::kMechanism;
+          login_->scram_client_first_bare =
+              first.substr(proto::scram::gs2_header(login_->binding).size());
+          std::string_view mechanism = login_->binding == proto::scram::Binding::bind
+                                           ? proto::scram::kMechanismPlus
+                                           : proto::scram::kMechanism;
           log::debug("S-{} SCRAM login with {}", id_, mechanism);
           (void)stream_.emit([&](std::string& out) {
             return proto::build::sasl_initial_response(out, mechanism, first);
@@ -178,40 +198,47 @@ void Server::handle_login_message(char type, std::string_view body) {
           if (login_->client_key) {
             auto secret = proto::scram::parse_secret(pool_.server_secret_);
             if (secret)
-              final_message = proto::scram::client_final_from_keys(*login_->client_key, *secret,
-                                                                   login_->scram_client_first_bare, auth->data,
-                                                                   login_->binding, login_->end_point);
+              final_message = proto::scram::client_final_from_keys(
+                  *login_->client_key, *secret, login_->scram_client_first_bare, auth->data,
+                  login_->binding, login_->end_point);
             if (!final_message) {
               reactor_.close(*this, Reason::server_login_failed,
-                             fmt::format("SCRAM pass-through for user \"{}\" needs the server to store the same secret "
+                             fmt::format("SCRAM pass-through for user \"{}\" needs the server to "
+                                         "store the same secret "
                                          "(salt and iterations) as users.{}.password",
                                          pool_.server_user_, pool_.server_user_));
               return;
             }
           } else {
-            final_message = proto::scram::client_final(password, login_->scram_client_first_bare, auth->data,
-                                                       login_->binding, login_->end_point);
+            final_message =
+                proto::scram::client_final(password, login_->scram_client_first_bare, auth->data,
+                                           login_->binding, login_->end_point);
           }
           if (!final_message) {
-            reactor_.close(*this, Reason::server_protocol_error, "malformed SCRAM server-first-message");
+            reactor_.close(*this, Reason::server_protocol_error,
+                           "malformed SCRAM server-first-message");
             return;
           }
           login_->expected_server_signature = final_message->expected_server_signature;
-          (void)stream_.emit([&](std::string& out) { return proto::build::sasl_response(out, final_message->message); });
+          (void)stream_.emit([&](std::string& out) {
+            return proto::build::sasl_response(out, final_message->message);
+          });
           break;
         }
         case AuthCode::sasl_final:
           // The server proves it knows the password too: never trust a server that cannot.
           if (!proto::scram::verify_server_final(auth->data, login_->expected_server_signature)) {
-            reactor_.close(*this, Reason::server_protocol_error, "server's SCRAM signature is invalid");
+            reactor_.close(*this, Reason::server_protocol_error,
+                           "server's SCRAM signature is invalid");
             return;
           }
           login_->scram_final_checked = true;
           return;
         default:
-          reactor_.close(*this, Reason::server_login_failed,
-                         fmt::format("server asks for an authentication method pgring does not support ({})",
-                                     static_cast<int>(auth->code)));
+          reactor_.close(
+              *this, Reason::server_login_failed,
+              fmt::format("server asks for an authentication method pgring does not support ({})",
+                          static_cast<int>(auth->code)));
           return;
       }
       reactor_.want_send(stream_);
@@ -231,8 +258,9 @@ void Server::handle_login_message(char type, std::string_view body) {
       return;
     case proto::backend::kErrorResponse: {
       auto e = proto::parse_error_fields(body);
-      std::string message = e ? fmt::format("server login failed: {} (SQLSTATE {})", e->message, e->sqlstate)
-                              : std::string("server login failed");
+      std::string message =
+          e ? fmt::format("server login failed: {} (SQLSTATE {})", e->message, e->sqlstate)
+            : std::string("server login failed");
       reactor_.close(*this, Reason::server_login_failed, message);
       return;
     }
@@ -244,14 +272,15 @@ void Server::handle_login_message(char type, std::string_view body) {
         pool_.defaults_ = params_;
         pool_.have_defaults_ = true;
       }
-      log::debug("S-{} logged in to {} as {} (backend pid {})", id_, pool_.address_text_, pool_.server_user_,
-                 backend_pid_);
-      pool_.set_state(*this, ServerState::idle);
+      log::debug("S-{} logged in to {} as {} (backend pid {})", id_, pool_.address_text_,
+                 pool_.server_user_, backend_pid_);
+      reactor_.set_state(*this, ServerState::idle);
       pool_.maintain();
       return;
     }
     default:
-      reactor_.close(*this, Reason::server_protocol_error, fmt::format("unexpected message '{}' during login", type));
+      reactor_.close(*this, Reason::server_protocol_error,
+                     fmt::format("unexpected message '{}' during login", type));
       return;
   }
 }

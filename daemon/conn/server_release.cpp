@@ -1,16 +1,15 @@
 // (split from conn/server.cpp)
-#include "daemon/conn/server.hpp"
-
 #include <openssl/rand.h>
 
 #include <algorithm>
 #include <cctype>
 
 #include "daemon/conn/client.hpp"
+#include "daemon/conn/server.hpp"
 #include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/md5.hpp"
@@ -25,7 +24,7 @@ void Server::release(bool session_reset) {
   // The rest of a reply that was on its way to the client is swallowed.
   swallow_remaining_ += forward_remaining_;
   forward_remaining_ = 0;
-  if (requests_in_flight() > 0 || unsynced_ || copy_in_ || restore_replies_pending_ > 0 || stream_.input_size() > 0 ||
+  if (!requests_.idle() || restore_replies_pending_ > 0 || stream_.input_size() > 0 ||
       swallow_remaining_ > 0) {
     start_draining(session_reset);
     return;
@@ -65,7 +64,7 @@ void Server::release(bool session_reset) {
     return;
   }
   reactor_.want_send(stream_);
-  pool_.set_state(*this, ServerState::resetting);
+  reactor_.set_state(*this, ServerState::resetting);
 }
 
 void Server::start_draining(bool session_reset) {
@@ -81,11 +80,11 @@ void Server::start_draining(bool session_reset) {
     stream_.reading_paused_ = false;
     reactor_.arm_recv_for(*this);
   }
-  if (copy_in_) end_copy_in();
-  if (unsynced_) {
+  if (requests_.copy_in_) end_copy_in();
+  if (requests_.unsynced_) {
     (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
-    expect('S');
-    unsynced_ = false;
+    expect(Request::sync);
+    requests_.unsynced_ = false;
   }
   reactor_.want_send(stream_);
   if (requests_in_flight() > 0 && restore_replies_pending_ == 0) reactor_.start_cancel(*this);
@@ -96,11 +95,12 @@ void Server::start_draining(bool session_reset) {
 void Server::end_copy_in() {
   // COPY FROM STDIN without a client: fail it (the server answers with an error), and Sync in
   // case it ran through the extended protocol (a spare Sync only adds a ReadyForQuery).
-  (void)stream_.emit([](std::string& out) { return proto::build::copy_fail(out, "pgring: client disconnected"); });
-  expect('c');
+  (void)stream_.emit(
+      [](std::string& out) { return proto::build::copy_fail(out, "pgring: client disconnected"); });
+  expect(Request::copy_end);
   (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
-  expect('S');
-  unsynced_ = false;
+  expect(Request::sync);
+  requests_.unsynced_ = false;
 }
 
 void Server::drain() {
@@ -114,14 +114,12 @@ void Server::drain() {
       forward_remaining_ = 0;
       continue;
     }
-    if (stream_.input_size() < 5) return;
-    char header[5];
-    stream_.peek(header, 5);
-    proto::Frame frame = proto::frame_message(std::string_view(header, 5), kMaxServerMessage);
-    if (frame.status == proto::FrameStatus::invalid_length) {
+    proto::Frame frame = stream_.next_frame(kMaxServerMessage);
+    if (frame.bad()) {
       reactor_.close(*this, Reason::server_protocol_error, "invalid message length from server");
       return;
     }
+    if (!frame.header_known()) return;
     char type = frame.type;
     if (frame.size > kMaxInspected) {  // rows and data: nobody to give them to
       std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
@@ -139,33 +137,45 @@ void Server::drain() {
         case proto::backend::kReadyForQuery:
           if (auto status = proto::parse_ready_for_query(body)) on_ready_for_query(*status);
           break;
-        case proto::backend::kErrorResponse: on_error_response(); break;
+        case proto::backend::kErrorResponse:
+          on_error_response();
+          break;
         case proto::backend::kCommandComplete:
           if (auto tag = proto::parse_query(body)) on_command_complete(*tag);
           break;
         case proto::backend::kEmptyQueryResponse:
-        case proto::backend::kPortalSuspended: on_command_complete({}); break;
-        case proto::backend::kParseComplete: (void)pop_reply('P'); break;
-        case proto::backend::kBindComplete: (void)pop_reply('B'); break;
-        case proto::backend::kCloseComplete: (void)pop_reply('C'); break;
+        case proto::backend::kPortalSuspended:
+          on_command_complete({});
+          break;
+        case proto::backend::kParseComplete:
+          (void)pop_reply(Request::parse);
+          break;
+        case proto::backend::kBindComplete:
+          (void)pop_reply(Request::bind);
+          break;
+        case proto::backend::kCloseComplete:
+          (void)pop_reply(Request::close);
+          break;
         case proto::backend::kNoData:
-        case proto::backend::kRowDescription: (void)pop_reply('D'); break;
+        case proto::backend::kRowDescription:
+          (void)pop_reply(Request::describe);
+          break;
         case proto::backend::kParameterStatus:
           if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
           break;
         case proto::backend::kCopyInResponse:
-          copy_in_ = true;
+          requests_.copy_in_ = true;
           end_copy_in();
           reactor_.want_send(stream_);
           break;
-        default: break;
+        default:
+          break;
       }
     }
     stream_.consume(frame.size);
-    // Fake replies for a client that is gone: just drop them.
-    while (expected_head_ < expected_.size() && std::string_view("pxed").find(expected_[expected_head_].kind) != std::string_view::npos)
-      ++expected_head_;
-    if (requests_in_flight() == 0 && !copy_in_ && !unsynced_ && restore_replies_pending_ == 0) {
+    // Replies owed to a client that is gone: just drop them.
+    requests_.take_owed([](const RequestQueue::Entry&) {});
+    if (requests_.idle() && restore_replies_pending_ == 0) {
       draining_ = false;
       log::debug("S-{} drained", id_);
       release(drain_session_reset_);
@@ -183,7 +193,6 @@ void Server::maybe_release() {
   if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
   pool_.release_link(*this);
 }
-
 
 void Server::handle_restore_message(char type, std::string_view body) {
   switch (type) {
@@ -258,11 +267,13 @@ void Server::handle_idle_message(char type, std::string_view body) {
     case proto::backend::kErrorResponse: {
       // Typically FATAL 57P01 "terminating connection due to administrator command".
       auto e = proto::parse_error_fields(body);
-      reactor_.close(*this, Reason::server_eof, e ? std::string(e->message) : std::string("error while idle"));
+      reactor_.close(*this, Reason::server_eof,
+                     e ? std::string(e->message) : std::string("error while idle"));
       return;
     }
     default:
-      reactor_.close(*this, Reason::server_protocol_error, fmt::format("unexpected message '{}' while idle", type));
+      reactor_.close(*this, Reason::server_protocol_error,
+                     fmt::format("unexpected message '{}' while idle", type));
       return;
   }
 }

@@ -1,6 +1,4 @@
 // (split from conn/client.cpp)
-#include "daemon/conn/client.hpp"
-
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
@@ -8,42 +6,30 @@
 #include <cctype>
 #include <cstring>
 
-#include "daemon/core/log.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/core/reactor.hpp"
+#include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
+#include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
+#include "proto/bytes.hpp"
 #include "proto/md5.hpp"
 #include "proto/messages.hpp"
-#include "proto/bytes.hpp"
 #include "proto/sql.hpp"
 
 namespace pgring {
 
 namespace {
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c | 0x20) : c; }
-
-bool iequal(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  return true;
-}
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = ascii_lower(c);
-  return out;
-}
-
 // Order-independent fingerprint of a session: equal sessions, equal fingerprints.
 std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>& params,
                           const std::vector<std::pair<std::string, std::string>>& settings) {
   std::uint64_t h = 0;
   auto mix = [](std::string_view name, std::string_view value, std::uint64_t salt) {
     std::uint64_t x = 1469598103934665603ull ^ salt;  // FNV-1a over lower(name) '=' value
-    for (char c : name) x = (x ^ static_cast<unsigned char>(ascii_lower(c))) * 1099511628211ull;
+    for (char c : name)
+      x = (x ^ static_cast<unsigned char>(proto::ascii_lower(c))) * 1099511628211ull;
     x = (x ^ '=') * 1099511628211ull;
     for (char c : value) x = (x ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     return x;
@@ -57,13 +43,13 @@ using NameValues = std::vector<std::pair<std::string, std::string>>;
 
 const std::string* find_value(const NameValues& list, std::string_view name) {
   for (const auto& [k, v] : list)
-    if (iequal(k, name)) return &v;
+    if (proto::iequals(k, name)) return &v;
   return nullptr;
 }
 
 void put_value(NameValues& list, std::string_view name, std::string_view value) {
   for (auto& [k, v] : list) {
-    if (iequal(k, name)) {
+    if (proto::iequals(k, name)) {
       v.assign(value);
       return;
     }
@@ -73,9 +59,10 @@ void put_value(NameValues& list, std::string_view name, std::string_view value) 
 
 // Reported parameters that describe the server or the login itself: never SET by pgring.
 bool restorable(std::string_view name) {
-  for (std::string_view fixed : {"server_version", "server_encoding", "integer_datetimes", "is_superuser",
-                                 "session_authorization", "in_hot_standby", "scram_iterations"})
-    if (iequal(name, fixed)) return false;
+  for (std::string_view fixed :
+       {"server_version", "server_encoding", "integer_datetimes", "is_superuser",
+        "session_authorization", "in_hot_standby", "scram_iterations"})
+    if (proto::iequals(name, fixed)) return false;
   return true;
 }
 
@@ -103,13 +90,17 @@ std::vector<std::pair<std::string, std::string>> parse_options(std::string_view 
   std::vector<std::pair<std::string, std::string>> out;
   for (std::size_t i = 0; i < words.size(); ++i) {
     std::string_view setting;
-    if (words[i] == "-c" && i + 1 < words.size()) setting = words[++i];
-    else if (words[i].starts_with("-c")) setting = std::string_view(words[i]).substr(2);
-    else if (words[i].starts_with("--")) setting = std::string_view(words[i]).substr(2);
-    else continue;
+    if (words[i] == "-c" && i + 1 < words.size())
+      setting = words[++i];
+    else if (words[i].starts_with("-c"))
+      setting = std::string_view(words[i]).substr(2);
+    else if (words[i].starts_with("--"))
+      setting = std::string_view(words[i]).substr(2);
+    else
+      continue;
     auto eq = setting.find('=');
     if (eq == std::string_view::npos || eq == 0) continue;
-    std::string name = lower(setting.substr(0, eq));
+    std::string name = proto::to_lower(setting.substr(0, eq));
     for (char& c : name)
       if (c == '-') c = '_';
     out.emplace_back(std::move(name), std::string(setting.substr(eq + 1)));
@@ -122,7 +113,7 @@ void Client::take_startup_settings() {
   // Every other startup parameter is a setting for the session (as PostgreSQL treats them):
   // applied with SET on the first server, then tracked like any SET of the client.
   auto add = [&](std::string_view name, std::string_view value) {
-    put_value(settings_, lower(name), proto::sql::quote_literal(value));
+    put_value(settings_, proto::to_lower(name), proto::sql::quote_literal(value));
     put_value(params_, name, value);  // for the welcome; the server's report replaces it
     put_value(startup_values_, name, value);
   };
@@ -144,14 +135,17 @@ void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>
   for (const auto& [name, value] : base) {
     const std::string* mine = find_value(params_, name);
     const std::string& v = mine != nullptr ? *mine : value;
-    ok &= stream_.emit([&](std::string& out) { return proto::build::parameter_status(out, name, v); });
+    ok &= stream_.emit(
+        [&](std::string& out) { return proto::build::parameter_status(out, name, v); });
   }
   ok &= stream_.emit([&](std::string& out) {
-    return proto::build::backend_key_data(out, cancel_pid_, std::string_view(cancel_secret_.data(), 4));
+    return proto::build::backend_key_data(out, cancel_pid_,
+                                          std::string_view(cancel_secret_.data(), 4));
   });
   ok &= stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(stream_);
-  if (!ok) reactor_.close(*this, Reason::protocol_violation, "cannot encode the session parameters");
+  if (!ok)
+    reactor_.close(*this, Reason::protocol_violation, "cannot encode the session parameters");
 }
 
 // ---- linked ----------------------------------------------------------------------------------
@@ -163,19 +157,22 @@ std::string Client::restore_sql(const Server& server) const {
   std::string sql;
   for (const auto& [name, value] : server.settings_) {
     (void)value;
-    if (find_value(settings_, name) == nullptr) sql += "RESET " + proto::sql::quote_identifier(name) + ";";
+    if (find_value(settings_, name) == nullptr)
+      sql += "RESET " + proto::sql::quote_identifier(name) + ";";
   }
   for (const auto& [name, value] : settings_) {
     const std::string* have = find_value(server.settings_, name);
-    if (have == nullptr || *have != value) sql += "SET " + proto::sql::quote_identifier(name) + " TO " + value + ";";
+    if (have == nullptr || *have != value)
+      sql += "SET " + proto::sql::quote_identifier(name) + " TO " + value + ";";
   }
   auto check_param = [&](const std::string& name, const std::string& want) {
     if (!restorable(name)) return;
     const std::string* have = find_value(server.params_, name);
     if (have != nullptr && *have == want) return;
     // A setting restored above already covers this name.
-    if (find_value(settings_, lower(name)) != nullptr) return;
-    sql += "SET " + proto::sql::quote_identifier(lower(name)) + " TO " + proto::sql::quote_literal(want) + ";";
+    if (find_value(settings_, proto::to_lower(name)) != nullptr) return;
+    sql += "SET " + proto::sql::quote_identifier(proto::to_lower(name)) + " TO " +
+           proto::sql::quote_literal(want) + ";";
   };
   for (const auto& [name, value] : pool_->defaults_) {
     const std::string* mine = find_value(params_, name);
@@ -186,29 +183,9 @@ std::string Client::restore_sql(const Server& server) const {
   return sql;
 }
 
-void Client::on_linked(Server& server) {
-  log::debug("C-{} linked to S-{}", id_, server.id_);
-  // The common case costs one comparison: this server's session already is this client's
-  // (same client again, or clients that set the same things).
-  std::string sql = server.session_fingerprint_ == session_fingerprint() ? std::string() : restore_sql(server);
-  if (!sql.empty()) {
-    if (!server.stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
-      reactor_.close(*this, Reason::protocol_violation, "cannot encode the session settings");
-      return;
-    }
-    log::debug("C-{} restoring its session on S-{}: {}", id_, server.id_, sql);
-    ++server.restore_replies_pending_;
-    server.settings_ = settings_;
-    reactor_.want_send(server.stream_);
-  } else {
-    on_restored();
-  }
-  stream_.reading_paused_ = false;
-  if (stream_.input_size() > 0) forward_to_server();
-  if (state_ == ClientState::active) reactor_.arm_recv_for(*this);
+std::uint64_t Client::session_fingerprint() const {
+  return fingerprint(params_, settings_);
 }
-
-std::uint64_t Client::session_fingerprint() const { return fingerprint(params_, settings_); }
 
 void Client::on_restored() {
   if (server_ != nullptr) server_->session_fingerprint_ = session_fingerprint();
@@ -218,14 +195,15 @@ void Client::on_restored() {
   if (state_ == ClientState::active) server_->maybe_release();
 }
 
-
-const std::string* Client::startup_value(std::string_view name) const { return find_value(startup_values_, name); }
+const std::string* Client::startup_value(std::string_view name) const {
+  return find_value(startup_values_, name);
+}
 
 void Client::on_server_parameter(std::string_view name, std::string_view value) {
   put_value(params_, name, value);
   // The server reports it from now on: a SET of the same name from startup is superseded.
   for (auto it = settings_.begin(); it != settings_.end(); ++it) {
-    if (iequal(it->first, name)) {
+    if (proto::iequals(it->first, name)) {
       settings_.erase(it);
       break;
     }
@@ -234,16 +212,19 @@ void Client::on_server_parameter(std::string_view name, std::string_view value) 
 
 void Client::apply_setting(const proto::sql::SetStatement& set) {
   switch (set.kind) {
-    case proto::sql::SetStatement::Kind::set: put_value(settings_, set.name, set.value); break;
+    case proto::sql::SetStatement::Kind::set:
+      put_value(settings_, set.name, set.value);
+      break;
     case proto::sql::SetStatement::Kind::reset:
       for (auto it = settings_.begin(); it != settings_.end(); ++it) {
-        if (iequal(it->first, set.name)) {
+        if (proto::iequals(it->first, set.name)) {
           settings_.erase(it);
           break;
         }
       }
       // RESET returns to the startup value, as PostgreSQL does; the next restore applies it.
-      if (const std::string* startup = find_value(startup_settings_, set.name)) put_value(settings_, set.name, *startup);
+      if (const std::string* startup = find_value(startup_settings_, set.name))
+        put_value(settings_, set.name, *startup);
       break;
     case proto::sql::SetStatement::Kind::reset_all:
       // The server went back to its own defaults; this client's session goes back to its

@@ -8,48 +8,50 @@
 namespace pgring {
 
 enum class Reason {
-  client_terminate,       // client sent Terminate
-  client_eof,             // client closed the socket
-  client_io_error,        // recv/send on the client failed
-  protocol_violation,     // 08P01: malformed or unexpected message
-  message_too_large,      // 54000: message over max_message_size / startup packet limit
-  unsupported_protocol,   // 08P01: not protocol 3.x
-  feature_not_supported,  // 0A000: replication connections, session state under session_state: error
-  auth_failed,            // 28P01: wrong password
-  unknown_user,           // 28000: user not configured
-  unknown_database,       // 3D000: database not configured
-  too_many_clients,       // 53300: over max_client_conn
-  login_timeout,          // 08P01/57014: startup + auth took longer than timeouts.client_login
-  query_wait_timeout,     // 57014: waited longer than timeouts.query_wait for a server
-  query_timeout,          // 57014: a request ran longer than timeouts.query (+ cancel_wait)
-  transaction_timeout,    // 25P04: a transaction stayed open longer than timeouts.transaction
-  idle_transaction_timeout,  // 25P03: idle inside a transaction longer than timeouts.idle_transaction
-  client_idle_timeout,    // 57P05: idle outside a transaction longer than timeouts.client_idle
-  server_unreachable,     // 08006: TCP connect to the server failed or timed out
-  server_login_failed,    // server refused our login (SQLSTATE passed through)
-  server_connection_lost, // 08006: linked server went away
-  server_eof,             // server closed the socket
-  server_io_error,        // recv/send on the server failed
-  server_protocol_error,  // server sent something we cannot follow
-  server_reset_failed,    // the reset query failed; the connection cannot be reused
-  server_dirty,           // released with requests in flight: not safe to reuse
-  server_idle_timeout,    // idle longer than timeouts.server_idle
-  server_lifetime,        // older than timeouts.server_lifetime
-  server_evicted,         // idle, closed to make room for another pool (max_db_connections)
-  server_handed_over,     // idle, closed so another reactor's waiting clients get the slot
-  pool_removed,           // the pool's database left the configuration
-  shutdown,               // 57P01: pgring is shutting down
-  cancel_request,         // the connection carried a CancelRequest (answered by closing)
-  query_canceled,         // 57014: canceled while waiting for a server
-  admin_kill,             // 57P01: KILL db from the admin console
-  admin_denied,           // 42501: the admin console, for a user not in admin.users/stats_users
-  config_changed,         // a reload moved or shrank the pool
-  tls_error,              // 08P01: TLS handshake or record failed (no ErrorResponse can reach the client)
-  tls_required,           // 28000: tls.client.mode require, and the client did not use TLS
-  auth_rejected,          // 28000: an auth rule rejects the login (or no rule matches)
-  cert_auth_failed,       // 28000: method cert without a verified certificate naming the user
-  auth_query_failed,      // 08006: auth.query could not look the user's secret up on the server
-  count_,                 // number of reasons (not a reason)
+  client_terminate,          // client sent Terminate
+  client_eof,                // client closed the socket
+  client_io_error,           // recv/send on the client failed
+  protocol_violation,        // 08P01: malformed or unexpected message
+  message_too_large,         // 54000: message over max_message_size / startup packet limit
+  unsupported_protocol,      // 08P01: not protocol 3.x
+  feature_not_supported,     // 0A000: replication connections, session state under session_state:
+                             // error
+  auth_failed,               // 28P01: wrong password
+  unknown_user,              // 28000: user not configured
+  unknown_database,          // 3D000: database not configured
+  too_many_clients,          // 53300: over max_client_conn
+  login_timeout,             // 08P01/57014: startup + auth took longer than timeouts.client_login
+  query_wait_timeout,        // 57014: waited longer than timeouts.query_wait for a server
+  query_timeout,             // 57014: a request ran longer than timeouts.query (+ cancel_wait)
+  transaction_timeout,       // 25P04: a transaction stayed open longer than timeouts.transaction
+  idle_transaction_timeout,  // 25P03: idle inside a transaction longer than
+                             // timeouts.idle_transaction
+  client_idle_timeout,       // 57P05: idle outside a transaction longer than timeouts.client_idle
+  server_unreachable,        // 08006: TCP connect to the server failed or timed out
+  server_login_failed,       // server refused our login (SQLSTATE passed through)
+  server_connection_lost,    // 08006: linked server went away
+  server_eof,                // server closed the socket
+  server_io_error,           // recv/send on the server failed
+  server_protocol_error,     // server sent something we cannot follow
+  server_reset_failed,       // the reset query failed; the connection cannot be reused
+  server_dirty,              // released with requests in flight: not safe to reuse
+  server_idle_timeout,       // idle longer than timeouts.server_idle
+  server_lifetime,           // older than timeouts.server_lifetime
+  server_evicted,            // idle, closed to make room for another pool (max_db_connections)
+  server_handed_over,        // idle, closed so another reactor's waiting clients get the slot
+  pool_removed,              // the pool's database left the configuration
+  shutdown,                  // 57P01: pgring is shutting down
+  cancel_request,            // the connection carried a CancelRequest (answered by closing)
+  query_canceled,            // 57014: canceled while waiting for a server
+  admin_kill,                // 57P01: KILL db from the admin console
+  admin_denied,              // 42501: the admin console, for a user not in admin.users/stats_users
+  config_changed,            // a reload moved or shrank the pool
+  tls_error,      // 08P01: TLS handshake or record failed (no ErrorResponse can reach the client)
+  tls_required,   // 28000: tls.client.mode require, and the client did not use TLS
+  auth_rejected,  // 28000: an auth rule rejects the login (or no rule matches)
+  cert_auth_failed,   // 28000: method cert without a verified certificate naming the user
+  auth_query_failed,  // 08006: auth.query could not look the user's secret up on the server
+  count_,             // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);
 

@@ -33,15 +33,24 @@ class List {
     n.prev = tail_;
     n.next = nullptr;
     n.list = this;
-    if (tail_ != nullptr) tail_->node_.next = item; else head_ = item;
+    if (tail_ != nullptr)
+      tail_->node_.next = item;
+    else
+      head_ = item;
     tail_ = item;
     ++size_;
   }
 
   void remove(T* item) {
     auto& n = item->node_;
-    if (n.prev != nullptr) n.prev->node_.next = n.next; else head_ = n.next;
-    if (n.next != nullptr) n.next->node_.prev = n.prev; else tail_ = n.prev;
+    if (n.prev != nullptr)
+      n.prev->node_.next = n.next;
+    else
+      head_ = n.next;
+    if (n.next != nullptr)
+      n.next->node_.prev = n.prev;
+    else
+      tail_ = n.prev;
     n = {};
     --size_;
   }

@@ -2,11 +2,11 @@
 
 #include <array>
 #include <atomic>
-#include <cstdint>
-#include <mutex>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <mutex>
 #include <string>
 
 namespace pgring::log {
@@ -17,10 +17,14 @@ std::atomic<bool> g_json{false};
 
 std::string_view level_name(config::LogLevel level) {
   switch (level) {
-    case config::LogLevel::debug: return "debug";
-    case config::LogLevel::info: return "info";
-    case config::LogLevel::warning: return "warning";
-    case config::LogLevel::error: return "error";
+    case config::LogLevel::debug:
+      return "debug";
+    case config::LogLevel::info:
+      return "info";
+    case config::LogLevel::warning:
+      return "warning";
+    case config::LogLevel::error:
+      return "error";
   }
   return "info";
 }
@@ -29,14 +33,26 @@ void append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
-        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out.push_back(c);
+        if (static_cast<unsigned char>(c) < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out.push_back(c);
     }
   }
   out.push_back('"');
@@ -77,8 +93,9 @@ bool admit(const void* site, std::string_view format) {
     }
   }
   if (report > 0)
-    write(config::LogLevel::warning, fmt::format("{} similar log lines suppressed in the last second: \"{}\"", report,
-                                                 report_format));
+    write(config::LogLevel::warning,
+          fmt::format("{} similar log lines suppressed in the last second: \"{}\"", report,
+                      report_format));
   return true;
 }
 
@@ -87,17 +104,20 @@ void init(config::LogLevel level, config::LogFormat format) {
   g_json = format == config::LogFormat::json;
 }
 
-bool enabled(config::LogLevel level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+bool enabled(config::LogLevel level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
 
 void write(config::LogLevel level, std::string_view message) {
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char ts[64];
-  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
   std::string line;
   if (g_json) {
     line = fmt::format("{{\"ts\":\"{}\",\"level\":\"{}\",\"msg\":", ts, level_name(level));

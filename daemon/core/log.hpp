@@ -19,22 +19,30 @@ void write(config::LogLevel level, std::string_view message);
 
 template <typename... Args>
 void debug(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::debug) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+  if (enabled(config::LogLevel::debug) &&
+      admit(fmt::string_view(f).data(),
+            std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::debug, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void info(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::info) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+  if (enabled(config::LogLevel::info) &&
+      admit(fmt::string_view(f).data(),
+            std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::info, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void warning(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::warning) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+  if (enabled(config::LogLevel::warning) &&
+      admit(fmt::string_view(f).data(),
+            std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::warning, fmt::format(f, std::forward<Args>(args)...));
 }
 template <typename... Args>
 void error(fmt::format_string<Args...> f, Args&&... args) {
-  if (enabled(config::LogLevel::error) && admit(fmt::string_view(f).data(), std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+  if (enabled(config::LogLevel::error) &&
+      admit(fmt::string_view(f).data(),
+            std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::error, fmt::format(f, std::forward<Args>(args)...));
 }
 

@@ -2,22 +2,21 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
-
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
 
 #include "daemon/core/log.hpp"
 #include "proto/builders.hpp"
@@ -34,11 +33,17 @@ constexpr std::uint16_t kBufferGroup = 0;
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 }  // namespace
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config,
                  std::shared_ptr<const TlsContexts> tls, std::string config_path)
-    : shared_(shared), index_(index), config_(std::move(config)), tls_(std::move(tls)), config_path_(std::move(config_path)) {
+    : shared_(shared),
+      index_(index),
+      config_(std::move(config)),
+      tls_(std::move(tls)),
+      config_path_(std::move(config_path)) {
   io_uring_params params{};
   params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
                  IORING_SETUP_CQSIZE;
@@ -52,11 +57,12 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
     rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
   }
   if (rc < 0) {
-    throw std::runtime_error("io_uring setup failed: " + errno_text(-rc) +
-                             (rc == -EPERM || rc == -ENOSYS
-                                  ? " (is io_uring disabled? check sysctl kernel.io_uring_disabled, or the "
-                                    "container's seccomp profile)"
-                                  : ""));
+    throw std::runtime_error(
+        "io_uring setup failed: " + errno_text(-rc) +
+        (rc == -EPERM || rc == -ENOSYS
+             ? " (is io_uring disabled? check sysctl kernel.io_uring_disabled, or the "
+               "container's seccomp profile)"
+             : ""));
   }
   io_uring_register_ring_fd(&ring_);
   buffers_ = std::make_unique<BufferRing>(ring_, kBufferGroup, kBufferSize, kBufferCount);
@@ -113,8 +119,10 @@ void Reactor::broadcast(const std::function<void(Reactor&)>& task) {
   for (int i = 0; i < shared_.workers(); ++i) {
     Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load();
     if (r == nullptr) continue;
-    if (r == this) task(*this);
-    else r->post(task);
+    if (r == this)
+      task(*this);
+    else
+      r->post(task);
   }
 }
 
@@ -197,12 +205,24 @@ int Reactor::run() {
 }
 
 void Reactor::run_once() {
-  // 1. Submit: every stream with queued output gets one sendmsg; starved receives re-armed.
+  submit();                // every stream's queued output in one send; starved receives re-armed
+  wait_for_completions();  // at least one, or until the next sweep is due
+  run_completions();       // reap the batch, advance the CQ once, then run the handlers
+  if (now_ >= next_sweep_) {
+    sweep();  // timeouts, budgets, the watchdog: one walk over the state lists
+    next_sweep_ = now_ + kSweepInterval;
+  }
+  forward_linked();  // clients that got a server this turn send what they queued meanwhile
+  free_closed();     // connections whose last operation completed during this turn
+}
+
+void Reactor::submit() {
   buffers_->publish();
   rearm_starved();
   submit_sends();
+}
 
-  // 2. Wait for at least one completion or the next sweep.
+void Reactor::wait_for_completions() {
   auto wait = std::chrono::duration_cast<std::chrono::nanoseconds>(next_sweep_ - Clock::now());
   if (wait.count() < 0) wait = std::chrono::nanoseconds(0);
   __kernel_timespec ts{};
@@ -213,19 +233,22 @@ void Reactor::run_once() {
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
     log::error("io_uring wait failed: {}", errno_text(-rc));
   now_ = Clock::now();
+}
 
-  // 3. Reap the batch, advance the CQ once, then run the handlers.
-  io_uring_cqe* batch[256];
+void Reactor::run_completions() {
+  constexpr unsigned kBatch = 256;
+  io_uring_cqe* batch[kBatch];
   for (;;) {
-    unsigned n = io_uring_peek_batch_cqe(&ring_, batch, 256);
+    unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kBatch);
     if (n == 0) break;
     // Copy what we need first: handlers may submit, and the CQ slots are reused once advanced.
     struct Done {
       void* data;
       int res;
       unsigned flags;
-    } done[256];
-    for (unsigned i = 0; i < n; ++i) done[i] = {io_uring_cqe_get_data(batch[i]), batch[i]->res, batch[i]->flags};
+    } done[kBatch];
+    for (unsigned i = 0; i < n; ++i)
+      done[i] = {io_uring_cqe_get_data(batch[i]), batch[i]->res, batch[i]->flags};
     io_uring_cq_advance(&ring_, n);
     for (unsigned i = 0; i < n; ++i) {
       io_uring_cqe c{};
@@ -234,16 +257,23 @@ void Reactor::run_once() {
       c.flags = done[i].flags;
       dispatch(&c);
     }
-    if (n < 256) break;
+    if (n < kBatch) break;
   }
+}
 
-  // 4. Timers: one sweep of the state lists every kSweepInterval.
-  if (now_ >= next_sweep_) {
-    sweep();
-    next_sweep_ = now_ + kSweepInterval;
+void Reactor::forward_linked() {
+  // Indexed: forwarding can end a link, and the freed server can link the next client (pushed
+  // here while we walk). Closed clients are freed only after this (free_closed).
+  for (std::size_t i = 0; i < linked_.size(); ++i) {
+    Client& client = *linked_[i];
+    if (client.state_ != ClientState::active || client.server_ == nullptr) continue;
+    if (client.stream_.input_size() > 0) client.forward_to_server();
+    if (client.state_ == ClientState::active) arm_recv_for(client);
   }
+  linked_.clear();
+}
 
-  // 5. Free connections whose last operation completed during this turn.
+void Reactor::free_closed() {
   for (Client* c : free_clients_) delete c;
   free_clients_.clear();
   for (Server* s : free_servers_) delete s;
@@ -337,10 +367,18 @@ void Reactor::submit_sends() {
     }
     // The owner counts the operation: it may not be freed before the send completes.
     switch (s->send_op_.kind) {
-      case Operation::Kind::client_send: ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_; break;
-      case Operation::Kind::server_send: ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_; break;
-      case Operation::Kind::http_send: ++static_cast<HttpConn*>(s->send_op_.owner)->ops_in_flight_; break;
-      default: ++static_cast<Canceller*>(s->send_op_.owner)->ops_in_flight_; break;
+      case Operation::Kind::client_send:
+        ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_;
+        break;
+      case Operation::Kind::server_send:
+        ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_;
+        break;
+      case Operation::Kind::http_send:
+        ++static_cast<HttpConn*>(s->send_op_.owner)->ops_in_flight_;
+        break;
+      default:
+        ++static_cast<Canceller*>(s->send_op_.owner)->ops_in_flight_;
+        break;
     }
   }
   flush_list_.clear();
@@ -348,10 +386,12 @@ void Reactor::submit_sends() {
   for (Stream* s : tls_failed) {
     if (s->send_op_.kind == Operation::Kind::client_send) {
       auto* client = static_cast<Client*>(s->send_op_.owner);
-      if (client->state_ != ClientState::closing) close(*client, Reason::tls_error, s->tls()->error());
+      if (client->state_ != ClientState::closing)
+        close(*client, Reason::tls_error, s->tls()->error());
     } else if (s->send_op_.kind == Operation::Kind::server_send) {
       auto* server = static_cast<Server*>(s->send_op_.owner);
-      if (server->state_ != ServerState::closing) close(*server, Reason::server_io_error, s->tls()->error());
+      if (server->state_ != ServerState::closing)
+        close(*server, Reason::server_io_error, s->tls()->error());
     }
   }
 }

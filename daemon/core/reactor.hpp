@@ -9,31 +9,36 @@
 #include <array>
 #include <chrono>
 #include <functional>
-#include <mutex>
-#include <thread>
 #include <map>
-#include <set>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
+#include "daemon/cache/statements.hpp"
 #include "daemon/cancel/cancel.hpp"
 #include "daemon/conn/client.hpp"
+#include "daemon/conn/server.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
-#include "daemon/pool/pool.hpp"
-#include "daemon/conn/server.hpp"
 #include "daemon/core/shared.hpp"
-#include "daemon/net/tls.hpp"
-#include "daemon/cache/statements.hpp"
 #include "daemon/core/stream.hpp"
+#include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
 
 namespace pgring {
 
 // strerror(err), for logs and close messages.
 [[nodiscard]] std::string errno_text(int err);
+
+// A listening TCP socket on `address` ("" host: every address); `what` names its YAML key in
+// errors (thrown: listeners open at start and reload only).
+[[nodiscard]] int listen_tcp(const config::ListenAddress& address, std::string_view what,
+                             bool reuse_port, int backlog);
 
 // Rows of text columns (the admin console's results).
 using Rows = std::vector<std::vector<std::string>>;
@@ -91,6 +96,12 @@ class Reactor {
   void retry_database(const std::string& database);
 
   // ---- services for handlers ----
+  // The one way a connection changes state: unlink, move to the new state's list, stamp the
+  // time (pool/pool.cpp).
+  void set_state(Client& client, ClientState state);
+  void set_state(Server& server, ServerState state);
+  // A waiting client was linked: its input is forwarded by forward_linked() this loop turn.
+  void forward_later(Client& client) { linked_.push_back(&client); }
   // The one way out of a connection. `message` is appended to the client-facing error text.
   void close(Client& client, Reason reason, std::string_view message = {});
   void close(Server& server, Reason reason, std::string_view message = {});
@@ -98,7 +109,8 @@ class Reactor {
   void want_send(Stream& stream);
   // Flow control: pause `reader` when `writer` holds too much unsent output.
   void apply_backpressure(Stream& reader, const Stream& writer);
-  [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user, std::string_view user_name);
+  [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user,
+                               std::string_view user_name);
   void start_connect(Pool& pool);
   // max_db_connections: may `pool` open one more server connection to its database? When the
   // database is at its limit, an idle server of another pool of it is closed to make room.
@@ -110,18 +122,20 @@ class Reactor {
   // auth.query: a user's looked-up secret while it is fresh (auth.query.cache), else null.
   // Secrets belong to the database they were looked up in (auth.query.database, or each
   // database its own: two databases may be two clusters with different passwords).
-  [[nodiscard]] const config::User* cached_lookup(std::string_view database, std::string_view name) const;
+  [[nodiscard]] const config::User* cached_lookup(std::string_view database,
+                                                  std::string_view name) const;
   // Queue `client` for a lookup of its secret on a server of the auth.query pool.
   void look_up(Client& client);
   // Keep a looked-up secret. The entry lives as long as the reactor (pools and clients point
   // at it); a later lookup updates it in place, and the pools of that user log in with it.
-  const config::User& store_lookup(std::string_view database, std::string_view name, std::string secret,
-                                   config::SecretKind kind);
+  const config::User& store_lookup(std::string_view database, std::string_view name,
+                                   std::string secret, config::SecretKind kind);
   // A SCRAM secret nobody knows, salted per user name (stable for the process, as a real
   // secret's salt is): the exchange a user without a usable secret goes through.
   [[nodiscard]] proto::scram::Secret mock_secret(std::string_view name) const;
   // users: or, for users known only through auth.query, the entry looked up for `database`.
-  [[nodiscard]] const config::User* find_user(std::string_view database, std::string_view name) const;
+  [[nodiscard]] const config::User* find_user(std::string_view database,
+                                              std::string_view name) const;
   // A TLS handshake began (the sweep trims the heap after a burst of them).
   void note_tls_handshake() { ++tls_handshakes_since_trim_; }
   // Reading a client resumes (after an auth.query lookup held it).
@@ -138,7 +152,8 @@ class Reactor {
   // running config stays).
   std::string reload();
   // Take a configuration another reactor loaded.
-  void apply_config(std::shared_ptr<const config::Config> fresh, std::shared_ptr<const TlsContexts> tls);
+  void apply_config(std::shared_ptr<const config::Config> fresh,
+                    std::shared_ptr<const TlsContexts> tls);
   // Metrics (metrics.cpp).
   void listen_metrics();
   // The whole process (gathered from every reactor), and this reactor's share.
@@ -154,7 +169,9 @@ class Reactor {
   [[nodiscard]] Rows admin_rows(std::string_view what);
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
-  [[nodiscard]] std::uint64_t next_id() { return shared_.last_id.fetch_add(1, std::memory_order_relaxed) + 1; }
+  [[nodiscard]] std::uint64_t next_id() {
+    return shared_.last_id.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
 
   List<Client> login_clients_;
@@ -173,6 +190,12 @@ class Reactor {
     bool armed = false;
   };
 
+  // The loop turn's steps (run_once reads as their table of contents).
+  void submit();
+  void wait_for_completions();
+  void run_completions();
+  void forward_linked();
+  void free_closed();
   io_uring_sqe* get_sqe();
   void arm_accept(Listener& listener);
   void arm_recv(Stream& stream, int& ops);
@@ -181,6 +204,11 @@ class Reactor {
   void rearm_starved();
   void dispatch(io_uring_cqe* cqe);
   void on_accept(Listener& listener, int result, unsigned flags);
+  // A receive completed: its buffer joins the stream's input. Then, unless the connection is
+  // closing, what the result means; `starved` re-arms later (rearm_starved).
+  enum class Received { bytes, starved, eof, error, tls_failed };
+  void take_received(Stream& stream, int& ops, int result, unsigned flags);
+  Received classify_received(Stream& stream, int& ops, int result);
   void on_client_recv(Client& client, int result, unsigned flags);
   void on_client_send(Client& client, int result);
   void on_server_recv(Server& server, int result, unsigned flags);
@@ -206,10 +234,11 @@ class Reactor {
   void close_listeners();
   void arm_mailbox();
   void run_mailbox();
+
  public:
   void begin_shutdown(ShutdownMode mode);
- private:
 
+ private:
   Shared& shared_;
   const int index_;
   std::shared_ptr<const config::Config> config_;
@@ -247,10 +276,12 @@ class Reactor {
   // Server connections per database (all pools of it, until each is freed): max_db_connections.
   // (Budgets in Shared, looked up once per database.)
   std::unordered_map<std::string, Budget*> database_budgets_;
+
  public:
   [[nodiscard]] Budget& database_budget(const std::string& database);
- private:
 
+ private:
+  std::vector<Client*> linked_;  // linked this turn, input not forwarded yet (forward_later)
   std::vector<Stream*> flush_list_;
   std::vector<std::pair<Stream*, int*>> starved_;
   std::vector<Client*> free_clients_;
@@ -259,11 +290,12 @@ class Reactor {
   Listener metrics_listener_;
   List<HttpConn> http_conns_;
   std::vector<HttpConn*> free_http_;
+
  public:
   // Client and server disconnects by Reason (metrics: pgring_disconnects_total{reason}).
   std::array<std::uint64_t, kReasonCount> disconnects_{};
- private:
 
+ private:
   Clock::time_point now_;
   Clock::time_point next_sweep_;
   std::chrono::microseconds watchdog_interval_{0};
@@ -307,7 +339,8 @@ std::vector<T> Reactor::gather(const std::function<T(Reactor&)>& fn) {
     run_mailbox();
     std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-  if (pending->remaining.load(std::memory_order_acquire) > 0) return {pending->results[static_cast<std::size_t>(index_)]};
+  if (pending->remaining.load(std::memory_order_acquire) > 0)
+    return {pending->results[static_cast<std::size_t>(index_)]};
   return pending->results;
 }
 

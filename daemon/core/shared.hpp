@@ -70,11 +70,13 @@ class Shared {
   // kept per user together with the secret it was checked against (the key is good for that
   // secret only). Server connections of that user log in with it: no password is stored
   // anywhere. Written at a client's login, read at a server's login: both rare.
-  void remember_client_key(const std::string& user, const std::string& secret, const std::array<std::uint8_t, 32>& key) {
+  void remember_client_key(const std::string& user, const std::string& secret,
+                           const std::array<std::uint8_t, 32>& key) {
     std::lock_guard lock(mutex_);
     client_keys_[user] = {secret, key};
   }
-  [[nodiscard]] std::optional<std::array<std::uint8_t, 32>> client_key(const std::string& user, const std::string& secret) {
+  [[nodiscard]] std::optional<std::array<std::uint8_t, 32>> client_key(const std::string& user,
+                                                                       const std::string& secret) {
     std::lock_guard lock(mutex_);
     auto it = client_keys_.find(user);
     if (it == client_keys_.end() || it->second.first != secret) return std::nullopt;
@@ -82,7 +84,8 @@ class Shared {
   }
 
  private:
-  Budget& find(std::unordered_map<std::string, std::unique_ptr<Budget>>& map, const std::string& key) {
+  Budget& find(std::unordered_map<std::string, std::unique_ptr<Budget>>& map,
+               const std::string& key) {
     std::lock_guard lock(mutex_);  // only when a reactor creates a pool
     auto& slot = map[key];
     if (!slot) slot = std::make_unique<Budget>();
@@ -93,7 +96,8 @@ class Shared {
   std::unordered_map<std::string, std::unique_ptr<Budget>> databases_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> database_clients_;
   std::unordered_map<std::string, std::unique_ptr<Budget>> user_clients_;
-  std::unordered_map<std::string, std::pair<std::string, std::array<std::uint8_t, 32>>> client_keys_;
+  std::unordered_map<std::string, std::pair<std::string, std::array<std::uint8_t, 32>>>
+      client_keys_;
 };
 
 }  // namespace pgring

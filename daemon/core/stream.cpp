@@ -1,13 +1,13 @@
 #include "daemon/core/stream.hpp"
 
-#include "daemon/net/tls.hpp"
-
 #include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+
+#include "daemon/net/tls.hpp"
 
 namespace pgring {
 
@@ -19,7 +19,8 @@ constexpr std::size_t kMaxIov = 1024;
 // ---------------------------------------------------------------------------------------------
 // BufferRing
 
-BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count)
+BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size,
+                       std::uint32_t count)
     : ring_(ring), group_(group), buffer_size_(buffer_size), count_(count), refs_(count, 0) {
   // liburing 2.3 has no io_uring_setup_buf_ring: map the shared ring ourselves (page aligned).
   std::size_t ring_bytes = count * sizeof(io_uring_buf);
@@ -27,7 +28,8 @@ BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer
   if (r == MAP_FAILED) throw std::runtime_error("mmap of the buffer ring failed");
   br_ = static_cast<io_uring_buf_ring*>(r);
   // The buffers themselves: pages are only touched (and counted in RSS) once used.
-  void* b = mmap(nullptr, std::size_t{count} * buffer_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  void* b = mmap(nullptr, std::size_t{count} * buffer_size, PROT_READ | PROT_WRITE,
+                 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (b == MAP_FAILED) throw std::runtime_error("mmap of receive buffers failed");
   base_ = static_cast<char*>(b);
 
@@ -36,12 +38,13 @@ BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer
   reg.ring_entries = count;
   reg.bgid = group;
   int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
-  if (rc < 0) throw std::runtime_error(std::string("io_uring_register_buf_ring: ") + std::strerror(-rc));
+  if (rc < 0)
+    throw std::runtime_error(std::string("io_uring_register_buf_ring: ") + std::strerror(-rc));
   io_uring_buf_ring_init(br_);
   int mask = io_uring_buf_ring_mask(count);
   for (std::uint32_t i = 0; i < count; ++i)
-    io_uring_buf_ring_add(br_, data(static_cast<std::uint16_t>(i)), buffer_size, static_cast<std::uint16_t>(i), mask,
-                          static_cast<int>(i));
+    io_uring_buf_ring_add(br_, data(static_cast<std::uint16_t>(i)), buffer_size,
+                          static_cast<std::uint16_t>(i), mask, static_cast<int>(i));
   io_uring_buf_ring_advance(br_, static_cast<int>(count));
   available_ = count;
 }
@@ -60,7 +63,8 @@ void BufferRing::taken(std::uint16_t bid) {
 
 void BufferRing::unref(std::uint16_t bid) {
   if (--refs_[bid] != 0) return;
-  io_uring_buf_ring_add(br_, data(bid), buffer_size_, bid, io_uring_buf_ring_mask(count_), pending_returns_);
+  io_uring_buf_ring_add(br_, data(bid), buffer_size_, bid, io_uring_buf_ring_mask(count_),
+                        pending_returns_);
   ++pending_returns_;
   ++available_;
 }
@@ -74,7 +78,9 @@ void BufferRing::publish() {
 // ---------------------------------------------------------------------------------------------
 // Stream: input
 
-Stream::~Stream() { discard_all(); }
+Stream::~Stream() {
+  discard_all();
+}
 
 void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
   buffers_->taken(bid);
@@ -85,6 +91,16 @@ void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
   }
   input_.push_back(Segment{bid, 0, length});  // bid fits: ring ids are below 32768
   input_bytes_ += length;
+}
+
+proto::Frame Stream::next_frame(std::uint32_t max_size) const {
+  if (input_bytes_ < 5) return {};
+  char header[5];
+  peek(header, 5);
+  proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
+  if (frame.status == proto::FrameStatus::need_more && input_bytes_ >= frame.size)
+    frame.status = proto::FrameStatus::complete;
+  return frame;
 }
 
 void Stream::peek(char* out, std::size_t n) const {
@@ -115,13 +131,16 @@ void Stream::consume(std::size_t n) {
     s.begin += static_cast<std::uint32_t>(take);
     n -= take;
     if (s.begin == s.end) {
-      if (s.bid == kOwnedInput) owned_input_.clear();
-      else buffers_->unref(static_cast<std::uint16_t>(s.bid));
+      if (s.bid == kOwnedInput)
+        owned_input_.clear();
+      else
+        buffers_->unref(static_cast<std::uint16_t>(s.bid));
       ++drop;
     }
   }
   input_.erase(input_.begin(), input_.begin() + static_cast<std::ptrdiff_t>(drop));
-  if (owned_input_.empty() && owned_input_.capacity() > (tls_ ? 1024u : 4096u)) std::string().swap(owned_input_);
+  if (owned_input_.empty() && owned_input_.capacity() > (tls_ ? 1024u : 4096u))
+    std::string().swap(owned_input_);
   if (input_.empty() && carry_.capacity() > 4096) std::string().swap(carry_);
 }
 
@@ -131,9 +150,11 @@ void Stream::forward(std::size_t n, Stream& to) {
     if (left == 0) break;
     std::size_t take = std::min<std::size_t>(left, s.end - s.begin);
     if (s.bid == kOwnedInput) {
-      to.emit_bytes(std::string_view(owned_input_.data() + s.begin, take));  // rare: a parked client's bytes
+      to.emit_bytes(
+          std::string_view(owned_input_.data() + s.begin, take));  // rare: a parked client's bytes
     } else {
-      buffers_->ref(static_cast<std::uint16_t>(s.bid));  // the slice's own reference, dropped when its send completes
+      buffers_->ref(static_cast<std::uint16_t>(
+          s.bid));  // the slice's own reference, dropped when its send completes
       to.push_slice(Slice{s.bid, s.begin, static_cast<std::uint32_t>(take)});
     }
     left -= take;
@@ -164,7 +185,8 @@ void Stream::receive_tls(std::string_view ciphertext) {
 
 void Stream::take_queue(std::string& out) {
   for (const Slice& s : queue_) {
-    const char* base = s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+    const char* base =
+        s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
     out.append(base + s.offset, s.length);
     pending_bytes_ -= s.length;
     if (s.bid != kOwned) {
@@ -201,7 +223,9 @@ void Stream::encrypt_queue() {
 // ---------------------------------------------------------------------------------------------
 // Stream: output
 
-bool Stream::has_output() const { return !queue_.empty() || !cipher_.empty() || (tls_ && tls_->has_output()); }
+bool Stream::has_output() const {
+  return !queue_.empty() || !cipher_.empty() || (tls_ && tls_->has_output());
+}
 
 void Stream::emit_bytes(std::string_view bytes) {
   std::size_t start = staging_.size();
@@ -212,7 +236,8 @@ void Stream::emit_bytes(std::string_view bytes) {
 void Stream::push_owned(std::size_t offset, std::size_t length) {
   if (length == 0) return;
   // Consecutive owned bytes are one slice: a run of built messages is one iovec.
-  if (!queue_.empty() && queue_.back().bid == kOwned && queue_.back().offset + queue_.back().length == offset) {
+  if (!queue_.empty() && queue_.back().bid == kOwned &&
+      queue_.back().offset + queue_.back().length == offset) {
     queue_.back().length += static_cast<std::uint32_t>(length);
     pending_bytes_ += length;
     return;
@@ -258,7 +283,8 @@ bool Stream::prepare_send(io_uring_sqe* sqe) {
       s.offset = static_cast<std::uint32_t>(at);
     }
     for (const Slice& s : inflight_) {
-      char* base = s.bid == kOwned ? inflight_owned_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+      char* base = s.bid == kOwned ? inflight_owned_.data()
+                                   : buffers_->data(static_cast<std::uint16_t>(s.bid));
       iov_.push_back(iovec{base + s.offset, s.length});
     }
   }

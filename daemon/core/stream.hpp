@@ -25,6 +25,8 @@
 #include <string_view>
 #include <vector>
 
+#include "proto/frame.hpp"
+
 namespace pgring {
 
 class TlsSession;
@@ -39,7 +41,9 @@ class BufferRing {
 
   [[nodiscard]] std::uint16_t group() const { return group_; }
   [[nodiscard]] std::uint32_t buffer_size() const { return buffer_size_; }
-  [[nodiscard]] char* data(std::uint16_t bid) const { return base_ + std::size_t{bid} * buffer_size_; }
+  [[nodiscard]] char* data(std::uint16_t bid) const {
+    return base_ + std::size_t{bid} * buffer_size_;
+  }
   [[nodiscard]] std::uint32_t available() const { return available_; }
 
   // A recv completion handed us buffer `bid` (one reference, owned by the input chain).
@@ -79,7 +83,7 @@ struct Operation {
     http_send,
     signal,
     mailbox,  // the eventfd other reactors ring after posting a task
-    ignore,  // completions we do not care about (cancel requests)
+    ignore,   // completions we do not care about (cancel requests)
   };
   Kind kind;
   void* owner;
@@ -107,6 +111,10 @@ class Stream {
   [[nodiscard]] std::size_t input_size() const { return input_bytes_; }
   // Copies the first n bytes (n <= input_size()) to out; for message headers.
   void peek(char* out, std::size_t n) const;
+  // The typed message at the front of the input (every reader of typed messages frames here):
+  // complete (all of it is in), need_more (header_known() once its 5 bytes are in: the body may
+  // be streamed), or bad() (a lying length, or over `max_size`).
+  [[nodiscard]] proto::Frame next_frame(std::uint32_t max_size) const;
   // The first n bytes as one view: directly in the ring buffer when they lie in one, else
   // stitched into `carry_` (only for the small messages pgring inspects).
   [[nodiscard]] std::string_view contiguous(std::size_t n);
@@ -178,7 +186,8 @@ class Stream {
     std::uint32_t end;
   };
   [[nodiscard]] const char* segment_data(const Segment& s) const {
-    return s.bid == kOwnedInput ? owned_input_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+    return s.bid == kOwnedInput ? owned_input_.data()
+                                : buffers_->data(static_cast<std::uint16_t>(s.bid));
   }
   void push_owned(std::size_t offset, std::size_t length);
   void receive_tls(std::string_view ciphertext);

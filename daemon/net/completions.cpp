@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -38,12 +36,15 @@ constexpr std::size_t kLowWatermarkBuffers = 32;
 // Flow control
 
 void Reactor::apply_backpressure(Stream& reader, const Stream& writer) {
-  if (writer.pending_bytes() > kHighWatermarkBytes || writer.pending_buffers() > kHighWatermarkBuffers)
+  if (writer.pending_bytes() > kHighWatermarkBytes ||
+      writer.pending_buffers() > kHighWatermarkBuffers)
     reader.reading_paused_ = true;
 }
 
 void Reactor::resume_peer_reading(Stream& writer) {
-  if (writer.pending_bytes() > kLowWatermarkBytes || writer.pending_buffers() > kLowWatermarkBuffers) return;
+  if (writer.pending_bytes() > kLowWatermarkBytes ||
+      writer.pending_buffers() > kLowWatermarkBuffers)
+    return;
   if (writer.send_op_.kind == Operation::Kind::client_send) {
     auto* client = static_cast<Client*>(writer.send_op_.owner);
     Server* server = client->server_;
@@ -65,35 +66,52 @@ void Reactor::resume_peer_reading(Stream& writer) {
   }
 }
 
+// ---- receives: the part every connection shares ----------------------------------------------
 
-void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
-  --client.ops_in_flight_;
-  client.stream_.recv_armed_ = false;
+void Reactor::take_received(Stream& stream, int& ops, int result, unsigned flags) {
+  --ops;
+  stream.recv_armed_ = false;
   if (flags & IORING_CQE_F_BUFFER) {
     auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-    client.stream_.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
+    stream.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
   }
+}
+
+Reactor::Received Reactor::classify_received(Stream& stream, int& ops, int result) {
+  if (result == -ENOBUFS) {
+    // The ring ran dry: re-armed when buffers come back (rearm_starved), not an error.
+    stream.starved_ = true;
+    starved_.emplace_back(&stream, &ops);
+    return Received::starved;
+  }
+  if (result == 0) return Received::eof;
+  if (result < 0) return Received::error;
+  if (stream.tls() != nullptr) {
+    if (stream.tls_failed()) return Received::tls_failed;
+    if (stream.has_output()) want_send(stream);  // handshake records, alerts
+  }
+  return Received::bytes;
+}
+
+void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
+  take_received(client.stream_, client.ops_in_flight_, result, flags);
   if (client.state_ == ClientState::closing) {
     client.stream_.discard_all();
-    if (result > 0 && !client.shut_down_) arm_recv(client.stream_, client.ops_in_flight_);  // drain until EOF
+    if (result > 0 && !client.shut_down_)
+      arm_recv(client.stream_, client.ops_in_flight_);  // drain until EOF
     maybe_free(client);
     return;
   }
-  if (result == -ENOBUFS) {
-    client.stream_.starved_ = true;
-    starved_.emplace_back(&client.stream_, &client.ops_in_flight_);
-    return;
-  }
-  if (result == 0) {
-    close(client, Reason::client_eof);
-    return;
-  }
-  if (result < 0) {
-    close(client, Reason::client_io_error, errno_text(-result));
-    return;
-  }
-  if (client.stream_.tls() != nullptr) {
-    if (client.stream_.tls_failed()) {
+  switch (classify_received(client.stream_, client.ops_in_flight_, result)) {
+    case Received::starved:
+      return;
+    case Received::eof:
+      close(client, Reason::client_eof);
+      return;
+    case Received::error:
+      close(client, Reason::client_io_error, errno_text(-result));
+      return;
+    case Received::tls_failed: {
       TlsSession& tls = *client.stream_.tls();
       if (tls.peer_closed()) {
         client.on_input();  // what came before close_notify (a Terminate, say) still counts
@@ -103,14 +121,17 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
       }
       return;
     }
-    if (client.stream_.has_output()) want_send(client.stream_);  // handshake records, tickets
+    case Received::bytes:
+      break;
   }
   client.last_activity_ = now_;
-  if (client.pool_ != nullptr) client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
+  if (client.pool_ != nullptr)
+    client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
   client.on_input();
   if (client.state_ == ClientState::closing) return;
   // Bytes that are not moving on (a client waiting for a server) leave the shared ring now.
-  if (client.state_ != ClientState::active && client.stream_.input_size() > 0) client.stream_.detach_input();
+  if (client.state_ != ClientState::active && client.stream_.input_size() > 0)
+    client.stream_.detach_input();
   arm_recv(client.stream_, client.ops_in_flight_);
 }
 
@@ -118,8 +139,10 @@ void Reactor::on_client_send(Client& client, int result) {
   --client.ops_in_flight_;
   if (result < 0) {
     client.stream_.send_failed();
-    if (client.state_ != ClientState::closing) close(client, Reason::client_io_error, errno_text(-result));
-    else finish_close(client);
+    if (client.state_ != ClientState::closing)
+      close(client, Reason::client_io_error, errno_text(-result));
+    else
+      finish_close(client);
     maybe_free(client);
     return;
   }
@@ -134,12 +157,7 @@ void Reactor::on_client_send(Client& client, int result) {
 }
 
 void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
-  --server.ops_in_flight_;
-  server.stream_.recv_armed_ = false;
-  if (flags & IORING_CQE_F_BUFFER) {
-    auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
-    server.stream_.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
-  }
+  take_received(server.stream_, server.ops_in_flight_, result, flags);
   if (server.state_ == ServerState::closing) {
     server.stream_.discard_all();
     if (result > 0 && !server.shut_down_) {
@@ -151,32 +169,31 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
     maybe_free(server);
     return;
   }
-  if (result == -ENOBUFS) {
-    server.stream_.starved_ = true;
-    starved_.emplace_back(&server.stream_, &server.ops_in_flight_);
-    return;
-  }
-  if (result == 0) {
-    close(server, Reason::server_eof, "server closed the connection unexpectedly");
-    return;
-  }
-  if (result < 0) {
-    close(server, Reason::server_io_error, errno_text(-result));
-    return;
-  }
-  if (server.stream_.tls() != nullptr) {
-    if (server.stream_.tls_failed()) {
+  switch (classify_received(server.stream_, server.ops_in_flight_, result)) {
+    case Received::starved:
+      return;
+    case Received::eof:
+      close(server, Reason::server_eof, "server closed the connection unexpectedly");
+      return;
+    case Received::error:
+      close(server, Reason::server_io_error, errno_text(-result));
+      return;
+    case Received::tls_failed: {
       TlsSession& tls = *server.stream_.tls();
       if (tls.peer_closed()) {
         server.on_input();  // PostgreSQL sends its FATAL error before close_notify
-        if (server.state_ != ServerState::closing) close(server, Reason::server_eof, "server closed the TLS session");
+        if (server.state_ != ServerState::closing)
+          close(server, Reason::server_eof, "server closed the TLS session");
       } else {
-        close(server, server.state_ == ServerState::login ? Reason::server_login_failed : Reason::server_io_error,
+        close(server,
+              server.state_ == ServerState::login ? Reason::server_login_failed
+                                                  : Reason::server_io_error,
               tls.error());
       }
       return;
     }
-    if (server.stream_.has_output()) want_send(server.stream_);
+    case Received::bytes:
+      break;
   }
   server.pool_.stats_.bytes_sent += static_cast<std::uint64_t>(result);
   server.on_input();
@@ -187,8 +204,10 @@ void Reactor::on_server_send(Server& server, int result) {
   --server.ops_in_flight_;
   if (result < 0) {
     server.stream_.send_failed();
-    if (server.state_ != ServerState::closing) close(server, Reason::server_io_error, errno_text(-result));
-    else finish_close(server);
+    if (server.state_ != ServerState::closing)
+      close(server, Reason::server_io_error, errno_text(-result));
+    else
+      finish_close(server);
     maybe_free(server);
     return;
   }
@@ -196,8 +215,8 @@ void Reactor::on_server_send(Server& server, int result) {
   if (!done || server.stream_.has_output()) {
     want_send(server.stream_);
   } else if (server.state_ == ServerState::closing) {
-    // Terminate sent to an idle server: wait for PostgreSQL to close its end. By then the backend has left
-    // pg_stat_activity, so the slot this connection frees is really free (pool_size counts
+    // Terminate sent to an idle server: wait for PostgreSQL to close its end. By then the backend
+    // has left pg_stat_activity, so the slot this connection frees is really free (pool_size counts
     // what the server sees, also when the slot moves to another reactor). kClosingGrace bounds
     // the wait.
     if (server.await_eof_ && !server.stream_.recv_armed_) {
@@ -218,7 +237,8 @@ void Reactor::on_server_connect(Server& server, int result) {
   }
   if (result < 0) {
     close(server, Reason::server_unreachable,
-          fmt::format("could not connect to server {}: {}", server.pool_.address_text_, errno_text(-result)));
+          fmt::format("could not connect to server {}: {}", server.pool_.address_text_,
+                      errno_text(-result)));
     return;
   }
   int one = 1;

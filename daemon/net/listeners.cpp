@@ -1,32 +1,60 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
 
 // ---------------------------------------------------------------------------------------------
 // Setup
+
+int listen_tcp(const config::ListenAddress& address, std::string_view what, bool reuse_port,
+               int backlog) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(address.port);
+  int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints,
+                        &res);
+  if (gai != 0)
+    throw std::runtime_error(
+        fmt::format("cannot resolve {} address {}: {}", what, address.host, gai_strerror(gai)));
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  int ok = fd >= 0 ? bind(fd, res->ai_addr, res->ai_addrlen) : -1;
+  freeaddrinfo(res);
+  if (ok != 0 || ::listen(fd, backlog) != 0) {
+    std::string error = errno_text(errno);
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error(
+        fmt::format("cannot listen on {} {}:{}: {}", what, address.host, port, error));
+  }
+  return fd;
+}
 
 void Reactor::listen() {
   for (const config::ListenAddress& address : config_->listen) {
@@ -46,36 +74,23 @@ void Reactor::listen() {
       std::string path = address.unix_dir + "/.s.PGSQL." + std::to_string(port);
       sockaddr_un sun{};
       sun.sun_family = AF_UNIX;
-      if (path.size() >= sizeof sun.sun_path) throw std::runtime_error("unix socket path too long: " + path);
+      if (path.size() >= sizeof sun.sun_path)
+        throw std::runtime_error("unix socket path too long: " + path);
       std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
       fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
       ::unlink(path.c_str());  // a stale socket from a previous run
-      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0 || ::listen(fd, 4096) != 0)
+      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0 ||
+          ::listen(fd, 4096) != 0)
         throw std::runtime_error("cannot listen on " + path + ": " + errno_text(errno));
       chmod(path.c_str(), 0777);
       listener->name = path;
     } else {
-      addrinfo hints{};
-      hints.ai_family = AF_UNSPEC;
-      hints.ai_socktype = SOCK_STREAM;
-      hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-      addrinfo* res = nullptr;
+      // One listener per reactor on the same port (SO_REUSEPORT); the kernel spreads connections.
+      fd = listen_tcp(address, "listen", true, 4096);
       std::string port = std::to_string(address.port);
-      int gai = getaddrinfo(address.host.empty() ? nullptr : address.host.c_str(), port.c_str(), &hints, &res);
-      if (gai != 0) throw std::runtime_error("cannot resolve listen address " + address.host + ": " + gai_strerror(gai));
-      fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      int one = 1;
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-      // One listener per reactor on the same port; the kernel spreads connections.
-      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-      // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per accept.
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      int ok = bind(fd, res->ai_addr, res->ai_addrlen);
-      freeaddrinfo(res);
-      if (ok != 0 || ::listen(fd, 4096) != 0)
-        throw std::runtime_error("cannot listen on " + address.host + ":" + port + ": " + errno_text(errno));
-      listener->name = (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
-                       ":" + port;
+      listener->name =
+          (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
+          ":" + port;
     }
     listener->fd = fd;
     arm_accept(*listener);
@@ -98,7 +113,6 @@ void Reactor::close_listeners() {
   }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Completions
 
@@ -108,7 +122,8 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
     if (listener.fd >= 0 && !shutting_down()) arm_accept(listener);
   }
   if (result < 0) {
-    if (result != -ECANCELED) log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
+    if (result != -ECANCELED)
+      log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
     return;
   }
   if (shutting_down()) {
@@ -120,7 +135,8 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   peer_info.local = true;
   sockaddr_storage addr{};
   socklen_t len = sizeof addr;
-  if (getpeername(result, reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.ss_family != AF_UNIX) {
+  if (getpeername(result, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+      addr.ss_family != AF_UNIX) {
     peer_info.local = false;
     peer_info.family = addr.ss_family;
     if (addr.ss_family == AF_INET)
@@ -129,7 +145,8 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
       std::memcpy(peer_info.address.data(), &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, 16);
     // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d: the auth rules see it
     // as the IPv4 address it is.
-    if (addr.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr)) {
+    if (addr.ss_family == AF_INET6 &&
+        IN6_IS_ADDR_V4MAPPED(&reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr)) {
       peer_info.family = AF_INET;
       std::memmove(peer_info.address.data(), peer_info.address.data() + 12, 4);
     }
@@ -150,8 +167,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   client->peer_info_ = peer_info;
   ++client_count_;
   int clients = shared_.clients.fetch_add(1, std::memory_order_relaxed) + 1;
-  login_clients_.push_back(client);
-  client->state_since_ = now_;
+  set_state(*client, ClientState::startup);
   client->last_activity_ = now_;
   log::debug("C-{} connected from {}", client->id_, client->peer_);
   // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the

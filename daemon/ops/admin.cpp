@@ -9,6 +9,7 @@
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -20,7 +21,6 @@ std::string tls_version(const Stream& stream) {
   return stream.tls() != nullptr ? std::string(stream.tls()->version()) : std::string();
 }
 
-
 std::vector<std::string> words_of(std::string_view sql) {
   std::vector<std::string> words;
   std::string word;
@@ -29,7 +29,7 @@ std::vector<std::string> words_of(std::string_view sql) {
       if (!word.empty()) words.push_back(std::move(word));
       word.clear();
     } else {
-      word.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+      word.push_back(proto::ascii_lower(c));
     }
   }
   if (!word.empty()) words.push_back(std::move(word));
@@ -48,7 +48,8 @@ class Result {
   std::vector<std::vector<std::string>>& rows() { return rows_; }
   bool emit(Stream& out, std::string_view tag) const {
     bool ok = out.emit([&](std::string& o) { return proto::build::row_description(o, columns_); });
-    for (const auto& r : rows_) ok &= out.emit([&](std::string& o) { return proto::build::data_row(o, r); });
+    for (const auto& r : rows_)
+      ok &= out.emit([&](std::string& o) { return proto::build::data_row(o, r); });
     ok &= out.emit([&](std::string& o) { return proto::build::command_complete(o, tag); });
     return ok;
   }
@@ -73,8 +74,10 @@ Rows merge_rows(std::vector<Rows> parts, std::size_t keys, std::vector<std::size
         out.push_back(std::move(row));
         continue;
       }
-      for (std::size_t c : summed) (*same)[c] = std::to_string(std::stoll((*same)[c]) + std::stoll(row[c]));
-      for (std::size_t c : maxed) (*same)[c] = std::to_string(std::max(std::stoll((*same)[c]), std::stoll(row[c])));
+      for (std::size_t c : summed)
+        (*same)[c] = std::to_string(std::stoll((*same)[c]) + std::stoll(row[c]));
+      for (std::size_t c : maxed)
+        (*same)[c] = std::to_string(std::max(std::stoll((*same)[c]), std::stoll(row[c])));
     }
   }
   return out;
@@ -82,7 +85,11 @@ Rows merge_rows(std::vector<Rows> parts, std::size_t keys, std::vector<std::size
 
 constexpr std::string_view kHelp[] = {
     "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|CONFIG|STATEMENTS|VERSION",
-    "PAUSE [db]", "RESUME [db]", "RELOAD", "KILL db", "SHUTDOWN"};
+    "PAUSE [db]",
+    "RESUME [db]",
+    "RELOAD",
+    "KILL db",
+    "SHUTDOWN"};
 
 }  // namespace
 
@@ -90,7 +97,9 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
   Stream& out = client.stream_;
   auto words = words_of(sql);
   auto error = [&](std::string_view sqlstate, std::string message) {
-    (void)out.emit([&](std::string& o) { return proto::build::error_response(o, "ERROR", sqlstate, "pgring: " + message); });
+    (void)out.emit([&](std::string& o) {
+      return proto::build::error_response(o, "ERROR", sqlstate, "pgring: " + message);
+    });
   };
   auto done = [&] {
     (void)out.emit([](std::string& o) { return proto::build::ready_for_query(o, 'I'); });
@@ -121,30 +130,37 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     Result r({"version"});
     r.row({std::string("pgring ") + PGRING_VERSION});
     ok = r.emit(out, "SHOW");
-  } else if (is_show && (what == "pools" || what == "clients" || what == "servers" || what == "stats")) {
+  } else if (is_show &&
+             (what == "pools" || what == "clients" || what == "servers" || what == "stats")) {
     // The whole process: every reactor's rows, merged.
     auto parts = gather<Rows>([what](Reactor& r) { return r.admin_rows(what); });
-    Result r = what == "pools"     ? Result({"database", "user", "pool_mode", "cl_idle", "cl_waiting", "cl_active",
-                                             "sv_active", "sv_idle", "sv_login", "sv_resetting", "pool_size",
-                                             "maxwait_ms", "paused"})
-               : what == "clients" ? Result({"id", "database", "user", "state", "addr", "state_ms", "server",
-                                             "pinned", "statements", "worker", "tls"})
-               : what == "servers" ? Result({"id", "database", "user", "state", "addr", "backend_pid", "client",
-                                             "age_ms", "state_ms", "prepared", "transaction_status", "worker", "tls"})
-                                   : Result({"database", "user", "transactions", "queries", "bytes_received",
-                                             "bytes_sent", "server_connects", "avg_wait_us", "avg_query_us",
-                                             "avg_xact_us", "errors"});
-    if (what == "pools") r.rows() = merge_rows(std::move(parts), 2, {3, 4, 5, 6, 7, 8, 9}, {11});
-    else if (what == "stats") r.rows() = merge_rows(std::move(parts), 2, {2, 3, 4, 5, 6, 10}, {7, 8, 9});
-    else r.rows() = merge_rows(std::move(parts), 0);
+    Result r =
+        what == "pools"     ? Result({"database", "user", "pool_mode", "cl_idle", "cl_waiting",
+                                      "cl_active", "sv_active", "sv_idle", "sv_login", "sv_resetting",
+                                      "pool_size", "maxwait_ms", "paused"})
+        : what == "clients" ? Result({"id", "database", "user", "state", "addr", "state_ms",
+                                      "server", "pinned", "statements", "worker", "tls"})
+        : what == "servers"
+            ? Result({"id", "database", "user", "state", "addr", "backend_pid", "client", "age_ms",
+                      "state_ms", "prepared", "transaction_status", "worker", "tls"})
+            : Result({"database", "user", "transactions", "queries", "bytes_received", "bytes_sent",
+                      "server_connects", "avg_wait_us", "avg_query_us", "avg_xact_us", "errors"});
+    if (what == "pools")
+      r.rows() = merge_rows(std::move(parts), 2, {3, 4, 5, 6, 7, 8, 9}, {11});
+    else if (what == "stats")
+      r.rows() = merge_rows(std::move(parts), 2, {2, 3, 4, 5, 6, 10}, {7, 8, 9});
+    else
+      r.rows() = merge_rows(std::move(parts), 0);
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "databases") {
-    Result r({"name", "host", "port", "dbname", "pool_mode", "pool_size", "max_db_connections", "current_connections"});
+    Result r({"name", "host", "port", "dbname", "pool_mode", "pool_size", "max_db_connections",
+              "current_connections"});
     for (const auto& [name, db] : config_->databases) {
       config::PoolSettings s = config_->resolve_pool(db, nullptr);
       r.row({name, db.host, std::to_string(db.port), db.dbname.empty() ? name : db.dbname,
              std::string(config::to_string(s.pool_mode)), std::to_string(s.pool_size),
-             std::to_string(s.max_db_connections), std::to_string(database_budget(name).servers.load())});
+             std::to_string(s.max_db_connections),
+             std::to_string(database_budget(name).servers.load())});
     }
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "config") {
@@ -169,12 +185,19 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     r.row({"defaults.prepared_statements", std::to_string(c.defaults.prepared_statements)});
     r.row({"defaults.session_state", std::string(config::to_string(c.defaults.session_state))});
     for (auto [name, value] : std::initializer_list<std::pair<std::string_view, config::Duration>>{
-             {"client_login", t.client_login}, {"server_connect", t.server_connect},
-             {"server_login_retry", t.server_login_retry}, {"query_wait", t.query_wait},
-             {"reserve_pool", t.reserve_pool}, {"query", t.query}, {"transaction", t.transaction},
-             {"idle_transaction", t.idle_transaction}, {"client_idle", t.client_idle},
-             {"server_idle", t.server_idle}, {"server_lifetime", t.server_lifetime},
-             {"cancel_wait", t.cancel_wait}, {"shutdown", t.shutdown}})
+             {"client_login", t.client_login},
+             {"server_connect", t.server_connect},
+             {"server_login_retry", t.server_login_retry},
+             {"query_wait", t.query_wait},
+             {"reserve_pool", t.reserve_pool},
+             {"query", t.query},
+             {"transaction", t.transaction},
+             {"idle_transaction", t.idle_transaction},
+             {"client_idle", t.client_idle},
+             {"server_idle", t.server_idle},
+             {"server_lifetime", t.server_lifetime},
+             {"cancel_wait", t.cancel_wait},
+             {"shutdown", t.shutdown}})
       r.row({"timeouts." + std::string(name), std::to_string(value.count()) + "ms"});
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "statements") {
@@ -190,12 +213,16 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     } else {
       broadcast([pause, what](Reactor& r) { r.pause(what, pause); });
       log::info("admin C-{}: {} {}", client.id_, verb, what.empty() ? "all" : what);
-      ok = out.emit([&](std::string& o) { return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME"); });
+      ok = out.emit([&](std::string& o) {
+        return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME");
+      });
     }
   } else if (verb == "reload") {
     std::string problem = reload();
-    if (problem.empty()) ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RELOAD"); });
-    else error("F0000", "reload failed, the running configuration stays: " + problem);
+    if (problem.empty())
+      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RELOAD"); });
+    else
+      error("F0000", "reload failed, the running configuration stays: " + problem);
   } else if (verb == "kill") {
     if (what.empty() || config_->find_database(what) == nullptr) {
       error("3D000", "KILL needs a configured database name");
@@ -221,9 +248,12 @@ void Reactor::pause(const std::string& database, bool pause) {
     pool->paused_ = pause;
     if (!pause) pool->maintain();
   }
-  if (database.empty()) paused_all_ = pause;
-  else if (pause) paused_databases_.insert(database);
-  else paused_databases_.erase(database);
+  if (database.empty())
+    paused_all_ = pause;
+  else if (pause)
+    paused_databases_.insert(database);
+  else
+    paused_databases_.erase(database);
 }
 
 Rows Reactor::admin_rows(std::string_view what) {
@@ -244,34 +274,41 @@ Rows Reactor::admin_rows(std::string_view what) {
     }
   } else if (what == "clients") {
     auto add = [&](const Client& c) {
-      row({"C-" + std::to_string(c.id_), c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
-           std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_, ms(now_ - c.state_since_),
+      row({"C-" + std::to_string(c.id_),
+           c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
+           std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_,
+           ms(now_ - c.state_since_),
            c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
-           proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statements_.size()),
-           std::to_string(index_), tls_version(c.stream_)});
+           proto::sql::describe_session_state(c.pinned_state_),
+           std::to_string(c.statements_.size()), std::to_string(index_), tls_version(c.stream_)});
     };
     for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
     for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
     for (auto& [key, pool] : pools_) {
       (void)key;
-      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+      for (List<Client>* l :
+           {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
         for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add(*c);
     }
   } else if (what == "servers") {
     for (auto& [key, pool] : pools_) {
       (void)key;
-      for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
-                              &pool->resetting_servers_, &pool->canceling_servers_})
+      for (List<Server>* l :
+           {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
+            &pool->resetting_servers_, &pool->canceling_servers_})
         for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
-          row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_, std::string(to_string(s->state_)),
-               pool->address_text_, std::to_string(s->backend_pid_),
-               s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "", ms(now_ - s->created_),
-               ms(now_ - s->state_since_), std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_),
+          row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_,
+               std::string(to_string(s->state_)), pool->address_text_,
+               std::to_string(s->backend_pid_),
+               s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "",
+               ms(now_ - s->created_), ms(now_ - s->state_since_),
+               std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_),
                std::to_string(index_), tls_version(s->stream_)});
     }
   } else if (what == "stats") {
     auto avg_us = [](const Histogram& h) {
-      return std::to_string(h.count == 0 ? 0 : static_cast<long long>(h.sum / static_cast<double>(h.count) * 1e6));
+      return std::to_string(
+          h.count == 0 ? 0 : static_cast<long long>(h.sum / static_cast<double>(h.count) * 1e6));
     };
     for (auto& [key, pool] : pools_) {
       (void)key;
@@ -281,9 +318,10 @@ Rows Reactor::admin_rows(std::string_view what) {
         (void)klass;
         errors += n;
       }
-      row({pool->database_, pool->user_name_, std::to_string(st.transactions), std::to_string(st.queries),
-           std::to_string(st.bytes_received), std::to_string(st.bytes_sent), std::to_string(st.server_connects),
-           avg_us(st.wait), avg_us(st.query), avg_us(st.transaction), std::to_string(errors)});
+      row({pool->database_, pool->user_name_, std::to_string(st.transactions),
+           std::to_string(st.queries), std::to_string(st.bytes_received),
+           std::to_string(st.bytes_sent), std::to_string(st.server_connects), avg_us(st.wait),
+           avg_us(st.query), avg_us(st.transaction), std::to_string(errors)});
     }
   } else if (what == "statements") {
     std::vector<const PreparedStatement*> all;
@@ -297,9 +335,11 @@ Rows Reactor::admin_rows(std::string_view what) {
       for (auto& [key, pool] : pools_) {
         (void)key;
         for (List<Server>* l : {&pool->active_servers_, &pool->idle_servers_})
-          for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) on += s->prepared_.contains(st->id);
+          for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+            on += s->prepared_.contains(st->id);
       }
-      row({std::to_string(st->id), st->server_name, std::string(st->query().substr(0, 200)), std::to_string(on)});
+      row({std::to_string(st->id), st->server_name, std::string(st->query().substr(0, 200)),
+           std::to_string(on)});
     }
   }
   return rows;
@@ -310,11 +350,14 @@ void Reactor::kill_database(std::string_view database) {
   for (auto& [key, pool] : pools_) {
     (void)key;
     if (pool->database_ != database) continue;
-    for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_}) {
-      while (Client* c = l->front()) close(*c, Reason::admin_kill, "connection killed by the administrator");
+    for (List<Client>* l :
+         {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_}) {
+      while (Client* c = l->front())
+        close(*c, Reason::admin_kill, "connection killed by the administrator");
     }
-    for (List<Server>* l : {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
-                            &pool->resetting_servers_, &pool->canceling_servers_}) {
+    for (List<Server>* l :
+         {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
+          &pool->resetting_servers_, &pool->canceling_servers_}) {
       while (Server* s = l->front()) close(*s, Reason::admin_kill);
     }
   }
@@ -325,23 +368,29 @@ void Client::admin_login() {
   auto listed = [&](const std::vector<std::string>& users) {
     return std::find(users.begin(), users.end(), startup_message_.user) != users.end();
   };
-  if (listed(cfg.admin_users)) admin_ = AdminRole::admin;
-  else if (listed(cfg.stats_users)) admin_ = AdminRole::stats;
+  if (listed(cfg.admin_users))
+    admin_ = AdminRole::admin;
+  else if (listed(cfg.stats_users))
+    admin_ = AdminRole::stats;
   else {
-    reactor_.close(*this, Reason::admin_denied,
-                   fmt::format("user \"{}\" may not use the admin console (admin.users, admin.stats_users)",
-                               startup_message_.user));
+    reactor_.close(
+        *this, Reason::admin_denied,
+        fmt::format("user \"{}\" may not use the admin console (admin.users, admin.stats_users)",
+                    startup_message_.user));
     return;
   }
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
   log::info("C-{} admin login user={} from {}", id_, startup_message_.user, peer_);
-  state_ = ClientState::idle;
-  state_since_ = reactor_.now();
-  reactor_.admin_clients_.push_back(this);
-  send_welcome({{"server_version", "15.0 (pgring " PGRING_VERSION ")"}, {"server_encoding", "UTF8"},
-                {"client_encoding", "UTF8"}, {"DateStyle", "ISO, MDY"}, {"integer_datetimes", "on"},
-                {"standard_conforming_strings", "on"}, {"TimeZone", "UTC"}, {"application_name", ""}});
+  reactor_.set_state(*this, ClientState::idle);  // on the admin list: no pool
+  send_welcome({{"server_version", "15.0 (pgring " PGRING_VERSION ")"},
+                {"server_encoding", "UTF8"},
+                {"client_encoding", "UTF8"},
+                {"DateStyle", "ISO, MDY"},
+                {"integer_datetimes", "on"},
+                {"standard_conforming_strings", "on"},
+                {"TimeZone", "UTC"},
+                {"application_name", ""}});
 }
 
 void Client::handle_admin() {
@@ -363,7 +412,8 @@ void Client::handle_admin() {
       }
       case proto::frontend::kSync:
         stream_.consume(frame.size);
-        (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+        (void)stream_.emit(
+            [](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
         reactor_.want_send(stream_);
         break;
       default:
@@ -371,8 +421,9 @@ void Client::handle_admin() {
         if (!admin_error_sent_) {
           admin_error_sent_ = true;
           (void)stream_.emit([](std::string& out) {
-            return proto::build::error_response(out, "ERROR", "0A000",
-                                                "pgring: the admin console speaks the simple query protocol only");
+            return proto::build::error_response(
+                out, "ERROR", "0A000",
+                "pgring: the admin console speaks the simple query protocol only");
           });
           reactor_.want_send(stream_);
         }

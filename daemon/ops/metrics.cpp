@@ -10,15 +10,14 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
-
-#include <algorithm>
-#include <cstdlib>
-#include <unordered_map>
 
 namespace pgring {
 
@@ -43,13 +42,19 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_errors_total", "counter", "ErrorResponses from servers by SQLSTATE class"},
     {"pgring_wait_seconds", "histogram", "Time clients waited for a server connection"},
     {"pgring_query_seconds", "histogram", "Time from a request to its ReadyForQuery"},
-    {"pgring_transaction_seconds", "histogram", "Time from a transaction's first request to ReadyForQuery idle"},
+    {"pgring_transaction_seconds", "histogram",
+     "Time from a transaction's first request to ReadyForQuery idle"},
     {"pgring_disconnects_total", "counter", "Closed connections by close reason"},
-    {"pgring_statement_cache_hits_total", "counter", "Parse messages answered from the statement cache"},
-    {"pgring_statement_cache_parses_total", "counter", "Parse messages sent to servers for clients"},
-    {"pgring_statement_cache_injected_total", "counter", "Parse messages injected before a Bind or Describe"},
-    {"pgring_statement_cache_evictions_total", "counter", "Prepared statements closed to stay within prepared_statements"},
-    {"pgring_statement_cache_retries_total", "counter", "Requests retried after a cached plan changed"},
+    {"pgring_statement_cache_hits_total", "counter",
+     "Parse messages answered from the statement cache"},
+    {"pgring_statement_cache_parses_total", "counter",
+     "Parse messages sent to servers for clients"},
+    {"pgring_statement_cache_injected_total", "counter",
+     "Parse messages injected before a Bind or Describe"},
+    {"pgring_statement_cache_evictions_total", "counter",
+     "Prepared statements closed to stay within prepared_statements"},
+    {"pgring_statement_cache_retries_total", "counter",
+     "Requests retried after a cached plan changed"},
     {"pgring_statement_cache_entries", "gauge", "Distinct statements in the registry"},
     {"pgring_reloads_total", "counter", "Configuration reloads applied"},
     {"pgring_reload_failures_total", "counter", "Configuration reloads refused (bad file)"},
@@ -75,10 +80,14 @@ void header(std::string& out, std::string_view name) {
 std::string escape(std::string_view v) {
   std::string out;
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out.push_back(c);
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out.push_back(c);
   }
   return out;
 }
@@ -95,14 +104,18 @@ void sample(std::string& out, std::string_view name, const std::string& label_te
   out += buf;
 }
 
-void histogram(std::string& out, std::string_view name, const std::string& label_text, const Histogram& h) {
+void histogram(std::string& out, std::string_view name, const std::string& label_text,
+               const Histogram& h) {
   std::uint64_t cumulative = 0;
   for (std::size_t i = 0; i < h.buckets.size(); ++i) {
     cumulative += h.buckets[i];
     char le[32];
-    if (i < Histogram::kBounds.size()) std::snprintf(le, sizeof le, "%g", Histogram::kBounds[i]);
-    else std::snprintf(le, sizeof le, "+Inf");
-    sample(out, std::string(name) + "_bucket", label_text + ",le=\"" + le + "\"", static_cast<double>(cumulative));
+    if (i < Histogram::kBounds.size())
+      std::snprintf(le, sizeof le, "%g", Histogram::kBounds[i]);
+    else
+      std::snprintf(le, sizeof le, "+Inf");
+    sample(out, std::string(name) + "_bucket", label_text + ",le=\"" + le + "\"",
+           static_cast<double>(cumulative));
   }
   sample(out, std::string(name) + "_sum", label_text, h.sum);
   sample(out, std::string(name) + "_count", label_text, static_cast<double>(h.count));
@@ -136,7 +149,8 @@ std::string merge_expositions(const std::vector<std::string>& texts) {
         auto [it, fresh] = families.try_emplace(current);
         if (fresh) order.push_back(current);
         auto& header = it->second.header;
-        if (std::find(header.begin(), header.end(), line) == header.end()) header.emplace_back(line);
+        if (std::find(header.begin(), header.end(), line) == header.end())
+          header.emplace_back(line);
         continue;
       }
       std::size_t space = line.rfind(' ');
@@ -166,7 +180,8 @@ std::string merge_expositions(const std::vector<std::string>& texts) {
 
 std::string Reactor::metrics_text() {
   // The whole process: each reactor renders its own state on its own thread.
-  std::string out = merge_expositions(gather<std::string>([](Reactor& r) { return r.metrics_text_local(); }));
+  std::string out =
+      merge_expositions(gather<std::string>([](Reactor& r) { return r.metrics_text_local(); }));
   header(out, "pgring_workers");
   sample(out, "pgring_workers", "", static_cast<double>(shared_.workers()));
   return out;
@@ -181,9 +196,12 @@ std::string Reactor::metrics_text_local() {
   for (auto& [key, pool] : pools_) {
     (void)key;
     std::string l = labels(*pool);
-    sample(out, "pgring_clients", l + ",state=\"idle\"", static_cast<double>(pool->idle_clients_.size()));
-    sample(out, "pgring_clients", l + ",state=\"waiting\"", static_cast<double>(pool->waiting_clients_.size()));
-    sample(out, "pgring_clients", l + ",state=\"active\"", static_cast<double>(pool->active_clients_.size()));
+    sample(out, "pgring_clients", l + ",state=\"idle\"",
+           static_cast<double>(pool->idle_clients_.size()));
+    sample(out, "pgring_clients", l + ",state=\"waiting\"",
+           static_cast<double>(pool->waiting_clients_.size()));
+    sample(out, "pgring_clients", l + ",state=\"active\"",
+           static_cast<double>(pool->active_clients_.size()));
   }
   header(out, "pgring_login_clients");
   sample(out, "pgring_login_clients", "", static_cast<double>(login_clients_.size()));
@@ -192,9 +210,12 @@ std::string Reactor::metrics_text_local() {
   for (auto& [key, pool] : pools_) {
     (void)key;
     std::string l = labels(*pool);
-    sample(out, "pgring_servers", l + ",state=\"active\"", static_cast<double>(pool->active_servers_.size()));
-    sample(out, "pgring_servers", l + ",state=\"idle\"", static_cast<double>(pool->idle_servers_.size()));
-    sample(out, "pgring_servers", l + ",state=\"login\"", static_cast<double>(pool->connecting_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"active\"",
+           static_cast<double>(pool->active_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"idle\"",
+           static_cast<double>(pool->idle_servers_.size()));
+    sample(out, "pgring_servers", l + ",state=\"login\"",
+           static_cast<double>(pool->connecting_servers_.size()));
     sample(out, "pgring_servers", l + ",state=\"resetting\"",
            static_cast<double>(pool->resetting_servers_.size() + pool->canceling_servers_.size()));
   }
@@ -217,11 +238,13 @@ std::string Reactor::metrics_text_local() {
   for (auto& [key, pool] : pools_) {
     (void)key;
     for (const auto& [klass, n] : pool->stats_.errors_by_class)
-      sample(out, "pgring_errors_total", labels(*pool) + ",class=\"" + escape(klass) + "\"", static_cast<double>(n));
+      sample(out, "pgring_errors_total", labels(*pool) + ",class=\"" + escape(klass) + "\"",
+             static_cast<double>(n));
   }
-  for (auto [name, field] : {std::pair{std::string_view("pgring_wait_seconds"), &PoolStats::wait},
-                             std::pair{std::string_view("pgring_query_seconds"), &PoolStats::query},
-                             std::pair{std::string_view("pgring_transaction_seconds"), &PoolStats::transaction}}) {
+  for (auto [name, field] :
+       {std::pair{std::string_view("pgring_wait_seconds"), &PoolStats::wait},
+        std::pair{std::string_view("pgring_query_seconds"), &PoolStats::query},
+        std::pair{std::string_view("pgring_transaction_seconds"), &PoolStats::transaction}}) {
     header(out, name);
     for (auto& [key, pool] : pools_) {
       (void)key;
@@ -230,16 +253,18 @@ std::string Reactor::metrics_text_local() {
   }
   header(out, "pgring_disconnects_total");
   for (std::size_t i = 0; i < kReasonCount; ++i)
-    sample(out, "pgring_disconnects_total", "reason=\"" + std::string(name(static_cast<Reason>(i))) + "\"",
+    sample(out, "pgring_disconnects_total",
+           "reason=\"" + std::string(name(static_cast<Reason>(i))) + "\"",
            static_cast<double>(disconnects_[i]));
   const StatementCounters& sc = statements_.counters;
-  for (auto [metric, value] : {std::pair{std::string_view("pgring_statement_cache_hits_total"), sc.hits},
-                               std::pair{std::string_view("pgring_statement_cache_parses_total"), sc.parses_sent},
-                               std::pair{std::string_view("pgring_statement_cache_injected_total"), sc.injected},
-                               std::pair{std::string_view("pgring_statement_cache_evictions_total"), sc.evictions},
-                               std::pair{std::string_view("pgring_statement_cache_retries_total"), sc.retries},
-                               std::pair{std::string_view("pgring_reloads_total"), reloads_},
-                               std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}}) {
+  for (auto [metric, value] :
+       {std::pair{std::string_view("pgring_statement_cache_hits_total"), sc.hits},
+        std::pair{std::string_view("pgring_statement_cache_parses_total"), sc.parses_sent},
+        std::pair{std::string_view("pgring_statement_cache_injected_total"), sc.injected},
+        std::pair{std::string_view("pgring_statement_cache_evictions_total"), sc.evictions},
+        std::pair{std::string_view("pgring_statement_cache_retries_total"), sc.retries},
+        std::pair{std::string_view("pgring_reloads_total"), reloads_},
+        std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}}) {
     header(out, metric);
     sample(out, metric, "", static_cast<double>(value));
   }
@@ -272,21 +297,8 @@ int Reactor::pools_up() const {
 void Reactor::listen_metrics() {
   if (!config_->metrics_listen) return;
   const config::ListenAddress& a = *config_->metrics_listen;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
+  int fd = listen_tcp(a, "metrics.listen", false, 128);
   std::string port = std::to_string(a.port);
-  if (getaddrinfo(a.host.empty() ? nullptr : a.host.c_str(), port.c_str(), &hints, &res) != 0)
-    throw std::runtime_error("cannot resolve metrics.listen " + a.host);
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  int ok = bind(fd, res->ai_addr, res->ai_addrlen);
-  freeaddrinfo(res);
-  if (ok != 0 || ::listen(fd, 128) != 0)
-    throw std::runtime_error("cannot listen on metrics.listen " + a.host + ":" + port + ": " + std::strerror(errno));
   metrics_listener_.fd = fd;
   metrics_listener_.accept_op = Operation{Operation::Kind::http_accept, &metrics_listener_};
   metrics_listener_.name = a.host + ":" + port;
@@ -328,8 +340,10 @@ void Reactor::on_http_recv(HttpConn& conn, int result, unsigned flags) {
   conn.request_.append(conn.stream_.contiguous(n));
   conn.stream_.consume(n);
   if (conn.request_.find("\r\n\r\n") == std::string::npos) {
-    if (conn.request_.size() > 8192) finish_http(conn);
-    else arm_recv(conn.stream_, conn.ops_in_flight_);
+    if (conn.request_.size() > 8192)
+      finish_http(conn);
+    else
+      arm_recv(conn.stream_, conn.ops_in_flight_);
     return;
   }
   std::string_view req = conn.request_;
@@ -345,7 +359,8 @@ void Reactor::on_http_recv(HttpConn& conn, int result, unsigned flags) {
   } else if (path_is("/health")) {
     body = "ok\n";
   } else if (path_is("/ready")) {
-    if (ready()) body = "ready\n";
+    if (ready())
+      body = "ready\n";
     else {
       status = "503 Service Unavailable";
       body = "not ready\n";
@@ -357,8 +372,9 @@ void Reactor::on_http_recv(HttpConn& conn, int result, unsigned flags) {
     status = "404 Not Found";
     body = "try /metrics, /health or /ready\n";
   }
-  std::string head = "HTTP/1.1 " + status + "\r\nContent-Type: " + type + "\r\nContent-Length: " +
-                     std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  std::string head = "HTTP/1.1 " + status + "\r\nContent-Type: " + type +
+                     "\r\nContent-Length: " + std::to_string(body.size()) +
+                     "\r\nConnection: close\r\n\r\n";
   conn.stream_.emit_bytes(head);
   conn.stream_.emit_bytes(body);
   conn.responded_ = true;

@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -46,12 +44,12 @@ void Reactor::on_signal(int result) {
         (void)problem;  // reload() logged it
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
   if (!stopped_) arm_signal();
 }
-
 
 std::string Reactor::reload() {
   std::shared_ptr<const config::Config> fresh;
@@ -62,7 +60,8 @@ std::string Reactor::reload() {
     tls = build_tls(*fresh);
   } catch (const config::ConfigError& e) {
     ++reload_failures_;
-    log::error("reload of {} failed, keeping the running configuration: {}", config_path_, e.what());
+    log::error("reload of {} failed, keeping the running configuration: {}", config_path_,
+               e.what());
     return e.what();
   }
   ++reloads_;
@@ -73,10 +72,13 @@ std::string Reactor::reload() {
     for (const auto& l : c.listen) t += l.host + ":" + std::to_string(l.port) + l.unix_dir + " ";
     return t;
   };
-  if (listen_text(old) != listen_text(*fresh)) log::warning("reload: listen changed; it takes effect after a restart");
-  if (old.workers != fresh->workers) log::warning("reload: workers changed; it takes effect after a restart");
+  if (listen_text(old) != listen_text(*fresh))
+    log::warning("reload: listen changed; it takes effect after a restart");
+  if (old.workers != fresh->workers)
+    log::warning("reload: workers changed; it takes effect after a restart");
   auto metrics_text = [](const config::Config& c) {
-    return c.metrics_listen ? c.metrics_listen->host + ":" + std::to_string(c.metrics_listen->port) : std::string();
+    return c.metrics_listen ? c.metrics_listen->host + ":" + std::to_string(c.metrics_listen->port)
+                            : std::string();
   };
   if (metrics_text(old) != metrics_text(*fresh))
     log::warning("reload: metrics.listen changed; it takes effect after a restart");
@@ -85,7 +87,8 @@ std::string Reactor::reload() {
   return {};
 }
 
-void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::shared_ptr<const TlsContexts> tls) {
+void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
+                           std::shared_ptr<const TlsContexts> tls) {
   retired_configs_.push_back(config_);
   config_ = std::move(fresh);
   tls_ = std::move(tls);
@@ -94,7 +97,8 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::sha
     for (auto& [key, pool] : pools_) {
       (void)key;
       while (!pool->lookups_.empty())
-        close(*pool->lookups_.front(), Reason::auth_query_failed, "authentication failed: auth.query was removed");
+        close(*pool->lookups_.front(), Reason::auth_query_failed,
+              "authentication failed: auth.query was removed");
     }
   }
   if (index_ == 0) log::init(config_->log_level, config_->log_format);
@@ -104,10 +108,13 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh, std::sha
     const config::Database* db = config_->find_database(pool->database_);
     if (db == nullptr) {
       log::warning("reload: database {} was removed; closing its pools", pool->database_);
-      for (List<Client>* l : {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
-        while (Client* c = l->front()) close(*c, Reason::pool_removed, "database removed from the configuration");
-      for (List<Server>* l : {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
-                              &pool->resetting_servers_, &pool->canceling_servers_})
+      for (List<Client>* l :
+           {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+        while (Client* c = l->front())
+          close(*c, Reason::pool_removed, "database removed from the configuration");
+      for (List<Server>* l :
+           {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
+            &pool->resetting_servers_, &pool->canceling_servers_})
         while (Server* s = l->front()) close(*s, Reason::pool_removed);
       continue;
     }

@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -28,13 +26,15 @@ namespace pgring {
 // ---------------------------------------------------------------------------------------------
 // Pools and servers
 
-Pool& Reactor::pool_for(const config::Database& db, const config::User* user, std::string_view user_name) {
+Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
+                        std::string_view user_name) {
   std::string key = db.name;
   key += '\0';
   key += user_name;
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
-  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), config_->resolve_pool(db, user));
+  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name),
+                                     config_->resolve_pool(db, user));
   pool->budget_ = &shared_.pool_budget(key);
   pool->db_budget_ = &database_budget(db.name);
   pool->db_clients_ = &shared_.database_clients(db.name);
@@ -45,18 +45,19 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user, st
   return ref;
 }
 
-
 std::string Reactor::admit_client(Client& client, Pool& pool) {
   // Counted over the process: the client holds one unit of its database's and its user's
   // client budgets until it closes.
   const config::PoolSettings& s = pool.settings_;
   if (!pool.db_clients_->try_acquire(s.max_db_client_connections))
-    return fmt::format("too many client connections for database \"{}\" (max_db_client_connections {})",
-                       pool.database_, s.max_db_client_connections);
+    return fmt::format(
+        "too many client connections for database \"{}\" (max_db_client_connections {})",
+        pool.database_, s.max_db_client_connections);
   if (!pool.user_clients_->try_acquire(s.max_user_client_connections)) {
     pool.db_clients_->release();
-    return fmt::format("too many client connections for user \"{}\" (max_user_client_connections {})",
-                       pool.user_name_, s.max_user_client_connections);
+    return fmt::format(
+        "too many client connections for user \"{}\" (max_user_client_connections {})",
+        pool.user_name_, s.max_user_client_connections);
   }
   client.counted_in_ = &pool;
   return {};
@@ -69,8 +70,10 @@ bool Reactor::database_has_room(Pool& pool) {
   // waiting, ours are). The room appears once it is freed; maintain() runs again then.
   for (auto& [key, other] : pools_) {
     (void)key;
-    if (other.get() == &pool || other->database_ != pool.database_ || other->idle_servers_.empty()) continue;
-    close(*other->idle_servers_.front(), Reason::server_evicted, "making room under max_db_connections");
+    if (other.get() == &pool || other->database_ != pool.database_ || other->idle_servers_.empty())
+      continue;
+    close(*other->idle_servers_.front(), Reason::server_evicted,
+          "making room under max_db_connections");
     break;
   }
   return false;
@@ -85,12 +88,14 @@ void Reactor::start_connect(Pool& pool) {
     std::uint32_t r = 0;
     RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
     auto lifetime = pool.settings_.timeouts.server_lifetime;
-    server->retire_at_ = now_ + lifetime - std::chrono::milliseconds(lifetime.count() / 10 * (r % 1000) / 1000);
+    server->retire_at_ =
+        now_ + lifetime - std::chrono::milliseconds(lifetime.count() / 10 * (r % 1000) / 1000);
   }
   server->created_ = now_;
-  pool.set_state(*server, ServerState::connecting);
+  set_state(*server, ServerState::connecting);
   if (!pool.address_ok_) {
-    close(*server, Reason::server_unreachable, "cannot resolve server address " + pool.address_text_);
+    close(*server, Reason::server_unreachable,
+          "cannot resolve server address " + pool.address_text_);
     return;
   }
   int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -99,13 +104,13 @@ void Reactor::start_connect(Pool& pool) {
     return;
   }
   server->stream_.fd = fd;
-  log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_, pool.user_name_);
+  log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_,
+             pool.user_name_);
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
   io_uring_sqe_set_data(sqe, &server->connect_op_);
   ++server->ops_in_flight_;
 }
-
 
 void Reactor::login_done(Client& client) {
   if (client.node_.list == &login_clients_) login_clients_.remove(&client);

@@ -1,7 +1,5 @@
 #include "daemon/pool/pool.hpp"
 
-#include "daemon/core/shared.hpp"
-
 #include <arpa/inet.h>
 #include <netdb.h>
 
@@ -10,13 +8,18 @@
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
+#include "daemon/core/shared.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
 
-Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* user, std::string user_name,
-           config::PoolSettings settings)
-    : reactor_(reactor), db_(&db), database_(db.name), user_name_(std::move(user_name)), settings_(std::move(settings)) {
+Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* user,
+           std::string user_name, config::PoolSettings settings)
+    : reactor_(reactor),
+      db_(&db),
+      database_(db.name),
+      user_name_(std::move(user_name)),
+      settings_(std::move(settings)) {
   set_credentials(db, user);
   resolve();
 }
@@ -30,12 +33,15 @@ void Pool::set_credentials(const config::Database& db, const config::User* user)
     server_password_ = db.password.value_or("");
   } else {
     server_user_ = user_name_;
-    if (user != nullptr && user->secret_kind != config::SecretKind::scram) server_password_ = user->password;
-    if (user != nullptr && user->secret_kind == config::SecretKind::scram) server_secret_ = user->password;
+    if (user != nullptr && user->secret_kind != config::SecretKind::scram)
+      server_password_ = user->password;
+    if (user != nullptr && user->secret_kind == config::SecretKind::scram)
+      server_secret_ = user->password;
   }
 }
 
-void Pool::reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings) {
+void Pool::reconfigure(const config::Database& db, const config::User* user,
+                       config::PoolSettings settings) {
   bool moved = db.host != db_->host || db.port != db_->port || db.dbname != db_->dbname ||
                db.user != db_->user || db.password != db_->password;
   db_ = &db;
@@ -44,13 +50,16 @@ void Pool::reconfigure(const config::Database& db, const config::User* user, con
   failing_ = false;
   if (moved) {
     resolve();
-    log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_, address_text_);
-    for (List<Server>* l : {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
+    log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_,
+              address_text_);
+    for (List<Server>* l :
+         {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
       for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) s->retire_ = true;
     while (Server* s = idle_servers_.front()) reactor_.close(*s, Reason::config_changed);
   }
   // A smaller pool_size: surplus idle connections go now, busy ones are not interrupted.
-  while (server_count() > settings_.pool_size + settings_.reserve_pool_size && !idle_servers_.empty())
+  while (server_count() > settings_.pool_size + settings_.reserve_pool_size &&
+         !idle_servers_.empty())
     reactor_.close(*idle_servers_.front(), Reason::config_changed);
   maintain();
 }
@@ -58,7 +67,7 @@ void Pool::reconfigure(const config::Database& db, const config::User* user, con
 void Pool::resolve() {
   address_ok_ = false;
   address_text_ = db_->host.starts_with('/') ? db_->host + "/.s.PGSQL." + std::to_string(db_->port)
-                                               : db_->host + ":" + std::to_string(db_->port);
+                                             : db_->host + ":" + std::to_string(db_->port);
   if (db_->host.starts_with('/')) {
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
@@ -83,33 +92,61 @@ void Pool::resolve() {
   freeaddrinfo(res);
 }
 
-void Pool::set_state(Client& client, ClientState state) {
+// The one place a connection changes state: its state is the list it is on (a pool's, or the
+// reactor's for logins, the admin console and closing), and the time it got there is stamped
+// for timeouts and SHOW. Nothing else writes state_.
+
+void Reactor::set_state(Client& client, ClientState state) {
   unlink(&client);
   client.state_ = state;
-  client.state_since_ = reactor_.now();
+  client.state_since_ = now_;
+  Pool* pool = client.pool_;  // null while logging in, and for the admin console
   switch (state) {
-    case ClientState::idle: idle_clients_.push_back(&client); break;
-    case ClientState::waiting: waiting_clients_.push_back(&client); break;
-    case ClientState::active: active_clients_.push_back(&client); break;
-    case ClientState::closing: reactor_.closing_clients_.push_back(&client); break;
     case ClientState::startup:
-    case ClientState::auth: reactor_.login_clients_.push_back(&client); break;
+    case ClientState::auth:
+      login_clients_.push_back(&client);
+      break;
+    case ClientState::idle:
+      (pool != nullptr ? pool->idle_clients_ : admin_clients_).push_back(&client);
+      break;
+    case ClientState::waiting:
+      pool->waiting_clients_.push_back(&client);
+      break;
+    case ClientState::active:
+      pool->active_clients_.push_back(&client);
+      break;
+    case ClientState::closing:
+      closing_clients_.push_back(&client);
+      break;
   }
 }
 
-void Pool::set_state(Server& server, ServerState state) {
+void Reactor::set_state(Server& server, ServerState state) {
   unlink(&server);
   server.state_ = state;
-  server.state_since_ = reactor_.now();
+  server.state_since_ = now_;
+  Pool& pool = server.pool_;
   switch (state) {
     case ServerState::connecting:
-    case ServerState::login: connecting_servers_.push_back(&server); break;
-    case ServerState::idle: idle_servers_.push_back(&server); break;
+    case ServerState::login:
+      pool.connecting_servers_.push_back(&server);
+      break;
+    case ServerState::idle:
+      pool.idle_servers_.push_back(&server);
+      break;
     case ServerState::active:
-    case ServerState::lookup: active_servers_.push_back(&server); break;
-    case ServerState::resetting: resetting_servers_.push_back(&server); break;
-    case ServerState::canceling: canceling_servers_.push_back(&server); break;
-    case ServerState::closing: reactor_.closing_servers_.push_back(&server); break;
+    case ServerState::lookup:
+      pool.active_servers_.push_back(&server);
+      break;
+    case ServerState::resetting:
+      pool.resetting_servers_.push_back(&server);
+      break;
+    case ServerState::canceling:
+      pool.canceling_servers_.push_back(&server);
+      break;
+    case ServerState::closing:
+      closing_servers_.push_back(&server);
+      break;
   }
 }
 
@@ -117,40 +154,41 @@ void Pool::add_client(Client& client) {
   client.pool_ = this;
   if (settings_.pool_mode != config::PoolMode::session && have_defaults_) {
     client.send_welcome(defaults_);
-    set_state(client, ClientState::idle);
+    reactor_.set_state(client, ClientState::idle);
     return;
   }
-  set_state(client, ClientState::waiting);
+  reactor_.set_state(client, ClientState::waiting);
   maintain();
 }
 
 void Pool::request_server(Client& client) {
-  set_state(client, ClientState::waiting);
+  reactor_.set_state(client, ClientState::waiting);
   maintain();
 }
 
 void Pool::release_link(Server& server) {
   Client& client = *server.client_;
   // Everything that changed the session while linked changed both sides alike.
-  server.session_fingerprint_ = server.session_diverged_ ? Server::kUnknownSession : client.session_fingerprint();
+  server.session_fingerprint_ =
+      server.session_diverged_ ? Server::kUnknownSession : client.session_fingerprint();
   server.session_diverged_ = false;
   server.client_ = nullptr;
   client.server_ = nullptr;
-  set_state(client, ClientState::idle);
+  reactor_.set_state(client, ClientState::idle);
   server_ready(server);
 }
 
 void Pool::server_ready(Server& server) {
-  if (server.retire_ ||
-      budget_->servers.load(std::memory_order_relaxed) > settings_.pool_size + settings_.reserve_pool_size) {
+  if (server.retire_ || budget_->servers.load(std::memory_order_relaxed) >
+                            settings_.pool_size + settings_.reserve_pool_size) {
     reactor_.close(server, Reason::config_changed);
     return;
   }
   if (server.cancels_in_flight_ > 0) {
-    set_state(server, ServerState::canceling);
+    reactor_.set_state(server, ServerState::canceling);
     return;
   }
-  set_state(server, ServerState::idle);
+  reactor_.set_state(server, ServerState::idle);
   maintain();
   offer_idle_server(false);
 }
@@ -158,13 +196,17 @@ void Pool::server_ready(Server& server) {
 void Pool::set_starving(bool pool_budget, bool database_budget) {
   std::uint64_t bit = std::uint64_t{1} << reactor_.index();
   if (pool_budget != starving_pool_) {
-    if (pool_budget) budget_->starving.fetch_or(bit, std::memory_order_relaxed);
-    else budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
+    if (pool_budget)
+      budget_->starving.fetch_or(bit, std::memory_order_relaxed);
+    else
+      budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
     starving_pool_ = pool_budget;
   }
   if (database_budget != starving_db_) {
-    if (database_budget) db_budget_->starving.fetch_or(bit, std::memory_order_relaxed);
-    else db_budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
+    if (database_budget)
+      db_budget_->starving.fetch_or(bit, std::memory_order_relaxed);
+    else
+      db_budget_->starving.fetch_and(~bit, std::memory_order_relaxed);
     starving_db_ = database_budget;
   }
 }
@@ -180,7 +222,8 @@ void Pool::offer_idle_server(bool sweeping) {
   // back and forth (each move costs a new PostgreSQL backend). A slot that cannot be shared
   // evenly (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
   int sharers = std::popcount(pool_others | db_others) + 1;
-  int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size : settings_.max_db_connections;
+  int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size
+                               : settings_.max_db_connections;
   int fair = limit / sharers;
   // Within its share, a reactor still gives up a server nobody here has used for a while (the
   // sweep looks): its clients may have gone quiet while another reactor's wait.
@@ -188,12 +231,14 @@ void Pool::offer_idle_server(bool sweeping) {
       (!sweeping || reactor_.now() - idle_servers_.front()->state_since_ < kHandoffIdle))
     return;
   // Closing it frees the slot; the starving reactors are told when it is freed.
-  reactor_.close(*idle_servers_.front(), Reason::server_handed_over, "another worker's clients need the slot");
+  reactor_.close(*idle_servers_.front(), Reason::server_handed_over,
+                 "another worker's clients need the slot");
 }
 
 int Pool::server_count() const {
-  return static_cast<int>(connecting_servers_.size() + idle_servers_.size() + active_servers_.size() +
-                          resetting_servers_.size() + canceling_servers_.size());
+  return static_cast<int>(connecting_servers_.size() + idle_servers_.size() +
+                          active_servers_.size() + resetting_servers_.size() +
+                          canceling_servers_.size());
 }
 
 void Pool::maintain() {
@@ -209,8 +254,8 @@ void Pool::maintain() {
     Client* client = waiting_clients_.front();
     Server* server = idle_servers_.front();
     stats_.wait.observe(reactor_.now() - client->state_since_);
-    set_state(*server, ServerState::active);
-    set_state(*client, ClientState::active);
+    reactor_.set_state(*server, ServerState::active);
+    reactor_.set_state(*client, ClientState::active);
     ++server->link_generation_;
     server->transaction_failed_ = false;
     server->pending_settings_.clear();
@@ -231,7 +276,8 @@ void Pool::maintain() {
         reactor_.close(*c, Reason::server_unreachable, last_error_message_);
         c = next;
       }
-      while (!lookups_.empty()) reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
+      while (!lookups_.empty())
+        reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
       return;
     }
   }
@@ -277,7 +323,8 @@ void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::strin
   last_failure_ = reactor_.now();
   last_error_sqlstate_ = std::string(sqlstate);
   last_error_message_ = std::string(message);
-  log::warning("pool {}/{}: server unavailable ({}): {}", database_, user_name_, name(reason), message);
+  log::warning("pool {}/{}: server unavailable ({}): {}", database_, user_name_, name(reason),
+               message);
   if (server_count() > 0) return;  // other servers may still serve the waiting clients
   for (Client* c = waiting_clients_.front(); c != nullptr;) {
     Client* next = List<Client>::next(c);

@@ -1,8 +1,8 @@
 #pragma once
 // A pool: the server connections for one (database, user), the clients using them, and the
-// clients waiting for one (FIFO). Every state change goes through set_state(), which moves the
-// connection to the list of its new state and stamps the time: counts, SHOW output and timeouts
-// are walks over these lists.
+// clients waiting for one (FIFO). A connection's state is the list it is on here; every state
+// change goes through Reactor::set_state() (pool/pool.cpp), which moves it to the list of its
+// new state and stamps the time: counts, SHOW output and timeouts are walks over these lists.
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,8 +14,8 @@
 
 #include "config/config.hpp"
 #include "daemon/conn/client.hpp"
-#include "daemon/core/list.hpp"
 #include "daemon/conn/server.hpp"
+#include "daemon/core/list.hpp"
 #include "daemon/pool/stats.hpp"
 
 namespace pgring {
@@ -25,11 +25,10 @@ struct Budget;
 
 class Pool {
  public:
-  Pool(Reactor& reactor, const config::Database& db, const config::User* user, std::string user_name,
-       config::PoolSettings settings);
+  Pool(Reactor& reactor, const config::Database& db, const config::User* user,
+       std::string user_name, config::PoolSettings settings);
 
   // Clients
-  void set_state(Client& client, ClientState state);
   // A logged-in client joins the pool: session mode (or no welcome known yet) waits for a
   // server right away; transaction mode idles until it sends something.
   void add_client(Client& client);
@@ -41,7 +40,6 @@ class Pool {
   // aimed at its last request is still in flight.
   void server_ready(Server& server);
   // Servers
-  void set_state(Server& server, ServerState state);
   // Match waiting clients with idle servers; open connections while under pool_size.
   void maintain();
   // Open connections up to min_pool_size (from the timer sweep).
@@ -52,11 +50,13 @@ class Pool {
   [[nodiscard]] int server_count() const;
   // Clients logged in to this pool (idle, waiting or linked).
   [[nodiscard]] int client_count() const {
-    return static_cast<int>(idle_clients_.size() + waiting_clients_.size() + active_clients_.size());
+    return static_cast<int>(idle_clients_.size() + waiting_clients_.size() +
+                            active_clients_.size());
   }
   // A reload changed this pool's database, user or settings: apply them. A changed server
   // address retires the connections to the old one (idle ones now, busy ones when released).
-  void reconfigure(const config::Database& db, const config::User* user, config::PoolSettings settings);
+  void reconfigure(const config::Database& db, const config::User* user,
+                   config::PoolSettings settings);
 
   // Pool limits are for the process (DESIGN.md section 2): server connections are counted in
   // budgets shared by the reactors (Shared), this pool's and its database's.
@@ -84,7 +84,8 @@ class Pool {
   // Server login: who we log in as and with what secret (plain or "md5...", may be empty).
   std::string server_user_;
   std::string server_password_;
-  std::string server_secret_;  // the user's SCRAM secret when it has no password: SCRAM pass-through
+  std::string
+      server_secret_;  // the user's SCRAM secret when it has no password: SCRAM pass-through
 
   // Resolved server address.
   sockaddr_storage address_{};

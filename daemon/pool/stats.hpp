@@ -13,8 +13,8 @@ namespace pgring {
 
 // A Prometheus-style histogram of durations in seconds.
 struct Histogram {
-  static constexpr std::array<double, 14> kBounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                     0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   5.0};
+  static constexpr std::array<double, 14> kBounds = {
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0};
   std::array<std::uint64_t, kBounds.size() + 1> buckets{};  // last: +Inf
   double sum = 0;
   std::uint64_t count = 0;
@@ -38,7 +38,8 @@ struct PoolStats {
   Histogram wait;         // queue wait for a server
   Histogram query;        // request sent .. its ReadyForQuery
   Histogram transaction;  // first request .. ReadyForQuery 'I'
-  std::map<std::string, std::uint64_t> errors_by_class;  // ErrorResponses from servers, by SQLSTATE class
+  std::map<std::string, std::uint64_t>
+      errors_by_class;  // ErrorResponses from servers, by SQLSTATE class
 };
 
 }  // namespace pgring

@@ -1,26 +1,24 @@
 // (split from core/reactor.cpp)
-#include "daemon/core/reactor.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <malloc.h>
-#include <openssl/sha.h>
 #include <stdexcept>
 
-#include <openssl/rand.h>
-#include <systemd/sd-daemon.h>
-
 #include "daemon/core/log.hpp"
+#include "daemon/core/reactor.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -52,42 +50,50 @@ void Reactor::sweep() {
   }
   for (Client* c = login_clients_.front(); c != nullptr;) {
     Client* next = List<Client>::next(c);
-    if (expired(c->state_since_, t.client_login)) close(*c, Reason::login_timeout, "client login timeout");
+    if (expired(c->state_since_, t.client_login))
+      close(*c, Reason::login_timeout, "client login timeout");
     c = next;
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
-    const config::Timeouts& pt = pool->settings_.timeouts;  // with the database's and user's overrides
+    const config::Timeouts& pt =
+        pool->settings_.timeouts;  // with the database's and user's overrides
     for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
-      if (expired(c->state_since_, pt.query_wait)) close(*c, Reason::query_wait_timeout, "query_wait timeout");
+      if (expired(c->state_since_, pt.query_wait))
+        close(*c, Reason::query_wait_timeout, "query_wait timeout");
       c = next;
     }
     for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
       if (expired(s->state_since_, pt.server_connect))
         close(*s, Reason::server_unreachable,
-              fmt::format("server {} did not answer within server_connect ({} ms)", pool->address_text_,
-                          pt.server_connect.count()));
+              fmt::format("server {} did not answer within server_connect ({} ms)",
+                          pool->address_text_, pt.server_connect.count()));
       s = next;
     }
     for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
-      if (expired(s->state_since_, pt.server_idle)) close(*s, Reason::server_idle_timeout);
-      else if (pt.server_lifetime.count() > 0 && now_ >= s->retire_at_) close(*s, Reason::server_lifetime);
+      if (expired(s->state_since_, pt.server_idle))
+        close(*s, Reason::server_idle_timeout);
+      else if (pt.server_lifetime.count() > 0 && now_ >= s->retire_at_)
+        close(*s, Reason::server_lifetime);
       s = next;
     }
     sweep_active(*pool);
     if (pt.client_idle.count() > 0) {
       for (Client* c = pool->idle_clients_.front(); c != nullptr;) {
         Client* next = List<Client>::next(c);
-        if (expired(c->last_activity_, pt.client_idle)) close(*c, Reason::client_idle_timeout, "idle-session timeout");
+        if (expired(c->last_activity_, pt.client_idle))
+          close(*c, Reason::client_idle_timeout, "idle-session timeout");
         c = next;
       }
     }
     // Waiting clients may now qualify for the reserve pool, or a failing server for a retry.
-    if (!pool->waiting_clients_.empty()) pool->maintain();
-    else if (pool->starving_pool_ || pool->starving_db_) pool->set_starving(false, false);
+    if (!pool->waiting_clients_.empty())
+      pool->maintain();
+    else if (pool->starving_pool_ || pool->starving_db_)
+      pool->set_starving(false, false);
     // Servers idle here while another reactor's clients starve for the slot.
     pool->offer_idle_server(true);
     // Over the limit for the process (a reload shrank pool_size while other reactors hold
@@ -109,7 +115,8 @@ void Reactor::sweep() {
   for (Canceller* c = cancellers_.front(); c != nullptr;) {
     Canceller* next = List<Canceller>::next(c);
     if (expired(c->started_, t.cancel_wait) && !c->done_) {
-      log::warning("cancel request not completed within cancel_wait ({} ms)", t.cancel_wait.count());
+      log::warning("cancel request not completed within cancel_wait ({} ms)",
+                   t.cancel_wait.count());
       finish_cancel(*c);
     }
     c = next;
@@ -149,7 +156,8 @@ void Reactor::sweep_active(Pool& pool) {
     Client* c = s->client_;
     bool busy = s->requests_in_flight() > 0;
     if (c == nullptr) {
-      if (s->state_ == ServerState::lookup && expired(s->state_since_, config_->timeouts.client_login)) {
+      if (s->state_ == ServerState::lookup &&
+          expired(s->state_since_, config_->timeouts.client_login)) {
         close(*s, Reason::server_dirty, "auth.query did not finish within timeouts.client_login");
         s = next;
         continue;
@@ -170,8 +178,10 @@ void Reactor::sweep_active(Pool& pool) {
       }
     } else if (s->transaction_status_ != 'I' && expired(s->transaction_since_, t.transaction)) {
       close(*c, Reason::transaction_timeout, "terminating connection due to transaction timeout");
-    } else if (!busy && s->transaction_status_ != 'I' && expired(s->last_ready_, t.idle_transaction)) {
-      close(*c, Reason::idle_transaction_timeout, "terminating connection due to idle-in-transaction timeout");
+    } else if (!busy && s->transaction_status_ != 'I' &&
+               expired(s->last_ready_, t.idle_transaction)) {
+      close(*c, Reason::idle_transaction_timeout,
+            "terminating connection due to idle-in-transaction timeout");
     } else if (!busy && s->idle_in_protocol() && expired(c->last_activity_, t.client_idle)) {
       close(*c, Reason::client_idle_timeout, "terminating connection due to idle-session timeout");
     }
@@ -181,11 +191,14 @@ void Reactor::sweep_active(Pool& pool) {
 
 void Reactor::begin_shutdown(ShutdownMode mode) {
   if (shutdown_ == ShutdownMode::none) {
-    shutdown_deadline_ = now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
+    shutdown_deadline_ =
+        now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
     close_listeners();
   }
-  if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_) shutdown_ = ShutdownMode::immediate;
-  else shutdown_ = ShutdownMode::graceful;
+  if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_)
+    shutdown_ = ShutdownMode::immediate;
+  else
+    shutdown_ = ShutdownMode::graceful;
   bool immediate = shutdown_ == ShutdownMode::immediate;
 
   for (List<Client>* list : {&login_clients_, &admin_clients_}) {
@@ -222,8 +235,8 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
       s = next;
     }
     if (!clients_left || immediate) {
-      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_,
-                                 &pool->canceling_servers_}) {
+      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_,
+                                 &pool->active_servers_, &pool->canceling_servers_}) {
         for (Server* s = list->front(); s != nullptr;) {
           Server* next = List<Server>::next(s);
           close(*s, Reason::shutdown);
@@ -237,14 +250,16 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     (void)key;
     servers_left |= pool->server_count() > 0;
   }
-  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() && cancellers_.empty() &&
-      http_conns_.empty())
+  if (!clients_left && !servers_left && closing_clients_.empty() && closing_servers_.empty() &&
+      cancellers_.empty() && http_conns_.empty())
     stopped_ = true;
   // Immediate mode waits at most a second for peers to read their last bytes.
   if (immediate && now_ >= shutdown_deadline_ + std::chrono::seconds(1)) {
     if (!stopped_)
-      log::warning("shutdown: stopping with {} clients, {} closing clients, {} closing servers, {} cancels left",
-                   client_count_, closing_clients_.size(), closing_servers_.size(), cancellers_.size());
+      log::warning(
+          "shutdown: stopping with {} clients, {} closing clients, {} closing servers, {} cancels "
+          "left",
+          client_count_, closing_clients_.size(), closing_servers_.size(), cancellers_.size());
     stopped_ = true;
   }
 }

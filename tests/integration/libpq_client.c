@@ -24,9 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static PGconn *conn;
+static PGconn* conn;
 
-static void die(const char *fmt, ...) {
+static void die(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fputs("libpq_client: ", stdout);
@@ -41,7 +41,7 @@ static void die(const char *fmt, ...) {
 }
 
 /* Checks that res is a one-row, one-column result equal to want, then frees it. */
-static void expect_value(PGresult *res, const char *what, const char *want) {
+static void expect_value(PGresult* res, const char* what, const char* want) {
   if (res == NULL) die("%s: no result", what);
   if (PQresultStatus(res) != PGRES_TUPLES_OK) {
     die("%s: status %s: %s", what, PQresStatus(PQresultStatus(res)), PQresultErrorMessage(res));
@@ -55,18 +55,18 @@ static void expect_value(PGresult *res, const char *what, const char *want) {
   PQclear(res);
 }
 
-static void expect_status(PGresult *res, const char *what, ExecStatusType want) {
+static void expect_status(PGresult* res, const char* what, ExecStatusType want) {
   if (res == NULL) die("%s: no result (expected %s)", what, PQresStatus(want));
   if (PQresultStatus(res) != want) {
-    die("%s: expected %s, got %s: %s", what, PQresStatus(want),
-        PQresStatus(PQresultStatus(res)), PQresultErrorMessage(res));
+    die("%s: expected %s, got %s: %s", what, PQresStatus(want), PQresStatus(PQresultStatus(res)),
+        PQresultErrorMessage(res));
   }
   PQclear(res);
 }
 
 /* In pipeline mode each query's results end with a NULL from PQgetResult. */
-static void expect_end_of_query(const char *what) {
-  PGresult *res = PQgetResult(conn);
+static void expect_end_of_query(const char* what) {
+  PGresult* res = PQgetResult(conn);
   if (res != NULL) {
     die("%s: expected the end of the query's results, got %s", what,
         PQresStatus(PQresultStatus(res)));
@@ -80,24 +80,24 @@ static void simple_query(void) {
 }
 
 static void exec_params(void) {
-  const char *values[2] = {"20", "22"};
+  const char* values[2] = {"20", "22"};
   expect_value(PQexecParams(conn, "SELECT $1::int + $2::int", 2, NULL, values, NULL, NULL, 0),
                "PQexecParams", "42");
-  const char *null_value[1] = {NULL};
-  PGresult *res = PQexecParams(conn, "SELECT $1::text IS NULL", 1, NULL, null_value, NULL, NULL, 0);
+  const char* null_value[1] = {NULL};
+  PGresult* res = PQexecParams(conn, "SELECT $1::text IS NULL", 1, NULL, null_value, NULL, NULL, 0);
   expect_value(res, "PQexecParams with NULL", "t");
 }
 
 static void prepared(void) {
   expect_status(PQprepare(conn, "pgring_libpq_stmt", "SELECT $1::text || '-' || $2::text", 2, NULL),
                 "PQprepare", PGRES_COMMAND_OK);
-  const char *a[2] = {"a", "b"};
-  expect_value(PQexecPrepared(conn, "pgring_libpq_stmt", 2, a, NULL, NULL, 0),
-               "PQexecPrepared #1", "a-b");
-  const char *b[2] = {"c", "d"};
-  expect_value(PQexecPrepared(conn, "pgring_libpq_stmt", 2, b, NULL, NULL, 0),
-               "PQexecPrepared #2", "c-d");
-  PGresult *desc = PQdescribePrepared(conn, "pgring_libpq_stmt");
+  const char* a[2] = {"a", "b"};
+  expect_value(PQexecPrepared(conn, "pgring_libpq_stmt", 2, a, NULL, NULL, 0), "PQexecPrepared #1",
+               "a-b");
+  const char* b[2] = {"c", "d"};
+  expect_value(PQexecPrepared(conn, "pgring_libpq_stmt", 2, b, NULL, NULL, 0), "PQexecPrepared #2",
+               "c-d");
+  PGresult* desc = PQdescribePrepared(conn, "pgring_libpq_stmt");
   if (desc == NULL || PQresultStatus(desc) != PGRES_COMMAND_OK || PQnparams(desc) != 2) {
     die("PQdescribePrepared: unexpected result");
   }
@@ -109,15 +109,15 @@ static void pipeline(void) {
   if (PQenterPipelineMode(conn) != 1) die("PQenterPipelineMode failed");
 
   /* Three queries, one Sync. */
-  const char *inputs[3] = {"1", "2", "3"};
+  const char* inputs[3] = {"1", "2", "3"};
   for (int i = 0; i < 3; i++) {
-    const char *v[1] = {inputs[i]};
+    const char* v[1] = {inputs[i]};
     if (PQsendQueryParams(conn, "SELECT $1::int * 2", 1, NULL, v, NULL, NULL, 0) != 1) {
       die("PQsendQueryParams #%d failed", i + 1);
     }
   }
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync failed");
-  const char *expected[3] = {"2", "4", "6"};
+  const char* expected[3] = {"2", "4", "6"};
   for (int i = 0; i < 3; i++) {
     expect_value(PQgetResult(conn), "pipeline query", expected[i]);
     expect_end_of_query("pipeline query");
@@ -125,8 +125,8 @@ static void pipeline(void) {
   expect_status(PQgetResult(conn), "pipeline sync", PGRES_PIPELINE_SYNC);
 
   /* An error in the middle: the server skips to the Sync, the third query is aborted. */
-  const char *one[1] = {"1"};
-  const char *zero[1] = {"0"};
+  const char* one[1] = {"1"};
+  const char* zero[1] = {"0"};
   if (PQsendQueryParams(conn, "SELECT $1::int", 1, NULL, one, NULL, NULL, 0) != 1 ||
       PQsendQueryParams(conn, "SELECT 1 / $1::int", 1, NULL, zero, NULL, NULL, 0) != 1 ||
       PQsendQueryParams(conn, "SELECT $1::int", 1, NULL, one, NULL, NULL, 0) != 1 ||
@@ -135,12 +135,12 @@ static void pipeline(void) {
   }
   expect_value(PQgetResult(conn), "pipeline before the error", "1");
   expect_end_of_query("pipeline before the error");
-  PGresult *res = PQgetResult(conn);
+  PGresult* res = PQgetResult(conn);
   if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR) {
     die("pipeline: expected division by zero, got %s",
         res ? PQresStatus(PQresultStatus(res)) : "no result");
   }
-  const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  const char* sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
   if (sqlstate == NULL || strcmp(sqlstate, "22012") != 0) {
     die("pipeline: expected SQLSTATE 22012, got %s", sqlstate ? sqlstate : "none");
   }
@@ -156,32 +156,32 @@ static void pipeline(void) {
 }
 
 /* Sends one query with PQsendQueryParams (extended protocol, unnamed statement) or dies. */
-static void send_query(const char *sql, const char *what) {
+static void send_query(const char* sql, const char* what) {
   if (PQsendQueryParams(conn, sql, 0, NULL, NULL, NULL, NULL, 0) != 1) die("%s: send failed", what);
 }
 
 /* The single value of the next pipeline result (a copy the caller frees), then the end of it. */
-static char *next_value(const char *what) {
-  PGresult *res = PQgetResult(conn);
+static char* next_value(const char* what) {
+  PGresult* res = PQgetResult(conn);
   if (res == NULL) die("%s: no result", what);
   if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 1) {
     die("%s: expected one value, got %s (%d rows): %s", what, PQresStatus(PQresultStatus(res)),
         PQntuples(res), PQresultErrorMessage(res));
   }
-  char *value = strdup(PQgetvalue(res, 0, 0));
+  char* value = strdup(PQgetvalue(res, 0, 0));
   if (value == NULL) die("out of memory");
   PQclear(res);
   expect_end_of_query(what);
   return value;
 }
 
-static void expect_error_result(const char *what, const char *want_sqlstate) {
-  PGresult *res = PQgetResult(conn);
+static void expect_error_result(const char* what, const char* want_sqlstate) {
+  PGresult* res = PQgetResult(conn);
   if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR) {
     die("%s: expected an error %s, got %s", what, want_sqlstate,
         res ? PQresStatus(PQresultStatus(res)) : "no result");
   }
-  const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  const char* sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
   if (sqlstate == NULL || strcmp(sqlstate, want_sqlstate) != 0) {
     die("%s: expected SQLSTATE %s, got %s: %s", what, want_sqlstate, sqlstate ? sqlstate : "none",
         PQresultErrorMessage(res));
@@ -192,14 +192,14 @@ static void expect_error_result(const char *what, const char *want_sqlstate) {
 
 /* want < 0: do not check the transaction status (libpq reports PQTRANS_ACTIVE while later
  * segments of the pipeline are still outstanding). */
-static void expect_sync(const char *what, int want) {
+static void expect_sync(const char* what, int want) {
   expect_status(PQgetResult(conn), what, PGRES_PIPELINE_SYNC);
   if (want >= 0 && (int)PQtransactionStatus(conn) != want) {
     die("%s: transaction status %d, expected %d", what, (int)PQtransactionStatus(conn), want);
   }
 }
 
-static void expect_same(const char *a, const char *b, const char *what) {
+static void expect_same(const char* a, const char* b, const char* what) {
   if (strcmp(a, b) != 0) die("%s: backend pid changed from %s to %s", what, a, b);
 }
 
@@ -214,7 +214,7 @@ static void pipeline_multi_sync(void) {
   send_query("SELECT 'third'", "multi-sync #3");
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync #3 failed");
 
-  char *v = next_value("multi-sync first segment");
+  char* v = next_value("multi-sync first segment");
   if (strcmp(v, "first") != 0) die("multi-sync first segment: got '%s'", v);
   free(v);
   expect_sync("multi-sync sync #1", -1);
@@ -235,11 +235,11 @@ static void pipeline_flush(void) {
   if (PQenterPipelineMode(conn) != 1) die("PQenterPipelineMode failed");
   send_query("SELECT pg_backend_pid()", "flush #1");
   if (PQsendFlushRequest(conn) != 1 || PQflush(conn) != 0) die("PQsendFlushRequest failed");
-  char *pid1 = next_value("flush: result before the Sync");
+  char* pid1 = next_value("flush: result before the Sync");
   usleep(300 * 1000); /* other clients get every chance to take a wrongly released server */
   send_query("SELECT pg_backend_pid()", "flush #2");
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync failed (flush)");
-  char *pid2 = next_value("flush: result after the Sync");
+  char* pid2 = next_value("flush: result after the Sync");
   expect_sync("flush: sync", PQTRANS_IDLE);
   expect_same(pid1, pid2, "flush without sync");
   free(pid1);
@@ -255,13 +255,13 @@ static void pipeline_transaction(void) {
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync failed (txn #1)");
   expect_status(PQgetResult(conn), "txn BEGIN", PGRES_COMMAND_OK);
   expect_end_of_query("txn BEGIN");
-  char *pid1 = next_value("txn pid #1");
+  char* pid1 = next_value("txn pid #1");
   expect_sync("txn sync #1", PQTRANS_INTRANS);
   usleep(300 * 1000);
 
   send_query("SELECT pg_backend_pid()", "txn pid #2");
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync failed (txn #2)");
-  char *pid2 = next_value("txn pid #2");
+  char* pid2 = next_value("txn pid #2");
   expect_sync("txn sync #2", PQTRANS_INTRANS);
   expect_same(pid1, pid2, "inside a pipelined transaction");
   usleep(300 * 1000);
@@ -289,7 +289,7 @@ static void pipeline_transaction(void) {
                "after txn pipeline");
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc != 2 && !(argc == 3 && strcmp(argv[2], "transaction") == 0)) {
     fprintf(stderr, "usage: %s CONNINFO [transaction]\n", argv[0]);
     return 2;

@@ -29,10 +29,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static PGconn *conn;
+static PGconn* conn;
 static int worker;
 
-static void die(const char *fmt, ...) {
+static void die(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   printf("libpq_prepared[%d]: ", worker);
@@ -47,22 +47,22 @@ static void die(const char *fmt, ...) {
   exit(1);
 }
 
-static void check_status(PGresult *res, ExecStatusType want, const char *what) {
+static void check_status(PGresult* res, ExecStatusType want, const char* what) {
   if (res == NULL) die("%s: no result (expected %s)", what, PQresStatus(want));
   if (PQresultStatus(res) != want) {
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     die("%s: expected %s, got %s (SQLSTATE %s): %s", what, PQresStatus(want),
         PQresStatus(PQresultStatus(res)), state ? state : "-", PQresultErrorMessage(res));
   }
 }
 
-static void command_ok(PGresult *res, const char *what) {
+static void command_ok(PGresult* res, const char* what) {
   check_status(res, PGRES_COMMAND_OK, what);
   PQclear(res);
 }
 
 /* A one-row result whose columns are the strings in want (NULL ends the list); frees it. */
-static void check_row(PGresult *res, const char *what, const char *const *want) {
+static void check_row(PGresult* res, const char* what, const char* const* want) {
   check_status(res, PGRES_TUPLES_OK, what);
   int n = 0;
   while (want[n] != NULL) n++;
@@ -77,9 +77,9 @@ static void check_row(PGresult *res, const char *what, const char *const *want) 
   PQclear(res);
 }
 
-static void check_error(PGresult *res, const char *sqlstate, const char *what) {
+static void check_error(PGresult* res, const char* sqlstate, const char* what) {
   check_status(res, PGRES_FATAL_ERROR, what);
-  const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  const char* got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
   if (got == NULL || strcmp(got, sqlstate) != 0) {
     die("%s: expected SQLSTATE %s, got %s: %s", what, sqlstate, got ? got : "none",
         PQresultErrorMessage(res));
@@ -88,65 +88,68 @@ static void check_error(PGresult *res, const char *sqlstate, const char *what) {
 }
 
 /* In pipeline mode every query's results end with a NULL. */
-static void end_of_query(const char *what) {
-  PGresult *res = PQgetResult(conn);
-  if (res != NULL) die("%s: expected the end of the query, got %s", what, PQresStatus(PQresultStatus(res)));
+static void end_of_query(const char* what) {
+  PGresult* res = PQgetResult(conn);
+  if (res != NULL)
+    die("%s: expected the end of the query, got %s", what, PQresStatus(PQresultStatus(res)));
 }
 
 static char bufs[8][32];
-static const char *num(int slot, long v) {
+static const char* num(int slot, long v) {
   snprintf(bufs[slot], sizeof bufs[slot], "%ld", v);
   return bufs[slot];
 }
 
 /* q_sel(worker, i) -> worker, i, 'w<worker>-<i>' */
 static void send_sel(int i) {
-  const char *p[2] = {num(0, worker), num(1, i)};
+  const char* p[2] = {num(0, worker), num(1, i)};
   if (PQsendQueryPrepared(conn, "q_sel", 2, p, NULL, NULL, 0) != 1) die("send q_sel");
 }
-static void check_sel(PGresult *res, int i, const char *what) {
+static void check_sel(PGresult* res, int i, const char* what) {
   char label[64];
   snprintf(label, sizeof label, "w%d-%d", worker, i);
-  const char *want[] = {num(2, worker), num(3, i), label, NULL};
+  const char* want[] = {num(2, worker), num(3, i), label, NULL};
   check_row(res, what, want);
 }
 static void exec_sel(int i) {
-  const char *p[2] = {num(0, worker), num(1, i)};
+  const char* p[2] = {num(0, worker), num(1, i)};
   check_sel(PQexecPrepared(conn, "q_sel", 2, p, NULL, NULL, 0), i, "q_sel");
 }
 
 /* q_mine(i) -> worker * 100000 + i (each worker has its own text under this name) */
-static void check_mine(PGresult *res, int i, const char *what) {
-  const char *want[] = {num(4, (long)worker * 100000 + i), NULL};
+static void check_mine(PGresult* res, int i, const char* what) {
+  const char* want[] = {num(4, (long)worker * 100000 + i), NULL};
   check_row(res, what, want);
 }
 static void exec_mine(int i) {
-  const char *p[1] = {num(0, i)};
+  const char* p[1] = {num(0, i)};
   check_mine(PQexecPrepared(conn, "q_mine", 1, p, NULL, NULL, 0), i, "q_mine");
 }
 static void send_mine(int i) {
-  const char *p[1] = {num(0, i)};
+  const char* p[1] = {num(0, i)};
   if (PQsendQueryPrepared(conn, "q_mine", 1, p, NULL, NULL, 0) != 1) die("send q_mine");
 }
 
 static void exec_ins(int i) {
-  const char *p[2] = {num(0, worker), num(1, i)};
-  const char *want[] = {num(2, worker), num(3, i), NULL};
+  const char* p[2] = {num(0, worker), num(1, i)};
+  const char* want[] = {num(2, worker), num(3, i), NULL};
   check_row(PQexecPrepared(conn, "q_ins", 2, p, NULL, NULL, 0), "q_ins", want);
 }
 
-static void pipeline(int i, int *committed) {
+static void pipeline(int i, int* committed) {
   if (PQenterPipelineMode(conn) != 1) die("PQenterPipelineMode");
   /* 1: selects and an INSERT (committed at the Sync: an implicit transaction). */
   for (int k = 0; k < 6; k++) {
-    if (k % 2 == 0) send_sel(i * 10 + k);
-    else send_mine(i * 10 + k);
+    if (k % 2 == 0)
+      send_sel(i * 10 + k);
+    else
+      send_mine(i * 10 + k);
   }
-  const char *ins[2] = {num(0, worker), num(1, i)};
+  const char* ins[2] = {num(0, worker), num(1, i)};
   if (PQsendQueryPrepared(conn, "q_ins", 2, ins, NULL, NULL, 0) != 1) die("send q_ins");
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync 1");
   /* 2: an error in the middle: the rest up to the Sync is aborted. */
-  const char *zero[1] = {"0"};
+  const char* zero[1] = {"0"};
   send_mine(i);
   if (PQsendQueryPrepared(conn, "q_div", 1, zero, NULL, NULL, 0) != 1) die("send q_div");
   send_sel(i);
@@ -157,15 +160,17 @@ static void pipeline(int i, int *committed) {
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync 3");
 
   for (int k = 0; k < 6; k++) {
-    if (k % 2 == 0) check_sel(PQgetResult(conn), i * 10 + k, "pipeline 1 q_sel");
-    else check_mine(PQgetResult(conn), i * 10 + k, "pipeline 1 q_mine");
+    if (k % 2 == 0)
+      check_sel(PQgetResult(conn), i * 10 + k, "pipeline 1 q_sel");
+    else
+      check_mine(PQgetResult(conn), i * 10 + k, "pipeline 1 q_mine");
     end_of_query("pipeline 1");
   }
-  const char *want_ins[] = {num(2, worker), num(3, i), NULL};
+  const char* want_ins[] = {num(2, worker), num(3, i), NULL};
   check_row(PQgetResult(conn), "pipeline 1 q_ins", want_ins);
   end_of_query("pipeline 1 q_ins");
   (*committed)++;
-  PGresult *res = PQgetResult(conn);
+  PGresult* res = PQgetResult(conn);
   check_status(res, PGRES_PIPELINE_SYNC, "pipeline 1 sync");
   PQclear(res);
 
@@ -198,21 +203,22 @@ static void prepare_in_pipeline(int i) {
   snprintf(sql, sizeof sql, "SELECT $1::int + %d", worker * 1000);
   if (PQenterPipelineMode(conn) != 1) die("PQenterPipelineMode");
   if (PQsendPrepare(conn, name, sql, 1, NULL) != 1) die("PQsendPrepare");
-  const char *p[1] = {num(0, i)};
+  const char* p[1] = {num(0, i)};
   if (PQsendQueryPrepared(conn, name, 1, p, NULL, NULL, 0) != 1) die("send %s", name);
   if (PQpipelineSync(conn) != 1) die("PQpipelineSync");
-  PGresult *res = PQgetResult(conn);
+  PGresult* res = PQgetResult(conn);
   check_status(res, PGRES_COMMAND_OK, "PQsendPrepare in a pipeline");
   PQclear(res);
   end_of_query("PQsendPrepare");
-  const char *want[] = {num(5, worker * 1000 + i), NULL};
+  const char* want[] = {num(5, worker * 1000 + i), NULL};
   check_row(PQgetResult(conn), "statement prepared in the pipeline", want);
   end_of_query("statement prepared in the pipeline");
   res = PQgetResult(conn);
   check_status(res, PGRES_PIPELINE_SYNC, "pipeline sync");
   PQclear(res);
   if (PQexitPipelineMode(conn) != 1) die("PQexitPipelineMode");
-  check_row(PQexecPrepared(conn, name, 1, p, NULL, NULL, 0), "statement prepared in a pipeline, reused", want);
+  check_row(PQexecPrepared(conn, name, 1, p, NULL, NULL, 0),
+            "statement prepared in a pipeline, reused", want);
   snprintf(dealloc, sizeof dealloc, "DEALLOCATE %s", name);
   command_ok(PQexec(conn, dealloc), "DEALLOCATE");
   check_error(PQexecPrepared(conn, name, 1, p, NULL, NULL, 0), "26000", "deallocated statement");
@@ -220,21 +226,25 @@ static void prepare_in_pipeline(int i) {
 
 static int work(int iterations) {
   int committed = 0;
-  command_ok(PQprepare(conn, "q_sel",
-                       "SELECT $1::int AS worker, $2::int AS i, 'w' || $1::text || '-' || $2::text AS label",
-                       2, NULL),
-             "PQprepare q_sel");
-  command_ok(PQprepare(conn, "q_ins", "INSERT INTO stmt_libpq (worker, i) VALUES ($1, $2) RETURNING worker, i", 2,
-                       NULL),
-             "PQprepare q_ins");
+  command_ok(
+      PQprepare(
+          conn, "q_sel",
+          "SELECT $1::int AS worker, $2::int AS i, 'w' || $1::text || '-' || $2::text AS label", 2,
+          NULL),
+      "PQprepare q_sel");
+  command_ok(
+      PQprepare(conn, "q_ins",
+                "INSERT INTO stmt_libpq (worker, i) VALUES ($1, $2) RETURNING worker, i", 2, NULL),
+      "PQprepare q_ins");
   char mine[64];
   snprintf(mine, sizeof mine, "SELECT %d * 100000 + $1::int", worker);
   command_ok(PQprepare(conn, "q_mine", mine, 1, NULL), "PQprepare q_mine");
   command_ok(PQprepare(conn, "q_div", "SELECT 100 / $1::int", 1, NULL), "PQprepare q_div");
   /* Preparing a name again is an error (42P05), and the session goes on. */
-  check_error(PQprepare(conn, "q_sel", "SELECT 1", 0, NULL), "42P05", "PQprepare of an existing name");
+  check_error(PQprepare(conn, "q_sel", "SELECT 1", 0, NULL), "42P05",
+              "PQprepare of an existing name");
 
-  PGresult *desc = PQdescribePrepared(conn, "q_sel");
+  PGresult* desc = PQdescribePrepared(conn, "q_sel");
   check_status(desc, PGRES_COMMAND_OK, "PQdescribePrepared");
   if (PQnparams(desc) != 2 || PQnfields(desc) != 3 || strcmp(PQfname(desc, 2), "label") != 0) {
     die("PQdescribePrepared q_sel: %d params, %d fields", PQnparams(desc), PQnfields(desc));
@@ -261,10 +271,12 @@ static int work(int iterations) {
       case 3: {
         command_ok(PQexec(conn, "BEGIN"), "BEGIN");
         exec_ins(i);
-        const char *zero[1] = {"0"};
-        check_error(PQexecPrepared(conn, "q_div", 1, zero, NULL, NULL, 0), "22012", "q_div in a transaction");
-        const char *sel[2] = {num(0, worker), num(1, i)};
-        check_error(PQexecPrepared(conn, "q_sel", 2, sel, NULL, NULL, 0), "25P02", "q_sel in a failed transaction");
+        const char* zero[1] = {"0"};
+        check_error(PQexecPrepared(conn, "q_div", 1, zero, NULL, NULL, 0), "22012",
+                    "q_div in a transaction");
+        const char* sel[2] = {num(0, worker), num(1, i)};
+        check_error(PQexecPrepared(conn, "q_sel", 2, sel, NULL, NULL, 0), "25P02",
+                    "q_sel in a failed transaction");
         command_ok(PQexec(conn, "ROLLBACK"), "ROLLBACK");
         exec_mine(i);
         break;
@@ -276,14 +288,14 @@ static int work(int iterations) {
   return 0;
 }
 
-static int ddl(const char *table, const char *stopfile) {
+static int ddl(const char* table, const char* stopfile) {
   char sql[256];
   snprintf(sql, sizeof sql, "SELECT * FROM %s", table);
   command_ok(PQprepare(conn, "sel_all", sql, 0, NULL), "PQprepare sel_all");
   int last = 0, execs = 0, stopping = 0;
   for (;;) {
     if (!stopping && access(stopfile, F_OK) == 0) stopping = 1;
-    PGresult *res = PQexecPrepared(conn, "sel_all", 0, NULL, NULL, NULL, 0);
+    PGresult* res = PQexecPrepared(conn, "sel_all", 0, NULL, NULL, NULL, 0);
     check_status(res, PGRES_TUPLES_OK, "PQexecPrepared sel_all");
     int n = PQnfields(res);
     PQclear(res);
@@ -298,7 +310,7 @@ static int ddl(const char *table, const char *stopfile) {
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: libpq_prepared CONNINFO work WORKER ITERATIONS | ddl TABLE STOPFILE\n");
     return 2;
