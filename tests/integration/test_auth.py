@@ -2,8 +2,10 @@
 """Client authentication (trust, md5, scram-sha-256 against `users:`), its errors, and pgring's
 own login to PostgreSQL with SCRAM, MD5 and cleartext passwords."""
 
-from harness import (PGHOST, PGPORT, Pgring, check, check_eq, connect, expect_error, login,
-                     login_error, md5_secret, psql, psql_ok, psycopg2, query_one, run_tests)
+import psycopg2
+
+from lib import (PGHOST, PGPORT, Pgring, check, check_eq, connect, expect_error, login,
+                login_error, md5_secret, psql, psql_ok, query_one, run_tests)
 
 # RawConn.auth_requests codes: what pgring asked the client for.
 AUTH_OK, AUTH_CLEARTEXT, AUTH_MD5, AUTH_SASL = 0, 3, 5, 10

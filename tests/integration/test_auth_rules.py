@@ -10,8 +10,9 @@ import base64
 import re
 import struct
 
-from harness import (PGHOST, PGPORT, Pgring, RawConn, check, check_eq, connect, direct_connect, free_port, login,
-                     login_error, message, psql, psql_ok, query_one, run_tests, startup_packet)
+from lib import (PGHOST, PGPORT, Pgring, RawConn, check, check_eq, connect, direct_connect,
+                free_port, login, login_error, message, psql, psql_ok, query_one, run_tests,
+                startup_packet)
 
 AUTH_OK, AUTH_MD5, AUTH_SASL = 0, 5, 10
 

@@ -10,19 +10,16 @@ import struct
 import subprocess
 import time
 
-from harness import (CANCEL_REQUEST_CODE, PGHOST, PGPORT, PSQL, Background, RawConn,
-                     _client_env, check, check_eq, connect, expect_error, fail, log,
-                     monitor_connect, query, query_one, run_tests, wait_until)
-from ops_helpers import OpsPgring, ops_config, pool_row
+from lib import (Background, CANCEL_REQUEST_CODE, PGHOST, PGPORT, PSQL, Pgring, RawConn, backends,
+                check, check_eq, client_env, connect, expect_error, fail, log, monitor_connect,
+                pool_config, pool_row, query, query_one, run_tests, wait_until)
 
 
 def wait_running(monitor, marker, timeout=15):
     """Wait until a backend runs a query containing `marker`; return its pid."""
     def find():
-        rows = query(monitor, "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
-                              "AND query LIKE %s AND pid <> pg_backend_pid()",
-                     (f"%{marker}%",))
-        return rows[0][0] if rows else None
+        rows = backends(monitor, state="active", query_like=f"%{marker}%")
+        return rows[0].pid if rows else None
     return wait_until(find, timeout, interval=0.05, what=f"a running query with {marker!r}")
 
 
@@ -37,7 +34,7 @@ def settle():
 
 def cancel_running_query(pool_mode):
     monitor = monitor_connect()
-    with OpsPgring(ops_config(pool_mode=pool_mode, pool_size=2)) as p:
+    with Pgring(pool_config(pool_mode=pool_mode, pool_size=2)) as p:
         conn = connect(p.port)
         check_eq(query_one(conn, "SELECT 1"), 1)
 
@@ -108,7 +105,7 @@ def test_cancel_does_not_leak_into_next_query():
                        f"follow-up queries failed; this test cannot judge pgring here")
     failures = []
     for mode in ("transaction", "session"):
-        with OpsPgring(ops_config(pool_mode=mode, pool_size=1)) as p:
+        with Pgring(pool_config(pool_mode=mode, pool_size=1)) as p:
             conn = connect(p.port)
             hit = cancel_then_query(conn, monitor, f"/* leak-{mode} */", rounds)
             conn.close()
@@ -121,7 +118,7 @@ def test_cancel_does_not_leak_into_next_query():
 
 def test_cancel_inside_explicit_transaction():
     monitor = monitor_connect()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2)) as p:
         conn = connect(p.port)
         conn.autocommit = False
         query(conn, "CREATE TEMP TABLE cancel_t(x int)")
@@ -142,10 +139,10 @@ def test_cancel_inside_explicit_transaction():
 def test_psql_ctrl_c():
     # psql sends a CancelRequest (PQcancel) with the key pgring gave it when it gets SIGINT.
     monitor = monitor_connect()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2)) as p:
         cmd = [PSQL, "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres",
                "-d", "pgring_test", "-c", "SELECT pg_sleep(10) /* psql-cancel */"]
-        proc = subprocess.Popen(cmd, env=_client_env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env=client_env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_running(monitor, "/* psql-cancel */")
@@ -175,7 +172,7 @@ def test_late_cancel_does_not_hit_other_client():
     # pool_size 1 in transaction mode: A and B take turns on the same server. A's cancel,
     # sent while A is idle and B's query runs there, must not cancel B's query.
     monitor = monitor_connect()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=1)) as p:
         a = connect(p.port)
         b = connect(p.port)
         pid_a = query_one(a, "SELECT pg_backend_pid()")
@@ -197,7 +194,7 @@ def test_late_cancel_does_not_hit_other_client():
 
 def test_cancel_with_unknown_key_is_ignored():
     monitor = monitor_connect()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=1)) as p:
         conn = connect(p.port)
         bg = Background(lambda: query_one(conn, "SELECT 'kept' FROM pg_sleep(1) /* kept */"))
         wait_running(monitor, "/* kept */")
@@ -212,7 +209,7 @@ def test_cancel_with_unknown_key_is_ignored():
 def test_cancel_client_waiting_for_server():
     # pool_size 1: the holder keeps the only server inside a transaction; W's query waits in
     # the queue. W's cancel answers W with 57014 without touching the holder's server.
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=1)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=1)) as p:
         holder = connect(p.port)
         w = connect(p.port)  # logs in while the server is free
         holder.autocommit = False

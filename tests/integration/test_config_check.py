@@ -7,7 +7,7 @@ import re
 import subprocess
 import tempfile
 
-from harness import PGRING_BIN, SOURCE_DIR, check, check_eq, fail, run_tests
+from lib import PGRING_BIN, SOURCE_DIR, check, check_eq, fail, run_tests
 
 GOOD = """\
 listen: ["127.0.0.1:6432"]

@@ -13,9 +13,8 @@ import asyncio
 import io
 import re
 
-from harness import (BackendSampler, Pgring, check, check_eq, log, monitor_connect, pgbench,
-                     pool_config, psql, psql_ok, query, run_tests, skip,
-                     wait_no_backends)
+from lib import (BackendSampler, Pgring, check, check_eq, log, monitor_connect, pgbench,
+                pool_config, psql, psql_ok, query, run_tests, skip, wait_no_backends)
 
 try:
     import asyncpg

@@ -8,9 +8,9 @@ import time
 
 import psycopg2
 
-from harness import (PROTOCOL_3_0, PGHOST, PGPORT, PgError, Pgring, RawConn, check, check_eq,
-                     connect, direct_connect, expect_error, fail, free_port, login, login_error,
-                     message, parse_fields, psql_ok, query, query_one, run_tests, wait_until)
+from lib import (PGHOST, PGPORT, PROTOCOL_3_0, PgError, Pgring, RawConn, backends, check, check_eq,
+                connect, direct_connect, expect_error, fail, free_port, login, login_error,
+                message, parse_fields, psql_ok, query, query_one, run_tests, wait_until)
 
 
 def trust_config(**extra):
@@ -130,9 +130,8 @@ def test_per_database_and_per_user_client_limits():
 
 
 def wait_no_backends_of(conn, role):
-    wait_until(lambda: query_one(conn, f"SELECT count(*) = 0 FROM pg_stat_activity "
-                                       f"WHERE usename = '{role}'"), 10, interval=0.1,
-               what=f"no backends of {role}")
+    wait_until(lambda: not backends(conn, usename=role, include_monitors=True), 10,
+               interval=0.1, what=f"no backends of {role}")
 
 
 def test_too_many_clients_seen_by_libpq():

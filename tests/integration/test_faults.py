@@ -22,16 +22,13 @@ import time
 
 import psycopg2
 
-from harness import (PGHOST, PGPORT, Background, ConnectionClosed, PgError, Pgring, check,
-                     check_eq, connect, error_fields_in, fail, log, login, message,
-                     monitor_connect, parse_fields, query, query_one, read_messages_until,
-                     run_clients, run_tests, run_with_timeout, skip_test, wait_no_backends,
-                     wait_until)
-from ops_helpers import ops_config
-from fault_helpers import (Relay, backends, check_pool_healthy, describe_fds, ensure_postgres_running,
-                           fd_count, have_pgdata, percentile, pg_start, pg_stop_immediate,
-                           wait_backend_gone, wait_fds_at_most)
-from fake_server import FakeServer
+from lib import (Background, ConnectionClosed, FakeServer, PGHOST, PGPORT, PgError, Pgring, Relay,
+                backends, check, check_eq, check_pool_healthy, connect, describe_fds,
+                ensure_postgres_running, error_fields_in, fail, fd_count, have_pgdata, log, login,
+                message, monitor_connect, parse_fields, percentile, pg_start, pg_stop_immediate,
+                pool_config, query, query_one, read_messages_until, run_clients, run_tests,
+                run_with_timeout, skip_test, wait_backend_gone, wait_fds_at_most, wait_no_backends,
+                wait_until)
 
 DB, USER = "app", "app"
 
@@ -103,7 +100,7 @@ def test_backend_killed_mid_transaction():
     monitor = monitor_connect(db=DB)
     wait_no_backends(monitor, DB)
     try:
-        with Pgring(ops_config(pool_size=2)) as p:
+        with Pgring(pool_config(pool_size=2)) as p:
             victim = app_connect(p)
             victim.autocommit = False
             pid = query_one(victim, "SELECT pg_backend_pid()")
@@ -138,7 +135,7 @@ def test_postgres_crash_restart_under_load():
     clients, pool_size, op_bound = 8, 4, 30.0
     setup = fresh_table("pgring_fault_restart", "client int, n int")
     setup.close()
-    config = ops_config(pool_size=pool_size,
+    config = pool_config(pool_size=pool_size,
                         timeouts={"server_login_retry": "1s", "server_connect": "5s"})
     try:
         with Pgring(config) as p:
@@ -303,7 +300,7 @@ def test_server_accepts_and_never_answers():
         DB: {"host": PGHOST, "port": PGPORT},
         "hung": {"host": "127.0.0.1", "port": listener.port, "dbname": DB},
     }
-    config = ops_config(pool_size=2, databases=databases,
+    config = pool_config(pool_size=2, databases=databases,
                         timeouts={"server_connect": "2s", "server_login_retry": "1s"})
     monitor = monitor_connect(db=DB)
     try:
@@ -420,7 +417,7 @@ def test_server_stalls_mid_message():
             DB: {"host": PGHOST, "port": PGPORT},
             "fake": {"host": "127.0.0.1", "port": fake.port},
         }
-        config = ops_config(pool_size=2, databases=databases,
+        config = pool_config(pool_size=2, databases=databases,
                             timeouts={"query": "2s", "cancel_wait": "2s"})
         monitor = monitor_connect(db=DB)
         try:
@@ -486,7 +483,7 @@ def test_client_vanishes_mid_copy():
     monitor = monitor_connect(db=DB)
     try:
         wait_no_backends(monitor, DB)
-        with Pgring(ops_config(pool_size=1)) as p:
+        with Pgring(pool_config(pool_size=1)) as p:
             first = app_login(p)
             pid = int(first.simple_query("SELECT pg_backend_pid()")[0][0])
             first.terminate()
@@ -507,7 +504,7 @@ def test_client_vanishes_mid_copy():
                     check_eq(msgs[-1][1], b"T", f"{variant}: status after CopyDone")
                 else:
                     c.send(copy_data(range(2001, 2101)))
-                    wait_until(lambda: any(q.startswith("COPY") for _, _, q in
+                    wait_until(lambda: any(b.query.startswith("COPY") for b in
                                            backends(monitor, DB, USER)), 10,
                                what="the COPY to show in pg_stat_activity")
                     time.sleep(0.2)
@@ -516,7 +513,7 @@ def test_client_vanishes_mid_copy():
 
                 def settled():
                     rows = backends(monitor, DB, USER)
-                    return rows if [(r[0], r[1]) for r in rows] == [(pid, "idle")] else None
+                    return rows if [(b.pid, b.state) for b in rows] == [(pid, "idle")] else None
                 try:
                     wait_until(settled, 15, interval=0.1, what="the server to be idle again")
                 except AssertionError:
@@ -548,7 +545,7 @@ def test_client_disconnects_during_long_query():
     monitor = monitor_connect(db=DB)
     try:
         wait_no_backends(monitor, DB)
-        with Pgring(ops_config(pool_size=1)) as p:
+        with Pgring(pool_config(pool_size=1)) as p:
             pid = None
             for variant in ("FIN", "RST"):
                 c = app_login(p)
@@ -560,9 +557,8 @@ def test_client_disconnects_during_long_query():
                 c.send(message(b"Q", f"SELECT pg_sleep(30) AS {marker}\0".encode()))
 
                 def running():
-                    return query_one(monitor, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                              "state = 'active' AND query LIKE %s AND pid = %s",
-                                     (f"%{marker}%", pid)) == 1
+                    return [b.pid for b in backends(monitor, state="active",
+                                                     query_like=f"%{marker}%")] == [pid]
                 wait_until(running, 10, what="pg_sleep to run on the server")
                 abort_socket(c.sock, rst=variant == "RST")
                 started = time.monotonic()
@@ -700,7 +696,7 @@ def test_lossy_network_to_server():
         clients, pool_size, seconds = 6, 3, 12
         setup = fresh_table("pgring_fault_netem", "client int, n int")
         databases = {DB: {"host": link.ns_ip, "port": relay.port}}
-        config = ops_config(pool_size=pool_size, databases=databases,
+        config = pool_config(pool_size=pool_size, databases=databases,
                             timeouts={"server_connect": "15s", "server_login_retry": "1s"})
         monitor = monitor_connect(db=DB)
         try:

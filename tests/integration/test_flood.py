@@ -19,11 +19,10 @@ import struct
 import threading
 import time
 
-from harness import (Background, Pgring, check, check_eq, connect, fail, log, monitor_connect,
-                     parse_fields, query_one, run_tests, startup_packet, wait_no_backends)
-from ops_helpers import ops_config
-from fault_helpers import (check_pool_healthy, check_running, describe_fds, fd_count,
-                           percentile, wait_fds_at_most)
+from lib import (Background, Pgring, check, check_eq, check_pool_healthy, check_running, connect,
+                describe_fds, fail, fd_count, log, monitor_connect, parse_fields, percentile,
+                pool_config, query_one, run_tests, startup_packet, wait_fds_at_most,
+                wait_no_backends)
 
 DB, USER = "app", "app"
 ATTEMPTS = int(os.environ.get("PGRING_FLOOD_CONNECTIONS", "20000"))
@@ -161,7 +160,7 @@ def test_connection_flood():
     monitor = monitor_connect(db=DB)
     try:
         wait_no_backends(monitor, DB)
-        config = ops_config(pool_size=2)
+        config = pool_config(pool_size=2)
         config["max_client_conn"] = MAX_CLIENT_CONN
         with Pgring(config) as p:   # pgring inherits the raised RLIMIT_NOFILE
             pid = p.pid()

@@ -11,10 +11,9 @@ import os
 import threading
 import time
 
-from harness import (Background, Pgring, check, connect, log, login, message, monitor_connect,
-                     query, query_one, run_tests, wait_no_backends, wait_until)
-from ops_helpers import ops_config
-from fault_helpers import check_pool_healthy, check_running, percentile, rss_kib
+from lib import (Background, Pgring, check, check_pool_healthy, check_running, connect, log, login,
+                message, monitor_connect, percentile, pool_config, query, query_one, rss_kib,
+                run_tests, wait_no_backends, wait_until)
 
 DB, USER = "app", "app"
 SECONDS = float(os.environ.get("PGRING_FLOW_SECONDS", "15"))
@@ -58,7 +57,7 @@ def test_slow_reader_of_huge_result():
     monitor = monitor_connect(db=DB)
     try:
         wait_no_backends(monitor, DB)
-        with Pgring(ops_config(pool_size=2)) as p:
+        with Pgring(pool_config(pool_size=2)) as p:
             pid = p.pid()
             # The other client, and its latency before the slow reader starts.
             fast = connect(p.port, db=DB, user=USER)

@@ -5,8 +5,7 @@
 import os
 import subprocess
 
-from harness import (LIBPQ_CLIENT, PGHOST, PGPORT, Pgring, check, check_eq, fail, run_tests,
-                     skip)
+from lib import LIBPQ_CLIENT, PGHOST, PGPORT, Pgring, check, check_eq, fail, run_tests, skip
 
 
 def run_client(conninfo, timeout=60):

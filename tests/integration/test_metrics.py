@@ -10,10 +10,9 @@ import subprocess
 import tempfile
 import time
 
-from harness import (PGHOST, PGPORT, Background, check, check_eq, connect, expect_error,
-                     free_port, log, login, login_error, pgbench, query, query_one, run_tests,
-                     skip_test, wait_until)
-from ops_helpers import OpsPgring, http_get, metric_sum, ops_config, parse_metrics, scrape
+from lib import (Background, PGHOST, PGPORT, Pgring, check, check_eq, connect, expect_error,
+                free_port, http_get, log, login, login_error, metric_sum, parse_metrics, pgbench,
+                pool_config, query, query_one, run_tests, scrape, skip_test, wait_until)
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -45,7 +44,7 @@ def run_bench(port, script, seconds, clients=4, mode="simple"):
 
 def test_counters_move_during_pgbench():
     mport = free_port()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=4, metrics_port=mport)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=4, metrics_port=mport)) as p:
         script = bench_script(SIMPLE_SCRIPT)
         bench = Background(lambda: run_bench(p.port, script, 6))
         # First scrape once the load has started, second one a while later, both during it.
@@ -92,7 +91,7 @@ def promtool_check(text):
 
 def test_exposition_passes_promtool():
     mport = free_port()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2, metrics_port=mport)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2, metrics_port=mport)) as p:
         # Traffic of every kind first: queries, an error, a wrong database, a prepared statement.
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
@@ -117,7 +116,7 @@ def test_exposition_passes_promtool():
 
 def test_health_and_ready():
     mport = free_port()
-    with OpsPgring(ops_config(metrics_port=mport)) as p:
+    with Pgring(pool_config(metrics_port=mport)) as p:
         status, body = http_get(mport, "/health")
         check_eq((status, body.strip()), (200, "ok"), "/health")
         status, body = http_get(mport, "/ready")
@@ -127,10 +126,10 @@ def test_health_and_ready():
         check(p.alive(), "pgring died answering HTTP")
     # Not ready while the only database's server is known to be down.
     closed_port = free_port()
-    config = ops_config(metrics_port=(mport := free_port()),
+    config = pool_config(metrics_port=(mport := free_port()),
                         databases={"down": {"host": "127.0.0.1", "port": closed_port}},
                         timeouts={"server_connect": "2s", "server_login_retry": "30s"})
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         check_eq(http_get(mport, "/ready")[0], 200, "/ready before any server was tried")
         e = login_error(p.port, db="down")
         check_eq(e.sqlstate, "08006", f"login to a database whose server is down ({e})")
@@ -146,7 +145,7 @@ def test_health_and_ready():
 
 def test_statement_cache_counters_with_prepared():
     mport = free_port()
-    with OpsPgring(ops_config(pool_mode="transaction", pool_size=2, metrics_port=mport)) as p:
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2, metrics_port=mport)) as p:
         before = scrape(mport)
         check_eq(metric_sum(before, "pgring_statement_cache_hits_total"), 0.0, "hits at start")
         processed = run_bench(p.port, bench_script(PREPARED_SCRIPT), 3, clients=4,
@@ -175,7 +174,7 @@ def test_disconnects_by_reason():
         "databases": {"app": {"host": PGHOST, "port": PGPORT}},
         "metrics": {"listen": f"127.0.0.1:{mport}"},
     }
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         def reason(name):
             return metric_sum(scrape(mport), "pgring_disconnects_total", reason=name)
         check_eq(reason("auth_failed"), 0.0, "auth_failed at start")

@@ -4,7 +4,7 @@ TPC-B-like run with 16 clients, without a single failed transaction."""
 
 import re
 
-from harness import Pgring, check, check_eq, log, pgbench, run_tests
+from lib import Pgring, check, check_eq, log, pgbench, run_tests
 
 
 CONFIG = {

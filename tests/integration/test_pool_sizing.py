@@ -9,10 +9,10 @@ No test asserts a duration: only completion, errors and backend counts (pg_stat_
 
 import time
 
-from harness import (MONITOR_APP, Background, BackendSampler, Pgring, backend_pids, check, check_eq, connect,
-                     count_backends, error_fields_in, log, login, monitor_connect, pool_config,
-                     query, query_one, run_clients, run_tests, send_query_collect,
-                     wait_no_backends, wait_until)
+from lib import (BackendSampler, Background, MONITOR_APP, Pgring, backend_pids, check, check_eq,
+                connect, count_backends, error_fields_in, log, login, monitor_connect, pool_config,
+                query, query_one, run_clients, run_tests, send_query_collect, wait_no_backends,
+                wait_until)
 
 DB, USER = "app", "app"
 
@@ -40,12 +40,16 @@ def test_min_pool_size_opens_servers():
         check_eq(query_one(a, "SELECT 1"), 1)
         wait_until(lambda: count_backends(monitor, DB, USER) >= 2, 10,
                    what="min_pool_size 2 server connections")
-        time.sleep(1.0)
-        check_eq(count_backends(monitor, DB, USER), 2, "server connections with one idle client")
+        # A second on: still exactly 2 (no more opened, none dropped), at every sample.
+        with BackendSampler(DB, USER) as sampler:
+            time.sleep(1.0)
+        sampler.check_max(2)
+        check_eq(min(sampler.samples), 2, "server connections with one idle client")
         a.close()
-        time.sleep(1.0)
-        check_eq(count_backends(monitor, DB, USER), 2,
-                 "server connections kept after the client left")
+        with BackendSampler(DB, USER) as sampler:
+            time.sleep(1.0)
+        sampler.check_max(2)
+        check_eq(min(sampler.samples), 2, "server connections kept after the client left")
     monitor.close()
 
 

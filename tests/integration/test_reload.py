@@ -8,11 +8,10 @@ import copy
 import re
 import time
 
-from harness import (PGHOST, PGPORT, Background, backend_pids, check, check_eq, connect,
-                     expect_error, free_port, log, login, login_error, monitor_connect, query,
-                     query_one, run_tests, wait_no_backends, wait_until)
-from ops_helpers import (OpsPgring, admin_rows, database_row, expect_closed_with, metric_sum,
-                         ops_config, pool_row, scrape)
+from lib import (Background, PGHOST, PGPORT, Pgring, admin_rows, backend_pids, backends, check,
+                check_eq, connect, database_row, expect_closed_with, expect_error, free_port, log,
+                login, login_error, metric_sum, monitor_connect, pool_config, pool_count, pool_row,
+                query, query_one, run_tests, scrape, wait_no_backends, wait_until)
 
 
 def sighup(p, config):
@@ -27,8 +26,8 @@ def test_sighup_pool_size_applies_live():
     monitor = monitor_connect()
     wait_no_backends(monitor, "app")
     mport = free_port()
-    config = ops_config(pool_mode="transaction", pool_size=1, metrics_port=mport)
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=1, metrics_port=mport)
+    with Pgring(config) as p:
         idle = connect(p.port, db="app")
         a = connect(p.port, db="app")
         b = connect(p.port, db="app")
@@ -38,7 +37,9 @@ def test_sighup_pool_size_applies_live():
         check_eq(pool_row(p.port, "app")["pool_size"], "1")
         b.autocommit = False
         waiting = Background(lambda: query_one(b, "SELECT pg_backend_pid()"))
-        time.sleep(0.5)
+        wait_until(lambda: pool_count(p.port, "app", "cl_waiting") == 1, 15,
+                   what="B waiting for the only server (SHOW POOLS cl_waiting)",
+                   describe=lambda: pool_row(p.port, "app"))
         check(not waiting.done(), "B got a server although pool_size is 1 and A holds it")
 
         new = copy.deepcopy(config)
@@ -77,8 +78,8 @@ def test_reload_under_load_32_clients():
     import threading
     monitor = monitor_connect()
     wait_no_backends(monitor, "app")
-    config = ops_config(pool_mode="transaction", pool_size=2)
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=2)
+    with Pgring(config) as p:
         stop = threading.Event()
         errors, done = [], [0]
         lock = threading.Lock()
@@ -109,8 +110,11 @@ def test_reload_under_load_32_clients():
             sighup(p, new)
             wait_until(lambda: pool_row(p.port, "app")["pool_size"] == str(size), 10,
                        what=f"SHOW POOLS pool_size {size}")
-            # Let the pool settle at the new size, then sample the server connections.
-            time.sleep(1.0)
+            # Wait for the pool to settle at the new size (a shrink closes the extra servers as
+            # their transactions end), then sample the server connections.
+            wait_until(lambda: len(backend_pids(monitor, "app")) <= size, 15,
+                       what=f"the server connections to shrink to pool_size {size}",
+                       describe=lambda: backends(monitor, "app"))
             seen = [len(backend_pids(monitor, "app")) for _ in range(20) if not time.sleep(0.02)]
             samples.append((size, max(seen)))
         stop.set()
@@ -127,9 +131,9 @@ def test_reload_under_load_32_clients():
 
 def test_sighup_broken_file_keeps_running_config():
     mport = free_port()
-    config = ops_config(pool_mode="transaction", pool_size=2, metrics_port=mport,
+    config = pool_config(pool_mode="transaction", pool_size=2, metrics_port=mport,
                         timeouts={"query": "0"})
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
         cases = [
@@ -176,9 +180,9 @@ def test_sighup_broken_file_keeps_running_config():
 
 
 def test_reload_adds_and_removes_databases():
-    config = ops_config(pool_mode="transaction", pool_size=2,
+    config = pool_config(pool_mode="transaction", pool_size=2,
                         databases={"pgring_test": {"host": PGHOST, "port": PGPORT}})
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         e = login_error(p.port, db="added")
         check_eq(e.sqlstate, "3D000", f"database 'added' before the reload ({e})")
         keep = connect(p.port)
@@ -208,8 +212,8 @@ def test_reload_adds_and_removes_databases():
 
 
 def test_reload_changes_timeouts():
-    config = ops_config(pool_mode="transaction", pool_size=2)
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=2)
+    with Pgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 'slept' FROM pg_sleep(1)"), "slept", "no query timeout yet")
         new = copy.deepcopy(config)

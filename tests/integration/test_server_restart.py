@@ -10,9 +10,9 @@ import time
 
 import psycopg2
 
-from harness import (PGDATA, PGHOST, PGPORT, Pgring, as_postgres_cmd, check, connect, fail,
-                     find_pg_tool, log, pg_isready, psql, query_one, run_tests,
-                     run_with_timeout, skip, wait_until)
+from lib import (PGDATA, PGHOST, PGPORT, Pgring, as_postgres_cmd, check, connect, fail,
+                find_pg_tool, log, pg_isready, psql, query_one, run_tests, run_with_timeout, skip,
+                wait_until)
 
 CONFIG = {
     "auth": {"method": "trust"},

@@ -6,20 +6,13 @@ import io
 import threading
 import time
 
-from harness import (PGHOST, PGPORT, Pgring, check, check_eq, connect, direct_connect,
-                     expect_error, log, login, message, psql, psql_ok, query, query_one,
-                     run_tests, wait_until)
+from lib import (Pgring, check, check_eq, connect, count_backends, direct_connect, expect_error,
+                idle_in_transaction, log, login, message, pool_config, pool_count, pool_row, psql,
+                psql_ok, query, query_one, run_tests, wait_until)
 
 
 def session_config(pool_size=5, **defaults):
-    return {
-        "auth": {"method": "trust"},
-        "defaults": {"pool_mode": "session", "pool_size": pool_size, **defaults},
-        "databases": {
-            "pgring_test": {"host": PGHOST, "port": PGPORT},
-            "app": {"host": PGHOST, "port": PGPORT},
-        },
-    }
+    return pool_config(pool_mode="session", pool_size=pool_size, **defaults)
 
 
 def test_queries_and_errors_pass_through():
@@ -68,8 +61,7 @@ def test_queries_and_errors_pass_through():
 def count_app_backends(monitor):
     """Server connections pgring holds to database app (our monitor connection is to
     pgring_test, so it is not counted)."""
-    return query_one(monitor, "SELECT count(*) FROM pg_stat_activity "
-                              "WHERE datname = 'app' AND backend_type = 'client backend'")
+    return count_backends(monitor, "app")
 
 
 def test_many_clients_share_small_pool():
@@ -188,9 +180,8 @@ def test_disconnect_inside_transaction():
 
             check_eq(query(setup, "SELECT id FROM pgring_txn_t ORDER BY id"), [(4,)],
                      "committed rows")
-            check_eq(query_one(setup, "SELECT count(*) FROM pg_stat_activity "
-                                      "WHERE datname = 'pgring_test' AND state LIKE 'idle in%'"),
-                     0, "server connections left idle in transaction")
+            check_eq(idle_in_transaction(setup, "pgring_test"), [],
+                     "server connections left idle in transaction")
     finally:
         query(setup, "DROP TABLE IF EXISTS pgring_txn_t")
         setup.close()
@@ -210,7 +201,9 @@ def test_client_waits_for_busy_pool():
 
         t = threading.Thread(target=second, daemon=True)
         t.start()
-        time.sleep(0.5)
+        wait_until(lambda: pool_count(p.port, "pgring_test", "cl_waiting") == 1, 15,
+                   what="the second client waiting for the only server (SHOW POOLS cl_waiting)",
+                   describe=lambda: pool_row(p.port, "pgring_test"))
         check("value" not in result, "second client ran while the only server was taken")
         a.close()
         t.join(30)

@@ -5,13 +5,12 @@ locks, LISTEN) never leaks silently. With session_state: pin (the default) the c
 server for the rest of its session, and the server is clean before anyone else gets it; with
 session_state: error the client gets SQLSTATE 0A000 and is disconnected."""
 
-import time
 
 import psycopg2
 
-from harness import (Background, Pgring, check, check_eq, connect, expect_error, fail, login,
-                     message, monitor_connect, parse_fields, pool_config, psql, query, query_one,
-                     run_tests, sqlstate_of, wait_until)
+from lib import (Background, Pgring, check, check_eq, connect, expect_error, fail, login, message,
+                monitor_connect, parse_fields, pool_config, pool_count, pool_row, psql, query,
+                query_one, run_tests, sqlstate_of, wait_until)
 
 DB, USER = "app", "app"
 
@@ -71,7 +70,9 @@ def test_pinned_server_is_clean_for_the_next_client():
                 b.close()
 
         waiting = Background(b_client)
-        time.sleep(0.5)
+        wait_until(lambda: pool_count(p.port, DB, "cl_waiting", user=USER) == 1, 15,
+                   what="B waiting for the only server (SHOW POOLS cl_waiting)",
+                   describe=lambda: pool_row(p.port, DB, user=USER))
         # A keeps its server while B waits (a pinned client never releases it).
         for k in range(3):
             check_eq(query_one(a, "SELECT count(*) FROM pgring_tmp_leak"), 0)

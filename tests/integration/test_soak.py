@@ -20,11 +20,9 @@ import time
 
 import psycopg2
 
-from harness import (MONITOR_APP, Background, Pgring, check, check_eq, connect, log,
-                     monitor_connect, query, query_one, run_tests, wait_no_backends)
-from ops_helpers import admin_ok, ops_config
-from fault_helpers import (check_pool_healthy, check_running, describe_fds, fd_count,
-                           percentile, wait_fds_at_most)
+from lib import (Background, MONITOR_APP, Pgring, admin_ok, check, check_eq, check_pool_healthy,
+                check_running, connect, describe_fds, fd_count, log, monitor_connect, percentile,
+                pool_config, query, query_one, run_tests, wait_fds_at_most, wait_no_backends)
 
 DB, USER = "app", "app"
 SECONDS = float(os.environ.get("PGRING_SOAK_SECONDS", "60"))
@@ -226,7 +224,7 @@ def test_soak_transfers_with_faults():
     run_tag = secrets.token_hex(4)
     try:
         wait_no_backends(monitor, DB)
-        config = ops_config(pool_size=POOL_SIZE,
+        config = pool_config(pool_size=POOL_SIZE,
                             timeouts={"server_login_retry": "1s", "query_wait": "30s"})
         with Pgring(config) as p:
             fd_base = fd_count(p.pid())

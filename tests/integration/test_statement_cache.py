@@ -39,12 +39,11 @@ import threading
 import time
 import uuid
 
-from harness import (PGHOST, PGPORT, SYNC_MESSAGE, BackendSampler, Pgring,
-                     bind_message, check, check_eq, close_message, data_row_values,
-                     describe_message, error_fields_in, execute_message, fail, free_port, log,
-                     login, message, monitor_connect, parse_message, pgbench, query, query_one,
-                     read_until_ready, run_clients, run_tests, skip_test, wait_no_backends)
-from ops_helpers import ADMIN_DB, ADMIN_USER, metric_sum, ops_config, scrape
+from lib import (ADMIN_DB, ADMIN_USER, BackendSampler, PGHOST, PGPORT, Pgring, SYNC_MESSAGE,
+                bind_message, check, check_eq, close_message, data_row_values, describe_message,
+                error_fields_in, execute_message, fail, free_port, log, login, message, metric_sum,
+                monitor_connect, parse_message, pgbench, pool_config, query, query_one,
+                read_until_ready, run_clients, run_tests, scrape, skip_test, wait_no_backends)
 
 try:
     import asyncpg
@@ -58,7 +57,7 @@ IGNORED = (b"N", b"S", b"A")
 
 
 def cache_config(pool_size, mport=None, **defaults):
-    return ops_config(pool_mode="transaction", pool_size=pool_size, metrics_port=mport,
+    return pool_config(pool_mode="transaction", pool_size=pool_size, metrics_port=mport,
                       **defaults)
 
 

@@ -4,10 +4,10 @@ statements work for many clients on a small pool, and a transaction block gets S
 ("transaction blocks are not allowed") while the connection stays usable and the server is
 left outside any transaction."""
 
-from harness import (SYNC_MESSAGE, BackendSampler, Pgring, bind_message, check, check_eq,
-                     connect, data_row_values, error_fields_in, execute_message, expect_error,
-                     login, message, monitor_connect, parse_message, pool_config, query,
-                     query_one, read_until_ready, run_clients, run_tests, wait_no_backends)
+from lib import (BackendSampler, Pgring, SYNC_MESSAGE, bind_message, check, check_eq, connect,
+                data_row_values, error_fields_in, execute_message, expect_error,
+                idle_in_transaction, login, message, monitor_connect, parse_message, pool_config,
+                query, query_one, read_until_ready, run_clients, run_tests, wait_no_backends)
 
 DB, USER = "app", "app"
 REFUSED = "transaction blocks are not allowed"
@@ -23,11 +23,6 @@ def fresh_table(name, columns):
     query(setup, f"DROP TABLE IF EXISTS {name}")
     query(setup, f"CREATE TABLE {name} ({columns})")
     return setup
-
-
-def idle_in_transaction(setup):
-    return query_one(setup, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' "
-                            "AND state LIKE 'idle in transaction%'")
 
 
 def test_autocommit_statements():
@@ -87,7 +82,8 @@ def test_transaction_block_refused():
                 check_eq(query_one(setup, "SELECT count(*) FROM pgring_stmt_tx"), 1,
                          f"B's autocommit INSERT after A's {sql} is committed")
                 query(b, "DELETE FROM pgring_stmt_tx")
-                check_eq(idle_in_transaction(setup), 0, f"backends idle in transaction ({sql})")
+                check_eq(idle_in_transaction(setup, DB), [],
+                         f"backends idle in transaction ({sql})")
 
             # psycopg2 without autocommit starts with BEGIN: refused, then usable again.
             a.autocommit = False
@@ -102,7 +98,7 @@ def test_transaction_block_refused():
             check_eq(query_one(a, "SELECT 3"), 3)
             check_eq(query_one(setup, "SELECT count(*) FROM pgring_stmt_tx"), 0,
                      "the refused transaction's INSERT was committed")
-            check_eq(idle_in_transaction(setup), 0, "backends idle in transaction")
+            check_eq(idle_in_transaction(setup, DB), [], "backends idle in transaction")
 
             # A raw client: ErrorResponse 0A000, then ReadyForQuery 'I', and it goes on.
             r = login(p.port, user=USER, db=DB)
@@ -122,7 +118,7 @@ def test_transaction_block_refused():
             check_eq(r.simple_query("SELECT 5"), [["5"]])
             r.terminate()
             check_eq(query_one(b, "SELECT 6"), 6)
-            check_eq(idle_in_transaction(setup), 0, "backends idle in transaction at the end")
+            check_eq(idle_in_transaction(setup, DB), [], "backends idle in transaction at the end")
             a.close()
             b.close()
     finally:

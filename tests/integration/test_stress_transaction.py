@@ -35,11 +35,11 @@ import random
 import socket
 import time
 
-from harness import (MONITOR_APP, PGHOST, PGPORT, SYNC_MESSAGE, Pgring, bind_message, check,
-                     check_eq, close_message, connect, data_row_values, describe_message,
-                     error_fields_in, execute_message, log, login, message, monitor_connect,
-                     parse_message, pool_config, query, query_one, read_messages_until,
-                     read_until_ready, run_clients, run_tests, wait_no_backends, wait_until)
+from lib import (PGHOST, PGPORT, Pgring, SYNC_MESSAGE, backends, bind_message, check, check_eq,
+                close_message, connect, data_row_values, describe_message, error_fields_in,
+                execute_message, idle_in_transaction, log, login, message, monitor_connect,
+                parse_message, pool_config, query, query_one, read_messages_until,
+                read_until_ready, run_clients, run_tests, wait_no_backends, wait_until)
 
 DB, USER = "app", "app"
 CLIENTS = 100
@@ -101,13 +101,11 @@ def _sample_backends(datname, limit, interval, use_tcp_state, stop, out):
     """The sampling loop of LiveBackendSampler, in its own process (the 100 client threads
     would otherwise starve it of the GIL). Sends (live, raw, worst, errors) through `out`."""
     live, raw, errors, worst = [], [], [], None
-    sql = ("SELECT pid, client_port, state, left(query, 60) FROM pg_stat_activity "
-           "WHERE backend_type = 'client backend' AND datname = %s "
-           "AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM %s")
     try:
         monitor = monitor_connect()
         while not stop.is_set():
-            rows = query(monitor, sql, (datname, MONITOR_APP))
+            rows = [(b.pid, b.client_port, b.state, b.query[:60])
+                    for b in backends(monitor, datname)]
             alive = rows
             if use_tcp_state and len(rows) > limit:  # /proc/net/tcp can be long: only then
                 ports = _live_client_ports(PGPORT)
@@ -686,10 +684,8 @@ def test_stress_transaction_pool():
 
             # No server left inside a transaction, and pgring still serves a fresh client with
             # a clean session.
-            wait_until(lambda: query_one(monitor, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                                  "datname = %s AND state LIKE "
-                                                  "'idle in transaction%%'", (DB,)) == 0,
-                       10, what="no server idle in transaction")
+            wait_until(lambda: not idle_in_transaction(monitor, DB), 10,
+                       what="no server idle in transaction")
             check(p.alive(), "pgring died")
             fresh = connect(p.port, db=DB, user=USER, application_name="stress_fresh")
             try:

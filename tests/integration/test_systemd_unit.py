@@ -12,9 +12,8 @@ import subprocess
 import tempfile
 import time
 
-from harness import (PGRING_BIN, SOURCE_DIR, check, check_eq, connect, fail, log,
-                     query_one, run_tests, skip_test)
-from ops_helpers import OpsPgring, ops_config, wait_exit
+from lib import (PGRING_BIN, Pgring, SOURCE_DIR, check, check_eq, connect, fail, log, pool_config,
+                query_one, run_tests, skip_test, wait_exit)
 
 UNIT = os.path.join(SOURCE_DIR, "systemd", "pgring.service")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -119,7 +118,7 @@ def test_sd_notify_protocol():
     ns = NotifySocket()
     try:
         env = {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "400000"}
-        with OpsPgring(ops_config(), env=env) as p:
+        with Pgring(pool_config(), env=env) as p:
             ns.wait_for("READY=1")
             c = connect(p.port)
             check_eq(query_one(c, "SELECT 1"), 1)
@@ -133,6 +132,7 @@ def test_sd_notify_protocol():
             p.proc.send_signal(signal.SIGHUP)
             ns.wait_for("RELOADING=1")
             ns.wait_for("READY=1")
+            p.check_no_leaks()  # before the test stops pgring itself
             p.proc.send_signal(signal.SIGTERM)
             check_eq(wait_exit(p, 10), 0, "exit status")
             ns.wait_for("STOPPING=1", timeout=2)

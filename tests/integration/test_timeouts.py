@@ -5,11 +5,11 @@ bounded generously so that a missing timeout shows up as a failure rather than a
 
 import time
 
-from harness import (PGHOST, PGPORT, Background, RawConn, check, check_eq, connect,
-                     direct_connect, expect_error, log, login, login_error, monitor_connect,
-                     query, query_one, run_tests, send_query_collect, error_fields_in,
-                     startup_packet, backend_pids, wait_no_backends, wait_until)
-from ops_helpers import OpsPgring, SilentListener, expect_closed_with, ops_config, read_close
+from lib import (Background, PGHOST, PGPORT, Pgring, RawConn, SilentListener, backend_pids, check,
+                check_eq, connect, direct_connect, error_fields_in, expect_closed_with,
+                expect_error, idle_in_transaction, log, login, login_error, monitor_connect,
+                pool_config, query, query_one, read_close, run_tests, send_query_collect,
+                startup_packet, wait_no_backends, wait_until)
 
 
 def with_table(fn):
@@ -25,8 +25,8 @@ def with_table(fn):
 
 
 def query_timeout(pool_mode):
-    config = ops_config(pool_mode=pool_mode, pool_size=1, timeouts={"query": "500ms"})
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode=pool_mode, pool_size=1, timeouts={"query": "500ms"})
+    with Pgring(config) as p:
         conn = connect(p.port)
         pid = query_one(conn, "SELECT pg_backend_pid()")
         started = time.monotonic()
@@ -63,8 +63,8 @@ def test_query_timeout_does_not_leak_into_next_query():
     # next query, sent at once, must run normally: the cancel is over by then.
     failures = []
     for mode, rounds in (("transaction", 30), ("session", 80)):
-        config = ops_config(pool_mode=mode, pool_size=1, timeouts={"query": "100ms"})
-        with OpsPgring(config) as p:
+        config = pool_config(pool_mode=mode, pool_size=1, timeouts={"query": "100ms"})
+        with Pgring(config) as p:
             conn = connect(p.port)
             hit = []
             for i in range(rounds):
@@ -91,9 +91,9 @@ def test_query_timeout_does_not_leak_into_next_query():
 
 def test_idle_transaction_timeout():
     def body(setup):
-        config = ops_config(pool_mode="transaction", pool_size=1,
+        config = pool_config(pool_mode="transaction", pool_size=1,
                             timeouts={"idle_transaction": "1s"})
-        with OpsPgring(config) as p:
+        with Pgring(config) as p:
             r = login(p.port, timeout=30)
             r.simple_query("BEGIN")
             r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
@@ -113,17 +113,16 @@ def test_idle_transaction_timeout():
             time.sleep(1.5)
             check_eq(query_one(c, "SELECT 1"), 1, "a client idle outside a transaction")
             c.close()
-            check_eq(query_one(setup, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                      "datname = 'pgring_test' AND state LIKE 'idle in%'"),
-                     0, "server connections left idle in transaction")
+            check_eq(idle_in_transaction(setup, "pgring_test"), [],
+                     "server connections left idle in transaction")
     with_table(body)
 
 
 def test_transaction_timeout():
     def body(setup):
-        config = ops_config(pool_mode="transaction", pool_size=1,
+        config = pool_config(pool_mode="transaction", pool_size=1,
                             timeouts={"transaction": "1500ms"})
-        with OpsPgring(config) as p:
+        with Pgring(config) as p:
             r = login(p.port, timeout=30)
             r.simple_query("BEGIN")
             r.simple_query("INSERT INTO pgring_to_t VALUES (1)")
@@ -157,8 +156,8 @@ def test_transaction_timeout():
 
 
 def test_client_idle_timeout_transaction_mode():
-    config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"client_idle": "1s"})
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=1, timeouts={"client_idle": "1s"})
+    with Pgring(config) as p:
         busy = login(p.port, timeout=30)
         r = login(p.port, timeout=30)
         check_eq(r.simple_query("SELECT 1"), [["1"]])
@@ -178,8 +177,8 @@ def test_client_idle_timeout_transaction_mode():
 
 
 def test_client_idle_timeout_session_mode():
-    config = ops_config(pool_mode="session", pool_size=2, timeouts={"client_idle": "1s"})
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="session", pool_size=2, timeouts={"client_idle": "1s"})
+    with Pgring(config) as p:
         r = login(p.port, timeout=30)
         check_eq(r.simple_query("SELECT 1"), [["1"]])
         err = expect_closed_with(r, "57P05", timeout=20, what="idle session-mode client")
@@ -191,8 +190,8 @@ def test_client_idle_timeout_session_mode():
 
 
 def test_query_wait_timeout():
-    config = ops_config(pool_mode="transaction", pool_size=1, timeouts={"query_wait": "1s"})
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=1, timeouts={"query_wait": "1s"})
+    with Pgring(config) as p:
         holder = connect(p.port)
         holder.autocommit = False
         check_eq(query_one(holder, "SELECT 1"), 1)  # holds the only server in a transaction
@@ -219,8 +218,8 @@ def test_query_wait_timeout():
 
 
 def test_client_login_timeout():
-    config = ops_config(timeouts={"client_login": "1s"})
-    with OpsPgring(config) as p:
+    config = pool_config(timeouts={"client_login": "1s"})
+    with Pgring(config) as p:
         # 1. Connects and sends nothing.
         r = RawConn(p.port, timeout=30)
         started = time.monotonic()
@@ -249,7 +248,7 @@ def test_client_login_timeout_during_auth():
         "databases": {"app": {"host": PGHOST, "port": PGPORT}},
         "timeouts": {"client_login": "1s"},
     }
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         r = RawConn(p.port, timeout=30)
         r.send(startup_packet("app", "app"))
         kind, body = r.read_message()
@@ -268,9 +267,9 @@ def test_server_connect_timeout():
             "pgring_test": {"host": PGHOST, "port": PGPORT},
             "stalled": {"host": "127.0.0.1", "port": silent.port, "dbname": "pgring_test"},
         }
-        config = ops_config(pool_mode="transaction", pool_size=2, databases=databases,
+        config = pool_config(pool_mode="transaction", pool_size=2, databases=databases,
                             timeouts={"server_connect": "1s", "server_login_retry": "1s"})
-        with OpsPgring(config) as p:
+        with Pgring(config) as p:
             started = time.monotonic()
             e = login_error(p.port, db="stalled", timeout=30)
             elapsed = time.monotonic() - started
@@ -291,8 +290,8 @@ def test_server_connect_timeout():
 def test_server_idle_timeout():
     monitor = monitor_connect()
     wait_no_backends(monitor, "app")
-    config = ops_config(pool_mode="transaction", pool_size=3, timeouts={"server_idle": "1s"})
-    with OpsPgring(config) as p:
+    config = pool_config(pool_mode="transaction", pool_size=3, timeouts={"server_idle": "1s"})
+    with Pgring(config) as p:
         clients = [connect(p.port, db="app") for _ in range(3)]
         # Three transactions at once: three server connections.
         for c in clients:
@@ -319,9 +318,9 @@ def test_server_idle_timeout():
 def test_server_lifetime():
     monitor = monitor_connect()
     wait_no_backends(monitor, "app")
-    config = ops_config(pool_mode="transaction", pool_size=1,
+    config = pool_config(pool_mode="transaction", pool_size=1,
                         timeouts={"server_lifetime": "2s", "server_idle": "60s"})
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         c = connect(p.port, db="app")
         first = query_one(c, "SELECT pg_backend_pid()")
         # A transaction longer than the lifetime keeps its server to the end.
@@ -357,7 +356,7 @@ def test_per_database_and_per_user_timeouts():
     setup = direct_connect()
     query(setup, "DROP ROLE IF EXISTS pgring_patient")
     query(setup, "CREATE ROLE pgring_patient LOGIN")
-    config = ops_config(pool_mode="transaction", pool_size=2, timeouts={"query_wait": "30s"},
+    config = pool_config(pool_mode="transaction", pool_size=2, timeouts={"query_wait": "30s"},
                         databases={
                             "pgring_test": {"host": PGHOST, "port": PGPORT,
                                             "timeouts": {"query": "500ms"}},
@@ -366,7 +365,7 @@ def test_per_database_and_per_user_timeouts():
                         })
     config["users"] = {"postgres": {}, "pgring_patient": {"timeouts": {"query": 0}}}
     try:
-        with OpsPgring(config) as p:
+        with Pgring(config) as p:
             limited = connect(p.port)
             started = time.monotonic()
             expect_error(lambda: query(limited, "SELECT pg_sleep(10)"), "57014")

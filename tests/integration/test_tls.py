@@ -4,7 +4,6 @@ client certificates, certificate reload on SIGHUP, SCRAM-SHA-256-PLUS channel bi
 servers (tls.server.mode prefer/require/verify-ca/verify-full against the test PostgreSQL, which
 scripts/pg-throwaway.sh starts with ssl = on and a throwaway CA in $PGDATA/tls)."""
 
-import base64
 import hashlib
 import os
 import shutil
@@ -15,10 +14,10 @@ import subprocess
 import tempfile
 import threading
 
-from fault_helpers import Relay
-from harness import (PGDATA, PGHOST, PGPORT, SOURCE_DIR, ConnectionClosed, PgError, Pgring, RawConn,
-                     _Scram, check, check_eq, connect, fail, login, login_error, message, psql,
-                     psql_ok, query, query_one, run_tests, skip_test, startup_packet)
+from lib import (ConnectionClosed, PGDATA, PGHOST, PGPORT, PGRING_BIN, PgError, Pgring, RawConn,
+                Relay, SOURCE_DIR, Scram, check, check_eq, connect, fail, find_pg_tool,
+                login_error, message, parse_fields, psql, psql_ok, query, query_one, run_tests,
+                skip_test, startup_packet)
 
 AUTH_OK, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 5, 10, 11, 12
 CERTS = tempfile.mkdtemp(prefix="pgring-tls-")
@@ -160,7 +159,6 @@ def test_min_version_and_ciphers():
 
 
 def p_bin():
-    from harness import PGRING_BIN
     return PGRING_BIN
 
 
@@ -339,14 +337,13 @@ def test_scram_channel_binding():
 
 def scram_login(conn, mechanism, gs2, cbind=b""):
     """Finish a SCRAM exchange after the SASL offer; "ok" or the PgError."""
-    scram = _Scram("secret", gs2=gs2, cbind=cbind)
+    scram = Scram("secret", gs2=gs2, cbind=cbind)
     first = scram.client_first().encode()
     conn.send(message(b"p", mechanism.encode() + b"\0" + struct.pack("!I", len(first)) + first))
     try:
         while True:
             kind, body = conn.read_message()
             if kind == b"E":
-                from harness import parse_fields
                 return PgError(parse_fields(body))
             if kind == b"R":
                 code = struct.unpack("!I", body[:4])[0]
@@ -385,7 +382,6 @@ def test_drivers_over_tls():
         total = asyncio.run(work())
         check_eq(total, sum(2 * (r + i) for r in range(50) for i in range(4)))
         env = dict(os.environ, PGSSLMODE="require", PGPASSWORD="secret")
-        from harness import find_pg_tool
         r = subprocess.run([find_pg_tool("pgbench"), "-h", "127.0.0.1", "-p", str(p.port), "-U", "app", "-n",
                             "-c", "4", "-t", "100", "-M", "prepared", "-f", "/dev/stdin", "app"],
                            input="SELECT 1;\n", capture_output=True, text=True, env=env, timeout=120)

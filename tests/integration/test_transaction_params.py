@@ -9,10 +9,9 @@ PostgreSQL).
 With pool_size 1 both clients provably share one backend (checked with pg_backend_pid); with
 pool_size 2 their transactions are interleaved so that each runs on both backends."""
 
-from harness import (Pgring, bind_message, check, check_eq, connect, execute_message,
-                     expect_error, login, monitor_connect, parse_message, pool_config, query,
-                     query_one, read_until_ready, run_tests, SYNC_MESSAGE, error_fields_in,
-                     data_row_values)
+from lib import (Pgring, SYNC_MESSAGE, bind_message, check, check_eq, connect, data_row_values,
+                error_fields_in, execute_message, expect_error, login, monitor_connect,
+                parse_message, pool_config, query, query_one, read_until_ready, run_tests)
 
 DB, USER = "app", "app"
 TOKYO = "Asia/Tokyo"

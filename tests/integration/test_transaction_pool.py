@@ -14,14 +14,12 @@ import subprocess
 import threading
 import time
 
-from harness import (LIBPQ_CLIENT, SYNC_MESSAGE, FLUSH_MESSAGE, Background, BackendSampler,
-                     Pgring, bind_message, check, check_eq, close_message, connect,
-                     describe_message,
-                     data_row_values, error_fields_in, execute_message, expect_error, fail, log,
-                     login, message, monitor_connect, parse_message, pool_config, query,
-                     query_one, read_messages_until, read_until_ready, run_clients, run_tests, skip_test,
-                     wait_no_backends,
-                     wait_until)
+from lib import (BackendSampler, Background, FLUSH_MESSAGE, LIBPQ_CLIENT, Pgring, SYNC_MESSAGE,
+                bind_message, check, check_eq, close_message, connect, data_row_values,
+                describe_message, error_fields_in, execute_message, expect_error, fail,
+                idle_in_transaction, log, login, message, monitor_connect, parse_message,
+                pool_config, pool_count, pool_row, query, query_one, read_messages_until,
+                read_until_ready, run_clients, run_tests, skip_test, wait_no_backends, wait_until)
 
 DB, USER = "app", "app"
 
@@ -42,6 +40,13 @@ def one_shot(p, sql):
         return query_one(conn, sql)
     finally:
         conn.close()
+
+
+def wait_queued(p, count=1, what="a client queued for a server"):
+    """Wait until SHOW POOLS counts `count` clients of the app pool waiting for a server."""
+    wait_until(lambda: pool_count(p.port, DB, "cl_waiting", user=USER) == count, 15,
+               what=f"{what} (SHOW POOLS cl_waiting {count})",
+               describe=lambda: pool_row(p.port, DB, user=USER))
 
 
 def fresh_table(name, columns):
@@ -192,7 +197,7 @@ def test_simple_query_forms():
         rows = r.simple_query("BEGIN; SELECT pg_backend_pid()")
         pid = rows[0][0]
         waiting = Background(lambda: one_shot(p, "SELECT 'other done'"))
-        time.sleep(0.5)
+        wait_queued(p, what="the other client waiting for the only server")
         check(not waiting.done(), "another client ran while a transaction held the only server")
         check_eq(r.simple_query("SELECT pg_backend_pid(); COMMIT"), [[pid]],
                  "backend after BEGIN in an earlier Query")
@@ -284,7 +289,7 @@ def test_flush_and_suspended_portal_keep_the_server():
         kinds = [k for k, _ in msgs]
         check_eq(kinds, [b"1", b"2", b"D", b"D", b"D", b"s"], "messages up to PortalSuspended")
         waiting = Background(lambda: one_shot(p, "SELECT 'other done'"))
-        time.sleep(0.5)
+        wait_queued(p, what="the other client waiting while the portal is suspended")
         check(not waiting.done(), "another client ran while a portal was suspended on the only "
                                   "server (the link was released before the Sync)")
         r.send(execute_message(max_rows=0) + SYNC_MESSAGE)
@@ -304,6 +309,7 @@ def test_flush_and_suspended_portal_keep_the_server():
         check_eq([k for k, _ in msgs], [b"1", b"2", b"D", b"D", b"D", b"s", b"Z"], "first batch")
         check_eq(status, "T", "status inside the transaction")
         other = Background(lambda: one_shot(p, "SELECT 'second other'"))
+        wait_queued(p, what="the other client waiting while the transaction holds the server")
         got = [data_row_values(b)[0] for k, b in msgs if k == b"D"]
         for _ in range(3):
             time.sleep(0.1)
@@ -549,9 +555,8 @@ def test_disconnect_mid_transaction():
             wait_until(next_client_works, 20, interval=0.3, what="a working next client")
             check_eq(query(setup, "SELECT id FROM pgring_tx_disc ORDER BY id"), [(100,)],
                      "committed rows")
-            check_eq(query_one(setup, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                      "'app' AND state LIKE 'idle in transaction%'"),
-                     0, "server connections left idle in transaction")
+            check_eq(idle_in_transaction(setup, DB), [],
+                     "server connections left idle in transaction")
     finally:
         query(setup, "DROP TABLE IF EXISTS pgring_tx_disc")
         setup.close()

@@ -10,17 +10,15 @@ import os
 import threading
 import time
 
-import psycopg2
-
-from harness import (PGHOST, PGPORT, Background, check, check_eq, connect, direct_connect,
-                     expect_error, free_port, log, query, query_one, run_tests, wait_until)
-from ops_helpers import (OpsPgring, admin_ok, admin_rows, metric_sum, ops_config, scrape)
+from lib import (Background, PGHOST, PGPORT, Pgring, admin_ok, admin_rows, backends, check,
+                check_eq, connect, direct_connect, expect_error, free_port, log, metric_sum,
+                monitor_connect, pool_config, query, query_one, run_tests, scrape, wait_until)
 
 ROLE = "pgring_workers"  # pgring logs in to PostgreSQL as this role: its backends are ours
 
 
 def workers_config(workers, pool_size, metrics_port=None, timeouts=None, **defaults):
-    config = ops_config(pool_mode="transaction", pool_size=pool_size, metrics_port=metrics_port,
+    config = pool_config(pool_mode="transaction", pool_size=pool_size, metrics_port=metrics_port,
                         timeouts=timeouts,
                         databases={"pgring_test": {"host": PGHOST, "port": PGPORT, "user": ROLE}},
                         **defaults)
@@ -29,7 +27,7 @@ def workers_config(workers, pool_size, metrics_port=None, timeouts=None, **defau
 
 
 def our_backends(monitor):
-    return query_one(monitor, "SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (ROLE,))
+    return len(backends(monitor, usename=ROLE, include_monitors=True))
 
 
 class Sampler:
@@ -94,7 +92,7 @@ def run_clients(port, n, seconds, sql="SELECT pg_sleep(0.005)"):
 def test_pool_size_is_global_with_64_clients():
     setup_role()
     mport = free_port()
-    with OpsPgring(workers_config(2, 4, metrics_port=mport)) as p:
+    with Pgring(workers_config(2, 4, metrics_port=mport)) as p:
         sampler = Sampler()
         try:
             # Hold the clients open while the admin console looks at them.
@@ -121,7 +119,7 @@ def test_clients_on_every_reactor_and_handoff():
     waiting (the idle server is closed there and opened here), so every client progresses."""
     setup_role()
     mport = free_port()
-    with OpsPgring(workers_config(2, 1, metrics_port=mport)) as p:
+    with Pgring(workers_config(2, 1, metrics_port=mport)) as p:
         # Enough connections that both reactors get some (SO_REUSEPORT hashes the ports).
         held = [connect(p.port) for _ in range(12)]
         workers = {r["worker"] for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
@@ -176,7 +174,7 @@ def test_idle_server_within_its_share_still_moves():
     fair share of 1), and reactor 0's client A needs a server. Reactor 1 must give up the server
     its clients are not using (within milliseconds, not after query_wait)."""
     setup_role()
-    with OpsPgring(workers_config(2, 2, timeouts={"query_wait": "20s"})) as p:
+    with Pgring(workers_config(2, 2, timeouts={"query_wait": "20s"})) as p:
         conns = [connect(p.port) for _ in range(10)]
         worker_of = {r["addr"].rsplit(":", 1)[1]: r["worker"]
                      for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
@@ -203,7 +201,7 @@ def test_idle_server_within_its_share_still_moves():
 
 def test_cancel_reaches_the_right_reactor():
     setup_role()
-    with OpsPgring(workers_config(2, 16)) as p:
+    with Pgring(workers_config(2, 16)) as p:
         conns = [connect(p.port) for _ in range(16)]
         workers = {r["worker"] for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
         check_eq(sorted(workers), ["0", "1"], "reactors holding clients")
@@ -211,7 +209,11 @@ def test_cancel_reaches_the_right_reactor():
         # picks) must end exactly that sleep.
         sleepers = [Background(lambda c=c: expect_error(lambda: query(c, "SELECT pg_sleep(30)"),
                                                         "57014")) for c in conns]
-        time.sleep(0.5)
+        monitor = monitor_connect()
+        wait_until(lambda: len(backends(monitor, usename=ROLE, state="active",
+                                        query_like="SELECT pg_sleep(30)")) == 16, 15,
+                   what="the 16 sleeps to run on the servers")
+        monitor.close()
         started = time.monotonic()
         for c in conns:
             c.cancel()
@@ -229,7 +231,7 @@ def test_admin_metrics_and_reload_cover_every_reactor():
     setup_role()
     mport = free_port()
     config = workers_config(2, 2, metrics_port=mport)
-    with OpsPgring(config) as p:
+    with Pgring(config) as p:
         held = [connect(p.port) for _ in range(10)]
         for c in held:
             query_one(c, "SELECT 1")
@@ -242,7 +244,9 @@ def test_admin_metrics_and_reload_cover_every_reactor():
         config["defaults"]["pool_size"] = 3
         p.write_config(config)
         admin_ok(p.port, "RELOAD")
-        time.sleep(0.3)
+        wait_until(lambda: all(r["pool_size"] == "3" for r in admin_rows(p.port, "SHOW POOLS")
+                               if r["database"] == "pgring_test"), 10,
+                   what="SHOW POOLS pool_size 3 after RELOAD")
         sampler = Sampler()
         results = run_clients(p.port, 24, 3, "SELECT pg_sleep(0.02)")
         peak = sampler.finish()

@@ -15,7 +15,7 @@ recorded and ignored (a server too stuck to cancel).
         fake.stalled  -> how many connections are stalled right now
         fake.closed   -> how many server sessions ended (pgring closed or terminated them)
 
-Run as a program (python3 fake_server.py PORT) it serves until killed."""
+Run as a program (python3 tests/integration/lib/fake_server.py PORT) it serves until killed."""
 
 import socket
 import struct

@@ -1,80 +1,34 @@
-"""Helpers shared by the reliability tests (test_faults, test_soak, test_flow_control,
-test_flood): pgring's file descriptors and memory from /proc, stopping and starting the test
-PostgreSQL, and "is the pool healthy" checks that compare pgring's SHOW SERVERS with
-pg_stat_activity."""
+"""Faults and the reliability tests (test_faults, test_soak, test_flow_control, test_flood):
+stopping and starting the test PostgreSQL, a Relay that forwards connections to it, a
+SilentListener that accepts and never answers, and the "is the pool healthy" check that
+compares pgring's SHOW SERVERS with pg_stat_activity."""
 
 import os
 import socket
 import struct
 import subprocess
 import threading
-import time
 
-from harness import (MONITOR_APP, PGDATA, PGHOST, PGPORT, SSL_REQUEST_CODE, as_postgres_cmd, check, connect, fail,
-                     find_pg_tool, log, pg_isready, query, query_one, wait_until)
-from ops_helpers import admin_rows
+from .backends import backends
+from .checks import check, fail, log, wait_until
+from .clients import connect, query_one
+from .env import PGDATA, PGHOST, PGPORT, as_postgres_cmd, find_pg_tool
+from .ops import pgring_servers, pool_rows
+from .wire import SSL_REQUEST_CODE
 
-# ---------------------------------------------------------------------------------------------
-# The pgring process, from /proc
-
-
-def fd_count(pid):
-    """Open file descriptors of process `pid`."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid):
-    """Resident set size (VmRSS) of process `pid` in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    fail(f"no VmRSS in /proc/{pid}/status")
-
-
-def check_running(p, when=""):
-    """Fail clearly if the pgring process is gone (crashed, or stopped by someone else)."""
-    if p.alive():
-        return
-    lines = p.log().strip().splitlines()[-4:]
-    note = ""
-    if p.exit_code is None and any("SIGTERM" in ln or "SIGINT" in ln for ln in lines):
-        note = ": it got a signal this test did not send (something outside the test stopped it)"
-    fail(f"pgring (pid {p.pid()}) is no longer running{when}, exit status "
-         f"{p.proc.returncode}{note}; its log ends with {lines}")
-
-
-def wait_fds_at_most(pid, limit, timeout=15, what="pgring's open files"):
-    """Wait until the process has at most `limit` open fds; return the count."""
-    last = [None]
-
-    def ok():
-        last[0] = fd_count(pid)
-        return last[0] <= limit
-
-    try:
-        wait_until(ok, timeout, interval=0.2, what=what)
-    except AssertionError:
-        fail(f"{what}: {last[0]} open fds after {timeout}s, expected at most {limit}: "
-             f"{describe_fds(pid)}")
-    return last[0]
-
-
-def describe_fds(pid):
-    """A short summary of what the fds of `pid` are (socket/pipe/anon_inode/file counts)."""
-    kinds = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        kind = target.split(":", 1)[0] if ":" in target else "file"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return kinds
+__all__ = ["pg_isready", "pg_ctl", "pg_stop_immediate", "pg_start", "ensure_postgres_running",
+           "have_pgdata", "check_pool_healthy", "Relay", "SilentListener"]
 
 
 # ---------------------------------------------------------------------------------------------
 # The test PostgreSQL (the fixture's data directory: PGRING_TEST_PGDATA)
+
+def pg_isready(host=PGHOST, port=PGPORT):
+    """Whether PostgreSQL accepts connections (pg_isready)."""
+    r = subprocess.run([find_pg_tool("pg_isready"), "-q", "-h", host, "-p", str(port)],
+                       stdin=subprocess.DEVNULL, capture_output=True)
+    return r.returncode == 0
+
 
 def pg_ctl(*args, timeout=90):
     cmd = as_postgres_cmd([find_pg_tool("pg_ctl"), *args, "-D", PGDATA])
@@ -111,29 +65,7 @@ def have_pgdata():
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends on the test PostgreSQL and pgring's view of them
-
-def backends(monitor, datname, usename=None):
-    """[(pid, state, query)] of the client backends of `datname` (and `usename`), not counting
-    monitor_connect() connections."""
-    sql = ("SELECT pid, coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
-           "WHERE backend_type = 'client backend' AND datname = %s "
-           "AND pid <> pg_backend_pid() AND application_name IS DISTINCT FROM %s")
-    params = [datname, MONITOR_APP]
-    if usename is not None:
-        sql += " AND usename = %s"
-        params.append(usename)
-    return [tuple(r) for r in query(monitor, sql + " ORDER BY pid", params)]
-
-
-def pgring_servers(port, database):
-    """SHOW SERVERS rows of pgring for `database` (the name clients use)."""
-    return [r for r in admin_rows(port, "SHOW SERVERS") if r["database"] == database]
-
-
-def pool_rows(port, database):
-    return [r for r in admin_rows(port, "SHOW POOLS") if r["database"] == database]
-
+# pgring's pools against PostgreSQL's backends
 
 def check_pool_healthy(p, monitor, database, user, pool_size, dbname=None, timeout=20,
                        what="the pool"):
@@ -144,7 +76,7 @@ def check_pool_healthy(p, monitor, database, user, pool_size, dbname=None, timeo
     waiting or active clients and no server logging in, active or being reset. Call it when
     every other client of the pool is gone. Returns the backend pids."""
     dbname = dbname or database
-    check_running(p, f" when checking {what}")
+    p.check_running(f" when checking {what}")
     fresh = connect(p.port, db=database, user=user, connect_timeout=30)
     try:
         check(query_one(fresh, "SELECT 41 + 1") == 42, f"{what}: a fresh client's query")
@@ -158,10 +90,11 @@ def check_pool_healthy(p, monitor, database, user, pool_size, dbname=None, timeo
         pools = pool_rows(p.port, database)
         rows = backends(monitor, dbname, user)
         state.update(servers=[(s["id"], s["state"], s["backend_pid"]) for s in servers],
-                     pools=pools, backends=rows)
+                     pools=pools, backends=[(b.pid, b.state, b.query) for b in rows],
+                     pids={b.pid for b in rows})
         pgring_pids = {int(s["backend_pid"]) for s in servers}
-        pg_pids = {pid for pid, _, _ in rows}
-        busy = [r for r in rows if r[1] != "idle"]
+        pg_pids = {b.pid for b in rows}
+        busy = [b for b in rows if b.state != "idle"]
         pool_busy = [r for r in pools if any(int(r[k]) != 0 for k in (
             "cl_waiting", "cl_active", "sv_active", "sv_login", "sv_resetting"))]
         return (pgring_pids == pg_pids and len(pg_pids) <= pool_size and not busy
@@ -173,28 +106,11 @@ def check_pool_healthy(p, monitor, database, user, pool_size, dbname=None, timeo
         fail(f"{what} is not healthy after {timeout}s: pgring servers {state.get('servers')}, "
              f"PostgreSQL backends {state.get('backends')}, pools {state.get('pools')} "
              f"(pool_size {pool_size})")
-    return {pid for pid, _, _ in state["backends"]}
+    return state["pids"]
 
 
-def wait_backend_gone(monitor, pid, timeout=15):
-    wait_until(lambda: query_one(monitor, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
-                                 (pid,)) == 0, timeout, what=f"backend {pid} to exit")
-
-
-class Stopwatch:
-    def __init__(self):
-        self.started = time.monotonic()
-
-    def elapsed(self):
-        return time.monotonic() - self.started
-
-
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
+# ---------------------------------------------------------------------------------------------
+# Stand-ins for a server
 
 class Relay:
     """Forwards every connection accepted on `listener` to PostgreSQL. With refuse_tls, a
@@ -249,3 +165,25 @@ class Relay:
 
     def close(self):
         self.listener.close()
+
+
+# A TCP listener that accepts connections (the kernel completes the handshake) but never
+# answers: a PostgreSQL that hangs during connect/login.
+
+class SilentListener:
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
