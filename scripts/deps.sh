@@ -6,7 +6,7 @@ set -euo pipefail
 
 PACKAGES=(
   # build
-  build-essential cmake pkg-config g++ clang
+  build-essential cmake pkg-config g++ clang clang-format
   liburing-dev libyaml-cpp-dev libcli11-dev doctest-dev libsystemd-dev libfmt-dev libssl-dev
   libpq-dev            # the libpq integration-test client
   libclang-rt-14-dev   # libFuzzer and sanitizer runtimes for clang

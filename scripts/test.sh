@@ -2,6 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run):
 #
 #   1. scripts/deps.sh                    install missing Debian packages
+#   1b. format                            clang-format --dry-run --Werror over every C/C++ source
 #   2. release build (build/)             unit + integration tests with ctest
 #   3. sanitizer build (build-asan/)      the same tests under ASan + UBSan
 #   3b. thread sanitizer (build-tsan/)    the tests labelled "workers" under TSan
@@ -157,6 +158,15 @@ if ! step "deps" "$ROOT/scripts/deps.sh"; then
   echo "test: installing dependencies failed; nothing else can run" >&2
   exit 1
 fi
+
+# Every C and C++ source of the repository is formatted by .clang-format (clang-format 14).
+format_check() {
+  local files
+  mapfile -t files < <(git -C "$ROOT" ls-files --cached --others --exclude-standard '*.cpp' '*.hpp' '*.c' '*.h')
+  ((${#files[@]} > 0)) || return 0
+  (cd "$ROOT" && clang-format --dry-run --Werror "${files[@]}")
+}
+step "format" format_check || true
 
 for mode in release asan tsan; do
   dir=build
