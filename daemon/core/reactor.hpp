@@ -102,6 +102,9 @@ class Reactor {
   void set_state(Server& server, ServerState state);
   // A waiting client was linked: its input is forwarded by forward_linked() this loop turn.
   void forward_later(Client& client) { linked_.push_back(&client); }
+  // Forwards what those clients queued (run_once does, after the completions and the sweep;
+  // the handler tests and fuzz_handlers call it after each step).
+  void forward_linked();
   // The one way out of a connection. `message` is appended to the client-facing error text.
   void close(Client& client, Reason reason, std::string_view message = {});
   void close(Server& server, Reason reason, std::string_view message = {});
@@ -194,7 +197,6 @@ class Reactor {
   void submit();
   void wait_for_completions();
   void run_completions();
-  void forward_linked();
   void free_closed();
   io_uring_sqe* get_sqe();
   void arm_accept(Listener& listener);

@@ -162,10 +162,10 @@ void Stream::forward(std::size_t n, Stream& to) {
   consume(n);
 }
 
-void Stream::receive_tls(std::string_view ciphertext) {
-  if (tls_failed_) return;
-  // All TLS input is owned: at most one segment, over owned_input_. Move what is left of it to
-  // the front before appending, so a connection that keeps a partial message stays small.
+template <typename Append>
+void Stream::append_owned_input(Append&& append) {
+  // Owned input only: at most one segment, over owned_input_. Move what is left of it to the
+  // front before appending, so a connection that keeps a partial message stays small.
   if (input_.empty()) {
     owned_input_.clear();
   } else if (input_.front().begin > 0) {
@@ -175,12 +175,24 @@ void Stream::receive_tls(std::string_view ciphertext) {
     s.begin = 0;
   }
   std::size_t before = owned_input_.size();
-  if (!tls_->receive(ciphertext, owned_input_)) tls_failed_ = true;
+  append(owned_input_);
   std::size_t added = owned_input_.size() - before;
   if (added == 0) return;
   if (input_.empty()) input_.push_back(Segment{kOwnedInput, 0, 0});
   input_.front().end = static_cast<std::uint32_t>(owned_input_.size());
   input_bytes_ += added;
+}
+
+void Stream::receive_tls(std::string_view ciphertext) {
+  if (tls_failed_) return;
+  append_owned_input([&](std::string& input) {
+    if (!tls_->receive(ciphertext, input)) tls_failed_ = true;
+  });
+}
+
+void Stream::receive_bytes(std::string_view bytes) {
+  if (input_in_ring()) detach_input();  // keep the input one owned segment
+  append_owned_input([&](std::string& input) { input.append(bytes); });
 }
 
 void Stream::take_queue(std::string& out) {

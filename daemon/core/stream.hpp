@@ -108,6 +108,9 @@ class Stream {
 
   // ---- input ----
   void on_received(std::uint16_t bid, std::uint32_t length);
+  // Bytes that arrived some other way (no ring buffer): copied into owned input. The TLS path
+  // appends decrypted bytes here; the handler tests feed their byte scripts through it.
+  void receive_bytes(std::string_view bytes);
   [[nodiscard]] std::size_t input_size() const { return input_bytes_; }
   // Copies the first n bytes (n <= input_size()) to out; for message headers.
   void peek(char* out, std::size_t n) const;
@@ -145,6 +148,13 @@ class Stream {
     return true;
   }
   void emit_bytes(std::string_view bytes);
+  // Everything queued for sending, taken out of the queue (the handler tests read what a
+  // handler sent this way; the reactor sends with prepare_send instead).
+  [[nodiscard]] std::string take_output() {
+    std::string out;
+    take_queue(out);
+    return out;
+  }
   [[nodiscard]] bool has_output() const;
   [[nodiscard]] bool send_in_flight() const { return send_in_flight_; }
   // Bytes and pinned ring buffers waiting to be sent: for flow control.
@@ -191,6 +201,8 @@ class Stream {
   }
   void push_owned(std::size_t offset, std::size_t length);
   void receive_tls(std::string_view ciphertext);
+  template <typename Append>
+  void append_owned_input(Append&& append);
   // Appends every queued byte to `out` and empties the queue (the slices' buffers released).
   void take_queue(std::string& out);
   void encrypt_queue();

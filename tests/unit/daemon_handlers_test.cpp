@@ -1,0 +1,313 @@
+// The client and server handlers (daemon/conn/) driven by byte scripts, with no sockets: a real
+// Reactor (its ring is never waited on), a pool, one logged-in client and one idle server
+// connection whose streams are fed with Stream::receive_bytes and read with take_output. Each
+// case checks what reached the other side byte for byte, and when the link ends.
+
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "daemon/conn/client.hpp"
+#include "daemon/conn/server.hpp"
+#include "daemon/core/reactor.hpp"
+#include "daemon/net/tls.hpp"
+#include "daemon/pool/pool.hpp"
+#include "proto/builders.hpp"
+#include "proto/bytes.hpp"
+
+using namespace pgring;
+namespace build = pgring::proto::build;
+
+namespace {
+
+constexpr std::string_view kConfig = R"(
+listen: ["127.0.0.1:1"]
+workers: 1
+auth: {method: trust}
+databases:
+  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 1}
+)";
+
+// One message of `type` with `body`.
+std::string message(char type, std::string_view body = {}) {
+  std::string out;
+  proto::Writer w(out);
+  w.begin(type).bytes(body).end();
+  return out;
+}
+std::string cstr(std::string_view s) {
+  return std::string(s) + '\0';
+}
+std::string i16(int v) {
+  return {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
+}
+std::string i32(std::int32_t v) {
+  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+          static_cast<char>(v)};
+}
+
+// Frontend messages as drivers send them.
+std::string query(std::string_view sql) {
+  return message('Q', cstr(sql));
+}
+std::string parse(std::string_view name, std::string_view sql) {
+  return message('P', cstr(name) + cstr(sql) + i16(0));
+}
+std::string bind(std::string_view statement) {
+  return message('B', cstr("") + cstr(statement) + i16(0) + i16(0) + i16(0));
+}
+std::string describe_portal() {
+  return message('D', "P" + cstr(""));
+}
+std::string execute() {
+  return message('E', cstr("") + i32(0));
+}
+std::string sync_message() {
+  return message('S');
+}
+std::string flush() {
+  return message('H');
+}
+
+// Backend replies as PostgreSQL 15 sends them.
+std::string ready(char status) {
+  std::string out;
+  REQUIRE(build::ready_for_query(out, status));
+  return out;
+}
+std::string complete(std::string_view tag) {
+  std::string out;
+  REQUIRE(build::command_complete(out, tag));
+  return out;
+}
+std::string error(std::string_view sqlstate, std::string_view text) {
+  std::string out;
+  REQUIRE(build::error_response(out, "ERROR", sqlstate, text));
+  return out;
+}
+std::string one_row() {
+  std::string out;
+  REQUIRE(build::row_description(out, {"?column?"}));
+  REQUIRE(build::data_row(out, {"1"}));
+  return out;
+}
+const std::string kParseComplete = message('1');
+const std::string kBindComplete = message('2');
+
+// A reactor with one pool, one logged-in client and one idle, logged-in server connection.
+// The reactor owns both (its destructor frees what is on its lists).
+struct Linkable {
+  Shared shared{1};
+  std::shared_ptr<const config::Config> config =
+      std::make_shared<const config::Config>(config::parse_config(kConfig));
+  Reactor reactor{shared, 0, config, std::make_shared<const TlsContexts>(), ""};
+  Pool& pool = reactor.pool_for(*config->find_database("app"), nullptr, "app");
+  Server& server = *new Server(reactor, pool, reactor.next_id());
+  Client& client = *new Client(reactor, reactor.next_id(), -1, "test");
+
+  Linkable() {
+    reactor.set_state(server, ServerState::idle);
+    client.pool_ = &pool;
+    client.welcomed_ = true;  // logged in: its ParameterStatus and ReadyForQuery went out
+    reactor.set_state(client, ClientState::idle);
+  }
+  void client_sends(std::string_view bytes) {
+    client.stream_.receive_bytes(bytes);
+    client.on_input();
+  }
+  void server_sends(std::string_view bytes) {
+    server.stream_.receive_bytes(bytes);
+    server.on_input();
+  }
+  // Bytes fed one at a time, a handler call after each: framing must never depend on how the
+  // kernel split them.
+  void client_trickles(std::string_view bytes) {
+    for (char c : bytes) client_sends(std::string_view(&c, 1));
+  }
+  void server_trickles(std::string_view bytes) {
+    for (char c : bytes) server_sends(std::string_view(&c, 1));
+  }
+  std::string server_got() { return server.stream_.take_output(); }
+  std::string client_got() { return client.stream_.take_output(); }
+  [[nodiscard]] bool linked() const {
+    return client.server_ == &server && server.client_ == &client;
+  }
+  [[nodiscard]] bool released() const {
+    return client.state_ == ClientState::idle && server.state_ == ServerState::idle &&
+           client.server_ == nullptr && server.client_ == nullptr && server.requests_.idle();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a simple Query reaches the server unchanged; the link ends at ReadyForQuery 'I'") {
+  const std::string reply = one_row() + complete("SELECT 1") + ready('I');
+  for (bool trickle_query : {false, true}) {
+    for (bool trickle_reply : {false, true}) {
+      CAPTURE(trickle_query);
+      CAPTURE(trickle_reply);
+      Linkable h;
+      if (trickle_query)
+        h.client_trickles(query("SELECT 1"));
+      else
+        h.client_sends(query("SELECT 1"));
+      CHECK(h.linked());
+      CHECK(h.client.state_ == ClientState::active);
+      CHECK(h.server_got() == query("SELECT 1"));
+      CHECK(h.server.requests_in_flight() == 1);
+      if (trickle_reply)
+        h.server_trickles(reply);
+      else
+        h.server_sends(reply);
+      CHECK(h.client_got() == reply);
+      CHECK(h.released());
+    }
+  }
+}
+
+TEST_CASE("two pipelined Queries: released only after the second ReadyForQuery") {
+  Linkable h;
+  h.client_sends(query("SELECT 1") + query("SELECT 2"));
+  CHECK(h.server_got() == query("SELECT 1") + query("SELECT 2"));
+  h.server_sends(one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(h.linked());  // the second Query is still in flight
+  h.server_sends(one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(h.released());
+}
+
+TEST_CASE("a transaction keeps its server until it ends") {
+  Linkable h;
+  h.client_sends(query("BEGIN"));
+  h.server_sends(complete("BEGIN") + ready('T'));
+  CHECK(h.linked());
+  CHECK(h.client_got() == complete("BEGIN") + ready('T'));
+  h.client_sends(query("COMMIT"));
+  CHECK(h.server_got() == query("BEGIN") + query("COMMIT"));
+  h.server_sends(complete("COMMIT") + ready('I'));
+  CHECK(h.released());
+}
+
+TEST_CASE("an extended batch with the unnamed statement passes through as sent") {
+  Linkable h;
+  const std::string batch =
+      parse("", "SELECT $1") + bind("") + describe_portal() + execute() + sync_message();
+  h.client_sends(batch);
+  CHECK(h.server_got() == batch);
+  CHECK(h.server.requests_in_flight() == 5);  // Parse, Bind, Describe, Execute, Sync
+  const std::string reply =
+      kParseComplete + kBindComplete + one_row() + complete("SELECT 1") + ready('I');
+  h.server_sends(reply);
+  CHECK(h.client_got() == reply);
+  CHECK(h.released());
+}
+
+TEST_CASE("Flush without Sync keeps the link; the Sync ends it") {
+  Linkable h;
+  h.client_sends(parse("", "SELECT 1") + bind("") + execute() + flush());
+  h.server_sends(kParseComplete + kBindComplete + one_row() + complete("SELECT 1"));
+  CHECK(h.linked());
+  CHECK(h.server.requests_.unsynced_);
+  h.client_sends(sync_message());
+  h.server_sends(ready('I'));
+  CHECK(h.released());
+}
+
+TEST_CASE("an error in the extended protocol: the server skips to Sync, so does the queue") {
+  Linkable h;
+  h.client_sends(parse("", "SELECT nope") + bind("") + execute() + sync_message());
+  const std::string reply = error("42703", "column \"nope\" does not exist") + ready('I');
+  h.server_sends(reply);
+  CHECK(h.client_got() == reply);
+  CHECK(h.released());
+}
+
+TEST_CASE("the statement cache renames a named Parse and answers a repeated one itself") {
+  Linkable h;
+  h.client_sends(parse("s1", "SELECT 1") + sync_message());
+  std::string sent = h.server_got();
+  CHECK(sent.find("pgring_") != std::string::npos);  // renamed to the registry's name
+  CHECK(sent.find(cstr("s1")) == std::string::npos);
+  h.server_sends(kParseComplete + ready('I'));
+  CHECK(h.client_got() == kParseComplete + ready('I'));
+  CHECK(h.released());
+
+  // Another name for the same text: prepared on this server already, so pgring answers the
+  // Parse in its place and only the Sync travels.
+  h.client_sends(parse("s2", "SELECT 1") + sync_message());
+  CHECK(h.server_got() == sync_message());
+  CHECK(h.client_got() == kParseComplete);  // owed, sent at once: nothing before it
+  h.server_sends(ready('I'));
+  CHECK(h.client_got() == ready('I'));
+  CHECK(h.released());
+
+  // A Bind of a client's name is rewritten to the server's name.
+  h.client_sends(bind("s2") + execute() + sync_message());
+  std::string rewritten = h.server_got();
+  CHECK(rewritten.find(cstr("s2")) == std::string::npos);
+  CHECK(rewritten.find("pgring_") != std::string::npos);
+  h.server_sends(kBindComplete + one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(h.client_got() == kBindComplete + one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(h.released());
+
+  // The same name twice is PostgreSQL's 42P05, raised in its place; the batch is skipped to
+  // its Sync.
+  h.client_sends(parse("s1", "SELECT 2") + bind("s1") + execute() + sync_message());
+  std::string got = h.client_got();
+  CHECK(got.find("42P05") != std::string::npos);
+  CHECK(h.server_got() == sync_message());
+  h.server_sends(ready('I'));
+  CHECK(h.released());
+}
+
+TEST_CASE("a Bind of a statement the client never prepared is 26000, and nothing else runs") {
+  Linkable h;
+  h.client_sends(bind("missing") + execute() + sync_message());
+  CHECK(h.client_got().find("26000") != std::string::npos);
+  CHECK(h.server_got() == sync_message());
+  h.server_sends(ready('I'));
+  CHECK(h.released());
+}
+
+TEST_CASE("COPY FROM STDIN keeps the link until the copy's ReadyForQuery") {
+  Linkable h;
+  h.client_sends(query("COPY t FROM STDIN"));
+  h.server_sends(message('G', std::string("\0", 1) + i16(1) + i16(0)));  // CopyInResponse, text
+  CHECK(h.linked());
+  h.client_sends(message('d', "1\n") + message('d', "2\n") + message('c'));
+  h.server_sends(complete("COPY 2"));
+  CHECK(h.linked());
+  h.server_sends(ready('I'));
+  CHECK(h.released());
+  CHECK(h.server_got() ==
+        query("COPY t FROM STDIN") + message('d', "1\n") + message('d', "2\n") + message('c'));
+}
+
+TEST_CASE("Terminate is never forwarded: the client leaves, the server stays in the pool") {
+  Linkable h;
+  h.client_sends(message('X'));
+  CHECK(h.client.state_ == ClientState::closing);
+  CHECK(h.server.state_ == ServerState::idle);
+  CHECK(h.server_got().empty());
+}
+
+TEST_CASE("a lying length from the client is 08P01; from the server, the link is lost") {
+  {
+    INFO("a client's length");
+    Linkable h;
+    h.client_sends(std::string("Q\0\0\0\x02", 5));  // a length below 4
+    CHECK(h.client.state_ == ClientState::closing);
+    CHECK(h.client_got().find("08P01") != std::string::npos);
+    CHECK(h.server_got().empty());
+  }
+  {
+    INFO("a server's length");
+    Linkable h;
+    h.client_sends(query("SELECT 1"));
+    h.server_sends(std::string("T\0\0\0\x01", 5));
+    CHECK(h.server.state_ == ServerState::closing);
+    CHECK(h.client.state_ == ClientState::closing);  // its server is gone mid-query
+  }
+}
