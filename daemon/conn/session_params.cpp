@@ -132,9 +132,10 @@ void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>
   welcomed_ = true;
   bool ok = true;
   // The server's values, overlaid with what this client asked for.
-  for (const auto& [name, value] : base) {
+  for (const auto& entry : base) {
+    const std::string& name = entry.first;  // (clang 14 cannot capture a structured binding)
     const std::string* mine = find_value(params_, name);
-    const std::string& v = mine != nullptr ? *mine : value;
+    const std::string& v = mine != nullptr ? *mine : entry.second;
     ok &= stream_.emit(
         [&](std::string& out) { return proto::build::parameter_status(out, name, v); });
   }
