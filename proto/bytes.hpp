@@ -39,6 +39,7 @@ class Reader {
   // A NUL-terminated String; the view excludes the NUL.
   std::string_view cstring() {
     if (!ok_) return {};
+    if (pos_ == end_) return fail();  // no room for the NUL (and memchr wants a real pointer)
     const void* nul = std::memchr(pos_, '\0', remaining());
     if (nul == nullptr) return fail();
     std::string_view s(pos_, static_cast<const char*>(nul) - pos_);

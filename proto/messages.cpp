@@ -126,6 +126,7 @@ std::optional<ParseMessage> parse_parse(std::string_view body) {
   Reader r(body);
   ParseMessage p;
   p.name = r.cstring();
+  if (!r.ok()) return std::nullopt;
   p.tail = r.rest();
   Reader text(p.tail);
   p.query = text.cstring();
