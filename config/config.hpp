@@ -121,8 +121,8 @@ struct User {
 // A databases.<name> entry: where the server is and how pools for it behave.
 struct Database {
   std::string name;  // what clients put in `database`
-  std::string host =
-      "127.0.0.1";  // host name, address, or a unix socket directory (starts with '/')
+  // Host name, address, or a unix socket directory (starts with '/').
+  std::string host = "127.0.0.1";
   std::uint16_t port = 5432;
   std::string dbname;                   // server-side database name; default: name
   std::optional<std::string> user;      // log in to the server as this user instead of the client's

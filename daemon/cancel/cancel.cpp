@@ -61,6 +61,8 @@ void Reactor::cancel(std::int32_t pid, std::string_view secret) {
   }
   if (client.state_ != ClientState::active || client.server_ == nullptr)
     return;  // idle: nothing to cancel
+  // A request linked this turn goes out first: the cancel is for it.
+  if (client.stream_.input_size() > 0) forward_linked();
   Server& server = *client.server_;
   if (server.requests_in_flight() == 0 || server.restore_replies_pending_ > 0) return;
   start_cancel(server);

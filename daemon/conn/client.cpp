@@ -54,9 +54,11 @@ bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {
 
 void Client::refuse_frame(const proto::Frame& frame, std::uint32_t max_size) {
   if (frame.status == proto::FrameStatus::too_large) {
-    reactor_.close(
-        *this, Reason::message_too_large,
-        fmt::format("message of {} bytes is larger than the limit of {}", frame.size, max_size));
+    // Name the setting when it is the limit (authentication messages have a fixed one).
+    bool configured = max_size == reactor_.config().max_message_size;
+    reactor_.close(*this, Reason::message_too_large,
+                   fmt::format("message of {} bytes is larger than {} ({})", frame.size,
+                               configured ? "max_message_size" : "the limit", max_size));
   } else {
     reactor_.close(*this, Reason::protocol_violation, "invalid message length");
   }

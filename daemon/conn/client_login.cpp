@@ -381,8 +381,8 @@ void Client::handle_auth() {
         auto final_message = proto::scram::verify_client_final(
             auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
         stream_.consume(frame.size);
-        if (!final_message ||
-            auth_->mock) {  // a mock exchange fails, whatever came (by construction)
+        // A mock exchange fails, whatever came (by construction).
+        if (!final_message || auth_->mock) {
           reactor_.close(*this, Reason::auth_failed,
                          fmt::format("password authentication failed for user \"{}\"", user_name));
           return;

@@ -68,8 +68,8 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     server->client_ = nullptr;
     if (server->state_ == ServerState::active) {
       if (client.forward_remaining_ > 0)
-        close(*server, Reason::server_dirty,
-              "client left in the middle of a message");  // half a message sent
+        // Half a message sent: the connection cannot be reused.
+        close(*server, Reason::server_dirty, "client left in the middle of a message");
       else
         server->release(client.pool_->settings_.pool_mode == config::PoolMode::session ||
                         client.pinned_state_ != 0);

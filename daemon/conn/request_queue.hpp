@@ -4,11 +4,11 @@
 // pgring owes the client at a place in that stream. A link may be released only when the queue
 // is idle: nothing in flight, no extended-protocol message waiting for its Sync, no COPY.
 //
-//   client sends Query/Sync/FunctionCall/Execute/Parse/Bind/Close/Describe ──push──> tail
-//   server answers the head ──────────────────────────────────────────────pop_reply /
-//   pop_until_ready an extended-protocol error ──> skip_to_sync   (PostgreSQL skips to the next
-//   Sync) COPY FROM STDIN ends ──> end_copy             (the Syncs sent during it were ignored)
-//   owed replies at the head ──> take_owed        (ParseComplete, CloseComplete, an error, ...)
+//   client sends Query, Sync, FunctionCall, Execute, Parse, Bind, Close, Describe -> push (tail)
+//   server answers the head                     -> pop_reply, on_command_complete, pop_until_ready
+//   an extended-protocol error                  -> on_error: skip to the next Sync, as PostgreSQL
+//   COPY FROM STDIN ends                        -> end_copy: the Syncs sent during it were ignored
+//   replies pgring owes reach the head          -> take_owed (ParseComplete, CloseComplete, ...)
 //
 // It knows nothing of sockets or the reactor: Server drives it, the unit tests and fuzz_requests
 // drive it with scripts.

@@ -46,6 +46,8 @@ enum class ServerState { connecting, login, idle, active, resetting, canceling, 
 // Messages pgring reads whole from a server (authentication, parameters, errors) are small;
 // anything it only forwards may be up to PostgreSQL's 1 GiB and is streamed.
 inline constexpr std::uint32_t kMaxInspected = 1u << 20;
+// (A length of 0x7fffffff, one byte over, is refused like a lying one: PostgreSQL caps
+// messages at 1 GiB.)
 inline constexpr std::uint32_t kMaxServerMessage = 0x7fffffffu;
 
 class Server {

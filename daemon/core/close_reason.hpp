@@ -14,8 +14,7 @@ enum class Reason {
   protocol_violation,        // 08P01: malformed or unexpected message
   message_too_large,         // 54000: message over max_message_size / startup packet limit
   unsupported_protocol,      // 08P01: not protocol 3.x
-  feature_not_supported,     // 0A000: replication connections, session state under session_state:
-                             // error
+  feature_not_supported,     // 0A000: replication; session state under session_state: error
   auth_failed,               // 28P01: wrong password
   unknown_user,              // 28000: user not configured
   unknown_database,          // 3D000: database not configured
@@ -24,8 +23,7 @@ enum class Reason {
   query_wait_timeout,        // 57014: waited longer than timeouts.query_wait for a server
   query_timeout,             // 57014: a request ran longer than timeouts.query (+ cancel_wait)
   transaction_timeout,       // 25P04: a transaction stayed open longer than timeouts.transaction
-  idle_transaction_timeout,  // 25P03: idle inside a transaction longer than
-                             // timeouts.idle_transaction
+  idle_transaction_timeout,  // 25P03: idle in a transaction longer than timeouts.idle_transaction
   client_idle_timeout,       // 57P05: idle outside a transaction longer than timeouts.client_idle
   server_unreachable,        // 08006: TCP connect to the server failed or timed out
   server_login_failed,       // server refused our login (SQLSTATE passed through)

@@ -208,15 +208,16 @@ void Reactor::run_once() {
   submit();                // every stream's queued output in one send; starved receives re-armed
   wait_for_completions();  // at least one, or until the next sweep is due
   run_completions();       // reap the batch, advance the CQ once, then run the handlers
+  forward_linked();        // clients that got a server meanwhile send what they queued
   if (now_ >= next_sweep_) {
     sweep();  // timeouts, budgets, the watchdog: one walk over the state lists
     next_sweep_ = now_ + kSweepInterval;
   }
-  forward_linked();  // clients that got a server this turn send what they queued meanwhile
-  free_closed();     // connections whose last operation completed during this turn
+  free_closed();  // connections whose last operation completed during this turn
 }
 
 void Reactor::submit() {
+  forward_linked();  // links made by the sweep (or outside a completion) go out in this batch
   buffers_->publish();
   rearm_starved();
   submit_sends();

@@ -150,11 +150,11 @@ void Stream::forward(std::size_t n, Stream& to) {
     if (left == 0) break;
     std::size_t take = std::min<std::size_t>(left, s.end - s.begin);
     if (s.bid == kOwnedInput) {
-      to.emit_bytes(
-          std::string_view(owned_input_.data() + s.begin, take));  // rare: a parked client's bytes
+      // Copied: owned input is a parked client's (or a TLS session's) bytes.
+      to.emit_bytes(std::string_view(owned_input_.data() + s.begin, take));
     } else {
-      buffers_->ref(static_cast<std::uint16_t>(
-          s.bid));  // the slice's own reference, dropped when its send completes
+      // The slice's own reference, dropped when its send completes.
+      buffers_->ref(static_cast<std::uint16_t>(s.bid));
       to.push_slice(Slice{s.bid, s.begin, static_cast<std::uint32_t>(take)});
     }
     left -= take;

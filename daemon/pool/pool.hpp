@@ -84,8 +84,8 @@ class Pool {
   // Server login: who we log in as and with what secret (plain or "md5...", may be empty).
   std::string server_user_;
   std::string server_password_;
-  std::string
-      server_secret_;  // the user's SCRAM secret when it has no password: SCRAM pass-through
+  // The user's SCRAM secret when it has no password: SCRAM pass-through.
+  std::string server_secret_;
 
   // Resolved server address.
   sockaddr_storage address_{};

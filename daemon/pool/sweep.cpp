@@ -56,8 +56,8 @@ void Reactor::sweep() {
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
-    const config::Timeouts& pt =
-        pool->settings_.timeouts;  // with the database's and user's overrides
+    // With the database's and user's overrides.
+    const config::Timeouts& pt = pool->settings_.timeouts;
     for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
       if (expired(c->state_since_, pt.query_wait))
@@ -182,7 +182,9 @@ void Reactor::sweep_active(Pool& pool) {
                expired(s->last_ready_, t.idle_transaction)) {
       close(*c, Reason::idle_transaction_timeout,
             "terminating connection due to idle-in-transaction timeout");
-    } else if (!busy && s->idle_in_protocol() && expired(c->last_activity_, t.client_idle)) {
+    } else if (!busy && s->idle_in_protocol() && c->stream_.input_size() == 0 &&
+               expired(c->last_activity_, t.client_idle)) {
+      // (A client linked this turn whose request is not forwarded yet is not idle.)
       close(*c, Reason::client_idle_timeout, "terminating connection due to idle-session timeout");
     }
     s = next;
@@ -221,7 +223,9 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
       Client* next = List<Client>::next(c);
       // Graceful: a client whose server is between transactions may go now; others finish.
       Server* s = c->server_;
-      bool between = s == nullptr || (s->idle_in_protocol() && s->restore_replies_pending_ == 0);
+      // (Input not forwarded yet: a request linked this turn, about to run.)
+      bool between = s == nullptr || (s->idle_in_protocol() && s->restore_replies_pending_ == 0 &&
+                                      c->stream_.input_size() == 0);
       if (immediate || between) close(*c, Reason::shutdown, "shutting down");
       c = next;
     }

@@ -311,3 +311,30 @@ TEST_CASE("a lying length from the client is 08P01; from the server, the link is
     CHECK(h.client.state_ == ClientState::closing);  // its server is gone mid-query
   }
 }
+
+TEST_CASE("a waiting client gets the server when the first one's transaction ends") {
+  Linkable h;
+  Client& second = *new Client(h.reactor, h.reactor.next_id(), -1, "second");
+  second.pool_ = &h.pool;
+  second.welcomed_ = true;
+  h.reactor.set_state(second, ClientState::idle);
+
+  h.client_sends(query("BEGIN"));
+  second.stream_.receive_bytes(query("SELECT 2"));
+  second.on_input();
+  CHECK(second.state_ == ClientState::waiting);  // pool_size 1: queued
+  h.server_sends(complete("BEGIN") + ready('T'));
+  h.client_sends(query("COMMIT"));
+  CHECK(second.state_ == ClientState::waiting);  // the transaction still holds the server
+  h.server_sends(complete("COMMIT") + ready('I'));
+  // Released on the server's read path: the second client is linked there, and its request
+  // goes out after the completions (never on that stack).
+  CHECK(second.server_ == &h.server);
+  CHECK(h.server_got() == query("BEGIN") + query("COMMIT"));
+  h.reactor.forward_linked();
+  CHECK(h.server_got() == query("SELECT 2"));
+  h.server_sends(one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(second.stream_.take_output() == one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(second.state_ == ClientState::idle);
+  CHECK(h.client.state_ == ClientState::idle);
+}
