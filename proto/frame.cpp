@@ -12,26 +12,6 @@ std::uint32_t be32(const char* p) {
 }
 }  // namespace
 
-Frame frame_message(std::string_view buf, std::uint32_t max_size) {
-  Frame f;
-  if (buf.size() < 5) return f;
-  f.type = buf[0];
-  std::uint32_t len = be32(buf.data() + 1);
-  // len counts itself: less than 4 is impossible; more than 2^31 is beyond any protocol limit
-  // and would overflow the +1 for the type byte.
-  if (len < 4 || len > 0x7fffffffu) {
-    f.status = FrameStatus::invalid_length;
-    return f;
-  }
-  f.size = len + 1;
-  if (f.size > max_size) {
-    f.status = FrameStatus::too_large;
-    return f;
-  }
-  f.status = buf.size() >= f.size ? FrameStatus::complete : FrameStatus::need_more;
-  return f;
-}
-
 Frame frame_startup(std::string_view buf) {
   Frame f;
   if (buf.size() < 4) return f;

@@ -44,7 +44,28 @@ struct Frame {
 // A typed message at the front of `buf`. Needs the 5-byte header to decide; the body may still
 // be arriving (status need_more, size known) — callers that forward without inspecting may
 // stream it. `max_size` bounds the whole message.
-[[nodiscard]] Frame frame_message(std::string_view buf, std::uint32_t max_size);
+// (Inline: it runs for every message pgring relays, both ways.)
+[[nodiscard]] inline Frame frame_message(std::string_view buf, std::uint32_t max_size) {
+  Frame f;
+  if (buf.size() < 5) return f;
+  f.type = buf[0];
+  auto u = reinterpret_cast<const unsigned char*>(buf.data() + 1);
+  std::uint32_t len = (std::uint32_t{u[0]} << 24) | (std::uint32_t{u[1]} << 16) |
+                      (std::uint32_t{u[2]} << 8) | std::uint32_t{u[3]};
+  // len counts itself: less than 4 is impossible; more than 2^31 is beyond any protocol limit
+  // and would overflow the +1 for the type byte.
+  if (len < 4 || len > 0x7fffffffu) {
+    f.status = FrameStatus::invalid_length;
+    return f;
+  }
+  f.size = len + 1;
+  if (f.size > max_size) {
+    f.status = FrameStatus::too_large;
+    return f;
+  }
+  f.status = buf.size() >= f.size ? FrameStatus::complete : FrameStatus::need_more;
+  return f;
+}
 
 // The startup packet at the front of `buf` (8..kMaxStartupPacket bytes).
 [[nodiscard]] Frame frame_startup(std::string_view buf);

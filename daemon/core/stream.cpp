@@ -93,16 +93,6 @@ void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
   input_bytes_ += length;
 }
 
-proto::Frame Stream::next_frame(std::uint32_t max_size) const {
-  if (input_bytes_ < 5) return {};
-  char header[5];
-  peek(header, 5);
-  proto::Frame frame = proto::frame_message(std::string_view(header, 5), max_size);
-  if (frame.status == proto::FrameStatus::need_more && input_bytes_ >= frame.size)
-    frame.status = proto::FrameStatus::complete;
-  return frame;
-}
-
 void Stream::peek(char* out, std::size_t n) const {
   for (const Segment& s : input_) {
     if (n == 0) return;

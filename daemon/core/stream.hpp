@@ -117,7 +117,21 @@ class Stream {
   // The typed message at the front of the input (every reader of typed messages frames here):
   // complete (all of it is in), need_more (header_known() once its 5 bytes are in: the body may
   // be streamed), or bad() (a lying length, or over `max_size`).
-  [[nodiscard]] proto::Frame next_frame(std::uint32_t max_size) const;
+  [[nodiscard]] proto::Frame next_frame(std::uint32_t max_size) const {
+    if (input_bytes_ < 5) return {};
+    // The header is almost always inside the first segment: read it there (no copy).
+    const Segment& first = input_.front();
+    char header[5];
+    const char* h = segment_data(first) + first.begin;
+    if (first.end - first.begin < 5) {
+      peek(header, 5);
+      h = header;
+    }
+    proto::Frame frame = proto::frame_message(std::string_view(h, 5), max_size);
+    if (frame.status == proto::FrameStatus::need_more && input_bytes_ >= frame.size)
+      frame.status = proto::FrameStatus::complete;
+    return frame;
+  }
   // The first n bytes as one view: directly in the ring buffer when they lie in one, else
   // stitched into `carry_` (only for the small messages pgring inspects).
   [[nodiscard]] std::string_view contiguous(std::size_t n);
