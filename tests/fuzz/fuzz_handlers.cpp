@@ -13,16 +13,11 @@
 #include <memory>
 #include <string>
 
-#include "config/config.hpp"
-#include "daemon/conn/client.hpp"
-#include "daemon/conn/server.hpp"
 #include "daemon/core/log.hpp"
-#include "daemon/core/reactor.hpp"
-#include "daemon/net/tls.hpp"
-#include "daemon/pool/pool.hpp"
-#include "proto/bytes.hpp"
+#include "tests/support/handlers.hpp"
 
 using namespace pgring;
+using namespace pgring::testing;
 
 namespace {
 
@@ -53,19 +48,6 @@ struct Script {
     return s;
   }
 };
-
-std::string message(char type, std::string_view body = {}) {
-  std::string out;
-  proto::Writer w(out);
-  w.begin(type).bytes(body).end();
-  return out;
-}
-std::string cstr(std::string_view s) {
-  return std::string(s) + '\0';
-}
-std::string i16(int v) {
-  return {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
-}
 
 // A statement name from a small set, so Parse, Bind, Describe and Close meet each other.
 std::string name(Script& s) {
@@ -146,24 +128,9 @@ std::string backend(Script& s) {
   }
 }
 
-struct Harness {
-  Shared shared{1};
-  std::shared_ptr<const config::Config> config =
-      std::make_shared<const config::Config>(config::parse_config(kConfig));
-  Reactor reactor{shared, 0, config, std::make_shared<const TlsContexts>(), ""};
-  Pool& pool = reactor.pool_for(*config->find_database("app"), nullptr, "app");
-  Server& server = *new Server(reactor, pool, reactor.next_id());
-  Client* clients[2] = {new Client(reactor, reactor.next_id(), -1, "a"),
-                        new Client(reactor, reactor.next_id(), -1, "b")};
-
-  Harness() {
-    reactor.set_state(server, ServerState::idle);
-    for (Client* c : clients) {
-      c->pool_ = &pool;
-      c->welcomed_ = true;
-      reactor.set_state(*c, ClientState::idle);
-    }
-  }
+struct Harness : testing::Handlers {
+  Harness() : Handlers(kConfig) {}
+  Client* clients[2] = {&add_client("a"), &add_client("b")};
 
   bool was_linked[2] = {false, false};
 

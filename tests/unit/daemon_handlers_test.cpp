@@ -9,16 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "config/config.hpp"
-#include "daemon/conn/client.hpp"
-#include "daemon/conn/server.hpp"
-#include "daemon/core/reactor.hpp"
-#include "daemon/net/tls.hpp"
-#include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
-#include "proto/bytes.hpp"
+#include "tests/support/handlers.hpp"
 
 using namespace pgring;
+using namespace pgring::testing;
 namespace build = pgring::proto::build;
 
 namespace {
@@ -30,24 +25,6 @@ auth: {method: trust}
 databases:
   app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 1}
 )";
-
-// One message of `type` with `body`.
-std::string message(char type, std::string_view body = {}) {
-  std::string out;
-  proto::Writer w(out);
-  w.begin(type).bytes(body).end();
-  return out;
-}
-std::string cstr(std::string_view s) {
-  return std::string(s) + '\0';
-}
-std::string i16(int v) {
-  return {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
-}
-std::string i32(std::int32_t v) {
-  return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-          static_cast<char>(v)};
-}
 
 // Frontend messages as drivers send them.
 std::string query(std::string_view sql) {
@@ -97,23 +74,11 @@ std::string one_row() {
 const std::string kParseComplete = message('1');
 const std::string kBindComplete = message('2');
 
-// A reactor with one pool, one logged-in client and one idle, logged-in server connection.
-// The reactor owns both (its destructor frees what is on its lists).
-struct Linkable {
-  Shared shared{1};
-  std::shared_ptr<const config::Config> config =
-      std::make_shared<const config::Config>(config::parse_config(kConfig));
-  Reactor reactor{shared, 0, config, std::make_shared<const TlsContexts>(), ""};
-  Pool& pool = reactor.pool_for(*config->find_database("app"), nullptr, "app");
-  Server& server = *new Server(reactor, pool, reactor.next_id());
-  Client& client = *new Client(reactor, reactor.next_id(), -1, "test");
+// The shared harness (tests/support/handlers.hpp) with one client.
+struct Linkable : testing::Handlers {
+  Linkable() : Handlers(kConfig), client(add_client("test")) {}
+  Client& client;
 
-  Linkable() {
-    reactor.set_state(server, ServerState::idle);
-    client.pool_ = &pool;
-    client.welcomed_ = true;  // logged in: its ParameterStatus and ReadyForQuery went out
-    reactor.set_state(client, ClientState::idle);
-  }
   void client_sends(std::string_view bytes) {
     client.stream_.receive_bytes(bytes);
     client.on_input();
@@ -314,10 +279,7 @@ TEST_CASE("a lying length from the client is 08P01; from the server, the link is
 
 TEST_CASE("a waiting client gets the server when the first one's transaction ends") {
   Linkable h;
-  Client& second = *new Client(h.reactor, h.reactor.next_id(), -1, "second");
-  second.pool_ = &h.pool;
-  second.welcomed_ = true;
-  h.reactor.set_state(second, ClientState::idle);
+  Client& second = h.add_client("second");
 
   h.client_sends(query("BEGIN"));
   second.stream_.receive_bytes(query("SELECT 2"));
