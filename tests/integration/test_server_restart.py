@@ -5,13 +5,12 @@ and new clients work again once PostgreSQL is back.
 Needs PGRING_TEST_PGDATA, the fixture cluster's data directory (tests/CMakeLists.txt)."""
 
 import os
-import subprocess
 import time
 
 import psycopg2
 
-from lib import (PGDATA, PGHOST, PGPORT, Pgring, as_postgres_cmd, check, connect, fail,
-                find_pg_tool, log, pg_isready, psql, query_one, run_tests, run_with_timeout, skip,
+from lib import (PGDATA, PGHOST, PGPORT, Pgring, check, connect, ensure_postgres_running, fail,
+                log, pg_ctl, pg_isready, psql, query_one, run_tests, run_with_timeout, skip,
                 wait_until)
 
 CONFIG = {
@@ -22,28 +21,12 @@ CONFIG = {
 }
 
 
-def pg_ctl(*args, timeout=90):
-    cmd = as_postgres_cmd([find_pg_tool("pg_ctl"), *args, "-D", PGDATA])
-    r = subprocess.run(cmd, cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=timeout)
-    return r.returncode, (r.stdout + r.stderr).strip()
-
-
 def restart_postgres():
     # -l: the restarted server's output must not go to our pipe (it would never close).
     rc, out = pg_ctl("restart", "-m", "fast", "-w", "-t", "60",
                      "-l", os.path.join(PGDATA, "log", "pg_ctl.log"))
     if rc != 0:
         fail(f"pg_ctl restart failed ({rc}): {out}")
-
-
-def ensure_postgres_running():
-    """Leave the fixture usable for the tests after this one, whatever happened here."""
-    if pg_isready():
-        return
-    log("PostgreSQL is down after the test; starting it again")
-    pg_ctl("start", "-w", "-t", "60", "-l", os.path.join(PGDATA, "log", "pg_ctl.log"))
-    wait_until(pg_isready, 60, interval=0.5, what="PostgreSQL to accept connections")
 
 
 def test_restart_under_pgring():
