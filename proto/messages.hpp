@@ -50,6 +50,11 @@ inline constexpr char kFlush = 'H';
 inline constexpr char kCopyData = 'd';
 inline constexpr char kCopyDone = 'c';
 inline constexpr char kCopyFail = 'f';
+// The extended-query protocol's messages (a batch of them ends with Sync).
+[[nodiscard]] constexpr bool is_extended(char type) {
+  return type == kParse || type == kBind || type == kDescribe || type == kExecute ||
+         type == kClose || type == kSync || type == kFlush;
+}
 }  // namespace frontend
 
 // Authentication request codes.

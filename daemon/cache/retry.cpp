@@ -53,14 +53,14 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
     (void)stream_.emit([&](std::string& out) {
       return proto::build::sync(out) && proto::build::close_statement(out, statement.server_name);
     });
-    expect(Request::sync).skip = true;
-    expect(Request::close).skip = true;
+    requests_.push(Request::sync, reactor_.now()).skip = true;
+    requests_.push(Request::close, reactor_.now()).skip = true;
     (void)inject_parse(statement);
     (void)stream_.emit([&](std::string& out) {
       return proto::build::describe_statement(out, statement.server_name) &&
              proto::build::flush(out);
     });
-    RequestQueue::Entry& describe = expect(Request::describe);
+    RequestQueue::Entry& describe = requests_.push(Request::describe, reactor_.now());
     describe.statement = &statement;
     describe.skip = check;
     describe.shape_check = check;
@@ -104,14 +104,14 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
   // Then: Close + Parse (both swallowed), and the batch again from the failed Bind.
   (void)stream_.emit(
       [&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
-  expect(Request::close).skip = true;
+  requests_.push(Request::close, reactor_.now()).skip = true;
   (void)inject_parse(statement);
   for (std::string_view rest = replay; !rest.empty();) {
     proto::Frame f = proto::frame_message(rest, 1u << 30);
     char t = rest[0];
     stream_.emit_bytes(rest.substr(0, f.size));
     if (t != 'H') {
-      RequestQueue::Entry& e = expect(*request_for(t));
+      RequestQueue::Entry& e = requests_.push(*request_for(t), reactor_.now());
       e.batch_seq = seq;
       if (t == 'B') e.statement = &statement;
       // A Describe of this statement records the shape the client is told (not a portal's).

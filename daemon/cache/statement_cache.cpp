@@ -23,7 +23,7 @@ namespace pgring {
 // ---- the statement cache (DESIGN.md section 5) ------------------------------------------------
 
 void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
-  RequestQueue::Entry& e = server.expect(Request::owed_error);
+  RequestQueue::Entry& e = server.requests_.push(Request::owed_error, reactor_.now());
   (void)proto::build::error_response(e.fake, "ERROR", sqlstate, message);
   skip_until_sync_ = true;
 }
@@ -59,7 +59,7 @@ bool Client::start_shape_check(Server& server, const NamedStatement& named) {
   (void)server.stream_.emit([&](std::string& out) {
     return proto::build::describe_statement(out, statement.server_name) && proto::build::flush(out);
   });
-  RequestQueue::Entry& d = server.expect(Request::describe);
+  RequestQueue::Entry& d = server.requests_.push(Request::describe, reactor_.now());
   d.skip = true;
   d.statement = &statement;
   d.shape_check = true;
@@ -94,7 +94,7 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
     (void)server.stream_.emit([&](std::string& out) {
       return proto::build::close_statement(out, statement.server_name);
     });
-    server.expect(Request::close).skip = true;
+    server.requests_.push(Request::close, reactor_.now()).skip = true;
     server.prepared_.remove(statement.id);
     // The server raises the error itself, so its transaction state is exactly PostgreSQL's
     // (an explicit block becomes failed, an implicit one rolls back at Sync). It runs as the
@@ -104,11 +104,11 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
         "MESSAGE = 'cached plan must not change result type'; END$pgring$";
     (void)server.stream_.emit(
         [&](std::string& out) { return proto::build::run_unnamed(out, kRaise, {}); });
-    server.expect(Request::parse).skip = true;
-    server.expect(Request::bind).skip = true;
+    server.requests_.push(Request::parse, reactor_.now()).skip = true;
+    server.requests_.push(Request::bind, reactor_.now()).skip = true;
     // Its ErrorResponse is replaced by PostgreSQL's own for this case: drivers recognise it by
     // the routine field (asyncpg: RevalidateCachedQuery -> InvalidCachedStatementError).
-    RequestQueue::Entry& raise = server.expect(Request::execute);
+    RequestQueue::Entry& raise = server.requests_.push(Request::execute, reactor_.now());
     (void)proto::build::error_response_from(raise.fake, "0A000",
                                             "cached plan must not change result type",
                                             "plancache.c", "RevalidateCachedQuery");
@@ -131,7 +131,7 @@ void Client::evict_statements(Server& server, std::uint64_t keep) {
     std::string name = "pgring_" + std::to_string(*victim);
     (void)server.stream_.emit(
         [&](std::string& out) { return proto::build::close_statement(out, name); });
-    server.expect(Request::close).skip = true;
+    server.requests_.push(Request::close, reactor_.now()).skip = true;
     server.prepared_.remove(*victim);
     ++reactor_.statements().counters.evictions;
   }
@@ -158,7 +158,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
-    server.expect(Request::owed_parse_complete);
+    server.requests_.push(Request::owed_parse_complete, reactor_.now());
     ++reactor_.statements().counters.hits;
     return true;
   }
@@ -168,7 +168,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
     return true;
   }
-  RequestQueue::Entry& e = server.expect(Request::parse);
+  RequestQueue::Entry& e = server.requests_.push(Request::parse, reactor_.now());
   e.statement = &statement;
   server.prepared_.add(statement.id);
   ++reactor_.statements().counters.parses_sent;
@@ -191,7 +191,7 @@ bool Client::ensure_unnamed(Server& server) {
   if (!server.stream_.emit(
           [&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
     return false;
-  server.expect(Request::parse).skip = true;
+  server.requests_.push(Request::parse, reactor_.now()).skip = true;
   server.unnamed_client_ = id_;
   server.unnamed_seq_ = unnamed_seq_;
   ++reactor_.statements().counters.injected;
@@ -240,7 +240,7 @@ bool Client::cached_bind(Server& server, std::string_view body) {
     reactor_.close(*this, Reason::protocol_violation, "cannot encode Bind");
     return true;
   }
-  RequestQueue::Entry& e = server.expect(Request::bind);
+  RequestQueue::Entry& e = server.requests_.push(Request::bind, reactor_.now());
   e.statement = statement;
   e.batch_seq = batch_seq_;
   e.replay_offset = offset;
@@ -260,7 +260,7 @@ bool Client::cached_describe(Server& server, std::string_view body) {
     record_batch(std::string_view(out).substr(start));
     return true;
   });
-  RequestQueue::Entry& e = server.expect(Request::describe);
+  RequestQueue::Entry& e = server.requests_.push(Request::describe, reactor_.now());
   e.statement = statement;  // its reply records the shape the client is told
   e.batch_seq = batch_seq_;
   e.replay_offset = offset;
@@ -278,7 +278,7 @@ bool Client::cached_close(Server& server, std::string_view body) {
   }
   // The client forgets its name; the server keeps the statement for whoever uses it next.
   statements_.erase(std::string(name));
-  server.expect(Request::owed_close_complete);
+  server.requests_.push(Request::owed_close_complete, reactor_.now());
   return true;
 }
 
@@ -292,7 +292,7 @@ bool Client::deallocate(std::string_view query) {
   }
   if (statements_.erase(d->name) == 0)
     return false;  // an SQL-level statement: the server's business
-  server_->expect(Request::owed_deallocate);
+  server_->requests_.push(Request::owed_deallocate, reactor_.now());
   return true;
 }
 

@@ -177,9 +177,7 @@ void Client::forward_to_server() {
     return;
   }
   const std::uint32_t max_size = reactor_.config().max_message_size;
-  // The statement cache renames named statements in transaction and statement mode.
-  const bool cache = pool_->settings_.pool_mode != config::PoolMode::session &&
-                     pool_->settings_.prepared_statements > 0;
+  const bool cache = uses_statement_cache();
   for (;;) {
     if (forward_remaining_ > 0) {
       // The rest of a large message, streamed as it arrives.
@@ -203,154 +201,161 @@ void Client::forward_to_server() {
       return;
     }
     if (!frame.header_known()) break;
-    const char type = frame.type;
-    if (type == proto::frontend::kTerminate) {
-      // Never forwarded: the server stays in the pool.
-      stream_.consume(std::min<std::size_t>(frame.size, stream_.input_size()));
-      reactor_.close(*this, Reason::client_terminate);
-      return;
-    }
-    if (skip_until_sync_ && type != proto::frontend::kSync) {
-      // After an error pgring raised in the extended protocol, the client's messages up to its
-      // Sync are dropped, as PostgreSQL drops them after an error of its own.
-      discard_remaining_ = frame.size;
-      continue;
-    }
-    // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session
-    // state; with the statement cache, every message that names a statement.
-    bool statement_message =
-        cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
-                  type == proto::frontend::kDescribe || type == proto::frontend::kClose);
-    bool inspect = statement_message ||
-                   ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
-                    frame.size <= kMaxInspectedQuery);
-    if (inspect && stream_.input_size() < frame.size) break;
-    std::string_view body = inspect ? stream_.contiguous(frame.size).substr(5) : std::string_view();
-    bool handled = false;  // true: the message was consumed (rewritten or answered here)
-    switch (type) {
-      case proto::frontend::kQuery: {
-        std::uint8_t state = 0;
-        std::unique_ptr<proto::sql::SetStatement> set;
-        if (inspect) {
-          if (auto text = proto::parse_query(body)) {
-            state = proto::sql::scan_session_state(*text);
-            if (auto s = proto::sql::parse_set_statement(*text)) {
-              set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
-              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
-            }
-            if (cache) handled = deallocate(*text);
-          }
-        }
-        if (handled) break;
-        // Session state is judged before anything is queued: a refused Query is never sent.
-        if (state != 0) {
-          note_session_state(state);
-          if (state_ == ClientState::closing) return;
-        }
-        ++pool_->stats_.queries;
-        // A simple Query destroys the unnamed statement, on the server and in the session.
-        unnamed_parse_tail_.clear();
-        server.unnamed_client_ = 0;
-        server.expect(Request::query, state, std::move(set));
-        break;
-      }
-      case proto::frontend::kParse: {
-        if (inspect) {
-          if (auto parse = proto::parse_parse(body)) {
-            std::string_view text = parse->query;
-            std::uint8_t state = proto::sql::scan_session_state(text);
-            // A lone SET sent through the extended protocol is replayed like a simple one: it
-            // rides on the next Execute.
-            last_parse_set_.reset();
-            if (auto set = proto::sql::parse_set_statement(text)) {
-              last_parse_set_ = std::make_unique<proto::sql::SetStatement>(std::move(*set));
-              state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
-            }
-            if (state != 0) {
-              note_session_state(state);
-              if (state_ == ClientState::closing) return;
-            }
-          }
-        }
-        server.requests_.unsynced_ = true;
-        if (statement_message) {
-          handled = cached_parse(server, body);
-          if (state_ == ClientState::closing) return;
-        }
-        if (!handled) server.expect(Request::parse);
-        break;
-      }
-      case proto::frontend::kBind:
-        server.requests_.unsynced_ = true;
-        if (statement_message) {
-          handled = cached_bind(server, body);
-          if (state_ == ClientState::closing) return;
-        }
-        if (!handled && !shape_check_pending_) server.expect(Request::bind);
-        break;
-      case proto::frontend::kDescribe:
-        server.requests_.unsynced_ = true;
-        if (statement_message) {
-          handled = cached_describe(server, body);
-          if (state_ == ClientState::closing) return;
-        }
-        if (!handled && !shape_check_pending_) server.expect(Request::describe);
-        break;
-      case proto::frontend::kClose:
-        server.requests_.unsynced_ = true;
-        if (statement_message) handled = cached_close(server, body);
-        if (!handled) server.expect(Request::close);
-        break;
-      case proto::frontend::kSync:
-        skip_until_sync_ = false;
-        server.expect(Request::sync).batch_seq = batch_seq_;
-        server.requests_.unsynced_ = false;
-        break;
-      case proto::frontend::kFunctionCall:
-        server.expect(Request::function_call);
-        break;
-      case proto::frontend::kExecute:
-        ++pool_->stats_.queries;
-        server.expect(Request::execute, 0, std::move(last_parse_set_));
-        server.requests_.unsynced_ = true;
-        break;
-      case proto::frontend::kFlush:
-        server.requests_.unsynced_ = true;
-        break;
-      case proto::frontend::kCopyDone:
-      case proto::frontend::kCopyFail:
-        // Only meaningful while the server is in COPY FROM STDIN; otherwise it ignores them.
-        if (server.requests_.copy_in_) server.expect(Request::copy_end);
-        break;
-      default:
-        break;
-    }
-    if (shape_check_pending_) break;  // this message waits for the check's answer
-    if (handled) {
-      stream_.consume(frame.size);
-      if (type == proto::frontend::kSync) end_batch();
-      continue;
-    }
+    const Verdict verdict = on_request(frame, server);
+    if (verdict == Verdict::wait) break;
+    if (verdict == Verdict::stop) return;
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
-    bool extended = type == proto::frontend::kBind || type == proto::frontend::kDescribe ||
-                    type == proto::frontend::kExecute || type == proto::frontend::kSync ||
-                    type == proto::frontend::kFlush || type == proto::frontend::kClose ||
-                    type == proto::frontend::kParse;
-    if (cache && extended) {
-      if (n == frame.size)
-        record_batch(stream_.contiguous(n));
-      else
-        batch_copy_ok_ = false;
+    if (verdict == Verdict::drop) {
+      stream_.consume(n);
+      discard_remaining_ = frame.size - n;
+    } else {
+      if (cache && proto::frontend::is_extended(frame.type)) {
+        if (n == frame.size)
+          record_batch(stream_.contiguous(n));  // kept for a retry of this batch
+        else
+          batch_copy_ok_ = false;
+      }
+      stream_.forward(n, server.stream_);
+      forward_remaining_ = frame.size - n;
     }
-    stream_.forward(n, server.stream_);
-    forward_remaining_ = frame.size - n;
-    if (type == proto::frontend::kSync) end_batch();
+    if (frame.type == proto::frontend::kSync) end_batch();
   }
   // Replies pgring owes with nothing before them in the queue go out now.
   server.flush_fakes();
   reactor_.want_send(server.stream_);
   reactor_.apply_backpressure(stream_, server.stream_);
   if (state_ == ClientState::active && server.requests_in_flight() == 0) server.maybe_release();
+}
+
+bool Client::uses_statement_cache() const {
+  return pool_->settings_.pool_mode != config::PoolMode::session &&
+         pool_->settings_.prepared_statements > 0;
+}
+
+Verdict Client::on_request(const proto::Frame& frame, Server& server) {
+  const char type = frame.type;
+  if (type == proto::frontend::kTerminate) {
+    // Never forwarded: the server stays in the pool.
+    reactor_.close(*this, Reason::client_terminate);
+    return Verdict::stop;
+  }
+  // After an error pgring raised in the extended protocol, the client's messages up to its Sync
+  // are dropped, as PostgreSQL drops them after an error of its own.
+  if (skip_until_sync_ && type != proto::frontend::kSync) return Verdict::drop;
+  // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session state;
+  // with the statement cache, every message that names a statement.
+  const bool cache = uses_statement_cache();
+  const bool statement_message =
+      cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
+                type == proto::frontend::kDescribe || type == proto::frontend::kClose);
+  const bool inspect =
+      statement_message || ((type == proto::frontend::kQuery || type == proto::frontend::kParse) &&
+                            frame.size <= kMaxInspectedQuery);
+  if (inspect && stream_.input_size() < frame.size) return Verdict::wait;
+  std::string_view body = inspect ? stream_.contiguous(frame.size).substr(5) : std::string_view();
+  bool handled = false;  // true: the message was answered or rewritten here
+  switch (type) {
+    case proto::frontend::kQuery: {
+      std::uint8_t state = 0;
+      std::unique_ptr<proto::sql::SetStatement> set;
+      if (inspect) {
+        if (auto text = proto::parse_query(body)) {
+          state = proto::sql::scan_session_state(*text);
+          if (auto s = proto::sql::parse_set_statement(*text)) {
+            set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
+            state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+          }
+          if (cache && deallocate(*text)) return Verdict::drop;
+        }
+      }
+      // Session state is judged before anything is queued: a refused Query is never sent.
+      if (state != 0) {
+        note_session_state(state);
+        if (state_ == ClientState::closing) return Verdict::stop;
+      }
+      ++pool_->stats_.queries;
+      // A simple Query destroys the unnamed statement, on the server and in the session.
+      unnamed_parse_tail_.clear();
+      server.unnamed_client_ = 0;
+      RequestQueue::Entry& query = server.requests_.push(Request::query, reactor_.now());
+      query.session_state = state;
+      query.set = std::move(set);
+      return Verdict::forward;
+    }
+    case proto::frontend::kParse: {
+      if (inspect) {
+        if (auto parse = proto::parse_parse(body)) {
+          std::string_view text = parse->query;
+          std::uint8_t state = proto::sql::scan_session_state(text);
+          // A lone SET sent through the extended protocol is replayed like a simple one: it
+          // rides on the next Execute.
+          last_parse_set_.reset();
+          if (auto set = proto::sql::parse_set_statement(text)) {
+            last_parse_set_ = std::make_unique<proto::sql::SetStatement>(std::move(*set));
+            state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
+          }
+          if (state != 0) {
+            note_session_state(state);
+            if (state_ == ClientState::closing) return Verdict::stop;
+          }
+        }
+      }
+      server.requests_.unsynced_ = true;
+      if (statement_message) {
+        handled = cached_parse(server, body);
+        if (state_ == ClientState::closing) return Verdict::stop;
+      }
+      if (!handled) server.requests_.push(Request::parse, reactor_.now());
+      break;
+    }
+    case proto::frontend::kBind:
+      server.requests_.unsynced_ = true;
+      if (statement_message) {
+        handled = cached_bind(server, body);
+        if (state_ == ClientState::closing) return Verdict::stop;
+      }
+      if (!handled && !shape_check_pending_) server.requests_.push(Request::bind, reactor_.now());
+      break;
+    case proto::frontend::kDescribe:
+      server.requests_.unsynced_ = true;
+      if (statement_message) {
+        handled = cached_describe(server, body);
+        if (state_ == ClientState::closing) return Verdict::stop;
+      }
+      if (!handled && !shape_check_pending_)
+        server.requests_.push(Request::describe, reactor_.now());
+      break;
+    case proto::frontend::kClose:
+      server.requests_.unsynced_ = true;
+      if (statement_message) handled = cached_close(server, body);
+      if (!handled) server.requests_.push(Request::close, reactor_.now());
+      break;
+    case proto::frontend::kSync:
+      skip_until_sync_ = false;
+      server.requests_.push(Request::sync, reactor_.now()).batch_seq = batch_seq_;
+      server.requests_.unsynced_ = false;
+      break;
+    case proto::frontend::kFunctionCall:
+      server.requests_.push(Request::function_call, reactor_.now());
+      break;
+    case proto::frontend::kExecute:
+      ++pool_->stats_.queries;
+      server.requests_.push(Request::execute, reactor_.now()).set = std::move(last_parse_set_);
+      server.requests_.unsynced_ = true;
+      break;
+    case proto::frontend::kFlush:
+      server.requests_.unsynced_ = true;
+      break;
+    case proto::frontend::kCopyDone:
+    case proto::frontend::kCopyFail:
+      // Only meaningful while the server is in COPY FROM STDIN; otherwise it ignores them.
+      if (server.requests_.copy_in_) server.requests_.push(Request::copy_end, reactor_.now());
+      break;
+    default:
+      break;
+  }
+  if (shape_check_pending_) return Verdict::wait;  // this message waits for the check's answer
+  return handled ? Verdict::drop : Verdict::forward;
 }
 
 void Client::record_batch(std::string_view bytes) {

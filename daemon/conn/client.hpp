@@ -29,6 +29,7 @@
 
 #include "config/config.hpp"
 #include "daemon/cache/statements.hpp"
+#include "daemon/conn/verdict.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
 #include "daemon/core/stream.hpp"
@@ -183,7 +184,12 @@ class Client {
   void handle_auth();
   void start_auth();
   void auth_ok();
+  // The request path: reads the linked client's messages, lets on_request decide each one and
+  // carries the verdict out (forward to the server, drop, wait for more).
   void forward_to_server();
+  Verdict on_request(const proto::Frame& frame, Server& server);
+  // Transaction and statement mode rename named statements through the statement cache.
+  [[nodiscard]] bool uses_statement_cache() const;
   void hold_while_waiting();
   void take_startup_settings();
   void admin_login();

@@ -77,9 +77,9 @@ std::optional<Request> request_for(char frontend_type) {
   }
 }
 
-RequestQueue::Entry& RequestQueue::push(Request kind, bool* became_busy) {
-  if (became_busy != nullptr) *became_busy = empty();
+RequestQueue::Entry& RequestQueue::push(Request kind, Clock::time_point now) {
   if (empty()) {
+    busy_since_ = now;
     entries_.clear();
     head_ = 0;
   } else if (head_ > 64 && head_ * 2 > entries_.size()) {
@@ -88,8 +88,9 @@ RequestQueue::Entry& RequestQueue::push(Request kind, bool* became_busy) {
     head_ = 0;
   }
   entries_.emplace_back();
-  entries_.back().kind = kind;
-  return entries_.back();
+  Entry& e = entries_.back();
+  e.kind = kind;
+  return e;
 }
 
 bool RequestQueue::pop_reply(Request kind) {

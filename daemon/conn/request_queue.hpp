@@ -13,6 +13,7 @@
 // It knows nothing of sockets or the reactor: Server drives it, the unit tests and fuzz_requests
 // drive it with scripts.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -25,6 +26,8 @@
 #include "proto/sql.hpp"
 
 namespace pgring {
+
+using Clock = std::chrono::steady_clock;
 
 enum class Request : std::uint8_t {
   // Sent to the server; answered there.
@@ -66,8 +69,14 @@ class RequestQueue {
     std::size_t replay_offset = 0;  // bind, describe: where it starts in the client's batch copy
   };
 
-  // Appends a request. `became_busy` tells the caller the queue was empty (timers start).
-  Entry& push(Request kind, bool* became_busy = nullptr);
+  // Appends a request sent (or owed) at `now`. A request into an empty queue starts the busy
+  // clock (busy_since: the query timeout and the query histogram count from there).
+  Entry& push(Request kind, Clock::time_point now = {});
+  // ReadyForQuery answered the head cycle while more was pipelined: the next one runs from now.
+  void restart_busy(Clock::time_point now) {
+    if (!empty()) busy_since_ = now;
+  }
+  [[nodiscard]] Clock::time_point busy_since() const { return busy_since_; }
 
   [[nodiscard]] bool empty() const { return head_ == entries_.size(); }
   [[nodiscard]] std::size_t in_flight() const { return entries_.size() - head_; }
@@ -130,6 +139,7 @@ class RequestQueue {
  private:
   std::vector<Entry> entries_;
   std::size_t head_ = 0;
+  Clock::time_point busy_since_{};
 };
 
 template <typename F>

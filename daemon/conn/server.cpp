@@ -99,31 +99,12 @@ void Server::on_input() {
   }
 }
 
-RequestQueue::Entry& Server::expect(Request kind) {
-  bool became_busy = false;
-  RequestQueue::Entry& e = requests_.push(kind, &became_busy);
-  if (became_busy) {
-    // The server becomes busy now: the query timeout counts from here.
-    busy_since_ = reactor_.now();
-    if (transaction_status_ == 'I') transaction_start_ = busy_since_;
-    query_timeout_canceled_ = false;
-  }
-  return e;
-}
-
-void Server::expect(Request kind, std::uint8_t session_state,
-                    std::unique_ptr<proto::sql::SetStatement> set) {
-  RequestQueue::Entry& e = expect(kind);
-  e.session_state = session_state;
-  e.set = std::move(set);
-}
-
 RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
   if (!stream_.emit([&](std::string& out) {
         return proto::build::parse(out, statement.server_name, statement.parse_tail);
       }))
     return nullptr;
-  RequestQueue::Entry& e = expect(Request::parse);
+  RequestQueue::Entry& e = requests_.push(Request::parse, reactor_.now());
   e.skip = true;
   e.statement = &statement;
   prepared_.add(statement.id);
@@ -223,8 +204,10 @@ bool Server::reset_pending(std::string_view name) const {
 
 void Server::on_ready_for_query(char status) {
   executed_in_batch_ = false;
+  // The cycle this answers began the transaction when the server was idle before it.
+  if (transaction_status_ == 'I') transaction_start_ = requests_.busy_since();
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
-  pool_.stats_.query.observe(reactor_.now() - busy_since_);
+  pool_.stats_.query.observe(reactor_.now() - requests_.busy_since());
   if (status == 'I') {
     ++pool_.stats_.transactions;
     pool_.stats_.transaction.observe(reactor_.now() - transaction_start_);
@@ -233,10 +216,7 @@ void Server::on_ready_for_query(char status) {
   last_ready_ = reactor_.now();
   pop_expected_until_ready();
   // Pipelined requests still queued: the next one is running from now on.
-  if (!requests_.empty()) {
-    busy_since_ = reactor_.now();
-    query_timeout_canceled_ = false;
-  }
+  requests_.restart_busy(reactor_.now());
   if (status == 'I') {
     // The transaction ended: its replayable SETs take effect unless it rolled back.
     if (!transaction_failed_ && client_ != nullptr) {
@@ -315,163 +295,23 @@ void Server::forward_to_client() {
       stream_.consume(frame.size);
       continue;
     }
-    // The few messages pgring tracks are read whole; everything else streams through.
-    char type = frame.type;
-    bool inspect =
-        type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
-        type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
-    bool swallow = false;
-    bool incomplete = false;  // must wait for the rest of this message
-    bool consumed = false;    // already taken out of the input
-    if (inspect && frame.size <= kMaxInspected) {
-      if (stream_.input_size() < frame.size) break;
-      std::string_view body = stream_.contiguous(frame.size).substr(5);
-      if (type == proto::backend::kReadyForQuery) {
-        auto status = proto::parse_ready_for_query(body);
-        if (!status) {
-          reactor_.close(*this, Reason::server_protocol_error, "malformed ReadyForQuery");
-          return;
-        }
-        if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' &&
-            client.pinned_state_ == 0) {
-          refuse_transaction_block(frame.size);
-          continue;
-        }
-        // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
-        swallow = requests_.head_is(Request::sync) && requests_.head()->skip;
-        on_ready_for_query(*status);
-      } else if (type == proto::backend::kErrorResponse) {
-        auto fields = proto::parse_error_fields(body);
-        const RequestQueue::Entry* head = requests_.head();
-        if (head != nullptr && head->kind == Request::execute && !head->fake.empty()) {
-          // An error pgring provoked on purpose: the client gets the one it stands for.
-          client.stream_.emit_bytes(head->fake);
-          on_error_response();
-          swallow = true;
-        } else if (fields && retry_after_error(*fields)) {
-          swallow = true;
-        } else {
-          if (fields && fields->sqlstate == "0A000" &&
-              fields->message.find("cached plan must not change result type") !=
-                  std::string_view::npos &&
-              head != nullptr && head->statement != nullptr) {
-            // Not retried (inside a transaction, or a driver with its own row description):
-            // the client gets the error, and its next Parse of this text prepares afresh.
-            reactor_.statements().retire(*head->statement);
-          }
-          // (An error of an earlier pipelined batch may arrive while a check is pending: only
-          // the check's own Parse or Describe failing ends the check.)
-          bool check_failed = client.shape_check_pending_ && head != nullptr && head->shape_check;
-          on_error_response();
-          if (check_failed) {
-            // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the
-            // error stands for the held request, as PostgreSQL would give it, and the server
-            // skips to the client's Sync.
-            client.on_shape_check_failed();
-            if (client_ == nullptr || client.state_ == ClientState::closing) return;
-          }
-          std::string klass = fields && fields->sqlstate.size() >= 2
-                                  ? std::string(fields->sqlstate.substr(0, 2))
-                                  : "??";
-          ++pool_.stats_.errors_by_class[klass];
-        }
-      } else if (type == proto::backend::kParameterStatus) {
-        if (auto p = proto::parse_parameter_status(body)) {
-          set_param(p->name, p->value);
-          const std::string* startup =
-              reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
-          if (startup != nullptr && *startup != p->value) {
-            // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
-            // server to its own defaults. The client is told its startup value, which the next
-            // restore applies again.
-            std::string value = *startup;
-            std::string name(p->name);
-            client.on_server_parameter(name, value);
-            (void)client.stream_.emit(
-                [&](std::string& out) { return proto::build::parameter_status(out, name, value); });
-            swallow = true;
-          } else {
-            client.on_server_parameter(p->name, p->value);
-          }
-        }
-      } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
-        on_command_complete(*tag);
-        if (client_ == nullptr || client.state_ == ClientState::closing) return;
-      }
-    } else {
-      switch (type) {
-        case proto::backend::kParseComplete:
-          swallow = pop_reply(Request::parse);
-          break;
-        case proto::backend::kBindComplete:
-          swallow = pop_reply(Request::bind);
-          break;
-        case proto::backend::kCloseComplete:
-          swallow = pop_reply(Request::close);
-          break;
-        case proto::backend::kParameterDescription:
-          swallow = requests_.head_is(Request::describe) && requests_.head()->skip;
-          break;
-        case proto::backend::kNoData:
-        case proto::backend::kRowDescription: {  // Describe's; a Query's pops nothing
-          if (!requests_.head_is(Request::describe)) break;
-          const PreparedStatement* statement = requests_.head()->statement;
-          bool check = requests_.head()->shape_check;
-          Shape shape = 0;
-          if (statement != nullptr) {
-            if (type == proto::backend::kNoData) {
-              shape = shape_of("n");
-            } else if (frame.size <= kMaxInspected) {  // a huge RowDescription is not compared
-              if (stream_.input_size() < frame.size) {
-                incomplete = true;
-                break;
-              }
-              shape = shape_of(stream_.contiguous(frame.size).substr(5));
-            }
-            if (shape != 0) prepared_.set_shape(statement->id, shape);
-          }
-          swallow = pop_reply(Request::describe);
-          if (statement != nullptr && !check) client.on_described(*statement, shape);
-          if (check && statement != nullptr) {
-            std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
-            stream_.consume(have);
-            swallow_remaining_ = frame.size - have;  // only a huge RowDescription arrives in parts
-            client.on_shape_checked(*statement, shape);
-            consumed = true;
-          }
-          break;
-        }
-        case proto::backend::kErrorResponse:  // too large to read whole: not retried
-          on_error_response();
-          ++pool_.stats_.errors_by_class["??"];
-          break;
-        case proto::backend::kEmptyQueryResponse:
-        case proto::backend::kPortalSuspended:
-          on_command_complete({});
-          break;
-        case proto::backend::kCopyInResponse:
-          requests_.copy_in_ = true;
-          break;
-        default:
-          break;
-      }
-    }
-    if (incomplete) break;  // a RowDescription to compare has not fully arrived
-    if (consumed) {
-      // The shape check's RowDescription, already consumed; the client resumed (or failed).
+    const Verdict verdict = on_reply(frame, client);
+    if (verdict == Verdict::wait) break;
+    if (verdict == Verdict::stop) return;
+    if (verdict == Verdict::taken) {
       if (client_ == nullptr || state_ != ServerState::active) return;
       continue;
     }
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
-    if (swallow) {
+    if (verdict == Verdict::drop) {
       stream_.consume(n);
+      swallow_remaining_ = frame.size - n;
     } else {
       stream_.forward(n, client.stream_);
+      forward_remaining_ = frame.size - n;
     }
-    forward_remaining_ = swallow ? 0 : frame.size - n;
-    if (swallow && n < frame.size) swallow_remaining_ = frame.size - n;
     flush_fakes();
-    if (type == proto::backend::kReadyForQuery && n == frame.size) {
+    if (frame.type == proto::backend::kReadyForQuery && n == frame.size) {
       reactor_.want_send(client.stream_);
       maybe_release();
       if (client_ == nullptr) return;  // released: anything further is not this client's
@@ -481,6 +321,157 @@ void Server::forward_to_client() {
     reactor_.want_send(client_->stream_);
     reactor_.apply_backpressure(stream_, client_->stream_);
   }
+}
+
+Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
+  // The few messages pgring tracks are read whole; everything else streams through.
+  const char type = frame.type;
+  const bool inspect =
+      type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
+      type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
+  bool swallow = false;  // pgring's own reply, or one replaced by what pgring sent
+  if (inspect && frame.size <= kMaxInspected) {
+    if (stream_.input_size() < frame.size) return Verdict::wait;
+    std::string_view body = stream_.contiguous(frame.size).substr(5);
+    if (type == proto::backend::kReadyForQuery) {
+      auto status = proto::parse_ready_for_query(body);
+      if (!status) {
+        reactor_.close(*this, Reason::server_protocol_error, "malformed ReadyForQuery");
+        return Verdict::stop;
+      }
+      if (pool_.settings_.pool_mode == config::PoolMode::statement && *status != 'I' &&
+          client.pinned_state_ == 0) {
+        refuse_transaction_block(frame.size);
+        return Verdict::taken;
+      }
+      // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
+      swallow = requests_.head_is(Request::sync) && requests_.head()->skip;
+      on_ready_for_query(*status);
+    } else if (type == proto::backend::kErrorResponse) {
+      auto fields = proto::parse_error_fields(body);
+      const RequestQueue::Entry* head = requests_.head();
+      if (head != nullptr && head->kind == Request::execute && !head->fake.empty()) {
+        // An error pgring provoked on purpose: the client gets the one it stands for.
+        client.stream_.emit_bytes(head->fake);
+        on_error_response();
+        swallow = true;
+      } else if (fields && retry_after_error(*fields)) {
+        swallow = true;
+      } else {
+        if (fields && fields->sqlstate == "0A000" &&
+            fields->message.find("cached plan must not change result type") !=
+                std::string_view::npos &&
+            head != nullptr && head->statement != nullptr) {
+          // Not retried (inside a transaction, or a driver with its own row description):
+          // the client gets the error, and its next Parse of this text prepares afresh.
+          reactor_.statements().retire(*head->statement);
+        }
+        // (An error of an earlier pipelined batch may arrive while a check is pending: only
+        // the check's own Parse or Describe failing ends the check.)
+        bool check_failed = client.shape_check_pending_ && head != nullptr && head->shape_check;
+        on_error_response();
+        if (check_failed) {
+          // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the
+          // error stands for the held request, as PostgreSQL would give it, and the server
+          // skips to the client's Sync.
+          client.on_shape_check_failed();
+          if (client_ == nullptr || client.state_ == ClientState::closing) return Verdict::stop;
+        }
+        std::string klass = fields && fields->sqlstate.size() >= 2
+                                ? std::string(fields->sqlstate.substr(0, 2))
+                                : "??";
+        ++pool_.stats_.errors_by_class[klass];
+      }
+    } else if (type == proto::backend::kParameterStatus) {
+      if (auto p = proto::parse_parameter_status(body)) {
+        set_param(p->name, p->value);
+        const std::string* startup =
+            reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
+        if (startup != nullptr && *startup != p->value) {
+          // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
+          // server to its own defaults. The client is told its startup value, which the next
+          // restore applies again.
+          std::string value = *startup;
+          std::string name(p->name);
+          client.on_server_parameter(name, value);
+          (void)client.stream_.emit(
+              [&](std::string& out) { return proto::build::parameter_status(out, name, value); });
+          swallow = true;
+        } else {
+          client.on_server_parameter(p->name, p->value);
+        }
+      }
+    } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
+      on_command_complete(*tag);
+      if (client_ == nullptr || client.state_ == ClientState::closing) return Verdict::stop;
+    }
+  } else {
+    switch (type) {
+      case proto::backend::kParseComplete:
+        swallow = pop_reply(Request::parse);
+        break;
+      case proto::backend::kBindComplete:
+        swallow = pop_reply(Request::bind);
+        break;
+      case proto::backend::kCloseComplete:
+        swallow = pop_reply(Request::close);
+        break;
+      case proto::backend::kParameterDescription:
+        swallow = requests_.head_is(Request::describe) && requests_.head()->skip;
+        break;
+      case proto::backend::kNoData:
+      case proto::backend::kRowDescription: {  // Describe's; a Query's pops nothing
+        if (!requests_.head_is(Request::describe)) break;
+        const PreparedStatement* statement = requests_.head()->statement;
+        bool check = requests_.head()->shape_check;
+        Shape shape = 0;
+        if (statement != nullptr) {
+          if (type == proto::backend::kNoData) {
+            shape = shape_of("n");
+          } else if (frame.size <= kMaxInspected) {  // a huge RowDescription is not compared
+            // A RowDescription to compare that has not fully arrived.
+            if (stream_.input_size() < frame.size) return Verdict::wait;
+            shape = shape_of(stream_.contiguous(frame.size).substr(5));
+          }
+          if (shape != 0) prepared_.set_shape(statement->id, shape);
+        }
+        swallow = pop_reply(Request::describe);
+        if (statement != nullptr && !check) client.on_described(*statement, shape);
+        if (check && statement != nullptr) {
+          std::size_t have = std::min<std::size_t>(frame.size, stream_.input_size());
+          stream_.consume(have);
+          swallow_remaining_ = frame.size - have;  // only a huge RowDescription arrives in parts
+          client.on_shape_checked(*statement, shape);
+          return Verdict::taken;  // the client resumed (or failed)
+        }
+        break;
+      }
+      case proto::backend::kErrorResponse:  // too large to read whole: not retried
+        on_error_response();
+        ++pool_.stats_.errors_by_class["??"];
+        break;
+      case proto::backend::kEmptyQueryResponse:
+      case proto::backend::kPortalSuspended:
+        on_command_complete({});
+        break;
+      case proto::backend::kCopyInResponse:
+        requests_.copy_in_ = true;
+        break;
+      default:
+        break;
+    }
+  }
+  return swallow ? Verdict::drop : Verdict::forward;
+}
+
+void Server::maybe_release() {
+  // Transaction and statement mode: the link ends when the server is idle again and the client
+  // has nothing half-sent. A pinned client keeps its server.
+  if (client_ == nullptr || pool_.settings_.pool_mode == config::PoolMode::session) return;
+  Client& client = *client_;
+  if (client.pinned_state_ != 0 || restore_replies_pending_ > 0 || !idle_in_protocol()) return;
+  if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
+  pool_.release_link(*this);
 }
 
 void Server::refuse_transaction_block(std::size_t ready_size) {

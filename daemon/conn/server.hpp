@@ -25,6 +25,7 @@
 
 #include "daemon/cache/statements.hpp"
 #include "daemon/conn/request_queue.hpp"
+#include "daemon/conn/verdict.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
 #include "daemon/core/stream.hpp"
@@ -94,26 +95,23 @@ class Server {
   bool drain_session_reset_ = false;
   Clock::time_point
       drain_since_{};  // the configuration moved the pool elsewhere: close instead of reuse
-  // When the oldest unanswered request was sent, and when the transaction began (timeouts).
-  Clock::time_point busy_since_{};
+  // When the transaction began (timeouts; the oldest unanswered request: requests_.busy_since).
   Clock::time_point transaction_since_{};
   Clock::time_point retire_at_{};          // server_lifetime with jitter
   Clock::time_point transaction_start_{};  // first request after 'I' (transaction histogram)
   Clock::time_point last_ready_{};         // last ReadyForQuery (idle-in-transaction timeout)
-  bool query_timeout_canceled_ = false;    // timeouts.query fired and a cancel went out
+  // timeouts.query fired for the request running since this time and a cancel went out.
+  Clock::time_point query_timeout_canceled_for_{};
 
   // What the server told us at login and since (ParameterStatus), and its cancel key.
   std::vector<std::pair<std::string, std::string>> params_;
   std::int32_t backend_pid_ = 0;
   std::string backend_secret_;
 
-  // What the linked client sent that the server has not answered yet (conn/request_queue.hpp).
+  // What the linked client sent that the server has not answered yet (conn/request_queue.hpp),
+  // pushed with the reactor's `now` (the first push into an empty queue starts the query timer).
   // The link may be released only when it is idle and the server says 'I'.
   RequestQueue requests_;
-  // Appends a request; the first one after an idle queue starts the query timer.
-  RequestQueue::Entry& expect(Request kind);
-  void expect(Request kind, std::uint8_t session_state,
-              std::unique_ptr<proto::sql::SetStatement> set);
   // Prepares `statement` here ahead of a client's request (the client did not send this
   // Parse): its ParseComplete is swallowed. Null when the Parse could not be encoded.
   RequestQueue::Entry* inject_parse(const PreparedStatement& statement);
@@ -162,7 +160,10 @@ class Server {
   void handle_reset_message(char type, std::string_view body);
   void handle_idle_message(char type, std::string_view body);
   void handle_lookup_message(char type, std::string_view body);
+  // The reply path: reads the server's messages, lets on_reply decide each one and carries the
+  // verdict out (forward to the client, swallow, wait for more); releases at ReadyForQuery.
   void forward_to_client();
+  Verdict on_reply(const proto::Frame& frame, Client& client);
   void set_param(std::string_view name, std::string_view value);
   void on_command_complete(std::string_view tag);
   void on_ready_for_query(char status);

@@ -83,7 +83,7 @@ void Server::start_draining(bool session_reset) {
   if (requests_.copy_in_) end_copy_in();
   if (requests_.unsynced_) {
     (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
-    expect(Request::sync);
+    requests_.push(Request::sync, reactor_.now());
     requests_.unsynced_ = false;
   }
   reactor_.want_send(stream_);
@@ -97,9 +97,9 @@ void Server::end_copy_in() {
   // case it ran through the extended protocol (a spare Sync only adds a ReadyForQuery).
   (void)stream_.emit(
       [](std::string& out) { return proto::build::copy_fail(out, "pgring: client disconnected"); });
-  expect(Request::copy_end);
+  requests_.push(Request::copy_end, reactor_.now());
   (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });
-  expect(Request::sync);
+  requests_.push(Request::sync, reactor_.now());
   requests_.unsynced_ = false;
 }
 
@@ -182,16 +182,6 @@ void Server::drain() {
       return;
     }
   }
-}
-
-void Server::maybe_release() {
-  // Transaction and statement mode: the link ends when the server is idle again and the client
-  // has nothing half-sent. A pinned client keeps its server.
-  if (client_ == nullptr || pool_.settings_.pool_mode == config::PoolMode::session) return;
-  Client& client = *client_;
-  if (client.pinned_state_ != 0 || restore_replies_pending_ > 0 || !idle_in_protocol()) return;
-  if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
-  pool_.release_link(*this);
 }
 
 void Server::handle_restore_message(char type, std::string_view body) {

@@ -206,11 +206,10 @@ class Reactor {
   void rearm_starved();
   void dispatch(io_uring_cqe* cqe);
   void on_accept(Listener& listener, int result, unsigned flags);
-  // A receive completed: its buffer joins the stream's input. Then, unless the connection is
-  // closing, what the result means; `starved` re-arms later (rearm_starved).
-  enum class Received { bytes, starved, eof, error, tls_failed };
-  void take_received(Stream& stream, int& ops, int result, unsigned flags);
-  Received classify_received(Stream& stream, int& ops, int result);
+  // A receive completed: its buffer joins the stream's input (dropped when the connection is
+  // closing), then what the result means; `starved` re-arms later (rearm_starved).
+  enum class Received { bytes, starved, eof, error, tls_failed, closing };
+  Received receive(Stream& stream, int& ops, int result, unsigned flags, bool closing);
   void on_client_recv(Client& client, int result, unsigned flags);
   void on_client_send(Client& client, int result);
   void on_server_recv(Server& server, int result, unsigned flags);

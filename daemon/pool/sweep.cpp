@@ -168,12 +168,13 @@ void Reactor::sweep_active(Pool& pool) {
       s = next;
       continue;
     }
-    if (busy && expired(s->busy_since_, t.query)) {
-      if (!s->query_timeout_canceled_) {
-        s->query_timeout_canceled_ = true;
+    const Clock::time_point busy_since = s->requests_.busy_since();
+    if (busy && expired(busy_since, t.query)) {
+      if (s->query_timeout_canceled_for_ != busy_since) {
+        s->query_timeout_canceled_for_ = busy_since;
         log::info("C-{} query timeout ({} ms): canceling on S-{}", c->id_, t.query.count(), s->id_);
         start_cancel(*s);
-      } else if (expired(s->busy_since_, t.query + cancel_wait)) {
+      } else if (expired(busy_since, t.query + cancel_wait)) {
         close(*c, Reason::query_timeout, "query timeout");
       }
     } else if (s->transaction_status_ != 'I' && expired(s->transaction_since_, t.transaction)) {

@@ -49,9 +49,9 @@ TEST_CASE("request_for: the frontend messages that expect a reply") {
 TEST_CASE("a simple Query: busy until its ReadyForQuery") {
   RequestQueue q;
   CHECK(q.idle());
-  bool busy = false;
-  q.push(Request::query, &busy);
-  CHECK(busy);
+  const Clock::time_point t0 = Clock::time_point() + std::chrono::seconds(1);
+  q.push(Request::query, t0);
+  CHECK(q.busy_since() == t0);
   CHECK_FALSE(q.idle());
   // A multi-statement Query: two CommandCompletes, the Query stays until ReadyForQuery.
   CHECK_FALSE(q.on_command_complete().execute);
@@ -63,11 +63,12 @@ TEST_CASE("a simple Query: busy until its ReadyForQuery") {
 
 TEST_CASE("a pipelined extended batch is answered in order") {
   RequestQueue q;
-  bool busy = true;
-  push_all(q, {Request::parse, Request::bind, Request::describe, Request::execute});
+  const Clock::time_point t0 = Clock::time_point() + std::chrono::seconds(1);
+  q.push(Request::parse, t0);
+  push_all(q, {Request::bind, Request::describe, Request::execute});
   q.unsynced_ = true;
-  q.push(Request::sync, &busy);
-  CHECK_FALSE(busy);  // already busy since the Parse
+  q.push(Request::sync, t0 + std::chrono::seconds(1));
+  CHECK(q.busy_since() == t0);  // busy since the Parse
   q.unsynced_ = false;
   CHECK(q.in_flight() == 5);
   CHECK_FALSE(q.pop_reply(Request::bind));  // not the head: nothing popped
@@ -107,6 +108,21 @@ TEST_CASE("an error in the extended protocol skips to the Sync") {
   CHECK(kinds(q) == std::vector{Request::sync, Request::query});
   q.pop_until_ready(kNothing);
   CHECK(kinds(q) == std::vector{Request::query});
+}
+
+TEST_CASE("pipelined Queries: the busy clock restarts at each ReadyForQuery, not at each push") {
+  RequestQueue q;
+  const Clock::time_point t0 = Clock::time_point() + std::chrono::seconds(1);
+  q.push(Request::query, t0);
+  q.push(Request::query, t0 + std::chrono::seconds(1));
+  CHECK(q.busy_since() == t0);
+  q.pop_until_ready(kNothing);
+  q.restart_busy(t0 + std::chrono::seconds(5));  // the second Query runs from its predecessor's end
+  CHECK(q.busy_since() == t0 + std::chrono::seconds(5));
+  q.pop_until_ready(kNothing);
+  q.restart_busy(t0 + std::chrono::seconds(9));  // nothing left: the clock stays where it was
+  CHECK(q.busy_since() == t0 + std::chrono::seconds(5));
+  CHECK(q.idle());
 }
 
 TEST_CASE("an error in a simple Query skips nothing") {
