@@ -90,6 +90,12 @@ RequestQueue::Entry& RequestQueue::push(Request kind, Clock::time_point now) {
   entries_.emplace_back();
   Entry& e = entries_.back();
   e.kind = kind;
+  if (skipping_to_sync_) {
+    if (kind == Request::sync)
+      skipping_to_sync_ = false;  // PostgreSQL answers this Sync
+    else
+      e.server_skips = true;
+  }
   return e;
 }
 

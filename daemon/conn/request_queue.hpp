@@ -60,6 +60,9 @@ class RequestQueue {
   struct Entry {
     Request kind = Request::query;
     bool skip = false;  // pgring injected it (a Parse before a Bind, an eviction Close): swallow
+    // Sent while PostgreSQL skips to the next Sync after an extended-protocol error: it gets no
+    // reply (not even a Query's ReadyForQuery), and a reply owed for it is never sent.
+    bool server_skips = false;
     std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // parse: prepared by it; describe: described
@@ -102,7 +105,8 @@ class RequestQueue {
   void pop_until_ready(F&& on_skipped);
   // An extended-protocol request at the head failed: PostgreSQL skips every message up to the
   // next Sync, so the entries before it will never be answered (owed replies among them are
-  // dropped too). Each dropped entry is passed to `on_skipped`.
+  // dropped too). Each dropped entry is passed to `on_skipped`. When that Sync has not been
+  // sent yet, what is pushed until it comes is marked `server_skips`.
   template <typename F>
   void skip_to_sync(F&& on_skipped);
   // ErrorResponse: an extended-protocol request at the head failed, so the server skips to the
@@ -140,6 +144,7 @@ class RequestQueue {
   std::vector<Entry> entries_;
   std::size_t head_ = 0;
   Clock::time_point busy_since_{};
+  bool skipping_to_sync_ = false;  // an error's skip reaches past the last Sync pushed
 };
 
 template <typename F>
@@ -147,10 +152,11 @@ void RequestQueue::pop_until_ready(F&& on_skipped) {
   while (!empty()) {
     Entry& e = entries_[head_];
     Request kind = e.kind;
+    bool answered = !e.server_skips;
     on_skipped(e);
     e.set.reset();
     ++head_;
-    if (ends_cycle(kind)) break;
+    if (ends_cycle(kind) && answered) break;
   }
 }
 
@@ -158,6 +164,7 @@ template <typename F>
 void RequestQueue::skip_to_sync(F&& on_skipped) {
   std::size_t end = head_;
   while (end < entries_.size() && entries_[end].kind != Request::sync) on_skipped(entries_[end++]);
+  if (end == entries_.size()) skipping_to_sync_ = true;
   entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(head_),
                  entries_.begin() + static_cast<std::ptrdiff_t>(end));
 }
@@ -171,7 +178,7 @@ void RequestQueue::on_error(F&& on_skipped) {
 template <typename F>
 void RequestQueue::take_owed(F&& emit) {
   while (!empty() && is_owed(entries_[head_].kind)) {
-    emit(entries_[head_]);
+    if (!entries_[head_].server_skips) emit(entries_[head_]);
     ++head_;
   }
 }

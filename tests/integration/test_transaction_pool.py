@@ -19,7 +19,8 @@ from lib import (BackendSampler, Background, FLUSH_MESSAGE, LIBPQ_CLIENT, Pgring
                 describe_message, error_fields_in, execute_message, expect_error, fail,
                 idle_in_transaction, log, login, message, monitor_connect, parse_message,
                 pool_config, pool_count, pool_row, query, query_one, read_messages_until,
-                read_until_ready, run_clients, run_tests, skip_test, wait_no_backends, wait_until)
+                read_until_ready, run_clients, run_tests, skip_test, wait_no_backends, wait_until,
+                PGPORT)
 
 DB, USER = "app", "app"
 
@@ -359,6 +360,43 @@ def test_unnamed_statement_bound_after_a_sync():
         check_eq(other.simple_query("SELECT 'still other'; COMMIT"), [["still other"]])
         r.terminate()
         other.terminate()
+
+
+def error_skip_script(conn):
+    """An Execute fails before the client's Sync; the client then sends a simple Query and a
+    cached-looking Parse before that Sync, then a Query after it. Returns the message types of
+    each answer and the rows of the last Query."""
+    conn.send(parse_message("SELECT 1/0") + bind_message() + execute_message() + FLUSH_MESSAGE)
+    first = [k for k, _ in read_messages_until(conn, (b"E",))]
+    # PostgreSQL skips everything up to the Sync, the Query and the Parse included.
+    conn.send(message(b"Q", b"SELECT 'skipped'\0") + parse_message("SELECT 2", name="s_skip")
+              + SYNC_MESSAGE)
+    msgs, status = read_until_ready(conn)
+    second = [k for k, _ in msgs]
+    conn.send(message(b"Q", b"SELECT 'after'\0"))
+    msgs, _ = read_until_ready(conn)
+    rows = [data_row_values(b) for k, b in msgs if k == b"D"]
+    return first, second, status, rows
+
+
+def test_messages_skipped_after_an_error_get_no_reply():
+    # After an error in the extended protocol PostgreSQL discards every message up to the next
+    # Sync, a simple Query among them: the ReadyForQuery that follows answers the Sync. pgring
+    # must not take it for the Query's and then wait for a second one.
+    direct = login(PGPORT, user=USER, db=DB, password="secret", timeout=30)
+    expected = error_skip_script(direct)
+    direct.terminate()
+    check_eq(expected, ([b"1", b"E"], [b"Z"], "I", [["after"]]), "direct PostgreSQL")
+    with Pgring(pool_config(pool_size=1)) as p:
+        r = app_login(p)
+        check_eq(error_skip_script(r), expected, "through pgring, as PostgreSQL")
+        # Every request was answered: the server went back to the pool, clean, and another
+        # client gets it.
+        wait_until(lambda: pool_count(p.port, DB, "sv_idle", user=USER) == 1, 15,
+                   what="the server back in the pool (SHOW POOLS sv_idle 1)",
+                   describe=lambda: pool_row(p.port, DB, user=USER))
+        check_eq(one_shot(p, "SELECT 'next client'"), "next client")
+        r.terminate()
 
 
 def test_named_cursor_in_transaction():

@@ -270,3 +270,33 @@ TEST_CASE("StatementRegistry: one entry per Parse tail, a retired one is prepare
   CHECK(a.query() == "select 1");  // the retired entry stays valid for clients naming it
   CHECK(shape_of("n") != 0u);
 }
+
+TEST_CASE("an error before the client's Sync: what it sends until that Sync gets no reply") {
+  // PostgreSQL skips every message up to the next Sync, a simple Query among them: the
+  // ReadyForQuery that follows answers the Sync, not the Query.
+  RequestQueue q;
+  PreparedStatement statement;
+  statement.id = 7;
+  push_all(q, {Request::bind, Request::execute});  // no Sync yet
+  int skipped = 0;
+  q.on_error([&](const RequestQueue::Entry&) { ++skipped; });
+  CHECK(skipped == 2);
+  CHECK(q.empty());
+  q.push(Request::query);
+  q.push(Request::owed_parse_complete);  // a Parse the cache would answer: skipped by the server
+  q.push(Request::parse).statement = &statement;
+  q.push(Request::sync);
+  q.push(Request::query);  // after the Sync: answered as usual
+  int owed = 0;
+  q.take_owed([&](const RequestQueue::Entry&) { ++owed; });
+  CHECK(owed == 0);
+  std::vector<std::uint64_t> unprepared;
+  q.pop_until_ready([&](const RequestQueue::Entry& e) {
+    if (e.kind == Request::parse && e.statement != nullptr) unprepared.push_back(e.statement->id);
+  });
+  CHECK(unprepared == std::vector<std::uint64_t>{7});
+  CHECK(kinds(q) == std::vector{Request::query});
+  CHECK_FALSE(q.head()->server_skips);
+  q.pop_until_ready(kNothing);
+  CHECK(q.idle());
+}
