@@ -114,6 +114,10 @@ def cmd_record(raw, args):
     for k in ("loadgen", "idle_done"):
         if k in rec:
             rec[k] = kv_line(str(rec[k]))
+    if "pg_cpu_ticks" in rec:
+        pg_us = rec.pop("pg_cpu_ticks") * 1e6 / rec["clk_tck"]
+        if rec.get("txns"):
+            rec["pg_cpu_us_per_txn"] = pg_us / rec["txns"]
     if "cpu_ticks" in rec:
         us = rec.pop("cpu_ticks") * 1e6 / rec.pop("clk_tck")
         if rec.get("proxy") == 1:
@@ -366,6 +370,39 @@ def render(raw, outdir, work):
     md.append(md_table(["scenario"] + [NAMES[t] for t in T], rows))
     md.append(img("latency_select.svg", "p99 latency, select-only"))
 
+    # Latency added over a direct connection, where a sidecar lives: one client.
+    one = [s for s in pgb if s.startswith("select-") and s.endswith("-1")]
+    if one and "direct" in T and P:
+        md.append("## Latency added per round trip at 1 client: p50 / p99 over direct PostgreSQL (µs)\n")
+        rows = []
+        for sc in one:
+            d50, d99 = res.stat(sc, "direct", "p50_ms").med, res.stat(sc, "direct", "p99_ms").med
+            row = [scenario_label(sc)]
+            for t in P:
+                a, b = res.stat(sc, t, "p50_ms").med, res.stat(sc, t, "p99_ms").med
+                if res.na(sc, t) or None in (a, b, d50, d99):
+                    row.append("–")
+                else:
+                    row.append(f"{(a - d50) * 1000:+.0f} / {(b - d99) * 1000:+.0f}")
+            rows.append(row)
+        md.append(md_table(["scenario"] + [NAMES[t] for t in P], rows))
+
+    # PostgreSQL's own CPU: a proxy that makes the server work harder costs more than its own CPU.
+    if any(res.stat(sc, t, "pg_cpu_us_per_txn") for sc in pgb for t in T):
+        md.append("## PostgreSQL CPU per transaction (µs)\n")
+        md.append("utime+stime of the postmaster and all its children (exited ones through the "
+                  "postmaster's cutime/cstime) over the run, divided by the transactions.\n")
+        rows = []
+        for sc in pgb:
+            row = [scenario_label(sc)] + [res.cell(sc, t, "pg_cpu_us_per_txn", f1) for t in T]
+            if "pgbouncer" in T and "pgring" in T and not res.na(sc, "pgbouncer"):
+                row.append(ratio(res.stat(sc, "pgring", "pg_cpu_us_per_txn").med,
+                                 res.stat(sc, "pgbouncer", "pg_cpu_us_per_txn").med))
+            else:
+                row.append("–")
+            rows.append(row)
+        md.append(md_table(["scenario"] + [NAMES[t] for t in T] + ["via pgring / via PgBouncer"], rows))
+
     # CPU
     if P:
         md.append("## Proxy CPU per transaction (µs)\n")
@@ -379,6 +416,33 @@ def render(raw, outdir, work):
         hdr = ["scenario"] + [NAMES[t] for t in P] + (["pgring / PgBouncer"] if "pgbouncer" in P and "pgring" in P else [])
         md.append(md_table(hdr, rows))
         md.append(img("cpu_per_txn.svg", "Proxy CPU per transaction"))
+
+    # System calls per transaction (separate runs under perf stat, not the timed ones).
+    sys_sc = [sc for sc in res.scenarios if sc.startswith("syscalls-")]
+    if sys_sc and P:
+        md.append("## System calls per transaction (separate runs, `perf stat`)\n")
+        md.append("Counted on the syscall tracepoints of the proxy's threads (`raw_syscalls:sys_enter`; "
+                  "for pgring `io_uring_enter` is the ring's wake-up) and of the pool's PostgreSQL "
+                  "backends, in a run of its own per case. pgring's ring counters come from its "
+                  "`/metrics` (`pgring_io_uring_*`, `pgring_socket_sends_total`).\n")
+        rows = []
+        for sc in sys_sc:
+            for t in P:
+                rs = [r for r in res.runs(sc, t) if r.get("txns")]
+                if not rs:
+                    continue
+                r = rs[-1]
+                n = r["txns"]
+                def per(key):
+                    v = r.get(key)
+                    return f"{v / n:.2f}" if isinstance(v, (int, float)) else "–"
+                rows.append([scenario_label(sc[len("syscalls-"):]), NAMES[t], per("syscalls"),
+                             per("io_uring_enter") if t == "pgring" else per("epoll_wait"),
+                             per("sendto"), per("recvfrom"), per("pg_syscalls") if t != "haproxy" else "–",
+                             per("sends_to_server"), per("sends_to_client")])
+        md.append(md_table(["scenario", "proxy", "proxy syscalls", "io_uring_enter / epoll_wait",
+                            "sendto", "recvfrom", "PostgreSQL backends' syscalls",
+                            "pgring sends to server", "pgring sends to client"], rows, left=2))
 
         # Memory
         md.append("## Proxy memory (RSS)\n")

@@ -33,6 +33,7 @@ TARGETS_OPT="direct pgring pgbouncer haproxy"
 PGRING=$ROOT/build/pgring
 KEEP=0
 SERVE=0
+NO_SYSCALLS=0
 PGRING_PREFIX=""
 WORKERS=1
 TLS=0
@@ -54,6 +55,10 @@ usage: loadtest/run.sh [options]
   --storm N            clients in the connection storm (default 5000)
   --port-base P        PostgreSQL on P, pgring P+1, PgBouncer P+2, HAProxy P+3 (default 25470)
   --pgring PATH        pgring binary (default build/pgring)
+  --no-syscalls        skip the separate runs that count system calls per transaction (perf)
+  --pgbouncer PATH     PgBouncer binary (default: /tmp/pgbouncer-1.25.2/bin/pgbouncer when
+                       ../shared/anchors/build-pgbouncer has built it, else Debian's
+                       /usr/sbin/pgbouncer 1.18)
   --workers N          pgring reactor threads (default 1, like PgBouncer's one process)
   --tls                client TLS for every target: pgbench, psql and loadgen connect with
                        sslmode=require; pgring (tls.client.mode require) and PgBouncer
@@ -83,6 +88,8 @@ while (($#)); do
     --storm) STORM_N=$2; shift ;;
     --port-base) PORT_BASE=$2; shift ;;
     --pgring) PGRING=$2; shift ;;
+    --pgbouncer) PGBOUNCER=$2; shift ;;
+    --no-syscalls) NO_SYSCALLS=1 ;;
     --workers) WORKERS=$2; shift ;;
     --tls) TLS=1 ;;
     --keep) KEEP=1 ;;
@@ -118,6 +125,7 @@ OUT=$(cd "$OUT" && pwd)
 if ((TLS)); then SSLMODE=require; else SSLMODE=disable; fi
 
 PGPORT=$PORT_BASE
+METRICS_PORT=$((PORT_BASE + 4))  # pgring's /metrics (its ring and socket counters)
 declare -A PORT=([direct]=$PORT_BASE [pgring]=$((PORT_BASE + 1)) [pgbouncer]=$((PORT_BASE + 2)) [haproxy]=$((PORT_BASE + 3)))
 declare -A PID=()
 
@@ -160,7 +168,11 @@ PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -type d -name bin | so
 for cmd in pgbench psql haproxy gnuplot g++ python3 setpriv; do
   command -v "$cmd" >/dev/null || die "$cmd is not installed"
 done
-PGBOUNCER=/usr/sbin/pgbouncer
+# The newest PgBouncer is the fair anchor; Debian 12 ships 1.18.
+if [[ -z ${PGBOUNCER:-} ]]; then
+  PGBOUNCER=/usr/sbin/pgbouncer
+  [[ -x /tmp/pgbouncer-1.25.2/bin/pgbouncer ]] && PGBOUNCER=/tmp/pgbouncer-1.25.2/bin/pgbouncer
+fi
 [[ -x $PGBOUNCER ]] || die "$PGBOUNCER is not installed"
 
 # Load generator for the idle and storm scenarios.
@@ -236,6 +248,24 @@ cpu_ticks() {
   read -r -a f <<<"$rest"
   echo $((f[11] + f[12]))
 }
+# PostgreSQL's CPU in clock ticks: the postmaster and every live child (backends, background
+# workers), plus what exited children left in the postmaster's cutime/cstime. The difference
+# over a run is what PostgreSQL spent on it, backends that came and went included.
+pg_cpu_ticks() {
+  local pm stat rest f total=0 child
+  pm=$(head -n 1 "$PGDATA_REAL/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  stat=$(<"/proc/$pm/stat") || { echo 0; return; }
+  rest=${stat##*) }
+  read -r -a f <<<"$rest"
+  total=$((f[11] + f[12] + f[13] + f[14]))
+  for child in $(cat "/proc/$pm/task/"*/children 2>/dev/null); do
+    stat=$(<"/proc/$child/stat") 2>/dev/null || continue
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +312,7 @@ auth: {method: $AUTH}
 users: {bench: {password: bench}}
 defaults: {pool_mode: transaction, pool_size: $POOL_SIZE}
 databases: {bench: {host: 127.0.0.1, port: $PGPORT}}
+metrics: {listen: "127.0.0.1:$METRICS_PORT"}
 EOF
 if ((TLS)); then
   echo "tls: {client: {mode: require, cert: $WORK/tls/server.crt, key: $WORK/tls/server.key}}" >>"$WORK/pgring.yaml"
@@ -310,6 +341,13 @@ log_disconnections = 0
 log_pooler_errors = 1
 ignore_startup_parameters = extra_float_digits
 EOF
+# PgBouncer 1.21+ tracks protocol-level prepared statements in transaction mode (1.18 cannot).
+PGBOUNCER_VERSION=$("$PGBOUNCER" -V 2>&1 | head -n 1 | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n 1)
+PGBOUNCER_PREPARED=0
+if [[ $(printf '%s\n' 1.21 "$PGBOUNCER_VERSION" | sort -V | head -n 1) == 1.21 ]]; then
+  PGBOUNCER_PREPARED=1
+  echo "max_prepared_statements = 200" >>"$WORK/pgbouncer/pgbouncer.ini"
+fi
 if ((TLS)); then
   cat >>"$WORK/pgbouncer/pgbouncer.ini" <<EOF
 client_tls_sslmode = require
@@ -496,13 +534,20 @@ run_pgbench() {
   [[ $script == select ]] && args=(-S "${args[@]}")
   pid=${PID[$t]:-}
   cpu0=0; [[ -n "$pid" ]] && cpu0=$(cpu_ticks "$pid")
+  local pg0 pg1
+  pg0=$(pg_cpu_ticks)
   cmdlog "pgbench ${args[*]} bench   # $sc -> $t"
   rc=0
   timeout --kill-after=10 $((dur + 120)) pgbench "${args[@]}" bench >"$out" 2>&1 || rc=$?
+  # Without a pool the run's backends exit with pgbench: let the postmaster reap them (their
+  # CPU moves to its cutime) before reading it.
+  [[ $t == direct || $t == haproxy ]] && sleep 0.5
+  pg1=$(pg_cpu_ticks)
   cpu1=0; local rss=0
   if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then cpu1=$(cpu_ticks "$pid"); rss=$(rss_kib "$pid"); fi
   record round="$ROUND" scenario="$sc" target="$t" clients="$clients" mode="$mode" script="$script" \
     duration="$dur" rc="$rc" pgbench_out="$out" latlog="$prefix" cpu_ticks=$((cpu1 - cpu0)) clk_tck="$CLK_TCK" \
+    pg_cpu_ticks=$((pg1 - pg0)) \
     rss_kib="$rss" proxy="$([[ -n $pid ]] && echo 1 || echo 0)" "${extra_json[@]}"
   if ((rc != 0)) || grep -qiE 'error|abort' "$out"; then
     note "round $ROUND $sc -> $t: pgbench exit $rc: $(grep -iE 'error|abort' "$out" | head -n 3 | tr '\n' '|')"
@@ -591,7 +636,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         ;;
       *)
         for t in "${TARGETS[@]}"; do
-          if [[ $sc == select-prepared-* && $t == pgbouncer ]]; then
+          if [[ $sc == select-prepared-* && $t == pgbouncer ]] && ((!PGBOUNCER_PREPARED)); then
             record round="$ROUND" scenario="$sc" target="$t" status=n/a \
               reason="PgBouncer 1.18 does not support protocol-level prepared statements in transaction mode"
             continue
@@ -603,6 +648,68 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     esac
   done
 done
+
+# ---------------------------------------------------------------------------------------------
+# System calls per transaction where a sidecar lives (1 and 8 clients), in a separate run per
+# case, never in the timed rounds: perf counts the syscall tracepoints of the proxy's threads
+# and of the pool's PostgreSQL backends; pgring's /metrics adds its ring and socket counters.
+pgring_counter() {  # pgring_counter NAME [LABELS]: the value summed over the series matching
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+    awk -v n="$1" -v l="${2:-}" '$1 ~ "^"n"({|$)" && index($1, l) {s += $2} END {printf "%d", s}'
+}
+perf_count() {  # perf_count FILE EVENT
+  awk -F, -v e="$2" '$3 == e {printf "%d", $1; found = 1} END {if (!found) printf "0"}' "$1"
+}
+run_syscalls() {
+  local sc=$1 t=$2 mode clients jobs pid out pm pgpids p1 p2 rc=0 m0=() m1=() k
+  mode=${sc#select-}; mode=${mode%-*}; clients=${sc##*-}
+  jobs=$((clients < 2 ? clients : 2))
+  pid=${PID[$t]}
+  out=$WORK/out/syscalls-$sc-$t.txt
+  pm=$(head -n 1 "$PGDATA_REAL/postmaster.pid")
+  # The pool's backends (pgring and PgBouncer keep them open between runs).
+  pgpids=$(cat "/proc/$pm/task/"*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$' | paste -sd, -)
+  perf stat -x, -e raw_syscalls:sys_enter -e syscalls:sys_enter_io_uring_enter \
+    -e syscalls:sys_enter_sendto -e syscalls:sys_enter_recvfrom -e syscalls:sys_enter_epoll_wait \
+    -p "$pid" -o "$WORK/out/perf-$sc-$t.csv" >/dev/null 2>&1 &
+  p1=$!
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pgpids" -o "$WORK/out/perf-pg-$sc-$t.csv" >/dev/null 2>&1 &
+  p2=$!
+  sleep 0.5
+  if [[ $t == pgring ]]; then
+    for k in pgring_io_uring_enters_total pgring_io_uring_cqes_total; do m0+=("$(pgring_counter "$k")"); done
+    m0+=("$(pgring_counter pgring_socket_sends_total 'peer="client"')" "$(pgring_counter pgring_socket_sends_total 'peer="server"')")
+  fi
+  cmdlog "perf stat -e raw_syscalls:sys_enter,... -p PID -- pgbench -n -S -M $mode -c $clients -j $jobs -T $DURATION   # syscalls $sc -> $t"
+  pgbench -n -S -M "$mode" -c "$clients" -j "$jobs" -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" -U bench bench >"$out" 2>&1 || rc=$?
+  if [[ $t == pgring ]]; then
+    for k in pgring_io_uring_enters_total pgring_io_uring_cqes_total; do m1+=("$(pgring_counter "$k")"); done
+    m1+=("$(pgring_counter pgring_socket_sends_total 'peer="client"')" "$(pgring_counter pgring_socket_sends_total 'peer="server"')")
+  fi
+  kill -INT "$p1" "$p2" 2>/dev/null || true
+  wait "$p1" "$p2" 2>/dev/null || true
+  local f=$WORK/out/perf-$sc-$t.csv g=$WORK/out/perf-pg-$sc-$t.csv extra=()
+  if [[ $t == pgring ]]; then
+    extra=(ring_enters=$((m1[0] - m0[0])) ring_cqes=$((m1[1] - m0[1])) sends_to_client=$((m1[2] - m0[2])) sends_to_server=$((m1[3] - m0[3])))
+  fi
+  record round=0 scenario="syscalls-$sc" target="$t" clients="$clients" mode="$mode" rc="$rc" pgbench_out="$out" \
+    syscalls="$(perf_count "$f" raw_syscalls:sys_enter)" io_uring_enter="$(perf_count "$f" syscalls:sys_enter_io_uring_enter)" \
+    sendto="$(perf_count "$f" syscalls:sys_enter_sendto)" recvfrom="$(perf_count "$f" syscalls:sys_enter_recvfrom)" \
+    epoll_wait="$(perf_count "$f" syscalls:sys_enter_epoll_wait)" pg_syscalls="$(perf_count "$g" raw_syscalls:sys_enter)" \
+    "${extra[@]}"
+}
+if ((!NO_SYSCALLS)) && command -v perf >/dev/null; then
+  log "system calls per transaction (separate runs, perf stat)"
+  for sc in "${SCENARIOS[@]}"; do
+    [[ $sc == select-*-1 || $sc == select-*-8 ]] || continue
+    for t in pgring pgbouncer haproxy; do
+      [[ " ${TARGETS[*]} " == *" $t "* ]] || continue
+      [[ $sc == select-prepared-* && $t == pgbouncer ]] && ((!PGBOUNCER_PREPARED)) && continue
+      log "  syscalls $sc -> $t"
+      run_syscalls "$sc" "$t"
+    done
+  done
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 T_END=$(date +%s)
 

@@ -230,6 +230,7 @@ void Reactor::wait_for_completions() {
   ts.tv_sec = wait.count() / 1000000000;
   ts.tv_nsec = wait.count() % 1000000000;
   io_uring_cqe* cqe = nullptr;
+  ++ring_counters_.enters;
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
     log::error("io_uring wait failed: {}", errno_text(-rc));
@@ -242,6 +243,7 @@ void Reactor::run_completions() {
   for (;;) {
     unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kBatch);
     if (n == 0) break;
+    ring_counters_.cqes += n;
     // Copy what we need first: handlers may submit, and the CQ slots are reused once advanced.
     struct Done {
       void* data;
@@ -286,9 +288,11 @@ void Reactor::free_closed() {
 }
 
 io_uring_sqe* Reactor::get_sqe() {
+  ++ring_counters_.sqes;
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   while (sqe == nullptr) {
     // The submission queue is full: hand what we have to the kernel and take a fresh slot.
+    ++ring_counters_.enters;
     io_uring_submit(&ring_);
     sqe = io_uring_get_sqe(&ring_);
   }
@@ -405,6 +409,7 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
     case Received::bytes:
       break;
   }
+  ++ring_counters_.client_receives;
   client.last_activity_ = now_;
   if (client.pool_ != nullptr)
     client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
@@ -474,6 +479,7 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
     case Received::bytes:
       break;
   }
+  ++ring_counters_.server_receives;
   server.pool_.stats_.bytes_sent += static_cast<std::uint64_t>(result);
   server.on_input();
   if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
@@ -549,9 +555,11 @@ void Reactor::submit_sends() {
     switch (s->send_op_.kind) {
       case Operation::Kind::client_send:
         ++static_cast<Client*>(s->send_op_.owner)->ops_in_flight_;
+        ++ring_counters_.client_sends;
         break;
       case Operation::Kind::server_send:
         ++static_cast<Server*>(s->send_op_.owner)->ops_in_flight_;
+        ++ring_counters_.server_sends;
         break;
       case Operation::Kind::http_send:
         ++static_cast<HttpConn*>(s->send_op_.owner)->ops_in_flight_;

@@ -295,6 +295,18 @@ class Reactor {
  public:
   // Client and server disconnects by Reason (metrics: pgring_disconnects_total{reason}).
   std::array<std::uint64_t, kReasonCount> disconnects_{};
+  // What the ring costs (metrics: pgring_io_uring_*, pgring_socket_*): a sidecar's CPU goes
+  // to wake-ups and system calls, so they are counted where they happen.
+  struct RingCounters {
+    std::uint64_t enters = 0;           // io_uring_enter calls: one per loop turn, plus a full SQ
+    std::uint64_t sqes = 0;             // operations handed to the kernel
+    std::uint64_t cqes = 0;             // completions reaped
+    std::uint64_t client_sends = 0;     // send operations to clients
+    std::uint64_t server_sends = 0;     // ... and to servers
+    std::uint64_t client_receives = 0;  // receive completions with bytes from clients
+    std::uint64_t server_receives = 0;  // ... and from servers
+  };
+  RingCounters ring_counters_;
 
  private:
   Clock::time_point now_;

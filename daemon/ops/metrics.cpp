@@ -59,6 +59,13 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_reloads_total", "counter", "Configuration reloads applied"},
     {"pgring_reload_failures_total", "counter", "Configuration reloads refused (bad file)"},
     {"pgring_workers", "gauge", "Reactor threads serving connections"},
+    {"pgring_io_uring_enters_total", "counter",
+     "io_uring_enter calls (one per loop turn: submit and wait), i.e. wake-ups"},
+    {"pgring_io_uring_sqes_total", "counter", "Operations submitted to the ring"},
+    {"pgring_io_uring_cqes_total", "counter", "Completions reaped from the ring"},
+    {"pgring_socket_sends_total", "counter", "Send operations by peer (client, server)"},
+    {"pgring_socket_receives_total", "counter",
+     "Receive completions carrying bytes by peer (client, server)"},
 };
 
 void header(std::string& out, std::string_view name) {
@@ -270,6 +277,22 @@ std::string Reactor::metrics_text_local() {
   }
   header(out, "pgring_statement_cache_entries");
   sample(out, "pgring_statement_cache_entries", "", static_cast<double>(statements_.size()));
+  const RingCounters& rc = ring_counters_;
+  for (auto [metric, value] :
+       {std::pair{std::string_view("pgring_io_uring_enters_total"), rc.enters},
+        std::pair{std::string_view("pgring_io_uring_sqes_total"), rc.sqes},
+        std::pair{std::string_view("pgring_io_uring_cqes_total"), rc.cqes}}) {
+    header(out, metric);
+    sample(out, metric, "", static_cast<double>(value));
+  }
+  header(out, "pgring_socket_sends_total");
+  sample(out, "pgring_socket_sends_total", "peer=\"client\"", static_cast<double>(rc.client_sends));
+  sample(out, "pgring_socket_sends_total", "peer=\"server\"", static_cast<double>(rc.server_sends));
+  header(out, "pgring_socket_receives_total");
+  sample(out, "pgring_socket_receives_total", "peer=\"client\"",
+         static_cast<double>(rc.client_receives));
+  sample(out, "pgring_socket_receives_total", "peer=\"server\"",
+         static_cast<double>(rc.server_receives));
   return out;
 }
 

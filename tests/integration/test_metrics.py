@@ -165,6 +165,45 @@ def test_statement_cache_counters_with_prepared():
               f"too many Parses sent: {values}")
 
 
+def test_ring_and_socket_counters():
+    # The counters a sidecar's CPU is explained by: wake-ups (io_uring_enter), operations and
+    # completions, and sends per peer. One Query per round trip is one send each way: pgring
+    # writes a message it forwards in one send, not in pieces.
+    mport = free_port()
+    with Pgring(pool_config(pool_mode="transaction", pool_size=1, metrics_port=mport)) as p:
+        conn = connect(p.port)
+        conn.autocommit = True
+        query_one(conn, "SELECT 1")  # the pool's server is open and linked once
+        names = ("pgring_io_uring_enters_total", "pgring_io_uring_sqes_total",
+                 "pgring_io_uring_cqes_total")
+
+        def counters():
+            text = scrape(mport)
+            values = {n: metric_sum(text, n) for n in names}
+            for peer in ("client", "server"):
+                values[f"sends_{peer}"] = metric_sum(text, "pgring_socket_sends_total", peer=peer)
+                values[f"receives_{peer}"] = metric_sum(text, "pgring_socket_receives_total",
+                                                        peer=peer)
+            return values
+        before = counters()
+        n = 200
+        for i in range(n):
+            check_eq(query_one(conn, f"SELECT {i}"), i)
+        after = counters()
+        conn.close()
+        delta = {k: after[k] - before[k] for k in before}
+        log(f"{n} round trips: {delta}")
+        check(n <= delta["sends_server"] <= n + 2, f"sends to the server: {delta}")
+        check(n <= delta["receives_client"] <= n + 2, f"receives from the client: {delta}")
+        # A reply may arrive in more than one piece; each piece is sent on at most once. The
+        # scrapes themselves are HTTP, not client sends.
+        check(n <= delta["sends_client"] <= delta["receives_server"] + 2,
+              f"sends to the client: {delta}")
+        check(delta["pgring_io_uring_enters_total"] >= n, f"io_uring_enter calls: {delta}")
+        check(delta["pgring_io_uring_cqes_total"] >= 2 * n, f"completions: {delta}")
+        check(delta["pgring_io_uring_sqes_total"] > 0, f"operations: {delta}")
+
+
 def test_disconnects_by_reason():
     mport = free_port()
     config = {
