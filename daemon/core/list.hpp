@@ -27,6 +27,7 @@ class List {
   [[nodiscard]] bool empty() const { return head_ == nullptr; }
   [[nodiscard]] std::size_t size() const { return size_; }
   [[nodiscard]] T* front() const { return head_; }
+  [[nodiscard]] T* back() const { return tail_; }
 
   void push_back(T* item) {
     auto& n = item->node_;

@@ -247,12 +247,15 @@ void Pool::maintain() {
     Client* client = lookups_.front();
     lookups_.pop_front();
     client->lookup_pool_ = nullptr;
-    idle_servers_.front()->start_lookup(*client);
+    idle_servers_.back()->start_lookup(*client);
   }
-  // FIFO: the longest-waiting client gets the next idle server.
+  // The longest-waiting client first (FIFO) gets the most recently used idle server (LIFO, as
+  // PgBouncer does by default): its backend's caches are warm and its session most likely
+  // already the client's, a few servers do the work of a quiet pool while the rest age out
+  // from the front (server_idle_timeout), and one client is not passed round every backend.
   while (!paused_ && !waiting_clients_.empty() && !idle_servers_.empty()) {
     Client* client = waiting_clients_.front();
-    Server* server = idle_servers_.front();
+    Server* server = idle_servers_.back();
     stats_.wait.observe(reactor_.now() - client->state_since_);
     reactor_.set_state(*server, ServerState::active);
     reactor_.set_state(*client, ClientState::active);

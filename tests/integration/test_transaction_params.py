@@ -39,7 +39,9 @@ def show(conn, name):
 
 def on_each_backend(conn, blocker, fn, tries=10):
     """pool_size 2: run fn(conn) (autocommit statements) on each of the two backends. While the
-    blocker holds a transaction on one backend, conn can only run on the other."""
+    blocker holds a transaction on one backend, conn can only run on the other. pgring hands out
+    the most recently used idle server (LIFO), so the blocker lets go of its server first and
+    conn second: the blocker then takes conn's backend next time, and conn moves to the other."""
     seen = set()
     for _ in range(tries):
         blocker.autocommit = False
@@ -47,8 +49,12 @@ def on_each_backend(conn, blocker, fn, tries=10):
         pid = query_one(conn, "SELECT pg_backend_pid()")
         check(pid != held, f"a client ran on backend {pid}, inside another client's transaction")
         fn(conn)
+        conn.autocommit = False
+        check_eq(query_one(conn, "SELECT pg_backend_pid()"), pid, "conn's backend in a transaction")
         blocker.commit()
         blocker.autocommit = True
+        conn.commit()
+        conn.autocommit = True
         seen.add(pid)
         if len(seen) == 2:
             return

@@ -300,3 +300,22 @@ TEST_CASE("a waiting client gets the server when the first one's transaction end
   CHECK(second.state_ == ClientState::idle);
   CHECK(h.client.state_ == ClientState::idle);
 }
+
+TEST_CASE("the most recently used idle server is linked first (LIFO), so one client keeps one") {
+  Linkable h;
+  // A second server goes idle after the harness's: it is the most recently used.
+  Server& warm = *new Server(h.reactor, h.pool, h.reactor.next_id());
+  h.reactor.set_state(warm, ServerState::idle);
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    h.client_sends(query("SELECT 1"));
+    REQUIRE(h.client.server_ == &warm);
+    CHECK(warm.stream_.take_output() == query("SELECT 1"));
+    warm.stream_.receive_bytes(one_row() + complete("SELECT 1") + ready('I'));
+    warm.on_input();
+    CHECK(h.client.state_ == ClientState::idle);
+    CHECK(warm.state_ == ServerState::idle);
+  }
+  CHECK(h.server.state_ == ServerState::idle);  // never needed: it ages out (server_idle)
+  CHECK(h.pool.idle_servers_.front() == &h.server);
+}
