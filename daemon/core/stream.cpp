@@ -335,9 +335,12 @@ void Stream::release_inflight() {
   iov_.clear();
   iov_done_ = 0;
   inflight_owned_.clear();
-  // Idle connections must stay small: give back large output buffers once drained.
-  if (inflight_owned_.capacity() > 16384) std::string().swap(inflight_owned_);
-  if (queue_.empty() && staging_.capacity() > 16384) std::string().swap(staging_);
+  // Idle connections must stay small: give back the output buffers once drained. Without TLS
+  // they only ever hold what pgring writes itself (a client's welcome, an error, an injected
+  // Parse), which is rare on the data path, so a buffer is not worth keeping: the welcome
+  // alone left ~430 bytes behind in every idle client.
+  if (!tls_ || inflight_owned_.capacity() > 16384) std::string().swap(inflight_owned_);
+  if (queue_.empty() && (!tls_ || staging_.capacity() > 16384)) std::string().swap(staging_);
   if (tls_ && queue_.empty() && cipher_.empty()) {
     // Every TLS byte passes through these buffers (not only what pgring builds): keep none of
     // them while nothing is waiting, nor the TLS session's own.
