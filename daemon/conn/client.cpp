@@ -201,7 +201,7 @@ void Client::forward_to_server() {
       return;
     }
     if (!frame.header_known()) break;
-    const Verdict verdict = on_request(frame, server);
+    const Verdict verdict = on_request(frame, server, cache);
     if (verdict == Verdict::wait) break;
     if (verdict == Verdict::stop) return;
     std::size_t n = std::min<std::size_t>(frame.size, stream_.input_size());
@@ -232,7 +232,7 @@ bool Client::uses_statement_cache() const {
          pool_->settings_.prepared_statements > 0;
 }
 
-Verdict Client::on_request(const proto::Frame& frame, Server& server) {
+Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache) {
   const char type = frame.type;
   if (type == proto::frontend::kTerminate) {
     // Never forwarded: the server stays in the pool.
@@ -244,7 +244,6 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server) {
   if (skip_until_sync_ && type != proto::frontend::kSync) return Verdict::drop;
   // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session state;
   // with the statement cache, every message that names a statement.
-  const bool cache = uses_statement_cache();
   const bool statement_message =
       cache && (type == proto::frontend::kParse || type == proto::frontend::kBind ||
                 type == proto::frontend::kDescribe || type == proto::frontend::kClose);

@@ -187,7 +187,8 @@ class Client {
   // The request path: reads the linked client's messages, lets on_request decide each one and
   // carries the verdict out (forward to the server, drop, wait for more).
   void forward_to_server();
-  Verdict on_request(const proto::Frame& frame, Server& server);
+  // `cache`: uses_statement_cache(), judged once per read loop.
+  Verdict on_request(const proto::Frame& frame, Server& server, bool cache);
   // Transaction and statement mode rename named statements through the statement cache.
   [[nodiscard]] bool uses_statement_cache() const;
   void hold_while_waiting();

@@ -421,22 +421,31 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   arm_recv(client.stream_, client.ops_in_flight_);
 }
 
-void Reactor::on_client_send(Client& client, int result) {
-  --client.ops_in_flight_;
+Reactor::Sent Reactor::sent(Stream& stream, int& ops, int result) {
+  --ops;
   if (result < 0) {
-    client.stream_.send_failed();
-    if (client.state_ != ClientState::closing)
-      close(client, Reason::client_io_error, errno_text(-result));
-    else
-      finish_close(client);
-    maybe_free(client);
-    return;
+    stream.send_failed();
+    return Sent::failed;
   }
-  bool done = client.stream_.on_sent(static_cast<std::uint32_t>(result));
-  if (!done || client.stream_.has_output()) {
-    want_send(client.stream_);
-  } else if (client.state_ == ClientState::closing) {
-    finish_close(client);
+  bool done = stream.on_sent(static_cast<std::uint32_t>(result));
+  return !done || stream.has_output() ? Sent::more : Sent::done;
+}
+
+void Reactor::on_client_send(Client& client, int result) {
+  switch (sent(client.stream_, client.ops_in_flight_, result)) {
+    case Sent::failed:
+      if (client.state_ != ClientState::closing)
+        close(client, Reason::client_io_error, errno_text(-result));
+      else
+        finish_close(client);
+      maybe_free(client);
+      return;
+    case Sent::more:
+      want_send(client.stream_);
+      break;
+    case Sent::done:
+      if (client.state_ == ClientState::closing) finish_close(client);
+      break;
   }
   if (client.state_ != ClientState::closing) resume_peer_reading(client.stream_);
   maybe_free(client);
@@ -486,9 +495,8 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
 }
 
 void Reactor::on_server_send(Server& server, int result) {
-  --server.ops_in_flight_;
-  if (result < 0) {
-    server.stream_.send_failed();
+  Sent outcome = sent(server.stream_, server.ops_in_flight_, result);
+  if (outcome == Sent::failed) {
     if (server.state_ != ServerState::closing)
       close(server, Reason::server_io_error, errno_text(-result));
     else
@@ -496,8 +504,7 @@ void Reactor::on_server_send(Server& server, int result) {
     maybe_free(server);
     return;
   }
-  bool done = server.stream_.on_sent(static_cast<std::uint32_t>(result));
-  if (!done || server.stream_.has_output()) {
+  if (outcome == Sent::more) {
     want_send(server.stream_);
   } else if (server.state_ == ServerState::closing) {
     // Terminate sent to an idle server: wait for PostgreSQL to close its end. By then the backend

@@ -211,6 +211,9 @@ class Reactor {
   enum class Received { bytes, starved, eof, error, tls_failed, closing };
   Received receive(Stream& stream, int& ops, int result, unsigned flags, bool closing);
   void on_client_recv(Client& client, int result, unsigned flags);
+  // A send completed: its bytes leave the stream's output; `more` when some are still queued.
+  enum class Sent { failed, more, done };
+  Sent sent(Stream& stream, int& ops, int result);
   void on_client_send(Client& client, int result);
   void on_server_recv(Server& server, int result, unsigned flags);
   void on_server_send(Server& server, int result);
