@@ -28,7 +28,7 @@ void Reactor::look_up(Client& client) {
   // The lookup runs in the database the client asked for unless auth.query names one, over
   // the auth user's own pool (never with the client's startup settings: CVE-2025-12819).
   std::string_view db_name =
-      q.database.empty() ? std::string_view(client.startup_message_.database) : q.database;
+      q.database.empty() ? std::string_view(client.startup_message().database) : q.database;
   const config::Database* db = config_->find_database(db_name);
   if (db == nullptr) {
     // Unknown databases are revealed only after authentication: fail like a wrong password.
@@ -37,10 +37,10 @@ void Reactor::look_up(Client& client) {
   }
   Pool& pool = pool_for(*db, config_->find_user(q.user), q.user);
   pool.lookups_.push_back(&client);
-  client.lookup_pool_ = &pool;
+  client.login_->lookup_pool = &pool;
   // Nothing the client sends matters until the lookup answers: do not let it pile up.
   client.stream_.reading_paused_ = true;
-  log::debug("C-{} looking up user {} with auth.query", client.id_, client.startup_message_.user);
+  log::debug("C-{} looking up user {} with auth.query", client.id_, client.startup_message().user);
   pool.maintain();
 }
 
@@ -61,17 +61,17 @@ void Server::start_lookup(Client& client) {
   }
   const config::AuthQuery& q = *reactor_.config().auth_query;
   lookup_client_ = &client;
-  client.lookup_server_ = this;
+  client.login_->lookup_server = this;
   lookup_secret_.reset();
   lookup_error_.clear();
   lookup_row_seen_ = false;
   // The unnamed statement is about to be replaced: no client's copy lives here any more.
   unnamed_client_ = 0;
   if (!stream_.emit([&](std::string& out) {
-        return proto::build::query_with_params(out, q.query, {client.startup_message_.user});
+        return proto::build::query_with_params(out, q.query, {client.startup_message().user});
       })) {
     lookup_client_ = nullptr;
-    client.lookup_server_ = nullptr;
+    client.login_->lookup_server = nullptr;
     reactor_.close(client, Reason::auth_query_failed, "cannot encode auth.query");
     pool_.server_ready(*this);
     return;
@@ -108,7 +108,7 @@ void Server::handle_lookup_message(char type, std::string_view body) {
       lookup_secret_.reset();
       pool_.server_ready(*this);
       if (client != nullptr) {
-        client->lookup_server_ = nullptr;
+        client->login_->lookup_server = nullptr;
         client->on_lookup_done(std::move(secret), error);
       }
       return;

@@ -69,16 +69,17 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
     return true;
   }
   // Only the last batch sent, kept whole by the client, and not retried before.
-  if (requests_.back().kind != Request::sync || !client.inflight_batch_ok_ ||
-      client.inflight_batch_seq_ != head.batch_seq ||
-      requests_.back().batch_seq != head.batch_seq || retried_batch_seq_ == head.batch_seq + 1)
+  const Client::Batch* batch = client.batch_.get();
+  if (requests_.back().kind != Request::sync || batch == nullptr || !batch->inflight_ok ||
+      batch->inflight_seq != head.batch_seq || requests_.back().batch_seq != head.batch_seq ||
+      retried_batch_seq_ == head.batch_seq + 1)
     return false;
   for (std::size_t i = 1; i + 1 < requests_.size(); ++i) {
     Request k = requests_.at(i).kind;
     if (k == Request::parse || is_owed(k)) return false;  // not replayable as copied
   }
-  if (head.replay_offset > client.inflight_batch_.size()) return false;
-  std::string_view replay = std::string_view(client.inflight_batch_).substr(head.replay_offset);
+  if (head.replay_offset > batch->inflight.size()) return false;
+  std::string_view replay = std::string_view(batch->inflight).substr(head.replay_offset);
   // The replay must hold only messages whose replies pgring can track again, and the client
   // must learn the new result shape: a Describe before the first Execute (libpq's
   // PQexecPrepared sends one). A driver that reuses a row description it cached (asyncpg) gets

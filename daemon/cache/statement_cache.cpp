@@ -25,7 +25,7 @@ namespace pgring {
 void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
   RequestQueue::Entry& e = server.requests_.push(Request::owed_error, reactor_.now());
   (void)proto::build::error_response(e.fake, "ERROR", sqlstate, message);
-  skip_until_sync_ = true;
+  batch().skip_until_sync = true;
 }
 
 bool Client::ensure_prepared(Server& server, const PreparedStatement& statement) {
@@ -63,26 +63,29 @@ bool Client::start_shape_check(Server& server, const NamedStatement& named) {
   d.skip = true;
   d.statement = &statement;
   d.shape_check = true;
-  shape_check_pending_ = true;
-  shape_check_expected_ = named.shape;
+  batch().shape_check_pending = true;
+  batch_->shape_check_expected = named.shape;
   reactor_.want_send(server.stream_);
   return true;
 }
 
 bool Client::has_described(const PreparedStatement& statement) const {
-  for (const auto& [name, named] : statements_)
+  if (!statements_) return false;
+  for (const auto& [name, named] : statements_->named)
     if (named.entry == &statement && named.shape != 0) return true;
   return false;
 }
 
 void Client::on_described(const PreparedStatement& statement, Shape shape) {
-  for (auto& [name, named] : statements_)
+  if (!statements_) return;
+  for (auto& [name, named] : statements_->named)
     if (named.entry == &statement && named.shape == 0) named.shape = shape;
 }
 
 void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
-  shape_check_pending_ = false;
-  bool same = shape == 0 || shape == shape_check_expected_;
+  Batch& b = batch();
+  b.shape_check_pending = false;
+  bool same = shape == 0 || shape == b.shape_check_expected;
   if (!same && server_ != nullptr) {
     // DDL changed the result under this client's description: PostgreSQL would refuse the
     // Bind, so pgring does. The stale entry is retired (a new Parse prepares afresh) and this
@@ -113,15 +116,15 @@ void Client::on_shape_checked(const PreparedStatement& statement, Shape shape) {
                                             "cached plan must not change result type",
                                             "plancache.c", "RevalidateCachedQuery");
     server.unnamed_client_ = 0;
-    skip_until_sync_ = true;  // the held Bind and what follows, up to the client's Sync
+    b.skip_until_sync = true;  // the held Bind and what follows, up to the client's Sync
     reactor_.want_send(server.stream_);
   }
   if (state_ == ClientState::active) on_input();
 }
 
 void Client::on_shape_check_failed() {
-  shape_check_pending_ = false;
-  skip_until_sync_ = true;  // the held request and the rest of the batch; the Sync goes on
+  batch().shape_check_pending = false;
+  batch_->skip_until_sync = true;  // the held request and the rest of the batch; the Sync goes on
   if (state_ == ClientState::active) on_input();
 }
 
@@ -144,17 +147,18 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   std::string_view tail = parse->tail;
   if (name.empty()) {
     // The unnamed statement passes through; remember it in case the next Bind lands elsewhere.
-    unnamed_parse_tail_.assign(tail);
+    statements().unnamed_parse_tail.assign(tail);
     server.unnamed_client_ = id_;
     server.unnamed_seq_ = ++unnamed_seq_;
     return false;
   }
-  if (statements_.count(std::string(name)) != 0) {
+  auto& named = statements().named;
+  if (named.count(std::string(name)) != 0) {
     fake_error(server, "42P05", fmt::format("prepared statement \"{}\" already exists", name));
     return true;
   }
   const PreparedStatement& statement = reactor_.statements().intern(tail);
-  statements_.emplace(std::string(name), NamedStatement{&statement});
+  named.emplace(std::string(name), NamedStatement{&statement});
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
@@ -177,19 +181,21 @@ bool Client::cached_parse(Server& server, std::string_view body) {
 }
 
 const Client::NamedStatement* Client::find_statement(Server& server, std::string_view name) {
-  auto it = statements_.find(std::string(name));
-  if (it != statements_.end()) return &it->second;
+  if (statements_) {
+    auto it = statements_->named.find(std::string(name));
+    if (it != statements_->named.end()) return &it->second;
+  }
   fake_error(server, "26000", fmt::format("prepared statement \"{}\" does not exist", name));
   return nullptr;
 }
 
 bool Client::ensure_unnamed(Server& server) {
-  if (unnamed_parse_tail_.empty() ||
+  if (!statements_ || statements_->unnamed_parse_tail.empty() ||
       (server.unnamed_client_ == id_ && server.unnamed_seq_ == unnamed_seq_))
     return true;
   // This server holds someone else's unnamed statement (or none): prepare ours first.
-  if (!server.stream_.emit(
-          [&](std::string& out) { return proto::build::parse(out, "", unnamed_parse_tail_); }))
+  const std::string& tail = statements_->unnamed_parse_tail;
+  if (!server.stream_.emit([&](std::string& out) { return proto::build::parse(out, "", tail); }))
     return false;
   server.requests_.push(Request::parse, reactor_.now()).skip = true;
   server.unnamed_client_ = id_;
@@ -228,7 +234,7 @@ bool Client::cached_bind(Server& server, std::string_view body) {
   const PreparedStatement* statement = prepare_named(server, bind->statement, consumed);
   if (statement == nullptr) return consumed;
   // The parameters are copied once into the rewritten Bind.
-  std::size_t offset = batch_copy_.size();
+  std::size_t offset = batch().copy.size();
   std::size_t start = 0;
   bool ok = server.stream_.emit([&](std::string& out) {
     start = out.size();
@@ -253,7 +259,7 @@ bool Client::cached_describe(Server& server, std::string_view body) {
   bool consumed = false;
   const PreparedStatement* statement = prepare_named(server, describe->name, consumed);
   if (statement == nullptr) return consumed;
-  std::size_t offset = batch_copy_.size();
+  std::size_t offset = batch().copy.size();
   (void)server.stream_.emit([&](std::string& out) {
     std::size_t start = out.size();
     if (!proto::build::describe_statement(out, statement->server_name)) return false;
@@ -272,12 +278,12 @@ bool Client::cached_close(Server& server, std::string_view body) {
   if (!close || !close->statement()) return false;  // a portal, or malformed: passed on
   std::string_view name = close->name;
   if (name.empty()) {
-    unnamed_parse_tail_.clear();
+    if (statements_) statements_->unnamed_parse_tail.clear();
     if (server.unnamed_client_ == id_) server.unnamed_client_ = 0;
     return false;
   }
   // The client forgets its name; the server keeps the statement for whoever uses it next.
-  statements_.erase(std::string(name));
+  if (statements_) statements_->named.erase(std::string(name));
   server.requests_.push(Request::owed_close_complete, reactor_.now());
   return true;
 }
@@ -287,10 +293,10 @@ bool Client::deallocate(std::string_view query) {
   if (!d) return false;
   if (d->all) {
     // Forwarded: it also drops the client's SQL-level statements. The tag clears the caches.
-    statements_.clear();
+    if (statements_) statements_->named.clear();
     return false;
   }
-  if (statements_.erase(d->name) == 0)
+  if (!statements_ || statements_->named.erase(d->name) == 0)
     return false;  // an SQL-level statement: the server's business
   server_->requests_.push(Request::owed_deallocate, reactor_.now());
   return true;

@@ -194,7 +194,7 @@ void Client::forward_to_server() {
       discard_remaining_ -= n;
       continue;
     }
-    if (shape_check_pending_) break;
+    if (shape_check_pending()) break;
     proto::Frame frame = stream_.next_frame(max_size);
     if (frame.bad()) {
       refuse_frame(frame, max_size);
@@ -213,7 +213,7 @@ void Client::forward_to_server() {
         if (n == frame.size)
           record_batch(stream_.contiguous(n));  // kept for a retry of this batch
         else
-          batch_copy_ok_ = false;
+          batch().copy_ok = false;
       }
       stream_.forward(n, server.stream_);
       forward_remaining_ = frame.size - n;
@@ -241,7 +241,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
   }
   // After an error pgring raised in the extended protocol, the client's messages up to its Sync
   // are dropped, as PostgreSQL drops them after an error of its own.
-  if (skip_until_sync_ && type != proto::frontend::kSync) return Verdict::drop;
+  if (batch_ && batch_->skip_until_sync && type != proto::frontend::kSync) return Verdict::drop;
   // Messages read whole: Query and Parse texts (up to kMaxInspectedQuery) to see session state;
   // with the statement cache, every message that names a statement.
   const bool statement_message =
@@ -274,7 +274,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       }
       ++pool_->stats_.queries;
       // A simple Query destroys the unnamed statement, on the server and in the session.
-      unnamed_parse_tail_.clear();
+      if (statements_) statements_->unnamed_parse_tail.clear();
       server.unnamed_client_ = 0;
       RequestQueue::Entry& query = server.requests_.push(Request::query, reactor_.now());
       query.session_state = state;
@@ -313,7 +313,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
         handled = cached_bind(server, body);
         if (state_ == ClientState::closing) return Verdict::stop;
       }
-      if (!handled && !shape_check_pending_) server.requests_.push(Request::bind, reactor_.now());
+      if (!handled && !shape_check_pending()) server.requests_.push(Request::bind, reactor_.now());
       break;
     case proto::frontend::kDescribe:
       server.requests_.unsynced_ = true;
@@ -321,7 +321,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
         handled = cached_describe(server, body);
         if (state_ == ClientState::closing) return Verdict::stop;
       }
-      if (!handled && !shape_check_pending_)
+      if (!handled && !shape_check_pending())
         server.requests_.push(Request::describe, reactor_.now());
       break;
     case proto::frontend::kClose:
@@ -330,7 +330,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       if (!handled) server.requests_.push(Request::close, reactor_.now());
       break;
     case proto::frontend::kSync:
-      skip_until_sync_ = false;
+      if (batch_) batch_->skip_until_sync = false;
       server.requests_.push(Request::sync, reactor_.now()).batch_seq = batch_seq_;
       server.requests_.unsynced_ = false;
       break;
@@ -353,28 +353,38 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
     default:
       break;
   }
-  if (shape_check_pending_) return Verdict::wait;  // this message waits for the check's answer
+  if (shape_check_pending()) return Verdict::wait;  // this message waits for the check's answer
   return handled ? Verdict::drop : Verdict::forward;
 }
 
 void Client::record_batch(std::string_view bytes) {
   constexpr std::size_t kMaxBatchCopy = 64u << 10;  // larger batches are not retried
-  if (!batch_copy_ok_) return;
-  if (batch_copy_.size() + bytes.size() > kMaxBatchCopy) {
-    batch_copy_ok_ = false;
-    batch_copy_.clear();
+  Batch& b = batch();
+  if (!b.copy_ok) return;
+  if (b.copy.size() + bytes.size() > kMaxBatchCopy) {
+    b.copy_ok = false;
+    b.copy.clear();
     return;
   }
-  batch_copy_.append(bytes);
+  b.copy.append(bytes);
 }
 
 void Client::end_batch() {
-  inflight_batch_.swap(batch_copy_);
-  inflight_batch_ok_ = batch_copy_ok_;
-  inflight_batch_seq_ = batch_seq_++;
-  batch_copy_.clear();
-  batch_copy_ok_ = true;
-  if (inflight_batch_.capacity() > (64u << 10)) inflight_batch_.shrink_to_fit();
+  Batch& b = batch();
+  b.inflight.swap(b.copy);
+  b.inflight_ok = b.copy_ok;
+  b.inflight_seq = batch_seq_++;
+  b.copy.clear();
+  b.copy_ok = true;
+  if (b.inflight.capacity() > (64u << 10)) b.inflight.shrink_to_fit();
+}
+
+void Client::trim() {
+  // A batch at rest (no error being skipped, no shape check held) is over once idle: its copy
+  // was only for a retry before the ReadyForQuery that released the server.
+  if (batch_ && !batch_->skip_until_sync && !batch_->shape_check_pending) batch_.reset();
+  if (statements_ && statements_->named.empty() && statements_->unnamed_parse_tail.empty())
+    statements_.reset();
 }
 
 }  // namespace pgring

@@ -29,6 +29,7 @@
 
 #include "config/config.hpp"
 #include "daemon/cache/statements.hpp"
+#include "daemon/conn/startup.hpp"
 #include "daemon/conn/verdict.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
@@ -90,6 +91,33 @@ class Client {
   [[nodiscard]] std::uint64_t id() const { return id_; }
   [[nodiscard]] ClientState state() const { return state_; }
 
+  // Auth exchange state, only while authenticating (idle clients stay small).
+  struct AuthState {
+    enum class Step { md5, scram_first, scram_final } step;
+    std::array<char, 4> md5_salt{};
+    proto::scram::ClientFirst scram_first;
+    std::string server_first;
+    bool offered_plus = false;  // SCRAM-SHA-256-PLUS was offered (TLS): a "y" flag is a downgrade
+    std::optional<proto::scram::Secret> mock;  // the exchange of a user pgring has no secret for
+    std::string secret;                        // the configured secret the exchange checks against
+  };
+
+  // What only a client that is logging in needs (null once logged in: idle clients stay small).
+  struct Login {
+    config::Peer peer;  // address and transport, for the auth rules
+    config::AuthMethod auth_method = config::AuthMethod::trust;  // chosen by the auth rules
+    bool direct_tls = false;  // TLS began without an SSLRequest: ALPN must say "postgresql"
+    bool negotiated = false;  // an SSLRequest or GSSENCRequest came first: no direct TLS now
+    // Set when the client may not stay (max_client_conn): it is told so after its startup
+    // packet, because libpq does not show an error sent in reply to its SSLRequest.
+    bool refused_too_many = false;
+    // auth.query: queued in this pool for a server, or running on this server.
+    Pool* lookup_pool = nullptr;
+    Server* lookup_server = nullptr;
+    std::unique_ptr<AuthState> auth;  // the password exchange, once it began
+  };
+  std::unique_ptr<Login> login_ = std::make_unique<Login>();
+
   ListNode<Client> node_;
   Reactor& reactor_;
   std::uint64_t id_;
@@ -97,32 +125,30 @@ class Client {
   Clock::time_point state_since_;
   Clock::time_point last_activity_;  // last bytes received (client_idle timeout)
   Stream stream_;
-  std::string peer_;         // "ip:port" for logs
-  config::Peer peer_info_;   // address and transport, for the auth rules
-  bool direct_tls_ = false;  // TLS began without an SSLRequest: ALPN must say "postgresql"
+  std::string peer_;  // "ip:port" for logs
   int ops_in_flight_ = 0;
   bool shut_down_ = false;  // socket shut down; waiting for in-flight operations to finish
   bool freed_ = false;      // queued for deletion at the end of the loop turn
 
   Pool* pool_ = nullptr;
   Server* server_ = nullptr;
-  // auth.query: queued in this pool for a server, or running on this server.
-  Pool* lookup_pool_ = nullptr;
-  Server* lookup_server_ = nullptr;
-  config::AuthMethod auth_method_ = config::AuthMethod::trust;  // chosen by the auth rules
 
-  // The startup packet, kept for the client's life: startup_message_ views into it.
-  std::string startup_packet_;
-  proto::StartupMessage startup_message_;
+  // The startup packet and what it says, shared with the reactor's other clients that sent the
+  // same (null until it arrived).
+  std::shared_ptr<const Startup> startup_;
+  [[nodiscard]] const proto::StartupMessage& startup_message() const {
+    static const proto::StartupMessage none;
+    return startup_ ? startup_->message : none;
+  }
+  [[nodiscard]] const NameValues& startup_settings() const {
+    static const NameValues none;
+    return startup_ ? startup_->settings : none;
+  }
   const config::User* user_ = nullptr;  // null with trust auth and no users configured
 
   // pgring's own BackendKeyData for this client (never the server's).
   std::int32_t cancel_pid_ = 0;
   std::array<char, 4> cancel_secret_{};
-
-  // Set when the client may not stay (max_client_conn): it is told so after its startup packet,
-  // because libpq does not show an error sent in reply to its SSLRequest.
-  bool refused_too_many_ = false;
 
   // Streaming: bytes of the current message still to forward as they arrive.
   std::size_t forward_remaining_ = 0;
@@ -133,8 +159,6 @@ class Client {
   // settings_: other settings (not reported by the server) from a replayable SET, as SQL text.
   std::vector<std::pair<std::string, std::string>> params_;
   std::vector<std::pair<std::string, std::string>> settings_;
-  std::vector<std::pair<std::string, std::string>> startup_settings_;
-  std::vector<std::pair<std::string, std::string>> startup_values_;  // raw, as the client sent them
   bool welcomed_ = false;
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
@@ -150,26 +174,50 @@ class Client {
     const PreparedStatement* entry = nullptr;
     Shape shape = 0;
   };
-  std::unordered_map<std::string, NamedStatement> statements_;
-  // The unnamed statement survives Sync in PostgreSQL but not a change of server: pgring keeps
-  // its Parse (after the name) and prepares it again where the next Bind/Describe lands.
-  std::string unnamed_parse_tail_;
+  struct Statements {
+    std::unordered_map<std::string, NamedStatement> named;
+    // The unnamed statement survives Sync in PostgreSQL but not a change of server: pgring
+    // keeps its Parse (after the name) and prepares it again where the next Bind/Describe lands.
+    std::string unnamed_parse_tail;
+  };
+  std::unique_ptr<Statements> statements_;  // null while the client has none (trim())
+  Statements& statements() {
+    if (!statements_) statements_ = std::make_unique<Statements>();
+    return *statements_;
+  }
+  [[nodiscard]] std::size_t statement_count() const {
+    return statements_ ? statements_->named.size() : 0;
+  }
+  // Numbers this client's unnamed statements (Server::unnamed_seq_): never restarts, so a
+  // server holding an older one is never taken for current.
   std::uint64_t unnamed_seq_ = 0;
-  bool skip_until_sync_ = false;  // after an error pgring raised in the extended protocol
-  // Forwarding waits while pgring checks, on a server that never had it, that a statement this
-  // client described still has the same result shape (DDL may have changed it).
-  bool shape_check_pending_ = false;
-  Pool* counted_in_ = nullptr;      // holds a unit of this pool's database and user client budgets
-  Shape shape_check_expected_ = 0;  // the shape the held message's statement was described with
-  // The extended-protocol batch as sent to the server, kept until its ReadyForQuery so a Bind
-  // that fails because a cached plan changed can be replayed (Server::retry_after_error).
-  std::string batch_copy_;
-  bool batch_copy_ok_ = true;
-  std::uint64_t batch_seq_ = 0;
-  std::string inflight_batch_;
-  bool inflight_batch_ok_ = false;
-  std::uint64_t inflight_batch_seq_ = 0;
+  Pool* counted_in_ = nullptr;   // holds a unit of this pool's database and user client budgets
+  std::uint64_t batch_seq_ = 0;  // numbers the extended-protocol batches (Batch::inflight)
   std::size_t discard_remaining_ = 0;  // rest of a dropped message still arriving
+
+  // The extended-protocol batch in progress: only while linked (an idle client keeps none).
+  struct Batch {
+    bool skip_until_sync = false;  // after an error pgring raised in the extended protocol
+    // Forwarding waits while pgring checks, on a server that never had it, that a statement
+    // this client described still has the same result shape (DDL may have changed it).
+    bool shape_check_pending = false;
+    Shape shape_check_expected = 0;  // the shape the held message's statement was described with
+    // The batch as sent to the server, kept until its ReadyForQuery so a Bind that fails
+    // because a cached plan changed can be replayed (Server::retry_after_error).
+    bool copy_ok = true;
+    bool inflight_ok = false;
+    std::uint64_t inflight_seq = 0;
+    std::string copy;
+    std::string inflight;
+  };
+  std::unique_ptr<Batch> batch_;
+  Batch& batch() {
+    if (!batch_) batch_ = std::make_unique<Batch>();
+    return *batch_;
+  }
+  [[nodiscard]] bool shape_check_pending() const { return batch_ && batch_->shape_check_pending; }
+  // The client went idle: what only a linked client needs is given back.
+  void trim();
 
   // The SET of the last Parse, for the Execute that runs it.
   std::unique_ptr<proto::sql::SetStatement> last_parse_set_;
@@ -220,18 +268,6 @@ class Client {
   [[nodiscard]] bool frame_next(proto::Frame& frame, std::uint32_t max_size);
   // A message whose length lies or passes `max_size`: close with 08P01 or 54000.
   void refuse_frame(const proto::Frame& frame, std::uint32_t max_size);
-
-  // Auth exchange state, only while authenticating (idle clients stay small).
-  struct AuthState {
-    enum class Step { md5, scram_first, scram_final } step;
-    std::array<char, 4> md5_salt{};
-    proto::scram::ClientFirst scram_first;
-    std::string server_first;
-    bool offered_plus = false;  // SCRAM-SHA-256-PLUS was offered (TLS): a "y" flag is a downgrade
-    std::optional<proto::scram::Secret> mock;  // the exchange of a user pgring has no secret for
-    std::string secret;                        // the configured secret the exchange checks against
-  };
-  std::unique_ptr<AuthState> auth_;
 };
 
 }  // namespace pgring

@@ -30,7 +30,8 @@ constexpr std::uint32_t kMaxAuthMessage = 65536;
 void Client::handle_startup() {
   // Direct TLS (PostgreSQL 17): a TLS ClientHello instead of a startup packet. Its first byte,
   // 0x16, cannot begin a startup packet's length (that would be over 350 MB).
-  if (stream_.tls() == nullptr && startup_packet_.empty() && stream_.input_size() > 0) {
+  if (stream_.tls() == nullptr && !login_->negotiated && startup_ == nullptr &&
+      stream_.input_size() > 0) {
     char first = 0;
     stream_.peek(&first, 1);
     if (first == 0x16) {
@@ -40,13 +41,13 @@ void Client::handle_startup() {
   }
   if (TlsSession* tls = stream_.tls()) {
     if (!tls->handshake_done()) return;
-    if (direct_tls_ && tls->alpn() != "postgresql") {
+    if (login_->direct_tls && tls->alpn() != "postgresql") {
       // Without ALPN the client could be speaking anything over TLS (PostgreSQL refuses too).
       reactor_.close(*this, Reason::tls_error,
                      "direct TLS connection without ALPN protocol \"postgresql\"");
       return;
     }
-    peer_info_.tls = true;
+    login_->peer.tls = true;
   }
   while (state_ == ClientState::startup && stream_.input_size() >= 4) {
     char header[4];
@@ -63,9 +64,20 @@ void Client::handle_startup() {
       return;
     }
     if (stream_.input_size() < frame.size) return;
-    startup_packet_.assign(stream_.contiguous(frame.size));
-    stream_.consume(frame.size);
-    proto::StartupPacket packet = proto::classify_startup(startup_packet_);
+    std::string_view bytes = stream_.contiguous(frame.size);
+    proto::StartupPacket packet = proto::classify_startup(bytes);
+    if (packet.kind != proto::StartupKind::startup) {
+      login_->negotiated = true;
+      if (packet.kind == proto::StartupKind::cancel_request) {
+        // This connection only carries the request; like PostgreSQL, pgring answers nothing
+        // and closes it.
+        if (auto request = proto::parse_cancel_request(packet))
+          reactor_.cancel(request->pid, request->secret);
+        reactor_.close(*this, Reason::cancel_request);
+        return;
+      }
+      stream_.consume(frame.size);
+    }
     switch (packet.kind) {
       case proto::StartupKind::ssl_request:
         if (stream_.tls() != nullptr) {
@@ -85,14 +97,7 @@ void Client::handle_startup() {
         stream_.emit_bytes("N");
         reactor_.want_send(stream_);
         continue;
-      case proto::StartupKind::cancel_request: {
-        // This connection only carries the request; like PostgreSQL, pgring answers nothing
-        // and closes it.
-        if (auto request = proto::parse_cancel_request(packet))
-          reactor_.cancel(request->pid, request->secret);
-        reactor_.close(*this, Reason::cancel_request);
-        return;
-      }
+      case proto::StartupKind::cancel_request:  // answered above
       case proto::StartupKind::unknown:
         reactor_.close(*this, Reason::unsupported_protocol,
                        fmt::format("unsupported frontend protocol {}.{}", packet.code >> 16,
@@ -101,13 +106,13 @@ void Client::handle_startup() {
       case proto::StartupKind::startup:
         break;
     }
-    auto message = proto::parse_startup_message(packet);
-    if (!message) {
+    startup_ = reactor_.startups().intern(bytes);
+    stream_.consume(frame.size);
+    if (startup_ == nullptr) {
       reactor_.close(*this, Reason::protocol_violation, "invalid startup packet");
       return;
     }
-    startup_message_ = *message;
-    if (refused_too_many_) {
+    if (login_->refused_too_many) {
       reactor_.close(*this, Reason::too_many_clients,
                      fmt::format("no more connections allowed (max_client_conn {})",
                                  reactor_.config().max_client_conn));
@@ -119,7 +124,7 @@ void Client::handle_startup() {
       return;
     }
     if (reactor_.config().tls_client.mode == config::ClientTlsMode::require &&
-        stream_.tls() == nullptr && !peer_info_.local) {
+        stream_.tls() == nullptr && !login_->peer.local) {
       reactor_.close(*this, Reason::tls_required,
                      "TLS is required (tls.client.mode require); connect with sslmode=require");
       return;
@@ -127,14 +132,15 @@ void Client::handle_startup() {
     // We speak 3.0. A newer minor or protocol extensions (_pq_.*) are negotiated down, as
     // PostgreSQL does, instead of failing the client.
     std::vector<std::string_view> unsupported;
-    for (const auto& [name, value] : startup_message_.params)
+    for (const auto& [name, value] : startup_message().params)
       if (name.starts_with("_pq_.")) unsupported.push_back(name);
-    if (startup_message_.version != proto::kProtocol30 || !unsupported.empty())
+    if (startup_message().version != proto::kProtocol30 || !unsupported.empty())
       (void)stream_.emit([&](std::string& out) {
         return proto::build::negotiate_protocol_version(out, proto::kProtocol30, unsupported);
       });
     log::debug(
-        "C-{} startup user={} database={}{}", id_, startup_message_.user, startup_message_.database,
+        "C-{} startup user={} database={}{}", id_, startup_message().user,
+        startup_message().database,
         stream_.tls() != nullptr ? fmt::format(" ({})", stream_.tls()->version()) : std::string());
     start_auth();
   }
@@ -154,7 +160,7 @@ void Client::begin_tls(bool direct) {
     reactor_.close(*this, Reason::protocol_violation, "received unencrypted data after SSLRequest");
     return;
   }
-  direct_tls_ = direct;
+  login_->direct_tls = direct;
   reactor_.note_tls_handshake();
   std::unique_ptr<TlsSession> session = TlsSession::accept(ctx);
   bool ok = session != nullptr && stream_.start_tls(std::move(session));
@@ -172,9 +178,9 @@ void Client::begin_tls(bool direct) {
 
 void Client::start_auth() {
   const config::Config& cfg = reactor_.config();
-  std::string_view user_name = startup_message_.user;
+  std::string_view user_name = startup_message().user;
   config::Config::AuthChoice choice =
-      cfg.choose_auth(startup_message_.database, user_name, peer_info_);
+      cfg.choose_auth(startup_message().database, user_name, login_->peer);
   user_ = cfg.find_user(user_name);
   reactor_.set_state(*this, ClientState::auth);
   switch (choice.method) {
@@ -183,9 +189,9 @@ void Client::start_auth() {
           *this, Reason::auth_rejected,
           choice.rule.empty()
               ? fmt::format("no auth rule allows user \"{}\" to database \"{}\" from {}{}",
-                            user_name, startup_message_.database,
-                            peer_info_.local ? "the unix socket" : peer_,
-                            peer_info_.tls ? " with TLS" : " without TLS")
+                            user_name, startup_message().database,
+                            login_->peer.local ? "the unix socket" : peer_,
+                            login_->peer.tls ? " with TLS" : " without TLS")
               : fmt::format("{} rejects user \"{}\"", choice.rule, user_name));
       return;
     case config::AuthMethod::trust:
@@ -210,12 +216,12 @@ void Client::start_auth() {
       return;
     case config::AuthMethod::md5:
     case config::AuthMethod::scram_sha_256:
-      auth_method_ = choice.method;
+      login_->auth_method = choice.method;
       // Not in users: its secret comes from the server (auth.query), cached for a while. The
       // admin console never trusts a looked-up role: its users must be configured.
-      if (user_ == nullptr && cfg.auth_query && startup_message_.database != kAdminDatabase) {
+      if (user_ == nullptr && cfg.auth_query && startup_message().database != kAdminDatabase) {
         if (const config::User* cached =
-                reactor_.cached_lookup(startup_message_.database, user_name)) {
+                reactor_.cached_lookup(startup_message().database, user_name)) {
           user_ = cached;
         } else {
           reactor_.look_up(*this);
@@ -237,7 +243,7 @@ void Client::start_auth() {
 }
 
 void Client::on_lookup_done(std::optional<std::string> secret, const std::string& error) {
-  std::string_view user_name = startup_message_.user;
+  std::string_view user_name = startup_message().user;
   reactor_.resume_reading(*this);  // the password may already be waiting
   if (!error.empty()) {
     // The details are for the operator: the client has not proven anything yet.
@@ -256,11 +262,11 @@ void Client::on_lookup_done(std::optional<std::string> secret, const std::string
     // No such user, no password, or a secret pgring cannot use: go through the motions with a
     // secret nobody knows, so that a stranger cannot tell which roles exist.
     user_ = nullptr;
-    start_password_auth(auth_method_);
+    start_password_auth(login_->auth_method);
     return;
   }
-  user_ = &reactor_.store_lookup(startup_message_.database, user_name, std::move(*secret), kind);
-  start_password_auth(auth_method_);
+  user_ = &reactor_.store_lookup(startup_message().database, user_name, std::move(*secret), kind);
+  start_password_auth(login_->auth_method);
 }
 
 void Client::start_password_auth(config::AuthMethod method) {
@@ -272,12 +278,13 @@ void Client::start_password_auth(config::AuthMethod method) {
               user_->name);
     user_ = nullptr;
   }
-  auth_ = std::make_unique<AuthState>();
+  login_->auth = std::make_unique<AuthState>();
+  AuthState& auth = *login_->auth;
   if (user_ == nullptr) {
     // The mock exchange: a SCRAM secret nobody knows, salted per user name like a real one.
-    auth_->mock = reactor_.mock_secret(startup_message_.user);
+    auth.mock = reactor_.mock_secret(startup_message().user);
   } else {
-    auth_->secret = user_->password;
+    auth.secret = user_->password;
   }
   // Use what the stored secret allows: an MD5 secret cannot answer SCRAM and a SCRAM secret
   // cannot answer MD5 (PostgreSQL makes the same choice).
@@ -285,26 +292,28 @@ void Client::start_password_auth(config::AuthMethod method) {
                    (method == config::AuthMethod::scram_sha_256 &&
                     user_->secret_kind != config::SecretKind::md5);
   if (use_scram) {
-    auth_->step = AuthState::Step::scram_first;
+    auth.step = AuthState::Step::scram_first;
     // Over TLS, channel binding is offered first: a client that can bind will.
-    auth_->offered_plus = stream_.tls() != nullptr;
+    auth.offered_plus = stream_.tls() != nullptr;
     (void)stream_.emit([&](std::string& out) {
-      return auth_->offered_plus ? proto::build::authentication_sasl(
-                                       out, proto::scram::kMechanismPlus, proto::scram::kMechanism)
-                                 : proto::build::authentication_sasl(out, proto::scram::kMechanism);
+      return auth.offered_plus ? proto::build::authentication_sasl(
+                                     out, proto::scram::kMechanismPlus, proto::scram::kMechanism)
+                               : proto::build::authentication_sasl(out, proto::scram::kMechanism);
     });
   } else {
-    auth_->step = AuthState::Step::md5;
-    RAND_bytes(reinterpret_cast<unsigned char*>(auth_->md5_salt.data()), 4);
+    auth.step = AuthState::Step::md5;
+    RAND_bytes(reinterpret_cast<unsigned char*>(auth.md5_salt.data()), 4);
     (void)stream_.emit([&](std::string& out) {
-      return proto::build::authentication_md5(out, std::string_view(auth_->md5_salt.data(), 4));
+      return proto::build::authentication_md5(out, std::string_view(auth.md5_salt.data(), 4));
     });
   }
   reactor_.want_send(stream_);
 }
 
 void Client::handle_auth() {
-  if (auth_ == nullptr) return;  // auth.query still running: the password waits in the input
+  // Null while auth.query still runs: the password waits in the input.
+  if (login_->auth == nullptr) return;
+  AuthState& auth = *login_->auth;
   proto::Frame frame;
   while (state_ == ClientState::auth && frame_next(frame, kMaxAuthMessage)) {
     std::string_view whole = stream_.contiguous(frame.size);
@@ -318,14 +327,13 @@ void Client::handle_auth() {
                      fmt::format("expected a password message, got '{}'", frame.type));
       return;
     }
-    std::string_view user_name = startup_message_.user;
-    switch (auth_->step) {
+    std::string_view user_name = startup_message().user;
+    switch (auth.step) {
       case AuthState::Step::md5: {
         auto password = proto::parse_password_message(body);
-        std::string expected =
-            user_->secret_kind == config::SecretKind::md5
-                ? proto::md5::response_from_secret(auth_->secret, auth_->md5_salt)
-                : proto::md5::response(user_name, auth_->secret, auth_->md5_salt);
+        std::string expected = user_->secret_kind == config::SecretKind::md5
+                                   ? proto::md5::response_from_secret(auth.secret, auth.md5_salt)
+                                   : proto::md5::response(user_name, auth.secret, auth.md5_salt);
         bool good = password && proto::scram::timing_safe_equal(*password, expected);
         stream_.consume(frame.size);
         if (!good) {
@@ -340,7 +348,7 @@ void Client::handle_auth() {
         auto initial = proto::parse_sasl_initial_response(body);
         std::optional<proto::scram::ClientFirst> first;
         bool plus =
-            initial && initial->mechanism == proto::scram::kMechanismPlus && auth_->offered_plus;
+            initial && initial->mechanism == proto::scram::kMechanismPlus && auth.offered_plus;
         if (initial && (initial->mechanism == proto::scram::kMechanism || plus))
           first = proto::scram::parse_client_first(initial->data);
         stream_.consume(frame.size);
@@ -350,7 +358,7 @@ void Client::handle_auth() {
                                : "malformed SCRAM client-first-message");
           return;
         }
-        if (first->could_bind() && auth_->offered_plus) {
+        if (first->could_bind() && auth.offered_plus) {
           // The client can bind and we offered it: someone removed -PLUS from our offer.
           reactor_.close(*this, Reason::auth_failed,
                          "SCRAM channel binding was offered but the client says it was not");
@@ -361,28 +369,28 @@ void Client::handle_auth() {
         std::string server_nonce = proto::scram::base64_encode(
             std::string_view(reinterpret_cast<char*>(nonce_raw), sizeof nonce_raw));
         const proto::scram::Secret& secret =
-            auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
-        auth_->scram_first = std::move(*first);
-        auth_->server_first = proto::scram::server_first(auth_->scram_first, server_nonce, secret);
-        auth_->step = AuthState::Step::scram_final;
+            auth.mock ? *auth.mock : reactor_.scram_secret_for(*user_);
+        auth.scram_first = std::move(*first);
+        auth.server_first = proto::scram::server_first(auth.scram_first, server_nonce, secret);
+        auth.step = AuthState::Step::scram_final;
         (void)stream_.emit([&](std::string& out) {
-          return proto::build::authentication_sasl_continue(out, auth_->server_first);
+          return proto::build::authentication_sasl_continue(out, auth.server_first);
         });
         reactor_.want_send(stream_);
         break;
       }
       case AuthState::Step::scram_final: {
         const proto::scram::Secret& secret =
-            auth_->mock ? *auth_->mock : reactor_.scram_secret_for(*user_);
+            auth.mock ? *auth.mock : reactor_.scram_secret_for(*user_);
         std::string binding;
-        if (auth_->scram_first.binds() && stream_.tls() != nullptr)
+        if (auth.scram_first.binds() && stream_.tls() != nullptr)
           binding = stream_.tls()->end_point_hash();
         proto::scram::Key client_key{};
-        auto final_message = proto::scram::verify_client_final(
-            auth_->scram_first, auth_->server_first, body, secret, &client_key, binding);
+        auto final_message = proto::scram::verify_client_final(auth.scram_first, auth.server_first,
+                                                               body, secret, &client_key, binding);
         stream_.consume(frame.size);
         // A mock exchange fails, whatever came (by construction).
-        if (!final_message || auth_->mock) {
+        if (!final_message || auth.mock) {
           reactor_.close(*this, Reason::auth_failed,
                          fmt::format("password authentication failed for user \"{}\"", user_name));
           return;
@@ -402,23 +410,23 @@ void Client::handle_auth() {
 }
 
 void Client::auth_ok() {
-  auth_.reset();
+  login_.reset();  // logged in: the peer, the auth rule's choice and the exchange are done with
   (void)stream_.emit([](std::string& out) { return proto::build::authentication_ok(out); });
   reactor_.want_send(stream_);
   const config::Config& cfg = reactor_.config();
   // The database is checked after authentication so that unauthenticated clients cannot probe
   // which databases exist.
-  if (startup_message_.database == kAdminDatabase) {
+  if (startup_message().database == kAdminDatabase) {
     admin_login();
     return;
   }
-  const config::Database* db = cfg.find_database(startup_message_.database);
+  const config::Database* db = cfg.find_database(startup_message().database);
   if (db == nullptr) {
     reactor_.close(*this, Reason::unknown_database,
-                   fmt::format("database \"{}\" does not exist", startup_message_.database));
+                   fmt::format("database \"{}\" does not exist", startup_message().database));
     return;
   }
-  if (!startup_message_.find("replication").empty()) {
+  if (!startup_message().find("replication").empty()) {
     reactor_.close(*this, Reason::feature_not_supported,
                    "replication connections are not supported");
     return;
@@ -426,8 +434,8 @@ void Client::auth_ok() {
   take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
-  log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message_.user, peer_);
-  Pool& pool = reactor_.pool_for(*db, user_, startup_message_.user);
+  log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
+  Pool& pool = reactor_.pool_for(*db, user_, startup_message().user);
   if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {
     reactor_.close(*this, Reason::too_many_clients, refusal);
     return;

@@ -34,13 +34,15 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
     counted->user_clients_->release();
     client.counted_in_ = nullptr;
   }
-  if (Pool* lookups = client.lookup_pool_) {
-    std::erase(lookups->lookups_, &client);
-    client.lookup_pool_ = nullptr;
-  }
-  if (Server* lookup = client.lookup_server_) {
-    lookup->lookup_client_ = nullptr;  // the lookup finishes on its own; nobody waits for it
-    client.lookup_server_ = nullptr;
+  if (Client::Login* login = client.login_.get()) {
+    if (Pool* lookups = login->lookup_pool) {
+      std::erase(lookups->lookups_, &client);
+      login->lookup_pool = nullptr;
+    }
+    if (Server* lookup = login->lookup_server) {
+      lookup->lookup_client_ = nullptr;  // the lookup finishes on its own; nobody waits for it
+      login->lookup_server = nullptr;
+    }
   }
   std::string_view state = sqlstate(reason);
   if (reason == Reason::client_eof || reason == Reason::client_terminate ||
@@ -103,7 +105,7 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   Pool& pool = server.pool_;
   if (Client* client = server.lookup_client_) {
     server.lookup_client_ = nullptr;
-    client->lookup_server_ = nullptr;
+    client->login_->lookup_server = nullptr;
     close(*client, Reason::auth_query_failed,
           fmt::format("auth.query failed: server connection lost{}{}", message.empty() ? "" : ": ",
                       message));

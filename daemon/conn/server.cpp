@@ -181,7 +181,7 @@ void Server::on_command_complete(std::string_view tag) {
         proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
     // Every prepared statement of the session is gone: the client's and pgring's.
     prepared_.clear();
-    if (client_ != nullptr) client_->statements_.clear();
+    if (client_ != nullptr && client_->statements_) client_->statements_->named.clear();
   } else if (tag == "DEALLOCATE ALL") {
     prepared_.clear();
   } else if (tag == "PREPARE") {
@@ -368,7 +368,7 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
         }
         // (An error of an earlier pipelined batch may arrive while a check is pending: only
         // the check's own Parse or Describe failing ends the check.)
-        bool check_failed = client.shape_check_pending_ && head != nullptr && head->shape_check;
+        bool check_failed = client.shape_check_pending() && head != nullptr && head->shape_check;
         on_error_response();
         if (check_failed) {
           // The shape check's Parse or Describe failed (in a failed transaction: 25P02): the

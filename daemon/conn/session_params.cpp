@@ -39,24 +39,6 @@ std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>
   return h;
 }
 
-using NameValues = std::vector<std::pair<std::string, std::string>>;
-
-const std::string* find_value(const NameValues& list, std::string_view name) {
-  for (const auto& [k, v] : list)
-    if (proto::iequals(k, name)) return &v;
-  return nullptr;
-}
-
-void put_value(NameValues& list, std::string_view name, std::string_view value) {
-  for (auto& [k, v] : list) {
-    if (proto::iequals(k, name)) {
-      v.assign(value);
-      return;
-    }
-  }
-  list.emplace_back(std::string(name), std::string(value));
-}
-
 // Reported parameters that describe the server or the login itself: never SET by pgring.
 bool restorable(std::string_view name) {
   for (std::string_view fixed :
@@ -66,66 +48,13 @@ bool restorable(std::string_view name) {
   return true;
 }
 
-// The startup `options` parameter: backend command-line switches, space separated, with
-// backslash escapes. pgring honours "-c name=value" and "--name=value".
-std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
-  std::vector<std::string> words;
-  std::string word;
-  bool have = false;
-  for (std::size_t i = 0; i < options.size(); ++i) {
-    char c = options[i];
-    if (c == '\\' && i + 1 < options.size()) {
-      word.push_back(options[++i]);
-      have = true;
-    } else if (c == ' ' || c == '\t') {
-      if (have) words.push_back(std::move(word));
-      word.clear();
-      have = false;
-    } else {
-      word.push_back(c);
-      have = true;
-    }
-  }
-  if (have) words.push_back(std::move(word));
-  std::vector<std::pair<std::string, std::string>> out;
-  for (std::size_t i = 0; i < words.size(); ++i) {
-    std::string_view setting;
-    if (words[i] == "-c" && i + 1 < words.size())
-      setting = words[++i];
-    else if (words[i].starts_with("-c"))
-      setting = std::string_view(words[i]).substr(2);
-    else if (words[i].starts_with("--"))
-      setting = std::string_view(words[i]).substr(2);
-    else
-      continue;
-    auto eq = setting.find('=');
-    if (eq == std::string_view::npos || eq == 0) continue;
-    std::string name = proto::to_lower(setting.substr(0, eq));
-    for (char& c : name)
-      if (c == '-') c = '_';
-    out.emplace_back(std::move(name), std::string(setting.substr(eq + 1)));
-  }
-  return out;
-}
 }  // namespace
 
 void Client::take_startup_settings() {
-  // Every other startup parameter is a setting for the session (as PostgreSQL treats them):
-  // applied with SET on the first server, then tracked like any SET of the client.
-  auto add = [&](std::string_view name, std::string_view value) {
-    put_value(settings_, proto::to_lower(name), proto::sql::quote_literal(value));
-    put_value(params_, name, value);  // for the welcome; the server's report replaces it
-    put_value(startup_values_, name, value);
-  };
-  // RESET ALL and DISCARD ALL return to these, as PostgreSQL returns to the startup values.
-  for (const auto& [name, value] : startup_message_.params) {
-    if (name == "options") {
-      for (const auto& [n, v] : parse_options(value)) add(n, v);
-    } else if (name != "replication" && !name.starts_with("_pq_.")) {
-      add(name, value);
-    }
-  }
-  startup_settings_ = settings_;
+  // The session starts as the client asked: applied with SET on the first server, then tracked
+  // like any SET of the client (the server's reports replace the values in params_).
+  settings_ = startup_->settings;
+  params_ = startup_->values;
 }
 
 void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>& base) {
@@ -197,7 +126,7 @@ void Client::on_restored() {
 }
 
 const std::string* Client::startup_value(std::string_view name) const {
-  return find_value(startup_values_, name);
+  return startup_ ? find_value(startup_->values, name) : nullptr;
 }
 
 void Client::on_server_parameter(std::string_view name, std::string_view value) {
@@ -224,13 +153,13 @@ void Client::apply_setting(const proto::sql::SetStatement& set) {
         }
       }
       // RESET returns to the startup value, as PostgreSQL does; the next restore applies it.
-      if (const std::string* startup = find_value(startup_settings_, set.name))
+      if (const std::string* startup = find_value(startup_settings(), set.name))
         put_value(settings_, set.name, *startup);
       break;
     case proto::sql::SetStatement::Kind::reset_all:
       // The server went back to its own defaults; this client's session goes back to its
       // startup values, which the next restore applies again.
-      settings_ = startup_settings_;
+      settings_ = startup_settings();
       break;
   }
 }

@@ -78,6 +78,7 @@ class Reactor {
   [[nodiscard]] Clock::time_point now() const { return now_; }
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
   [[nodiscard]] StatementRegistry& statements() { return statements_; }
+  [[nodiscard]] StartupTable& startups() { return startups_; }
   [[nodiscard]] int index() const { return index_; }
   [[nodiscard]] Shared& shared() { return shared_; }
 
@@ -260,6 +261,7 @@ class Reactor {
   io_uring ring_{};
   std::unique_ptr<BufferRing> buffers_;
   StatementRegistry statements_;
+  StartupTable startups_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
   // Parsed (or, from plain passwords, derived) SCRAM secrets by user entry: configured users

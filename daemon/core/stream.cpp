@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #include "daemon/net/tls.hpp"
 
@@ -75,11 +76,55 @@ void BufferRing::publish() {
   pending_returns_ = 0;
 }
 
+std::unique_ptr<StreamIo> BufferRing::take_io() {
+  if (spare_io_.empty()) return std::make_unique<StreamIo>();
+  std::unique_ptr<StreamIo> io = std::move(spare_io_.back());
+  spare_io_.pop_back();
+  return io;
+}
+
+void BufferRing::give_back(std::unique_ptr<StreamIo> io) {
+  if (spare_io_.size() >= kSpareIo) return;  // freed here
+  io->reset();
+  spare_io_.push_back(std::move(io));
+}
+
+// ---------------------------------------------------------------------------------------------
+// StreamIo
+
+void StreamIo::reset() {
+  // Capacities a busy connection reuses every round trip stay; anything grown by a large
+  // message goes (the spares must stay small).
+  auto clear = [](auto& container, std::size_t keep) {
+    container.clear();
+    if (container.capacity() > keep) std::remove_reference_t<decltype(container)>().swap(container);
+  };
+  clear(input, 16);
+  clear(carry, 1024);
+  clear(owned_input, 1024);
+  clear(queue, 64);
+  clear(staging, 1024);
+  clear(inflight, 64);
+  clear(inflight_owned, 1024);
+  clear(iov, 64);
+  clear(cipher, 1024);
+  iov_done = 0;
+  msg = {};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stream: input
 
 Stream::~Stream() {
-  discard_all();
+  discard_all();  // gives the I/O state back unless a send is (wrongly) still in flight
+}
+
+void Stream::trim() {
+  // Never while the kernel may read msg/iov/inflight_owned (a send in flight), while bytes wait
+  // either way, or under TLS (the session's records pass through these buffers).
+  if (!io_ || send_in_flight_ || input_bytes_ > 0 || tls_) return;
+  if (!io_->queue.empty() || !io_->cipher.empty()) return;
+  buffers_->give_back(std::move(io_));
 }
 
 void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
@@ -89,12 +134,13 @@ void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
     buffers_->unref(bid);  // decrypted: the ring buffer is free again
     return;
   }
-  input_.push_back(Segment{bid, 0, length});  // bid fits: ring ids are below 32768
+  io().input.push_back(Segment{bid, 0, length});  // bid fits: ring ids are below 32768
   input_bytes_ += length;
 }
 
 void Stream::peek(char* out, std::size_t n) const {
-  for (const Segment& s : input_) {
+  if (n == 0) return;
+  for (const Segment& s : io_->input) {
     if (n == 0) return;
     std::size_t take = std::min<std::size_t>(n, s.end - s.begin);
     std::memcpy(out, segment_data(s) + s.begin, take);
@@ -105,43 +151,45 @@ void Stream::peek(char* out, std::size_t n) const {
 
 std::string_view Stream::contiguous(std::size_t n) {
   if (n == 0) return {};
-  const Segment& first = input_.front();
+  const Segment& first = io_->input.front();
   if (first.end - first.begin >= n) return {segment_data(first) + first.begin, n};
-  carry_.resize(n);
-  peek(carry_.data(), n);
-  return carry_;
+  io_->carry.resize(n);
+  peek(io_->carry.data(), n);
+  return io_->carry;
 }
 
 void Stream::consume(std::size_t n) {
+  if (n == 0) return;
+  StreamIo& io = *io_;
   input_bytes_ -= n;
   std::size_t drop = 0;
-  for (Segment& s : input_) {
+  for (Segment& s : io.input) {
     if (n == 0) break;
     std::size_t take = std::min<std::size_t>(n, s.end - s.begin);
     s.begin += static_cast<std::uint32_t>(take);
     n -= take;
     if (s.begin == s.end) {
       if (s.bid == kOwnedInput)
-        owned_input_.clear();
+        io.owned_input.clear();
       else
         buffers_->unref(static_cast<std::uint16_t>(s.bid));
       ++drop;
     }
   }
-  input_.erase(input_.begin(), input_.begin() + static_cast<std::ptrdiff_t>(drop));
-  if (owned_input_.empty() && owned_input_.capacity() > (tls_ ? 1024u : 4096u))
-    std::string().swap(owned_input_);
-  if (input_.empty() && carry_.capacity() > 4096) std::string().swap(carry_);
+  io.input.erase(io.input.begin(), io.input.begin() + static_cast<std::ptrdiff_t>(drop));
+  if (io.owned_input.empty() && io.owned_input.capacity() > (tls_ ? 1024u : 4096u))
+    std::string().swap(io.owned_input);
+  if (io.input.empty() && io.carry.capacity() > 4096) std::string().swap(io.carry);
 }
 
 void Stream::forward(std::size_t n, Stream& to) {
   std::size_t left = n;
-  for (const Segment& s : input_) {
+  for (const Segment& s : io_->input) {
     if (left == 0) break;
     std::size_t take = std::min<std::size_t>(left, s.end - s.begin);
     if (s.bid == kOwnedInput) {
       // Copied: owned input is a parked client's (or a TLS session's) bytes.
-      to.emit_bytes(std::string_view(owned_input_.data() + s.begin, take));
+      to.emit_bytes(std::string_view(io_->owned_input.data() + s.begin, take));
     } else {
       // The slice's own reference, dropped when its send completes.
       buffers_->ref(static_cast<std::uint16_t>(s.bid));
@@ -154,22 +202,23 @@ void Stream::forward(std::size_t n, Stream& to) {
 
 template <typename Append>
 void Stream::append_owned_input(Append&& append) {
-  // Owned input only: at most one segment, over owned_input_. Move what is left of it to the
+  // Owned input only: at most one segment, over owned_input. Move what is left of it to the
   // front before appending, so a connection that keeps a partial message stays small.
-  if (input_.empty()) {
-    owned_input_.clear();
-  } else if (input_.front().begin > 0) {
-    Segment& s = input_.front();
-    owned_input_.erase(0, s.begin);
+  StreamIo& io = this->io();
+  if (io.input.empty()) {
+    io.owned_input.clear();
+  } else if (io.input.front().begin > 0) {
+    Segment& s = io.input.front();
+    io.owned_input.erase(0, s.begin);
     s.end -= s.begin;
     s.begin = 0;
   }
-  std::size_t before = owned_input_.size();
-  append(owned_input_);
-  std::size_t added = owned_input_.size() - before;
+  std::size_t before = io.owned_input.size();
+  append(io.owned_input);
+  std::size_t added = io.owned_input.size() - before;
   if (added == 0) return;
-  if (input_.empty()) input_.push_back(Segment{kOwnedInput, 0, 0});
-  input_.front().end = static_cast<std::uint32_t>(owned_input_.size());
+  if (io.input.empty()) io.input.push_back(Segment{kOwnedInput, 0, 0});
+  io.input.front().end = static_cast<std::uint32_t>(io.owned_input.size());
   input_bytes_ += added;
 }
 
@@ -186,9 +235,11 @@ void Stream::receive_bytes(std::string_view bytes) {
 }
 
 void Stream::take_queue(std::string& out) {
-  for (const Slice& s : queue_) {
+  if (!io_) return;
+  StreamIo& io = *io_;
+  for (const Slice& s : io.queue) {
     const char* base =
-        s.bid == kOwned ? staging_.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
+        s.bid == kOwned ? io.staging.data() : buffers_->data(static_cast<std::uint16_t>(s.bid));
     out.append(base + s.offset, s.length);
     pending_bytes_ -= s.length;
     if (s.bid != kOwned) {
@@ -196,12 +247,12 @@ void Stream::take_queue(std::string& out) {
       buffers_->unref(static_cast<std::uint16_t>(s.bid));
     }
   }
-  queue_.clear();
-  staging_.clear();
+  io.queue.clear();
+  io.staging.clear();
 }
 
 bool Stream::start_tls(std::unique_ptr<TlsSession> session) {
-  take_queue(cipher_);  // clear bytes queued before the switch go first, as they are
+  take_queue(io().cipher);  // clear bytes queued before the switch go first, as they are
   tls_ = std::move(session);
   if (input_bytes_ == 0) return true;
   std::string first(input_bytes_, '\0');
@@ -219,28 +270,31 @@ void Stream::encrypt_queue() {
   take_queue(plain);
   if (!plain.empty() && !tls_failed_ && !tls_->send(plain)) tls_failed_ = true;
   if (plain.capacity() > (1u << 20)) std::string().swap(plain);
-  tls_->take_output(cipher_);
+  tls_->take_output(io().cipher);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Stream: output
 
 bool Stream::has_output() const {
-  return !queue_.empty() || !cipher_.empty() || (tls_ && tls_->has_output());
+  if (tls_ && tls_->has_output()) return true;
+  return io_ && (!io_->queue.empty() || !io_->cipher.empty());
 }
 
 void Stream::emit_bytes(std::string_view bytes) {
-  std::size_t start = staging_.size();
-  staging_.append(bytes);
+  std::string& staging = io().staging;
+  std::size_t start = staging.size();
+  staging.append(bytes);
   push_owned(start, bytes.size());
 }
 
 void Stream::push_owned(std::size_t offset, std::size_t length) {
   if (length == 0) return;
   // Consecutive owned bytes are one slice: a run of built messages is one iovec.
-  if (!queue_.empty() && queue_.back().bid == kOwned &&
-      queue_.back().offset + queue_.back().length == offset) {
-    queue_.back().length += static_cast<std::uint32_t>(length);
+  std::vector<Slice>& queue = io_->queue;
+  if (!queue.empty() && queue.back().bid == kOwned &&
+      queue.back().offset + queue.back().length == offset) {
+    queue.back().length += static_cast<std::uint32_t>(length);
     pending_bytes_ += length;
     return;
   }
@@ -248,53 +302,54 @@ void Stream::push_owned(std::size_t offset, std::size_t length) {
 }
 
 void Stream::push_slice(Slice s) {
-  queue_.push_back(s);
+  io().queue.push_back(s);
   pending_bytes_ += s.length;
   if (s.bid != kOwned) ++pending_buffers_;
 }
 
 bool Stream::prepare_send(io_uring_sqe* sqe) {
-  if (send_in_flight_) return false;
-  if (iov_done_ >= iov_.size() && (tls_ || !cipher_.empty())) {
+  if (send_in_flight_ || !io_) return false;
+  StreamIo& io = *io_;
+  if (io.iov_done >= io.iov.size() && (tls_ || !io.cipher.empty())) {
     // TLS: the batch is one run of records (plus any clear bytes queued before TLS began).
     if (tls_) encrypt_queue();
-    if (cipher_.empty()) return false;
-    iov_.clear();
-    iov_done_ = 0;
-    inflight_owned_.swap(cipher_);
-    cipher_.clear();
-    auto size = static_cast<std::uint32_t>(inflight_owned_.size());
-    inflight_.assign(1, Slice{kOwned, 0, size});
+    if (io.cipher.empty()) return false;
+    io.iov.clear();
+    io.iov_done = 0;
+    io.inflight_owned.swap(io.cipher);
+    io.cipher.clear();
+    auto size = static_cast<std::uint32_t>(io.inflight_owned.size());
+    io.inflight.assign(1, Slice{kOwned, 0, size});
     pending_bytes_ += size;
-    iov_.push_back(iovec{inflight_owned_.data(), size});
-  } else if (iov_done_ >= iov_.size()) {
+    io.iov.push_back(iovec{io.inflight_owned.data(), size});
+  } else if (io.iov_done >= io.iov.size()) {
     // A new batch: the whole queue (up to kMaxIov slices) goes out in one sendmsg.
-    if (queue_.empty()) return false;
-    iov_.clear();
-    iov_done_ = 0;
-    std::size_t n = std::min(queue_.size(), kMaxIov);
-    inflight_.assign(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
-    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
-    inflight_owned_.swap(staging_);
-    staging_.clear();
+    if (io.queue.empty()) return false;
+    io.iov.clear();
+    io.iov_done = 0;
+    std::size_t n = std::min(io.queue.size(), kMaxIov);
+    io.inflight.assign(io.queue.begin(), io.queue.begin() + static_cast<std::ptrdiff_t>(n));
+    io.queue.erase(io.queue.begin(), io.queue.begin() + static_cast<std::ptrdiff_t>(n));
+    io.inflight_owned.swap(io.staging);
+    io.staging.clear();
     // Owned slices left behind (more than kMaxIov queued) move to the fresh staging buffer.
-    for (Slice& s : queue_) {
+    for (Slice& s : io.queue) {
       if (s.bid != kOwned) continue;
-      std::size_t at = staging_.size();
-      staging_.append(inflight_owned_, s.offset, s.length);
+      std::size_t at = io.staging.size();
+      io.staging.append(io.inflight_owned, s.offset, s.length);
       s.offset = static_cast<std::uint32_t>(at);
     }
-    for (const Slice& s : inflight_) {
-      char* base = s.bid == kOwned ? inflight_owned_.data()
+    for (const Slice& s : io.inflight) {
+      char* base = s.bid == kOwned ? io.inflight_owned.data()
                                    : buffers_->data(static_cast<std::uint16_t>(s.bid));
-      iov_.push_back(iovec{base + s.offset, s.length});
+      io.iov.push_back(iovec{base + s.offset, s.length});
     }
   }
-  msg_ = {};
-  msg_.msg_iov = iov_.data() + iov_done_;
-  msg_.msg_iovlen = iov_.size() - iov_done_;
+  io.msg = {};
+  io.msg.msg_iov = io.iov.data() + io.iov_done;
+  io.msg.msg_iovlen = io.iov.size() - io.iov_done;
   // MSG_WAITALL makes io_uring retry short sends itself; we still handle a short result.
-  io_uring_prep_sendmsg(sqe, fd, &msg_, MSG_NOSIGNAL | MSG_WAITALL);
+  io_uring_prep_sendmsg(sqe, fd, &io.msg, MSG_NOSIGNAL | MSG_WAITALL);
   io_uring_sqe_set_data(sqe, &send_op_);
   send_in_flight_ = true;
   return true;
@@ -302,18 +357,19 @@ bool Stream::prepare_send(io_uring_sqe* sqe) {
 
 bool Stream::on_sent(std::uint32_t result) {
   send_in_flight_ = false;
-  while (result > 0 && iov_done_ < iov_.size()) {
-    iovec& v = iov_[iov_done_];
+  StreamIo& io = *io_;
+  while (result > 0 && io.iov_done < io.iov.size()) {
+    iovec& v = io.iov[io.iov_done];
     if (result >= v.iov_len) {
       result -= static_cast<std::uint32_t>(v.iov_len);
-      ++iov_done_;
+      ++io.iov_done;
     } else {
       v.iov_base = static_cast<char*>(v.iov_base) + result;
       v.iov_len -= result;
       result = 0;
     }
   }
-  if (iov_done_ < iov_.size()) return false;
+  if (io.iov_done < io.iov.size()) return false;
   release_inflight();
   return true;
 }
@@ -324,61 +380,70 @@ void Stream::send_failed() {
 }
 
 void Stream::release_inflight() {
-  for (const Slice& s : inflight_) {
+  if (!io_) return;
+  StreamIo& io = *io_;
+  for (const Slice& s : io.inflight) {
     pending_bytes_ -= s.length;
     if (s.bid != kOwned) {
       --pending_buffers_;
       buffers_->unref(static_cast<std::uint16_t>(s.bid));
     }
   }
-  inflight_.clear();
-  iov_.clear();
-  iov_done_ = 0;
-  inflight_owned_.clear();
-  // Idle connections must stay small: give back the output buffers once drained. Without TLS
-  // they only ever hold what pgring writes itself (a client's welcome, an error, an injected
-  // Parse), which is rare on the data path, so a buffer is not worth keeping: the welcome
-  // alone left ~430 bytes behind in every idle client.
-  if (!tls_ || inflight_owned_.capacity() > 16384) std::string().swap(inflight_owned_);
-  if (queue_.empty() && (!tls_ || staging_.capacity() > 16384)) std::string().swap(staging_);
-  if (tls_ && queue_.empty() && cipher_.empty()) {
+  io.inflight.clear();
+  io.iov.clear();
+  io.iov_done = 0;
+  io.inflight_owned.clear();
+  if (tls_) {
     // Every TLS byte passes through these buffers (not only what pgring builds): keep none of
     // them while nothing is waiting, nor the TLS session's own.
-    if (inflight_owned_.capacity() > 1024) std::string().swap(inflight_owned_);
-    if (cipher_.capacity() > 1024) std::string().swap(cipher_);
-    tls_->trim();
+    if (io.inflight_owned.capacity() > 16384) std::string().swap(io.inflight_owned);
+    if (io.queue.empty() && io.staging.capacity() > 16384) std::string().swap(io.staging);
+    if (io.queue.empty() && io.cipher.empty()) {
+      if (io.inflight_owned.capacity() > 1024) std::string().swap(io.inflight_owned);
+      if (io.cipher.capacity() > 1024) std::string().swap(io.cipher);
+      tls_->trim();
+    }
+    return;
   }
+  // Drained, nothing received: the I/O state goes back to the spares (an idle connection
+  // holds none; a busy one takes a warm one back at its next message).
+  trim();
 }
 
 void Stream::detach_input() {
   if (!input_in_ring()) return;
+  StreamIo& io = *io_;
   std::string owned;
   owned.reserve(input_bytes_);
-  for (const Segment& s : input_) {
+  for (const Segment& s : io.input) {
     owned.append(segment_data(s) + s.begin, s.end - s.begin);
     if (s.bid != kOwnedInput) buffers_->unref(static_cast<std::uint16_t>(s.bid));
   }
-  owned_input_.swap(owned);
-  input_.clear();
-  input_.push_back(Segment{kOwnedInput, 0, static_cast<std::uint32_t>(owned_input_.size())});
+  io.owned_input.swap(owned);
+  io.input.clear();
+  io.input.push_back(Segment{kOwnedInput, 0, static_cast<std::uint32_t>(io.owned_input.size())});
 }
 
 void Stream::discard_all() {
-  for (const Segment& s : input_)
-    if (s.bid != kOwnedInput) buffers_->unref(static_cast<std::uint16_t>(s.bid));
-  input_.clear();
-  owned_input_.clear();
   input_bytes_ = 0;
-  for (const Slice& s : queue_)
-    if (s.bid != kOwned) buffers_->unref(static_cast<std::uint16_t>(s.bid));
-  queue_.clear();
-  staging_.clear();
-  cipher_.clear();
+  if (io_) {
+    StreamIo& io = *io_;
+    for (const Segment& s : io.input)
+      if (s.bid != kOwnedInput) buffers_->unref(static_cast<std::uint16_t>(s.bid));
+    io.input.clear();
+    io.owned_input.clear();
+    for (const Slice& s : io.queue)
+      if (s.bid != kOwned) buffers_->unref(static_cast<std::uint16_t>(s.bid));
+    io.queue.clear();
+    io.staging.clear();
+    io.cipher.clear();
+  }
   // In-flight slices stay pinned until the kernel reports the send finished.
   if (!send_in_flight_) release_inflight();
   pending_bytes_ = 0;
   pending_buffers_ = 0;
-  for (const Slice& s : inflight_) {
+  if (!io_) return;
+  for (const Slice& s : io_->inflight) {
     pending_bytes_ += s.length;
     if (s.bid != kOwned) ++pending_buffers_;
   }

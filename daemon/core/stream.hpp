@@ -15,6 +15,11 @@
 // queued meanwhile wait in `queue_` and go out as one batch when the send completes. Bytes
 // pgring builds itself live in `staging_`; when a batch is submitted, `staging_` is frozen as
 // `inflight_owned_` (swapped, never reallocated under the kernel) until that send completes.
+//
+// Memory: the queues and buffers above live in a StreamIo that a stream holds only while bytes
+// are moving. Once nothing is received, queued or in flight (and no TLS session needs them), it
+// goes back to the reactor's few spares, so an idle connection is the socket, its two
+// operations and a null pointer, and a busy one reuses a warm StreamIo without allocating.
 
 #include <liburing.h>
 #include <sys/uio.h>
@@ -30,6 +35,7 @@
 namespace pgring {
 
 class TlsSession;
+struct StreamIo;
 
 class BufferRing {
  public:
@@ -53,6 +59,12 @@ class BufferRing {
   // Make buffers returned during this loop turn visible to the kernel (one store).
   void publish();
 
+  // Spare stream I/O states (see Stream): taken by a stream that starts moving bytes, given
+  // back when it is drained. At most kSpareIo are kept; the rest are freed.
+  std::unique_ptr<StreamIo> take_io();
+  void give_back(std::unique_ptr<StreamIo> io);
+  static constexpr std::size_t kSpareIo = 64;
+
  private:
   io_uring& ring_;
   std::uint16_t group_;
@@ -63,6 +75,7 @@ class BufferRing {
   std::vector<std::uint16_t> refs_;
   std::uint32_t available_ = 0;
   int pending_returns_ = 0;
+  std::vector<std::unique_ptr<StreamIo>> spare_io_;
 };
 
 // An io_uring request in flight. Its address is the SQE's user_data; the object lives inside
@@ -89,14 +102,41 @@ struct Operation {
   void* owner;
 };
 
-class Stream {
- public:
-  static constexpr std::int32_t kOwned = -1;
+// What a stream needs only while bytes move through it (see Stream: Memory).
+struct StreamIo {
+  static constexpr std::int32_t kOwned = -1;       // a slice of staging_/inflight_owned_
+  static constexpr std::int32_t kOwnedInput = -1;  // a segment of owned_input_
+  struct Segment {
+    std::int32_t bid;  // ring buffer id, or kOwnedInput
+    std::uint32_t begin;
+    std::uint32_t end;
+  };
   struct Slice {
-    std::int32_t bid;  // ring buffer id, or kOwned for bytes in staging_/inflight_owned_
+    std::int32_t bid;  // ring buffer id, or kOwned
     std::uint32_t offset;
     std::uint32_t length;
   };
+  std::vector<Segment> input;
+  std::string carry;
+  std::string owned_input;
+
+  std::vector<Slice> queue;
+  std::string staging;
+  std::vector<Slice> inflight;
+  std::string inflight_owned;
+  std::vector<iovec> iov;
+  std::size_t iov_done = 0;  // iovecs fully sent
+  msghdr msg{};
+  std::string cipher;  // records (and clear bytes before TLS began) waiting for the next batch
+
+  // Empty again, keeping modest capacities (a spare should be warm, not large).
+  void reset();
+};
+
+class Stream {
+ public:
+  static constexpr std::int32_t kOwned = StreamIo::kOwned;
+  using Slice = StreamIo::Slice;
 
   Stream(BufferRing& buffers, Operation::Kind recv_kind, Operation::Kind send_kind, void* owner)
       : recv_op_{recv_kind, owner}, send_op_{send_kind, owner}, buffers_(&buffers) {}
@@ -120,7 +160,7 @@ class Stream {
   [[nodiscard]] proto::Frame next_frame(std::uint32_t max_size) const {
     if (input_bytes_ < 5) return {};
     // The header is almost always inside the first segment: read it there (no copy).
-    const Segment& first = input_.front();
+    const Segment& first = io_->input.front();
     char header[5];
     const char* h = segment_data(first) + first.begin;
     if (first.end - first.begin < 5) {
@@ -144,7 +184,8 @@ class Stream {
   // clients would starve the servers' receives of buffers and everything would stop.
   void detach_input();
   [[nodiscard]] bool input_in_ring() const {
-    for (const Segment& s : input_)
+    if (!io_) return false;
+    for (const Segment& s : io_->input)
       if (s.bid != kOwnedInput) return true;
     return false;
   }
@@ -153,12 +194,13 @@ class Stream {
   // Appends bytes built by pgring: call with a builder that appends to the string it gets.
   template <typename Build>
   bool emit(Build&& build) {
-    std::size_t start = staging_.size();
-    if (!build(staging_)) {
-      staging_.resize(start);
+    std::string& staging = io().staging;
+    std::size_t start = staging.size();
+    if (!build(staging)) {
+      staging.resize(start);
       return false;
     }
-    push_owned(start, staging_.size() - start);
+    push_owned(start, staging.size() - start);
     return true;
   }
   void emit_bytes(std::string_view bytes);
@@ -184,6 +226,8 @@ class Stream {
   [[nodiscard]] BufferRing& buffers() const { return *buffers_; }
   // Drops all input and output (connection closing for good).
   void discard_all();
+  // Whether this stream holds its I/O state now (tests: an idle connection should not).
+  [[nodiscard]] bool holds_io() const { return io_ != nullptr; }
 
   // ---- TLS ----
   // From now on the socket carries TLS records. Output already queued (the 'S' answering an
@@ -203,16 +247,19 @@ class Stream {
   bool flush_queued_ = false;    // on the reactor's list of streams to send this loop turn
 
  private:
-  static constexpr std::int32_t kOwnedInput = -1;  // the segment lives in owned_input_
-  struct Segment {
-    std::int32_t bid;
-    std::uint32_t begin;
-    std::uint32_t end;
-  };
+  static constexpr std::int32_t kOwnedInput = StreamIo::kOwnedInput;
+  using Segment = StreamIo::Segment;
   [[nodiscard]] const char* segment_data(const Segment& s) const {
-    return s.bid == kOwnedInput ? owned_input_.data()
+    return s.bid == kOwnedInput ? io_->owned_input.data()
                                 : buffers_->data(static_cast<std::uint16_t>(s.bid));
   }
+  // The I/O state, taken from the spares when this stream had none.
+  StreamIo& io() {
+    if (!io_) io_ = buffers_->take_io();
+    return *io_;
+  }
+  // Gives the I/O state back when nothing needs it (see Memory above).
+  void trim();
   void push_owned(std::size_t offset, std::size_t length);
   void receive_tls(std::string_view ciphertext);
   template <typename Append>
@@ -223,27 +270,14 @@ class Stream {
   void push_slice(Slice s);
   void release_inflight();
 
-  BufferRing* buffers_;
-  std::vector<Segment> input_;
-  std::size_t input_bytes_ = 0;
-  std::string carry_;
-  std::string owned_input_;
-
-  std::vector<Slice> queue_;
-  std::string staging_;
-  std::size_t pending_bytes_ = 0;
-  std::size_t pending_buffers_ = 0;
-
   bool send_in_flight_ = false;
-  std::vector<Slice> inflight_;
-  std::string inflight_owned_;
-  std::vector<iovec> iov_;
-  std::size_t iov_done_ = 0;  // iovecs fully sent
-  msghdr msg_{};
-
-  std::unique_ptr<TlsSession> tls_;
-  std::string cipher_;  // records (and clear bytes before TLS began) waiting for the next batch
   bool tls_failed_ = false;
+  std::uint32_t pending_buffers_ = 0;
+  BufferRing* buffers_;
+  std::unique_ptr<StreamIo> io_;  // null while nothing moves
+  std::size_t input_bytes_ = 0;
+  std::size_t pending_bytes_ = 0;
+  std::unique_ptr<TlsSession> tls_;
 };
 
 }  // namespace pgring

@@ -164,7 +164,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
     peer = std::string(host) + ":" + std::to_string(port);
   }
   auto* client = new Client(*this, next_id(), result, std::move(peer));
-  client->peer_info_ = peer_info;
+  client->login_->peer = peer_info;
   ++client_count_;
   int clients = shared_.clients.fetch_add(1, std::memory_order_relaxed) + 1;
   set_state(*client, ClientState::startup);
@@ -172,7 +172,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   log::debug("C-{} connected from {}", client->id_, client->peer_);
   // Over max_client_conn: still read the startup packet (answering an SSLRequest 'N') so the
   // client sees the 53300 error; the login timeout bounds how long such a client may stay.
-  if (clients > config_->max_client_conn) client->refused_too_many_ = true;
+  if (clients > config_->max_client_conn) client->login_->refused_too_many = true;
   arm_recv(client->stream_, client->ops_in_flight_);
 }
 

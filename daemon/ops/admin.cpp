@@ -275,12 +275,12 @@ Rows Reactor::admin_rows(std::string_view what) {
   } else if (what == "clients") {
     auto add = [&](const Client& c) {
       row({"C-" + std::to_string(c.id_),
-           c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message_.database),
-           std::string(c.startup_message_.user), std::string(to_string(c.state_)), c.peer_,
+           c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message().database),
+           std::string(c.startup_message().user), std::string(to_string(c.state_)), c.peer_,
            ms(now_ - c.state_since_),
            c.server_ != nullptr ? "S-" + std::to_string(c.server_->id_) : "",
-           proto::sql::describe_session_state(c.pinned_state_),
-           std::to_string(c.statements_.size()), std::to_string(index_), tls_version(c.stream_)});
+           proto::sql::describe_session_state(c.pinned_state_), std::to_string(c.statement_count()),
+           std::to_string(index_), tls_version(c.stream_)});
     };
     for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
     for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c)) add(*c);
@@ -366,7 +366,7 @@ void Reactor::kill_database(std::string_view database) {
 void Client::admin_login() {
   const config::Config& cfg = reactor_.config();
   auto listed = [&](const std::vector<std::string>& users) {
-    return std::find(users.begin(), users.end(), startup_message_.user) != users.end();
+    return std::find(users.begin(), users.end(), startup_message().user) != users.end();
   };
   if (listed(cfg.admin_users))
     admin_ = AdminRole::admin;
@@ -376,12 +376,12 @@ void Client::admin_login() {
     reactor_.close(
         *this, Reason::admin_denied,
         fmt::format("user \"{}\" may not use the admin console (admin.users, admin.stats_users)",
-                    startup_message_.user));
+                    startup_message().user));
     return;
   }
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
-  log::info("C-{} admin login user={} from {}", id_, startup_message_.user, peer_);
+  log::info("C-{} admin login user={} from {}", id_, startup_message().user, peer_);
   reactor_.set_state(*this, ClientState::idle);  // on the admin list: no pool
   send_welcome({{"server_version", "15.0 (pgring " PGRING_VERSION ")"},
                 {"server_encoding", "UTF8"},

@@ -108,6 +108,7 @@ void Reactor::set_state(Client& client, ClientState state) {
       break;
     case ClientState::idle:
       (pool != nullptr ? pool->idle_clients_ : admin_clients_).push_back(&client);
+      client.trim();  // idle clients keep only what they need to resume
       break;
     case ClientState::waiting:
       pool->waiting_clients_.push_back(&client);
@@ -246,7 +247,7 @@ void Pool::maintain() {
   while (!lookups_.empty() && !idle_servers_.empty()) {
     Client* client = lookups_.front();
     lookups_.pop_front();
-    client->lookup_pool_ = nullptr;
+    client->login_->lookup_pool = nullptr;
     idle_servers_.back()->start_lookup(*client);
   }
   // The longest-waiting client first (FIFO) gets the most recently used idle server (LIFO, as

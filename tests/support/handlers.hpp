@@ -50,6 +50,7 @@ struct Handlers {
   Client& add_client(std::string peer) {
     Client& client = *new Client(reactor, reactor.next_id(), -1, std::move(peer));
     client.pool_ = &pool;
+    client.login_.reset();
     client.welcomed_ = true;
     reactor.set_state(client, ClientState::idle);
     return client;

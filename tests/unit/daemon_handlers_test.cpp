@@ -319,3 +319,75 @@ TEST_CASE("the most recently used idle server is linked first (LIFO), so one cli
   CHECK(h.server.state_ == ServerState::idle);  // never needed: it ages out (server_idle)
   CHECK(h.pool.idle_servers_.front() == &h.server);
 }
+
+TEST_CASE("an idle client keeps only what it needs to resume") {
+  Linkable h;
+  // The harness's client is past its login: the login state is gone.
+  CHECK(h.client.login_ == nullptr);
+  // A named statement and a pipelined extended batch: the batch state exists while linked.
+  h.client_sends(parse("s1", "SELECT 1") + sync_message());
+  CHECK(h.client.batch_ != nullptr);
+  CHECK(h.client.statement_count() == 1);
+  (void)h.server_got();
+  h.server_sends(kParseComplete + ready('I'));
+  REQUIRE(h.released());
+  CHECK(h.client.batch_ == nullptr);       // given back when the client went idle
+  CHECK(h.client.statements_ != nullptr);  // its statement name is session state: kept
+  // The reply goes out as the reactor sends it (one sendmsg, completed in full): once it is
+  // sent and nothing waits, the stream gives its I/O state back to the reactor's spares.
+  REQUIRE(h.client.stream_.holds_io());
+  io_uring_sqe sqe{};
+  REQUIRE(h.client.stream_.prepare_send(&sqe));
+  CHECK(h.client.stream_.on_sent(static_cast<std::uint32_t>(h.client.stream_.pending_bytes())));
+  CHECK_FALSE(h.client.stream_.holds_io());
+  // A simple Query: no batch, and the unnamed statement (none here) never allocates one.
+  h.client_sends(query("SELECT 1"));
+  CHECK(h.client.batch_ == nullptr);
+  CHECK(h.client.stream_.holds_io());  // bytes are moving again
+  h.server_sends(one_row() + complete("SELECT 1") + ready('I'));
+  CHECK(h.released());
+  // Closing the statement: nothing of the statement cache is left either.
+  h.client_sends(message('C', "S" + cstr("s1")) + sync_message());
+  h.server_sends(ready('I'));
+  REQUIRE(h.released());
+  CHECK(h.client.statements_ == nullptr);
+}
+
+TEST_CASE("clients that sent the same startup packet share one Startup") {
+  auto packet = [](std::vector<std::pair<std::string, std::string>> params) {
+    std::string body = i32(196608);
+    for (const auto& [k, v] : params) body += cstr(k) + cstr(v);
+    body += '\0';
+    return i32(static_cast<std::int32_t>(body.size() + 4)) + body;
+  };
+  StartupTable table;
+  const std::string app = packet({{"user", "u"}, {"database", "app"}, {"DateStyle", "ISO"}});
+  std::shared_ptr<const Startup> a = table.intern(app);
+  std::shared_ptr<const Startup> b = table.intern(app);
+  REQUIRE(a != nullptr);
+  CHECK(a == b);  // one copy for every client of the application
+  CHECK(a->message.user == "u");
+  CHECK(a->message.database == "app");
+  REQUIRE(a->settings.size() == 1);
+  CHECK(a->settings[0].first == "datestyle");  // lower-case name, SQL literal value
+  CHECK(a->settings[0].second == "'ISO'");
+  CHECK(*find_value(a->values, "datestyle") == "ISO");  // as sent, found case-insensitively
+  std::shared_ptr<const Startup> other =
+      table.intern(packet({{"user", "u"}, {"options", "-c search_path=s1 --work-mem=64kB"}}));
+  REQUIRE(other != nullptr);
+  CHECK(other != a);
+  CHECK(other->message.database == "u");  // defaults to the user
+  CHECK(*find_value(other->settings, "search_path") == "'s1'");
+  CHECK(*find_value(other->settings, "work_mem") == "'64kB'");
+  CHECK(table.size() == 2);
+  // The last client of a packet gone, its entry goes too.
+  other.reset();
+  CHECK(table.size() == 1);
+  a.reset();
+  CHECK(table.size() == 1);  // b still holds it
+  b.reset();
+  CHECK(table.size() == 0);
+  // A packet that is not a StartupMessage is refused (the client is closed with 08P01).
+  CHECK(table.intern(i32(8) + i32(80877103)) == nullptr);
+  CHECK(table.size() == 0);
+}
