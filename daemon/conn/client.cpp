@@ -379,10 +379,31 @@ void Client::end_batch() {
   if (b.inflight.capacity() > (64u << 10)) b.inflight.shrink_to_fit();
 }
 
+Client::Batch& Client::batch() {
+  if (!batch_) batch_ = reactor_.spare_batches().take();
+  return *batch_;
+}
+
+void Client::Batch::reset() {
+  skip_until_sync = false;
+  shape_check_pending = false;
+  shape_check_expected = 0;
+  copy_ok = true;
+  inflight_ok = false;
+  inflight_seq = 0;
+  // The buffers' capacity is kept for the next batch, unless a large one grew them.
+  copy.clear();
+  inflight.clear();
+  if (copy.capacity() > 4096) std::string().swap(copy);
+  if (inflight.capacity() > 4096) std::string().swap(inflight);
+}
+
 void Client::trim() {
+  stream_.trim();  // when its last reply is already out (else once it is: Reactor::sent)
   // A batch at rest (no error being skipped, no shape check held) is over once idle: its copy
   // was only for a retry before the ReadyForQuery that released the server.
-  if (batch_ && !batch_->skip_until_sync && !batch_->shape_check_pending) batch_.reset();
+  if (batch_ && !batch_->skip_until_sync && !batch_->shape_check_pending)
+    reactor_.spare_batches().give_back(std::move(batch_));
   if (statements_ && statements_->named.empty() && statements_->unnamed_parse_tail.empty())
     statements_.reset();
 }

@@ -209,12 +209,10 @@ class Client {
     std::uint64_t inflight_seq = 0;
     std::string copy;
     std::string inflight;
+    void reset();  // for the reactor's spares
   };
-  std::unique_ptr<Batch> batch_;
-  Batch& batch() {
-    if (!batch_) batch_ = std::make_unique<Batch>();
-    return *batch_;
-  }
+  std::unique_ptr<Batch> batch_;  // taken from the reactor's spares when a batch begins
+  Batch& batch();
   [[nodiscard]] bool shape_check_pending() const { return batch_ && batch_->shape_check_pending; }
   // The client went idle: what only a linked client needs is given back.
   void trim();

@@ -445,6 +445,7 @@ void Reactor::on_client_send(Client& client, int result) {
       break;
     case Sent::done:
       if (client.state_ == ClientState::closing) finish_close(client);
+      if (client.state_ == ClientState::idle) client.stream_.trim();  // its last reply is out
       break;
   }
   if (client.state_ != ClientState::closing) resume_peer_reading(client.stream_);

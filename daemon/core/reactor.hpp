@@ -79,6 +79,7 @@ class Reactor {
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
   [[nodiscard]] StatementRegistry& statements() { return statements_; }
   [[nodiscard]] StartupTable& startups() { return startups_; }
+  [[nodiscard]] Spares<Client::Batch>& spare_batches() { return spare_batches_; }
   [[nodiscard]] int index() const { return index_; }
   [[nodiscard]] Shared& shared() { return shared_; }
 
@@ -262,6 +263,7 @@ class Reactor {
   std::unique_ptr<BufferRing> buffers_;
   StatementRegistry statements_;
   StartupTable startups_;
+  Spares<Client::Batch> spare_batches_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::map<std::string, std::unique_ptr<Pool>, std::less<>> pools_;
   // Parsed (or, from plain passwords, derived) SCRAM secrets by user entry: configured users

@@ -76,19 +76,6 @@ void BufferRing::publish() {
   pending_returns_ = 0;
 }
 
-std::unique_ptr<StreamIo> BufferRing::take_io() {
-  if (spare_io_.empty()) return std::make_unique<StreamIo>();
-  std::unique_ptr<StreamIo> io = std::move(spare_io_.back());
-  spare_io_.pop_back();
-  return io;
-}
-
-void BufferRing::give_back(std::unique_ptr<StreamIo> io) {
-  if (spare_io_.size() >= kSpareIo) return;  // freed here
-  io->reset();
-  spare_io_.push_back(std::move(io));
-}
-
 // ---------------------------------------------------------------------------------------------
 // StreamIo
 
@@ -116,7 +103,8 @@ void StreamIo::reset() {
 // Stream: input
 
 Stream::~Stream() {
-  discard_all();  // gives the I/O state back unless a send is (wrongly) still in flight
+  discard_all();
+  if (io_ && !send_in_flight_ && !tls_) buffers_->spare_io().give_back(std::move(io_));
 }
 
 void Stream::trim() {
@@ -124,7 +112,7 @@ void Stream::trim() {
   // either way, or under TLS (the session's records pass through these buffers).
   if (!io_ || send_in_flight_ || input_bytes_ > 0 || tls_) return;
   if (!io_->queue.empty() || !io_->cipher.empty()) return;
-  buffers_->give_back(std::move(io_));
+  buffers_->spare_io().give_back(std::move(io_));
 }
 
 void Stream::on_received(std::uint16_t bid, std::uint32_t length) {
@@ -393,21 +381,17 @@ void Stream::release_inflight() {
   io.iov.clear();
   io.iov_done = 0;
   io.inflight_owned.clear();
-  if (tls_) {
+  // What pgring writes itself is small (a welcome, an error, an injected Parse): a buffer that
+  // a large one grew goes back at once.
+  if (io.inflight_owned.capacity() > 16384) std::string().swap(io.inflight_owned);
+  if (io.queue.empty() && io.staging.capacity() > 16384) std::string().swap(io.staging);
+  if (tls_ && io.queue.empty() && io.cipher.empty()) {
     // Every TLS byte passes through these buffers (not only what pgring builds): keep none of
     // them while nothing is waiting, nor the TLS session's own.
-    if (io.inflight_owned.capacity() > 16384) std::string().swap(io.inflight_owned);
-    if (io.queue.empty() && io.staging.capacity() > 16384) std::string().swap(io.staging);
-    if (io.queue.empty() && io.cipher.empty()) {
-      if (io.inflight_owned.capacity() > 1024) std::string().swap(io.inflight_owned);
-      if (io.cipher.capacity() > 1024) std::string().swap(io.cipher);
-      tls_->trim();
-    }
-    return;
+    if (io.inflight_owned.capacity() > 1024) std::string().swap(io.inflight_owned);
+    if (io.cipher.capacity() > 1024) std::string().swap(io.cipher);
+    tls_->trim();
   }
-  // Drained, nothing received: the I/O state goes back to the spares (an idle connection
-  // holds none; a busy one takes a warm one back at its next message).
-  trim();
 }
 
 void Stream::detach_input() {

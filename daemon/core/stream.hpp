@@ -16,10 +16,10 @@
 // pgring builds itself live in `staging_`; when a batch is submitted, `staging_` is frozen as
 // `inflight_owned_` (swapped, never reallocated under the kernel) until that send completes.
 //
-// Memory: the queues and buffers above live in a StreamIo that a stream holds only while bytes
-// are moving. Once nothing is received, queued or in flight (and no TLS session needs them), it
-// goes back to the reactor's few spares, so an idle connection is the socket, its two
-// operations and a null pointer, and a busy one reuses a warm StreamIo without allocating.
+// Memory: the queues and buffers above live in a StreamIo that a stream takes from the
+// reactor's spares when bytes start moving. An idle client gives it back (trim) once nothing is
+// received, queued or in flight, so it is the socket, two operations and a null pointer; a busy
+// connection keeps its warm StreamIo (servers are few and always busy again soon).
 
 #include <liburing.h>
 #include <sys/uio.h>
@@ -30,77 +30,12 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/core/spares.hpp"
 #include "proto/frame.hpp"
 
 namespace pgring {
 
 class TlsSession;
-struct StreamIo;
-
-class BufferRing {
- public:
-  // `count` must be a power of two. Registers the ring as buffer group `group`.
-  BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count);
-  ~BufferRing();
-  BufferRing(const BufferRing&) = delete;
-  BufferRing& operator=(const BufferRing&) = delete;
-
-  [[nodiscard]] std::uint16_t group() const { return group_; }
-  [[nodiscard]] std::uint32_t buffer_size() const { return buffer_size_; }
-  [[nodiscard]] char* data(std::uint16_t bid) const {
-    return base_ + std::size_t{bid} * buffer_size_;
-  }
-  [[nodiscard]] std::uint32_t available() const { return available_; }
-
-  // A recv completion handed us buffer `bid` (one reference, owned by the input chain).
-  void taken(std::uint16_t bid);
-  void ref(std::uint16_t bid) { ++refs_[bid]; }
-  void unref(std::uint16_t bid);
-  // Make buffers returned during this loop turn visible to the kernel (one store).
-  void publish();
-
-  // Spare stream I/O states (see Stream): taken by a stream that starts moving bytes, given
-  // back when it is drained. At most kSpareIo are kept; the rest are freed.
-  std::unique_ptr<StreamIo> take_io();
-  void give_back(std::unique_ptr<StreamIo> io);
-  static constexpr std::size_t kSpareIo = 64;
-
- private:
-  io_uring& ring_;
-  std::uint16_t group_;
-  std::uint32_t buffer_size_;
-  std::uint32_t count_;
-  char* base_ = nullptr;
-  io_uring_buf_ring* br_ = nullptr;
-  std::vector<std::uint16_t> refs_;
-  std::uint32_t available_ = 0;
-  int pending_returns_ = 0;
-  std::vector<std::unique_ptr<StreamIo>> spare_io_;
-};
-
-// An io_uring request in flight. Its address is the SQE's user_data; the object lives inside
-// the connection (or listener) that owns it, which is freed only once none is in flight.
-struct Operation {
-  enum class Kind : std::uint8_t {
-    accept,
-    client_recv,
-    client_send,
-    server_recv,
-    server_send,
-    server_connect,
-    cancel_connect,
-    cancel_send,
-    cancel_recv,
-    http_accept,
-    http_recv,
-    http_send,
-    signal,
-    mailbox,  // the eventfd other reactors ring after posting a task
-    ignore,   // completions we do not care about (cancel requests)
-  };
-  Kind kind;
-  void* owner;
-};
 
 // What a stream needs only while bytes move through it (see Stream: Memory).
 struct StreamIo {
@@ -131,6 +66,69 @@ struct StreamIo {
 
   // Empty again, keeping modest capacities (a spare should be warm, not large).
   void reset();
+};
+
+class BufferRing {
+ public:
+  // `count` must be a power of two. Registers the ring as buffer group `group`.
+  BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count);
+  ~BufferRing();
+  BufferRing(const BufferRing&) = delete;
+  BufferRing& operator=(const BufferRing&) = delete;
+
+  [[nodiscard]] std::uint16_t group() const { return group_; }
+  [[nodiscard]] std::uint32_t buffer_size() const { return buffer_size_; }
+  [[nodiscard]] char* data(std::uint16_t bid) const {
+    return base_ + std::size_t{bid} * buffer_size_;
+  }
+  [[nodiscard]] std::uint32_t available() const { return available_; }
+
+  // A recv completion handed us buffer `bid` (one reference, owned by the input chain).
+  void taken(std::uint16_t bid);
+  void ref(std::uint16_t bid) { ++refs_[bid]; }
+  void unref(std::uint16_t bid);
+  // Make buffers returned during this loop turn visible to the kernel (one store).
+  void publish();
+
+  // Spare stream I/O states (see Stream): taken by a stream that starts moving bytes, given
+  // back when it is drained.
+  Spares<StreamIo>& spare_io() { return spare_io_; }
+
+ private:
+  io_uring& ring_;
+  std::uint16_t group_;
+  std::uint32_t buffer_size_;
+  std::uint32_t count_;
+  char* base_ = nullptr;
+  io_uring_buf_ring* br_ = nullptr;
+  std::vector<std::uint16_t> refs_;
+  std::uint32_t available_ = 0;
+  int pending_returns_ = 0;
+  Spares<StreamIo> spare_io_;
+};
+
+// An io_uring request in flight. Its address is the SQE's user_data; the object lives inside
+// the connection (or listener) that owns it, which is freed only once none is in flight.
+struct Operation {
+  enum class Kind : std::uint8_t {
+    accept,
+    client_recv,
+    client_send,
+    server_recv,
+    server_send,
+    server_connect,
+    cancel_connect,
+    cancel_send,
+    cancel_recv,
+    http_accept,
+    http_recv,
+    http_send,
+    signal,
+    mailbox,  // the eventfd other reactors ring after posting a task
+    ignore,   // completions we do not care about (cancel requests)
+  };
+  Kind kind;
+  void* owner;
 };
 
 class Stream {
@@ -226,7 +224,9 @@ class Stream {
   [[nodiscard]] BufferRing& buffers() const { return *buffers_; }
   // Drops all input and output (connection closing for good).
   void discard_all();
-  // Whether this stream holds its I/O state now (tests: an idle connection should not).
+  // Gives the I/O state back to the spares when nothing needs it: nothing received, queued or
+  // in flight, and no TLS (see Memory above). Its owner calls it once the connection is idle.
+  void trim();
   [[nodiscard]] bool holds_io() const { return io_ != nullptr; }
 
   // ---- TLS ----
@@ -255,11 +255,10 @@ class Stream {
   }
   // The I/O state, taken from the spares when this stream had none.
   StreamIo& io() {
-    if (!io_) io_ = buffers_->take_io();
+    if (!io_) io_ = buffers_->spare_io().take();
     return *io_;
   }
-  // Gives the I/O state back when nothing needs it (see Memory above).
-  void trim();
+
   void push_owned(std::size_t offset, std::size_t length);
   void receive_tls(std::string_view ciphertext);
   template <typename Append>

@@ -333,12 +333,16 @@ TEST_CASE("an idle client keeps only what it needs to resume") {
   REQUIRE(h.released());
   CHECK(h.client.batch_ == nullptr);       // given back when the client went idle
   CHECK(h.client.statements_ != nullptr);  // its statement name is session state: kept
-  // The reply goes out as the reactor sends it (one sendmsg, completed in full): once it is
-  // sent and nothing waits, the stream gives its I/O state back to the reactor's spares.
+  // The reply goes out as the reactor sends it (one sendmsg, completed in full). While it is
+  // in flight the I/O state stays (the kernel reads its iovecs); once the send completed, the
+  // reactor trims the idle client and its stream gives the I/O state back to the spares.
   REQUIRE(h.client.stream_.holds_io());
   io_uring_sqe sqe{};
   REQUIRE(h.client.stream_.prepare_send(&sqe));
+  h.client.stream_.trim();
+  CHECK(h.client.stream_.holds_io());
   CHECK(h.client.stream_.on_sent(static_cast<std::uint32_t>(h.client.stream_.pending_bytes())));
+  h.client.stream_.trim();  // as Reactor::on_client_send does for an idle client
   CHECK_FALSE(h.client.stream_.holds_io());
   // A simple Query: no batch, and the unnamed statement (none here) never allocates one.
   h.client_sends(query("SELECT 1"));
