@@ -355,8 +355,12 @@ void Reactor::dispatch(io_uring_cqe* cqe) {
 
 Reactor::Received Reactor::receive(Stream& stream, int& ops, int result, unsigned flags,
                                    bool closing) {
-  --ops;
-  stream.recv_armed_ = false;
+  // A multishot receive stays armed while the kernel says more will come.
+  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  if (!more) {
+    --ops;
+    stream.recv_armed_ = false;
+  }
   if (flags & IORING_CQE_F_BUFFER) {
     auto bid = static_cast<std::uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT);
     stream.on_received(bid, static_cast<std::uint32_t>(result > 0 ? result : 0));
@@ -364,6 +368,11 @@ Reactor::Received Reactor::receive(Stream& stream, int& ops, int result, unsigne
   if (closing) {
     stream.discard_all();
     return Received::closing;
+  }
+  if (!more && stream.recv_canceling_) {
+    // The receive pgring cancelled (reading paused) ended, by the cancel or on its own.
+    stream.recv_canceling_ = false;
+    if (result == -ECANCELED) return Received::canceled;
   }
   if (result == -ENOBUFS) {
     // The ring ran dry: re-armed when buffers come back (rearm_starved), not an error.
@@ -373,6 +382,15 @@ Reactor::Received Reactor::receive(Stream& stream, int& ops, int result, unsigne
   }
   if (result == 0) return Received::eof;
   if (result < 0) return Received::error;
+  if (more && stream.reading_paused_ && !stream.recv_canceling_) {
+    // Flow control paused this stream's reading: a single-shot receive would simply not be
+    // armed again; a multishot one is cancelled (these bytes, and any already on their way,
+    // are kept: at most a buffer or two).
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel(sqe, &stream.recv_op_, 0);
+    io_uring_sqe_set_data(sqe, &ignore_op_);
+    stream.recv_canceling_ = true;
+  }
   if (stream.tls() != nullptr) {
     if (stream.tls_failed()) return Received::tls_failed;
     if (stream.has_output()) want_send(stream);  // handshake records, alerts
@@ -389,6 +407,9 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
       maybe_free(client);
       return;
     case Received::starved:
+      return;
+    case Received::canceled:
+      arm_recv(client.stream_, client.ops_in_flight_);  // unless still paused
       return;
     case Received::eof:
       close(client, Reason::client_eof);
@@ -465,6 +486,9 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
       maybe_free(server);
       return;
     case Received::starved:
+      return;
+    case Received::canceled:
+      arm_recv(server.stream_, server.ops_in_flight_);  // unless still paused
       return;
     case Received::eof:
       close(server, Reason::server_eof, "server closed the connection unexpectedly");
@@ -595,8 +619,16 @@ void Reactor::submit_sends() {
 void Reactor::arm_recv(Stream& stream, int& ops) {
   if (stream.recv_armed_ || stream.fd < 0 || stream.reading_paused_) return;
   io_uring_sqe* sqe = get_sqe();
-  // No buffer until bytes arrive: the kernel picks one from the ring then.
-  io_uring_prep_recv(sqe, stream.fd, nullptr, buffers_->buffer_size(), 0);
+  // No buffer until bytes arrive: the kernel picks one from the ring then. Client and server
+  // connections receive multishot: one request keeps delivering (its poll stays armed in the
+  // kernel) until EOF, an error, an empty ring or a cancel, instead of a new request per
+  // message. The others (HTTP, cancel requests) read a request or two: single-shot.
+  const bool multishot = stream.recv_op_.kind == Operation::Kind::client_recv ||
+                         stream.recv_op_.kind == Operation::Kind::server_recv;
+  if (multishot)
+    io_uring_prep_recv_multishot(sqe, stream.fd, nullptr, 0, 0);
+  else
+    io_uring_prep_recv(sqe, stream.fd, nullptr, buffers_->buffer_size(), 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = buffers_->group();
   io_uring_sqe_set_data(sqe, &stream.recv_op_);

@@ -210,7 +210,7 @@ class Reactor {
   void on_accept(Listener& listener, int result, unsigned flags);
   // A receive completed: its buffer joins the stream's input (dropped when the connection is
   // closing), then what the result means; `starved` re-arms later (rearm_starved).
-  enum class Received { bytes, starved, eof, error, tls_failed, closing };
+  enum class Received { bytes, starved, canceled, eof, error, tls_failed, closing };
   Received receive(Stream& stream, int& ops, int result, unsigned flags, bool closing);
   void on_client_recv(Client& client, int result, unsigned flags);
   // A send completed: its bytes leave the stream's output; `more` when some are still queued.

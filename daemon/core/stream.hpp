@@ -242,6 +242,7 @@ class Stream {
   Operation recv_op_;
   Operation send_op_;
   bool recv_armed_ = false;
+  bool recv_canceling_ = false;  // a multishot receive is being cancelled (reading paused)
   bool reading_paused_ = false;  // flow control: peer's output above the high watermark
   bool starved_ = false;         // recv found the ring empty (ENOBUFS); re-arm when buffers return
   bool flush_queued_ = false;    // on the reactor's list of streams to send this loop turn
