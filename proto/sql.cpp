@@ -180,7 +180,12 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
     if (t.size() == 2 && is_word(t[1], "all"))
       return SetStatement{SetStatement::Kind::reset_all, {}, {}};
     SetStatement s{SetStatement::Kind::reset, {}, {}};
-    if (!read_name(s.name) || i != t.size()) return std::nullopt;
+    if (!read_name(s.name)) return std::nullopt;
+    if (s.name == "time" && i < t.size() && is_word(t[i], "zone")) {  // RESET TIME ZONE
+      ++i;
+      s.name = "timezone";
+    }
+    if (i != t.size()) return std::nullopt;
     if (s.name == "role" || s.name == "session")
       return std::nullopt;  // RESET ROLE / SESSION AUTHORIZATION
     return s;
@@ -197,10 +202,12 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
   if (s.name == "role" || s.name == "transaction" || s.name == "constraints" ||
       s.name == "characteristics")
     return std::nullopt;
+  bool time_zone = false;
   if (s.name == "time" && i < t.size() && is_word(t[i], "zone")) {
     // SET TIME ZONE value: TimeZone is reported by the server; replay it as such.
     ++i;
     s.name = "timezone";
+    time_zone = true;
   } else {
     if (i >= t.size()) return std::nullopt;
     if (is_word(t[i], "to") || (t[i].kind == Token::Kind::punct && t[i].text == "="))
@@ -209,6 +216,11 @@ std::optional<SetStatement> parse_set_statement(std::string_view query) {
       return std::nullopt;
   }
   if (i >= t.size()) return std::nullopt;
+  // SET x TO DEFAULT (and SET TIME ZONE DEFAULT | LOCAL) is a RESET: back to the session's
+  // default, which is the client's startup value when it gave one.
+  if (i + 1 == t.size() && t[i].kind == Token::Kind::word &&
+      (is_word(t[i], "default") || (time_zone && is_word(t[i], "local"))))
+    return SetStatement{SetStatement::Kind::reset, s.name, {}};
   // The value is the rest of the statement, verbatim.
   const char* begin = t[i].raw.data();
   const char* end = t.back().raw.data() + t.back().raw.size();

@@ -162,7 +162,9 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
-    server.requests_.push(Request::owed_parse_complete, reactor_.now());
+    RequestQueue::Entry& owed = server.requests_.push(Request::owed_parse_complete, reactor_.now());
+    owed.statement = &statement;  // (a ParseComplete skipped after an error forgets the name)
+    owed.client_name = name;
     ++reactor_.statements().counters.hits;
     return true;
   }
@@ -174,10 +176,18 @@ bool Client::cached_parse(Server& server, std::string_view body) {
   }
   RequestQueue::Entry& e = server.requests_.push(Request::parse, reactor_.now());
   e.statement = &statement;
+  e.client_name = name;
   server.prepared_.add(statement.id);
   ++reactor_.statements().counters.parses_sent;
   evict_statements(server, statement.id);
   return true;
+}
+
+void Client::forget_statement(std::string_view name, const PreparedStatement& statement) {
+  if (!statements_) return;
+  auto it = statements_->named.find(std::string(name));
+  if (it != statements_->named.end() && it->second.entry == &statement)
+    statements_->named.erase(it);
 }
 
 const Client::NamedStatement* Client::find_statement(Server& server, std::string_view name) {

@@ -84,6 +84,8 @@ class Client {
   void on_shape_check_failed();
   // auth.query answered: the user's secret (nullopt: no such user), or an error.
   void on_lookup_done(std::optional<std::string> secret, const std::string& error);
+  // The server never prepared `statement` under the client's `name` (its Parse failed).
+  void forget_statement(std::string_view name, const PreparedStatement& statement);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.

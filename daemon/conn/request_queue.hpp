@@ -66,9 +66,10 @@ class RequestQueue {
     std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // parse: prepared by it; describe: described
-    bool shape_check = false;       // parse, describe injected to compare a result shape
-    std::string fake;               // owed_error: the ErrorResponse; execute: the error it provokes
-    std::uint64_t batch_seq = 0;    // bind, describe, sync: which extended batch (for a retry)
+    std::string client_name;      // parse: the client's own name for `statement` (statement cache)
+    bool shape_check = false;     // parse, describe injected to compare a result shape
+    std::string fake;             // owed_error: the ErrorResponse; execute: the error it provokes
+    std::uint64_t batch_seq = 0;  // bind, describe, sync: which extended batch (for a retry)
     std::size_t replay_offset = 0;  // bind, describe: where it starts in the client's batch copy
   };
 

@@ -143,9 +143,19 @@ void Server::flush_fakes() {
 void Server::pop_expected_until_ready() {
   // Executes before the answered Query/Sync/FunctionCall that got no reply of their own were
   // skipped by the server after an error: a skipped Parse prepared nothing.
-  requests_.pop_until_ready([&](const RequestQueue::Entry& e) {
-    if (e.kind == Request::parse && e.statement != nullptr) prepared_.remove(e.statement->id);
-  });
+  requests_.pop_until_ready([&](const RequestQueue::Entry& e) { forget_unprepared(e); });
+}
+
+void Server::forget_unprepared(const RequestQueue::Entry& e) {
+  if (e.statement == nullptr) return;
+  if (e.kind == Request::parse)
+    prepared_.remove(e.statement->id);
+  else if (e.kind != Request::owed_parse_complete)  // answered by pgring: the server has it
+    return;
+  // PostgreSQL forgets a name whose Parse failed (or was skipped): so does the client's session,
+  // or preparing the name again would be refused with 42P05.
+  if (!e.client_name.empty() && client_ != nullptr)
+    client_->forget_statement(e.client_name, *e.statement);
 }
 
 bool Server::pop_reply(Request request_kind) {
@@ -155,10 +165,8 @@ bool Server::pop_reply(Request request_kind) {
 
 void Server::on_error_response() {
   transaction_failed_ = true;
-  // Statements the Parses skipped after the error would have prepared do not exist.
-  requests_.on_error([&](const RequestQueue::Entry& e) {
-    if (e.kind == Request::parse && e.statement != nullptr) prepared_.remove(e.statement->id);
-  });
+  // The failed Parse, and those skipped after the error, prepared nothing.
+  requests_.on_error([&](const RequestQueue::Entry& e) { forget_unprepared(e); });
 }
 
 void Server::on_command_complete(std::string_view tag) {

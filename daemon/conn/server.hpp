@@ -173,6 +173,9 @@ class Server {
   // A reply to the head request arrived; returns whether to swallow it.
   bool pop_reply(Request request_kind);
   void on_error_response();
+  // A Parse that got no ParseComplete (it failed, or the server skipped it after an error), or
+  // one pgring answered itself whose ParseComplete was dropped because the server skipped past.
+  void forget_unprepared(const RequestQueue::Entry& e);
   bool retry_after_error(const proto::ErrorFields& error);
   [[nodiscard]] bool reset_pending(std::string_view name) const;
   bool executed_in_batch_ = false;       // an Execute of the current batch completed

@@ -10,7 +10,8 @@ With pool_size 1 both clients provably share one backend (checked with pg_backen
 pool_size 2 their transactions are interleaved so that each runs on both backends."""
 
 from lib import (Pgring, SYNC_MESSAGE, bind_message, check, check_eq, connect, data_row_values,
-                error_fields_in, execute_message, expect_error, login, monitor_connect,
+                direct_connect, error_fields_in, execute_message, expect_error, login,
+                monitor_connect,
                 parse_message, pool_config, query, query_one, read_until_ready, run_tests)
 
 DB, USER = "app", "app"
@@ -325,6 +326,45 @@ def test_reset_all_returns_to_startup_options():
                      f"x's ParameterStatus application_name after {command}")
             x.close()
             y.close()
+
+
+# Every spelling PostgreSQL accepts for "back to the session's default" (which is the startup
+# value when the client gave one).
+RESET_SPELLINGS = {
+    "TimeZone": ["RESET TIME ZONE", "SET TIME ZONE DEFAULT", "SET TIME ZONE LOCAL",
+                 "SET timezone TO DEFAULT", "SET SESSION timezone = DEFAULT", "RESET timezone"],
+    "statement_timeout": ["SET statement_timeout TO DEFAULT", "SET SESSION statement_timeout = "
+                          "default", "RESET statement_timeout"],
+}
+RESET_OPTIONS = "-c TimeZone=PST8PDT -c statement_timeout=5s"
+
+
+def reset_spelling_script(conn, other, name, command):
+    """`conn` (started with RESET_OPTIONS) changes `name`, then returns to its default with
+    `command`; `other` runs in between. Returns what conn sees after, and its ParameterStatus."""
+    query(conn, "SET TIME ZONE 'Europe/Paris'")
+    query(conn, "SET statement_timeout = '8s'")
+    query_one(other, "SELECT 1")
+    query(conn, command)
+    query_one(other, "SELECT 1")
+    return show(conn, name), conn.get_parameter_status("TimeZone")
+
+
+def test_reset_spellings_return_to_startup_values():
+    for name, commands in RESET_SPELLINGS.items():
+        for command in commands:
+            x = direct_connect(db=DB, user=USER, password="secret", options=RESET_OPTIONS)
+            y = direct_connect(db=DB, user=USER, password="secret")
+            expected = reset_spelling_script(x, y, name, command)
+            x.close()
+            y.close()
+            with Pgring(pool_config(pool_size=1)) as p:
+                x = app_connect(p, options=RESET_OPTIONS)
+                y = app_connect(p)
+                check_eq(reset_spelling_script(x, y, name, command), expected,
+                         f"{name} after {command!r} through pgring, as PostgreSQL")
+                x.close()
+                y.close()
 
 
 if __name__ == "__main__":

@@ -399,6 +399,43 @@ def test_messages_skipped_after_an_error_get_no_reply():
         r.terminate()
 
 
+def failed_parse_script(conn):
+    """Names whose Parse failed or was skipped after an error, then prepared again. Returns each
+    answer as message types (with the SQLSTATE of errors) and the rows of the last."""
+    def answer(data):
+        conn.send(data)
+        msgs, _ = read_until_ready(conn)
+        kinds = [k if k != b"E" else error_fields_in([(k, b)])[0].get("C") for k, b in msgs]
+        return kinds, [data_row_values(b) for k, b in msgs if k == b"D"]
+
+    out = []
+    # A Parse that fails: PostgreSQL never creates the name.
+    out.append(answer(parse_message("SELEC 1", name="s_fix") + SYNC_MESSAGE))
+    # A text prepared once (pgring keeps it on the server), then the same text under a second
+    # name in a batch that fails before it: skipped, so that name does not exist either.
+    out.append(answer(parse_message("SELECT 3", name="s_once") + SYNC_MESSAGE))
+    out.append(answer(parse_message("SELEC 2") + parse_message("SELECT 2", name="s_skipped")
+                      + parse_message("SELECT 3", name="s_same") + SYNC_MESSAGE))
+    # Every name is free: prepared again and run.
+    run = b""
+    for name, sql in (("s_fix", "SELECT 1"), ("s_skipped", "SELECT 2"), ("s_same", "SELECT 3")):
+        run += parse_message(sql, name=name) + bind_message(statement=name) + execute_message()
+    out.append(answer(run + SYNC_MESSAGE))
+    return out
+
+
+def test_failed_parse_forgets_the_name():
+    direct = login(PGPORT, user=USER, db=DB, password="secret", timeout=30)
+    expected = failed_parse_script(direct)
+    direct.terminate()
+    check_eq(expected[0][0], ["42601", b"Z"], "direct PostgreSQL: the failed Parse")
+    check_eq(expected[-1][1], [["1"], ["2"], ["3"]], "direct PostgreSQL: every name prepared again")
+    with Pgring(pool_config(pool_size=1)) as p:
+        r = app_login(p)
+        check_eq(failed_parse_script(r), expected, "through pgring, as PostgreSQL")
+        r.terminate()
+
+
 def test_named_cursor_in_transaction():
     # psycopg2 named cursors: DECLARE, then FETCH FORWARD itersize, inside one transaction.
     with Pgring(pool_config(pool_size=2)) as p:

@@ -42,6 +42,29 @@ TEST_CASE("parse_set_statement: replayable forms") {
   REQUIRE(all);
   CHECK(all->kind == SetStatement::Kind::reset_all);
 
+  // Other spellings of RESET.
+  for (const char* text : {"RESET TIME ZONE", "reset time zone;", "SET TIME ZONE DEFAULT",
+                           "SET TIME ZONE LOCAL", "SET timezone TO DEFAULT",
+                           "SET SESSION TimeZone = default"}) {
+    CAPTURE(text);
+    auto r = parse_set_statement(text);
+    REQUIRE(r);
+    CHECK(r->kind == SetStatement::Kind::reset);
+    CHECK(r->name == "timezone");
+  }
+  auto to_default = parse_set_statement("SET statement_timeout TO DEFAULT");
+  REQUIRE(to_default);
+  CHECK(to_default->kind == SetStatement::Kind::reset);
+  CHECK(to_default->name == "statement_timeout");
+  // A quoted 'default' is a value, and LOCAL is only special for TIME ZONE.
+  auto quoted = parse_set_statement("SET application_name = 'default'");
+  REQUIRE(quoted);
+  CHECK(quoted->kind == SetStatement::Kind::set);
+  auto local = parse_set_statement("SET search_path TO local");
+  REQUIRE(local);
+  CHECK(local->kind == SetStatement::Kind::set);
+  CHECK(local->value == "local");
+
   auto commented = parse_set_statement("/* driver */ SET -- why\n lock_timeout = 5");
   REQUIRE(commented);
   CHECK(commented->name == "lock_timeout");
