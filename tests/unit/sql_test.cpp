@@ -43,9 +43,9 @@ TEST_CASE("parse_set_statement: replayable forms") {
   CHECK(all->kind == SetStatement::Kind::reset_all);
 
   // Other spellings of RESET.
-  for (const char* text : {"RESET TIME ZONE", "reset time zone;", "SET TIME ZONE DEFAULT",
-                           "SET TIME ZONE LOCAL", "SET timezone TO DEFAULT",
-                           "SET SESSION TimeZone = default"}) {
+  for (const char* text :
+       {"RESET TIME ZONE", "reset time zone;", "SET TIME ZONE DEFAULT", "SET TIME ZONE LOCAL",
+        "SET timezone TO DEFAULT", "SET SESSION TimeZone = default"}) {
     CAPTURE(text);
     auto r = parse_set_statement(text);
     REQUIRE(r);
