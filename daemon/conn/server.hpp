@@ -64,6 +64,8 @@ class Server {
   void start_lookup(Client& client);
   // Transaction/statement mode: give the server back when the client's transaction is over.
   void maybe_release();
+  // The link ended: reading paused for its client's sake (flow control) resumes.
+  void end_flow_control();
 
   ListNode<Server> node_;
   Reactor& reactor_;
@@ -182,6 +184,7 @@ class Server {
   std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);
   void start_draining(bool session_reset);
+
   void drain();
   void end_copy_in();
 

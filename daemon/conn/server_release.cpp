@@ -20,6 +20,7 @@ namespace pgring {
 // ---- release and reset -----------------------------------------------------------------------
 
 void Server::release(bool session_reset) {
+  end_flow_control();
   // The client is gone. Only a connection whose every request was answered can be reused.
   // The rest of a reply that was on its way to the client is swallowed.
   swallow_remaining_ += forward_remaining_;
@@ -67,6 +68,16 @@ void Server::release(bool session_reset) {
   reactor_.set_state(*this, ServerState::resetting);
 }
 
+void Server::end_flow_control() {
+  // Flow control paused reading for the linked client's sake: that ends with the link (the
+  // drain, the reset and the next client all need the replies). With a multishot receive the
+  // pause can outlive the reply that ended the link: the bytes after the pause came in
+  // completions of their own, the ReadyForQuery among them.
+  if (!stream_.reading_paused_) return;
+  stream_.reading_paused_ = false;
+  reactor_.arm_recv_for(*this);  // (still armed, or armed again once its cancel completes)
+}
+
 void Server::start_draining(bool session_reset) {
   // The client left with work in flight. Rather than dropping the connection (and leaving a
   // long query running on the server), cancel what runs, finish the protocol ourselves and
@@ -75,11 +86,6 @@ void Server::start_draining(bool session_reset) {
   draining_ = true;
   drain_session_reset_ = session_reset;
   drain_since_ = reactor_.now();
-  // Reading may have been paused for the departed client's sake (flow control): drain needs it.
-  if (stream_.reading_paused_) {
-    stream_.reading_paused_ = false;
-    reactor_.arm_recv_for(*this);
-  }
   if (requests_.copy_in_) end_copy_in();
   if (requests_.unsynced_) {
     (void)stream_.emit([](std::string& out) { return proto::build::sync(out); });

@@ -175,6 +175,11 @@ void Pool::release_link(Server& server) {
   server.session_diverged_ = false;
   server.client_ = nullptr;
   client.server_ = nullptr;
+  server.end_flow_control();
+  if (client.stream_.reading_paused_) {  // paused for the server's sake: over with the link too
+    client.stream_.reading_paused_ = false;
+    reactor_.arm_recv_for(client);
+  }
   reactor_.set_state(client, ClientState::idle);
   server_ready(server);
 }

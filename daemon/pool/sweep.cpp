@@ -48,21 +48,19 @@ void Reactor::sweep() {
     malloc_trim(0);
     tls_handshakes_since_trim_ = 0;
   }
-  for (Client* c = login_clients_.front(); c != nullptr;) {
-    Client* next = List<Client>::next(c);
-    if (expired(c->state_since_, t.client_login))
-      close(*c, Reason::login_timeout, "client login timeout");
-    c = next;
+  // Each list is in the order its connections entered it (set_state appends): a walk by the
+  // time of entry stops at the first that has not expired.
+  while (Client* c = login_clients_.front()) {
+    if (!expired(c->state_since_, t.client_login)) break;
+    close(*c, Reason::login_timeout, "client login timeout");
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
     // With the database's and user's overrides.
     const config::Timeouts& pt = pool->settings_.timeouts;
-    for (Client* c = pool->waiting_clients_.front(); c != nullptr;) {
-      Client* next = List<Client>::next(c);
-      if (expired(c->state_since_, pt.query_wait))
-        close(*c, Reason::query_wait_timeout, "query_wait timeout");
-      c = next;
+    while (Client* c = pool->waiting_clients_.front()) {
+      if (!expired(c->state_since_, pt.query_wait)) break;
+      close(*c, Reason::query_wait_timeout, "query_wait timeout");
     }
     for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
@@ -82,8 +80,12 @@ void Reactor::sweep() {
     }
     sweep_active(*pool);
     if (pt.client_idle.count() > 0) {
+      // Idle since it went idle (its last transaction's end) and nothing received since (half
+      // a message). The list is in the order clients went idle, so the walk stops at the first
+      // that has not idled long enough: 10,000 idle clients cost a sweep nothing.
       for (Client* c = pool->idle_clients_.front(); c != nullptr;) {
         Client* next = List<Client>::next(c);
+        if (!expired(c->state_since_, pt.client_idle)) break;
         if (expired(c->last_activity_, pt.client_idle))
           close(*c, Reason::client_idle_timeout, "idle-session timeout");
         c = next;

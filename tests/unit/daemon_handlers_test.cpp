@@ -395,3 +395,18 @@ TEST_CASE("clients that sent the same startup packet share one Startup") {
   CHECK(table.intern(i32(8) + i32(80877103)) == nullptr);
   CHECK(table.size() == 0);
 }
+
+TEST_CASE("a link that ends while flow control paused reading resumes it on both sides") {
+  // A multishot receive delivers what follows a pause in completions of its own, so a server can
+  // read its ReadyForQuery (and go back to the pool) while still paused for the client's sake.
+  // The next client's replies must not wait for a resume that only that client's sends trigger.
+  Linkable h;
+  h.client_sends(query("COPY t TO STDOUT"));
+  (void)h.server_got();
+  h.server.stream_.reading_paused_ = true;  // the client's output was above the watermark
+  h.client.stream_.reading_paused_ = true;
+  h.server_sends(complete("COPY 0") + ready('I'));
+  REQUIRE(h.released());
+  CHECK_FALSE(h.server.stream_.reading_paused_);
+  CHECK_FALSE(h.client.stream_.reading_paused_);
+}
