@@ -240,25 +240,72 @@ void Reactor::wait_for_completions() {
 void Reactor::run_completions() {
   constexpr unsigned kBatch = 256;
   io_uring_cqe* batch[kBatch];
+  // What a handler needs of a completion, copied first: handlers may submit, and the CQ slots
+  // are reused once advanced.
+  struct Done {
+    Operation* op;
+    int res;
+    unsigned flags;
+  } done[kBatch];
   for (;;) {
     unsigned n = io_uring_peek_batch_cqe(&ring_, batch, kBatch);
     if (n == 0) break;
     ring_counters_.cqes += n;
-    // Copy what we need first: handlers may submit, and the CQ slots are reused once advanced.
-    struct Done {
-      void* data;
-      int res;
-      unsigned flags;
-    } done[kBatch];
     for (unsigned i = 0; i < n; ++i)
-      done[i] = {io_uring_cqe_get_data(batch[i]), batch[i]->res, batch[i]->flags};
+      done[i] = {static_cast<Operation*>(io_uring_cqe_get_data(batch[i])), batch[i]->res,
+                 batch[i]->flags};
     io_uring_cq_advance(&ring_, n);
     for (unsigned i = 0; i < n; ++i) {
-      io_uring_cqe c{};
-      c.user_data = reinterpret_cast<std::uint64_t>(done[i].data);
-      c.res = done[i].res;
-      c.flags = done[i].flags;
-      dispatch(&c);
+      auto [op, res, flags] = done[i];
+      if (op == nullptr) continue;
+      // Each kind of operation has one handler; its owner is the connection that submitted it.
+      switch (op->kind) {
+        case Operation::Kind::client_recv:
+          on_client_recv(*static_cast<Client*>(op->owner), res, flags);
+          break;
+        case Operation::Kind::client_send:
+          on_client_send(*static_cast<Client*>(op->owner), res);
+          break;
+        case Operation::Kind::server_recv:
+          on_server_recv(*static_cast<Server*>(op->owner), res, flags);
+          break;
+        case Operation::Kind::server_send:
+          on_server_send(*static_cast<Server*>(op->owner), res);
+          break;
+        case Operation::Kind::accept:
+          on_accept(*static_cast<Listener*>(op->owner), res, flags);
+          break;
+        case Operation::Kind::server_connect:
+          on_server_connect(*static_cast<Server*>(op->owner), res);
+          break;
+        case Operation::Kind::cancel_connect:
+          on_cancel_connect(*static_cast<Canceller*>(op->owner), res);
+          break;
+        case Operation::Kind::cancel_send:
+          on_cancel_send(*static_cast<Canceller*>(op->owner), res);
+          break;
+        case Operation::Kind::cancel_recv:
+          on_cancel_recv(*static_cast<Canceller*>(op->owner), res, flags);
+          break;
+        case Operation::Kind::http_accept:
+          on_http_accept(res, flags);
+          break;
+        case Operation::Kind::http_recv:
+          on_http_recv(*static_cast<HttpConn*>(op->owner), res, flags);
+          break;
+        case Operation::Kind::http_send:
+          on_http_send(*static_cast<HttpConn*>(op->owner), res);
+          break;
+        case Operation::Kind::signal:
+          on_signal(res);
+          break;
+        case Operation::Kind::mailbox:
+          run_mailbox();
+          if (!stopped_) arm_mailbox();
+          break;
+        case Operation::Kind::ignore:
+          break;
+      }
     }
     if (n < kBatch) break;
   }
@@ -297,58 +344,6 @@ io_uring_sqe* Reactor::get_sqe() {
     sqe = io_uring_get_sqe(&ring_);
   }
   return sqe;
-}
-
-void Reactor::dispatch(io_uring_cqe* cqe) {
-  auto* op = static_cast<Operation*>(io_uring_cqe_get_data(cqe));
-  if (op == nullptr) return;
-  switch (op->kind) {
-    case Operation::Kind::accept:
-      on_accept(*static_cast<Listener*>(op->owner), cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::client_recv:
-      on_client_recv(*static_cast<Client*>(op->owner), cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::client_send:
-      on_client_send(*static_cast<Client*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::server_recv:
-      on_server_recv(*static_cast<Server*>(op->owner), cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::server_send:
-      on_server_send(*static_cast<Server*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::server_connect:
-      on_server_connect(*static_cast<Server*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::cancel_connect:
-      on_cancel_connect(*static_cast<Canceller*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::cancel_send:
-      on_cancel_send(*static_cast<Canceller*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::cancel_recv:
-      on_cancel_recv(*static_cast<Canceller*>(op->owner), cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::http_accept:
-      on_http_accept(cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::http_recv:
-      on_http_recv(*static_cast<HttpConn*>(op->owner), cqe->res, cqe->flags);
-      break;
-    case Operation::Kind::http_send:
-      on_http_send(*static_cast<HttpConn*>(op->owner), cqe->res);
-      break;
-    case Operation::Kind::signal:
-      on_signal(cqe->res);
-      break;
-    case Operation::Kind::mailbox:
-      run_mailbox();
-      if (!stopped_) arm_mailbox();
-      break;
-    case Operation::Kind::ignore:
-      break;
-  }
 }
 
 // ---- receives and sends of client and server connections -------------------------------------
@@ -434,7 +429,11 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   client.last_activity_ = now_;
   if (client.pool_ != nullptr)
     client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
-  client.on_input();
+  // The data path goes straight to the forwarding loop; every other state through on_input.
+  if (client.state_ == ClientState::active)
+    client.forward_to_server();
+  else
+    client.on_input();
   if (client.state_ == ClientState::closing) return;
   // Bytes that are not moving on (a client waiting for a server) leave the shared ring now.
   if (client.state_ != ClientState::active && client.stream_.input_size() > 0)
@@ -515,7 +514,10 @@ void Reactor::on_server_recv(Server& server, int result, unsigned flags) {
   }
   ++ring_counters_.server_receives;
   server.pool_.stats_.bytes_sent += static_cast<std::uint64_t>(result);
-  server.on_input();
+  if (server.state_ == ServerState::active)
+    server.forward_to_client();
+  else
+    server.on_input();
   if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
 }
 

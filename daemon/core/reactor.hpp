@@ -206,7 +206,6 @@ class Reactor {
   void arm_signal();
   void submit_sends();
   void rearm_starved();
-  void dispatch(io_uring_cqe* cqe);
   void on_accept(Listener& listener, int result, unsigned flags);
   // A receive completed: its buffer joins the stream's input (dropped when the connection is
   // closing), then what the result means; `starved` re-arms later (rearm_starved).

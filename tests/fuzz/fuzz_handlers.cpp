@@ -1,17 +1,20 @@
 // libFuzzer target: the client and server handlers (daemon/conn/) under random frontend and
 // backend message sequences, valid and hostile, with no sockets (the harness of
-// tests/unit/daemon_handlers_test.cpp: a real Reactor, a transaction pool of one server, two
-// clients). Besides the sanitizers' checks, after every step:
+// tests/unit/daemon_handlers_test.cpp: a real Reactor and logged-in connections). The first byte
+// chooses the pool: transaction mode with one server or two (statement cache on or off), or
+// session mode with two; three clients share it. Besides the sanitizers' checks, after every step:
 //   - a server back in the pool is clean: nothing in flight, no half-sent batch, no COPY, no
 //     transaction (release only at a boundary);
-//   - a client gets bytes only while it is linked to the server, or from pgring itself when it
+//   - a client gets bytes only while it is linked to a server, or from pgring itself when it
 //     closes (never another client's replies);
-//   - a link is symmetric (client.server_ and server.client_ name each other).
+//   - a link is symmetric (client.server_ and server.client_ name each other), and no server is
+//     linked to two clients.
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "daemon/core/log.hpp"
 #include "tests/support/handlers.hpp"
@@ -25,13 +28,45 @@ void require(bool condition) {
   if (!condition) __builtin_trap();
 }
 
-constexpr std::string_view kConfig = R"(
+struct Setup {
+  std::string_view yaml;
+  int servers;
+};
+
+constexpr Setup kSetups[] = {
+    {R"(
 listen: ["127.0.0.1:1"]
 workers: 1
 auth: {method: trust}
 databases:
   app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 1, prepared_statements: 2}
-)";
+)",
+     1},
+    {R"(
+listen: ["127.0.0.1:1"]
+workers: 1
+auth: {method: trust}
+databases:
+  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 2, prepared_statements: 2}
+)",
+     2},
+    {R"(
+listen: ["127.0.0.1:1"]
+workers: 1
+auth: {method: trust}
+databases:
+  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 2, prepared_statements: 0}
+)",
+     2},
+    {R"(
+listen: ["127.0.0.1:1"]
+workers: 1
+auth: {method: trust}
+databases:
+  app: {host: 127.0.0.1, port: 1, pool_mode: session, pool_size: 2}
+)",
+     2},
+};
 
 // Reads the script.
 struct Script {
@@ -57,8 +92,15 @@ std::string name(Script& s) {
 
 std::string frontend(Script& s) {
   switch (s.byte() % 14) {
-    case 0:
-      return message('Q', cstr(s.text(24)));
+    case 0: {
+      // Statements that change what pgring tracks of a session, and random text.
+      static const char* kQueries[] = {"BEGIN",        "COMMIT",          "SET TimeZone TO 'UTC'",
+                                       "RESET ALL",    "DISCARD ALL",     "PREPARE p AS SELECT 1",
+                                       "LISTEN x",     "SELECT 1",        "RESET TIME ZONE",
+                                       "DEALLOCATE p", "SET LOCAL a = 1", "COPY t FROM STDIN"};
+      std::uint8_t pick = s.byte();
+      return message('Q', cstr(pick < 128 ? std::string(kQueries[pick % 12]) : s.text(24)));
+    }
     case 1:
       return message('P', cstr(name(s)) + cstr(s.text(24)) + i16(0));
     case 2:
@@ -129,14 +171,20 @@ std::string backend(Script& s) {
 }
 
 struct Harness : testing::Handlers {
-  Harness() : Handlers(kConfig) {}
-  Client* clients[2] = {&add_client("a"), &add_client("b")};
-
-  bool was_linked[2] = {false, false};
+  explicit Harness(const Setup& setup) : Handlers(setup.yaml) {
+    servers.push_back(&server);
+    for (int i = 1; i < setup.servers; ++i) {
+      servers.push_back(new Server(reactor, pool, reactor.next_id()));
+      reactor.set_state(*servers.back(), ServerState::idle);
+    }
+  }
+  std::vector<Server*> servers;
+  Client* clients[3] = {&add_client("a"), &add_client("b"), &add_client("c")};
+  bool was_linked[3] = {false, false, false};
 
   void step_done() {
     reactor.forward_linked();  // as the loop does after the completions
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < 3; ++i) {
       Client* c = clients[i];
       std::string got = c->stream_.take_output();
       // Bytes reach a client while it is linked (before or after this step), or as pgring's
@@ -146,12 +194,14 @@ struct Harness : testing::Handlers {
       was_linked[i] = c->server_ != nullptr;
       if (c->server_ != nullptr) require(c->server_->client_ == c);
     }
-    if (server.client_ != nullptr) require(server.client_->server_ == &server);
-    (void)server.stream_.take_output();
-    if (server.state_ == ServerState::idle) {
-      require(server.client_ == nullptr);
-      require(server.requests_.idle());
-      require(server.transaction_status_ == 'I');
+    for (Server* s : servers) {
+      if (s->client_ != nullptr) require(s->client_->server_ == s);
+      (void)s->stream_.take_output();
+      if (s->state_ == ServerState::idle) {
+        require(s->client_ == nullptr);
+        require(s->requests_.idle());
+        require(s->transaction_status_ == 'I');
+      }
     }
   }
 };
@@ -164,19 +214,30 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  Harness h;
-  Script s{data, data + size};
+  if (size == 0) return 0;
+  Harness h(kSetups[data[0] % std::size(kSetups)]);
+  Script s{data + 1, data + size};
   while (!s.done()) {
     std::uint8_t op = s.byte();
     if (op & 1) {
-      if (h.server.state_ == ServerState::closing) continue;
-      h.server.stream_.receive_bytes(backend(s));
-      h.server.on_input();
+      Server& server = *h.servers[(op >> 1) % h.servers.size()];
+      if (server.state_ == ServerState::closing) continue;
+      if ((op & 0xf0) == 0xf0) {
+        // The server's connection ends (PostgreSQL restarted, the network went).
+        h.reactor.close(server, Reason::server_eof, "server closed the connection unexpectedly");
+      } else {
+        server.stream_.receive_bytes(backend(s));
+        server.on_input();
+      }
     } else {
-      Client& c = *h.clients[(op >> 1) & 1];
+      Client& c = *h.clients[(op >> 1) % 3];
       if (c.state_ == ClientState::closing) continue;
-      c.stream_.receive_bytes(frontend(s));
-      c.on_input();
+      if ((op & 0xf0) == 0xf0) {
+        h.reactor.close(c, Reason::client_eof);  // the client vanished mid-whatever
+      } else {
+        c.stream_.receive_bytes(frontend(s));
+        c.on_input();
+      }
     }
     h.step_done();
   }
