@@ -114,6 +114,7 @@ void Client::on_linked(Server& server) {
     }
     log::debug("C-{} restoring its session on S-{}: {}", id_, server.id_, sql);
     ++server.restore_replies_pending_;
+    server.settings_before_restore_ = std::move(server.settings_);
     server.settings_ = settings_;
     reactor_.want_send(server.stream_);
   } else {

@@ -64,6 +64,9 @@ class Client {
   void on_linked(Server& server);
   // The restore query (if any) finished on the linked server.
   void on_restored();
+  // Whether the pool knows what PostgreSQL makes of every startup parameter of this client (see
+  // Pool::learned); if so, params_ now holds the values PostgreSQL would report.
+  [[nodiscard]] bool startup_known();
   // Welcome: ParameterStatus for `base` overlaid with this client's own, BackendKeyData, 'Z'.
   void send_welcome(const std::vector<std::pair<std::string, std::string>>& base);
   // The linked server reported a parameter change, or committed a replayable SET.

@@ -26,7 +26,8 @@ namespace pgring {
 // ---------------------------------------------------------------------------------------------
 // Closing: one way out
 
-void Reactor::close(Client& client, Reason reason, std::string_view message) {
+void Reactor::close(Client& client, Reason reason, std::string_view message,
+                    std::string_view server_sqlstate) {
   if (client.state_ == ClientState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
   if (Pool* counted = client.counted_in_) {
@@ -44,7 +45,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
       login->lookup_server = nullptr;
     }
   }
-  std::string_view state = sqlstate(reason);
+  std::string_view state = server_sqlstate.empty() ? sqlstate(reason) : server_sqlstate;
   if (reason == Reason::client_eof || reason == Reason::client_terminate ||
       reason == Reason::cancel_request)
     log::debug("C-{} closed: {}", client.id_, name(reason));
@@ -58,7 +59,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message) {
   bool tls_broken = client.stream_.tls() != nullptr &&
                     (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
   if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken) {
-    std::string text = "pgring: ";
+    std::string text = server_sqlstate.empty() ? "pgring: " : "";
     text += message.empty() ? name(reason) : message;
     (void)client.stream_.emit(
         [&](std::string& out) { return proto::build::error_response(out, "FATAL", state, text); });

@@ -301,6 +301,10 @@ void Server::forward_to_client() {
       handle_restore_message(frame.type, stream_.contiguous(frame.size).substr(5));
       if (state_ == ServerState::closing) return;
       stream_.consume(frame.size);
+      if (restore_refused_) {
+        refuse_restored_client();  // the link ends here
+        return;
+      }
       continue;
     }
     const Verdict verdict = on_reply(frame, client);

@@ -134,7 +134,12 @@ class Server {
   // this many ReadyForQuery.
   int restore_replies_pending_ = 0;
   bool restore_failed_ = false;
+  std::string restore_sqlstate_;  // PostgreSQL's error for the restore query, if it failed
   std::string restore_error_;
+  // settings_ as they were before the restore query: PostgreSQL runs it as one implicit
+  // transaction, so when it fails, none of its SETs took effect.
+  std::vector<std::pair<std::string, std::string>> settings_before_restore_;
+  bool restore_refused_ = false;  // the restore failed: its client goes, this server stays
   // Settings not reported by the server that clients applied with SET, and those changed in
   // the current transaction (applied at commit, dropped at rollback).
   std::vector<std::pair<std::string, std::string>> settings_;
@@ -169,6 +174,9 @@ class Server {
   void set_param(std::string_view name, std::string_view value);
   void on_command_complete(std::string_view tag);
   void on_ready_for_query(char status);
+  // The restore query failed, and its ReadyForQuery is consumed: close the client with
+  // PostgreSQL's error (the server, clean, goes back to the pool).
+  void refuse_restored_client();
   void handle_restore_message(char type, std::string_view body);
   // ReadyForQuery: the queue up to the request it answers is done.
   void pop_expected_until_ready();

@@ -201,22 +201,33 @@ void Server::handle_restore_message(char type, std::string_view body) {
     case proto::backend::kErrorResponse: {
       auto e = proto::parse_error_fields(body);
       restore_failed_ = true;
-      restore_error_ = e ? fmt::format("{} (SQLSTATE {})", e->message, e->sqlstate) : "error";
+      restore_sqlstate_ = e ? std::string(e->sqlstate) : std::string();
+      restore_error_ = e ? std::string(e->message) : std::string("error");
       return;
     }
     case proto::backend::kReadyForQuery:
       transaction_status_ = body.empty() ? '?' : body[0];
       if (--restore_replies_pending_ > 0) return;
       if (restore_failed_ || transaction_status_ != 'I') {
-        // The server's session is not what anyone expects: neither side may continue with it.
-        std::string message = "could not apply session settings: " + restore_error_;
-        if (client_ != nullptr) {
-          Client* client = client_;
-          client_ = nullptr;
-          client->server_ = nullptr;
-          reactor_.close(*client, Reason::server_reset_failed, message);
+        restore_failed_ = false;
+        if (transaction_status_ != 'I') {
+          // The server's session is not what anyone expects: neither side may continue with it.
+          std::string message = "could not apply session settings: " + restore_error_;
+          if (client_ != nullptr) {
+            Client* client = client_;
+            client_ = nullptr;
+            client->server_ = nullptr;
+            reactor_.close(*client, Reason::server_reset_failed, message);
+          }
+          reactor_.close(*this, Reason::server_reset_failed, message);
+          return;
         }
-        reactor_.close(*this, Reason::server_reset_failed, message);
+        // PostgreSQL refused one of the client's settings and rolled the whole restore back:
+        // this connection is as it was. The client is closed once this ReadyForQuery is
+        // consumed (refuse_restored_client); the server then goes back to the pool.
+        settings_ = std::move(settings_before_restore_);
+        session_fingerprint_ = kUnknownSession;
+        restore_refused_ = client_ != nullptr;
         return;
       }
       if (client_ != nullptr) client_->on_restored();
@@ -224,6 +235,19 @@ void Server::handle_restore_message(char type, std::string_view body) {
     default:
       return;  // CommandComplete of our SETs, notices: swallowed
   }
+}
+
+void Server::refuse_restored_client() {
+  restore_refused_ = false;
+  Client& client = *client_;
+  if (!client.welcomed_)
+    // A startup parameter PostgreSQL refuses: the login fails with PostgreSQL's own error, as it
+    // would without pgring.
+    reactor_.close(client, Reason::startup_rejected, restore_error_, restore_sqlstate_);
+  else
+    reactor_.close(client, Reason::server_reset_failed,
+                   fmt::format("could not apply session settings: {} (SQLSTATE {})", restore_error_,
+                               restore_sqlstate_));
 }
 
 void Server::handle_reset_message(char type, std::string_view body) {

@@ -48,6 +48,13 @@ bool restorable(std::string_view name) {
   return true;
 }
 
+// PostgreSQL reports an application_name of printable ASCII exactly as sent (other bytes it
+// replaces or escapes, depending on its version).
+bool reported_as_sent(std::string_view name, std::string_view value) {
+  if (!proto::iequals(name, "application_name")) return false;
+  return std::all_of(value.begin(), value.end(), [](char c) { return c >= 32 && c <= 126; });
+}
+
 }  // namespace
 
 void Client::take_startup_settings() {
@@ -55,6 +62,23 @@ void Client::take_startup_settings() {
   // like any SET of the client (the server's reports replace the values in params_).
   settings_ = startup_->settings;
   params_ = startup_->values;
+}
+
+bool Client::startup_known() {
+  if (!startup_) return true;
+  // A welcome must carry what PostgreSQL reports for this client's settings, and a parameter
+  // PostgreSQL would refuse must fail the login, not the first query: unless every parameter is
+  // the server's own value, or one the pool learned from an earlier client, a server applies them
+  // first (on_restored).
+  for (const auto& [name, asked] : startup_->values) {
+    const std::string* fresh = find_value(pool_->defaults_, name);
+    if ((fresh != nullptr && *fresh == asked) || reported_as_sent(name, asked)) continue;
+    if (pool_->learned(name, asked) == nullptr) return false;
+  }
+  for (const auto& [name, asked] : startup_->values)
+    if (const std::string* reported = pool_->learned(name, asked); reported && !reported->empty())
+      put_value(params_, name, *reported);
+  return true;
 }
 
 void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>& base) {
@@ -118,9 +142,21 @@ std::uint64_t Client::session_fingerprint() const {
 }
 
 void Client::on_restored() {
+  if (!welcomed_ && server_ != nullptr) {
+    // The first server of a client that had no welcome yet gives it: the server's session is
+    // this client's now, so what it reports is what PostgreSQL made of the startup parameters
+    // (PostgreSQL reports a value only when it changes: a SET of 'utf-8' over 'UTF8' says
+    // nothing, so the client's own spelling would otherwise stay).
+    for (auto& [name, value] : params_)
+      if (const std::string* reported = find_value(server_->params_, name)) value = *reported;
+    if (startup_) {
+      for (const auto& [name, asked] : startup_->values) {
+        const std::string* reported = find_value(server_->params_, name);
+        pool_->learn(name, asked, reported != nullptr ? *reported : std::string_view());
+      }
+    }
+  }
   if (server_ != nullptr) server_->session_fingerprint_ = session_fingerprint();
-  // The first server of a client that had no welcome yet (session mode, or a pool that had
-  // never logged in) gives it: its parameters are exactly this client's session now.
   if (!welcomed_) send_welcome(server_->params_);
   if (state_ == ClientState::active) server_->maybe_release();
 }

@@ -86,6 +86,8 @@ std::string_view name(Reason reason) {
       return "cert_auth_failed";
     case Reason::auth_query_failed:
       return "auth_query_failed";
+    case Reason::startup_rejected:
+      return "startup_rejected";
     case Reason::count_:
       break;
   }
@@ -127,6 +129,8 @@ std::string_view sqlstate(Reason reason) {
       return "25P03";
     case Reason::client_idle_timeout:
       return "57P05";
+    case Reason::startup_rejected:
+      return "22023";  // when PostgreSQL's own SQLSTATE is not known
     case Reason::server_unreachable:
     case Reason::server_login_failed:
     case Reason::server_connection_lost:

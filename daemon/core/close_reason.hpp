@@ -49,6 +49,7 @@ enum class Reason {
   auth_rejected,  // 28000: an auth rule rejects the login (or no rule matches)
   cert_auth_failed,   // 28000: method cert without a verified certificate naming the user
   auth_query_failed,  // 08006: auth.query could not look the user's secret up on the server
+  startup_rejected,   // PostgreSQL refused a startup parameter (its SQLSTATE and message)
   count_,             // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

@@ -108,7 +108,10 @@ class Reactor {
   // the handler tests and fuzz_handlers call it after each step).
   void forward_linked();
   // The one way out of a connection. `message` is appended to the client-facing error text.
-  void close(Client& client, Reason reason, std::string_view message = {});
+  // A client closed for `reason` gets a FATAL error with the reason's SQLSTATE and "pgring: "
+  // before `message`; with `server_sqlstate`, the error is PostgreSQL's own, passed through.
+  void close(Client& client, Reason reason, std::string_view message = {},
+             std::string_view server_sqlstate = {});
   void close(Server& server, Reason reason, std::string_view message = {});
   // Queue the stream for sending in this loop turn.
   void want_send(Stream& stream);

@@ -9,6 +9,7 @@
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/core/shared.hpp"
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -49,6 +50,7 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
   set_credentials(db, user);
   failing_ = false;
   if (moved) {
+    learned_.clear();  // another server may accept or report other things
     resolve();
     log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_,
               address_text_);
@@ -153,13 +155,31 @@ void Reactor::set_state(Server& server, ServerState state) {
 
 void Pool::add_client(Client& client) {
   client.pool_ = this;
-  if (settings_.pool_mode != config::PoolMode::session && have_defaults_) {
+  if (settings_.pool_mode != config::PoolMode::session && have_defaults_ &&
+      client.startup_known()) {
     client.send_welcome(defaults_);
     reactor_.set_state(client, ClientState::idle);
     return;
   }
   reactor_.set_state(client, ClientState::waiting);
   maintain();
+}
+
+const std::string* Pool::learned(std::string_view name, std::string_view asked) const {
+  for (const Learned& l : learned_)
+    if (l.asked == asked && proto::iequals(l.name, name)) return &l.reported;
+  return nullptr;
+}
+
+void Pool::learn(std::string_view name, std::string_view asked, std::string_view reported) {
+  for (Learned& l : learned_) {
+    if (l.asked == asked && proto::iequals(l.name, name)) {
+      l.reported.assign(reported);
+      return;
+    }
+  }
+  if (learned_.size() == kLearnedMax) learned_.pop_front();
+  learned_.push_back({std::string(name), std::string(asked), std::string(reported)});
 }
 
 void Pool::request_server(Client& client) {

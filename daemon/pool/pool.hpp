@@ -109,6 +109,20 @@ class Pool {
   std::vector<std::pair<std::string, std::string>> defaults_;
   bool have_defaults_ = false;
 
+  // What PostgreSQL made of startup parameters clients sent, learned from servers that applied
+  // them: the value it reports (client_encoding 'utf-8' is reported as 'UTF8'), or "" for a
+  // parameter it does not report but accepted. A client whose every startup parameter is known
+  // here is welcomed at once; the others go through a server first (Client::startup_known).
+  [[nodiscard]] const std::string* learned(std::string_view name, std::string_view asked) const;
+  void learn(std::string_view name, std::string_view asked, std::string_view reported);
+  struct Learned {
+    std::string name;
+    std::string asked;
+    std::string reported;
+  };
+  std::deque<Learned> learned_;
+  static constexpr std::size_t kLearnedMax = 256;  // the oldest go first
+
   PoolStats stats_;
   // PAUSE: no new links; clients wait until RESUME.
   bool paused_ = false;

@@ -9,9 +9,9 @@ PostgreSQL).
 With pool_size 1 both clients provably share one backend (checked with pg_backend_pid); with
 pool_size 2 their transactions are interleaved so that each runs on both backends."""
 
-from lib import (Pgring, SYNC_MESSAGE, bind_message, check, check_eq, connect, data_row_values,
-                direct_connect, error_fields_in, execute_message, expect_error, login,
-                monitor_connect,
+from lib import (PGPORT, Pgring, SYNC_MESSAGE, bind_message, check, check_eq, connect,
+                data_row_values, direct_connect, error_fields_in, execute_message, expect_error,
+                login, login_error, monitor_connect,
                 parse_message, pool_config, query, query_one, read_until_ready, run_tests)
 
 DB, USER = "app", "app"
@@ -365,6 +365,66 @@ def test_reset_spellings_return_to_startup_values():
                          f"{name} after {command!r} through pgring, as PostgreSQL")
                 x.close()
                 y.close()
+
+
+# Startup parameters spelled otherwise than PostgreSQL reports them.
+SPELLED = {"client_encoding": "utf-8", "DateStyle": "iso, dmy", "IntervalStyle": "SQL_STANDARD",
+           "TimeZone": "utc", "application_name": "spelled"}
+
+
+def login_as_spelled(port):
+    """Log in with SPELLED: what the client is told (every ParameterStatus) and what it sees."""
+    conn = login(port, user=USER, db=DB, password="secret", timeout=30, **SPELLED)
+    try:
+        shown = conn.simple_query("SELECT current_setting('client_encoding'), "
+                                  "current_setting('DateStyle'), current_setting('TimeZone'), "
+                                  "now()::date::text = to_char(now(), 'DD/MM/YYYY')")
+        return dict(conn.parameters), shown
+    finally:
+        conn.terminate()
+
+
+def test_reported_parameters_are_postgresql_s():
+    """client_encoding 'utf-8' is reported as 'UTF8', DateStyle 'iso, dmy' as 'ISO, DMY': a client
+    gets PostgreSQL's values in its welcome, whether it is the pool's first client, the first
+    with these parameters (pgring learns them from a server), or a later one (pgring knows)."""
+    expected = login_as_spelled(PGPORT)
+    check_eq(expected[0]["client_encoding"], "UTF8", "PostgreSQL's own client_encoding report")
+    with Pgring(pool_config(pool_size=1)) as p:
+        check_eq(login_as_spelled(p.port), expected, "the pool's first client")
+    with Pgring(pool_config(pool_size=1)) as p:
+        plain = app_connect(p)  # the pool knows the server's defaults from now on
+        query_one(plain, "SELECT 1")
+        check_eq(login_as_spelled(p.port), expected, "the first client with these parameters")
+        check_eq(login_as_spelled(p.port), expected, "a later client with the same parameters")
+        check_eq(show(plain, "client_encoding"), "UTF8", "the other client's client_encoding")
+        plain.close()
+
+
+# Startup parameters PostgreSQL refuses at login.
+REFUSED = [{"client_encoding": "no-such-encoding"},
+           {"options": "-c statement_timeout=bogus"},
+           {"no_such_parameter": "1"},
+           {"DateStyle": "iso", "TimeZone": "Mars/Olympus_Mons"}]
+
+
+def test_refused_startup_parameters_fail_the_login():
+    """PostgreSQL refuses these at login with its own error: so does pgring (not at the first
+    query, and not with an error of its own), and the server it tried them on stays in use."""
+    with Pgring(pool_config(pool_size=1)) as p:
+        plain = app_connect(p)
+        first = query_one(plain, "SELECT pg_backend_pid()")
+        for params in REFUSED:
+            expected = login_error(PGPORT, user=USER, db=DB, password="secret", **params)
+            got = login_error(p.port, user=USER, db=DB, password="secret", **params)
+            what = f"login with {params}"
+            check_eq((got.fields.get("S"), got.sqlstate, got.fields.get("M")),
+                     (expected.fields.get("S"), expected.sqlstate, expected.fields.get("M")),
+                     f"{what}: the error, as PostgreSQL's")
+            check_eq(query_one(plain, "SELECT pg_backend_pid()"), first,
+                     f"after the {what}: the pool's one server")
+            check_eq(show(plain, "statement_timeout"), "0", f"after the {what}: its session")
+        plain.close()
 
 
 if __name__ == "__main__":
