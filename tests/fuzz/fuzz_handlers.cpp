@@ -28,44 +28,25 @@ void require(bool condition) {
   if (!condition) __builtin_trap();
 }
 
+// The pool a run drives: its mode, its size (as many servers, logged in and idle) and the
+// statement cache's size (0: off).
 struct Setup {
-  std::string_view yaml;
+  std::string_view mode;
   int servers;
+  int prepared_statements;
+  [[nodiscard]] std::string yaml() const {
+    return "listen: [\"127.0.0.1:1\"]\nworkers: 1\nauth: {method: trust}\ndatabases:\n"
+           "  app: {host: 127.0.0.1, port: 1, pool_mode: " +
+           std::string(mode) + ", pool_size: " + std::to_string(servers) +
+           ", prepared_statements: " + std::to_string(prepared_statements) + "}\n";
+  }
 };
 
 constexpr Setup kSetups[] = {
-    {R"(
-listen: ["127.0.0.1:1"]
-workers: 1
-auth: {method: trust}
-databases:
-  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 1, prepared_statements: 2}
-)",
-     1},
-    {R"(
-listen: ["127.0.0.1:1"]
-workers: 1
-auth: {method: trust}
-databases:
-  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 2, prepared_statements: 2}
-)",
-     2},
-    {R"(
-listen: ["127.0.0.1:1"]
-workers: 1
-auth: {method: trust}
-databases:
-  app: {host: 127.0.0.1, port: 1, pool_mode: transaction, pool_size: 2, prepared_statements: 0}
-)",
-     2},
-    {R"(
-listen: ["127.0.0.1:1"]
-workers: 1
-auth: {method: trust}
-databases:
-  app: {host: 127.0.0.1, port: 1, pool_mode: session, pool_size: 2}
-)",
-     2},
+    {"transaction", 1, 2},
+    {"transaction", 2, 2},
+    {"transaction", 2, 0},
+    {"session", 2, 2},
 };
 
 // Reads the script.
@@ -171,7 +152,7 @@ std::string backend(Script& s) {
 }
 
 struct Harness : testing::Handlers {
-  explicit Harness(const Setup& setup) : Handlers(setup.yaml) {
+  explicit Harness(const Setup& setup) : Handlers(setup.yaml()) {
     servers.push_back(&server);
     for (int i = 1; i < setup.servers; ++i) {
       servers.push_back(new Server(reactor, pool, reactor.next_id()));
