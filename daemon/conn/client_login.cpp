@@ -119,7 +119,14 @@ void Client::handle_startup() {
       return;
     }
     if (stream_.input_size() != 0) {
-      // Nothing may follow the startup packet before we answer it.
+      // A client that gives up at once (a Terminate right behind its startup packet) leaves
+      // cleanly, as it would from PostgreSQL. Nothing else may follow the startup packet before
+      // we answer it.
+      proto::Frame next = stream_.next_frame(kMaxAuthMessage);
+      if (next.type == proto::frontend::kTerminate && next.size == stream_.input_size()) {
+        reactor_.close(*this, Reason::client_terminate);
+        return;
+      }
       reactor_.close(*this, Reason::protocol_violation, "unexpected data after the startup packet");
       return;
     }

@@ -115,9 +115,12 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
     // Session state is gone with the server: the client cannot go on.
     server.client_ = nullptr;
     client->server_ = nullptr;
-    close(*client, Reason::server_connection_lost,
-          message.empty() ? std::string("server connection lost")
-                          : "server connection lost: " + std::string(message));
+    if (server.fatal_forwarded_)
+      close(*client, Reason::server_terminated, message);
+    else
+      close(*client, Reason::server_connection_lost,
+            message.empty() ? std::string("server connection lost")
+                            : "server connection lost: " + std::string(message));
   }
   set_state(server, ServerState::closing);
   server.stream_.reading_paused_ = true;

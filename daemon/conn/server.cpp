@@ -389,6 +389,9 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
           client.on_shape_check_failed();
           if (client_ == nullptr || client.state_ == ClientState::closing) return Verdict::stop;
         }
+        // PostgreSQL ends the session (pg_terminate_backend, a shutdown): the client has its
+        // error, and gets no second one from pgring when the connection then closes.
+        if (fields && fields->is_fatal()) fatal_forwarded_ = true;
         std::string klass = fields && fields->sqlstate.size() >= 2
                                 ? std::string(fields->sqlstate.substr(0, 2))
                                 : "??";

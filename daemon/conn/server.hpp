@@ -139,7 +139,9 @@ class Server {
   // settings_ as they were before the restore query: PostgreSQL runs it as one implicit
   // transaction, so when it fails, none of its SETs took effect.
   std::vector<std::pair<std::string, std::string>> settings_before_restore_;
-  bool restore_refused_ = false;  // the restore failed: its client goes, this server stays
+  bool restore_refused_ = false;
+  bool fatal_forwarded_ = false;  // a FATAL error of PostgreSQL's went to the linked client  // the
+                                  // restore failed: its client goes, this server stays
   // Settings not reported by the server that clients applied with SET, and those changed in
   // the current transaction (applied at commit, dropped at rollback).
   std::vector<std::pair<std::string, std::string>> settings_;

@@ -88,6 +88,8 @@ std::string_view name(Reason reason) {
       return "auth_query_failed";
     case Reason::startup_rejected:
       return "startup_rejected";
+    case Reason::server_terminated:
+      return "server_terminated";
     case Reason::count_:
       break;
   }

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Errors pgring raises itself: too many clients, hostile or oversized packets, an unreachable
-server, and SSL negotiation (pgring has no TLS: it answers 'N')."""
+server, and SSL negotiation (pgring has no TLS: it answers 'N'); and where PostgreSQL's own
+error or clean close must come through as it is (a backend terminated under its client, a
+Terminate right behind the startup packet)."""
 
 import random
 import struct
@@ -10,7 +12,8 @@ import psycopg2
 
 from lib import (PGHOST, PGPORT, PROTOCOL_3_0, PgError, Pgring, RawConn, backends, check, check_eq,
                 connect, direct_connect, expect_error, fail, free_port, login, login_error,
-                message, parse_fields, psql_ok, query, query_one, run_tests, wait_until)
+                message, monitor_connect, parse_fields, pool_config, psql_ok, query, query_one,
+                run_tests, startup_packet, wait_backend_gone, wait_until)
 
 
 def trust_config(**extra):
@@ -283,6 +286,59 @@ def test_gssenc_request_refused():
         c.startup("postgres", "pgring_test")
         check_eq(c.simple_query("SELECT 1"), [["1"]])
         c.terminate()
+
+
+def killed_in_transaction(port, monitor, mode_note):
+    """A client inside a transaction whose backend pg_terminate_backend() ends: every message it
+    then reads, as (type, fields) until the connection closes."""
+    conn = login(port, user="app", db="app", password="secret", timeout=30)
+    conn.simple_query("BEGIN")
+    pid = int(conn.simple_query("SELECT pg_backend_pid()")[0][0])
+    check(query_one(monitor, "SELECT pg_terminate_backend(%s)", (pid,)),
+          f"pg_terminate_backend({pid}) ({mode_note})")
+    wait_backend_gone(monitor, pid)
+    conn.sock.settimeout(10)
+    got = [(kind, parse_fields(body) if kind in (b"E", b"N") else body)
+           for kind, body in conn.read_until_close()]
+    conn.close()
+    return got
+
+
+def test_terminated_backend_error_reaches_its_client():
+    """PostgreSQL's FATAL 57P01 "terminating connection due to administrator command" is what the
+    client reads, and nothing after it, in transaction and session mode alike."""
+    monitor = monitor_connect(db="app")
+    try:
+        expected = killed_in_transaction(PGPORT, monitor, "direct")
+        check_eq([(k, f.get("C")) for k, f in expected], [(b"E", "57P01")],
+                 "what PostgreSQL sends the client of a terminated backend")
+        for mode in ("transaction", "session"):
+            with Pgring(pool_config(pool_mode=mode, pool_size=2)) as p:
+                check_eq(killed_in_transaction(p.port, monitor, mode), expected,
+                         f"what the client of a terminated backend reads through pgring ({mode})")
+    finally:
+        monitor.close()
+
+
+def test_terminate_right_after_the_startup_packet():
+    """A client that sends Terminate right behind its startup packet (it gave up at once) gets no
+    error: PostgreSQL answers the login and closes; pgring closes."""
+    def sent_back(port):
+        conn = RawConn(port)
+        conn.send(startup_packet("app", "app") + message(b"X"))
+        conn.sock.settimeout(10)
+        kinds = [kind for kind, _ in conn.read_until_close()]
+        conn.close()
+        return kinds
+
+    direct = sent_back(PGPORT)
+    check(b"E" not in direct and direct[-1:] == [b"Z"], f"PostgreSQL's answer: {direct}")
+    with Pgring(pool_config(pool_size=2)) as p:
+        got = sent_back(p.port)
+        check(b"E" not in got, f"pgring sent an error to a client that left at once: {got}")
+        after = connect(p.port, db="app", user="app")
+        check_eq(query_one(after, "SELECT 1"), 1, "the next client")
+        after.close()
 
 
 if __name__ == "__main__":
