@@ -242,6 +242,42 @@ std::optional<Deallocate> parse_deallocate(std::string_view query) {
   return Deallocate{false, t[i].text};
 }
 
+std::optional<std::string> database_needed_alone(std::string_view query) {
+  // Almost no query starts with DROP, ALTER or CREATE: the first word decides, then the tokens.
+  std::size_t start = query.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos) return std::nullopt;
+  std::string_view first = query.substr(start, 6);
+  if (!iequals(first, "create") && !iequals(first.substr(0, 5), "alter") &&
+      !iequals(first.substr(0, 4), "drop"))
+    return std::nullopt;
+  std::vector<Token> t;
+  if (query.size() > 4096 || !tokenize(query, t, 256) || t.size() < 3) return std::nullopt;
+  if (!is_word(t[1], "database")) return std::nullopt;
+  auto name_at = [&](std::size_t i) -> std::optional<std::string> {
+    if (i >= t.size() || (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident))
+      return std::nullopt;
+    return t[i].text;
+  };
+  if (is_word(t[0], "drop")) {
+    std::size_t i = 2;
+    if (i + 1 < t.size() && is_word(t[i], "if") && is_word(t[i + 1], "exists")) i += 2;
+    return name_at(i);
+  }
+  if (is_word(t[0], "alter")) {
+    if (t.size() > 3 && is_word(t[3], "rename")) return name_at(2);
+    return std::nullopt;
+  }
+  if (is_word(t[0], "create")) {
+    for (std::size_t i = 3; i < t.size(); ++i) {
+      if (!is_word(t[i], "template")) continue;
+      std::size_t n = i + 1;
+      if (n < t.size() && t[n].kind == Token::Kind::punct && t[n].text == "=") ++n;
+      return name_at(n);
+    }
+  }
+  return std::nullopt;
+}
+
 std::uint8_t scan_session_state(std::string_view query) {
   if (!mentions_any(query, {"temp", "temporary", "hold", "pg_advisory_lock", "pg_try_advisory_lock",
                             "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen",

@@ -27,6 +27,12 @@ struct Deallocate {
 };
 [[nodiscard]] std::optional<Deallocate> parse_deallocate(std::string_view query);
 
+// The database a query needs no other session connected to: `DROP DATABASE [IF EXISTS] name`,
+// `ALTER DATABASE name RENAME TO ...`, `CREATE DATABASE ... TEMPLATE [=] name`. Only a query
+// that starts with the command (no comment before it) is recognised; names are lower-cased
+// unless quoted.
+[[nodiscard]] std::optional<std::string> database_needed_alone(std::string_view query);
+
 // Session state a query may create, detected from keywords outside string literals, quoted
 // identifiers and comments.
 enum SessionState : std::uint8_t {

@@ -266,6 +266,9 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
             state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
           }
           if (cache && deallocate(*text)) return Verdict::drop;
+          // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
+          if (auto database = proto::sql::database_needed_alone(*text))
+            reactor_.free_database(pool_->address_text_, *database);
         }
       }
       // Session state is judged before anything is queued: a refused Query is never sent.

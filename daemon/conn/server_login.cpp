@@ -83,7 +83,7 @@ bool Server::negotiate_tls() {
 void Server::send_startup() {
   std::vector<std::pair<std::string_view, std::string_view>> params{
       {"user", pool_.server_user_},
-      {"database", pool_.db_->dbname.empty() ? pool_.db_->name : pool_.db_->dbname},
+      {"database", pool_.server_database()},
   };
   if (!stream_.emit([&](std::string& out) {
         return proto::build::startup_message(out, proto::kProtocol30, params);

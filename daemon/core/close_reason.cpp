@@ -90,6 +90,8 @@ std::string_view name(Reason reason) {
       return "startup_rejected";
     case Reason::server_terminated:
       return "server_terminated";
+    case Reason::database_command:
+      return "database_command";
     case Reason::count_:
       break;
   }

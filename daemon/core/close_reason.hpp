@@ -38,13 +38,14 @@ enum class Reason {
   server_lifetime,        // older than timeouts.server_lifetime
   server_evicted,         // idle, closed to make room for another pool (max_db_connections)
   server_handed_over,     // idle, closed so another reactor's waiting clients get the slot
-  pool_removed,           // the pool's database left the configuration
-  shutdown,               // 57P01: pgring is shutting down
-  cancel_request,         // the connection carried a CancelRequest (answered by closing)
-  query_canceled,         // 57014: canceled while waiting for a server
-  admin_kill,             // 57P01: KILL db from the admin console
-  admin_denied,           // 42501: the admin console, for a user not in admin.users/stats_users
-  config_changed,         // a reload moved or shrank the pool
+  database_command,  // idle, closed: DROP/ALTER ... RENAME/CREATE ... TEMPLATE needs its database
+  pool_removed,      // the pool's database left the configuration
+  shutdown,          // 57P01: pgring is shutting down
+  cancel_request,    // the connection carried a CancelRequest (answered by closing)
+  query_canceled,    // 57014: canceled while waiting for a server
+  admin_kill,        // 57P01: KILL db from the admin console
+  admin_denied,      // 42501: the admin console, for a user not in admin.users/stats_users
+  config_changed,    // a reload moved or shrank the pool
   tls_error,      // 08P01: TLS handshake or record failed (no ErrorResponse can reach the client)
   tls_required,   // 28000: tls.client.mode require, and the client did not use TLS
   auth_rejected,  // 28000: an auth rule rejects the login (or no rule matches)

@@ -126,6 +126,18 @@ void Reactor::broadcast(const std::function<void(Reactor&)>& task) {
   }
 }
 
+void Reactor::free_database(const std::string& address, const std::string& database) {
+  // The other reactors' closes run while the command is on its way: PostgreSQL waits for the
+  // sessions to leave (up to 5 s), so they are in time.
+  broadcast([address, database](Reactor& r) {
+    for (auto& [key, pool] : r.pools_) {
+      (void)key;
+      if (pool->address_text_ == address && pool->server_database() == database)
+        pool->free_database();
+    }
+  });
+}
+
 void Reactor::retry_database(const std::string& database) {
   for (auto& [key, pool] : pools_) {
     (void)key;

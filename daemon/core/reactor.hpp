@@ -96,6 +96,9 @@ class Reactor {
   void broadcast(const std::function<void(Reactor&)>& task);
   // A server slot of `database` was freed on another reactor: waiting clients may use it.
   void retry_database(const std::string& database);
+  // `database` on the server at `address` is about to be dropped, renamed or copied: every
+  // reactor closes its idle servers of it (Pool::free_database).
+  void free_database(const std::string& address, const std::string& database);
 
   // ---- services for handlers ----
   // The one way a connection changes state: unlink, move to the new state's list, stamp the

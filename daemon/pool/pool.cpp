@@ -333,10 +333,15 @@ void Pool::maintain() {
   set_starving(short_pool, short_database);
 }
 
+void Pool::free_database() {
+  no_warming_until_ = reactor_.now() + std::chrono::seconds(6);
+  while (Server* s = idle_servers_.front()) reactor_.close(*s, Reason::database_command);
+}
+
 void Pool::keep_warm() {
   // min_pool_size: open connections ahead of demand, but not while the server is failing.
   if (failing_ || reactor_.shutting_down()) return;
-  if (settings_.min_pool_size <= 0) return;
+  if (settings_.min_pool_size <= 0 || reactor_.now() < no_warming_until_) return;
   while (budget_->try_acquire(settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {
       budget_->release();

@@ -40,6 +40,14 @@ class Pool {
   // aimed at its last request is still in flight.
   void server_ready(Server& server);
   // Servers
+  // The database this pool's servers log in to.
+  [[nodiscard]] const std::string& server_database() const {
+    return db_->dbname.empty() ? db_->name : db_->dbname;
+  }
+  // A client is about to drop, rename or copy this pool's database, which PostgreSQL allows only
+  // with no other session in it: close the idle servers, and open none for min_pool_size for a
+  // while (PostgreSQL waits up to 5 s for the sessions to leave).
+  void free_database();
   // Match waiting clients with idle servers; open connections while under pool_size.
   void maintain();
   // Open connections up to min_pool_size (from the timer sweep).
@@ -130,6 +138,7 @@ class Pool {
   // After a failed connect or login, new attempts wait timeouts.server_login_retry and new
   // clients fail fast with the cached error meanwhile (like PgBouncer's server_login_retry).
   Clock::time_point last_failure_{};
+  Clock::time_point no_warming_until_{};  // free_database
   bool failing_ = false;
   std::string last_error_sqlstate_;
   std::string last_error_message_;

@@ -1,4 +1,5 @@
-// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, quoting).
+// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, the database a
+// DROP/ALTER/CREATE DATABASE needs, quoting).
 
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +13,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (set->value.size() > text.size()) __builtin_trap();
   }
   (void)pgring::proto::sql::scan_session_state(text);
+  if (auto db = pgring::proto::sql::database_needed_alone(text)) {
+    if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text
+  }
   (void)pgring::proto::sql::quote_literal(text);
   (void)pgring::proto::sql::quote_identifier(text);
   return 0;

@@ -20,7 +20,7 @@ from lib import (BackendSampler, Background, FLUSH_MESSAGE, LIBPQ_CLIENT, Pgring
                 idle_in_transaction, log, login, message, monitor_connect, parse_message,
                 pool_config, pool_count, pool_row, query, query_one, read_messages_until,
                 read_until_ready, run_clients, run_tests, skip_test, wait_no_backends, wait_until,
-                PGPORT)
+                PGHOST, PGPORT, backends)
 
 DB, USER = "app", "app"
 
@@ -635,6 +635,50 @@ def test_disconnect_mid_transaction():
     finally:
         query(setup, "DROP TABLE IF EXISTS pgring_tx_disc")
         setup.close()
+
+
+def test_database_commands_with_pooled_servers():
+    """DROP DATABASE x, ALTER DATABASE x RENAME and CREATE DATABASE ... TEMPLATE x need x to
+    themselves (55006 "being accessed by other users" otherwise): pgring's own idle servers of x,
+    on both reactors, must not be what stands in the way."""
+    monitor = monitor_connect()
+    monitor.autocommit = True
+    for name in ("pgring_dropme", "pgring_dropme_copy", "pgring_dropme_renamed"):
+        query(monitor, f"DROP DATABASE IF EXISTS {name}")
+    query(monitor, "CREATE DATABASE pgring_dropme")
+    config = pool_config(pool_size=4, databases={
+        "pgring_test": {"host": PGHOST, "port": PGPORT},
+        "pgring_dropme": {"host": PGHOST, "port": PGPORT}})
+    config["workers"] = 2
+    try:
+        with Pgring(config) as p:
+            def park_servers():
+                # Clients of pgring_dropme come and go; their servers stay idle in the pools
+                # (clients are spread over both reactors).
+                clients = [connect(p.port, db="pgring_dropme") for _ in range(4)]
+                for c in clients:
+                    query_one(c, "SELECT 1")
+                for c in clients:
+                    c.close()
+                wait_until(lambda: len(backends(monitor, "pgring_dropme")) > 0, 10,
+                           what="pgring's idle servers in pgring_dropme")
+
+            admin = connect(p.port, db="pgring_test")
+            for command in ("CREATE DATABASE pgring_dropme_copy TEMPLATE pgring_dropme",
+                            "ALTER DATABASE pgring_dropme RENAME TO pgring_dropme_renamed",
+                            "ALTER DATABASE pgring_dropme_renamed RENAME TO pgring_dropme",
+                            "DROP DATABASE pgring_dropme"):
+                if "RENAME TO pgring_dropme" not in command:
+                    park_servers()
+                query(admin, command)
+            names = {r[0] for r in query(monitor, "SELECT datname FROM pg_database")}
+            check("pgring_dropme" not in names and "pgring_dropme_copy" in names,
+                  f"databases after the commands: {sorted(names)}")
+            admin.close()
+    finally:
+        for name in ("pgring_dropme", "pgring_dropme_copy", "pgring_dropme_renamed"):
+            query(monitor, f"DROP DATABASE IF EXISTS {name}")
+        monitor.close()
 
 
 if __name__ == "__main__":

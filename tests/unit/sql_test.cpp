@@ -117,6 +117,21 @@ TEST_CASE("quoting") {
   CHECK(quote_identifier("we\"ird") == "\"we\"\"ird\"");
 }
 
+TEST_CASE("database_needed_alone: the database DROP, RENAME and TEMPLATE need to themselves") {
+  CHECK(database_needed_alone("DROP DATABASE shop") == "shop");
+  CHECK(database_needed_alone("  drop database if exists Shop;") == "shop");
+  CHECK(database_needed_alone("DROP DATABASE \"Shop\" WITH (FORCE)") == "Shop");
+  CHECK(database_needed_alone("ALTER DATABASE shop RENAME TO store") == "shop");
+  CHECK(database_needed_alone("CREATE DATABASE copy TEMPLATE shop") == "shop");
+  CHECK(database_needed_alone("CREATE DATABASE copy WITH OWNER app TEMPLATE = shop") == "shop");
+  CHECK_FALSE(database_needed_alone("CREATE DATABASE copy"));
+  CHECK_FALSE(database_needed_alone("ALTER DATABASE shop SET work_mem = '1MB'"));
+  CHECK_FALSE(database_needed_alone("DROP TABLE shop"));
+  CHECK_FALSE(database_needed_alone("SELECT 'DROP DATABASE shop'"));
+  CHECK_FALSE(database_needed_alone("DROP DATABASE"));
+  CHECK_FALSE(database_needed_alone(""));
+}
+
 TEST_CASE("random text never crashes the scanners") {
   std::mt19937 rng(7);
   const std::string alphabet = "SETsetRESET ;='\"$-/*\\\nabcTEMPHOLD(),.xE";
@@ -125,5 +140,6 @@ TEST_CASE("random text never crashes the scanners") {
     for (char& c : q) c = alphabet[rng() % alphabet.size()];
     (void)parse_set_statement(q);
     (void)scan_session_state(q);
+    (void)database_needed_alone("DROP DATABASE " + q);
   }
 }
