@@ -278,6 +278,44 @@ std::optional<std::string> database_needed_alone(std::string_view query) {
   return std::nullopt;
 }
 
+std::uint8_t scan_session_release(std::string_view query) {
+  // The first word decides (almost every query is a SELECT, INSERT or UPDATE): SELECT only in
+  // its short form, so a long SELECT costs one comparison.
+  std::size_t start = query.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos) return kNone;
+  std::string_view rest = query.substr(start);
+  auto starts = [&](std::string_view word) {
+    return rest.size() >= word.size() && iequals(rest.substr(0, word.size()), word);
+  };
+  if (!(starts("unlisten") || starts("discard") || starts("close") || starts("deallocate") ||
+        (starts("select") && rest.size() < 64)))
+    return kNone;
+  std::vector<Token> t;
+  if (!tokenize(rest, t, 16) || t.empty()) return kNone;
+  if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
+  auto is = [&](std::initializer_list<std::string_view> words) {
+    if (t.size() != words.size()) return false;
+    std::size_t i = 0;
+    for (std::string_view w : words) {
+      const Token& tok = t[i++];
+      if (w.size() == 1 && !std::isalpha(static_cast<unsigned char>(w[0]))) {
+        if (tok.kind != Token::Kind::punct || tok.text != w) return false;
+      } else if (!is_word(tok, w)) {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (is({"unlisten", "*"})) return kListen;
+  if (is({"discard", "all"})) return kTemporaryObject | kHoldCursor | kAdvisoryLock | kListen |
+                                     kSqlPrepare | kRoleChange | kUntrackedSet;
+  if (is({"discard", "temp"}) || is({"discard", "temporary"})) return kTemporaryObject;
+  if (is({"close", "all"})) return kHoldCursor;
+  if (is({"deallocate", "all"}) || is({"deallocate", "prepare", "all"})) return kSqlPrepare;
+  if (is({"select", "pg_advisory_unlock_all", "(", ")"})) return kAdvisoryLock;
+  return kNone;
+}
+
 std::uint8_t scan_session_state(std::string_view query) {
   if (!mentions_any(query, {"temp", "temporary", "hold", "pg_advisory_lock", "pg_try_advisory_lock",
                             "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen",

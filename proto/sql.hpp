@@ -46,6 +46,11 @@ enum SessionState : std::uint8_t {
   kUntrackedSet = 1 << 6,     // a session SET pgring cannot replay (not a lone SET statement)
 };
 [[nodiscard]] std::uint8_t scan_session_state(std::string_view query);
+// Session state a query that is exactly one statement ends, when it succeeds: `UNLISTEN *`
+// (kListen), `DISCARD TEMP|TEMPORARY` (kTemporaryObject), `CLOSE ALL` (kHoldCursor),
+// `DEALLOCATE [PREPARE] ALL` (kSqlPrepare), `SELECT pg_advisory_unlock_all()` (kAdvisoryLock),
+// `DISCARD ALL` (all of them: it resets settings and the role too).
+[[nodiscard]] std::uint8_t scan_session_release(std::string_view query);
 [[nodiscard]] std::string describe_session_state(std::uint8_t flags);
 
 // SQL literal for any string, valid whatever standard_conforming_strings says.

@@ -257,10 +257,12 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
   switch (type) {
     case proto::frontend::kQuery: {
       std::uint8_t state = 0;
+      std::uint8_t release = 0;
       std::unique_ptr<proto::sql::SetStatement> set;
       if (inspect) {
         if (auto text = proto::parse_query(body)) {
           state = proto::sql::scan_session_state(*text);
+          if (pinned_state_ != 0) release = proto::sql::scan_session_release(*text);
           if (auto s = proto::sql::parse_set_statement(*text)) {
             set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
             state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
@@ -282,6 +284,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       server.unnamed_client_ = 0;
       RequestQueue::Entry& query = server.requests_.push(Request::query, reactor_.now());
       query.session_state = state;
+      query.session_release = release;
       query.set = std::move(set);
       return Verdict::forward;
     }

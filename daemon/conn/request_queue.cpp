@@ -116,8 +116,9 @@ RequestQueue::Completed RequestQueue::on_command_complete() {
       done.execute = true;
       done.set = std::move(head.set);
       ++head_;
-    } else if (head.kind == Request::query && head.set) {
-      done.set = std::make_unique<proto::sql::SetStatement>(*head.set);
+    } else if (head.kind == Request::query) {
+      if (head.set) done.set = std::make_unique<proto::sql::SetStatement>(*head.set);
+      done.session_release = head.session_release;
     }
   }
   if (copy_in_) end_copy();

@@ -64,6 +64,7 @@ class RequestQueue {
     // reply (not even a Query's ReadyForQuery), and a reply owed for it is never sent.
     bool server_skips = false;
     std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
+    std::uint8_t session_release = 0;  // the state it ends when it succeeds (scan_session_release)
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // parse: prepared by it; describe: described
     std::string client_name;      // parse: the client's own name for `statement` (statement cache)
@@ -122,6 +123,7 @@ class RequestQueue {
   struct Completed {
     bool execute = false;
     std::unique_ptr<proto::sql::SetStatement> set;
+    std::uint8_t session_release = 0;  // a Query that ended session state (it succeeded)
   };
   Completed on_command_complete();
   // COPY FROM STDIN is over (CommandComplete or an error): the server ignored every Sync sent

@@ -173,6 +173,10 @@ void Server::on_command_complete(std::string_view tag) {
   // The request this completes: an Execute (popped now), or the Query still running.
   RequestQueue::Completed done = requests_.on_command_complete();
   if (done.execute) executed_in_batch_ = true;
+  // UNLISTEN *, DISCARD ALL and the like: the state that pinned the client is gone, and the
+  // link ends at this transaction's end like any other.
+  if (done.session_release != 0 && client_ != nullptr)
+    client_->pinned_state_ &= static_cast<std::uint8_t>(~done.session_release);
   std::unique_ptr<proto::sql::SetStatement>& set = done.set;
   if ((tag == "SET" || tag == "RESET") && set) {
     // A reported parameter is tracked through ParameterStatus; other settings are replayed.

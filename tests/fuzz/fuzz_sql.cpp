@@ -13,6 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (set->value.size() > text.size()) __builtin_trap();
   }
   (void)pgring::proto::sql::scan_session_state(text);
+  (void)pgring::proto::sql::scan_session_release(text);
   if (auto db = pgring::proto::sql::database_needed_alone(text)) {
     if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text
   }

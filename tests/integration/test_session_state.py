@@ -230,5 +230,35 @@ def test_error_policy_refuses_other_session_state():
         c.close()
 
 
+# State that pins a client, and the statement that ends it (the pin goes with it).
+PIN_AND_RELEASE = [("LISTEN pgring_channel", "UNLISTEN *"),
+                   ("CREATE TEMP TABLE pgring_gone(x int)", "DISCARD TEMP"),
+                   ("SELECT pg_advisory_lock(7)", "SELECT pg_advisory_unlock_all()"),
+                   ("DECLARE pgring_held CURSOR WITH HOLD FOR SELECT 1", "CLOSE ALL"),
+                   ("LISTEN pgring_channel", "DISCARD ALL")]
+
+
+def test_pin_ends_with_the_state():
+    """pool_size 1: a pinned client keeps the one server, so another client waits; once the
+    state is gone (UNLISTEN *, DISCARD TEMP, pg_advisory_unlock_all(), CLOSE ALL, DISCARD ALL)
+    the server is shared again, at the end of that statement's transaction."""
+    with Pgring(pool_config(pool_size=1)) as p:
+        for pin, release in PIN_AND_RELEASE:
+            a = app_connect(p)
+            b = app_connect(p)
+            query(a, pin)
+            waiting = Background(lambda: query_one(b, "SELECT 1"))
+            wait_until(lambda: pool_count(p.port, DB, "cl_waiting", user=USER) == 1, 15,
+                       what=f"the other client waiting while {pin!r} pins the server",
+                       describe=lambda: pool_row(p.port, DB, user=USER))
+            check(not waiting.done(), f"the other client ran while {pin!r} pinned the server")
+            query(a, release)
+            check_eq(waiting.result(15, f"the other client after {release!r}"), 1,
+                     f"the other client after {release!r}")
+            check_eq(query_one(a, "SELECT 2"), 2, f"the first client after {release!r}")
+            a.close()
+            b.close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

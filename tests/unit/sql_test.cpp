@@ -132,6 +132,26 @@ TEST_CASE("database_needed_alone: the database DROP, RENAME and TEMPLATE need to
   CHECK_FALSE(database_needed_alone(""));
 }
 
+TEST_CASE("scan_session_release: what ends the state that pins a client") {
+  CHECK(scan_session_release("UNLISTEN *") == kListen);
+  CHECK(scan_session_release(" unlisten * ;") == kListen);
+  CHECK(scan_session_release("UNLISTEN pgring_channel") == kNone);  // others may remain
+  CHECK(scan_session_release("DISCARD TEMP") == kTemporaryObject);
+  CHECK(scan_session_release("discard temporary") == kTemporaryObject);
+  CHECK(scan_session_release("CLOSE ALL") == kHoldCursor);
+  CHECK(scan_session_release("CLOSE c") == kNone);
+  CHECK(scan_session_release("DEALLOCATE ALL") == kSqlPrepare);
+  CHECK(scan_session_release("DEALLOCATE PREPARE ALL") == kSqlPrepare);
+  CHECK(scan_session_release("SELECT pg_advisory_unlock_all()") == kAdvisoryLock);
+  CHECK(scan_session_release("SELECT pg_advisory_unlock(1)") == kNone);
+  CHECK(scan_session_release("DISCARD ALL") ==
+        (kTemporaryObject | kHoldCursor | kAdvisoryLock | kListen | kSqlPrepare | kRoleChange |
+         kUntrackedSet));
+  CHECK(scan_session_release("UNLISTEN *; LISTEN x") == kNone);  // one statement only
+  CHECK(scan_session_release("SELECT 1") == kNone);
+  CHECK(scan_session_release("") == kNone);
+}
+
 TEST_CASE("random text never crashes the scanners") {
   std::mt19937 rng(7);
   const std::string alphabet = "SETsetRESET ;='\"$-/*\\\nabcTEMPHOLD(),.xE";
@@ -141,5 +161,6 @@ TEST_CASE("random text never crashes the scanners") {
     (void)parse_set_statement(q);
     (void)scan_session_state(q);
     (void)database_needed_alone("DROP DATABASE " + q);
+    (void)scan_session_release("DISCARD " + q);
   }
 }
