@@ -307,8 +307,9 @@ std::uint8_t scan_session_release(std::string_view query) {
     return true;
   };
   if (is({"unlisten", "*"})) return kListen;
-  if (is({"discard", "all"})) return kTemporaryObject | kHoldCursor | kAdvisoryLock | kListen |
-                                     kSqlPrepare | kRoleChange | kUntrackedSet;
+  if (is({"discard", "all"}))
+    return kTemporaryObject | kHoldCursor | kAdvisoryLock | kListen | kSqlPrepare | kRoleChange |
+           kUntrackedSet;
   if (is({"discard", "temp"}) || is({"discard", "temporary"})) return kTemporaryObject;
   if (is({"close", "all"})) return kHoldCursor;
   if (is({"deallocate", "all"}) || is({"deallocate", "prepare", "all"})) return kSqlPrepare;

@@ -63,7 +63,7 @@ class RequestQueue {
     // Sent while PostgreSQL skips to the next Sync after an extended-protocol error: it gets no
     // reply (not even a Query's ReadyForQuery), and a reply owed for it is never sent.
     bool server_skips = false;
-    std::uint8_t session_state = 0;                 // proto::sql::SessionState of a Query's text
+    std::uint8_t session_state = 0;    // proto::sql::SessionState of a Query's text
     std::uint8_t session_release = 0;  // the state it ends when it succeeds (scan_session_release)
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
     const PreparedStatement* statement = nullptr;   // parse: prepared by it; describe: described
