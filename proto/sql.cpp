@@ -317,10 +317,50 @@ std::uint8_t scan_session_release(std::string_view query) {
   return kNone;
 }
 
+// Settings the server reports (ParameterStatus) are tracked whatever the statement looks like;
+// transaction-scoped forms (SET LOCAL, SET TRANSACTION, SET CONSTRAINTS) end with the transaction.
+bool tracked_anyway(std::string_view name) {
+  static constexpr std::string_view kTracked[] = {
+      "local",     "transaction", "constraints", "application_name", "client_encoding",
+      "datestyle", "timezone",    "time",        "intervalstyle",    "standard_conforming_strings"};
+  for (std::string_view tracked : kTracked)
+    if (iequals(name, tracked)) return true;
+  return false;
+}
+
+// `set_config(name, value, is_local)` with its "(" at t[open]: a session-level setting pgring
+// cannot replay unless is_local is literally true or the name is a reported parameter.
+std::uint8_t set_config_state(const std::vector<Token>& t, std::size_t open) {
+  std::vector<std::pair<std::size_t, std::size_t>> args;  // [first, last) token of each argument
+  int depth = 0;
+  std::size_t first = open + 1;
+  for (std::size_t k = open; k < t.size(); ++k) {
+    if (t[k].kind != Token::Kind::punct) continue;
+    if (t[k].text == "(") {
+      ++depth;
+    } else if (t[k].text == ")" && --depth == 0) {
+      args.emplace_back(first, k);
+      break;
+    } else if (t[k].text == "," && depth == 1) {
+      args.emplace_back(first, k);
+      first = k + 1;
+    }
+  }
+  if (args.size() != 3) return kUntrackedSet;  // not a call we can read: assume the worst
+  auto [local_first, local_last] = args[2];
+  if (local_last == local_first + 1 && is_word(t[local_first], "true")) return kNone;
+  auto [name_first, name_last] = args[0];
+  if (name_last == name_first + 1 && t[name_first].kind == Token::Kind::string &&
+      t[name_first].raw.size() >= 2 && t[name_first].raw.front() == '\'' &&
+      tracked_anyway(t[name_first].raw.substr(1, t[name_first].raw.size() - 2)))
+    return kNone;
+  return kUntrackedSet;
+}
+
 std::uint8_t scan_session_state(std::string_view query) {
   if (!mentions_any(query, {"temp", "temporary", "hold", "pg_advisory_lock", "pg_try_advisory_lock",
                             "pg_advisory_lock_shared", "pg_try_advisory_lock_shared", "listen",
-                            "prepare", "set"}))
+                            "prepare", "set", "set_config"}))
     return kNone;
   std::vector<Token> t;
   // Unparseable text (an unterminated literal, or huge) gets no flags: the server will reject
@@ -350,23 +390,22 @@ std::uint8_t scan_session_state(std::string_view query) {
       } else if (statement_start && w == "prepare" && i + 1 < t.size() &&
                  !is_word(t[i + 1], "transaction")) {
         flags |= kSqlPrepare;
+      } else if (w == "into" && i + 2 < t.size() &&
+                 (is_word(t[i + 1], "temp") || is_word(t[i + 1], "temporary")) &&
+                 (t[i + 2].kind == Token::Kind::word ||
+                  t[i + 2].kind == Token::Kind::quoted_ident) &&
+                 !is_word(t[i + 2], "values") && !is_word(t[i + 2], "select") &&
+                 !is_word(t[i + 2], "default") && !is_word(t[i + 2], "overriding")) {
+        flags |= kTemporaryObject;  // SELECT ... INTO TEMP [TABLE] name (not INSERT INTO temp)
+      } else if (w == "set_config" && i + 1 < t.size() && t[i + 1].text == "(") {
+        flags |= set_config_state(t, i + 1);
       } else if (statement_start && w == "set") {
         std::size_t j = i + 1;
         if (j < t.size() && is_word(t[j], "session")) ++j;
         if (j < t.size() && (is_word(t[j], "role") || is_word(t[j], "authorization"))) {
           flags |= kRoleChange;
-        } else if (j < t.size() && t[j].kind == Token::Kind::word) {
-          // Settings the server reports (ParameterStatus) are tracked whatever the statement
-          // looks like; transaction-scoped forms end with the transaction.
-          static constexpr std::string_view kHarmless[] = {
-              "local",           "transaction",
-              "constraints",     "application_name",
-              "client_encoding", "datestyle",
-              "timezone",        "time",
-              "intervalstyle",   "standard_conforming_strings"};
-          bool harmless = false;
-          for (std::string_view h : kHarmless) harmless |= t[j].text == h;
-          if (!harmless) flags |= kUntrackedSet;
+        } else if (j < t.size() && t[j].kind == Token::Kind::word && !tracked_anyway(t[j].text)) {
+          flags |= kUntrackedSet;
         }
       }
     }

@@ -37,13 +37,14 @@ struct Deallocate {
 // identifiers and comments.
 enum SessionState : std::uint8_t {
   kNone = 0,
-  kTemporaryObject = 1 << 0,  // CREATE TEMP/TEMPORARY ...
+  kTemporaryObject = 1 << 0,  // CREATE TEMP/TEMPORARY ..., SELECT ... INTO TEMP ...
   kHoldCursor = 1 << 1,       // DECLARE ... WITH HOLD
   kAdvisoryLock = 1 << 2,     // pg_advisory_lock / pg_try_advisory_lock (session level)
   kListen = 1 << 3,           // LISTEN
   kSqlPrepare = 1 << 4,       // PREPARE name AS ...
   kRoleChange = 1 << 5,       // SET ROLE / SET SESSION AUTHORIZATION
-  kUntrackedSet = 1 << 6,     // a session SET pgring cannot replay (not a lone SET statement)
+  kUntrackedSet = 1 << 6,     // a session SET pgring cannot replay (not a lone SET statement), or
+                           // set_config(name, value, false) of a setting the server does not report
 };
 [[nodiscard]] std::uint8_t scan_session_state(std::string_view query);
 // Session state a query that is exactly one statement ends, when it succeeds: `UNLISTEN *`

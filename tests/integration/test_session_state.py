@@ -8,7 +8,8 @@ session_state: error the client gets SQLSTATE 0A000 and is disconnected."""
 
 import psycopg2
 
-from lib import (Background, Pgring, check, check_eq, connect, expect_error, fail, login, message,
+from lib import (Background, Pgring, check, check_eq, connect, direct_connect, expect_error, fail,
+                login, message,
                 monitor_connect, parse_fields, pool_config, pool_count, pool_row, psql, query,
                 query_one, run_tests, sqlstate_of, wait_until)
 
@@ -258,6 +259,40 @@ def test_pin_ends_with_the_state():
             check_eq(query_one(a, "SELECT 2"), 2, f"the first client after {release!r}")
             a.close()
             b.close()
+
+
+def settings_and_temp_script(a, b):
+    """a creates session state two ways PostgreSQL allows besides SET and CREATE TEMP; b holds
+    a transaction open meanwhile, so that in transaction mode a's next transaction could only
+    run on another server. What each sees."""
+    query(a, "SELECT set_config('statement_timeout', '5s', false)")
+    query(a, "SELECT 41 AS x INTO TEMP pgring_into")
+    b.autocommit = False
+    seen = [query_one(b, "SHOW statement_timeout")]
+    seen.append(query_one(a, "SHOW statement_timeout"))
+    seen.append(query_one(a, "SELECT x + 1 FROM pgring_into"))
+    b.commit()
+    b.autocommit = True
+    seen.append(query_one(b, "SHOW statement_timeout"))
+    return seen
+
+
+def test_set_config_and_select_into_temp_pin_the_client():
+    """set_config(name, value, false) and SELECT ... INTO TEMP create session state as SET and
+    CREATE TEMP do: the client keeps its server (the other client never sees the setting), as
+    two direct sessions would behave."""
+    a = direct_connect(db=DB, user=USER, password="secret")
+    b = direct_connect(db=DB, user=USER, password="secret")
+    a.autocommit = b.autocommit = True
+    expected = settings_and_temp_script(a, b)
+    a.close()
+    b.close()
+    with Pgring(pool_config(pool_size=2)) as p:
+        a = app_connect(p)
+        b = app_connect(p)
+        check_eq(settings_and_temp_script(a, b), expected, "through pgring, as direct sessions")
+        a.close()
+        b.close()
 
 
 if __name__ == "__main__":

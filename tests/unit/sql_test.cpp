@@ -132,6 +132,19 @@ TEST_CASE("database_needed_alone: the database DROP, RENAME and TEMPLATE need to
   CHECK_FALSE(database_needed_alone(""));
 }
 
+TEST_CASE("scan_session_state: SELECT INTO TEMP and set_config") {
+  CHECK(scan_session_state("SELECT * INTO TEMP t FROM x") == kTemporaryObject);
+  CHECK(scan_session_state("select 1 as a into temporary table t") == kTemporaryObject);
+  CHECK(scan_session_state("INSERT INTO temp VALUES (1)") == kNone);
+  CHECK(scan_session_state("INSERT INTO temp (a) SELECT 1") == kNone);
+  CHECK(scan_session_state("SELECT set_config('statement_timeout', '5s', false)") == kUntrackedSet);
+  CHECK(scan_session_state("SELECT set_config('work_mem', f(1, 2), $1)") == kUntrackedSet);
+  CHECK(scan_session_state("SELECT set_config('statement_timeout', '5s', true)") == kNone);
+  CHECK(scan_session_state("SELECT set_config('TimeZone', 'UTC', false)") == kNone);  // reported
+  CHECK(scan_session_state("SELECT set_config('work_mem', '1MB'") == kUntrackedSet);  // unreadable
+  CHECK(scan_session_state("SELECT 'set_config(1, 2, false)'") == kNone);
+}
+
 TEST_CASE("scan_session_release: what ends the state that pins a client") {
   CHECK(scan_session_release("UNLISTEN *") == kListen);
   CHECK(scan_session_release(" unlisten * ;") == kListen);
