@@ -246,6 +246,10 @@ class ConfigError : public std::runtime_error {
 // Read a file and parse it. Throws ConfigError (path "" and the OS error for unreadable files).
 [[nodiscard]] Config load_config_file(const std::string& file_path);
 
+// What is valid but almost certainly not what was meant (an empty file, no databases): --check
+// prints these, the daemon logs them at start.
+[[nodiscard]] std::vector<std::string> config_warnings(const Config& config);
+
 // "250ms", "15s", "2m", "1h", "0" -> duration. nullopt when malformed.
 [[nodiscard]] std::optional<Duration> parse_duration(std::string_view text);
 // "65536", "64KiB", "64MiB", "1GiB" (also kB/MB/GB as powers of 1024) -> bytes. nullopt when

@@ -530,14 +530,44 @@ YAML::Node load_single_document(const std::string& text) {
   return root;
 }
 
+// The first line (1-based) whose indentation has a tab, or 0.
+int first_tab_indented_line(std::string_view text) {
+  int line = 1;
+  bool indent = true;
+  for (char c : text) {
+    if (c == '\n') {
+      ++line;
+      indent = true;
+    } else if (indent && c == '\t') {
+      return line;
+    } else if (c != ' ') {
+      indent = false;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
+
+std::vector<std::string> config_warnings(const Config& config) {
+  std::vector<std::string> out;
+  if (config.databases.empty())
+    out.emplace_back(
+        "databases: none configured: every client is refused (3D000) but the admin console's");
+  return out;
+}
 
 Config parse_config(std::string_view yaml_text) {
   YAML::Node root;
   try {
     root = load_single_document(std::string(yaml_text));
   } catch (const YAML::Exception& e) {
-    throw ConfigError("", e.mark.line >= 0 ? e.mark.line + 1 : 0, e.msg);
+    const int line = e.mark.line >= 0 ? e.mark.line + 1 : 0;
+    // yaml-cpp says "illegal map value" or the like for a tab in the indentation.
+    std::string message = e.msg;
+    if (int tab = first_tab_indented_line(yaml_text); tab > 0 && (line == 0 || tab <= line))
+      message += "; line " + std::to_string(tab) + " indents with a tab: YAML indents with spaces";
+    throw ConfigError("", line, message);
   }
   try {
     return Loader().load(root);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -70,6 +71,46 @@ static std::optional<std::string_view> nearest(std::string_view word,
   return std::nullopt;
 }
 
+// Where PgBouncer's settings (pgbouncer.ini spellings), and pool or timeout keys written at the
+// top level, live in pgring's YAML.
+std::optional<std::string_view> pgring_key_for(std::string_view key) {
+  static constexpr std::pair<std::string_view, std::string_view> kKeys[] = {
+      {"default_pool_size", "defaults.pool_size"},
+      {"max_prepared_statements", "defaults.prepared_statements"},
+      {"listen_addr", "listen (a list of \"host:port\" and socket directories)"},
+      {"listen_port", "listen (a list of \"host:port\" and socket directories)"},
+      {"unix_socket_dir", "listen (a list of \"host:port\" and socket directories)"},
+      {"auth_type", "auth.method"},
+      {"auth_file", "users (each with its password or SCRAM secret)"},
+      {"auth_hba_file", "auth.rules"},
+      {"auth_query", "auth.query.query"},
+      {"auth_user", "auth.query.user"},
+      {"admin_users", "admin.users"},
+      {"stats_users", "admin.stats_users"},
+      {"logfile", "log (pgring logs to stderr: the journal under systemd)"},
+      {"query_timeout", "timeouts.query"},
+      {"query_wait_timeout", "timeouts.query_wait"},
+      {"client_idle_timeout", "timeouts.client_idle"},
+      {"server_idle_timeout", "timeouts.server_idle"},
+      {"idle_transaction_timeout", "timeouts.idle_transaction"},
+      {"server_connect_timeout", "timeouts.server_connect"},
+      {"client_login_timeout", "timeouts.client_login"},
+      {"reserve_pool_timeout", "timeouts.reserve_pool"},
+      {"transaction_timeout", "timeouts.transaction"},
+      {"client_tls_sslmode", "tls.client.mode"},
+      {"client_tls_cert_file", "tls.client.cert"},
+      {"client_tls_key_file", "tls.client.key"},
+      {"client_tls_ca_file", "tls.client.ca"},
+      {"server_tls_sslmode", "tls.server.mode"},
+      {"server_tls_ca_file", "tls.server.ca"},
+      {"server_tls_cert_file", "tls.server.cert"},
+      {"server_tls_key_file", "tls.server.key"},
+  };
+  for (const auto& [theirs, ours] : kKeys)
+    if (key == theirs) return ours;
+  return std::nullopt;
+}
+
 std::string unknown_message(std::string_view what, std::string_view word,
                             const std::vector<std::string_view>& candidates) {
   std::string message(what);
@@ -102,6 +143,34 @@ Item make_item(std::string path, const YAML::Node& node, int fallback_line) {
   return Item{std::move(path), node, line > 0 ? line : fallback_line};
 }
 
+// "unknown key", and where the key belongs when it is a PgBouncer setting or a pgring key at
+// the wrong level (PgBouncer's [pgbouncer] section is flat); else the nearest known key.
+std::string unknown_key_message(std::string_view key, const std::vector<std::string_view>& known) {
+  std::string message = "unknown key";
+  if (auto ours = pgring_key_for(key)) {
+    message += "; PgBouncer's ";
+    message += key;
+    message += " is ";
+    message += *ours;
+    message += " in pgring";
+    return message;
+  }
+  if (is_pool_key(key)) {
+    message += "; pool settings go under defaults: (or a database or a user): defaults.";
+    message += key;
+    return message;
+  }
+  for (const auto& timeout : kTimeoutKeys) {
+    if (timeout.first == key) {
+      message += "; timeouts go under timeouts: (timeouts.";
+      message += key;
+      message += ")";
+      return message;
+    }
+  }
+  return unknown_message(message, key, known);
+}
+
 // Calls fn(key, item) for each entry of a map; null counts as an empty map (`log:` with nothing
 // under it). Rejects non-string keys, duplicates (yaml-cpp 0.7 keeps both silently) and keys
 // not in `known` (an empty `known` accepts any key: user and database names).
@@ -117,7 +186,7 @@ void for_each_entry(const Item& map, const std::vector<std::string_view>& known,
     const std::string& name = key.Scalar();
     const std::string path = child_path(map.path, name);
     if (!known.empty() && std::find(known.begin(), known.end(), name) == known.end()) {
-      throw ConfigError(path, key_line, unknown_message("unknown key", name, known));
+      throw ConfigError(path, key_line, unknown_key_message(name, known));
     }
     if (!seen.insert(name).second) throw ConfigError(path, key_line, "duplicate key");
     // The key's line, not the value's: the path names the key, and a block value starts on a

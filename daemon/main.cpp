@@ -40,11 +40,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pgring: %s: %s\n", config_path.c_str(), e.what());
     return 1;
   }
+  const std::vector<std::string> warnings = pgring::config::config_warnings(*config);
   if (check) {
-    std::printf("configuration ok\n");
+    for (const std::string& w : warnings)
+      std::fprintf(stderr, "pgring: %s: warning: %s\n", config_path.c_str(), w.c_str());
+    std::printf("configuration ok%s\n", warnings.empty() ? "" : " (with warnings)");
     return 0;
   }
   pgring::log::init(config->log_level, config->log_format);
+  for (const std::string& w : warnings) pgring::log::warning("{}", w);
   int workers =
       config->workers > 0 ? config->workers : static_cast<int>(std::thread::hardware_concurrency());
   if (workers < 1) workers = 1;

@@ -19,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       (void)config.find_database(name);
     }
+    (void)pgring::config::config_warnings(config);
   } catch (const pgring::config::ConfigError& e) {
     (void)e.what();
   }

@@ -108,6 +108,24 @@ def test_bad_yaml_and_missing_file():
     check("/nonexistent/pgring.yaml" in out, f"error does not name the file: {out}")
 
 
+def test_config_that_serves_nothing_warns():
+    for text in ("", "# only a comment\n", 'listen: ["127.0.0.1:6432"]\n'):
+        rc, out = check_file(text)
+        check_eq(rc, 0, f"--check of {text!r} ({out})")
+        check("warning: databases: none configured" in out, f"no warning for {text!r}: {out}")
+        check("configuration ok (with warnings)" in out, f"output for {text!r}: {out}")
+
+
+def test_pgbouncer_spellings_point_to_pgring_keys():
+    rc, out = check_file("default_pool_size: 20\n")
+    check(rc != 0 and "PgBouncer's default_pool_size is defaults.pool_size in pgring" in out,
+          f"default_pool_size: {out}")
+    rc, out = check_file("pool_mode: transaction\n")
+    check(rc != 0 and "defaults.pool_mode" in out, f"top-level pool_mode: {out}")
+    rc, out = check_file("databases:\n  app:\n\thost: x\n")
+    check(rc != 0 and "indents with a tab" in out, f"a tab: {out}")
+
+
 def test_version():
     rc, out = run_pgring("--version")
     check_eq(rc, 0, f"--version exit status ({out})")

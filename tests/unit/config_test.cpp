@@ -36,6 +36,33 @@ void check_error(std::string_view yaml, const std::string& path, int line,
 
 }  // namespace
 
+TEST_CASE("config: PgBouncer's settings and keys at the wrong level say where they go") {
+  check_error("default_pool_size: 20\n", "default_pool_size", 1,
+              "unknown key; PgBouncer's default_pool_size is defaults.pool_size in pgring");
+  check_error("listen_port: 6432\n", "listen_port", 1, "is listen (a list of");
+  check_error("auth_type: md5\n", "auth_type", 1, "is auth.method in pgring");
+  check_error("query_wait_timeout: 5\n", "query_wait_timeout", 1, "is timeouts.query_wait");
+  check_error("pool_mode: transaction\n", "pool_mode", 1,
+              "pool settings go under defaults: (or a database or a user): defaults.pool_mode");
+  check_error("server_lifetime: 1h\n", "server_lifetime", 1,
+              "timeouts go under timeouts: (timeouts.server_lifetime)");
+  check_error("timeouts:\n  pool_size: 3\n", "timeouts.pool_size", 2, "defaults.pool_size");
+}
+
+TEST_CASE("config: a tab in the indentation is named as such") {
+  const ConfigError e = error_of("databases:\n  app:\n\thost: x\n");
+  const std::string what = e.what();
+  CAPTURE(what);
+  CHECK(what.find("line 3 indents with a tab: YAML indents with spaces") != std::string::npos);
+}
+
+TEST_CASE("config: warnings for what is valid but serves nothing") {
+  CHECK(config_warnings(parse_config("")).size() == 1);
+  CHECK(config_warnings(parse_config("listen: [\"127.0.0.1:6432\"]\n"))[0].starts_with(
+      "databases: none configured"));
+  CHECK(config_warnings(parse_config("databases:\n  app: {host: h}\n")).empty());
+}
+
 TEST_CASE("config: an empty file or only comments gives all defaults") {
   for (std::string_view text : {"", "\n\n", "# nothing here\n  # indented comment\n", "---\n"}) {
     CAPTURE(text);
