@@ -391,6 +391,7 @@ class Loader {
       db.name = name;
       db.dbname = name;
       PoolMarks& marks = database_marks_[name];
+      Item password_item;
       for_each_entry(entry, kDatabaseKeys, [&](const std::string& key, const Item& item) {
         if (key == "host") {
           db.host = non_empty_string(item);
@@ -402,12 +403,18 @@ class Loader {
           db.user = non_empty_string(item);
         } else if (key == "password") {
           db.password = scalar(item);
+          password_item = item;
         } else if (key == "timeouts") {
           pool_timeouts(item, db.pool);
         } else if (is_pool_key(key)) {
           pool_key(key, item, db.pool, marks);
         }
       });
+      if (db.password && !db.user) {
+        password_item.fail(
+            "a password is the forced user's: set databases." + name +
+            ".user too (without it, pgring logs in as each client's user with users: passwords)");
+      }
       config_.databases.emplace(name, std::move(db));
     });
   }

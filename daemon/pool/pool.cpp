@@ -31,7 +31,15 @@ void Pool::set_credentials(const config::Database& db, const config::User* user)
   server_secret_.clear();
   if (db.user) {
     server_user_ = *db.user;
-    server_password_ = db.password.value_or("");
+    if (db.password) {
+      server_password_ = *db.password;
+    } else if (const config::User* forced = reactor_.config().find_user(*db.user)) {
+      // No password with the forced user: the one users: gives that user.
+      if (forced->secret_kind == config::SecretKind::scram)
+        server_secret_ = forced->password;
+      else
+        server_password_ = forced->password;
+    }
   } else {
     server_user_ = user_name_;
     if (user != nullptr && user->secret_kind != config::SecretKind::scram)

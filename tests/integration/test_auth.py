@@ -200,5 +200,17 @@ def test_server_login_failure_reported():
         check(e.fields.get("M", ""), "error without a message")
 
 
+def test_forced_user_password_comes_from_users():
+    """databases.<db>.user without a password logs in with that user's password from users:
+    (it logged in with an empty one); the server checks it (pgring_md5 has md5 in pg_hba)."""
+    config = {"auth": {"method": "trust"},
+              "users": {"app": {"password": "secret"}, "pgring_md5": {"password": "md5_pw"}},
+              "databases": {"forced": {"host": PGHOST, "port": PGPORT, "dbname": "pgring_test",
+                                       "user": "pgring_md5"}}}
+    with Pgring(config) as p:
+        check_eq(psql_ok(p.port, "SELECT current_user", user="app", db="forced"), "pgring_md5",
+                 "the server login of a database with a forced user and no password")
+
+
 if __name__ == "__main__":
     run_tests(globals())

@@ -49,6 +49,12 @@ TEST_CASE("config: PgBouncer's settings and keys at the wrong level say where th
   check_error("timeouts:\n  pool_size: 3\n", "timeouts.pool_size", 2, "defaults.pool_size");
 }
 
+TEST_CASE("config: a database password needs the database's user") {
+  check_error("databases:\n  app:\n    host: h\n    password: x\n", "databases.app.password", 4,
+              "a password is the forced user's: set databases.app.user too");
+  CHECK(parse_config("databases:\n  app: {user: u, password: x}\n").databases.size() == 1);
+}
+
 TEST_CASE("config: a tab in the indentation is named as such") {
   const ConfigError e = error_of("databases:\n  app:\n\thost: x\n");
   const std::string what = e.what();
