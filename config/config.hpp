@@ -193,6 +193,15 @@ struct AuthQuery {
 
 struct Config {
   std::vector<ListenAddress> listen{ListenAddress{"127.0.0.1", 6432, {}}};
+  // TCP keepalive and user timeout on client and server sockets, so that a host that vanished
+  // (no FIN, no RST) is noticed without waiting for a timeout of pgring's. Zero: the kernel's.
+  struct Tcp {
+    bool keepalive = true;
+    Duration keepalive_idle{0};      // TCP_KEEPIDLE
+    Duration keepalive_interval{0};  // TCP_KEEPINTVL
+    int keepalive_count = 0;         // TCP_KEEPCNT
+    Duration user_timeout{0};        // TCP_USER_TIMEOUT: unacknowledged data this long ends it
+  } tcp;
   int workers = 0;  // 0 = auto (one per CPU)
   int max_client_conn = 10000;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes

@@ -48,6 +48,8 @@ class Loader {
         log(item);
       } else if (key == "metrics") {
         metrics(item);
+      } else if (key == "tcp") {
+        tcp(item);
       } else if (key == "admin") {
         admin(item);
       } else if (key == "auth") {
@@ -74,7 +76,7 @@ class Loader {
  private:
   inline static const std::vector<std::string_view> kTopKeys = {
       "listen", "workers", "max_client_conn", "max_message_size", "log",       "metrics", "admin",
-      "auth",   "users",   "defaults",        "timeouts",         "databases", "tls"};
+      "auth",   "users",   "defaults",        "timeouts",         "databases", "tls",     "tcp"};
 
   void listen(const Item& item) {
     config_.listen.clear();
@@ -148,6 +150,28 @@ class Loader {
             one_of<LogFormat>(item, {{"text", LogFormat::text}, {"json", LogFormat::json}});
       }
     });
+  }
+
+  void tcp(const Item& section) {
+    for_each_entry(
+        section,
+        {"keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout"},
+        [&](const std::string& key, const Item& item) {
+          if (key == "keepalive") {
+            if (!item.node.IsScalar() ||
+                (item.node.Scalar() != "true" && item.node.Scalar() != "false"))
+              item.fail("must be true or false");
+            config_.tcp.keepalive = item.node.Scalar() == "true";
+          } else if (key == "keepalive_idle") {
+            config_.tcp.keepalive_idle = duration(item);
+          } else if (key == "keepalive_interval") {
+            config_.tcp.keepalive_interval = duration(item);
+          } else if (key == "keepalive_count") {
+            config_.tcp.keepalive_count = integer(item, 0, 127);
+          } else {
+            config_.tcp.user_timeout = duration(item);
+          }
+        });
   }
 
   void metrics(const Item& section) {

@@ -105,6 +105,11 @@ std::optional<std::string_view> pgring_key_for(std::string_view key) {
       {"server_tls_ca_file", "tls.server.ca"},
       {"server_tls_cert_file", "tls.server.cert"},
       {"server_tls_key_file", "tls.server.key"},
+      {"tcp_keepalive", "tcp.keepalive"},
+      {"tcp_keepidle", "tcp.keepalive_idle"},
+      {"tcp_keepintvl", "tcp.keepalive_interval"},
+      {"tcp_keepcnt", "tcp.keepalive_count"},
+      {"tcp_user_timeout", "tcp.user_timeout"},
   };
   for (const auto& [theirs, ours] : kKeys)
     if (key == theirs) return ours;

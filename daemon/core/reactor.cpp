@@ -574,6 +574,8 @@ void Reactor::on_server_connect(Server& server, int result) {
   }
   int one = 1;
   setsockopt(server.stream_.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (server.pool_.address_.ss_family != AF_UNIX)
+    apply_tcp_options(server.stream_.fd, config().tcp);
   server.on_connected();
   if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
 }

@@ -37,6 +37,8 @@ namespace pgring {
 
 // A listening TCP socket on `address` ("" host: every address); `what` names its YAML key in
 // errors (thrown: listeners open at start and reload only).
+// tcp: keepalive and user timeout on a TCP socket (accepted sockets inherit a listener's).
+void apply_tcp_options(int fd, const config::Config::Tcp& tcp);
 [[nodiscard]] int listen_tcp(const config::ListenAddress& address, std::string_view what,
                              bool reuse_port, int backlog);
 

@@ -26,6 +26,29 @@ namespace pgring {
 // ---------------------------------------------------------------------------------------------
 // Setup
 
+void apply_tcp_options(int fd, const config::Config::Tcp& tcp) {
+  auto seconds = [](config::Duration d) {
+    return static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+  };
+  int on = tcp.keepalive ? 1 : 0;
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  if (tcp.keepalive && tcp.keepalive_idle.count() > 0) {
+    int v = std::max(1, seconds(tcp.keepalive_idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof v);
+  }
+  if (tcp.keepalive && tcp.keepalive_interval.count() > 0) {
+    int v = std::max(1, seconds(tcp.keepalive_interval));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof v);
+  }
+  if (tcp.keepalive && tcp.keepalive_count > 0)
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &tcp.keepalive_count, sizeof tcp.keepalive_count);
+  if (tcp.user_timeout.count() > 0) {
+    auto ms = static_cast<unsigned>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(tcp.user_timeout).count());
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+  }
+}
+
 int listen_tcp(const config::ListenAddress& address, std::string_view what, bool reuse_port,
                int backlog) {
   addrinfo hints{};
@@ -87,6 +110,7 @@ void Reactor::listen() {
     } else {
       // One listener per reactor on the same port (SO_REUSEPORT); the kernel spreads connections.
       fd = listen_tcp(address, "listen", true, 4096);
+      apply_tcp_options(fd, config().tcp);  // inherited by every accepted socket
       std::string port = std::to_string(address.port);
       listener->name =
           (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +

@@ -6,6 +6,7 @@ bounded generously so that a missing timeout shows up as a failure rather than a
 import time
 
 from lib import (Background, PGHOST, PGPORT, Pgring, RawConn, SilentListener, backend_pids, check,
+                tcp_timers,
                 check_eq, connect, direct_connect, error_fields_in, expect_closed_with,
                 expect_error, idle_in_transaction, log, login, login_error, monitor_connect,
                 pool_config, query, query_one, read_close, run_tests, send_query_collect,
@@ -392,6 +393,49 @@ def test_per_database_and_per_user_timeouts():
     finally:
         query(setup, "DROP ROLE IF EXISTS pgring_patient")
         setup.close()
+
+
+def keepalive_timers(p, client_port):
+    """The kernel's timers on pgring's end of the client's connection and of its servers'."""
+    timers = tcp_timers(p.pid())
+    client = [t for (local, remote), t in timers.items()
+              if local[1] == p.port and remote[1] == client_port]
+    servers = [t for (local, remote), t in timers.items() if remote[1] == PGPORT]
+    return client, servers
+
+
+def test_tcp_keepalive_on_client_and_server_sockets():
+    """tcp.keepalive_idle: pgring's sockets to its clients and to PostgreSQL carry a keepalive
+    timer that fires within that idle time (the kernel's default is two hours); with
+    tcp.keepalive: false they carry none."""
+    config = pool_config(pool_size=1)
+    config["tcp"] = {"keepalive_idle": "7s", "keepalive_interval": "2s", "keepalive_count": 3,
+                     "user_timeout": "20s"}
+    with Pgring(config) as p:
+        c = connect(p.port, db="app", user="app")
+        query_one(c, "SELECT 1")
+        mine = [local[1] for local, remote in tcp_timers() if remote[1] == p.port]
+        check(mine, "the test's own socket to pgring")
+        def armed():
+            client, servers = keepalive_timers(p, mine[0])
+            return (client and client[0][0] == 2 and 0 < client[0][1] <= 7 and servers and
+                    all(t == 2 and 0 < when <= 7 for t, when in servers))
+        # (Right after the query a retransmit timer may still be pending: it is acked at once.)
+        wait_until(armed, 5, what="keepalive timers within 7 s on pgring's sockets",
+                   describe=lambda: keepalive_timers(p, mine[0]))
+        c.close()
+    config["tcp"] = {"keepalive": False}
+    with Pgring(config) as p:
+        c = connect(p.port, db="app", user="app")
+        query_one(c, "SELECT 1")
+        mine = [local[1] for local, remote in tcp_timers() if remote[1] == p.port]
+        def unarmed():
+            client, servers = keepalive_timers(p, mine[0])
+            return client and servers and all(t == 0 for t, _ in client + servers)
+        wait_until(unarmed, 5,
+                   what="no timer on pgring's sockets with keepalive off",
+                   describe=lambda: keepalive_timers(p, mine[0]))
+        c.close()
 
 
 if __name__ == "__main__":

@@ -55,6 +55,19 @@ TEST_CASE("config: a database password needs the database's user") {
   CHECK(parse_config("databases:\n  app: {user: u, password: x}\n").databases.size() == 1);
 }
 
+TEST_CASE("config: tcp keepalive and user timeout") {
+  const Config c = parse_config(
+      "tcp: {keepalive_idle: 30s, keepalive_interval: 5s, keepalive_count: 4, user_timeout: 1m}\n");
+  CHECK(c.tcp.keepalive);
+  CHECK(c.tcp.keepalive_idle == std::chrono::seconds(30));
+  CHECK(c.tcp.keepalive_interval == std::chrono::seconds(5));
+  CHECK(c.tcp.keepalive_count == 4);
+  CHECK(c.tcp.user_timeout == std::chrono::minutes(1));
+  CHECK_FALSE(parse_config("tcp: {keepalive: false}\n").tcp.keepalive);
+  check_error("tcp:\n  keepalive: yes please\n", "tcp.keepalive", 2, "must be true or false");
+  check_error("tcp:\n  keepalive_count: 1000\n", "tcp.keepalive_count", 2, "");
+}
+
 TEST_CASE("config: a tab in the indentation is named as such") {
   const ConfigError e = error_of("databases:\n  app:\n\thost: x\n");
   const std::string what = e.what();

@@ -14,7 +14,7 @@ import struct
 
 from .checks import fail, wait_until
 
-__all__ = ["fd_count", "rss_kib", "describe_fds", "wait_fds_at_most", "fd_snapshot",
+__all__ = ["tcp_timers", "fd_count", "rss_kib", "describe_fds", "wait_fds_at_most", "fd_snapshot",
            "FdSnapshot", "TcpSocket", "TCP_STATES", "ports_connected_to"]
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
@@ -134,6 +134,28 @@ def _unix_table(pid):
         path = fields[7] if len(fields) > 7 else ""
         table[inode] = (bool(flags & _UNIX_LISTENING), st == _UNIX_CONNECTED, path)
     return table
+
+
+def tcp_timers(pid="self"):
+    """{(local (addr, port), remote (addr, port)): (timer, seconds)} of the network namespace of
+    `pid`: the kernel's pending timer of each TCP socket (/proc/net/tcp "tr:tm->when": 0 none,
+    1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe) and when it fires."""
+    hz = os.sysconf("SC_CLK_TCK")  # USER_HZ: the unit /proc reports jiffies in
+    timers = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            timer, when = fields[5].split(":")
+            timers[(_hex_addr(fields[1]), _hex_addr(fields[2]))] = (int(timer, 16),
+                                                                    int(when, 16) / hz)
+    return timers
 
 
 def ports_connected_to(port, pid="self"):
