@@ -97,9 +97,8 @@ def _hex_addr(text):
     return addr, int(port, 16)
 
 
-def _tcp_table(pid):
-    """{inode: (local (addr, port), remote (addr, port), state name)} of the process's netns."""
-    table = {}
+def _tcp_rows(pid):
+    """The fields of each socket line of /proc/PID/net/tcp and tcp6 (the process's netns)."""
     for name in ("tcp", "tcp6"):
         try:
             with open(f"/proc/{pid}/net/{name}") as f:
@@ -108,11 +107,16 @@ def _tcp_table(pid):
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10:
-                continue
-            inode = int(fields[9])
-            if inode == 0:
-                continue
+            if len(fields) >= 10:
+                yield fields
+
+
+def _tcp_table(pid):
+    """{inode: (local (addr, port), remote (addr, port), state name)} of the process's netns."""
+    table = {}
+    for fields in _tcp_rows(pid):
+        inode = int(fields[9])
+        if inode != 0:
             table[inode] = (_hex_addr(fields[1]), _hex_addr(fields[2]),
                             TCP_STATES.get(int(fields[3], 16), fields[3]))
     return table
@@ -142,19 +146,9 @@ def tcp_timers(pid="self"):
     1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe) and when it fires."""
     hz = os.sysconf("SC_CLK_TCK")  # USER_HZ: the unit /proc reports jiffies in
     timers = {}
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{pid}/net/{name}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10:
-                continue
-            timer, when = fields[5].split(":")
-            timers[(_hex_addr(fields[1]), _hex_addr(fields[2]))] = (int(timer, 16),
-                                                                    int(when, 16) / hz)
+    for fields in _tcp_rows(pid):
+        timer, when = fields[5].split(":")
+        timers[(_hex_addr(fields[1]), _hex_addr(fields[2]))] = (int(timer, 16), int(when, 16) / hz)
     return timers
 
 
