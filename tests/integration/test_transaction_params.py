@@ -397,6 +397,14 @@ def test_reported_parameters_are_postgresql_s():
         query_one(plain, "SELECT 1")
         check_eq(login_as_spelled(p.port), expected, "the first client with these parameters")
         check_eq(login_as_spelled(p.port), expected, "a later client with the same parameters")
+        # Known parameters need no server: a login completes while the one server is busy.
+        plain.autocommit = False
+        query_one(plain, "SELECT 1")
+        known = login(p.port, user=USER, db=DB, password="secret", timeout=5, **SPELLED)
+        check_eq(dict(known.parameters), expected[0], "a login while the pool's server is busy")
+        known.terminate()
+        plain.commit()
+        plain.autocommit = True
         check_eq(show(plain, "client_encoding"), "UTF8", "the other client's client_encoding")
         plain.close()
 
