@@ -139,9 +139,8 @@ class Server {
   // settings_ as they were before the restore query: PostgreSQL runs it as one implicit
   // transaction, so when it fails, none of its SETs took effect.
   std::vector<std::pair<std::string, std::string>> settings_before_restore_;
-  bool restore_refused_ = false;
-  bool fatal_forwarded_ = false;  // a FATAL error of PostgreSQL's went to the linked client  // the
-                                  // restore failed: its client goes, this server stays
+  bool restore_refused_ = false;  // the restore failed: its client goes, this server stays
+  bool fatal_forwarded_ = false;  // a FATAL error of PostgreSQL's went to the linked client
   // Settings not reported by the server that clients applied with SET, and those changed in
   // the current transaction (applied at commit, dropped at rollback).
   std::vector<std::pair<std::string, std::string>> settings_;
@@ -194,7 +193,6 @@ class Server {
   std::uint64_t retried_batch_seq_ = 0;  // batch_seq + 1 of the batch retried last
   void refuse_transaction_block(std::size_t ready_size);
   void start_draining(bool session_reset);
-
   void drain();
   void end_copy_in();
 

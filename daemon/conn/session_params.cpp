@@ -70,14 +70,15 @@ bool Client::startup_known() {
   // PostgreSQL would refuse must fail the login, not the first query: unless every parameter is
   // the server's own value, or one the pool learned from an earlier client, a server applies them
   // first (on_restored).
+  // (A client that returns false goes through a server, whose reports then replace params_:
+  // what this loop put there before giving up does not matter.)
   for (const auto& [name, asked] : startup_->values) {
     const std::string* fresh = find_value(pool_->defaults_, name);
     if ((fresh != nullptr && *fresh == asked) || reported_as_sent(name, asked)) continue;
-    if (pool_->learned(name, asked) == nullptr) return false;
+    const std::string* reported = pool_->learned(name, asked);
+    if (reported == nullptr) return false;
+    if (!reported->empty()) put_value(params_, name, *reported);
   }
-  for (const auto& [name, asked] : startup_->values)
-    if (const std::string* reported = pool_->learned(name, asked); reported && !reported->empty())
-      put_value(params_, name, *reported);
   return true;
 }
 
