@@ -43,6 +43,12 @@ bool error_response_from(std::string& out, std::string_view sqlstate, std::strin
                 Origin{file, routine});
 }
 
+bool message(std::string& out, char type, std::string_view body) {
+  Writer w(out);
+  w.begin(type).bytes(body).end();
+  return w.ok();
+}
+
 bool notice_response(std::string& out, std::string_view sqlstate, std::string_view message) {
   return fields(out, backend::kNoticeResponse, "NOTICE", sqlstate, message, {});
 }

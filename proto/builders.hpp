@@ -20,6 +20,8 @@ namespace pgring::proto::build {
 [[nodiscard]] bool error_response_from(std::string& out, std::string_view sqlstate,
                                        std::string_view message, std::string_view file,
                                        std::string_view routine);
+// A message another peer sent, passed on whole (PostgreSQL's own error to a client).
+[[nodiscard]] bool message(std::string& out, char type, std::string_view body);
 [[nodiscard]] bool notice_response(std::string& out, std::string_view sqlstate,
                                    std::string_view message);
 [[nodiscard]] bool authentication_ok(std::string& out);

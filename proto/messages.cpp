@@ -51,6 +51,10 @@ bool ErrorFields::is_fatal() const {
   return s == "FATAL" || s == "PANIC";
 }
 
+bool refuses_setting(std::string_view sqlstate) {
+  return sqlstate.starts_with("22") || sqlstate.starts_with("42") || sqlstate == "55P02";
+}
+
 std::optional<ErrorFields> parse_error_fields(std::string_view body) {
   Reader r(body);
   ErrorFields f;

@@ -107,6 +107,10 @@ struct ErrorFields {
   [[nodiscard]] bool is_fatal() const;
 };
 [[nodiscard]] std::optional<ErrorFields> parse_error_fields(std::string_view body);
+// An error PostgreSQL raises for a setting it refuses (a startup parameter or a SET): an invalid
+// value (class 22), an unknown or forbidden parameter (class 42), one that cannot be changed
+// now (55P02).
+[[nodiscard]] bool refuses_setting(std::string_view sqlstate);
 
 // Frontend PasswordMessage: String password.
 [[nodiscard]] std::optional<std::string_view> parse_password_message(std::string_view body);

@@ -71,7 +71,8 @@ class Client {
   void send_welcome(const std::vector<std::pair<std::string, std::string>>& base);
   // The linked server reported a parameter change, or committed a replayable SET.
   void on_server_parameter(std::string_view name, std::string_view value);
-  // The client's startup value of a parameter, or null.
+  // The client's startup value of a parameter (as PostgreSQL reported it, once a server of the
+  // pool applied it), or null.
   [[nodiscard]] const std::string* startup_value(std::string_view name) const;
   void apply_setting(const proto::sql::SetStatement& set);
   // Fingerprint of params_ + settings_ (Server::session_fingerprint_ is compared with it).
@@ -165,6 +166,9 @@ class Client {
   std::vector<std::pair<std::string, std::string>> params_;
   std::vector<std::pair<std::string, std::string>> settings_;
   bool welcomed_ = false;
+  // PostgreSQL's own FATAL error went to this client (a refused startup parameter): closing it
+  // adds no error of pgring's.
+  bool error_forwarded_ = false;
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
   // Admin console clients (database "pgring") never join a pool.

@@ -58,7 +58,8 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   // Before (or after a broken) TLS handshake nothing the client could read can be sent.
   bool tls_broken = client.stream_.tls() != nullptr &&
                     (!client.stream_.tls()->handshake_done() || client.stream_.tls_failed());
-  if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken) {
+  if (!state.empty() && reason != Reason::client_io_error && !mid_message && !tls_broken &&
+      !client.error_forwarded_) {
     std::string text = server_sqlstate.empty() ? "pgring: " : "";
     text += message.empty() ? name(reason) : message;
     (void)client.stream_.emit(
@@ -138,7 +139,9 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   } else {
     finish_close(server);
   }
-  if (was == ServerState::connecting || was == ServerState::login) {
+  // (A refused startup parameter is its clients' failure, not the server's.)
+  if ((was == ServerState::connecting || was == ServerState::login) &&
+      reason != Reason::startup_rejected) {
     std::string sqlstate_text(sqlstate(reason));
     pool.on_server_failed(reason, sqlstate_text, message);
   }
@@ -190,6 +193,7 @@ void Reactor::maybe_free(Server& server) {
   // A server slot of this pool and database is free: pools of it with waiting clients may use
   // it, here and on the reactors that said they starve for one.
   Pool& pool = server.pool_;
+  --pool.servers_closing_;
   pool.budget_->release();
   pool.db_budget_->release();
   std::uint64_t starving = (pool.budget_->starving.load(std::memory_order_relaxed) |

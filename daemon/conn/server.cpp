@@ -214,6 +214,22 @@ bool Server::reset_pending(std::string_view name) const {
   return false;
 }
 
+void Server::report_resets(Client& client) {
+  // A committed RESET of a reported parameter whose server default it already had: the server
+  // reports nothing, but the client's value changed, to its startup value.
+  for (const auto& param : params_) {
+    const std::string& name = param.first;  // (clang 14 cannot capture a structured binding)
+    if (!reset_pending(name)) continue;
+    const std::string* startup = client.startup_value(name);
+    if (startup == nullptr) continue;  // back to the server's default: reported by the server
+    const std::string* told = find_value(client.params_, name);
+    if (told != nullptr && *told == *startup) continue;
+    client.on_server_parameter(name, *startup);
+    (void)client.stream_.emit(
+        [&](std::string& out) { return proto::build::parameter_status(out, name, *startup); });
+  }
+}
+
 void Server::on_ready_for_query(char status) {
   executed_in_batch_ = false;
   // The cycle this answers began the transaction when the server was idle before it.
@@ -362,6 +378,7 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
       }
       // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
       swallow = requests_.head_is(Request::sync) && requests_.head()->skip;
+      if (*status == 'I' && startup_ == nullptr && !transaction_failed_) report_resets(client);
       on_ready_for_query(*status);
     } else if (type == proto::backend::kErrorResponse) {
       auto fields = proto::parse_error_fields(body);
@@ -404,8 +421,9 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
     } else if (type == proto::backend::kParameterStatus) {
       if (auto p = proto::parse_parameter_status(body)) {
         set_param(p->name, p->value);
+        // (A server opened with its client's startup packet resets to the right values itself.)
         const std::string* startup =
-            reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
+            startup_ == nullptr && reset_pending(p->name) ? client.startup_value(p->name) : nullptr;
         if (startup != nullptr && *startup != p->value) {
           // RESET ALL / DISCARD ALL: PostgreSQL returns to the session's startup values, this
           // server to its own defaults. The client is told its startup value, which the next

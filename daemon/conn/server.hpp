@@ -25,6 +25,7 @@
 
 #include "daemon/cache/statements.hpp"
 #include "daemon/conn/request_queue.hpp"
+#include "daemon/conn/startup.hpp"
 #include "daemon/conn/verdict.hpp"
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
@@ -105,6 +106,16 @@ class Server {
   // timeouts.query fired for the request running since this time and a cancel went out.
   Clock::time_point query_timeout_canceled_for_{};
 
+  // Session mode: the startup packet of the clients this connection was opened for. Its login
+  // sent their parameters, so PostgreSQL's own reset values (RESET, RESET ALL, DISCARD ALL,
+  // SET ... TO DEFAULT) are theirs, exactly as on a direct connection; only a client with the
+  // same Startup may use it. Null: pgring's own startup packet (transaction and statement mode,
+  // whose clients' settings are restored with SET).
+  std::shared_ptr<const Startup> startup_;
+  // The session is as its login left it (just logged in, or reset by server_reset_query): the
+  // settings and fingerprint a client of startup_ starts with.
+  void take_startup_state();
+
   // What the server told us at login and since (ParameterStatus), and its cancel key.
   std::vector<std::pair<std::string, std::string>> params_;
   std::int32_t backend_pid_ = 0;
@@ -175,6 +186,9 @@ class Server {
   void set_param(std::string_view name, std::string_view value);
   void on_command_complete(std::string_view tag);
   void on_ready_for_query(char status);
+  // Transaction mode, at a ReadyForQuery outside a transaction: tell the client the startup
+  // values its committed RESETs returned to where the server reported no change.
+  void report_resets(Client& client);
   // The restore query failed, and its ReadyForQuery is consumed: close the client with
   // PostgreSQL's error (the server, clean, goes back to the pool).
   void refuse_restored_client();

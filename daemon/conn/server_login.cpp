@@ -85,6 +85,11 @@ void Server::send_startup() {
       {"user", pool_.server_user_},
       {"database", pool_.server_database()},
   };
+  if (startup_) {
+    // Session mode: the clients' own parameters, `options` included, as they sent them.
+    for (const auto& [name, value] : startup_->message.params)
+      if (name != "replication" && !name.starts_with("_pq_.")) params.emplace_back(name, value);
+  }
   if (!stream_.emit([&](std::string& out) {
         return proto::build::startup_message(out, proto::kProtocol30, params);
       })) {
@@ -258,6 +263,15 @@ void Server::handle_login_message(char type, std::string_view body) {
       return;
     case proto::backend::kErrorResponse: {
       auto e = proto::parse_error_fields(body);
+      if (startup_ && e && proto::refuses_setting(e->sqlstate)) {
+        // PostgreSQL refused the clients' own startup parameters: their logins fail with its
+        // error, as they would without pgring; the server is fine for everyone else.
+        // (Copied first: closing discards the input `body` views.)
+        std::string error(body), message(e->message);
+        pool_.refuse_startup(*startup_, error, message);
+        reactor_.close(*this, Reason::startup_rejected, message);
+        return;
+      }
       std::string message =
           e ? fmt::format("server login failed: {} (SQLSTATE {})", e->message, e->sqlstate)
             : std::string("server login failed");
@@ -268,7 +282,8 @@ void Server::handle_login_message(char type, std::string_view body) {
       login_.reset();
       transaction_status_ = body.empty() ? 'I' : body[0];
       pool_.failing_ = false;
-      if (!pool_.have_defaults_) {
+      take_startup_state();
+      if (!pool_.have_defaults_ && !startup_) {
         pool_.defaults_ = params_;
         pool_.have_defaults_ = true;
       }

@@ -56,7 +56,13 @@ void Server::release(bool session_reset) {
         return;
       }
       ++reset_replies_pending_;
-      settings_.clear();  // DISCARD ALL / RESET ALL: back to the defaults
+      // DISCARD ALL / RESET ALL: back to the session's start. For a connection opened with its
+      // clients' startup parameters that is exactly a new client's session: it goes to the next
+      // one without a restore.
+      if (startup_)
+        take_startup_state();
+      else
+        settings_.clear();
       prepared_.clear();
     }
   }
@@ -66,6 +72,11 @@ void Server::release(bool session_reset) {
   }
   reactor_.want_send(stream_);
   reactor_.set_state(*this, ServerState::resetting);
+}
+
+void Server::take_startup_state() {
+  settings_ = startup_ ? startup_->settings : NameValues{};
+  session_fingerprint_ = startup_ ? session_fingerprint(startup_->values, startup_->settings) : 0;
 }
 
 void Server::end_flow_control() {

@@ -21,10 +21,7 @@
 
 namespace pgring {
 
-namespace {
-// Order-independent fingerprint of a session: equal sessions, equal fingerprints.
-std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>& params,
-                          const std::vector<std::pair<std::string, std::string>>& settings) {
+std::uint64_t session_fingerprint(const NameValues& params, const NameValues& settings) {
   std::uint64_t h = 0;
   auto mix = [](std::string_view name, std::string_view value, std::uint64_t salt) {
     std::uint64_t x = 1469598103934665603ull ^ salt;  // FNV-1a over lower(name) '=' value
@@ -38,6 +35,8 @@ std::uint64_t fingerprint(const std::vector<std::pair<std::string, std::string>>
   for (const auto& [n, v] : settings) h ^= mix(n, v, 0xa3a3);
   return h;
 }
+
+namespace {
 
 // Reported parameters that describe the server or the login itself: never SET by pgring.
 bool restorable(std::string_view name) {
@@ -117,7 +116,14 @@ std::string Client::restore_sql(const Server& server) const {
   }
   for (const auto& [name, value] : settings_) {
     const std::string* have = find_value(server.settings_, name);
-    if (have == nullptr || *have != value)
+    if (have != nullptr && *have == value) continue;
+    const std::string* startup = find_value(startup_settings(), name);
+    if (startup != nullptr && *startup == value)
+      // A startup value is a whole string to PostgreSQL, never parsed as SQL: SET search_path
+      // TO 'a,b' would name one schema "a,b" where `-c search_path=a,b` names two.
+      sql += "SELECT pg_catalog.set_config(" + proto::sql::quote_literal(name) + ", " + value +
+             ", false);";
+    else
       sql += "SET " + proto::sql::quote_identifier(name) + " TO " + value + ";";
   }
   auto check_param = [&](const std::string& name, const std::string& want) {
@@ -139,7 +145,7 @@ std::string Client::restore_sql(const Server& server) const {
 }
 
 std::uint64_t Client::session_fingerprint() const {
-  return fingerprint(params_, settings_);
+  return pgring::session_fingerprint(params_, settings_);
 }
 
 void Client::on_restored() {
@@ -163,7 +169,11 @@ void Client::on_restored() {
 }
 
 const std::string* Client::startup_value(std::string_view name) const {
-  return startup_ ? find_value(startup_->values, name) : nullptr;
+  const std::string* asked = startup_ ? find_value(startup_->values, name) : nullptr;
+  if (asked == nullptr || pool_ == nullptr) return asked;
+  // What PostgreSQL reported for it (UTF8 for 'utf-8'), once a server applied it.
+  const std::string* reported = pool_->learned(name, *asked);
+  return reported != nullptr && !reported->empty() ? reported : asked;
 }
 
 void Client::on_server_parameter(std::string_view name, std::string_view value) {

@@ -3,6 +3,7 @@
 // of a reactor that sent the same packet (an application's pool opens many identical
 // connections) holds the same Startup, so an idle client pays for a pointer, not a copy.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -44,6 +45,11 @@ class StartupTable {
 [[nodiscard]] const std::string* find_value(const NameValues& list, std::string_view name);
 // Sets `name` to `value`, adding it when missing.
 void put_value(NameValues& list, std::string_view name, std::string_view value);
+
+// Sessions are compared by fingerprint (order-independent): equal reported parameters and
+// settings, equal fingerprints. A session with neither has 0.
+[[nodiscard]] std::uint64_t session_fingerprint(const NameValues& params,
+                                                const NameValues& settings);
 
 // The startup `options` parameter's settings: backend switches "-c name=value" and
 // "--name=value" (space separated, backslash escapes); other switches are ignored.

@@ -36,7 +36,8 @@ enum class Reason {
   server_dirty,           // released with requests in flight: not safe to reuse
   server_idle_timeout,    // idle longer than timeouts.server_idle
   server_lifetime,        // older than timeouts.server_lifetime
-  server_evicted,         // idle, closed to make room for another pool (max_db_connections)
+  server_evicted,         // idle, closed to make room: another pool's (max_db_connections), or
+                          // in session mode clients' with other startup parameters
   server_handed_over,     // idle, closed so another reactor's waiting clients get the slot
   database_command,  // idle, closed: DROP/ALTER ... RENAME/CREATE ... TEMPLATE needs its database
   pool_removed,      // the pool's database left the configuration

@@ -64,6 +64,7 @@ class List {
 
   // Iteration that tolerates removal of the current element: for (T* x = l.front(); x; x = next).
   static T* next(T* item) { return item->node_.next; }
+  static T* prev(T* item) { return item->node_.prev; }
 
  private:
   T* head_ = nullptr;

@@ -124,7 +124,9 @@ class Reactor {
   void apply_backpressure(Stream& reader, const Stream& writer);
   [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user,
                                std::string_view user_name);
-  void start_connect(Pool& pool);
+  // A new server connection for `pool`, logging in with `startup`'s parameters (session mode)
+  // or pgring's own startup packet (null).
+  void start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr);
   // max_db_connections: may `pool` open one more server connection to its database? When the
   // database is at its limit, an idle server of another pool of it is closed to make room.
   [[nodiscard]] bool database_has_room(Pool& pool);

@@ -79,9 +79,10 @@ bool Reactor::database_has_room(Pool& pool) {
   return false;
 }
 
-void Reactor::start_connect(Pool& pool) {
+void Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) {
   // (Its pool and database budgets were acquired by the caller.)
   auto* server = new Server(*this, pool, next_id());
+  server->startup_ = std::move(startup);
   ++pool.stats_.server_connects;
   // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
   if (pool.settings_.timeouts.server_lifetime.count() > 0) {

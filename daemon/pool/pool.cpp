@@ -53,6 +53,10 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
                        config::PoolSettings settings) {
   bool moved = db.host != db_->host || db.port != db_->port || db.dbname != db_->dbname ||
                db.user != db_->user || db.password != db_->password;
+  // Session mode's servers carry their clients' startup parameters, the others pgring's own:
+  // neither kind may serve the other mode.
+  bool mode_changed = (settings.pool_mode == config::PoolMode::session) !=
+                      (settings_.pool_mode == config::PoolMode::session);
   db_ = &db;
   settings_ = std::move(settings);
   set_credentials(db, user);
@@ -62,6 +66,11 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
     resolve();
     log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_,
               address_text_);
+  } else if (mode_changed) {
+    log::info("pool {}/{}: pool_mode is {} now; retiring old connections", database_, user_name_,
+              config::to_string(settings_.pool_mode));
+  }
+  if (moved || mode_changed) {
     for (List<Server>* l :
          {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
       for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) s->retire_ = true;
@@ -157,6 +166,7 @@ void Reactor::set_state(Server& server, ServerState state) {
       break;
     case ServerState::closing:
       closing_servers_.push_back(&server);
+      ++pool.servers_closing_;
       break;
   }
 }
@@ -287,18 +297,15 @@ void Pool::maintain() {
   // PgBouncer does by default): its backend's caches are warm and its session most likely
   // already the client's, a few servers do the work of a quiet pool while the rest age out
   // from the front (server_idle_timeout), and one client is not passed round every backend.
-  while (!paused_ && !waiting_clients_.empty() && !idle_servers_.empty()) {
+  // In session mode a client passes over the idle servers opened for other startup parameters,
+  // and a later client may go first when only its parameters have a server.
+  while (!paused_ && !idle_servers_.empty()) {
+    Server* server = nullptr;
     Client* client = waiting_clients_.front();
-    Server* server = idle_servers_.back();
-    stats_.wait.observe(reactor_.now() - client->state_since_);
-    reactor_.set_state(*server, ServerState::active);
-    reactor_.set_state(*client, ClientState::active);
-    ++server->link_generation_;
-    server->transaction_failed_ = false;
-    server->pending_settings_.clear();
-    server->client_ = client;
-    client->server_ = server;
-    client->on_linked(*server);
+    for (; client != nullptr; client = List<Client>::next(client))
+      if ((server = idle_server_for(*client)) != nullptr) break;
+    if (client == nullptr) break;
+    link(*client, *server);
   }
   if (waiting_clients_.empty() && (starving_pool_ || starving_db_)) set_starving(false, false);
   int demand = static_cast<int>(waiting_clients_.size() + lookups_.size());
@@ -324,21 +331,86 @@ void Pool::maintain() {
   if (settings_.reserve_pool_size > 0 && !waiting_clients_.empty() &&
       reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
-  int wanted = demand - static_cast<int>(connecting_servers_.size());
   bool short_pool = false, short_database = false;
-  while (wanted-- > 0) {
+  // Opens one server with `startup` (null: pgring's own); false when no slot is free.
+  auto open = [&](const std::shared_ptr<const Startup>& startup) {
     if (!budget_->try_acquire(limit)) {
       short_pool = true;
-      break;
+      return false;
     }
     if (!reactor_.database_has_room(*this)) {
       budget_->release();
       short_database = true;
-      break;
+      return false;
     }
-    reactor_.start_connect(*this);
+    reactor_.start_connect(*this, startup);
+    return true;
+  };
+  if (settings_.pool_mode != config::PoolMode::session) {
+    for (int wanted = demand - static_cast<int>(connecting_servers_.size()); wanted > 0; --wanted)
+      if (!open(nullptr)) break;
+  } else {
+    // A server for each waiting client that none of the connecting servers (opened with its
+    // startup packet) will serve; auth.query lookups take any server.
+    std::vector<const Startup*> connecting;
+    for (Server* s = connecting_servers_.front(); s != nullptr; s = List<Server>::next(s))
+      connecting.push_back(s->startup_.get());
+    int unserved = 0;
+    for (Client* c = waiting_clients_.front(); c != nullptr; c = List<Client>::next(c)) {
+      auto it = std::find(connecting.begin(), connecting.end(), c->startup_.get());
+      if (it != connecting.end()) {
+        connecting.erase(it);
+      } else if (unserved > 0 || !open(c->startup_)) {
+        ++unserved;  // counted on once the budget is used up
+      }
+    }
+    for (int n = static_cast<int>(lookups_.size() - std::min(lookups_.size(), connecting.size()));
+         n > 0 && unserved == 0; --n)
+      if (!open(recent_startup_)) ++unserved;
+    if (short_pool && unserved > 0) make_room(unserved);
   }
   set_starving(short_pool, short_database);
+}
+
+Server* Pool::idle_server_for(const Client& client) {
+  if (settings_.pool_mode != config::PoolMode::session) return idle_servers_.back();
+  for (Server* s = idle_servers_.back(); s != nullptr; s = List<Server>::prev(s))
+    if (s->startup_ == client.startup_) return s;
+  return nullptr;
+}
+
+void Pool::link(Client& client, Server& server) {
+  stats_.wait.observe(reactor_.now() - client.state_since_);
+  reactor_.set_state(server, ServerState::active);
+  reactor_.set_state(client, ClientState::active);
+  ++server.link_generation_;
+  server.transaction_failed_ = false;
+  server.pending_settings_.clear();
+  server.client_ = &client;
+  client.server_ = &server;
+  if (settings_.pool_mode == config::PoolMode::session) recent_startup_ = client.startup_;
+  client.on_linked(server);
+}
+
+void Pool::make_room(int needed) {
+  // The least recently used idle servers go. (Closing one runs maintain() again, which may
+  // close more: servers_closing_ counts them all.)
+  while (servers_closing_ < needed && !idle_servers_.empty())
+    reactor_.close(*idle_servers_.front(), Reason::server_evicted,
+                   "making room for a session with other startup parameters");
+}
+
+void Pool::refuse_startup(const Startup& startup, std::string_view error,
+                          std::string_view message) {
+  std::vector<Client*> refused;
+  for (Client* c = waiting_clients_.front(); c != nullptr; c = List<Client>::next(c))
+    if (c->startup_.get() == &startup) refused.push_back(c);
+  for (Client* c : refused) {
+    if (c->state_ != ClientState::waiting) continue;  // (closing one may have moved another)
+    c->error_forwarded_ =
+        c->stream_.emit([&](std::string& out) { return proto::build::message(out, 'E', error); });
+    reactor_.close(*c, Reason::startup_rejected, message);
+  }
 }
 
 void Pool::free_database() {
@@ -350,12 +422,15 @@ void Pool::keep_warm() {
   // min_pool_size: open connections ahead of demand, but not while the server is failing.
   if (failing_ || reactor_.shutting_down()) return;
   if (settings_.min_pool_size <= 0 || reactor_.now() < no_warming_until_) return;
+  // Session mode opens servers with a client's startup parameters: none before the first.
+  bool session = settings_.pool_mode == config::PoolMode::session;
+  if (session && !recent_startup_) return;
   while (budget_->try_acquire(settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {
       budget_->release();
       break;
     }
-    reactor_.start_connect(*this);
+    reactor_.start_connect(*this, session ? recent_startup_ : nullptr);
   }
 }
 

@@ -50,6 +50,10 @@ class Pool {
   void free_database();
   // Match waiting clients with idle servers; open connections while under pool_size.
   void maintain();
+  // Session mode: PostgreSQL refused the startup parameters of `startup` (the login of a server
+  // opened with them failed): the clients waiting with them get its error (`error`, an
+  // ErrorResponse body) and go.
+  void refuse_startup(const Startup& startup, std::string_view error, std::string_view message);
   // Open connections up to min_pool_size (from the timer sweep).
   void keep_warm();
   // A connection attempt or login failed: waiting clients get the error when nothing else in
@@ -111,6 +115,12 @@ class Pool {
   List<Server> active_servers_;
   List<Server> resetting_servers_;
   List<Server> canceling_servers_;  // transaction over, a cancel for it still in flight
+  // This pool's servers closed but not freed yet: their slots in the budgets come back soon.
+  int servers_closing_ = 0;
+  // Session mode: the startup packet of the client that got a server last, for the servers
+  // min_pool_size opens ahead of demand and auth.query lookups (the next client most likely
+  // sends the same).
+  std::shared_ptr<const Startup> recent_startup_;
 
   // The parameters a fresh server reports (from the first login): the welcome for clients in
   // transaction mode, and the values restored on a server for clients that did not set them.
@@ -145,6 +155,13 @@ class Pool {
 
  private:
   void resolve();
+  // The idle server `client` may use, the most recently used first: any in transaction mode;
+  // in session mode one opened with the client's own startup packet (Server::startup_).
+  Server* idle_server_for(const Client& client);
+  void link(Client& client, Server& server);
+  // Session mode, the budget used up: close idle servers (opened for other startup parameters)
+  // until `needed` slots are on their way back.
+  void make_room(int needed);
   void set_credentials(const config::Database& db, const config::User* user);
 };
 

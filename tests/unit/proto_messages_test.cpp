@@ -74,6 +74,25 @@ TEST_CASE("ErrorResponse round trip, missing fields tolerated") {
   CHECK_FALSE(parse_error_fields(std::string_view("SERROR", 6)));
 }
 
+TEST_CASE("A server's error passed on whole; the errors that refuse a setting") {
+  std::string original, passed;
+  REQUIRE(build::error_response(original, "FATAL", "22023", "invalid value", "try another"));
+  REQUIRE(build::message(passed, 'E', body_of(original)));
+  CHECK(passed == original);
+  // PostgreSQL's answers to startup parameters and SETs it will not take.
+  CHECK(refuses_setting("22023"));  // invalid value for parameter
+  CHECK(refuses_setting("42704"));  // unrecognized configuration parameter
+  CHECK(refuses_setting("42501"));  // permission denied to set parameter
+  CHECK(refuses_setting("55P02"));  // cannot be changed now
+  // Not a setting's fault: the server, the login, the database.
+  CHECK_FALSE(refuses_setting("28P01"));
+  CHECK_FALSE(refuses_setting("3D000"));
+  CHECK_FALSE(refuses_setting("53300"));
+  CHECK_FALSE(refuses_setting("57P03"));
+  CHECK_FALSE(refuses_setting("55000"));
+  CHECK_FALSE(refuses_setting(""));
+}
+
 TEST_CASE("Authentication requests") {
   std::string ok, md5, sasl, cont;
   REQUIRE(build::authentication_ok(ok));
