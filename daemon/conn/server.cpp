@@ -378,7 +378,9 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
       }
       // The ReadyForQuery of a batch pgring is retrying belongs to pgring.
       swallow = requests_.head_is(Request::sync) && requests_.head()->skip;
-      if (*status == 'I' && startup_ == nullptr && !transaction_failed_) report_resets(client);
+      if (*status == 'I' && !pending_settings_.empty() && startup_ == nullptr &&
+          !transaction_failed_)
+        report_resets(client);
       on_ready_for_query(*status);
     } else if (type == proto::backend::kErrorResponse) {
       auto fields = proto::parse_error_fields(body);
