@@ -1,6 +1,8 @@
 // pgring: a PostgreSQL connection pooler on io_uring.
 //   pgring --config pgring.yaml           run in the foreground
 //   pgring --config pgring.yaml --check   validate the configuration and exit
+//   pgring convert-pgbouncer pgbouncer.ini [--userlist F] [--hba F] [-o pgring.yaml]
+//                                         PgBouncer's configuration as pgring's YAML
 
 #include <signal.h>
 #include <sys/resource.h>
@@ -9,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <latch>
 #include <memory>
@@ -16,19 +19,83 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "config/pgbouncer.hpp"
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/core/shared.hpp"
 #include "daemon/net/tls.hpp"
 
+namespace {
+
+std::optional<std::string> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// pgring convert-pgbouncer: the YAML goes to stdout (or -o), the notes to stderr as well.
+int convert_pgbouncer(const std::string& ini_path, const std::string& userlist_path,
+                      const std::string& hba_path, const std::string& out_path) {
+  namespace pgb = pgring::config::pgbouncer;
+  std::optional<std::string> ini = read_file(ini_path), userlist, hba;
+  if (!ini) {
+    std::fprintf(stderr, "pgring: cannot read %s\n", ini_path.c_str());
+    return 1;
+  }
+  pgb::Sources sources;
+  sources.ini = *ini;
+  sources.ini_name = ini_path;
+  for (auto [path, text, name, view] :
+       {std::tuple{&userlist_path, &userlist, &sources.userlist_name, &sources.userlist},
+        std::tuple{&hba_path, &hba, &sources.hba_name, &sources.hba}}) {
+    if (path->empty()) continue;
+    *text = read_file(*path);
+    if (!*text) {
+      std::fprintf(stderr, "pgring: cannot read %s\n", path->c_str());
+      return 1;
+    }
+    *name = *path;
+    *view = **text;
+  }
+  pgb::Conversion result = pgb::convert(sources);
+  for (const std::string& n : result.notes) std::fprintf(stderr, "note: %s\n", n.c_str());
+  if (out_path.empty() || out_path == "-") {
+    std::fwrite(result.yaml.data(), 1, result.yaml.size(), stdout);
+    return 0;
+  }
+  std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
+  out << result.yaml;
+  if (!out.flush()) {
+    std::fprintf(stderr, "pgring: cannot write %s\n", out_path.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "wrote %s (%zu notes); check it with: pgring --config %s --check\n",
+               out_path.c_str(), result.notes.size(), out_path.c_str());
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"pgring: a PostgreSQL connection pooler on io_uring"};
   std::string config_path;
   bool check = false;
-  app.add_option("-c,--config", config_path, "configuration file (YAML)")->required();
+  app.add_option("-c,--config", config_path, "configuration file (YAML)");
   app.add_flag("--check", check, "validate the configuration and exit");
   app.set_version_flag("--version", std::string("pgring ") + PGRING_VERSION);
+  std::string ini_path, userlist_path, hba_path, out_path;
+  CLI::App* convert =
+      app.add_subcommand("convert-pgbouncer", "write PgBouncer's configuration as pgring's YAML");
+  convert->add_option("pgbouncer.ini", ini_path, "PgBouncer's configuration file")->required();
+  convert->add_option("--userlist", userlist_path, "its auth_file (userlist.txt)");
+  convert->add_option("--hba", hba_path, "its auth_hba_file");
+  convert->add_option("-o,--output", out_path, "where to write the YAML (default: stdout)");
   CLI11_PARSE(app, argc, argv);
+  if (convert->parsed()) return convert_pgbouncer(ini_path, userlist_path, hba_path, out_path);
+  if (config_path.empty()) {
+    std::fprintf(stderr, "pgring: --config is required\n%s", app.help().c_str());
+    return 1;
+  }
 
   std::shared_ptr<const pgring::config::Config> config;
   std::shared_ptr<const pgring::TlsContexts> tls;
