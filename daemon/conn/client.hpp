@@ -53,6 +53,9 @@ enum class ClientState { startup, auth, idle, waiting, active, closing };
 inline constexpr std::uint32_t kMaxInspectedQuery = 64u << 10;
 // The admin console's database name.
 inline constexpr std::string_view kAdminDatabase = "pgring";
+// The same console with PgBouncer's SHOW columns, for its exporters and dashboards (unless a
+// database of that name is configured).
+inline constexpr std::string_view kPgBouncerConsole = "pgbouncer";
 
 class Client {
  public:
@@ -250,6 +253,13 @@ class Client {
   void take_startup_settings();
   void admin_login();
   void handle_admin();
+  // The database asked for is the admin console ("pgring", or "pgbouncer" when no database of
+  // that name is configured).
+  [[nodiscard]] bool admin_database(const config::Config& cfg) const {
+    std::string_view db = startup_message().database;
+    return db == kAdminDatabase ||
+           (db == kPgBouncerConsole && cfg.find_database(kPgBouncerConsole) == nullptr);
+  }
   // Statement cache: each returns true when it consumed the message (rewritten or answered).
   bool cached_parse(Server& server, std::string_view body);
   bool cached_bind(Server& server, std::string_view body);

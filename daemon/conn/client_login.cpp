@@ -226,7 +226,7 @@ void Client::start_auth() {
       login_->auth_method = choice.method;
       // Not in users: its secret comes from the server (auth.query), cached for a while. The
       // admin console never trusts a looked-up role: its users must be configured.
-      if (user_ == nullptr && cfg.auth_query && startup_message().database != kAdminDatabase) {
+      if (user_ == nullptr && cfg.auth_query && !admin_database(cfg)) {
         if (const config::User* cached =
                 reactor_.cached_lookup(startup_message().database, user_name)) {
           user_ = cached;
@@ -423,7 +423,7 @@ void Client::auth_ok() {
   const config::Config& cfg = reactor_.config();
   // The database is checked after authentication so that unauthenticated clients cannot probe
   // which databases exist.
-  if (startup_message().database == kAdminDatabase) {
+  if (admin_database(cfg)) {
     admin_login();
     return;
   }

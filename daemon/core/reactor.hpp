@@ -182,6 +182,10 @@ class Reactor {
   void pause(const std::string& database, bool pause);
   // This reactor's rows of SHOW pools|clients|servers|stats|statements (the console merges them).
   [[nodiscard]] Rows admin_rows(std::string_view what);
+  // The console on database "pgbouncer": SHOW `what` in PgBouncer's columns (false: not one of
+  // those), and this reactor's rows for it (ops/admin_pgbouncer.cpp).
+  bool pgbouncer_show(Client& client, std::string_view what);
+  [[nodiscard]] Rows pgbouncer_rows(std::string_view what);
   void arm_recv_for(Client& client) { arm_recv(client.stream_, client.ops_in_flight_); }
   void arm_recv_for(Server& server) { arm_recv(server.stream_, server.ops_in_flight_); }
   [[nodiscard]] std::uint64_t next_id() {

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -55,6 +56,8 @@ class Shared {
   std::vector<std::atomic<Reactor*>> reactors;
   std::atomic<int> clients{0};            // max_client_conn is for the process
   std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
+  // When the process started: SHOW STATS's rates per second on the "pgbouncer" console.
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   // Salts the mock SCRAM exchange of unknown users (the same on every reactor; never changes).
   std::array<unsigned char, 32> mock_nonce{};
 

@@ -9,6 +9,7 @@
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/ops/admin_result.hpp"
 #include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 
@@ -38,49 +39,6 @@ std::vector<std::string> words_of(std::string_view sql) {
 
 std::string ms(Clock::duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
-}
-
-// One result set: columns, rows, then CommandComplete.
-class Result {
- public:
-  explicit Result(std::vector<std::string_view> columns) : columns_(std::move(columns)) {}
-  void row(std::vector<std::string> values) { rows_.push_back(std::move(values)); }
-  std::vector<std::vector<std::string>>& rows() { return rows_; }
-  bool emit(Stream& out, std::string_view tag) const {
-    bool ok = out.emit([&](std::string& o) { return proto::build::row_description(o, columns_); });
-    for (const auto& r : rows_)
-      ok &= out.emit([&](std::string& o) { return proto::build::data_row(o, r); });
-    ok &= out.emit([&](std::string& o) { return proto::build::command_complete(o, tag); });
-    return ok;
-  }
-
- private:
-  std::vector<std::string_view> columns_;
-  std::vector<std::vector<std::string>> rows_;
-};
-
-// Rows from every reactor, one result: rows with the same first `keys` columns become one, with
-// the columns in `summed` added up and `maxed` the largest; every other column is the first
-// reactor's. keys = 0 concatenates.
-Rows merge_rows(std::vector<Rows> parts, std::size_t keys, std::vector<std::size_t> summed = {},
-                std::vector<std::size_t> maxed = {}) {
-  Rows out;
-  for (Rows& part : parts) {
-    for (auto& row : part) {
-      auto same = keys == 0 ? out.end() : std::find_if(out.begin(), out.end(), [&](const auto& o) {
-        return std::equal(o.begin(), o.begin() + static_cast<std::ptrdiff_t>(keys), row.begin());
-      });
-      if (same == out.end()) {
-        out.push_back(std::move(row));
-        continue;
-      }
-      for (std::size_t c : summed)
-        (*same)[c] = std::to_string(std::stoll((*same)[c]) + std::stoll(row[c]));
-      for (std::size_t c : maxed)
-        (*same)[c] = std::to_string(std::max(std::stoll((*same)[c]), std::stoll(row[c])));
-    }
-  }
-  return out;
 }
 
 constexpr std::string_view kHelp[] = {
@@ -122,7 +80,11 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
   }
   std::string what = words.size() > 1 ? words[1] : "";
   bool ok = true;
-  if (is_show && (what == "help" || what.empty())) {
+  if (is_show && client.startup_message().database == kPgBouncerConsole &&
+      (what == "pools" || what == "stats" || what == "databases" || what == "clients" ||
+       what == "servers" || what == "lists" || what == "config" || what == "version")) {
+    ok = pgbouncer_show(client, what);
+  } else if (is_show && (what == "help" || what.empty())) {
     Result r({"command"});
     for (auto line : kHelp) r.row({std::string(line)});
     ok = r.emit(out, "SHOW");
