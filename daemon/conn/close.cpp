@@ -142,8 +142,10 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   // (A refused startup parameter is its clients' failure, not the server's.)
   if ((was == ServerState::connecting || was == ServerState::login) &&
       reason != Reason::startup_rejected) {
-    std::string sqlstate_text(sqlstate(reason));
-    pool.on_server_failed(reason, sqlstate_text, message);
+    if (server.login_error_sqlstate_.empty())
+      pool.on_server_failed(reason, {}, message);
+    else
+      pool.on_server_failed(reason, server.login_error_sqlstate_, server.login_error_message_);
   }
   pool.maintain();
   maybe_free(server);

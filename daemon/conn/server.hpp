@@ -116,6 +116,10 @@ class Server {
   // settings and fingerprint a client of startup_ starts with.
   void take_startup_state();
 
+  // PostgreSQL's error when it refused our login (the pool relays it to its clients).
+  std::string login_error_sqlstate_;
+  std::string login_error_message_;
+
   // What the server told us at login and since (ParameterStatus), and its cancel key.
   std::vector<std::pair<std::string, std::string>> params_;
   std::int32_t backend_pid_ = 0;

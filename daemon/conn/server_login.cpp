@@ -263,6 +263,10 @@ void Server::handle_login_message(char type, std::string_view body) {
       return;
     case proto::backend::kErrorResponse: {
       auto e = proto::parse_error_fields(body);
+      if (e) {
+        login_error_sqlstate_ = std::string(e->sqlstate);
+        login_error_message_ = std::string(e->message);
+      }
       if (startup_ && e && proto::refuses_setting(e->sqlstate)) {
         // PostgreSQL refused the clients' own startup parameters: their logins fail with its
         // error, as they would without pgring; the server is fine for everyone else.
@@ -281,7 +285,7 @@ void Server::handle_login_message(char type, std::string_view body) {
     case proto::backend::kReadyForQuery: {
       login_.reset();
       transaction_status_ = body.empty() ? 'I' : body[0];
-      pool_.failing_ = false;
+      pool_.clear_failure();
       take_startup_state();
       if (!pool_.have_defaults_ && !startup_) {
         pool_.defaults_ = params_;

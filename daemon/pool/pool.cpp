@@ -2,7 +2,9 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <openssl/rand.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
@@ -60,7 +62,7 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
   db_ = &db;
   settings_ = std::move(settings);
   set_credentials(db, user);
-  failing_ = false;
+  clear_failure();  // the new settings deserve an attempt at once
   if (moved) {
     learned_.clear();  // another server may accept or report other things
     resolve();
@@ -311,26 +313,22 @@ void Pool::maintain() {
   int demand = static_cast<int>(waiting_clients_.size() + lookups_.size());
   if (paused_ || demand == 0 || reactor_.shutting_down()) return;
 
-  if (failing_) {
-    auto retry = settings_.timeouts.server_login_retry;
-    if (reactor_.now() - last_failure_ < retry && server_count() == 0) {
-      // The server is known to be down: fail fast instead of letting clients hang.
-      for (Client* c = waiting_clients_.front(); c != nullptr;) {
-        Client* next = List<Client>::next(c);
-        reactor_.close(*c, Reason::server_unreachable, last_error_message_);
-        c = next;
-      }
-      while (!lookups_.empty())
-        reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
-      return;
-    }
-  }
   // Open connections for clients that no connecting server will serve, up to pool_size; the
   // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.
   int limit = settings_.pool_size;
   if (settings_.reserve_pool_size > 0 && !waiting_clients_.empty() &&
       reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
+  if (server_down()) {
+    // The server is down, or was: one attempt at a time, when it is due; clients wait for it.
+    if (!connecting_servers_.empty()) return;
+    if (reactor_.now() < next_attempt_) {
+      fail_waiting();
+      return;
+    }
+    (void)try_again(limit);
+    return;
+  }
   bool short_pool = false, short_database = false;
   // Opens one server with `startup` (null: pgring's own); false when no slot is free.
   auto open = [&](const std::shared_ptr<const Startup>& startup) {
@@ -419,12 +417,18 @@ void Pool::free_database() {
 }
 
 void Pool::keep_warm() {
-  // min_pool_size: open connections ahead of demand, but not while the server is failing.
-  if (failing_ || reactor_.shutting_down()) return;
+  // min_pool_size: open connections ahead of demand.
+  if (reactor_.shutting_down()) return;
   if (settings_.min_pool_size <= 0 || reactor_.now() < no_warming_until_) return;
   // Session mode opens servers with a client's startup parameters: none before the first.
   bool session = settings_.pool_mode == config::PoolMode::session;
   if (session && !recent_startup_) return;
+  if (failing_) {
+    // One attempt at a time while the server is down; the pool fills once one logged in.
+    if (server_count() == 0 && reactor_.now() >= next_attempt_)
+      (void)try_again(settings_.min_pool_size);
+    return;
+  }
   while (budget_->try_acquire(settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {
       budget_->release();
@@ -435,19 +439,61 @@ void Pool::keep_warm() {
 }
 
 void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message) {
-  (void)sqlstate;
   failing_ = true;
-  last_failure_ = reactor_.now();
+  ++failed_attempts_;
+  last_error_reason_ = reason;
   last_error_sqlstate_ = std::string(sqlstate);
   last_error_message_ = std::string(message);
-  log::warning("pool {}/{}: server unavailable ({}): {}", database_, user_name_, name(reason),
-               message);
+  // Waiting does not cure a wrong password, a role or database that does not exist, a missing
+  // CONNECT privilege, or a login pgring itself cannot do (a method it lacks, a secret that
+  // does not match the server's, TLS the server refuses: server_login_failed of its own).
+  failure_final_ = sqlstate.empty()
+                       ? reason == Reason::server_login_failed
+                       : sqlstate.starts_with("28") || sqlstate == "3D000" || sqlstate == "42501";
+  auto retry = settings_.timeouts.server_login_retry;
+  auto delay = retry;
+  if (!failure_final_ && failed_attempts_ < 16)
+    delay = std::min(retry, config::Duration(250) * (1 << (failed_attempts_ - 1)));
+  std::uint32_t r = 0;
+  RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
+  delay -= config::Duration(delay.count() / 4 * (r % 1000) / 1000);
+  next_attempt_ = reactor_.now() + delay;
+  log::warning("pool {}/{}: server unavailable ({}{}{}): {}; next attempt in {} ms", database_,
+               user_name_, name(reason), sqlstate.empty() ? "" : ", SQLSTATE ", sqlstate, message,
+               delay.count());
   if (server_count() > 0) return;  // other servers may still serve the waiting clients
-  for (Client* c = waiting_clients_.front(); c != nullptr;) {
-    Client* next = List<Client>::next(c);
-    reactor_.close(*c, reason, message);
-    c = next;
+  fail_waiting();
+}
+
+void Pool::fail_waiting() {
+  // A client logging in (its auth.query lookup) is not kept waiting for a server that is down.
+  while (!lookups_.empty())
+    reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
+  if (!failure_final_) return;  // logged-in clients wait for the next attempt
+  // (Each close leaves the list, and may run maintain(), which fails the rest itself.)
+  while (Client* c = waiting_clients_.front()) fail_client(*c);
+}
+
+void Pool::fail_client(Client& client) {
+  if (!last_error_sqlstate_.empty())
+    // PostgreSQL's own error, as the client would have had it without pgring.
+    reactor_.close(client, Reason::server_login_failed, last_error_message_, last_error_sqlstate_);
+  else
+    reactor_.close(client, last_error_reason_, last_error_message_);
+}
+
+bool Pool::try_again(int limit) {
+  if (!budget_->try_acquire(limit)) return false;
+  if (!reactor_.database_has_room(*this)) {
+    budget_->release();
+    return false;
   }
+  bool session = settings_.pool_mode == config::PoolMode::session;
+  const Client* first = waiting_clients_.front();
+  reactor_.start_connect(*this, !session           ? nullptr
+                                : first != nullptr ? first->startup_
+                                                   : recent_startup_);
+  return true;
 }
 
 }  // namespace pgring

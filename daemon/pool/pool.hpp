@@ -56,9 +56,21 @@ class Pool {
   void refuse_startup(const Startup& startup, std::string_view error, std::string_view message);
   // Open connections up to min_pool_size (from the timer sweep).
   void keep_warm();
-  // A connection attempt or login failed: waiting clients get the error when nothing else in
-  // the pool can serve them.
+  // A connection attempt or login failed (`sqlstate`: PostgreSQL's, when it answered with an
+  // error): the pool is failing until a server logs in again (see failing_).
   void on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message);
+  // A client gives up on a failing pool: it gets the server's own error (or pgring's 08006 when
+  // the server never answered).
+  void fail_client(Client& client);
+  // Failing with no server logged in (at most an attempt under way).
+  [[nodiscard]] bool server_down() const {
+    return failing_ && server_count() == static_cast<int>(connecting_servers_.size());
+  }
+  // A server logged in (or a reload changed the settings): not failing any more.
+  void clear_failure() {
+    failing_ = false;
+    failed_attempts_ = 0;
+  }
   [[nodiscard]] int server_count() const;
   // Clients logged in to this pool (idle, waiting or linked).
   [[nodiscard]] int client_count() const {
@@ -145,13 +157,23 @@ class Pool {
   // PAUSE: no new links; clients wait until RESUME.
   bool paused_ = false;
 
-  // After a failed connect or login, new attempts wait timeouts.server_login_retry and new
-  // clients fail fast with the cached error meanwhile (like PgBouncer's server_login_retry).
-  Clock::time_point last_failure_{};
-  Clock::time_point no_warming_until_{};  // free_database
+  // After a failed connect or login the pool is failing: with no server left, one connection
+  // at a time tries again, at next_attempt_ (a back-off from 250 ms doubling up to
+  // timeouts.server_login_retry, less up to a quarter at random so that reactors and pgring
+  // instances do not retry in step), and again after each failure; min_pool_size triggers the
+  // attempts too. Clients wait meanwhile (up to query_wait, then fail_client) and are served
+  // as soon as one logs in: a PostgreSQL restart costs them a pause, not an error. An error
+  // that waiting does not cure (authentication, a database that does not exist, a login pgring
+  // cannot do: final) goes to the waiting and new clients at once, and is retried every
+  // server_login_retry.
+  Clock::time_point next_attempt_{};
+  int failed_attempts_ = 0;
   bool failing_ = false;
-  std::string last_error_sqlstate_;
+  bool failure_final_ = false;
+  Reason last_error_reason_ = Reason::server_unreachable;
+  std::string last_error_sqlstate_;  // PostgreSQL's, or "" when it never answered
   std::string last_error_message_;
+  Clock::time_point no_warming_until_{};  // free_database
 
  private:
   void resolve();
@@ -162,6 +184,11 @@ class Pool {
   // Session mode, the budget used up: close idle servers (opened for other startup parameters)
   // until `needed` slots are on their way back.
   void make_room(int needed);
+  // While the server is down: auth.query lookups get the error, and the waiting clients too
+  // when waiting would not cure it (failure_final_).
+  void fail_waiting();
+  // Opens one server to see whether a failing server is back; false when no slot is free.
+  bool try_again(int limit);
   void set_credentials(const config::Database& db, const config::User* user);
 };
 

@@ -60,7 +60,11 @@ void Reactor::sweep() {
     const config::Timeouts& pt = pool->settings_.timeouts;
     while (Client* c = pool->waiting_clients_.front()) {
       if (!expired(c->state_since_, pt.query_wait)) break;
-      close(*c, Reason::query_wait_timeout, "query_wait timeout");
+      // Waiting for a server that is down: the client gets why.
+      if (pool->server_down())
+        pool->fail_client(*c);
+      else
+        close(*c, Reason::query_wait_timeout, "query_wait timeout");
     }
     for (Server* s = pool->connecting_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);

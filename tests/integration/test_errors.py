@@ -239,7 +239,7 @@ def test_unreachable_server():
     config = trust_config(databases={
         "dead": {"host": "127.0.0.1", "port": dead_port},
         "pgring_test": {"host": PGHOST, "port": PGPORT},
-    }, timeouts={"server_connect": "5s", "client_login": "30s"})
+    }, timeouts={"server_connect": "5s", "client_login": "30s", "query_wait": "5s"})
     with Pgring(config) as p:
         started = time.monotonic()
 

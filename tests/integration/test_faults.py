@@ -300,8 +300,10 @@ def test_server_accepts_and_never_answers():
         DB: {"host": PGHOST, "port": PGPORT},
         "hung": {"host": "127.0.0.1", "port": listener.port, "dbname": DB},
     }
+    # (Clients wait for a server that is down up to query_wait, then get its error.)
     config = pool_config(pool_size=2, databases=databases,
-                        timeouts={"server_connect": "2s", "server_login_retry": "1s"})
+                        timeouts={"server_connect": "2s", "server_login_retry": "1s",
+                                  "query_wait": "4s"})
     monitor = monitor_connect(db=DB)
     try:
         with Pgring(config) as p:

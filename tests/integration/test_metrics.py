@@ -128,7 +128,8 @@ def test_health_and_ready():
     closed_port = free_port()
     config = pool_config(metrics_port=(mport := free_port()),
                         databases={"down": {"host": "127.0.0.1", "port": closed_port}},
-                        timeouts={"server_connect": "2s", "server_login_retry": "30s"})
+                        timeouts={"server_connect": "2s", "server_login_retry": "30s",
+                                  "query_wait": "3s"})
     with Pgring(config) as p:
         check_eq(http_get(mport, "/ready")[0], 200, "/ready before any server was tried")
         e = login_error(p.port, db="down")

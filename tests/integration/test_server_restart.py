@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """PostgreSQL restarts under pgring: a client whose server went away gets an error (no hang),
-and new clients work again once PostgreSQL is back.
+clients that arrive while PostgreSQL is down wait for it (up to query_wait, then they get the
+error), and are served as soon as it is back; a server that refuses pgring's login gives its
+clients PostgreSQL's own error at once.
 
 Needs PGRING_TEST_PGDATA, the fixture cluster's data directory (tests/CMakeLists.txt)."""
 
@@ -9,9 +11,11 @@ import time
 
 import psycopg2
 
-from lib import (PGDATA, PGHOST, PGPORT, Pgring, check, connect, ensure_postgres_running, fail,
-                log, pg_ctl, pg_isready, psql, query_one, run_tests, run_with_timeout, skip,
-                wait_until)
+import copy
+
+from lib import (Background, PGDATA, PGHOST, PGPORT, Pgring, check, check_eq, connect,
+                 ensure_postgres_running, fail, log, login_error, pg_ctl, pg_isready, pool_config,
+                 psql, query_one, run_tests, run_with_timeout, skip, wait_until)
 
 CONFIG = {
     "auth": {"method": "trust"},
@@ -73,10 +77,12 @@ def test_restart_under_pgring():
 
 
 def test_postgres_down_then_up():
-    # Clients arriving while PostgreSQL is down get an error (not a hang); after it comes back,
-    # clients work.
+    # Clients arriving while PostgreSQL stays down get an error after query_wait (not a hang);
+    # after it comes back, clients work.
+    config = copy.deepcopy(CONFIG)
+    config["timeouts"]["query_wait"] = "3s"
     try:
-        with Pgring(CONFIG) as p:
+        with Pgring(config) as p:
             rc, out = pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
             check(rc == 0, f"pg_ctl stop: {out}")
             started = time.monotonic()
@@ -92,6 +98,45 @@ def test_postgres_down_then_up():
             wait_until(new_client_works, 15, interval=0.5, what="a client after PostgreSQL is up")
     finally:
         ensure_postgres_running()
+
+
+def test_clients_wait_through_a_restart():
+    # A client that arrives while PostgreSQL is down waits and is served once it is back: no
+    # error for a restart shorter than query_wait. pgring retries with a back-off meanwhile.
+    config = copy.deepcopy(CONFIG)
+    config["timeouts"]["query_wait"] = "60s"
+    config["timeouts"]["server_login_retry"] = "2s"
+    try:
+        with Pgring(config) as p:
+            rc, out = pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+            check(rc == 0, f"pg_ctl stop: {out}")
+            waiting = Background(lambda: psql(p.port, "SELECT 'served'", timeout=90))
+            # It waits (several attempts fail meanwhile) ...
+            wait_until(lambda: p.log().count("server unavailable") >= 2, 20,
+                       what="pgring to try the stopped server twice")
+            check(not waiting.done(), "the client did not wait for PostgreSQL")
+            ensure_postgres_running()
+            # ... and is served once PostgreSQL is back.
+            rc, out, err = waiting.result(60, "the client that waited")
+            check_eq((rc, out), (0, "served"), f"the waiting client ({err})")
+    finally:
+        ensure_postgres_running()
+
+
+def test_refused_login_gives_postgresql_error():
+    # pgring's login is refused (a wrong password for the database's forced user): clients get
+    # PostgreSQL's own error, code and message, at once and not only after query_wait.
+    databases = {"app": {"host": PGHOST, "port": PGPORT, "user": "pgring_md5",
+                         "password": "wrong"}}
+    with Pgring(pool_config(databases=databases, timeouts={"query_wait": "60s"})) as p:
+        for attempt in (1, 2):
+            started = time.monotonic()
+            e = login_error(p.port, db="app", timeout=30)
+            elapsed = time.monotonic() - started
+            check_eq(e.sqlstate, "28P01", f"SQLSTATE (attempt {attempt}: {e})")
+            check_eq(e.fields.get("M"), 'password authentication failed for user "pgring_md5"',
+                     "the message is PostgreSQL's")
+            check(elapsed < 30, f"the error took {elapsed:.1f}s")
 
 
 if __name__ == "__main__":

@@ -269,7 +269,8 @@ def test_server_connect_timeout():
             "stalled": {"host": "127.0.0.1", "port": silent.port, "dbname": "pgring_test"},
         }
         config = pool_config(pool_mode="transaction", pool_size=2, databases=databases,
-                            timeouts={"server_connect": "1s", "server_login_retry": "1s"})
+                            timeouts={"server_connect": "1s", "server_login_retry": "1s",
+                                      "query_wait": "3s"})
         with Pgring(config) as p:
             started = time.monotonic()
             e = login_error(p.port, db="stalled", timeout=30)
