@@ -428,7 +428,13 @@ class Converter {
       return;  // finish_general: they depend on each other or on PgBouncer's defaults
     }
     // (Timeouts are global in pgring; databases and users may override them.)
-    if (k == "server_lifetime") return set_duration(s, {"timeouts", "server_lifetime"});
+    if (k == "server_lifetime") {
+      if (duration(s.value) == "0")
+        return note(s,
+                    "0 means \"use each connection once\" in PgBouncer, \"no limit\" in "
+                    "pgring; not converted");
+      return set_duration(s, {"timeouts", "server_lifetime"});
+    }
     if (k == "server_idle_timeout") return set_duration(s, {"timeouts", "server_idle"});
     if (k == "query_timeout") return set_duration(s, {"timeouts", "query"});
     if (k == "idle_transaction_timeout") return set_duration(s, {"timeouts", "idle_transaction"});
@@ -504,6 +510,16 @@ class Converter {
       root_["tls"][std::string(ours.substr(0, dot))][std::string(ours.substr(dot + 1))] = s.value;
       return;
     }
+    if (k == "client_tls_ciphers" || k == "server_tls_ciphers") {
+      // OpenSSL's cipher list syntax on both sides (TLS 1.2 and older).
+      std::string v = lower(s.value);
+      if (v != "fast" && v != "normal" && v != "secure" && v != "default")
+        root_["tls"][k.starts_with("client") ? "client" : "server"]["ciphers"] = s.value;
+      else
+        note(s, v + " is PgBouncer's own name for a cipher list; pgring keeps OpenSSL's default "
+                    "(set tls.<side>.ciphers to an OpenSSL cipher list)");
+      return;
+    }
     if (k == "client_tls_protocols" || k == "server_tls_protocols") {
       std::string v = lower(s.value);
       std::string side = k.starts_with("client") ? "client" : "server";
@@ -566,8 +582,6 @@ class Converter {
         {"sbuf_loopcnt", "pgring sizes its buffers itself"},
         {"tcp_defer_accept", "not supported"},
         {"tcp_socket_buffer", "pgring keeps the kernel's socket buffer sizes"},
-        {"client_tls_ciphers", "pgring uses OpenSSL's default cipher list"},
-        {"server_tls_ciphers", "pgring uses OpenSSL's default cipher list"},
         {"client_tls_ecdhcurve", "pgring uses OpenSSL's default curves"},
         {"client_tls_dheparams", "pgring uses OpenSSL's defaults"},
         {"client_tls13_ciphers", "pgring uses OpenSSL's default cipher list"},
@@ -696,11 +710,21 @@ class Converter {
 
   bool hba_wanted_ = false;
 
+  bool user_in_userlist(const std::string& name) const {
+    if (!sources_.userlist) return false;
+    std::vector<std::string> ignored;
+    for (const UserlistEntry& e : parse_userlist(*sources_.userlist, ignored))
+      if (e.user == name) return !e.secret.empty();
+    return false;
+  }
+  // A plain-text password (auth.query's user logs in to the server with it).
   bool user_has_password(const std::string& name) const {
     if (!sources_.userlist) return false;
     std::vector<std::string> ignored;
     for (const UserlistEntry& e : parse_userlist(*sources_.userlist, ignored))
-      if (e.user == name) return !e.secret.empty() && !e.secret.starts_with("SCRAM-SHA-256$");
+      if (e.user == name)
+        return !e.secret.empty() && !e.secret.starts_with("SCRAM-SHA-256$") &&
+               !(e.secret.size() == 35 && e.secret.starts_with("md5"));
     return false;
   }
 
@@ -760,7 +784,7 @@ class Converter {
   void user(const IniSetting& s) {
     auto pairs = parse_connstr(s.value);
     if (!pairs) return note(s, "not a 'key=value ...' list; not converted");
-    if (root_["auth"]["query"] && !user_has_password(s.key))
+    if (root_["auth"]["query"] && !user_in_userlist(s.key))
       // In pgring a users: entry is a user with its password; auth.query looks up the others.
       return note(s,
                   "not converted: pgring looks this user's secret up with auth.query only "

@@ -51,7 +51,9 @@ bool ErrorFields::is_fatal() const {
   return s == "FATAL" || s == "PANIC";
 }
 
-bool refuses_setting(std::string_view sqlstate) {
+bool refuses_setting(std::string_view sqlstate, std::string_view message) {
+  // 42501 is also "permission denied for database" (no CONNECT privilege): a login failure.
+  if (sqlstate == "42501") return message.starts_with("permission denied to set parameter");
   return sqlstate.starts_with("22") || sqlstate.starts_with("42") || sqlstate == "55P02";
 }
 

@@ -108,9 +108,10 @@ struct ErrorFields {
 };
 [[nodiscard]] std::optional<ErrorFields> parse_error_fields(std::string_view body);
 // An error PostgreSQL raises for a setting it refuses (a startup parameter or a SET): an invalid
-// value (class 22), an unknown or forbidden parameter (class 42), one that cannot be changed
-// now (55P02).
-[[nodiscard]] bool refuses_setting(std::string_view sqlstate);
+// value (class 22), an unknown or forbidden parameter (class 42; 42501 only as "permission
+// denied to set parameter", PostgreSQL's English message), one that cannot be changed now
+// (55P02).
+[[nodiscard]] bool refuses_setting(std::string_view sqlstate, std::string_view message);
 
 // Frontend PasswordMessage: String password.
 [[nodiscard]] std::optional<std::string_view> parse_password_message(std::string_view body);

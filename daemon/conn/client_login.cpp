@@ -187,7 +187,9 @@ void Client::start_auth() {
   const config::Config& cfg = reactor_.config();
   std::string_view user_name = startup_message().user;
   config::Config::AuthChoice choice =
-      cfg.choose_auth(startup_message().database, user_name, login_->peer);
+      // (The console's "pgbouncer" name is matched as "pgring": one set of rules guards it.)
+      cfg.choose_auth(admin_database(cfg) ? kAdminDatabase : startup_message().database, user_name,
+                      login_->peer);
   user_ = cfg.find_user(user_name);
   reactor_.set_state(*this, ClientState::auth);
   switch (choice.method) {

@@ -267,7 +267,7 @@ void Server::handle_login_message(char type, std::string_view body) {
         login_error_sqlstate_ = std::string(e->sqlstate);
         login_error_message_ = std::string(e->message);
       }
-      if (startup_ && e && proto::refuses_setting(e->sqlstate)) {
+      if (startup_ && e && proto::refuses_setting(e->sqlstate, e->message)) {
         // PostgreSQL refused the clients' own startup parameters: their logins fail with its
         // error, as they would without pgring; the server is fine for everyone else.
         // (Copied first: closing discards the input `body` views.)

@@ -5,6 +5,8 @@
 // the column is 0 (docs/migrating-from-pgbouncer.md lists them); the other commands are the
 // console's own (ops/admin.cpp).
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <string>
 #include <vector>
@@ -47,8 +49,7 @@ std::string wall_time(Clock::time_point t, Clock::time_point now) {
 }
 
 std::string seconds(config::Duration d) {
-  auto ms = d.count();
-  return ms % 1000 == 0 ? std::to_string(ms / 1000) : std::to_string(ms / 1000.0);
+  return fmt::format("{}", static_cast<double>(d.count()) / 1000.0);  // 15, 0.25
 }
 
 constexpr std::size_t kPoolsMaxwaitUs = 14;  // total µs while merging; split afterwards

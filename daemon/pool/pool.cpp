@@ -319,11 +319,13 @@ void Pool::maintain() {
   if (settings_.reserve_pool_size > 0 && !waiting_clients_.empty() &&
       reactor_.now() - waiting_clients_.front()->state_since_ >= settings_.timeouts.reserve_pool)
     limit += settings_.reserve_pool_size;
-  if (server_down()) {
-    // The server is down, or was: one attempt at a time, when it is due; clients wait for it.
+  if (failing_) {
+    // The last attempt failed: one attempt at a time, when it is due; clients wait for it (or
+    // for a server that is still there). (Also what keeps a connect that fails at once, out of
+    // file descriptors, from being retried on the stack of its own failure.)
     if (!connecting_servers_.empty()) return;
     if (reactor_.now() < next_attempt_) {
-      fail_waiting();
+      if (server_down()) fail_waiting();
       return;
     }
     (void)try_again(limit);
@@ -348,11 +350,13 @@ void Pool::maintain() {
     for (int wanted = demand - static_cast<int>(connecting_servers_.size()); wanted > 0; --wanted)
       if (!open(nullptr)) break;
   } else {
-    // A server for each waiting client that none of the connecting servers (opened with its
-    // startup packet) will serve; auth.query lookups take any server.
+    // A server for each waiting client that none of the servers on their way to idle
+    // (connecting, or resetting after their last client, opened with its startup packet) will
+    // serve; auth.query lookups take any server.
     std::vector<const Startup*> connecting;
-    for (Server* s = connecting_servers_.front(); s != nullptr; s = List<Server>::next(s))
-      connecting.push_back(s->startup_.get());
+    for (List<Server>* l : {&connecting_servers_, &resetting_servers_, &canceling_servers_})
+      for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+        connecting.push_back(s->startup_.get());
     int unserved = 0;
     for (Client* c = waiting_clients_.front(); c != nullptr; c = List<Client>::next(c)) {
       auto it = std::find(connecting.begin(), connecting.end(), c->startup_.get());
@@ -365,7 +369,7 @@ void Pool::maintain() {
     for (int n = static_cast<int>(lookups_.size() - std::min(lookups_.size(), connecting.size()));
          n > 0 && unserved == 0; --n)
       if (!open(recent_startup_)) ++unserved;
-    if (short_pool && unserved > 0) make_room(unserved);
+    if ((short_pool || short_database) && unserved > 0) make_room(unserved);
   }
   set_starving(short_pool, short_database);
 }
@@ -400,6 +404,8 @@ void Pool::make_room(int needed) {
 
 void Pool::refuse_startup(const Startup& startup, std::string_view error,
                           std::string_view message) {
+  // min_pool_size and auth.query lookups must not open servers with it again.
+  if (recent_startup_.get() == &startup) recent_startup_.reset();
   std::vector<Client*> refused;
   for (Client* c = waiting_clients_.front(); c != nullptr; c = List<Client>::next(c))
     if (c->startup_.get() == &startup) refused.push_back(c);
@@ -429,7 +435,8 @@ void Pool::keep_warm() {
       (void)try_again(settings_.min_pool_size);
     return;
   }
-  while (budget_->try_acquire(settings_.min_pool_size)) {
+  // (A connect that fails at once, out of file descriptors, sets failing_: stop there.)
+  while (!failing_ && budget_->try_acquire(settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {
       budget_->release();
       break;
@@ -439,8 +446,10 @@ void Pool::keep_warm() {
 }
 
 void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::string_view message) {
+  // The servers opened together before the first failure was known fail together: one step of
+  // the back-off for them all.
+  if (!failing_ || connecting_servers_.empty()) ++failed_attempts_;
   failing_ = true;
-  ++failed_attempts_;
   last_error_reason_ = reason;
   last_error_sqlstate_ = std::string(sqlstate);
   last_error_message_ = std::string(message);
@@ -466,12 +475,16 @@ void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::strin
 }
 
 void Pool::fail_waiting() {
+  // (Closing a client runs maintain(), which would come back here for the next one: one call
+  // does them all.)
+  if (failing_waiting_) return;
+  failing_waiting_ = true;
   // A client logging in (its auth.query lookup) is not kept waiting for a server that is down.
   while (!lookups_.empty())
     reactor_.close(*lookups_.front(), Reason::auth_query_failed, last_error_message_);
-  if (!failure_final_) return;  // logged-in clients wait for the next attempt
-  // (Each close leaves the list, and may run maintain(), which fails the rest itself.)
-  while (Client* c = waiting_clients_.front()) fail_client(*c);
+  if (failure_final_)  // else logged-in clients wait for the next attempt
+    while (Client* c = waiting_clients_.front()) fail_client(*c);
+  failing_waiting_ = false;
 }
 
 void Pool::fail_client(Client& client) {

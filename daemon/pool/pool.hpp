@@ -170,6 +170,7 @@ class Pool {
   int failed_attempts_ = 0;
   bool failing_ = false;
   bool failure_final_ = false;
+  bool failing_waiting_ = false;  // fail_waiting() is running
   Reason last_error_reason_ = Reason::server_unreachable;
   std::string last_error_sqlstate_;  // PostgreSQL's, or "" when it never answered
   std::string last_error_message_;

@@ -128,6 +128,19 @@ def test_exporter_queries_and_columns():
             conn.close()
 
 
+def test_auth_rules_for_pgring_guard_pgbouncer_too():
+    # One console, one set of rules: a rule for database "pgring" applies under its other name.
+    config = pool_config()
+    config["auth"]["rules"] = [{"database": "pgring", "method": "reject"}, {"method": "trust"}]
+    with Pgring(config) as p:
+        for db in ("pgring", "pgbouncer"):
+            try:
+                connect(p.port, db=db, user=ADMIN_USER).close()
+                check(False, f"the rule rejecting database pgring let {ADMIN_USER} into {db}")
+            except psycopg2.OperationalError as e:
+                check("rejects" in str(e), f"{db}: {e}")
+
+
 def test_configured_database_named_pgbouncer_is_a_database():
     databases = {"pgbouncer": {"host": PGHOST, "port": PGPORT, "dbname": "pgring_test"},
                  "app": {"host": PGHOST, "port": PGPORT}}

@@ -131,6 +131,7 @@ idle_transaction_timeout = 60
 client_tls_sslmode = require
 client_tls_cert_file = /etc/pgbouncer/server.crt
 client_tls_key_file = /etc/pgbouncer/server.key
+client_tls_ciphers = HIGH:!aNULL
 server_tls_sslmode = verify-full
 server_tls_ca_file = /etc/ssl/root.crt
 tcp_keepalive = 1
@@ -192,6 +193,7 @@ host all all all reject
   CHECK(config.admin_users == std::vector<std::string>{"admin", "ops"});
   CHECK(config.stats_users == std::vector<std::string>{"prometheus"});
   CHECK(config.tls_client.mode == ClientTlsMode::require);
+  CHECK(config.tls_client.ciphers == "HIGH:!aNULL");
   CHECK(config.tls_server.mode == ServerTlsMode::verify_full);
   CHECK(config.tls_server.ca == "/etc/ssl/root.crt");
   CHECK(config.log_level == LogLevel::debug);
@@ -217,6 +219,12 @@ host all all all reject
   CHECK_FALSE(noted(c, "default_pool_size"));
   // The notes head the YAML as comments.
   CHECK(c.yaml.find("#   pgbouncer.ini:") != std::string::npos);
+}
+
+TEST_CASE("convert: server_lifetime 0 means the opposite in PgBouncer") {
+  Conversion c = convert_ini("[pgbouncer]\nserver_lifetime = 0\n");
+  CHECK(noted(c, "use each connection once"));
+  CHECK(parse_config(c.yaml).timeouts.server_lifetime == 3600s);  // pgring's default stays
 }
 
 TEST_CASE("convert: every PgBouncer setting changes the YAML or is noted") {

@@ -80,17 +80,18 @@ TEST_CASE("A server's error passed on whole; the errors that refuse a setting") 
   REQUIRE(build::message(passed, 'E', body_of(original)));
   CHECK(passed == original);
   // PostgreSQL's answers to startup parameters and SETs it will not take.
-  CHECK(refuses_setting("22023"));  // invalid value for parameter
-  CHECK(refuses_setting("42704"));  // unrecognized configuration parameter
-  CHECK(refuses_setting("42501"));  // permission denied to set parameter
-  CHECK(refuses_setting("55P02"));  // cannot be changed now
+  CHECK(refuses_setting("22023", "invalid value for parameter \"DateStyle\": \"x\""));
+  CHECK(refuses_setting("42704", "unrecognized configuration parameter \"x\""));
+  CHECK(refuses_setting("42501", "permission denied to set parameter \"log_statement\""));
+  CHECK(refuses_setting("55P02", "parameter \"port\" cannot be changed without restarting"));
   // Not a setting's fault: the server, the login, the database.
-  CHECK_FALSE(refuses_setting("28P01"));
-  CHECK_FALSE(refuses_setting("3D000"));
-  CHECK_FALSE(refuses_setting("53300"));
-  CHECK_FALSE(refuses_setting("57P03"));
-  CHECK_FALSE(refuses_setting("55000"));
-  CHECK_FALSE(refuses_setting(""));
+  CHECK_FALSE(refuses_setting("42501", "permission denied for database \"app\""));
+  CHECK_FALSE(refuses_setting("28P01", "password authentication failed"));
+  CHECK_FALSE(refuses_setting("3D000", "database \"x\" does not exist"));
+  CHECK_FALSE(refuses_setting("53300", "sorry, too many clients already"));
+  CHECK_FALSE(refuses_setting("57P03", "the database system is starting up"));
+  CHECK_FALSE(refuses_setting("55000", ""));
+  CHECK_FALSE(refuses_setting("", ""));
 }
 
 TEST_CASE("Authentication requests") {
