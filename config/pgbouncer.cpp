@@ -134,17 +134,24 @@ int prefix_length(std::string_view mask) {
   return len;
 }
 
+// The next line of `text` (consumed), and its number in `number`; false at the end.
+bool next_line(std::string_view& text, std::string_view& line, int& number) {
+  if (text.empty()) return false;
+  auto eol = text.find('\n');
+  line = text.substr(0, eol);
+  text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
+  ++number;
+  return true;
+}
+
 }  // namespace
 
 Ini parse_ini(std::string_view text) {
   Ini ini;
   std::string section;
   int number = 0;
-  while (!text.empty()) {
-    auto eol = text.find('\n');
-    std::string_view line = text.substr(0, eol);
-    text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
-    ++number;
+  std::string_view line;
+  while (next_line(text, line, number)) {
     line = trim(line);
     if (line.empty() || line.front() == ';' || line.front() == '#') continue;
     if (line.front() == '[') {
@@ -224,11 +231,9 @@ std::vector<UserlistEntry> parse_userlist(std::string_view text,
                                           std::vector<std::string>& problems) {
   std::vector<UserlistEntry> out;
   int number = 0;
-  while (!text.empty()) {
-    auto eol = text.find('\n');
-    std::string_view line = trim(text.substr(0, eol));
-    text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
-    ++number;
+  std::string_view line;
+  while (next_line(text, line, number)) {
+    line = trim(line);
     if (line.empty() || line.front() == ';' || line.front() == '#') continue;
     bool ok = true;
     std::vector<std::string> w = words(line, ok);
@@ -244,11 +249,8 @@ std::vector<UserlistEntry> parse_userlist(std::string_view text,
 std::vector<HbaLine> parse_hba(std::string_view text, std::vector<std::string>& problems) {
   std::vector<HbaLine> out;
   int number = 0;
-  while (!text.empty()) {
-    auto eol = text.find('\n');
-    std::string_view line = text.substr(0, eol);
-    text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
-    ++number;
+  std::string_view line;
+  while (next_line(text, line, number)) {
     if (auto hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
     line = trim(line);
     if (line.empty()) continue;

@@ -289,9 +289,12 @@ Rows Reactor::pgbouncer_rows(std::string_view what) {
         add(*c, "waiting");
     }
   } else if (what == "servers") {
-    for (auto& [key, pool] : pools_) {
-      (void)key;
-      auto [addr, port] = split_peer(pool->address_text_);
+    for (auto& entry : pools_) {
+      // (Plain names: clang 14 cannot capture structured bindings in the lambda.)
+      Pool* pool = entry.second.get();
+      std::pair<std::string, std::string> peer = split_peer(pool->address_text_);
+      const std::string& addr = peer.first;
+      const std::string& port = peer.second;
       auto add = [&](const Server& s, std::string_view state) {
         rows.push_back({"S",
                         pool->server_user_,
