@@ -43,6 +43,7 @@ namespace pgring {
 class Reactor;
 class Pool;
 class Server;
+struct Budget;
 using Clock = std::chrono::steady_clock;
 
 enum class ClientState { startup, auth, idle, waiting, active, closing };
@@ -175,7 +176,7 @@ class Client {
   // Session state was created (see proto::sql::SessionState): keep this server until the end.
   std::uint8_t pinned_state_ = 0;
   // Admin console clients (database "pgring") never join a pool.
-  enum class AdminRole { none, stats, admin };
+  enum class AdminRole : std::uint8_t { none, stats, admin };
   AdminRole admin_ = AdminRole::none;
   bool admin_error_sent_ = false;
 
@@ -203,8 +204,11 @@ class Client {
   // Numbers this client's unnamed statements (Server::unnamed_seq_): never restarts, so a
   // server holding an older one is never taken for current.
   std::uint64_t unnamed_seq_ = 0;
-  Pool* counted_in_ = nullptr;   // holds a unit of this pool's database and user client budgets
-  std::uint64_t batch_seq_ = 0;  // numbers the extended-protocol batches (Batch::inflight)
+  // A unit of the database's and of the client's own user's client budgets, held until close
+  // (the pool's user is the database's forced user, when it has one, not the client's).
+  Budget* db_counted_ = nullptr;
+  Budget* user_counted_ = nullptr;
+  std::uint64_t batch_seq_ = 0;        // numbers the extended-protocol batches (Batch::inflight)
   std::size_t discard_remaining_ = 0;  // rest of a dropped message still arriving
 
   // The extended-protocol batch in progress: only while linked (an idle client keeps none).

@@ -30,10 +30,10 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
                     std::string_view server_sqlstate) {
   if (client.state_ == ClientState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
-  if (Pool* counted = client.counted_in_) {
-    counted->db_clients_->release();
-    counted->user_clients_->release();
-    client.counted_in_ = nullptr;
+  if (client.db_counted_ != nullptr) {
+    client.db_counted_->release();
+    client.user_counted_->release();
+    client.db_counted_ = client.user_counted_ = nullptr;
   }
   if (Client::Login* login = client.login_.get()) {
     if (Pool* lookups = login->lookup_pool) {

@@ -210,6 +210,7 @@ Reactor::~Reactor() {
 // The loop
 
 int Reactor::run() {
+  open_warm_pools();
   while (!stopped_) run_once();
   // Let cancelled operations complete before the listeners and buffers go away.
   io_uring_submit(&ring_);

@@ -122,8 +122,11 @@ class Reactor {
   void want_send(Stream& stream);
   // Flow control: pause `reader` when `writer` holds too much unsent output.
   void apply_backpressure(Stream& reader, const Stream& writer);
+  // The pool a client of `user_name` (`user`: its users: entry, if any) joins in `db`.
   [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user,
                                std::string_view user_name);
+  // The pools min_pool_size keeps open before any client came (at start and after a reload).
+  void open_warm_pools();
   // A new server connection for `pool`, logging in with `startup`'s parameters (session mode)
   // or pgring's own startup packet (null).
   void start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr);

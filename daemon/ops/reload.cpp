@@ -121,6 +121,7 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
     const config::User* user = find_user(pool->database_, pool->user_name_);
     pool->reconfigure(*db, user, config_->resolve_pool(*db, user));
   }
+  open_warm_pools();
 }
 
 }  // namespace pgring

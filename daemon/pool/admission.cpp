@@ -28,6 +28,13 @@ namespace pgring {
 
 Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
                         std::string_view user_name) {
+  // A database with a forced user has one pool, whoever the client is: its servers are all
+  // alike (PgBouncer does the same), so pool_size counts them once and min_pool_size can open
+  // them before any client came.
+  if (db.user) {
+    user_name = *db.user;
+    user = config_->find_user(*db.user);
+  }
   std::string key = db.name;
   key += '\0';
   key += user_name;
@@ -45,21 +52,37 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
   return ref;
 }
 
+void Reactor::open_warm_pools() {
+  // min_pool_size before the first client: possible where the server login does not depend on
+  // the client, a forced user's pool outside session mode (session mode logs in with a
+  // client's startup parameters). Other pools warm up after their first login.
+  for (const auto& [name, db] : config_->databases) {
+    if (!db.user) continue;
+    config::PoolSettings s = config_->resolve_pool(db, config_->find_user(*db.user));
+    if (s.min_pool_size > 0 && s.pool_mode != config::PoolMode::session)
+      pool_for(db, nullptr, *db.user).keep_warm();
+  }
+}
+
 std::string Reactor::admit_client(Client& client, Pool& pool) {
-  // Counted over the process: the client holds one unit of its database's and its user's
+  // Counted over the process: the client holds one unit of its database's and its own user's
   // client budgets until it closes.
   const config::PoolSettings& s = pool.settings_;
+  std::string_view user = client.startup_message().user;
+  Budget& user_clients =
+      user == pool.user_name_ ? *pool.user_clients_ : shared_.user_clients(std::string(user));
   if (!pool.db_clients_->try_acquire(s.max_db_client_connections))
     return fmt::format(
         "too many client connections for database \"{}\" (max_db_client_connections {})",
         pool.database_, s.max_db_client_connections);
-  if (!pool.user_clients_->try_acquire(s.max_user_client_connections)) {
+  if (!user_clients.try_acquire(s.max_user_client_connections)) {
     pool.db_clients_->release();
     return fmt::format(
-        "too many client connections for user \"{}\" (max_user_client_connections {})",
-        pool.user_name_, s.max_user_client_connections);
+        "too many client connections for user \"{}\" (max_user_client_connections {})", user,
+        s.max_user_client_connections);
   }
-  client.counted_in_ = &pool;
+  client.db_counted_ = pool.db_clients_;
+  client.user_counted_ = &user_clients;
   return {};
 }
 

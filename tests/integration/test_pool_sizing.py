@@ -9,8 +9,8 @@ No test asserts a duration: only completion, errors and backend counts (pg_stat_
 
 import time
 
-from lib import (BackendSampler, Background, MONITOR_APP, Pgring, backend_pids, check, check_eq,
-                connect, count_backends, error_fields_in, log, login, monitor_connect, pool_config,
+from lib import (BackendSampler, Background, MONITOR_APP, PGHOST, PGPORT, Pgring, admin_rows,
+                backend_pids, check, check_eq, connect, count_backends, error_fields_in, log, login, monitor_connect, pool_config,
                 query, query_one, run_clients, run_tests, send_query_collect, wait_no_backends,
                 wait_until)
 
@@ -50,6 +50,55 @@ def test_min_pool_size_opens_servers():
             time.sleep(1.0)
         sampler.check_max(2)
         check_eq(min(sampler.samples), 2, "server connections kept after the client left")
+    monitor.close()
+
+
+def test_forced_user_pool_opens_at_start_and_is_shared():
+    """A database with a forced user has one pool whoever logs in (as PgBouncer): min_pool_size
+    opens it before the first client, pool_size counts its servers once, and each client still
+    counts against its own user's max_user_client_connections."""
+    monitor = monitor_connect()
+    wait_no_backends(monitor, DB)
+    databases = {"app": {"host": PGHOST, "port": PGPORT, "user": "app", "min_pool_size": 2,
+                         "pool_size": 2}}
+    config = pool_config(databases=databases, max_user_client_connections=1,
+                         users={"app": {}, "postgres": {}, "pgring_plain": {},
+                                "pgring_admin": {}})
+    with Pgring(config) as p:
+        wait_until(lambda: count_backends(monitor, DB, "app") == 2, 15,
+                   what="min_pool_size 2 server connections before any client")
+        # Three client users, one pool of the forced user: never more than pool_size servers.
+        with BackendSampler(DB) as sampler:
+            def client(i):
+                name = ["app", "postgres", "pgring_plain"][i]
+                conn = app_connect(p, user=name)
+                try:
+                    conn.autocommit = False
+                    check_eq(query_one(conn, "SELECT current_user FROM pg_sleep(0.2)"), "app")
+                    conn.commit()
+                finally:
+                    conn.close()
+            errors = run_clients(client, 3, timeout=60)
+        check(not errors, "client errors:\n" + "\n".join(errors))
+        sampler.check_max(2, "server connections of the forced user's one pool")
+        pools = [r for r in admin_rows(p.port, "SHOW POOLS") if r["database"] == DB]
+        check_eq([r["user"] for r in pools], ["app"], "SHOW POOLS: one pool, the forced user's")
+        # max_user_client_connections 1 is per client user: a second "postgres" client is
+        # refused while the first is connected, an "app" client is not.
+        first = app_connect(p, user="postgres")
+        try:
+            rc = None
+            try:
+                app_connect(p, user="postgres").close()
+            except Exception as e:  # noqa: BLE001 - the server's error is the point
+                rc = str(e)
+            check(rc is not None and "max_user_client_connections" in rc,
+                  f"a second client of user postgres: {rc}")
+            other = app_connect(p, user="app")
+            check_eq(query_one(other, "SELECT 1"), 1)
+            other.close()
+        finally:
+            first.close()
     monitor.close()
 
 

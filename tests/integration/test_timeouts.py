@@ -350,6 +350,26 @@ def test_server_lifetime():
     monitor.close()
 
 
+def test_server_lifetime_session_mode():
+    """A session-mode client keeps its server for the whole session, however old (closing it
+    would end the client's session); the server is retired once the client leaves."""
+    monitor = monitor_connect()
+    wait_no_backends(monitor, "app")
+    config = pool_config(pool_mode="session", pool_size=2,
+                        timeouts={"server_lifetime": "1s", "server_idle": "60s"})
+    with Pgring(config) as p:
+        c = connect(p.port, db="app")
+        first = query_one(c, "SELECT pg_backend_pid()")
+        time.sleep(2.0)
+        check_eq(query_one(c, "SELECT pg_backend_pid()"), first,
+                 "a session's server older than server_lifetime")
+        c.close()
+        wait_until(lambda: first not in backend_pids(monitor, "app"), 15,
+                   what="the old server to be retired after its client left")
+        check("server_lifetime" in p.log(), "no server_lifetime close in pgring's log")
+    monitor.close()
+
+
 def test_per_database_and_per_user_timeouts():
     """timeouts: set per database and per user (users win over databases, which win over the
     top-level section). pgring_test has a 500 ms query timeout; database "other" (the same
