@@ -14,6 +14,8 @@
 #   pgring_scram LOGIN PASSWORD 'scram_pw'  (SCRAM)   pg_hba: scram-sha-256 over TCP
 #   pgring_md5   LOGIN PASSWORD 'md5_pw'    (MD5)     pg_hba: md5 over TCP
 #   pgring_plain LOGIN PASSWORD 'plain_pw'            pg_hba: password (cleartext) over TCP
+#   pgring_tls   LOGIN PASSWORD 'tls_pw'              pg_hba: scram-sha-256 over TLS only
+#   pgring_cert  LOGIN                                pg_hba: cert (DIR/tls/pgring_cert.crt) over TLS only
 #   database pgring_test (owner postgres, usable by everyone); every other TCP login: trust
 set -euo pipefail
 
@@ -167,8 +169,9 @@ cmd_start() {
   pg mkdir -p "$dir/log"
 
   # TLS for tests of tls.server: a throwaway CA ($dir/tls/ca.crt) and a certificate for
-  # localhost / 127.0.0.1 (not 127.0.0.2: a host name mismatch to test verify-full with).
-  "$SCRIPT_DIR/gen-test-certs.sh" "$dir/tls" >/dev/null
+  # localhost / 127.0.0.1 (not 127.0.0.2: a host name mismatch to test verify-full with), and
+  # a client certificate for pgring_cert (tls.server.cert/key: pgring's own certificate login).
+  "$SCRIPT_DIR/gen-test-certs.sh" "$dir/tls" pgring_cert >/dev/null
   chmod 0755 "$dir/tls"
   chmod 0644 "$dir/tls/ca.crt"
   [[ $EUID -eq 0 ]] && chown -R postgres: "$dir/tls"
@@ -188,6 +191,7 @@ port = $port
 ssl = on
 ssl_cert_file = 'tls/server.crt'
 ssl_key_file = 'tls/server.key'
+ssl_ca_file = 'tls/ca.crt'
 unix_socket_directories = '$sockdir'
 max_connections = 400
 fsync = off
@@ -206,6 +210,8 @@ EOF
 local all all                      trust
 hostssl   all pgring_tls 127.0.0.0/8 scram-sha-256
 hostnossl all pgring_tls 127.0.0.0/8 reject
+hostssl   all pgring_cert 127.0.0.0/8 cert
+hostnossl all pgring_cert 127.0.0.0/8 reject
 host  all pgring_md5   127.0.0.1/32 md5
 host  all pgring_scram 127.0.0.1/32 scram-sha-256
 host  all pgring_plain 127.0.0.1/32 password
@@ -233,7 +239,7 @@ EOF
 DO $$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['app', 'pgring_scram', 'pgring_md5', 'pgring_plain', 'pgring_tls'] LOOP
+  FOREACH r IN ARRAY ARRAY['app', 'pgring_scram', 'pgring_md5', 'pgring_plain', 'pgring_tls', 'pgring_cert'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I LOGIN', r);
     END IF;

@@ -485,6 +485,47 @@ def test_server_tls_modes():
         check(rc != 0 and "no encryption" in err, f"disable: {err}")
 
 
+def test_server_tls_client_certificate():
+    """tls.server.cert/key: pgring logs in with its own certificate where PostgreSQL asks for
+    one (pg_hba cert for pgring_cert), and without it is refused with PostgreSQL's own error."""
+    tls_dir = os.path.join(PGDATA or "", "tls")
+    if not PGDATA or not os.path.exists(os.path.join(tls_dir, "pgring_cert.crt")):
+        skip_test("the test PostgreSQL has no client certificate (PGDATA/tls/pgring_cert.crt)")
+    config = {"auth": {"method": "trust"},
+              "timeouts": {"server_connect": "3s", "query_wait": "3s", "server_login_retry": "1s"},
+              "databases": {"app": {"host": "127.0.0.1", "port": PGPORT, "dbname": "pgring_test",
+                                    "user": "pgring_cert"}},
+              "tls": {"server": {"mode": "verify-full", "ca": os.path.join(tls_dir, "ca.crt"),
+                                 "cert": os.path.join(tls_dir, "pgring_cert.crt"),
+                                 "key": os.path.join(tls_dir, "pgring_cert.key")}}}
+    with Pgring(config) as p:
+        check_eq(psql_ok(p.port, "SELECT current_user || ' ' || ssl FROM pg_stat_ssl "
+                                 "WHERE pid = pg_backend_pid()", db="app"),
+                 "pgring_cert true", "logged in with the client certificate")
+    del config["tls"]["server"]["cert"], config["tls"]["server"]["key"]
+    with Pgring(config) as p:
+        rc, _, err = psql(p.port, "SELECT 1", db="app")
+        check(rc != 0 and "certificate" in err, f"no client certificate: {err}")
+
+
+def test_server_min_version_and_ciphers():
+    """tls.server.min_version and ciphers reach pgring's TLS client context: TLSv1.3 is what
+    PostgreSQL then reports, and a cipher list OpenSSL rejects is an error naming the key."""
+    if not PGDATA or not os.path.exists(os.path.join(PGDATA, "tls", "ca.crt")):
+        skip_test("the test PostgreSQL has no TLS (PGRING_TEST_PGDATA/tls/ca.crt)")
+    config = server_config("verify-full")
+    config["tls"]["server"]["min_version"] = "TLSv1.3"
+    config["tls"]["server"]["ciphers"] = "HIGH:!aNULL"
+    with Pgring(config) as p:
+        rc, out, err = server_ssl(p.port)
+        check(rc == 0 and out == "t|TLSv1.3", f"min_version TLSv1.3: {out} {err}")
+    config["tls"]["server"]["ciphers"] = "NO-SUCH-CIPHER"
+    p = Pgring(config)
+    p.write_config()
+    r = subprocess.run([p_bin(), "--config", p.config_path, "--check"], capture_output=True, text=True)
+    check(r.returncode != 0 and "tls.server.ciphers" in r.stderr, f"--check names the key: {r.stderr}")
+
+
 def test_server_tls_refused_downgrade():
     # A server that answers 'N' (no TLS): prefer goes on in plain text, require never does.
     listener = socket.socket()
