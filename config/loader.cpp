@@ -446,7 +446,9 @@ class Loader {
   void check_secrets() {
     // With rules, whether a user needs a password depends on the rule that matches a login: a
     // user without one is refused at login by a password rule (28P01), not here.
-    const bool needs_password = config_.auth_rules.empty() &&
+    // With auth.query, an entry without a password holds settings only: the lookup gives the
+    // secret (check_auth() requires the auth user's own plain password).
+    const bool needs_password = config_.auth_rules.empty() && !config_.auth_query &&
                                 config_.auth_method != AuthMethod::trust &&
                                 config_.auth_method != AuthMethod::cert;
     for (const auto& [name, user] : config_.users) {

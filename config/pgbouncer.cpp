@@ -712,13 +712,6 @@ class Converter {
 
   bool hba_wanted_ = false;
 
-  bool user_in_userlist(const std::string& name) const {
-    if (!sources_.userlist) return false;
-    std::vector<std::string> ignored;
-    for (const UserlistEntry& e : parse_userlist(*sources_.userlist, ignored))
-      if (e.user == name) return !e.secret.empty();
-    return false;
-  }
   // A plain-text password (auth.query's user logs in to the server with it).
   bool user_has_password(const std::string& name) const {
     if (!sources_.userlist) return false;
@@ -786,11 +779,8 @@ class Converter {
   void user(const IniSetting& s) {
     auto pairs = parse_connstr(s.value);
     if (!pairs) return note(s, "not a 'key=value ...' list; not converted");
-    if (root_["auth"]["query"] && !user_in_userlist(s.key))
-      // In pgring a users: entry is a user with its password; auth.query looks up the others.
-      return note(s,
-                  "not converted: pgring looks this user's secret up with auth.query only "
-                  "when users: has no entry for it, and a users: entry needs the password");
+    // Without a password in the userlist the entry holds settings only: as in PgBouncer, the
+    // secret comes from auth.query (or the login fails).
     YAML::Node u = root_["users"][s.key];
     for (const auto& [key, value] : *pairs) {
       std::string why;

@@ -39,10 +39,17 @@ const config::User* Reactor::cached_lookup(std::string_view database, std::strin
   return &it->second->user;
 }
 
+bool Reactor::secret_looked_up(std::string_view name) const {
+  if (!config_->auth_query) return false;
+  const config::User* configured = config_->find_user(name);
+  return configured == nullptr || configured->password.empty();
+}
+
 const config::User* Reactor::find_user(std::string_view database, std::string_view name) const {
-  if (const config::User* user = config_->find_user(name)) return user;
+  const config::User* configured = config_->find_user(name);
+  if (!secret_looked_up(name)) return configured;
   auto it = looked_up_.find(lookup_key(database, name));
-  return it == looked_up_.end() ? nullptr : &it->second->user;
+  return it == looked_up_.end() ? configured : &it->second->user;
 }
 
 const config::User& Reactor::store_lookup(std::string_view database, std::string_view name,
@@ -53,6 +60,9 @@ const config::User& Reactor::store_lookup(std::string_view database, std::string
   slot->user.name = std::string(name);
   slot->user.password = std::move(secret);
   slot->user.secret_kind = kind;
+  // A users: entry without a password still gives the user its pool settings.
+  const config::User* configured = config_->find_user(name);
+  slot->user.pool = configured != nullptr ? configured->pool : config::PoolOverrides{};
   slot->fetched = now_;
   if (changed) {
     scram_secrets_.erase(&slot->user);
@@ -61,7 +71,7 @@ const config::User& Reactor::store_lookup(std::string_view database, std::string
     bool every_database = config_->auth_query && !config_->auth_query->database.empty();
     for (auto& [key, pool] : pools_) {
       (void)key;
-      if (pool->user_name_ == name && config_->find_user(name) == nullptr &&
+      if (pool->user_name_ == name && secret_looked_up(name) &&
           (every_database || pool->database_ == database))
         pool->reconfigure(*pool->db_, &slot->user, config_->resolve_pool(*pool->db_, &slot->user));
     }

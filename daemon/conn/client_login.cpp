@@ -226,9 +226,10 @@ void Client::start_auth() {
     case config::AuthMethod::md5:
     case config::AuthMethod::scram_sha_256:
       login_->auth_method = choice.method;
-      // Not in users: its secret comes from the server (auth.query), cached for a while. The
-      // admin console never trusts a looked-up role: its users must be configured.
-      if (user_ == nullptr && cfg.auth_query && !admin_database(cfg)) {
+      // Not in users: (or there without a password) its secret comes from the server
+      // (auth.query), cached for a while. The admin console never trusts a looked-up role: its
+      // users must be configured with a password.
+      if (reactor_.secret_looked_up(user_name) && !admin_database(cfg)) {
         if (const config::User* cached =
                 reactor_.cached_lookup(startup_message().database, user_name)) {
           user_ = cached;

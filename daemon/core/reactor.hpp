@@ -151,9 +151,12 @@ class Reactor {
   // A SCRAM secret nobody knows, salted per user name (stable for the process, as a real
   // secret's salt is): the exchange a user without a usable secret goes through.
   [[nodiscard]] proto::scram::Secret mock_secret(std::string_view name) const;
-  // users: or, for users known only through auth.query, the entry looked up for `database`.
+  // users: or, for users whose secret auth.query gives, the entry looked up for `database`.
   [[nodiscard]] const config::User* find_user(std::string_view database,
                                               std::string_view name) const;
+  // auth.query gives `name`'s secret: the user is not in users:, or its entry there has no
+  // password (only pool settings, as PgBouncer's [users] section; they apply to the lookup).
+  [[nodiscard]] bool secret_looked_up(std::string_view name) const;
   // A TLS handshake began (the sweep trims the heap after a burst of them).
   void note_tls_handshake() { ++tls_handshakes_since_trim_; }
   // Reading a client resumes (after an auth.query lookup held it).

@@ -103,6 +103,11 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
   }
   if (index_ == 0) log::init(config_->log_level, config_->log_format);
   scram_secrets_.clear();  // passwords may have changed
+  for (auto& [key, looked_up] : looked_up_) {
+    (void)key;  // looked-up users take their pool settings from users: as it is now
+    const config::User* configured = config_->find_user(looked_up->user.name);
+    looked_up->user.pool = configured != nullptr ? configured->pool : config::PoolOverrides{};
+  }
   for (auto& [key, pool] : pools_) {
     (void)key;
     const config::Database* db = config_->find_database(pool->database_);

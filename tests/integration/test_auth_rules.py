@@ -160,6 +160,23 @@ def test_auth_query_cache():
         admin.close()
 
 
+def test_users_entry_without_password_is_looked_up():
+    # A users: entry with only settings (as PgBouncer's [users] section): the secret comes from
+    # auth.query, the settings apply to the user's pool.
+    config = auth_query_config()
+    config["users"]["pgring_scram"] = {"pool_mode": "session", "pool_size": 3}
+    config["admin"] = {"users": ["postgres"]}
+    with Pgring(config) as p:
+        c = login(p.port, user="pgring_scram", password="scram_pw")
+        check_eq(c.simple_query("SELECT current_user"), [["pgring_scram"]])
+        rc, out, err = psql(p.port, "SHOW POOLS", db="pgring", user="postgres", password="unused")
+        check(rc == 0, f"SHOW POOLS: {err}")
+        row = [line for line in out.splitlines() if line.startswith("pgring_test|pgring_scram|")]
+        check(row and row[0].split("|")[2] == "session", f"the entry's pool_mode applies: {out}")
+        c.terminate()
+        check_eq(login_error(p.port, user="pgring_scram", password="wrong").sqlstate, "28P01")
+
+
 def test_auth_query_errors():
     with Pgring(auth_query_config(query="SELECT usename, passwd FROM no_such_table WHERE usename = $1")) as p:
         e = login_error(p.port, user="pgring_scram", password="scram_pw")

@@ -102,14 +102,15 @@ admin_users = postgres
     _, notes = convert(os.path.join(d, "pgbouncer.ini"), "--userlist",
                        os.path.join(d, "userlist.txt"), "--hba", os.path.join(d, "hba.conf"),
                        "-o", out)
-    for what in ("connect_query", "ignore_startup_parameters", "server_check_query",
-                 "[users] pgring_md5: not converted"):
+    for what in ("connect_query", "ignore_startup_parameters", "server_check_query"):
         check(what in notes, f"no note for {what}: {notes}")
     check("listen_port" not in notes and "default_pool_size" not in notes, notes)
     check_config(out)
 
     config = yaml.safe_load(open(out))
     check_eq(config["auth"]["query"]["user"], "postgres", "auth.query.user")
+    # A [users] entry of a user auth_query looks up: its settings, no password.
+    check_eq(config["users"]["pgring_md5"], {"pool_mode": "session"}, "users.pgring_md5")
     check_eq(len(config["auth"]["rules"]), 4, "auth.rules")
     with Pgring(config) as p:
         check_eq(p.port, port, "the converted listen port")

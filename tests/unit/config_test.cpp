@@ -725,4 +725,16 @@ users:
   check_error("auth:\n  query: {cache: 1s}\n", "auth.query", 2, "needs a user");
   check_error("auth:\n  query: {user: nobody}\n", "auth.query.user", 2,
               "must be in users: with a plain password");
+  // With auth.query an entry without a password holds settings only (the lookup gives the
+  // secret); the auth user itself still needs its password.
+  const Config settings_only = parse_config(R"(auth:
+  query: {user: pgring_auth}
+users:
+  pgring_auth: {password: plain}
+  app: {pool_mode: session}
+)");
+  REQUIRE(settings_only.find_user("app") != nullptr);
+  CHECK(settings_only.find_user("app")->password.empty());
+  check_error("auth:\n  query: {user: pgring_auth}\nusers:\n  pgring_auth: {}\n", "auth.query.user",
+              2, "must be in users: with a plain password");
 }

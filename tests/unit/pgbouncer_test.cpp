@@ -188,6 +188,11 @@ host all all all reject
   REQUIRE(batch);
   CHECK(config.resolve_pool(app, batch).pool_mode == PoolMode::session);
   CHECK(config.resolve_pool(app, batch).pool_size == 2);
+  // Not in the userlist, looked up by auth_query: its [users] settings, no password.
+  const User* lookedup = config.find_user("lookedup");
+  REQUIRE(lookedup);
+  CHECK(lookedup->password.empty());
+  CHECK(config.resolve_pool(app, lookedup).pool_size == 1);
   CHECK(config.find_user("app")->secret_kind == SecretKind::scram);
   CHECK(config.find_user("admin")->secret_kind == SecretKind::md5);
   CHECK(config.admin_users == std::vector<std::string>{"admin", "ops"});
@@ -210,8 +215,7 @@ host all all all reject
   for (std::string_view why :
        {"pgbouncer.ini:5: [databases] legacy: connect_query", "[databases] legacy: client_encoding",
         "[databases] *: pgring has no fallback database", "reports: host lists several hosts",
-        "[users] batch: max_user_connections", "[users] lookedup: not converted",
-        "ignore_startup_parameters", "server_check_query",
+        "[users] batch: max_user_connections", "ignore_startup_parameters", "server_check_query",
         "no_such_setting: not a PgBouncer setting pgring knows",
         "hba.conf:2: peer is not supported", "hba.conf:5: user +ops is not supported"})
     CHECK_MESSAGE(noted(c, why), why);
