@@ -81,8 +81,10 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
   std::string what = words.size() > 1 ? words[1] : "";
   bool ok = true;
   if (is_show && client.startup_message().database == kPgBouncerConsole &&
-      (what == "pools" || what == "stats" || what == "databases" || what == "clients" ||
-       what == "servers" || what == "lists" || what == "config" || what == "version")) {
+      (what == "pools" || what == "stats" || what == "stats_totals" || what == "stats_averages" ||
+       what == "totals" || what == "users" || what == "state" || what == "databases" ||
+       what == "clients" || what == "servers" || what == "lists" || what == "config" ||
+       what == "version")) {
     ok = pgbouncer_show(client, what);
   } else if (is_show && (what == "help" || what.empty())) {
     Result r({"command"});

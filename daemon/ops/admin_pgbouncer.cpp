@@ -1,12 +1,15 @@
 // The admin console in PgBouncer's columns: a client that connects to database "pgbouncer"
-// (unless a database of that name is configured) gets SHOW POOLS, STATS, DATABASES, CLIENTS,
-// SERVERS, LISTS, CONFIG and VERSION with PgBouncer 1.25's column names and meanings, so that
+// (unless a database of that name is configured) gets SHOW POOLS, STATS (and STATS_TOTALS,
+// STATS_AVERAGES, TOTALS), DATABASES, USERS, CLIENTS, SERVERS, LISTS, CONFIG, STATE and VERSION
+// with PgBouncer 1.25's column names and meanings, so that
 // pgbouncer_exporter and dashboards built on them keep working. Where pgring has no such number
 // the column is 0 (docs/migrating-from-pgbouncer.md lists them); the other commands are the
 // console's own (ops/admin.cpp).
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -76,36 +79,43 @@ bool Reactor::pgbouncer_show(Client& client, std::string_view what) {
     }
     return r.emit(out, "SHOW");
   }
-  if (what == "stats") {
+  if (what == "stats" || what == "stats_totals" || what == "stats_averages" || what == "totals") {
     // Per database, as PgBouncer keeps them. Its avg_* are the last stats_period's; these are
     // over pgring's lifetime (rates per second, times per transaction, query and wait).
-    Result r({"database",
-              "total_server_assignment_count",
-              "total_xact_count",
-              "total_query_count",
-              "total_received",
-              "total_sent",
-              "total_xact_time",
-              "total_query_time",
-              "total_wait_time",
-              "total_client_parse_count",
-              "total_server_parse_count",
-              "total_bind_count",
-              "avg_server_assignment_count",
-              "avg_xact_count",
-              "avg_query_count",
-              "avg_recv",
-              "avg_sent",
-              "avg_xact_time",
-              "avg_query_time",
-              "avg_wait_time",
-              "avg_client_parse_count",
-              "avg_server_parse_count",
-              "avg_bind_count"});
-    r.rows() = merge_rows(rows("stats"), 1, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+    static constexpr std::array<std::string_view, 22> kNames = {"total_server_assignment_count",
+                                                                "total_xact_count",
+                                                                "total_query_count",
+                                                                "total_received",
+                                                                "total_sent",
+                                                                "total_xact_time",
+                                                                "total_query_time",
+                                                                "total_wait_time",
+                                                                "total_client_parse_count",
+                                                                "total_server_parse_count",
+                                                                "total_bind_count",
+                                                                "avg_server_assignment_count",
+                                                                "avg_xact_count",
+                                                                "avg_query_count",
+                                                                "avg_recv",
+                                                                "avg_sent",
+                                                                "avg_xact_time",
+                                                                "avg_query_time",
+                                                                "avg_wait_time",
+                                                                "avg_client_parse_count",
+                                                                "avg_server_parse_count",
+                                                                "avg_bind_count"};
+    Rows stats = merge_rows(rows("stats"), 1, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11});
+    if (what == "totals") {
+      // SHOW TOTALS: the same over all databases (one name and value per row, below).
+      std::vector<std::string> sum(12, "0");
+      for (const auto& row : stats)
+        for (std::size_t c = 1; c < sum.size(); ++c)
+          sum[c] = std::to_string(std::stoll(sum[c]) + std::stoll(row[c]));
+      stats = {std::move(sum)};
+    }
     double uptime =
         std::max(1.0, std::chrono::duration<double>(Clock::now() - shared_.started).count());
-    for (auto& row : r.rows()) {
+    for (auto& row : stats) {
       auto total = [&](std::size_t c) { return std::stoll(row[c]); };
       auto per = [](long long a, long long b) { return std::to_string(b == 0 ? 0 : a / b); };
       auto rate = [&](std::size_t c) {
@@ -124,6 +134,59 @@ bool Reactor::pgbouncer_show(Client& client, std::string_view what) {
       row[21] = rate(10);
       row[22] = rate(11);
     }
+    if (what == "totals") {
+      Result r({"name", "value"});
+      for (std::size_t c = 0; c < kNames.size(); ++c)
+        r.row({std::string(kNames[c]), stats[0][c + 1]});
+      return r.emit(out, "SHOW");
+    }
+    // STATS_TOTALS and STATS_AVERAGES: the database and the total_* or avg_* columns.
+    std::size_t first = what == "stats_averages" ? 11 : 0;
+    std::size_t last = what == "stats_totals" ? 11 : kNames.size();
+    std::vector<std::string_view> columns{"database"};
+    columns.insert(columns.end(), kNames.begin() + static_cast<std::ptrdiff_t>(first),
+                   kNames.begin() + static_cast<std::ptrdiff_t>(last));
+    Result r(std::move(columns));
+    for (auto& row : stats) {
+      std::vector<std::string> picked{row[0]};
+      picked.insert(picked.end(), row.begin() + static_cast<std::ptrdiff_t>(first + 1),
+                    row.begin() + static_cast<std::ptrdiff_t>(last + 1));
+      r.row(std::move(picked));
+    }
+    return r.emit(out, "SHOW");
+  }
+  if (what == "users") {
+    // Users of users: (with their own settings; empty where the user sets none) and those a
+    // pool exists for. pgring has no max_user_connections: 0.
+    Rows servers = merge_rows(rows("users"), 1, {1});
+    std::vector<std::string> names;
+    for (const auto& [name, user] : config_->users) names.push_back(name);
+    for (const auto& row : servers)
+      if (std::find(names.begin(), names.end(), row[0]) == names.end()) names.push_back(row[0]);
+    Result r({"name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
+              "current_connections", "max_user_client_connections", "current_client_connections"});
+    for (const std::string& name : names) {
+      const config::User* user = config_->find_user(name);
+      const config::PoolOverrides none;
+      const config::PoolOverrides& set = user != nullptr ? user->pool : none;
+      config::PoolSettings effective = config_->defaults;
+      effective.apply(set);
+      auto row =
+          std::find_if(servers.begin(), servers.end(), [&](const auto& r) { return r[0] == name; });
+      r.row({name, set.pool_size ? std::to_string(*set.pool_size) : "",
+             set.reserve_pool_size ? std::to_string(*set.reserve_pool_size) : "",
+             set.pool_mode ? std::string(config::to_string(*set.pool_mode)) : "", "0",
+             row != servers.end() ? (*row)[1] : "0",
+             std::to_string(effective.max_user_client_connections),
+             std::to_string(shared_.user_clients(name).servers.load())});
+    }
+    return r.emit(out, "SHOW");
+  }
+  if (what == "state") {
+    Result r({"key", "value"});
+    r.row({"active", paused_all_ ? "no" : "yes"});
+    r.row({"paused", paused_all_ ? "yes" : "no"});
+    r.row({"suspended", "no"});
     return r.emit(out, "SHOW");
   }
   if (what == "clients" || what == "servers") {
@@ -245,6 +308,11 @@ Rows Reactor::pgbouncer_rows(std::string_view what) {
                       std::to_string(st.transactions), std::to_string(st.queries),
                       std::to_string(st.bytes_received), std::to_string(st.bytes_sent),
                       us(st.transaction.sum), us(st.query.sum), us(st.wait.sum), "0", "0", "0"});
+    }
+  } else if (what == "users") {
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      rows.push_back({pool->server_user_, count(static_cast<std::size_t>(pool->server_count()))});
     }
   } else if (what == "clients") {
     auto add = [&](const Client& c, std::string_view state) {

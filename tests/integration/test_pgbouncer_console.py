@@ -39,6 +39,13 @@ COLUMNS = {
                 "prepared_statements", "id"],
 }
 COLUMNS["SERVERS"] = COLUMNS["CLIENTS"]
+COLUMNS["STATS_TOTALS"] = COLUMNS["STATS"][:12]
+COLUMNS["STATS_AVERAGES"] = COLUMNS["STATS"][:1] + COLUMNS["STATS"][12:]
+COLUMNS["TOTALS"] = ["name", "value"]
+COLUMNS["USERS"] = ["name", "pool_size", "reserve_pool_size", "pool_mode", "max_user_connections",
+                    "current_connections", "max_user_client_connections",
+                    "current_client_connections"]
+COLUMNS["STATE"] = ["key", "value"]
 
 
 def console(p, user=ADMIN_USER):
@@ -103,6 +110,18 @@ def test_exporter_queries_and_columns():
         check(int(s["total_received"]) > 0 and int(s["total_sent"]) > 0, str(s))
         check(int(s["avg_wait_time"]) > 0, str(s))
 
+        totals = {r["database"]: r for r in show(c, "STATS_TOTALS")}
+        check_eq(totals["app"]["total_xact_count"], s["total_xact_count"], "SHOW STATS_TOTALS")
+        averages = {r["database"]: r for r in show(c, "STATS_AVERAGES")}
+        check_eq(averages["app"]["avg_wait_time"], s["avg_wait_time"], "SHOW STATS_AVERAGES")
+        overall = {r["name"]: int(r["value"]) for r in show(c, "TOTALS")}
+        check_eq(overall["total_xact_count"],
+                 sum(int(r["total_xact_count"]) for r in stats.values()), "SHOW TOTALS")
+        users = {r["name"]: r for r in show(c, "USERS")}
+        check_eq((users["app"]["current_connections"], users["app"]["current_client_connections"],
+                  users["app"]["pool_mode"]), ("1", "2", ""), "SHOW USERS app")
+        check_eq({r["key"]: r["value"] for r in show(c, "STATE")},
+                 {"active": "yes", "paused": "no", "suspended": "no"}, "SHOW STATE")
         dbs = {r["name"]: r for r in show(c, "DATABASES")}
         check_eq((dbs["app"]["pool_size"], dbs["app"]["current_connections"],
                   dbs["app"]["pool_mode"], dbs["app"]["paused"]),
