@@ -1,5 +1,5 @@
 #pragma once
-// pgring's configuration as plain data: the YAML file of DESIGN.md section 7 turned into a
+// pgring's configuration as plain data: the YAML file config/pgring.yaml documents turned into a
 // validated value. Loading may throw ConfigError (startup and reload are not the data path);
 // everything after loading is a const Config passed explicitly. No globals.
 
@@ -50,7 +50,7 @@ struct ListenAddress {
   std::string unix_dir;    // non-empty for a unix socket
 };
 
-// DESIGN.md section 6. 0 disables a timeout. The top-level `timeouts:` section sets every one;
+// docs/operations.md, "Timeouts". 0 disables a timeout. The top-level `timeouts:` section sets every one;
 // a database or user may override those that concern its pools (kPoolTimeoutKeys in config.cpp):
 // client_login, cancel_wait and shutdown are process-wide.
 struct Timeouts {

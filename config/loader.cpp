@@ -1,4 +1,4 @@
-// YAML text -> validated Config (DESIGN.md section 7).
+// YAML text -> validated Config (config/pgring.yaml is the reference).
 //
 // Shape of the loader: a walk over the yaml-cpp node tree that knows, for every map, the keys
 // it accepts. Each value is checked where it is read, so an error can always name its YAML path

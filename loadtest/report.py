@@ -573,7 +573,7 @@ def render(raw, outdir, work):
 
 
 def design_targets(res, meta):
-    """DESIGN.md section 11, checked against this run."""
+    """The project's performance targets, checked against this run."""
     rows = []
 
     def add(goal, measured, ok):
@@ -614,7 +614,7 @@ def design_targets(res, meta):
         add(f"with {idle_n} idle clients, the 8 active clients' p50 and p99 within 1.2× of those without",
             f"p50 {a:.2f}×, p99 {b:.2f}×", a < 1.2 and b < 1.2)
     add("multi-core: near-linear throughput with workers", "not measured by this suite (workers: 1)", None)
-    out = ["## DESIGN.md section 11 targets, as measured in this run\n"]
+    out = ["## The project's performance targets, as measured in this run\n"]
     out.append(md_table(["target", "measured (medians)", "result"], rows) if rows else "(no pgring data)")
     out.append("")
     return "\n".join(out)

@@ -1,5 +1,5 @@
 #pragma once
-// The statement cache (DESIGN.md section 5): prepared statements that survive transaction
+// The statement cache (docs/transaction-pooling.md): prepared statements that survive transaction
 // pooling. Drivers prepare named statements and expect them on "their" session; pgring keeps
 //   - one registry per reactor: statement text + parameter types -> PreparedStatement (an id and
 //     the server-side name "pgring_<id>", so the same query prepared by many clients is prepared

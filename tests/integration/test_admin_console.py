@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The admin console (database "pgring", DESIGN.md section 9) through psql: every SHOW command
+"""The admin console (database "pgring", docs/operations.md) through psql: every SHOW command
 answers with rows; stats users may only SHOW; other users are refused with 42501; PAUSE holds
 new queries until RESUME; RELOAD applies a changed file; KILL db closes that database's clients
 with 57P01; SHUTDOWN makes pgring exit cleanly."""

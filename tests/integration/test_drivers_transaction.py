@@ -4,10 +4,9 @@ the simple and the extended protocol (16 clients on pool_size 4, no failed trans
 asyncpg (fetch, executemany, transactions, cursors, COPY), also many asyncpg connections at once
 on a small pool.
 
-asyncpg's default statement cache uses named prepared statements, which transaction pooling
-does not carry across servers yet (DESIGN.md section 5, the statement cache, is a later issue),
-so these tests connect with statement_cache_size=0 (unnamed statements only). pgbench -M
-prepared is left out for the same reason."""
+These tests connect asyncpg with statement_cache_size=0 (unnamed statements only): its named
+prepared statements, and pgbench -M prepared, are test_statement_cache.py's subject (the statement
+cache, docs/transaction-pooling.md)."""
 
 import asyncio
 import io

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Flow control (DESIGN.md section 3): a client SELECTs ~2 GB of generated rows and reads them at
+"""Flow control (docs/operations.md): a client SELECTs ~2 GB of generated rows and reads them at
 about 1 MB/s; pgring must stop reading from that server instead of buffering the result, so its
 RSS stays under 64 MiB, PostgreSQL's backend ends up waiting to write (ClientWrite), and another
 client's queries go on as usual (their latency is printed, not asserted). When the slow client

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""/metrics, /health and /ready (DESIGN.md section 9): counters move under a pgbench load in
+"""/metrics, /health and /ready (docs/operations.md): counters move under a pgbench load in
 transaction mode, the exposition passes `promtool check metrics`, the statement cache counters
 move with pgbench -M prepared, and disconnects are counted by reason."""
 

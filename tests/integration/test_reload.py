@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Configuration reload on SIGHUP (DESIGN.md sections 7 and 9): a changed pool_size applies live
+"""Configuration reload on SIGHUP (docs/operations.md, "Reload"): a changed pool_size applies live
 without dropping connected clients; a broken file is reported, counted in
 pgring_reload_failures_total and the running config stays; a database added by reload is
 connectable; one removed by reload closes its clients."""

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Session state in transaction mode (DESIGN.md section 4): state that cannot follow a client
+"""Session state in transaction mode (docs/transaction-pooling.md): state that cannot follow a client
 from one server to another (temporary tables, SQL PREPARE, WITH HOLD cursors, session advisory
 locks, LISTEN) never leaks silently. With session_state: pin (the default) the client keeps its
 server for the rest of its session, and the server is clean before anyone else gets it; with

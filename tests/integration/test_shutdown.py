@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Shutdown (DESIGN.md section 9): SIGTERM stops accepting, closes idle clients right away with
+"""Shutdown (docs/operations.md): SIGTERM stops accepting, closes idle clients right away with
 57P01, lets open transactions finish within timeouts.shutdown (then closes those clients too)
 and exits 0; a transaction still open at the deadline is cut off and rolled back; SIGINT exits
 promptly, even with a query running."""

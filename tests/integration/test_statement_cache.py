@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The statement cache (DESIGN.md section 5): named prepared statements in transaction mode, on
+"""The statement cache (docs/transaction-pooling.md): named prepared statements in transaction mode, on
 pools of 2-4 server connections shared by many clients, with zero errors.
 
 - pgbench -M prepared, select-only and the default TPC-B-like script, 16 clients on pool_size 4.

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""systemd (DESIGN.md section 9): systemd/pgring.service passes `systemd-analyze verify` when
+"""systemd (docs/operations.md): systemd/pgring.service passes `systemd-analyze verify` when
 its ExecStart/ExecStartPre name the real binary, declares what the design asks for, and pgring
 speaks the notify protocol it declares (READY=1, RELOADING=1 on SIGHUP, STOPPING=1, WATCHDOG=1)."""
 

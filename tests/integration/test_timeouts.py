@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""timeouts: in the YAML: each limit ends what it limits with its SQLSTATE (DESIGN.md sections 6
-and 8) and leaves the pool healthy. The checks are on SQLSTATEs and outcomes; times are only
+"""timeouts: in the YAML: each limit ends what it limits with its SQLSTATE (docs/operations.md,
+"Timeouts") and leaves the pool healthy. The checks are on SQLSTATEs and outcomes; times are only
 bounded generously so that a missing timeout shows up as a failure rather than a hang."""
 
 import time

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """workers: N runs N reactor threads, each with its own ring and SO_REUSEPORT listener, and the
-pool limits stay limits for the process (DESIGN.md section 2): pool_size 4 means 4 server
+pool limits stay limits for the process (docs/operations.md, "Workers"): pool_size 4 means 4 server
 connections in pg_stat_activity whatever reactor the clients landed on; clients on every
 reactor make progress (an idle server on one reactor is handed over when another's clients
 wait); cancels reach the client's reactor whichever accepted them; the admin console, /metrics
