@@ -24,6 +24,7 @@
 #include "daemon/core/reactor.hpp"
 #include "daemon/core/shared.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/ops/cpus.hpp"
 
 namespace {
 
@@ -116,9 +117,19 @@ int main(int argc, char** argv) {
   }
   pgring::log::init(config->log_level, config->log_format);
   for (const std::string& w : warnings) pgring::log::warning("{}", w);
-  int workers =
-      config->workers > 0 ? config->workers : static_cast<int>(std::thread::hardware_concurrency());
-  if (workers < 1) workers = 1;
+  int workers = config->workers;
+  if (workers <= 0) {
+    // auto: one reactor per CPU this process may use, not per CPU of the host (a sidecar
+    // limited to 2 CPUs on a 64-core node would otherwise start 64 reactors).
+    pgring::UsableCpus cpus = pgring::usable_cpus();
+    workers = cpus.count();
+    if (cpus.quota)
+      pgring::log::info("workers: auto = {} ({} CPUs in the affinity mask, a quota of {} in {})",
+                        workers, cpus.affinity, *cpus.quota, cpus.quota_source);
+    else
+      pgring::log::info("workers: auto = {} ({} CPUs in the affinity mask, no CPU quota)", workers,
+                        cpus.affinity);
+  }
   if (workers > pgring::kMaxWorkers) {
     pgring::log::warning("workers: {} is more than {}; running {}", workers, pgring::kMaxWorkers,
                          pgring::kMaxWorkers);

@@ -12,7 +12,8 @@ import time
 
 from lib import (Background, PGHOST, PGPORT, Pgring, admin_ok, admin_rows, backends, check,
                 check_eq, connect, direct_connect, expect_error, free_port, log, metric_sum,
-                monitor_connect, pool_config, query, query_one, run_tests, scrape, wait_until)
+                monitor_connect, pool_config, query, query_one, run_tests, scrape, skip_test,
+                wait_until)
 
 ROLE = "pgring_workers"  # pgring logs in to PostgreSQL as this role: its backends are ours
 
@@ -262,6 +263,74 @@ def test_admin_metrics_and_reload_cover_every_reactor():
         for c in held:
             check_eq(query_one(c, "SELECT 2"), 2, "a client after RESUME")
             c.close()
+
+
+def cpu_quota_cgroup():
+    """A new cgroup limited to 1 CPU (v2 cpu.max, or v1 cpu.cfs_quota_us), as (directory, file
+    its processes are written to), or None where this machine does not let us make one."""
+    name = f"pgring-it-{os.getpid()}"
+    candidates = [("/sys/fs/cgroup", True), ("/sys/fs/cgroup/cpu", False),
+                  ("/sys/fs/cgroup/cpu,cpuacct", False)]
+    for base, v2 in candidates:
+        if v2:
+            try:
+                with open(os.path.join(base, "cgroup.controllers")) as f:
+                    if "cpu" not in f.read().split():
+                        continue
+            except OSError:
+                continue
+        elif not os.path.exists(os.path.join(base, "cpu.cfs_quota_us")):
+            continue
+        path = os.path.join(base, name)
+        try:
+            os.mkdir(path)
+            if v2:
+                with open(os.path.join(path, "cpu.max"), "w") as f:
+                    f.write("100000 100000")
+            else:
+                with open(os.path.join(path, "cpu.cfs_period_us"), "w") as f:
+                    f.write("100000")
+                with open(os.path.join(path, "cpu.cfs_quota_us"), "w") as f:
+                    f.write("100000")
+            return path
+        except OSError as e:
+            log(f"cannot make a cgroup with a CPU quota in {base}: {e}")
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+    return None
+
+
+def test_workers_auto_uses_the_cpus_it_may_use():
+    # workers: auto counts the affinity mask and the cgroup CPU quota, not the host's CPUs.
+    if len(os.sched_getaffinity(0)) < 2:
+        skip_test("one CPU: auto would choose 1 whatever it counts")
+    config = pool_config()
+    config["workers"] = "auto"
+
+    def served(p, expected, why):
+        check(p.wait_log(rf"workers: auto = {expected} \(.*{why}"), f"auto = {expected}: {why}")
+        check(p.wait_log(rf"\b{expected} reactor threads? serving"), f"{expected} reactors")
+        c = connect(p.port, db="app")
+        check_eq(query_one(c, "SELECT 1"), 1)
+        c.close()
+
+    cpus = len(os.sched_getaffinity(0))
+    with Pgring(config) as p:
+        served(p, min(cpus, 64), "CPUs in the affinity mask")
+    with Pgring(config, launcher=["taskset", "-c", "0"]) as p:
+        served(p, 1, "1 CPUs in the affinity mask")
+    cgroup = cpu_quota_cgroup()
+    if cgroup is None:
+        log("no cgroup with a CPU quota could be made here: the quota part is not checked")
+        return
+    try:
+        enter = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"]
+        with Pgring(config, launcher=enter) as p:
+            served(p, 1, f"a quota of 1 in {cgroup}")
+    finally:
+        os.rmdir(cgroup)
 
 
 if __name__ == "__main__":
