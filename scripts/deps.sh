@@ -13,6 +13,7 @@ PACKAGES=(
   # tests, benchmarks and the quick start
   postgresql postgresql-contrib postgresql-client pgbouncer
   python3 python3-psycopg2 python3-asyncpg python3-yaml
+  python3-seccomp      # tests/integration/seccomp_run.py: seccomp profiles without a container runtime
   systemd              # systemd-analyze verify for systemd/pgring.service
   prometheus           # promtool check metrics on /metrics
   curl

@@ -5,16 +5,19 @@
 #   scripts/run.sh my-pgring.yaml  pgring with your config, if one of its databases is reachable;
 #                                  otherwise the throwaway PostgreSQL and its config, as above
 #
-# With the throwaway PostgreSQL, connect with:
-#   psql "postgresql://app:secret@127.0.0.1:6432/app"
+# With the throwaway PostgreSQL (transaction pooling, the admin console, /metrics), try:
+#   psql "postgresql://app:secret@127.0.0.1:6432/app"                       the application
+#   psql "postgresql://pgring_admin:admin@127.0.0.1:6432/pgring" -c "SHOW POOLS"   the console
+#   curl -s http://127.0.0.1:9930/metrics                                    the metrics
 # Stop with Ctrl-C (or SIGTERM): pgring stops, and the throwaway PostgreSQL is stopped and deleted.
-# PGRING_PORT changes the port of the generated config (default 6432).
+# PGRING_PORT and PGRING_METRICS_PORT change the ports of the generated config (6432, 9930).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPTS=$ROOT/scripts
 PY=/usr/bin/python3  # Debian's python, with python3-yaml
 LISTEN_PORT=${PGRING_PORT:-6432}
+METRICS_PORT=${PGRING_METRICS_PORT:-9930}
 
 CONFIG=${1:-}
 if [[ -n "$CONFIG" ]]; then
@@ -22,9 +25,14 @@ if [[ -n "$CONFIG" ]]; then
   CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
 fi
 
-"$SCRIPTS/deps.sh"
-"$SCRIPTS/build.sh" release
-BIN=$ROOT/build/pgring
+# PGRING_BIN: run that binary, with no package installs and no build (tests/integration does).
+if [[ -n "${PGRING_BIN:-}" ]]; then
+  BIN=$PGRING_BIN
+else
+  "$SCRIPTS/deps.sh"
+  "$SCRIPTS/build.sh" release
+  BIN=$ROOT/build/pgring
+fi
 [[ -x "$BIN" ]] || { echo "run: $BIN was not built" >&2; exit 1; }
 
 TMP=""
@@ -85,6 +93,10 @@ if ((reachable == 0)); then
       "stop that program or set PGRING_PORT" >&2
     exit 1
   fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT") 2>/dev/null; then
+    echo "run: port $METRICS_PORT on 127.0.0.1 is already in use; set PGRING_METRICS_PORT" >&2
+    exit 1
+  fi
   TMP=$(mktemp -d -t pgring-run.XXXXXX)
   chmod 0755 "$TMP"  # the postgres OS user (when we are root) must reach $TMP/pg
   PGPORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -95,20 +107,27 @@ if ((reachable == 0)); then
 # The full reference of every key is config/pgring.yaml.
 listen: ["127.0.0.1:$LISTEN_PORT"]
 log: {level: info, format: text}
+metrics: {listen: "127.0.0.1:$METRICS_PORT"}   # /metrics, /health, /ready
+admin: {users: [pgring_admin]}                 # SHOW POOLS etc. on database "pgring"
 auth:
   method: scram-sha-256
 users:
   app: {password: secret}
+  pgring_admin: {password: admin}
+defaults:
+  pool_mode: transaction                       # a server per transaction: many clients, few servers
+  pool_size: 20
 databases:
   app:
     host: 127.0.0.1
     port: $PGPORT
-    pool_mode: session
-    pool_size: 20
 EOF
   echo
   echo "  Throwaway PostgreSQL on 127.0.0.1:$PGPORT, config in $CONFIG"
-  echo "  Connect with: psql \"postgresql://app:secret@127.0.0.1:$LISTEN_PORT/app\""
+  echo "  Try:"
+  echo "    psql \"postgresql://app:secret@127.0.0.1:$LISTEN_PORT/app\""
+  echo "    psql \"postgresql://pgring_admin:admin@127.0.0.1:$LISTEN_PORT/pgring\" -c \"SHOW POOLS\""
+  echo "    curl -s http://127.0.0.1:$METRICS_PORT/metrics"
   echo "  Stop with Ctrl-C."
   echo
 else

@@ -1,0 +1,49 @@
+#!/usr/bin/python3
+"""seccomp: contrib/seccomp/pgring.json (for containers that should keep io_uring) lets pgring
+serve with io_uring, and lets the image's HEALTHCHECK command run; without the three io_uring
+calls (what Docker 25+ and containerd 2.0 default profiles do) pgring still serves, on its
+epoll engine. Profiles are applied with tests/integration/seccomp_run.py (libseccomp), no
+container runtime needed."""
+
+import os
+import re
+import subprocess
+
+from lib import Pgring, check, check_eq, connect, free_port, log, pool_config, query_one, run_tests
+
+SOURCE = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROFILE = os.path.join(SOURCE, "contrib", "seccomp", "pgring.json")
+RUN = os.path.join(SOURCE, "tests", "integration", "seccomp_run.py")
+IO_URING = "io_uring_setup,io_uring_enter,io_uring_register"
+
+
+def healthcheck_command():
+    """The Dockerfile's HEALTHCHECK command (bash, /dev/tcp, grep), as written there."""
+    text = open(os.path.join(SOURCE, "Dockerfile")).read()
+    m = re.search(r'HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])', text)
+    check(m is not None, "the Dockerfile has a HEALTHCHECK CMD [...]")
+    import json
+    return json.loads(m.group(1))
+
+
+def serves(p):
+    c = connect(p.port, db="app")
+    check_eq(query_one(c, "SELECT 41 + 1"), 42)
+    c.close()
+
+
+def test_profile_keeps_io_uring_and_the_healthcheck():
+    metrics_port = free_port()
+    with Pgring(pool_config(metrics_port=metrics_port),
+                launcher=[RUN, PROFILE, "--"]) as p:
+        serves(p)
+        check("epoll" not in p.log(), f"io_uring under the profile: {p.log()}")
+        command = [part.replace("9930", str(metrics_port)) for part in healthcheck_command()]
+        r = subprocess.run([RUN, PROFILE, "--"] + command, capture_output=True, text=True,
+                           timeout=30)
+        check_eq(r.returncode, 0, f"the HEALTHCHECK under the profile: {r.stderr}")
+
+
+if __name__ == "__main__":
+    run_tests(globals())
