@@ -3,6 +3,9 @@
 #   docker run --rm -p 6432:6432 -v $PWD/my-pgring.yaml:/etc/pgring/pgring.yaml:ro pgring
 # The built-in config (config/pgring.yaml) listens on 127.0.0.1:6432 only; mount a config with
 # listen: ["0.0.0.0:6432"] to reach pgring from outside the container.
+# Docker 25+ (and containerd 2.0) default seccomp profiles forbid io_uring: pgring then runs on
+# its epoll engine and logs it once. To keep io_uring, run with
+#   --security-opt seccomp=contrib/seccomp/pgring.json      (docs/operations.md, "I/O engines")
 
 # ---- build stage: the build dependencies of scripts/deps.sh, then scripts/build.sh release ----
 FROM debian:bookworm AS build

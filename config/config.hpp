@@ -34,6 +34,8 @@ enum class ClientTlsMode { disable, allow, require };
 // verify-full also the host name.
 enum class ServerTlsMode { disable, prefer, require, verify_ca, verify_full };
 enum class LogFormat { text, json };
+// io.engine: io_uring where the kernel allows it, else epoll (auto); or one of them.
+enum class IoEngine { auto_, io_uring, epoll };
 enum class LogLevel { debug, info, warning, error };
 
 [[nodiscard]] std::string_view to_string(PoolMode mode);
@@ -50,9 +52,9 @@ struct ListenAddress {
   std::string unix_dir;    // non-empty for a unix socket
 };
 
-// docs/operations.md, "Timeouts". 0 disables a timeout. The top-level `timeouts:` section sets every one;
-// a database or user may override those that concern its pools (kPoolTimeoutKeys in config.cpp):
-// client_login, cancel_wait and shutdown are process-wide.
+// docs/operations.md, "Timeouts". 0 disables a timeout. The top-level `timeouts:` section sets
+// every one; a database or user may override those that concern its pools (kPoolTimeoutKeys in
+// config.cpp): client_login, cancel_wait and shutdown are process-wide.
 struct Timeouts {
   Duration client_login{std::chrono::seconds(60)};
   Duration server_connect{std::chrono::seconds(15)};
@@ -203,6 +205,7 @@ struct Config {
     Duration user_timeout{0};        // TCP_USER_TIMEOUT: unacknowledged data this long ends it
   } tcp;
   int workers = 0;  // 0 = auto (one per CPU)
+  IoEngine io_engine = IoEngine::auto_;
   int max_client_conn = 10000;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;

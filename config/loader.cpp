@@ -50,6 +50,12 @@ class Loader {
         metrics(item);
       } else if (key == "tcp") {
         tcp(item);
+      } else if (key == "io") {
+        for_each_entry(item, {"engine"}, [&](const std::string&, const Item& engine) {
+          config_.io_engine = one_of<IoEngine>(engine, {{"auto", IoEngine::auto_},
+                                                        {"io_uring", IoEngine::io_uring},
+                                                        {"epoll", IoEngine::epoll}});
+        });
       } else if (key == "admin") {
         admin(item);
       } else if (key == "auth") {
@@ -76,7 +82,8 @@ class Loader {
  private:
   inline static const std::vector<std::string_view> kTopKeys = {
       "listen", "workers", "max_client_conn", "max_message_size", "log",       "metrics", "admin",
-      "auth",   "users",   "defaults",        "timeouts",         "databases", "tls",     "tcp"};
+      "auth",   "users",   "defaults",        "timeouts",         "databases", "tls",     "tcp",
+      "io"};
 
   void listen(const Item& item) {
     config_.listen.clear();

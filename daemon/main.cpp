@@ -193,7 +193,8 @@ int main(int argc, char** argv) {
       reactor.broadcast(
           [](pgring::Reactor& r) { r.begin_shutdown(pgring::Reactor::ShutdownMode::immediate); });
     } else {
-      pgring::log::info("{} reactor thread{} serving", workers, workers == 1 ? "" : "s");
+      pgring::log::info("{} reactor thread{} serving (I/O engine: {})", workers,
+                        workers == 1 ? "" : "s", reactor.io_engine());
       sd_notify(0, "READY=1\nSTATUS=accepting connections");
     }
     int run_rc = reactor.run();

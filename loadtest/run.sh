@@ -36,6 +36,7 @@ SERVE=0
 NO_SYSCALLS=0
 PGRING_PREFIX=""
 WORKERS=1
+IO_ENGINE=auto
 TLS=0
 
 usage() {
@@ -60,6 +61,7 @@ usage: loadtest/run.sh [options]
                        ../shared/anchors/build-pgbouncer has built it, else Debian's
                        /usr/sbin/pgbouncer 1.18)
   --workers N          pgring reactor threads (default 1, like PgBouncer's one process)
+  --io-engine E        pgring's io.engine: auto (default), io_uring or epoll
   --tls                client TLS for every target: pgbench, psql and loadgen connect with
                        sslmode=require; pgring (tls.client.mode require) and PgBouncer
                        (client_tls_sslmode = require) terminate it with a throwaway certificate
@@ -91,6 +93,7 @@ while (($#)); do
     --pgbouncer) PGBOUNCER=$2; shift ;;
     --no-syscalls) NO_SYSCALLS=1 ;;
     --workers) WORKERS=$2; shift ;;
+    --io-engine) IO_ENGINE=$2; shift ;;
     --tls) TLS=1 ;;
     --keep) KEEP=1 ;;
     --serve) SERVE=1 ;;
@@ -306,6 +309,7 @@ MAX_CLIENT_CONN=$(( NOFILE - 200 < 20000 ? NOFILE - 200 : 20000 ))
 cat >"$WORK/pgring.yaml" <<EOF
 listen: ["127.0.0.1:${PORT[pgring]}"]
 workers: $WORKERS
+io: {engine: $IO_ENGINE}
 max_client_conn: $MAX_CLIENT_CONN
 log: {level: warning}
 auth: {method: $AUTH}

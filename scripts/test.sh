@@ -4,7 +4,8 @@
 #   1. scripts/deps.sh                    install missing Debian packages
 #   1b. format                            clang-format --dry-run --Werror over every C/C++ source
 #   2. release build (build/)             unit + integration tests with ctest
-#   3. sanitizer build (build-asan/)      the same tests under ASan + UBSan
+#   3. sanitizer build (build-asan/)      the same tests under ASan + UBSan, then again with
+#                                         every pgring on the epoll engine (PGRING_IT_IO_ENGINE)
 #   3b. thread sanitizer (build-tsan/)    the tests labelled "workers" under TSan
 #   4. fuzz smoke (build-fuzz/, clang)    each fuzz_* target for FUZZ_SECONDS (default 60) seconds,
 #                                         starting from tests/fuzz/corpus/<name without fuzz_>
@@ -46,6 +47,10 @@ step() {
     FAILED_STEPS=$((FAILED_STEPS + 1))
   fi
   return "$rc"
+}
+
+run_ctest_epoll() {
+  PGRING_IT_IO_ENGINE=epoll run_ctest "$@"
 }
 
 # Runs ctest in DIR and adds its counts to the totals.
@@ -177,6 +182,9 @@ for mode in release asan tsan; do
   [[ $mode == tsan ]] && extra=(-L workers)
   if step "build $mode" "$ROOT/scripts/build.sh" "$mode"; then
     step "ctest $mode" run_ctest "$ROOT/$dir" "${extra[@]}" || true
+    # The epoll engine (io.engine: epoll, where containers forbid io_uring): the same tests,
+    # under the sanitizers.
+    [[ $mode == asan ]] && { step "ctest $mode, epoll engine" run_ctest_epoll "$ROOT/$dir" "${extra[@]}" || true; }
   else
     SUMMARY+=("skip  ctest $mode (build failed)")
   fi

@@ -84,10 +84,8 @@ void Reactor::start_cancel(Server& server) {
     log::info("S-{} canceling the request of C-{}", server.id_, server.client_->id_);
   else
     log::info("S-{} canceling the request its departed client left running", server.id_);
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
-  io_uring_sqe_set_data(sqe, &canceller->connect_op_);
   ++canceller->ops_in_flight_;
+  io_connect(canceller->connect_op_, fd, pool.address_, pool.address_len_);
 }
 
 void Reactor::on_cancel_connect(Canceller& canceller, int result) {
@@ -161,11 +159,7 @@ void Reactor::finish_cancel(Canceller& canceller) {
       }
     }
     if (canceller.stream_.fd >= 0) {
-      if (canceller.ops_in_flight_ > 0) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, canceller.stream_.fd, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data(sqe, &ignore_op_);
-      }
+      if (canceller.ops_in_flight_ > 0) io_cancel_fd(canceller.stream_.fd);
       ::shutdown(canceller.stream_.fd, SHUT_RDWR);
     }
   }

@@ -164,9 +164,7 @@ void Reactor::finish_close(Server& server) {
   if (server.stream_.fd < 0) return;
   if (server.state_ == ServerState::closing && server.ops_in_flight_ > 0) {
     // A connect in flight is not woken by shutdown(): cancel every request on the socket.
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, server.stream_.fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data(sqe, &ignore_op_);
+    io_cancel_fd(server.stream_.fd);
   }
   ::shutdown(server.stream_.fd, SHUT_RDWR);
 }

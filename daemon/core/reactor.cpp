@@ -24,11 +24,6 @@
 namespace pgring {
 
 namespace {
-constexpr unsigned kRingEntries = 4096;
-constexpr unsigned kCqEntries = 16384;
-constexpr std::uint32_t kBufferSize = 16384;
-constexpr std::uint32_t kBufferCount = 1024;
-constexpr std::uint16_t kBufferGroup = 0;
 // The sweep (timeouts, budgets, the watchdog) runs this often.
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 }  // namespace
@@ -44,28 +39,7 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
       config_(std::move(config)),
       tls_(std::move(tls)),
       config_path_(std::move(config_path)) {
-  io_uring_params params{};
-  params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
-                 IORING_SETUP_CQSIZE;
-  params.cq_entries = kCqEntries;
-  int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
-  if (rc == -EINVAL) {
-    // Older kernels (before 6.1) lack DEFER_TASKRUN / SINGLE_ISSUER: run without them.
-    params = {};
-    params.flags = IORING_SETUP_CQSIZE;
-    params.cq_entries = kCqEntries;
-    rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
-  }
-  if (rc < 0) {
-    throw std::runtime_error(
-        "io_uring setup failed: " + errno_text(-rc) +
-        (rc == -EPERM || rc == -ENOSYS
-             ? " (is io_uring disabled? check sysctl kernel.io_uring_disabled, or the "
-               "container's seccomp profile)"
-             : ""));
-  }
-  io_uring_register_ring_fd(&ring_);
-  buffers_ = std::make_unique<BufferRing>(ring_, kBufferGroup, kBufferSize, kBufferCount);
+  start_engine();
   now_ = Clock::now();
   next_sweep_ = now_ + kSweepInterval;
   std::uint64_t watchdog_usec = 0;
@@ -100,9 +74,7 @@ void Reactor::post(std::function<void(Reactor&)> task) {
 }
 
 void Reactor::arm_mailbox() {
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_read(sqe, mailbox_fd_, &mailbox_count_, sizeof mailbox_count_, 0);
-  io_uring_sqe_set_data(sqe, &mailbox_op_);
+  io_read(mailbox_op_, mailbox_fd_, &mailbox_count_, sizeof mailbox_count_);
 }
 
 void Reactor::run_mailbox() {
@@ -156,8 +128,12 @@ Reactor::~Reactor() {
   if (metrics_listener_.fd >= 0) ::close(metrics_listener_.fd);
   if (mailbox_fd_ >= 0) ::close(mailbox_fd_);
   // Exiting the ring cancels and waits for every request still in flight, so no kernel
-  // operation refers to a connection or buffer after this point.
-  io_uring_queue_exit(&ring_);
+  // operation refers to a connection or buffer after this point. (The epoll engine does
+  // nothing behind our back: dropping it is enough.)
+  if (epoll_)
+    epoll_.reset();
+  else
+    io_uring_queue_exit(&ring_);
   auto free_clients = [](List<Client>& list) {
     while (Client* c = list.pop_front()) {
       if (c->stream_.fd >= 0) ::close(c->stream_.fd);
@@ -213,7 +189,7 @@ int Reactor::run() {
   open_warm_pools();
   while (!stopped_) run_once();
   // Let cancelled operations complete before the listeners and buffers go away.
-  io_uring_submit(&ring_);
+  if (!epoll_) io_uring_submit(&ring_);
   return 0;
 }
 
@@ -242,8 +218,13 @@ void Reactor::wait_for_completions() {
   __kernel_timespec ts{};
   ts.tv_sec = wait.count() / 1000000000;
   ts.tv_nsec = wait.count() % 1000000000;
-  io_uring_cqe* cqe = nullptr;
   ++ring_counters_.enters;
+  if (epoll_) {
+    epoll_->run(wait);
+    now_ = Clock::now();
+    return;
+  }
+  io_uring_cqe* cqe = nullptr;
   int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
     log::error("io_uring wait failed: {}", errno_text(-rc));
@@ -251,6 +232,14 @@ void Reactor::wait_for_completions() {
 }
 
 void Reactor::run_completions() {
+  if (epoll_) {
+    // This turn's completions (handlers may add more: they wait for the next turn).
+    std::vector<EpollEngine::Completion> done;
+    done.swap(epoll_->completions());
+    ring_counters_.cqes += done.size();
+    for (const EpollEngine::Completion& c : done) dispatch(c.op, c.res, c.flags);
+    return;
+  }
   constexpr unsigned kBatch = 256;
   io_uring_cqe* batch[kBatch];
   // What a handler needs of a completion, copied first: handlers may submit, and the CQ slots
@@ -268,59 +257,60 @@ void Reactor::run_completions() {
       done[i] = {static_cast<Operation*>(io_uring_cqe_get_data(batch[i])), batch[i]->res,
                  batch[i]->flags};
     io_uring_cq_advance(&ring_, n);
-    for (unsigned i = 0; i < n; ++i) {
-      auto [op, res, flags] = done[i];
-      if (op == nullptr) continue;
-      // Each kind of operation has one handler; its owner is the connection that submitted it.
-      switch (op->kind) {
-        case Operation::Kind::client_recv:
-          on_client_recv(*static_cast<Client*>(op->owner), res, flags);
-          break;
-        case Operation::Kind::client_send:
-          on_client_send(*static_cast<Client*>(op->owner), res);
-          break;
-        case Operation::Kind::server_recv:
-          on_server_recv(*static_cast<Server*>(op->owner), res, flags);
-          break;
-        case Operation::Kind::server_send:
-          on_server_send(*static_cast<Server*>(op->owner), res);
-          break;
-        case Operation::Kind::accept:
-          on_accept(*static_cast<Listener*>(op->owner), res, flags);
-          break;
-        case Operation::Kind::server_connect:
-          on_server_connect(*static_cast<Server*>(op->owner), res);
-          break;
-        case Operation::Kind::cancel_connect:
-          on_cancel_connect(*static_cast<Canceller*>(op->owner), res);
-          break;
-        case Operation::Kind::cancel_send:
-          on_cancel_send(*static_cast<Canceller*>(op->owner), res);
-          break;
-        case Operation::Kind::cancel_recv:
-          on_cancel_recv(*static_cast<Canceller*>(op->owner), res, flags);
-          break;
-        case Operation::Kind::http_accept:
-          on_http_accept(res, flags);
-          break;
-        case Operation::Kind::http_recv:
-          on_http_recv(*static_cast<HttpConn*>(op->owner), res, flags);
-          break;
-        case Operation::Kind::http_send:
-          on_http_send(*static_cast<HttpConn*>(op->owner), res);
-          break;
-        case Operation::Kind::signal:
-          on_signal(res);
-          break;
-        case Operation::Kind::mailbox:
-          run_mailbox();
-          if (!stopped_) arm_mailbox();
-          break;
-        case Operation::Kind::ignore:
-          break;
-      }
-    }
+    for (unsigned i = 0; i < n; ++i) dispatch(done[i].op, done[i].res, done[i].flags);
     if (n < kBatch) break;
+  }
+}
+
+void Reactor::dispatch(Operation* op, int res, unsigned flags) {
+  if (op == nullptr) return;
+  // Each kind of operation has one handler; its owner is the connection that submitted it.
+  switch (op->kind) {
+    case Operation::Kind::client_recv:
+      on_client_recv(*static_cast<Client*>(op->owner), res, flags);
+      break;
+    case Operation::Kind::client_send:
+      on_client_send(*static_cast<Client*>(op->owner), res);
+      break;
+    case Operation::Kind::server_recv:
+      on_server_recv(*static_cast<Server*>(op->owner), res, flags);
+      break;
+    case Operation::Kind::server_send:
+      on_server_send(*static_cast<Server*>(op->owner), res);
+      break;
+    case Operation::Kind::accept:
+      on_accept(*static_cast<Listener*>(op->owner), res, flags);
+      break;
+    case Operation::Kind::server_connect:
+      on_server_connect(*static_cast<Server*>(op->owner), res);
+      break;
+    case Operation::Kind::cancel_connect:
+      on_cancel_connect(*static_cast<Canceller*>(op->owner), res);
+      break;
+    case Operation::Kind::cancel_send:
+      on_cancel_send(*static_cast<Canceller*>(op->owner), res);
+      break;
+    case Operation::Kind::cancel_recv:
+      on_cancel_recv(*static_cast<Canceller*>(op->owner), res, flags);
+      break;
+    case Operation::Kind::http_accept:
+      on_http_accept(res, flags);
+      break;
+    case Operation::Kind::http_recv:
+      on_http_recv(*static_cast<HttpConn*>(op->owner), res, flags);
+      break;
+    case Operation::Kind::http_send:
+      on_http_send(*static_cast<HttpConn*>(op->owner), res);
+      break;
+    case Operation::Kind::signal:
+      on_signal(res);
+      break;
+    case Operation::Kind::mailbox:
+      run_mailbox();
+      if (!stopped_) arm_mailbox();
+      break;
+    case Operation::Kind::ignore:
+      break;
   }
 }
 
@@ -394,9 +384,7 @@ Reactor::Received Reactor::receive(Stream& stream, int& ops, int result, unsigne
     // Flow control paused this stream's reading: a single-shot receive would simply not be
     // armed again; a multishot one is cancelled (these bytes, and any already on their way,
     // are kept: at most a buffer or two).
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel(sqe, &stream.recv_op_, 0);
-    io_uring_sqe_set_data(sqe, &ignore_op_);
+    io_cancel(stream.recv_op_, stream.fd);
     stream.recv_canceling_ = true;
   }
   if (stream.tls() != nullptr) {
@@ -592,14 +580,10 @@ void Reactor::submit_sends() {
   for (Stream* s : flush_list_) {
     s->flush_queued_ = false;
     if (s->fd < 0 || s->send_in_flight() || !s->has_output()) continue;
-    io_uring_sqe* sqe = get_sqe();
-    bool prepared = s->prepare_send(sqe);
+    msghdr* batch = s->prepare_send();
     if (s->tls() != nullptr && s->tls_failed()) tls_failed.push_back(s);  // encrypting failed
-    if (!prepared) {
-      io_uring_prep_nop(sqe);
-      io_uring_sqe_set_data(sqe, &ignore_op_);
-      continue;
-    }
+    if (batch == nullptr) continue;
+    io_send(s->send_op_, s->fd, *batch);
     // The owner counts the operation: it may not be freed before the send completes.
     switch (s->send_op_.kind) {
       case Operation::Kind::client_send:
@@ -635,26 +619,18 @@ void Reactor::submit_sends() {
 
 void Reactor::arm_recv(Stream& stream, int& ops) {
   if (stream.recv_armed_ || stream.fd < 0 || stream.reading_paused_) return;
-  io_uring_sqe* sqe = get_sqe();
-  // No buffer until bytes arrive: the kernel picks one from the ring then. Client and server
-  // connections receive multishot: one request keeps delivering (its poll stays armed in the
-  // kernel) until EOF, an error, an empty ring or a cancel, instead of a new request per
+  // Client and server connections receive multishot: one request keeps delivering (its poll
+  // stays armed) until EOF, an error, an empty ring or a cancel, instead of a new request per
   // message. The others (HTTP, cancel requests) read a request or two: single-shot.
   const bool multishot = stream.recv_op_.kind == Operation::Kind::client_recv ||
                          stream.recv_op_.kind == Operation::Kind::server_recv;
-  if (multishot)
-    io_uring_prep_recv_multishot(sqe, stream.fd, nullptr, 0, 0);
-  else
-    io_uring_prep_recv(sqe, stream.fd, nullptr, buffers_->buffer_size(), 0);
-  sqe->flags |= IOSQE_BUFFER_SELECT;
-  sqe->buf_group = buffers_->group();
-  io_uring_sqe_set_data(sqe, &stream.recv_op_);
+  io_recv(stream.recv_op_, stream.fd, multishot);
   stream.recv_armed_ = true;
   ++ops;
 }
 
 void Reactor::rearm_starved() {
-  if (starved_.empty() || buffers_->available() < kBufferCount / 8) return;
+  if (starved_.empty() || buffers_->available() < buffers_->count() / 8) return;
   auto starved = std::move(starved_);
   starved_.clear();
   for (auto [stream, ops] : starved) {
@@ -664,16 +640,12 @@ void Reactor::rearm_starved() {
 }
 
 void Reactor::arm_accept(Listener& listener) {
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_multishot_accept(sqe, listener.fd, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, &listener.accept_op);
+  io_accept(listener.accept_op, listener.fd);
   listener.armed = true;
 }
 
 void Reactor::arm_signal() {
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_read(sqe, signal_fd_, signal_buffer_, sizeof(signalfd_siginfo), 0);
-  io_uring_sqe_set_data(sqe, &signal_op_);
+  io_read(signal_op_, signal_fd_, signal_buffer_, sizeof(signalfd_siginfo));
 }
 
 }  // namespace pgring

@@ -24,6 +24,7 @@
 #include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
 #include "daemon/core/close_reason.hpp"
+#include "daemon/core/epoll.hpp"
 #include "daemon/core/list.hpp"
 #include "daemon/core/shared.hpp"
 #include "daemon/core/stream.hpp"
@@ -79,6 +80,8 @@ class Reactor {
   [[nodiscard]] const TlsContexts& tls() const { return *tls_; }
   [[nodiscard]] Clock::time_point now() const { return now_; }
   [[nodiscard]] BufferRing& buffers() { return *buffers_; }
+  // The I/O engine this reactor runs (io.engine): "io_uring" or "epoll".
+  [[nodiscard]] std::string_view io_engine() const { return epoll_ ? "epoll" : "io_uring"; }
   [[nodiscard]] StatementRegistry& statements() { return statements_; }
   [[nodiscard]] StartupTable& startups() { return startups_; }
   [[nodiscard]] Spares<Client::Batch>& spare_batches() { return spare_batches_; }
@@ -221,6 +224,17 @@ class Reactor {
   void run_completions();
   void free_closed();
   io_uring_sqe* get_sqe();
+  // The I/O operations, on whichever engine runs (core/io.cpp): each ends with one completion
+  // of `op` (multishot ones deliver more before it), handled in run_completions().
+  void start_engine();  // io.engine: the io_uring ring, or the epoll engine
+  void io_recv(Operation& op, int fd, bool multishot);
+  void io_send(Operation& op, int fd, msghdr& msg);
+  void io_connect(Operation& op, int fd, const sockaddr_storage& address, socklen_t length);
+  void io_accept(Operation& op, int fd);
+  void io_read(Operation& op, int fd, void* buffer, unsigned length);
+  void io_cancel(Operation& target, int fd);  // its completion says -ECANCELED if it was running
+  void io_cancel_fd(int fd);                  // every operation on fd
+  void dispatch(Operation* op, int res, unsigned flags);
   void arm_accept(Listener& listener);
   void arm_recv(Stream& stream, int& ops);
   void arm_signal();
@@ -279,6 +293,7 @@ class Reactor {
   bool paused_all_ = false;
   std::set<std::string, std::less<>> paused_databases_;
   io_uring ring_{};
+  std::unique_ptr<EpollEngine> epoll_;  // the epoll engine, when it runs instead of ring_
   std::unique_ptr<BufferRing> buffers_;
   StatementRegistry statements_;
   StartupTable startups_;

@@ -1,6 +1,6 @@
 #pragma once
-// What the reactors of one process share (docs/operations.md, "Workers"), kept small and explicit. Nothing
-// here is touched per message: a budget changes when a server connection opens or is freed,
+// What the reactors of one process share (docs/operations.md, "Workers"), kept small and explicit.
+// Nothing here is touched per message: a budget changes when a server connection opens or is freed,
 // the client count when a client connects or leaves; cross-reactor requests (cancel routing,
 // reload, shutdown, admin and metrics snapshots, "a server slot is free") go through each
 // reactor's mailbox.

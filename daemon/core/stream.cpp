@@ -20,40 +20,51 @@ constexpr std::size_t kMaxIov = 1024;
 // ---------------------------------------------------------------------------------------------
 // BufferRing
 
-BufferRing::BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size,
+BufferRing::BufferRing(io_uring* ring, std::uint16_t group, std::uint32_t buffer_size,
                        std::uint32_t count)
     : ring_(ring), group_(group), buffer_size_(buffer_size), count_(count), refs_(count, 0) {
-  // liburing 2.3 has no io_uring_setup_buf_ring: map the shared ring ourselves (page aligned).
-  std::size_t ring_bytes = count * sizeof(io_uring_buf);
-  void* r = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-  if (r == MAP_FAILED) throw std::runtime_error("mmap of the buffer ring failed");
-  br_ = static_cast<io_uring_buf_ring*>(r);
   // The buffers themselves: pages are only touched (and counted in RSS) once used.
   void* b = mmap(nullptr, std::size_t{count} * buffer_size, PROT_READ | PROT_WRITE,
                  MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (b == MAP_FAILED) throw std::runtime_error("mmap of receive buffers failed");
   base_ = static_cast<char*>(b);
+  available_ = count;
+  if (ring_ == nullptr) {
+    // The epoll engine's: the lowest ids on top, so that few buffers' pages are ever touched.
+    for (std::uint32_t i = count; i-- > 0;) free_.push_back(static_cast<std::uint16_t>(i));
+    return;
+  }
+  // liburing 2.3 has no io_uring_setup_buf_ring: map the shared ring ourselves (page aligned).
+  std::size_t ring_bytes = count * sizeof(io_uring_buf);
+  void* r = mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  if (r == MAP_FAILED) {
+    munmap(base_, std::size_t{count} * buffer_size);
+    throw std::runtime_error("mmap of the buffer ring failed");
+  }
+  br_ = static_cast<io_uring_buf_ring*>(r);
 
   io_uring_buf_reg reg{};
   reg.ring_addr = reinterpret_cast<unsigned long>(br_);
   reg.ring_entries = count;
   reg.bgid = group;
-  int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
-  if (rc < 0)
+  int rc = io_uring_register_buf_ring(ring_, &reg, 0);
+  if (rc < 0) {
+    munmap(br_, ring_bytes);
+    munmap(base_, std::size_t{count} * buffer_size);
     throw std::runtime_error(std::string("io_uring_register_buf_ring: ") + std::strerror(-rc));
+  }
   io_uring_buf_ring_init(br_);
   int mask = io_uring_buf_ring_mask(count);
   for (std::uint32_t i = 0; i < count; ++i)
     io_uring_buf_ring_add(br_, data(static_cast<std::uint16_t>(i)), buffer_size,
                           static_cast<std::uint16_t>(i), mask, static_cast<int>(i));
   io_uring_buf_ring_advance(br_, static_cast<int>(count));
-  available_ = count;
 }
 
 BufferRing::~BufferRing() {
   // The ring is gone by now (the reactor exits it first, which also drops this registration);
   // only the memory is ours to return.
-  munmap(br_, count_ * sizeof(io_uring_buf));
+  if (br_ != nullptr) munmap(br_, count_ * sizeof(io_uring_buf));
   munmap(base_, std::size_t{count_} * buffer_size_);
 }
 
@@ -64,10 +75,14 @@ void BufferRing::taken(std::uint16_t bid) {
 
 void BufferRing::unref(std::uint16_t bid) {
   if (--refs_[bid] != 0) return;
+  ++available_;
+  if (ring_ == nullptr) {
+    free_.push_back(bid);
+    return;
+  }
   io_uring_buf_ring_add(br_, data(bid), buffer_size_, bid, io_uring_buf_ring_mask(count_),
                         pending_returns_);
   ++pending_returns_;
-  ++available_;
 }
 
 void BufferRing::publish() {
@@ -295,13 +310,13 @@ void Stream::push_slice(Slice s) {
   if (s.bid != kOwned) ++pending_buffers_;
 }
 
-bool Stream::prepare_send(io_uring_sqe* sqe) {
-  if (send_in_flight_ || !io_) return false;
+msghdr* Stream::prepare_send() {
+  if (send_in_flight_ || !io_) return nullptr;
   StreamIo& io = *io_;
   if (io.iov_done >= io.iov.size() && (tls_ || !io.cipher.empty())) {
     // TLS: the batch is one run of records (plus any clear bytes queued before TLS began).
     if (tls_) encrypt_queue();
-    if (io.cipher.empty()) return false;
+    if (io.cipher.empty()) return nullptr;
     io.iov.clear();
     io.iov_done = 0;
     io.inflight_owned.swap(io.cipher);
@@ -312,7 +327,7 @@ bool Stream::prepare_send(io_uring_sqe* sqe) {
     io.iov.push_back(iovec{io.inflight_owned.data(), size});
   } else if (io.iov_done >= io.iov.size()) {
     // A new batch: the whole queue (up to kMaxIov slices) goes out in one sendmsg.
-    if (io.queue.empty()) return false;
+    if (io.queue.empty()) return nullptr;
     io.iov.clear();
     io.iov_done = 0;
     std::size_t n = std::min(io.queue.size(), kMaxIov);
@@ -336,11 +351,8 @@ bool Stream::prepare_send(io_uring_sqe* sqe) {
   io.msg = {};
   io.msg.msg_iov = io.iov.data() + io.iov_done;
   io.msg.msg_iovlen = io.iov.size() - io.iov_done;
-  // MSG_WAITALL makes io_uring retry short sends itself; we still handle a short result.
-  io_uring_prep_sendmsg(sqe, fd, &io.msg, MSG_NOSIGNAL | MSG_WAITALL);
-  io_uring_sqe_set_data(sqe, &send_op_);
   send_in_flight_ = true;
-  return true;
+  return &io.msg;
 }
 
 bool Stream::on_sent(std::uint32_t result) {

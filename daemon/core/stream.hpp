@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -70,14 +71,16 @@ struct StreamIo {
 
 class BufferRing {
  public:
-  // `count` must be a power of two. Registers the ring as buffer group `group`.
-  BufferRing(io_uring& ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count);
+  // `count` must be a power of two. Registers the ring as buffer group `group` of `ring`; with
+  // no ring (the epoll engine) the buffers are handed out by take_free() instead.
+  BufferRing(io_uring* ring, std::uint16_t group, std::uint32_t buffer_size, std::uint32_t count);
   ~BufferRing();
   BufferRing(const BufferRing&) = delete;
   BufferRing& operator=(const BufferRing&) = delete;
 
   [[nodiscard]] std::uint16_t group() const { return group_; }
   [[nodiscard]] std::uint32_t buffer_size() const { return buffer_size_; }
+  [[nodiscard]] std::uint32_t count() const { return count_; }
   [[nodiscard]] char* data(std::uint16_t bid) const {
     return base_ + std::size_t{bid} * buffer_size_;
   }
@@ -89,13 +92,22 @@ class BufferRing {
   void unref(std::uint16_t bid);
   // Make buffers returned during this loop turn visible to the kernel (one store).
   void publish();
+  // The epoll engine picks the buffer a receive goes to (io_uring's kernel does it otherwise):
+  // a free one (then taken() by the stream it fills), or back unused (nothing was received).
+  [[nodiscard]] std::optional<std::uint16_t> take_free() {
+    if (free_.empty()) return std::nullopt;
+    std::uint16_t bid = free_.back();
+    free_.pop_back();
+    return bid;
+  }
+  void give_back(std::uint16_t bid) { free_.push_back(bid); }
 
   // Spare stream I/O states (see Stream): taken by a stream that starts moving bytes, given
   // back when it is drained.
   Spares<StreamIo>& spare_io() { return spare_io_; }
 
  private:
-  io_uring& ring_;
+  io_uring* ring_;  // null: the epoll engine's buffers (free_)
   std::uint16_t group_;
   std::uint32_t buffer_size_;
   std::uint32_t count_;
@@ -104,6 +116,7 @@ class BufferRing {
   std::vector<std::uint16_t> refs_;
   std::uint32_t available_ = 0;
   int pending_returns_ = 0;
+  std::vector<std::uint16_t> free_;  // the epoll engine's free buffers, most recently used last
   Spares<StreamIo> spare_io_;
 };
 
@@ -214,8 +227,9 @@ class Stream {
   // Bytes and pinned ring buffers waiting to be sent: for flow control.
   [[nodiscard]] std::size_t pending_bytes() const { return pending_bytes_; }
   [[nodiscard]] std::size_t pending_buffers() const { return pending_buffers_; }
-  // Prepares the next batch for one sendmsg; false when nothing to send or a send is in flight.
-  bool prepare_send(io_uring_sqe* sqe);
+  // Prepares the next batch for one sendmsg (the message to send, stable until the send
+  // completes); null when nothing to send or a send is in flight.
+  msghdr* prepare_send();
   // The send completed with `result` bytes. Returns true when the whole batch is done; false
   // when a short send left bytes to resubmit (prepare_send continues it).
   bool on_sent(std::uint32_t result);

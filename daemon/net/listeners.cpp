@@ -126,11 +126,7 @@ void Reactor::listen() {
 void Reactor::close_listeners() {
   for (auto& l : listeners_) {
     if (l->fd < 0) continue;
-    if (l->armed && !stopped_) {
-      io_uring_sqe* sqe = get_sqe();
-      io_uring_prep_cancel(sqe, &l->accept_op, 0);
-      io_uring_sqe_set_data(sqe, &ignore_op_);
-    }
+    if (l->armed && !stopped_) io_cancel(l->accept_op, l->fd);
     ::shutdown(l->fd, SHUT_RDWR);
     ::close(l->fd);
     l->fd = -1;

@@ -63,6 +63,9 @@ constexpr MetricDef kMetrics[] = {
      "io_uring_enter calls (one per loop turn: submit and wait), i.e. wake-ups"},
     {"pgring_io_uring_sqes_total", "counter", "Operations submitted to the ring"},
     {"pgring_io_uring_cqes_total", "counter", "Completions reaped from the ring"},
+    {"pgring_io_engine_reactors", "gauge",
+     "Reactor threads by the I/O engine they run (io.engine: io_uring, or epoll where io_uring "
+     "is not allowed); the io_uring counters count the epoll engine's waits and operations too"},
     {"pgring_socket_sends_total", "counter", "Send operations by peer (client, server)"},
     {"pgring_socket_receives_total", "counter",
      "Receive completions carrying bytes by peer (client, server)"},
@@ -277,6 +280,8 @@ std::string Reactor::metrics_text_local() {
   }
   header(out, "pgring_statement_cache_entries");
   sample(out, "pgring_statement_cache_entries", "", static_cast<double>(statements_.size()));
+  header(out, "pgring_io_engine_reactors");
+  sample(out, "pgring_io_engine_reactors", "engine=\"" + std::string(io_engine()) + "\"", 1);
   const RingCounters& rc = ring_counters_;
   for (auto [metric, value] :
        {std::pair{std::string_view("pgring_io_uring_enters_total"), rc.enters},
@@ -330,9 +335,7 @@ void Reactor::listen_metrics() {
 }
 
 void Reactor::arm_http_accept() {
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_multishot_accept(sqe, metrics_listener_.fd, nullptr, nullptr, SOCK_CLOEXEC);
-  io_uring_sqe_set_data(sqe, &metrics_listener_.accept_op);
+  io_accept(metrics_listener_.accept_op, metrics_listener_.fd);
   metrics_listener_.armed = true;
 }
 

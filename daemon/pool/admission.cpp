@@ -130,10 +130,8 @@ void Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) 
   server->stream_.fd = fd;
   log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_,
              pool.user_name_);
-  io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&pool.address_), pool.address_len_);
-  io_uring_sqe_set_data(sqe, &server->connect_op_);
   ++server->ops_in_flight_;
+  io_connect(server->connect_op_, fd, pool.address_, pool.address_len_);
 }
 
 void Reactor::login_done(Client& client) {

@@ -58,8 +58,10 @@ def main(argv):
                 filt.add_rule(action(rule, "action"), name)
             except (RuntimeError, ValueError):
                 unknown.append(name)  # not a call of this architecture or libseccomp
-    for name in deny:
-        filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    if profile.get("defaultAction") != "SCMP_ACT_ERRNO":
+        # (Under an allow-list, a denied call is one it does not allow: nothing to add.)
+        for name in deny:
+            filt.add_rule(seccomp.ERRNO(errno.EPERM), name)
     if unknown:
         print(f"seccomp_run: not known here, left out: {' '.join(unknown)}", file=sys.stderr)
     filt.load()

@@ -25,6 +25,7 @@ TESTS = os.path.join(SOURCE, "tests", "integration")
 EFFECTS = {
     "listen": ("test_auth_rules.py", "test_ipv4_clients_on_a_dual_stack_listener", '"listen"'),
     "workers": ("test_workers.py", "test_pool_size_is_global_with_64_clients", '"workers"'),
+    "io.engine": ("test_seccomp.py", "test_without_io_uring_pgring_serves_on_epoll", '"engine"'),
     "max_client_conn": ("test_errors.py", "test_too_many_clients", "max_client_conn"),
     "max_message_size": ("test_errors.py", "test_message_too_large", "max_message_size"),
     "tcp.keepalive": ("test_timeouts.py", "test_tcp_keepalive_on_client_and_server_sockets",

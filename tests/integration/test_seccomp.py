@@ -9,7 +9,8 @@ import os
 import re
 import subprocess
 
-from lib import Pgring, check, check_eq, connect, free_port, log, pool_config, query_one, run_tests
+from lib import (Pgring, check, check_eq, connect, free_port, log, pool_config, query_one,
+                 run_tests, scrape)
 
 SOURCE = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +44,39 @@ def test_profile_keeps_io_uring_and_the_healthcheck():
         r = subprocess.run([RUN, PROFILE, "--"] + command, capture_output=True, text=True,
                            timeout=30)
         check_eq(r.returncode, 0, f"the HEALTHCHECK under the profile: {r.stderr}")
+
+
+def test_without_io_uring_pgring_serves_on_epoll():
+    # What Docker 25+ and containerd 2.0's default profiles do: the io_uring calls fail (EPERM).
+    metrics_port = free_port()
+    config = pool_config(metrics_port=metrics_port)
+    config["workers"] = 2
+    with Pgring(config, launcher=[RUN, PROFILE, "--deny", IO_URING, "--"]) as p:
+        check(p.wait_log(r"io_uring setup failed: Operation not permitted .*seccomp.*running on "
+                         r"the epoll engine"), "one clear line says why")
+        check(p.wait_log(r"2 reactor threads serving \(I/O engine: epoll\)"), "the engine in use")
+        serves(p)
+        # Prepared statements and a pipeline of them, through both reactors.
+        for _ in range(4):
+            c = connect(p.port, db="app")
+            with c.cursor() as cur:
+                cur.execute("PREPARE q(int) AS SELECT $1 * 2")
+                cur.execute("EXECUTE q(21)")
+                check_eq(cur.fetchone()[0], 42)
+            c.close()
+        body = scrape(metrics_port)
+        check('pgring_io_engine_reactors{engine="epoll"} 2' in body,
+              "the metric says epoll: " + "\n".join(l for l in body.splitlines()
+                                                     if "io_engine" in l))
+    # io.engine: io_uring asks for io_uring only: without it pgring does not start, and says why.
+    config = pool_config()
+    config["io"] = {"engine": "io_uring"}
+    p = Pgring(config, launcher=[RUN, PROFILE, "--deny", IO_URING, "--"])
+    p.write_config()
+    r = subprocess.run([RUN, PROFILE, "--deny", IO_URING, "--", os.environ["PGRING_BIN"],
+                        "--config", p.config_path], capture_output=True, text=True, timeout=30)
+    check(r.returncode != 0 and "io.engine: io_uring" in r.stdout + r.stderr,
+          f"io.engine io_uring without io_uring: {r.returncode} {r.stdout} {r.stderr}")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,9 @@ class Pgring:
         # reused): they run one reactor unless they say otherwise. test_workers.py runs several,
         # and PGRING_IT_WORKERS=N runs every test that does not set workers with N.
         self.config.setdefault("workers", int(os.environ.get("PGRING_IT_WORKERS", "1")))
+        # PGRING_IT_IO_ENGINE=epoll runs every test that does not choose its engine on epoll.
+        if os.environ.get("PGRING_IT_IO_ENGINE") and "io" not in self.config:
+            self.config["io"] = {"engine": os.environ["PGRING_IT_IO_ENGINE"]}
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f, sort_keys=False, default_flow_style=False)
 
