@@ -76,13 +76,17 @@ void BufferRing::taken(std::uint16_t bid) {
 void BufferRing::unref(std::uint16_t bid) {
   if (--refs_[bid] != 0) return;
   ++available_;
-  if (ring_ == nullptr) {
-    free_.push_back(bid);
+  if (ring_ == nullptr) [[unlikely]] {
+    free_unused(bid);  // (out of line: the ring's path stays small enough to inline)
     return;
   }
   io_uring_buf_ring_add(br_, data(bid), buffer_size_, bid, io_uring_buf_ring_mask(count_),
                         pending_returns_);
   ++pending_returns_;
+}
+
+void BufferRing::free_unused(std::uint16_t bid) {
+  free_.push_back(bid);
 }
 
 void BufferRing::publish() {

@@ -117,6 +117,7 @@ class BufferRing {
   std::uint32_t available_ = 0;
   int pending_returns_ = 0;
   std::vector<std::uint16_t> free_;  // the epoll engine's free buffers, most recently used last
+  [[gnu::noinline]] void free_unused(std::uint16_t bid);
   Spares<StreamIo> spare_io_;
 };
 
