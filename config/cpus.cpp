@@ -2,6 +2,7 @@
 
 #include "config/cpus.hpp"
 
+#include <algorithm>
 #include <charconv>
 
 namespace pgring::config {
@@ -108,7 +109,9 @@ std::optional<std::string> cgroup_directory(const CgroupMount& mount, std::strin
 
 std::optional<int> quota_cpus(long long quota_us, long long period_us) {
   if (quota_us <= 0 || period_us <= 0) return std::nullopt;
-  return static_cast<int>((quota_us + period_us - 1) / period_us);
+  // Rounded up without overflow, and no more than a machine can have.
+  long long cpus = quota_us / period_us + (quota_us % period_us != 0 ? 1 : 0);
+  return static_cast<int>(std::min(cpus, 1LL << 20));
 }
 
 std::optional<int> cpu_max_cpus(std::string_view cpu_max) {

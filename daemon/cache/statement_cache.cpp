@@ -20,7 +20,7 @@
 
 namespace pgring {
 
-// ---- the statement cache (docs/transaction-pooling.md) ------------------------------------------------
+// ---- the statement cache (docs/transaction-pooling.md) -----------------------------------
 
 void Client::fake_error(Server& server, std::string_view sqlstate, std::string message) {
   RequestQueue::Entry& e = server.requests_.push(Request::owed_error, reactor_.now());

@@ -82,8 +82,8 @@ class Pool {
   void reconfigure(const config::Database& db, const config::User* user,
                    config::PoolSettings settings);
 
-  // Pool limits are for the process (docs/operations.md, "Workers"): server connections are counted in
-  // budgets shared by the reactors (Shared), this pool's and its database's.
+  // Pool limits are for the process (docs/operations.md, "Workers"): server connections are counted
+  // in budgets shared by the reactors (Shared), this pool's and its database's.
   Budget* budget_ = nullptr;
   Budget* db_budget_ = nullptr;
   Budget* db_clients_ = nullptr;    // clients of this database, all reactors

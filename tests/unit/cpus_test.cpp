@@ -58,4 +58,6 @@ TEST_CASE("cpus: quotas round up, and no quota is none") {
   CHECK(cpu_max_cpus("100000 0") == std::nullopt);
   CHECK(quota_cpus(-1, 100000) == std::nullopt);
   CHECK(quota_cpus(250000, 100000) == 3);
+  CHECK(quota_cpus(9223372036854775807LL, 1) == 1 << 20);  // no overflow, a sane cap
+  CHECK(cpu_max_cpus("9223372036854775807 1") == 1 << 20);
 }
