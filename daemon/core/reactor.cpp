@@ -42,6 +42,8 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
   start_engine();
   now_ = Clock::now();
   next_sweep_ = now_ + kSweepInterval;
+  shared_.turned[static_cast<std::size_t>(index_)].store(now_.time_since_epoch().count(),
+                                                         std::memory_order_relaxed);
   std::uint64_t watchdog_usec = 0;
   if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0)
     watchdog_interval_ = std::chrono::microseconds(watchdog_usec / 2);

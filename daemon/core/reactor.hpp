@@ -270,6 +270,8 @@ class Reactor {
   void maybe_free(Server& server);
   void sweep();
   void sweep_active(Pool& pool);
+  // Reactor 0: WATCHDOG=1, if every reactor's loop turned recently.
+  void feed_watchdog();
   void close_listeners();
   void arm_mailbox();
   void run_mailbox();
@@ -354,7 +356,8 @@ class Reactor {
   Clock::time_point next_sweep_;
   std::chrono::microseconds watchdog_interval_{0};
   Clock::time_point next_watchdog_{};
-  int client_count_ = 0;  // this reactor's; Shared::clients counts the process's
+  bool watchdog_withheld_ = false;  // a reactor stalled: logged once, until all turn again
+  int client_count_ = 0;            // this reactor's; Shared::clients counts the process's
 
   int signal_fd_ = -1;
   Operation signal_op_{Operation::Kind::signal, nullptr};

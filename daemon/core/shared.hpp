@@ -47,13 +47,17 @@ struct Budget {
 
 class Shared {
  public:
-  explicit Shared(int workers) : reactors(static_cast<std::size_t>(workers)) {
+  explicit Shared(int workers)
+      : reactors(static_cast<std::size_t>(workers)), turned(static_cast<std::size_t>(workers)) {
     RAND_bytes(mock_nonce.data(), static_cast<int>(mock_nonce.size()));
   }
   [[nodiscard]] int workers() const { return static_cast<int>(reactors.size()); }
 
   // Filled in as the reactor threads start, before any of them accepts a connection.
   std::vector<std::atomic<Reactor*>> reactors;
+  // When each reactor last ran its sweep (steady clock, ns): reactor 0 pings systemd's watchdog
+  // only while every reactor turns, so one stalled reactor of several is noticed.
+  std::vector<std::atomic<std::int64_t>> turned;
   std::atomic<int> clients{0};            // max_client_conn is for the process
   std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
   // When the process started: SHOW STATS's rates per second on the "pgbouncer" console.

@@ -66,7 +66,8 @@ std::string Reactor::reload() {
   }
   ++reloads_;
   const config::Config& old = *config_;
-  // Listeners, workers and the metrics endpoint are set up once: changing them needs a restart.
+  // Listeners, workers, the I/O engine and the metrics endpoint are set up once: changing them
+  // needs a restart.
   auto listen_text = [](const config::Config& c) {
     std::string t;
     for (const auto& l : c.listen) t += l.host + ":" + std::to_string(l.port) + l.unix_dir + " ";
@@ -76,6 +77,8 @@ std::string Reactor::reload() {
     log::warning("reload: listen changed; it takes effect after a restart");
   if (old.workers != fresh->workers)
     log::warning("reload: workers changed; it takes effect after a restart");
+  if (old.io_engine != fresh->io_engine)
+    log::warning("reload: io.engine changed; it takes effect after a restart");
   auto metrics_text = [](const config::Config& c) {
     return c.metrics_listen ? c.metrics_listen->host + ":" + std::to_string(c.metrics_listen->port)
                             : std::string();

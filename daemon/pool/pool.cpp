@@ -424,17 +424,20 @@ void Pool::free_database() {
 
 void Pool::keep_warm() {
   // min_pool_size: open connections ahead of demand.
-  if (reactor_.shutting_down()) return;
-  if (settings_.min_pool_size <= 0 || reactor_.now() < no_warming_until_) return;
+  if (reactor_.shutting_down() || reactor_.now() < no_warming_until_) return;
   // Session mode opens servers with a client's startup parameters: none before the first.
   bool session = settings_.pool_mode == config::PoolMode::session;
   if (session && !recent_startup_) return;
   if (failing_) {
-    // One attempt at a time while the server is down; the pool fills once one logged in.
+    // One attempt at a time while the server is down, whether or not a client asks: /ready
+    // (and SHOW POOLS) must see a server that answers again, or a readiness gate in front of
+    // pgring would never let through the client whose login would find out. The pool fills
+    // once one logged in.
     if (server_count() == 0 && reactor_.now() >= next_attempt_)
-      (void)try_again(settings_.min_pool_size);
+      (void)try_again(std::max(1, settings_.min_pool_size));
     return;
   }
+  if (settings_.min_pool_size <= 0) return;
   // (A connect that fails at once, out of file descriptors, sets failing_: stop there.)
   while (!failing_ && budget_->try_acquire(settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {

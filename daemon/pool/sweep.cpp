@@ -34,11 +34,9 @@ constexpr auto kClosingGrace = std::chrono::seconds(5);
 
 void Reactor::sweep() {
   const config::Timeouts& t = config_->timeouts;
-  // systemd's watchdog is fed from the loop itself: if this reactor stalls, the pings stop.
-  if (watchdog_interval_.count() > 0 && now_ >= next_watchdog_) {
-    sd_notify(0, "WATCHDOG=1");
-    next_watchdog_ = now_ + watchdog_interval_;
-  }
+  shared_.turned[static_cast<std::size_t>(index_)].store(now_.time_since_epoch().count(),
+                                                         std::memory_order_relaxed);
+  if (index_ == 0 && watchdog_interval_.count() > 0 && now_ >= next_watchdog_) feed_watchdog();
   auto expired = [&](Clock::time_point since, config::Duration limit) {
     return limit.count() > 0 && now_ - since >= limit;
   };
@@ -198,8 +196,33 @@ void Reactor::sweep_active(Pool& pool) {
   }
 }
 
+void Reactor::feed_watchdog() {
+  // systemd's watchdog is fed from reactor 0's loop, and only while every reactor's loop turns:
+  // a reactor stuck for half the watchdog's timeout stops the pings (systemd then restarts
+  // pgring, which is what a pooler with a frozen share of the clients needs). From STOPPING=1 on,
+  // systemd no longer watches (and stopped reactors no longer turn).
+  if (shutting_down()) return;
+  for (int i = 0; i < shared_.workers(); ++i) {
+    auto turned = Clock::time_point(Clock::duration(
+        shared_.turned[static_cast<std::size_t>(i)].load(std::memory_order_relaxed)));
+    if (now_ - turned > watchdog_interval_) {
+      if (!watchdog_withheld_)
+        log::error("reactor {} has not turned for {} ms: systemd's watchdog is not fed", i,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(now_ - turned).count());
+      watchdog_withheld_ = true;
+      return;
+    }
+  }
+  if (watchdog_withheld_) log::info("every reactor turns again: feeding systemd's watchdog");
+  watchdog_withheld_ = false;
+  sd_notify(0, "WATCHDOG=1");
+  next_watchdog_ = now_ + watchdog_interval_;
+}
+
 void Reactor::begin_shutdown(ShutdownMode mode) {
   if (shutdown_ == ShutdownMode::none) {
+    // systemd learns at once that the service is stopping (not once the drain is over).
+    if (index_ == 0) sd_notify(0, "STOPPING=1");
     shutdown_deadline_ =
         now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
     close_listeners();

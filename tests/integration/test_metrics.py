@@ -4,13 +4,14 @@ transaction mode, the exposition passes `promtool check metrics`, the statement 
 move with pgbench -M prepared, and disconnects are counted by reason."""
 
 import os
+import socket
 import re
 import shutil
 import subprocess
 import tempfile
 import time
 
-from lib import (Background, PGHOST, PGPORT, Pgring, check, check_eq, connect, expect_error,
+from lib import (Background, PGHOST, PGPORT, Pgring, Relay, check, check_eq, connect, expect_error,
                 free_port, http_get, log, login, login_error, metric_sum, parse_metrics, pgbench,
                 pool_config, query, query_one, run_tests, scrape, skip_test, wait_until)
 
@@ -142,6 +143,33 @@ def test_health_and_ready():
         # pgring_disconnects_total{reason="server_unreachable"} counted it.
         n = metric_sum(scrape(mport), "pgring_disconnects_total", reason="server_unreachable")
         check(n is not None and n >= 1, f"disconnects{{reason=server_unreachable}} = {n}")
+
+
+def test_ready_again_without_a_client():
+    # A readiness gate sends no traffic to a pod that is not ready: the pool whose server was
+    # down must find out by itself that it answers again (no client login to clear it).
+    closed_port = free_port()
+    config = pool_config(metrics_port=(mport := free_port()),
+                         databases={"down": {"host": "127.0.0.1", "port": closed_port,
+                                             "dbname": "pgring_test"}},
+                         timeouts={"server_connect": "2s", "server_login_retry": "1s",
+                                   "query_wait": "2s"})
+    with Pgring(config) as p:
+        e = login_error(p.port, db="down")
+        check_eq(e.sqlstate, "08006", f"login to a database whose server is down ({e})")
+        check_eq(http_get(mport, "/ready")[0], 503, "/ready with the only server down")
+        listener = socket.create_server(("127.0.0.1", closed_port))
+        relay = Relay(listener)  # the server is back: PostgreSQL behind that port
+        try:
+            wait_until(lambda: http_get(mport, "/ready")[0] == 200, 10,
+                       what="/ready once the server answers again, with no client")
+            check(relay.connections >= 1, "no server connection was tried")
+            # And the pool serves: the next client logs in and queries.
+            c = connect(p.port, db="down")
+            check_eq(query_one(c, "SELECT current_database()"), "pgring_test")
+            c.close()
+        finally:
+            relay.close()
 
 
 def test_statement_cache_counters_with_prepared():

@@ -227,5 +227,25 @@ def test_reload_changes_timeouts():
         c.close()
 
 
+def test_reload_names_what_needs_a_restart():
+    # Listeners, workers, the I/O engine and the metrics endpoint are set up once: a reload that
+    # changes them says so, applies the rest, and pgring keeps serving on what it has.
+    config = pool_config(pool_size=2)
+    with Pgring(config) as p:
+        new = copy.deepcopy(config)
+        new["workers"] = 2
+        new["io"] = {"engine": "epoll"}
+        new["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+        new["defaults"]["pool_size"] = 3
+        sighup(p, new)
+        for what in ("workers", "io.engine", "metrics.listen"):
+            p.wait_log(f"reload: {what} changed; it takes effect after a restart")
+        config_rows = {r["key"]: r["value"] for r in admin_rows(p.port, "SHOW CONFIG")}
+        check_eq(config_rows.get("defaults.pool_size"), "3", "SHOW CONFIG defaults.pool_size")
+        c = connect(p.port)
+        check_eq(query_one(c, "SELECT 1"), 1, "a client after the reload")
+        c.close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

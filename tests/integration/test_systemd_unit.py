@@ -3,6 +3,7 @@
 its ExecStart/ExecStartPre name the real binary, declares what the design asks for, and pgring
 speaks the notify protocol it declares (READY=1, RELOADING=1 on SIGHUP, STOPPING=1, WATCHDOG=1)."""
 
+import ctypes
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 import time
 
 from lib import (PGRING_BIN, Pgring, SOURCE_DIR, check, check_eq, connect, fail, log, pool_config,
-                query_one, run_tests, skip_test, wait_exit)
+                query, query_one, run_tests, skip_test, wait_exit)
 
 UNIT = os.path.join(SOURCE_DIR, "systemd", "pgring.service")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -137,6 +138,76 @@ def test_sd_notify_protocol():
             check_eq(wait_exit(p, 10), 0, "exit status")
             ns.wait_for("STOPPING=1", timeout=2)
             log(f"sd_notify messages after SIGHUP: {[m for m in ns.messages if m]}")
+    finally:
+        ns.close()
+
+
+# ptrace(2) requests: a seized thread can be stopped alone (PTRACE_INTERRUPT), the rest of the
+# process runs on: one stalled reactor of several, as a bug or a blocking call would leave it.
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, WALL = 17, 0x4206, 0x4207, 0x40000000
+
+
+def thread_id(pid, name):
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            if f.read().strip() == name:
+                return int(tid)
+    fail(f"no thread named {name!r} in pgring ({os.listdir(f'/proc/{pid}/task')})")
+
+
+def test_watchdog_notices_one_stalled_reactor():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    ns = NotifySocket()
+    try:
+        env = {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "400000"}
+        config = pool_config()
+        config["workers"] = 2
+        with Pgring(config, env=env) as p:
+            ns.wait_for("WATCHDOG=1", timeout=5)
+            tid = thread_id(p.proc.pid, "reactor-1")
+            if libc.ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+                skip_test(f"ptrace(PTRACE_SEIZE) failed: {os.strerror(ctypes.get_errno())}")
+            try:
+                check_eq(libc.ptrace(PTRACE_INTERRUPT, tid, None, None), 0, "PTRACE_INTERRUPT")
+                os.waitpid(tid, WALL)  # reactor 1 is stopped; reactor 0 runs on
+                time.sleep(0.4)  # pings already on their way
+                ns.messages.clear()
+                ns.collect()
+                ns.messages.clear()
+                time.sleep(1.0)
+                pings = ns.collect().count("WATCHDOG=1")
+                log(f"WATCHDOG=1 pings in 1 s with reactor 1 stopped: {pings}")
+                check_eq(pings, 0, "pings while one reactor is stopped")
+            finally:
+                libc.ptrace(PTRACE_DETACH, tid, None, None)
+            ns.wait_for("WATCHDOG=1", timeout=2)  # it turns again: the pings resume
+            p.wait_log("reactor 1 has not turned", timeout=2)
+            c = connect(p.port)
+            check_eq(query_one(c, "SELECT 1"), 1)
+            c.close()
+    finally:
+        ns.close()
+
+
+def test_stopping_when_shutdown_starts():
+    # STOPPING=1 goes out when the drain begins (systemd shows "deactivating" and stops the
+    # watchdog), not when it is over.
+    ns = NotifySocket()
+    try:
+        env = {"NOTIFY_SOCKET": ns.path}
+        with Pgring(pool_config(timeouts={"shutdown": "20s"}), env=env,
+                    skip_leak_check="the test stops pgring itself") as p:
+            ns.wait_for("READY=1")
+            c = connect(p.port)
+            c.autocommit = False
+            query(c, "SELECT 1")  # a transaction open: the drain waits for it
+            p.proc.send_signal(signal.SIGTERM)
+            ns.wait_for("STOPPING=1", timeout=2)
+            check(p.proc.poll() is None, "pgring stopped without waiting for the transaction")
+            c.commit()
+            c.close()
+            check_eq(wait_exit(p, 10), 0, "exit status")
     finally:
         ns.close()
 
