@@ -11,21 +11,43 @@
 
 namespace pgring::proto::sql {
 
+// The words the checks below start from, as bits: which of them a query mentions at all (as
+// whole words, in any case, anywhere: inside a literal or a comment too, which only costs a
+// tokenize that then finds nothing). Almost every query a pooler sees (SELECT ... WHERE id = $1)
+// mentions none, and one pass over its text, with no allocation, settles every check: the
+// per-query path calls mentions() once and hands the bits to each of them.
+enum Mention : std::uint8_t {
+  kMentionsSet = 1 << 0,         // SET
+  kMentionsReset = 1 << 1,       // RESET
+  kMentionsDeallocate = 1 << 2,  // DEALLOCATE
+  // TEMP, TEMPORARY, HOLD, LISTEN, PREPARE, SET_CONFIG and the session advisory lock functions
+  kMentionsSessionWord = 1 << 3,
+};
+[[nodiscard]] std::uint8_t mentions(std::string_view query);
+
 // A query that is exactly one `SET [SESSION] name {TO|=} value` or `RESET name` / `RESET ALL`
-// (an optional trailing semicolon and whitespace/comments allowed).
+// (an optional trailing semicolon and whitespace/comments allowed). `mentioned`: mentions(query).
 struct SetStatement {
   enum class Kind { set, reset, reset_all } kind;
   std::string name;   // lower-cased unless quoted; empty for reset_all
   std::string value;  // the value as SQL text, verbatim (for kind set)
 };
-[[nodiscard]] std::optional<SetStatement> parse_set_statement(std::string_view query);
+[[nodiscard]] std::optional<SetStatement> parse_set_statement(std::string_view query,
+                                                              std::uint8_t mentioned);
+[[nodiscard]] inline std::optional<SetStatement> parse_set_statement(std::string_view query) {
+  return parse_set_statement(query, mentions(query));
+}
 
 // A query that is exactly one `DEALLOCATE [PREPARE] name` or `DEALLOCATE [PREPARE] ALL`.
 struct Deallocate {
   bool all = false;
   std::string name;  // lower-cased unless quoted
 };
-[[nodiscard]] std::optional<Deallocate> parse_deallocate(std::string_view query);
+[[nodiscard]] std::optional<Deallocate> parse_deallocate(std::string_view query,
+                                                         std::uint8_t mentioned);
+[[nodiscard]] inline std::optional<Deallocate> parse_deallocate(std::string_view query) {
+  return parse_deallocate(query, mentions(query));
+}
 
 // The database a query needs no other session connected to: `DROP DATABASE [IF EXISTS] name`,
 // `ALTER DATABASE name RENAME TO ...`, `CREATE DATABASE ... TEMPLATE [=] name`. Only a query
@@ -46,7 +68,10 @@ enum SessionState : std::uint8_t {
   kUntrackedSet = 1 << 6,     // a session SET pgring cannot replay (not a lone SET statement), or
                            // set_config(name, value, false) of a setting the server does not report
 };
-[[nodiscard]] std::uint8_t scan_session_state(std::string_view query);
+[[nodiscard]] std::uint8_t scan_session_state(std::string_view query, std::uint8_t mentioned);
+[[nodiscard]] inline std::uint8_t scan_session_state(std::string_view query) {
+  return scan_session_state(query, mentions(query));
+}
 // Session state a query that is exactly one statement ends, when it succeeds: `UNLISTEN *`
 // (kListen), `DISCARD TEMP|TEMPORARY` (kTemporaryObject), `CLOSE ALL` (kHoldCursor),
 // `DEALLOCATE [PREPARE] ALL` (kSqlPrepare), `SELECT pg_advisory_unlock_all()` (kAdvisoryLock),

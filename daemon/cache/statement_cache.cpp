@@ -298,8 +298,8 @@ bool Client::cached_close(Server& server, std::string_view body) {
   return true;
 }
 
-bool Client::deallocate(std::string_view query) {
-  auto d = proto::sql::parse_deallocate(query);
+bool Client::deallocate(std::string_view query, std::uint8_t mentioned) {
+  auto d = proto::sql::parse_deallocate(query, mentioned);
   if (!d) return false;
   if (d->all) {
     // Forwarded: it also drops the client's SQL-level statements. The tag clears the caches.

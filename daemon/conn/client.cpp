@@ -261,13 +261,14 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       std::unique_ptr<proto::sql::SetStatement> set;
       if (inspect) {
         if (auto text = proto::parse_query(body)) {
-          state = proto::sql::scan_session_state(*text);
+          std::uint8_t mentioned = proto::sql::mentions(*text);  // one pass for the checks below
+          state = proto::sql::scan_session_state(*text, mentioned);
           if (pinned_state_ != 0) release = proto::sql::scan_session_release(*text);
-          if (auto s = proto::sql::parse_set_statement(*text)) {
+          if (auto s = proto::sql::parse_set_statement(*text, mentioned)) {
             set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
             state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
           }
-          if (cache && deallocate(*text)) return Verdict::drop;
+          if (cache && deallocate(*text, mentioned)) return Verdict::drop;
           // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
           if (auto database = proto::sql::database_needed_alone(*text))
             reactor_.free_database(pool_->address_text_, *database);
@@ -292,11 +293,12 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       if (inspect) {
         if (auto parse = proto::parse_parse(body)) {
           std::string_view text = parse->query;
-          std::uint8_t state = proto::sql::scan_session_state(text);
+          std::uint8_t mentioned = proto::sql::mentions(text);
+          std::uint8_t state = proto::sql::scan_session_state(text, mentioned);
           // A lone SET sent through the extended protocol is replayed like a simple one: it
           // rides on the next Execute.
           last_parse_set_.reset();
-          if (auto set = proto::sql::parse_set_statement(text)) {
+          if (auto set = proto::sql::parse_set_statement(text, mentioned)) {
             last_parse_set_ = std::make_unique<proto::sql::SetStatement>(std::move(*set));
             state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
           }

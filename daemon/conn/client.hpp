@@ -169,6 +169,10 @@ class Client {
   // settings_: other settings (not reported by the server) from a replayable SET, as SQL text.
   std::vector<std::pair<std::string, std::string>> params_;
   std::vector<std::pair<std::string, std::string>> settings_;
+  // session_fingerprint(params_, settings_), kept current by every change to them (they change
+  // on a SET or a report; the fingerprint is compared twice per transaction).
+  std::uint64_t fingerprint_ = 0;
+  void session_changed();
   bool welcomed_ = false;
   // PostgreSQL's own FATAL error went to this client (a refused startup parameter): closing it
   // adds no error of pgring's.
@@ -269,7 +273,7 @@ class Client {
   bool cached_bind(Server& server, std::string_view body);
   bool cached_describe(Server& server, std::string_view body);
   bool cached_close(Server& server, std::string_view body);
-  bool deallocate(std::string_view query);
+  bool deallocate(std::string_view query, std::uint8_t mentioned);
   bool ensure_unnamed(Server& server);
   // A Bind or Describe names statement `name`: the statement the linked server now has (the
   // message is rewritten to its name), or null when the message goes on as it is (the unnamed

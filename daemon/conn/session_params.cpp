@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cctype>
 #include <cstring>
 
@@ -61,6 +62,7 @@ void Client::take_startup_settings() {
   // like any SET of the client (the server's reports replace the values in params_).
   settings_ = startup_->settings;
   params_ = startup_->values;
+  session_changed();
 }
 
 bool Client::startup_known() {
@@ -78,6 +80,7 @@ bool Client::startup_known() {
     if (reported == nullptr) return false;
     if (!reported->empty()) put_value(params_, name, *reported);
   }
+  session_changed();
   return true;
 }
 
@@ -145,7 +148,12 @@ std::string Client::restore_sql(const Server& server) const {
 }
 
 std::uint64_t Client::session_fingerprint() const {
-  return pgring::session_fingerprint(params_, settings_);
+  assert(fingerprint_ == pgring::session_fingerprint(params_, settings_));  // a change missed
+  return fingerprint_;
+}
+
+void Client::session_changed() {
+  fingerprint_ = pgring::session_fingerprint(params_, settings_);
 }
 
 void Client::on_restored() {
@@ -162,6 +170,7 @@ void Client::on_restored() {
         pool_->learn(name, asked, reported != nullptr ? *reported : std::string_view());
       }
     }
+    session_changed();
   }
   if (server_ != nullptr) server_->session_fingerprint_ = session_fingerprint();
   if (!welcomed_) send_welcome(server_->params_);
@@ -185,6 +194,7 @@ void Client::on_server_parameter(std::string_view name, std::string_view value) 
       break;
     }
   }
+  session_changed();
 }
 
 void Client::apply_setting(const proto::sql::SetStatement& set) {
@@ -209,6 +219,7 @@ void Client::apply_setting(const proto::sql::SetStatement& set) {
       settings_ = startup_settings();
       break;
   }
+  session_changed();
 }
 
 }  // namespace pgring

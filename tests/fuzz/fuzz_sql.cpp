@@ -1,5 +1,6 @@
-// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, the database a
-// DROP/ALTER/CREATE DATABASE needs, quoting).
+// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, DEALLOCATE, the
+// one-pass keyword filter in front of them, the database a DROP/ALTER/CREATE DATABASE needs,
+// quoting).
 
 #include <cstddef>
 #include <cstdint>
@@ -8,11 +9,21 @@
 #include "proto/sql.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  namespace sql = pgring::proto::sql;
   std::string_view text(reinterpret_cast<const char*>(data), size);
-  if (auto set = pgring::proto::sql::parse_set_statement(text)) {
+  if (auto set = sql::parse_set_statement(text)) {
     if (set->value.size() > text.size()) __builtin_trap();
   }
-  (void)pgring::proto::sql::scan_session_state(text);
+  // mentions() is only a shortcut: with every bit set the checks must answer the same.
+  std::uint8_t mentioned = sql::mentions(text);
+  if (sql::parse_set_statement(text, mentioned).has_value() !=
+      sql::parse_set_statement(text, 0xff).has_value())
+    __builtin_trap();
+  if (sql::scan_session_state(text, mentioned) != sql::scan_session_state(text, 0xff))
+    __builtin_trap();
+  if (sql::parse_deallocate(text, mentioned).has_value() !=
+      sql::parse_deallocate(text, 0xff).has_value())
+    __builtin_trap();
   (void)pgring::proto::sql::scan_session_release(text);
   if (auto db = pgring::proto::sql::database_needed_alone(text)) {
     if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text

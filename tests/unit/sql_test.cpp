@@ -108,6 +108,45 @@ TEST_CASE("scan_session_state: what pins a client") {
   CHECK(scan_session_state("/* LISTEN /* nested */ x */ SELECT 1") == kNone);
 }
 
+TEST_CASE("mentions: the one-pass filter in front of the SQL checks") {
+  CHECK(mentions("SELECT abalance FROM pgbench_accounts WHERE aid = $1") == 0);
+  CHECK(mentions("UPDATE t SET x = 1") == kMentionsSet);
+  CHECK(mentions("reset ALL") == kMentionsReset);
+  CHECK(mentions("DeAllocate foo") == kMentionsDeallocate);
+  for (const char* q :
+       {"create TEMP table t ()", "declare c cursor with HOLD for select 1", "listen x",
+        "PREPARE p AS SELECT 1", "select set_config('a', 'b', false)", "select pg_advisory_lock(1)",
+        "select PG_TRY_ADVISORY_LOCK_SHARED(1)", "create temporary table t ()"})
+    CHECK_MESSAGE(mentions(q) == kMentionsSessionWord, q);
+  // Whole words only: a column named settings or an identifier holding a keyword is no SET.
+  CHECK(mentions("select settings, offset_, reset_at, temps, set_at, x.setx from t") == 0);
+  CHECK(mentions("select 1 from t where x = 'SET'") == kMentionsSet);  // literals count too
+  CHECK(mentions("sélect set") == kMentionsSet);  // non-ASCII bytes continue a word
+  CHECK(mentions("") == 0);
+}
+
+TEST_CASE("mentions: never hides what the checks would find") {
+  // Random texts from the checks' own vocabulary: with the filter's bits or with every bit set,
+  // each check answers the same.
+  std::mt19937 rng(11);
+  const char* words[] = {"set",  "SET", "reset", "all", "deallocate", "prepare", "temp",
+                         "hold", "to",  "=",     ";",   "'x'",        "x",       "listen",
+                         "with", "--",  "/*",    "*/",  "session",    "local",   "\"$set\""};
+  for (int n = 0; n < 20000; ++n) {
+    std::string q;
+    int len = 1 + static_cast<int>(rng() % 6);
+    for (int i = 0; i < len; ++i) {
+      q += words[rng() % std::size(words)];
+      q += (rng() % 4 == 0) ? "\n" : " ";
+    }
+    std::uint8_t m = mentions(q);
+    CHECK_MESSAGE(parse_set_statement(q, m).has_value() == parse_set_statement(q, 0xff).has_value(),
+                  q);
+    CHECK_MESSAGE(scan_session_state(q, m) == scan_session_state(q, 0xff), q);
+    CHECK_MESSAGE(parse_deallocate(q, m).has_value() == parse_deallocate(q, 0xff).has_value(), q);
+  }
+}
+
 TEST_CASE("quoting") {
   CHECK(quote_literal("it's") == "'it''s'");
   CHECK(quote_literal("a\\b") == "E'a\\\\b'");
