@@ -174,6 +174,16 @@ const Database* Config::find_database(std::string_view name) const {
   return it == databases.end() ? nullptr : &it->second;
 }
 
+std::optional<Database> Config::database_for(std::string_view name) const {
+  if (const Database* db = find_database(name)) return *db;
+  const Database* fallback = find_database(kFallbackDatabase);
+  if (fallback == nullptr || name.empty()) return std::nullopt;
+  Database db = *fallback;
+  db.name = std::string(name);
+  if (db.dbname.empty()) db.dbname = db.name;
+  return db;
+}
+
 void PoolSettings::apply(const PoolOverrides& in) {
   PoolSettings& out = *this;
   if (in.pool_mode) out.pool_mode = *in.pool_mode;

@@ -70,6 +70,8 @@ struct Timeouts {
   Duration server_lifetime{std::chrono::seconds(3600)};
   Duration cancel_wait{std::chrono::seconds(10)};
   Duration shutdown{std::chrono::seconds(30)};
+  // The pools of a database served by the fallback entry ("*") go once unused this long.
+  Duration autodb_idle{std::chrono::seconds(3600)};
 };
 
 // Pool settings that defaults:, databases.<db> and users.<user> may each set. Absent = inherit.
@@ -121,6 +123,9 @@ struct User {
 };
 
 // A databases.<name> entry: where the server is and how pools for it behave.
+// The databases: entry that serves every database name without an entry of its own.
+inline constexpr std::string_view kFallbackDatabase = "*";
+
 struct Database {
   std::string name;  // what clients put in `database`
   // Host name, address, or a unix socket directory (starts with '/').
@@ -225,6 +230,9 @@ struct Config {
 
   [[nodiscard]] const User* find_user(std::string_view name) const;
   [[nodiscard]] const Database* find_database(std::string_view name) const;
+  // The database a client's `database` names: its own entry, else one made from the fallback
+  // entry "*" (named as the client asked; dbname the same unless "*" sets one), else none.
+  [[nodiscard]] std::optional<Database> database_for(std::string_view name) const;
   // defaults <- databases.<db> <- users.<user> (user may be null).
   [[nodiscard]] PoolSettings resolve_pool(const Database& db, const User* user) const;
   // The method for this login: the first auth rule that matches (rule = its path), auth.method

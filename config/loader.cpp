@@ -362,7 +362,7 @@ class Loader {
             "'" + config_.auth_query->user +
                 "' must be in users: with a plain password (pgring logs in to the server as it)");
       if (!config_.auth_query->database.empty() &&
-          config_.find_database(config_.auth_query->database) == nullptr)
+          !config_.database_for(config_.auth_query->database))
         throw ConfigError("auth.query.database", auth_query_line_,
                           "'" + config_.auth_query->database + "' is not in databases:");
     }
@@ -420,7 +420,8 @@ class Loader {
       }
       Database db;
       db.name = name;
-      db.dbname = name;
+      // The fallback entry connects to the database each client names (unless it sets dbname).
+      if (name != kFallbackDatabase) db.dbname = name;
       PoolMarks& marks = database_marks_[name];
       Item password_item;
       for_each_entry(entry, kDatabaseKeys, [&](const std::string& key, const Item& item) {

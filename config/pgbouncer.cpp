@@ -441,6 +441,7 @@ class Converter {
     if (k == "query_timeout") return set_duration(s, {"timeouts", "query"});
     if (k == "idle_transaction_timeout") return set_duration(s, {"timeouts", "idle_transaction"});
     if (k == "client_idle_timeout") return set_duration(s, {"timeouts", "client_idle"});
+    if (k == "autodb_idle_timeout") return set_duration(s, {"timeouts", "autodb_idle"});
     if (pool_key(root_["defaults"], k, s.value, why)) return;
     if (!why.empty()) return note(s, why);
     if (k == "server_connect_timeout") return set_duration(s, {"timeouts", "server_connect"});
@@ -571,7 +572,6 @@ class Converter {
          "leaves"},
         {"disable_pqexec", "not supported"},
         {"application_name_add_host", "not supported"},
-        {"autodb_idle_timeout", "pgring has no automatic databases (\"*\")"},
         {"suspend_timeout", "pgring has no online restart (SUSPEND)"},
         {"dns_max_ttl", "pgring resolves a database's host when its pool is created and on reload"},
         {"dns_nxdomain_ttl",
@@ -724,7 +724,6 @@ class Converter {
   }
 
   void database(const IniSetting& s) {
-    if (s.key == "*") return note(s, "pgring has no fallback database; list each database");
     auto pairs = parse_connstr(s.value);
     if (!pairs) return note(s, "not a 'key=value ...' connection string; not converted");
     YAML::Node db = root_["databases"][s.key];

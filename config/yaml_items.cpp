@@ -343,7 +343,8 @@ const std::vector<std::pair<std::string_view, Duration Timeouts::*>> kTimeoutKey
     {"server_idle", &Timeouts::server_idle},
     {"server_lifetime", &Timeouts::server_lifetime},
     {"cancel_wait", &Timeouts::cancel_wait},
-    {"shutdown", &Timeouts::shutdown}};
+    {"shutdown", &Timeouts::shutdown},
+    {"autodb_idle", &Timeouts::autodb_idle}};
 
 // Those a database or user may set for its own pools. client_login runs before the pool is
 // known; cancel_wait and shutdown are about the process.

@@ -29,8 +29,8 @@ void Reactor::look_up(Client& client) {
   // the auth user's own pool (never with the client's startup settings: CVE-2025-12819).
   std::string_view db_name =
       q.database.empty() ? std::string_view(client.startup_message().database) : q.database;
-  const config::Database* db = config_->find_database(db_name);
-  if (db == nullptr) {
+  std::optional<config::Database> db = config_->database_for(db_name);
+  if (!db) {
     // Unknown databases are revealed only after authentication: fail like a wrong password.
     client.on_lookup_done(std::nullopt, {});
     return;

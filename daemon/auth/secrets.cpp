@@ -73,7 +73,7 @@ const config::User& Reactor::store_lookup(std::string_view database, std::string
       (void)key;
       if (pool->user_name_ == name && secret_looked_up(name) &&
           (every_database || pool->database_ == database))
-        pool->reconfigure(*pool->db_, &slot->user, config_->resolve_pool(*pool->db_, &slot->user));
+        pool->reconfigure(pool->db_, &slot->user, config_->resolve_pool(pool->db_, &slot->user));
     }
   }
   return slot->user;

@@ -430,8 +430,8 @@ void Client::auth_ok() {
     admin_login();
     return;
   }
-  const config::Database* db = cfg.find_database(startup_message().database);
-  if (db == nullptr) {
+  std::optional<config::Database> db = cfg.database_for(startup_message().database);
+  if (!db) {
     reactor_.close(*this, Reason::unknown_database,
                    fmt::format("database \"{}\" does not exist", startup_message().database));
     return;

@@ -21,7 +21,7 @@ void Server::on_connected() {
   reactor_.set_state(*this, ServerState::login);
   login_ = std::make_unique<LoginState>();
   const config::ServerTls& tls = reactor_.config().tls_server;
-  bool unix_socket = !pool_.db_->host.empty() && pool_.db_->host[0] == '/';
+  bool unix_socket = !pool_.db_.host.empty() && pool_.db_.host[0] == '/';
   if (tls.mode != config::ServerTlsMode::disable && !unix_socket &&
       reactor_.tls().server_side != nullptr) {
     (void)stream_.emit([](std::string& out) { return proto::build::ssl_request(out); });
@@ -64,7 +64,7 @@ bool Server::negotiate_tls() {
       return false;
     }
     std::unique_ptr<TlsSession> session =
-        TlsSession::connect(reactor_.tls().server_side.get(), pool_.db_->host, tls.mode);
+        TlsSession::connect(reactor_.tls().server_side.get(), pool_.db_.host, tls.mode);
     if (session == nullptr || !stream_.start_tls(std::move(session))) {
       reactor_.close(*this, Reason::server_login_failed, "cannot start TLS");
       return false;

@@ -186,6 +186,9 @@ class Reactor {
   [[nodiscard]] bool ready();
   // 0: no pools here, 1: a pool here has a working server, 2: every pool here is failing.
   [[nodiscard]] int pools_up() const;
+  // SHOW DATABASES: the configured databases, then those the fallback entry ("*") serves now
+  // (a pool on any reactor), by name.
+  std::vector<config::Database> databases_to_show();
   void kill_database(std::string_view database);
   // PAUSE / RESUME (database "" = all), on this reactor's pools.
   void pause(const std::string& database, bool pause);
@@ -272,6 +275,7 @@ class Reactor {
   void sweep_active(Pool& pool);
   // Reactor 0: WATCHDOG=1, if every reactor's loop turned recently.
   void feed_watchdog();
+  void drop_unused_automatic_pools();
   void close_listeners();
   void arm_mailbox();
   void run_mailbox();

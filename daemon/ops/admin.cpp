@@ -119,7 +119,8 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
   } else if (is_show && what == "databases") {
     Result r({"name", "host", "port", "dbname", "pool_mode", "pool_size", "max_db_connections",
               "current_connections"});
-    for (const auto& [name, db] : config_->databases) {
+    for (const config::Database& db : databases_to_show()) {
+      const std::string& name = db.name;
       config::PoolSettings s = config_->resolve_pool(db, nullptr);
       r.row({name, db.host, std::to_string(db.port), db.dbname.empty() ? name : db.dbname,
              std::string(config::to_string(s.pool_mode)), std::to_string(s.pool_size),
@@ -161,7 +162,8 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
              {"server_idle", t.server_idle},
              {"server_lifetime", t.server_lifetime},
              {"cancel_wait", t.cancel_wait},
-             {"shutdown", t.shutdown}})
+             {"shutdown", t.shutdown},
+             {"autodb_idle", t.autodb_idle}})
       r.row({"timeouts." + std::string(name), std::to_string(value.count()) + "ms"});
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "statements") {
@@ -172,7 +174,7 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     error("42601", "unknown SHOW command \"" + what + "\"; try SHOW HELP");
   } else if (verb == "pause" || verb == "resume") {
     bool pause = verb == "pause";
-    if (!what.empty() && config_->find_database(what) == nullptr) {
+    if (!what.empty() && !config_->database_for(what)) {
       error("3D000", "no such database \"" + what + "\"");
     } else {
       broadcast([pause, what](Reactor& r) { r.pause(what, pause); });
@@ -188,7 +190,7 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     else
       error("F0000", "reload failed, the running configuration stays: " + problem);
   } else if (verb == "kill") {
-    if (what.empty() || config_->find_database(what) == nullptr) {
+    if (what.empty() || !config_->database_for(what)) {
       error("3D000", "KILL needs a configured database name");
     } else {
       broadcast([what](Reactor& r) { r.kill_database(what); });

@@ -219,7 +219,8 @@ bool Reactor::pgbouncer_show(Client& client, std::string_view what) {
               "reserve_pool_size", "server_lifetime", "pool_mode", "load_balance_hosts",
               "max_connections", "current_connections", "max_client_connections",
               "current_client_connections", "paused", "disabled"});
-    for (const auto& [name, db] : config_->databases) {
+    for (const config::Database& db : databases_to_show()) {
+      const std::string& name = db.name;
       config::PoolSettings s = config_->resolve_pool(db, nullptr);
       bool paused = paused_all_ || paused_databases_.contains(name);
       r.row({name, db.host, std::to_string(db.port), db.dbname.empty() ? name : db.dbname,

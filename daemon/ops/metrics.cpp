@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -308,6 +309,24 @@ bool Reactor::ready() {
   bool any_pool = std::any_of(answers.begin(), answers.end(), [](int a) { return a != 0; });
   bool any_up = std::any_of(answers.begin(), answers.end(), [](int a) { return a == 1; });
   return !any_pool || any_up;
+}
+
+std::vector<config::Database> Reactor::databases_to_show() {
+  std::vector<config::Database> out;
+  for (const auto& [name, db] : config_->databases) out.push_back(db);
+  std::set<std::string> automatic;
+  for (auto& names : gather<std::vector<std::string>>([](Reactor& r) {
+         std::vector<std::string> mine;
+         for (const auto& [key, pool] : r.pools_) {
+           (void)key;
+           if (pool->automatic_) mine.push_back(pool->database_);
+         }
+         return mine;
+       }))
+    automatic.insert(names.begin(), names.end());
+  for (const std::string& name : automatic)
+    if (auto db = config_->database_for(name)) out.push_back(std::move(*db));
+  return out;
 }
 
 int Reactor::pools_up() const {

@@ -113,8 +113,8 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
   }
   for (auto& [key, pool] : pools_) {
     (void)key;
-    const config::Database* db = config_->find_database(pool->database_);
-    if (db == nullptr) {
+    std::optional<config::Database> db = config_->database_for(pool->database_);
+    if (!db) {
       log::warning("reload: database {} was removed; closing its pools", pool->database_);
       for (List<Client>* l :
            {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
@@ -127,6 +127,7 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
       continue;
     }
     const config::User* user = find_user(pool->database_, pool->user_name_);
+    pool->automatic_ = config_->find_database(pool->database_) == nullptr;
     pool->reconfigure(*db, user, config_->resolve_pool(*db, user));
   }
   open_warm_pools();

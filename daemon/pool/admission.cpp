@@ -47,6 +47,7 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
   pool->db_clients_ = &shared_.database_clients(db.name);
   pool->user_clients_ = &shared_.user_clients(std::string(user_name));
   pool->paused_ = paused_all_ || paused_databases_.count(db.name) != 0;
+  pool->automatic_ = config_->find_database(db.name) == nullptr;
   Pool& ref = *pool;
   pools_.emplace(std::move(key), std::move(pool));
   return ref;
@@ -57,7 +58,7 @@ void Reactor::open_warm_pools() {
   // the client, a forced user's pool outside session mode (session mode logs in with a
   // client's startup parameters). Other pools warm up after their first login.
   for (const auto& [name, db] : config_->databases) {
-    if (!db.user) continue;
+    if (!db.user || name == config::kFallbackDatabase) continue;
     config::PoolSettings s = config_->resolve_pool(db, config_->find_user(*db.user));
     if (s.min_pool_size > 0 && s.pool_mode != config::PoolMode::session)
       pool_for(db, nullptr, *db.user).keep_warm();

@@ -19,7 +19,7 @@ namespace pgring {
 Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* user,
            std::string user_name, config::PoolSettings settings)
     : reactor_(reactor),
-      db_(&db),
+      db_(db),
       database_(db.name),
       user_name_(std::move(user_name)),
       settings_(std::move(settings)) {
@@ -53,13 +53,13 @@ void Pool::set_credentials(const config::Database& db, const config::User* user)
 
 void Pool::reconfigure(const config::Database& db, const config::User* user,
                        config::PoolSettings settings) {
-  bool moved = db.host != db_->host || db.port != db_->port || db.dbname != db_->dbname ||
-               db.user != db_->user || db.password != db_->password;
+  bool moved = db.host != db_.host || db.port != db_.port || db.dbname != db_.dbname ||
+               db.user != db_.user || db.password != db_.password;
   // Session mode's servers carry their clients' startup parameters, the others pgring's own:
   // neither kind may serve the other mode.
   bool mode_changed = (settings.pool_mode == config::PoolMode::session) !=
                       (settings_.pool_mode == config::PoolMode::session);
-  db_ = &db;
+  db_ = db;
   settings_ = std::move(settings);
   set_credentials(db, user);
   clear_failure();  // the new settings deserve an attempt at once
@@ -87,9 +87,9 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
 
 void Pool::resolve() {
   address_ok_ = false;
-  address_text_ = db_->host.starts_with('/') ? db_->host + "/.s.PGSQL." + std::to_string(db_->port)
-                                             : db_->host + ":" + std::to_string(db_->port);
-  if (db_->host.starts_with('/')) {
+  address_text_ = db_.host.starts_with('/') ? db_.host + "/.s.PGSQL." + std::to_string(db_.port)
+                                            : db_.host + ":" + std::to_string(db_.port);
+  if (db_.host.starts_with('/')) {
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
     if (address_text_.size() >= sizeof sun.sun_path) return;
@@ -105,8 +105,8 @@ void Pool::resolve() {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* res = nullptr;
-  std::string port = std::to_string(db_->port);
-  if (getaddrinfo(db_->host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) return;
+  std::string port = std::to_string(db_.port);
+  if (getaddrinfo(db_.host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) return;
   std::memcpy(&address_, res->ai_addr, res->ai_addrlen);
   address_len_ = res->ai_addrlen;
   address_ok_ = true;
@@ -432,8 +432,10 @@ void Pool::keep_warm() {
     // One attempt at a time while the server is down, whether or not a client asks: /ready
     // (and SHOW POOLS) must see a server that answers again, or a readiness gate in front of
     // pgring would never let through the client whose login would find out. The pool fills
-    // once one logged in.
-    if (server_count() == 0 && reactor_.now() >= next_attempt_)
+    // once one logged in. A refusal (wrong password, no such role or database) is the server
+    // answering: that pool waits for a client to try again, not probed for ever.
+    bool probe = settings_.min_pool_size > 0 || !failure_final_;
+    if (probe && server_count() == 0 && reactor_.now() >= next_attempt_)
       (void)try_again(std::max(1, settings_.min_pool_size));
     return;
   }

@@ -42,7 +42,7 @@ class Pool {
   // Servers
   // The database this pool's servers log in to.
   [[nodiscard]] const std::string& server_database() const {
-    return db_->dbname.empty() ? db_->name : db_->dbname;
+    return db_.dbname.empty() ? db_.name : db_.dbname;
   }
   // A client is about to drop, rename or copy this pool's database, which PostgreSQL allows only
   // with no other session in it: close the idle servers, and open none for min_pool_size for a
@@ -100,7 +100,7 @@ class Pool {
   static constexpr auto kHandoffIdle = std::chrono::milliseconds(20);
 
   Reactor& reactor_;
-  const config::Database* db_;
+  config::Database db_;   // a copy: a fallback ("*") database has no entry of its own
   std::string database_;  // the name clients use
   std::string user_name_;
   config::PoolSettings settings_;
@@ -156,6 +156,12 @@ class Pool {
   PoolStats stats_;
   // PAUSE: no new links; clients wait until RESUME.
   bool paused_ = false;
+  // Served by the fallback database ("*"): the pool goes once unused for timeouts.autodb_idle.
+  bool automatic_ = false;
+  Clock::time_point unused_since_{};  // when the sweep found it unused (epoch: in use)
+  [[nodiscard]] bool unused() const {
+    return client_count() == 0 && server_count() == 0 && servers_closing_ == 0 && lookups_.empty();
+  }
 
   // After a failed connect or login the pool is failing: with no server left, one connection
   // at a time tries again, at next_attempt_ (a back-off from 250 ms doubling up to

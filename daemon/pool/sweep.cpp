@@ -109,6 +109,7 @@ void Reactor::sweep() {
       close(*pool->idle_servers_.front(), Reason::config_changed, "pool_size shrank");
     pool->keep_warm();
   }
+  drop_unused_automatic_pools();
   // An HTTP client gets 5 seconds to send its request and read the answer.
   for (HttpConn* h = http_conns_.front(); h != nullptr;) {
     HttpConn* next = List<HttpConn>::next(h);
@@ -193,6 +194,30 @@ void Reactor::sweep_active(Pool& pool) {
       close(*c, Reason::client_idle_timeout, "terminating connection due to idle-session timeout");
     }
     s = next;
+  }
+}
+
+void Reactor::drop_unused_automatic_pools() {
+  // The fallback database ("*") serves any name a client asks for: its pools go once unused for
+  // timeouts.autodb_idle, so that the names tried once do not stay for ever.
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    Pool& pool = *it->second;
+    if (!pool.automatic_ || !pool.unused()) {
+      pool.unused_since_ = {};
+      ++it;
+      continue;
+    }
+    if (pool.unused_since_ == Clock::time_point{}) pool.unused_since_ = now_;
+    bool closing_client = false;  // a closing client still points at its pool
+    for (Client* c = closing_clients_.front(); c != nullptr; c = List<Client>::next(c))
+      closing_client |= c->pool_ == &pool;
+    if (now_ - pool.unused_since_ < config_->timeouts.autodb_idle || closing_client) {
+      ++it;
+      continue;
+    }
+    log::info("pool {}/{}: unused for timeouts.autodb_idle; dropped", pool.database_,
+              pool.user_name_);
+    it = pools_.erase(it);
   }
 }
 

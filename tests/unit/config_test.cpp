@@ -375,6 +375,44 @@ TEST_CASE("config: duplicate keys and YAML syntax errors") {
   check_error("{[a]: 1}\n", "", 1, "keys must be strings");
 }
 
+TEST_CASE("config: the fallback database \"*\" serves names without an entry") {
+  const Config c = parse_config(R"(auth: {method: trust}
+timeouts: {autodb_idle: 5m}
+databases:
+  app: {host: 10.0.0.1}
+  "*": {host: 10.0.0.9, port: 5433, pool_size: 4}
+)");
+  CHECK(c.timeouts.autodb_idle == std::chrono::minutes(5));
+  // Its own entry first.
+  REQUIRE(c.database_for("app"));
+  CHECK(c.database_for("app")->host == "10.0.0.1");
+  // Any other name: the fallback's server and settings, the name the client asked for.
+  auto other = c.database_for("reports");
+  REQUIRE(other);
+  CHECK(other->name == "reports");
+  CHECK(other->dbname == "reports");
+  CHECK(other->host == "10.0.0.9");
+  CHECK(other->port == 5433);
+  CHECK(c.resolve_pool(*other, nullptr).pool_size == 4);
+  CHECK_FALSE(c.database_for(""));
+  // A fallback that names its dbname sends every name there.
+  const Config one = parse_config(R"(auth: {method: trust}
+databases: {"*": {dbname: shared}}
+)");
+  CHECK(one.database_for("x")->dbname == "shared");
+  CHECK(one.database_for("x")->name == "x");
+  // Without "*", unknown stays unknown.
+  const Config none = parse_config("auth: {method: trust}\ndatabases: {app: {}}\n");
+  CHECK_FALSE(none.database_for("reports"));
+  // auth.query.database may be one the fallback serves.
+  CHECK_NOTHROW(parse_config(R"(auth:
+  method: md5
+  query: {user: lookup, database: anything}
+users: {lookup: {password: pw}}
+databases: {"*": {}}
+)"));
+}
+
 TEST_CASE("config: resolve_pool precedence is defaults <- database <- user") {
   const Config c = parse_config(R"(auth: {method: trust}
 defaults:

@@ -126,6 +126,7 @@ max_client_conn = 2000
 max_db_connections = 50
 server_idle_timeout = 300
 server_lifetime = 1800
+autodb_idle_timeout = 600
 query_wait_timeout = 30
 idle_transaction_timeout = 60
 client_tls_sslmode = require
@@ -178,12 +179,17 @@ host all all all reject
   CHECK(app_pool.timeouts.server_lifetime == 1800s);
   CHECK(app_pool.timeouts.reserve_pool == 2500ms);
   CHECK(app_pool.timeouts.idle_transaction == 60s);
+  CHECK(config.timeouts.autodb_idle == 600s);
   const Database& reports = config.databases.at("reports");
   CHECK(reports.host == "10.0.0.2");
   CHECK(reports.user == "reporter");
   CHECK(reports.password == "s3 cret");
   CHECK(config.databases.at("legacy").host == "/var/run/postgresql");
-  CHECK_FALSE(config.find_database("*"));
+  // The fallback database: each database name served from that host, as PgBouncer does.
+  REQUIRE(config.find_database("*"));
+  CHECK(config.find_database("*")->host == "fallback");
+  REQUIRE(config.database_for("anything"));
+  CHECK(config.database_for("anything")->dbname == "anything");
   const User* batch = config.find_user("batch");
   REQUIRE(batch);
   CHECK(config.resolve_pool(app, batch).pool_mode == PoolMode::session);
@@ -214,8 +220,8 @@ host all all all reject
   // Nothing dropped silently: each setting that has no equivalent is named, with its line.
   for (std::string_view why :
        {"pgbouncer.ini:5: [databases] legacy: connect_query", "[databases] legacy: client_encoding",
-        "[databases] *: pgring has no fallback database", "reports: host lists several hosts",
-        "[users] batch: max_user_connections", "ignore_startup_parameters", "server_check_query",
+        "reports: host lists several hosts", "[users] batch: max_user_connections",
+        "ignore_startup_parameters", "server_check_query",
         "no_such_setting: not a PgBouncer setting pgring knows",
         "hba.conf:2: peer is not supported", "hba.conf:5: user +ops is not supported"})
     CHECK_MESSAGE(noted(c, why), why);
