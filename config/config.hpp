@@ -227,6 +227,10 @@ struct Config {
   PoolSettings defaults;
   Timeouts timeouts;
   std::map<std::string, Database, std::less<>> databases;
+  // Startup parameters dropped from every client's startup packet (PgBouncer's setting of the
+  // same name): neither applied to the session nor sent to a server. `options` drops the whole
+  // `options` parameter; any other name drops it, and its "-c name=value" inside `options`.
+  std::vector<std::string> ignore_startup_parameters;
 
   [[nodiscard]] const User* find_user(std::string_view name) const;
   [[nodiscard]] const Database* find_database(std::string_view name) const;

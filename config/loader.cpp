@@ -70,6 +70,13 @@ class Loader {
         databases(item);
       } else if (key == "tls") {
         tls(item);
+      } else if (key == "ignore_startup_parameters") {
+        config_.ignore_startup_parameters.clear();
+        for (std::string& name : string_list(item)) {
+          if (name == "user" || name == "database" || name == "replication")
+            item.fail("'" + name + "' cannot be ignored: it says what the connection is");
+          config_.ignore_startup_parameters.push_back(std::move(name));
+        }
       }
     });
     finish_listen(listen_item);
@@ -80,10 +87,22 @@ class Loader {
   }
 
  private:
-  inline static const std::vector<std::string_view> kTopKeys = {
-      "listen", "workers", "max_client_conn", "max_message_size", "log",       "metrics", "admin",
-      "auth",   "users",   "defaults",        "timeouts",         "databases", "tls",     "tcp",
-      "io"};
+  inline static const std::vector<std::string_view> kTopKeys = {"listen",
+                                                                "workers",
+                                                                "max_client_conn",
+                                                                "max_message_size",
+                                                                "log",
+                                                                "metrics",
+                                                                "admin",
+                                                                "auth",
+                                                                "users",
+                                                                "defaults",
+                                                                "timeouts",
+                                                                "databases",
+                                                                "tls",
+                                                                "tcp",
+                                                                "io",
+                                                                "ignore_startup_parameters"};
 
   void listen(const Item& item) {
     config_.listen.clear();

@@ -463,6 +463,15 @@ class Converter {
       return;
     }
     if (k == "max_packet_size") return set_int(s, {"max_message_size"}, 1024);
+    if (k == "ignore_startup_parameters") {
+      // The same list: PgBouncer refused the parameters it did not know unless listed here;
+      // pgring accepts them all, but a client's parameter that was ignored stays ignored.
+      YAML::Node list(YAML::NodeType::Sequence);
+      for (const std::string& p : split_list(s.value))
+        if (p != "user" && p != "database" && p != "replication") list.push_back(p);
+      root_["ignore_startup_parameters"] = list;
+      return;
+    }
     if (k == "admin_users" || k == "stats_users") {
       YAML::Node list(YAML::NodeType::Sequence);
       for (const std::string& u : split_list(s.value)) list.push_back(u);
@@ -554,9 +563,6 @@ class Converter {
         {"max_user_connections",
          "pgring has no limit of server connections per user; the per-pool pool_size and the "
          "per-database max_db_connections apply"},
-        {"ignore_startup_parameters",
-         "pgring accepts every startup parameter (each client's settings follow it from server "
-         "to server): nothing needs ignoring"},
         {"track_extra_parameters",
          "pgring tracks every reported parameter and every SET for each client"},
         {"server_reset_query_always",
@@ -880,8 +886,9 @@ class Converter {
   std::string emit() const {
     // In the order of config/pgring.yaml.
     YAML::Node ordered(YAML::NodeType::Map);
-    for (const char* key : {"listen", "max_client_conn", "max_message_size", "tcp", "log", "admin",
-                            "auth", "tls", "users", "defaults", "timeouts", "databases"})
+    for (const char* key :
+         {"listen", "max_client_conn", "max_message_size", "ignore_startup_parameters", "tcp",
+          "log", "admin", "auth", "tls", "users", "defaults", "timeouts", "databases"})
       if (root_[key]) ordered[key] = root_[key];
     YAML::Emitter out;
     out << ordered;

@@ -87,8 +87,7 @@ void Server::send_startup() {
   };
   if (startup_) {
     // Session mode: the clients' own parameters, `options` included, as they sent them.
-    for (const auto& [name, value] : startup_->message.params)
-      if (name != "replication" && !name.starts_with("_pq_.")) params.emplace_back(name, value);
+    params.insert(params.end(), startup_->server_params.begin(), startup_->server_params.end());
   }
   if (!stream_.emit([&](std::string& out) {
         return proto::build::startup_message(out, proto::kProtocol30, params);

@@ -1,5 +1,7 @@
 #include "daemon/conn/startup.hpp"
 
+#include <algorithm>
+
 #include "proto/ascii.hpp"
 #include "proto/sql.hpp"
 
@@ -61,6 +63,19 @@ NameValues parse_startup_options(std::string_view options) {
   return out;
 }
 
+void StartupTable::set_ignored(const std::vector<std::string>& names) {
+  if (names == ignored_) return;
+  ignored_ = names;
+  // Startups interned under the old list are not handed out again (their clients keep them;
+  // each one's deleter leaves the entries that are not its own alone).
+  entries_->clear();
+}
+
+bool StartupTable::ignored(std::string_view name) const {
+  return std::any_of(ignored_.begin(), ignored_.end(),
+                     [&](const std::string& i) { return proto::iequals(i, name); });
+}
+
 std::shared_ptr<const Startup> StartupTable::intern(std::string_view packet) {
   if (auto it = entries_->find(packet); it != entries_->end())
     if (std::shared_ptr<const Startup> shared = it->second.lock()) return shared;
@@ -74,9 +89,12 @@ std::shared_ptr<const Startup> StartupTable::intern(std::string_view packet) {
     put_value(startup->values, name, value);
   };
   for (const auto& [name, value] : startup->message.params) {
+    if (name == "replication" || name.starts_with("_pq_.") || ignored(name)) continue;
+    startup->server_params.emplace_back(name, value);
     if (name == "options") {
-      for (const auto& [n, v] : parse_startup_options(value)) add(n, v);
-    } else if (name != "replication" && !name.starts_with("_pq_.")) {
+      for (const auto& [n, v] : parse_startup_options(value))
+        if (!ignored(n)) add(n, v);
+    } else {
       add(name, value);
     }
   }

@@ -24,6 +24,9 @@ struct Startup {
   // session, as PostgreSQL treats them (`options` "-c name=value" and "--name=value" too):
   NameValues settings;  // lower-case name -> SQL literal: RESET and RESET ALL return to these
   NameValues values;    // name -> value as the client sent it (the welcome, startup_value())
+  // What a session-mode server's startup packet carries besides user and database: the
+  // client's parameters as it sent them, less replication, _pq_.* and ignore_startup_parameters.
+  std::vector<std::pair<std::string_view, std::string_view>> server_params;  // views into packet
 };
 
 // One per reactor: the Startups its clients hold, by packet.
@@ -32,6 +35,9 @@ class StartupTable {
   StartupTable() : entries_(std::make_shared<Entries>()) {}
   // The shared Startup for `packet` (a StartupMessage), or null when it does not parse.
   std::shared_ptr<const Startup> intern(std::string_view packet);
+  // ignore_startup_parameters, as configured now: Startups interned from here on leave these
+  // out (clients already logged in keep theirs).
+  void set_ignored(const std::vector<std::string>& names);
   [[nodiscard]] std::size_t size() const { return entries_->size(); }
 
  private:
@@ -39,6 +45,8 @@ class StartupTable {
   // (its deleter holds the table, so the order of destruction does not matter).
   using Entries = std::unordered_map<std::string_view, std::weak_ptr<const Startup>>;
   std::shared_ptr<Entries> entries_;
+  std::vector<std::string> ignored_;
+  [[nodiscard]] bool ignored(std::string_view name) const;
 };
 
 // Name/value lists (names compared case-insensitively): the value of `name`, or null.

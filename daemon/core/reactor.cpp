@@ -40,6 +40,7 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
       tls_(std::move(tls)),
       config_path_(std::move(config_path)) {
   start_engine();
+  startups_.set_ignored(config_->ignore_startup_parameters);
   now_ = Clock::now();
   next_sweep_ = now_ + kSweepInterval;
   shared_.turned[static_cast<std::size_t>(index_)].store(now_.time_since_epoch().count(),

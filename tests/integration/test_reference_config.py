@@ -27,6 +27,8 @@ EFFECTS = {
     "workers": ("test_workers.py", "test_pool_size_is_global_with_64_clients", '"workers"'),
     "io.engine": ("test_seccomp.py", "test_without_io_uring_pgring_serves_on_epoll", '"engine"'),
     "max_client_conn": ("test_errors.py", "test_too_many_clients", "max_client_conn"),
+    "ignore_startup_parameters": ("test_transaction_params.py",
+                                  "test_ignore_startup_parameters", "ignore_startup_parameters"),
     "max_message_size": ("test_errors.py", "test_message_too_large", "max_message_size"),
     "tcp.keepalive": ("test_timeouts.py", "test_tcp_keepalive_on_client_and_server_sockets",
                       '"keepalive"'),

@@ -435,5 +435,47 @@ def test_refused_startup_parameters_fail_the_login():
         plain.close()
 
 
+def test_ignore_startup_parameters():
+    """ignore_startup_parameters (PgBouncer's setting): the listed parameters are dropped from
+    the startup packet: a parameter PostgreSQL would refuse no longer fails the login, and one it
+    would apply is not applied (the session has the server's default, as if never sent)."""
+    refused = {"no_such_parameter": "1"}
+    check_eq(login_error(PGPORT, user=USER, db=DB, password="secret", **refused).sqlstate,
+             "42704", "PostgreSQL refuses the parameter")
+    direct = login(PGPORT, user=USER, db=DB, password="secret", extra_float_digits="3")
+    check_eq(direct.simple_query("SHOW extra_float_digits"), [["3"]], "direct: applied")
+    direct.terminate()
+    plain = direct_connect()
+    default = query_one(plain, "SHOW extra_float_digits")
+    plain.close()
+    for mode in ("transaction", "session"):
+        config = pool_config(pool_mode=mode, pool_size=2)
+        config["ignore_startup_parameters"] = ["no_such_parameter", "extra_float_digits",
+                                               "options"]
+        with Pgring(config) as p:
+            c = login(p.port, user=USER, db=DB, password="secret", extra_float_digits="3",
+                      options="-c extra_float_digits=2", **refused)
+            check_eq(c.simple_query("SHOW extra_float_digits"), [[default]],
+                     f"{mode} mode: ignored parameters not applied")
+            check("extra_float_digits" not in c.parameters or
+                  c.parameters.get("extra_float_digits") == default,
+                  f"{mode} mode: reported {c.parameters.get('extra_float_digits')}")
+            c.terminate()
+            # Parameters not in the list still apply.
+            c = login(p.port, user=USER, db=DB, password="secret", application_name="kept")
+            check_eq(c.simple_query("SHOW application_name"), [["kept"]], f"{mode} mode")
+            c.terminate()
+        # Ignoring only one name inside `options` keeps the others (transaction mode parses
+        # options; session mode forwards `options` whole unless "options" itself is listed).
+    config = pool_config(pool_size=2)
+    config["ignore_startup_parameters"] = ["extra_float_digits"]
+    with Pgring(config) as p:
+        c = login(p.port, user=USER, db=DB, password="secret",
+                  options="-c extra_float_digits=2 -c statement_timeout=1234")
+        check_eq(c.simple_query("SHOW extra_float_digits"), [[default]], "in options: ignored")
+        check_eq(c.simple_query("SHOW statement_timeout"), [["1234ms"]], "in options: kept")
+        c.terminate()
+
+
 if __name__ == "__main__":
     run_tests(globals())

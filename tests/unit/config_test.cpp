@@ -375,6 +375,17 @@ TEST_CASE("config: duplicate keys and YAML syntax errors") {
   check_error("{[a]: 1}\n", "", 1, "keys must be strings");
 }
 
+TEST_CASE("config: ignore_startup_parameters") {
+  const Config c = parse_config(R"(auth: {method: trust}
+ignore_startup_parameters: [extra_float_digits, options]
+databases: {app: {}}
+)");
+  CHECK(c.ignore_startup_parameters == std::vector<std::string>{"extra_float_digits", "options"});
+  CHECK_THROWS_WITH(parse_config("auth: {method: trust}\nignore_startup_parameters: [user]\n"
+                                 "databases: {app: {}}\n"),
+                    doctest::Contains("ignore_startup_parameters"));
+}
+
 TEST_CASE("config: the fallback database \"*\" serves names without an entry") {
   const Config c = parse_config(R"(auth: {method: trust}
 timeouts: {autodb_idle: 5m}

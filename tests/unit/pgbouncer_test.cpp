@@ -180,6 +180,7 @@ host all all all reject
   CHECK(app_pool.timeouts.reserve_pool == 2500ms);
   CHECK(app_pool.timeouts.idle_transaction == 60s);
   CHECK(config.timeouts.autodb_idle == 600s);
+  CHECK(config.ignore_startup_parameters == std::vector<std::string>{"extra_float_digits"});
   const Database& reports = config.databases.at("reports");
   CHECK(reports.host == "10.0.0.2");
   CHECK(reports.user == "reporter");
@@ -221,8 +222,7 @@ host all all all reject
   for (std::string_view why :
        {"pgbouncer.ini:5: [databases] legacy: connect_query", "[databases] legacy: client_encoding",
         "reports: host lists several hosts", "[users] batch: max_user_connections",
-        "ignore_startup_parameters", "server_check_query",
-        "no_such_setting: not a PgBouncer setting pgring knows",
+        "server_check_query", "no_such_setting: not a PgBouncer setting pgring knows",
         "hba.conf:2: peer is not supported", "hba.conf:5: user +ops is not supported"})
     CHECK_MESSAGE(noted(c, why), why);
   CHECK_FALSE(noted(c, "listen_port"));
