@@ -215,6 +215,9 @@ struct Config {
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;
+  bool log_connections = true;     // each client login at info (else debug)
+  bool log_disconnections = true;  // each client close at info, with its reason (else debug)
+  std::string log_file;            // appended to, reopened on SIGUSR1; empty: stderr
   std::optional<ListenAddress> metrics_listen;  // absent = no HTTP endpoint
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;

@@ -165,17 +165,30 @@ class Loader {
   }
 
   void log(const Item& section) {
-    for_each_entry(section, {"level", "format"}, [&](const std::string& key, const Item& item) {
-      if (key == "level") {
-        config_.log_level = one_of<LogLevel>(item, {{"debug", LogLevel::debug},
-                                                    {"info", LogLevel::info},
-                                                    {"warning", LogLevel::warning},
-                                                    {"error", LogLevel::error}});
-      } else {
-        config_.log_format =
-            one_of<LogFormat>(item, {{"text", LogFormat::text}, {"json", LogFormat::json}});
-      }
-    });
+    for_each_entry(section, {"level", "format", "connections", "disconnections", "file"},
+                   [&](const std::string& key, const Item& item) {
+                     if (key == "level") {
+                       config_.log_level = one_of<LogLevel>(item, {{"debug", LogLevel::debug},
+                                                                   {"info", LogLevel::info},
+                                                                   {"warning", LogLevel::warning},
+                                                                   {"error", LogLevel::error}});
+                     } else if (key == "format") {
+                       config_.log_format = one_of<LogFormat>(
+                           item, {{"text", LogFormat::text}, {"json", LogFormat::json}});
+                     } else if (key == "connections") {
+                       config_.log_connections = boolean(item);
+                     } else if (key == "disconnections") {
+                       config_.log_disconnections = boolean(item);
+                     } else {
+                       config_.log_file = non_empty_string(item);
+                     }
+                   });
+  }
+
+  static bool boolean(const Item& item) {
+    if (!item.node.IsScalar() || (item.node.Scalar() != "true" && item.node.Scalar() != "false"))
+      item.fail("must be true or false");
+    return item.node.Scalar() == "true";
   }
 
   void tcp(const Item& section) {
@@ -184,10 +197,7 @@ class Loader {
         {"keepalive", "keepalive_idle", "keepalive_interval", "keepalive_count", "user_timeout"},
         [&](const std::string& key, const Item& item) {
           if (key == "keepalive") {
-            if (!item.node.IsScalar() ||
-                (item.node.Scalar() != "true" && item.node.Scalar() != "false"))
-              item.fail("must be true or false");
-            config_.tcp.keepalive = item.node.Scalar() == "true";
+            config_.tcp.keepalive = boolean(item);
           } else if (key == "keepalive_idle") {
             config_.tcp.keepalive_idle = duration(item);
           } else if (key == "keepalive_interval") {

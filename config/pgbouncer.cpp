@@ -463,6 +463,15 @@ class Converter {
       return;
     }
     if (k == "max_packet_size") return set_int(s, {"max_message_size"}, 1024);
+    if (k == "log_connections") return set_bool(s, {"log", "connections"});
+    if (k == "log_disconnections") return set_bool(s, {"log", "disconnections"});
+    if (k == "logfile") {
+      if (s.value.empty()) return;
+      root_["log"]["file"] = s.value;
+      return note(s,
+                  "converted to log.file (pgring must be able to write there); under systemd, "
+                  "leave it out to log to the journal");
+    }
     if (k == "ignore_startup_parameters") {
       // The same list: PgBouncer refused the parameters it did not know unless listed here;
       // pgring accepts them all, but a client's parameter that was ignored stays ignored.
@@ -545,14 +554,11 @@ class Converter {
     }
     // Settings with nothing to convert, and why.
     static constexpr std::pair<std::string_view, std::string_view> kNotes[] = {
-        {"logfile", "pgring logs to stderr (the journal under systemd)"},
         {"pidfile", "pgring runs in the foreground; systemd tracks the process"},
         {"user", "the systemd unit's User= sets whom pgring runs as"},
         {"syslog", "pgring logs to stderr (the journal under systemd)"},
         {"syslog_ident", "pgring logs to stderr (the journal under systemd)"},
         {"syslog_facility", "pgring logs to stderr (the journal under systemd)"},
-        {"log_connections", "pgring logs every login at level info"},
-        {"log_disconnections", "pgring logs every close with its reason at level info"},
         {"log_pooler_errors", "pgring logs the errors it sends at level info"},
         {"log_stats", "pgring exports its statistics at /metrics (metrics.listen)"},
         {"stats_period", "pgring exports its statistics at /metrics (metrics.listen)"},

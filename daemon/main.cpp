@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   pgring::log::init(config->log_level, config->log_format);
+  if (std::string problem = pgring::log::use_file(config->log_file); !problem.empty()) {
+    std::fprintf(stderr, "pgring: %s: log.file: %s\n", config_path.c_str(), problem.c_str());
+    return 1;
+  }
   for (const std::string& w : warnings) pgring::log::warning("{}", w);
   int workers = config->workers;
   if (workers <= 0) {
@@ -144,6 +148,7 @@ int main(int argc, char** argv) {
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
+  sigaddset(&mask, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 

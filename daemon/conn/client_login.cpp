@@ -444,7 +444,10 @@ void Client::auth_ok() {
   take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
-  log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
+  if (cfg.log_connections)
+    log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
+  else
+    log::debug("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message().user);
   if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {
     reactor_.close(*this, Reason::too_many_clients, refusal);

@@ -46,8 +46,11 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
     }
   }
   std::string_view state = server_sqlstate.empty() ? sqlstate(reason) : server_sqlstate;
-  if (reason == Reason::client_eof || reason == Reason::client_terminate ||
-      reason == Reason::cancel_request)
+  // log.disconnections: every close at info with its reason (PgBouncer's default), else only
+  // those a client did not ask for (an ordinary goodbye at debug). A cancel request's own
+  // connection is no session: always debug.
+  bool ordinary = reason == Reason::client_eof || reason == Reason::client_terminate;
+  if (reason == Reason::cancel_request || (ordinary && !config_->log_disconnections))
     log::debug("C-{} closed: {}", client.id_, name(reason));
   else
     log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ",

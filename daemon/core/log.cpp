@@ -1,10 +1,15 @@
 #include "daemon/core/log.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <string>
@@ -99,6 +104,52 @@ bool admit(const void* site, std::string_view format) {
   return true;
 }
 
+namespace {
+// Lines are written to this descriptor: 2 (stderr) until log.file is set. A file gets its own
+// descriptor number once, and reopening puts the new file behind that same number (dup2), so a
+// thread writing while the file is rotated never writes to a closed or reused descriptor.
+std::atomic<int> g_fd{2};
+std::mutex g_file_mutex;  // use_file and reopen
+std::string g_path;
+
+std::string open_log(const std::string& path, int& fd) {
+  fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) return "cannot open log.file " + path + ": " + std::strerror(errno);
+  return {};
+}
+}  // namespace
+
+std::string use_file(const std::string& path) {
+  std::lock_guard lock(g_file_mutex);
+  if (path.empty()) {
+    // Back to stderr: the file's descriptor stays open (a line may be on its way to it).
+    g_fd.store(2);
+    g_path.clear();
+    return {};
+  }
+  int fd = -1;
+  if (std::string problem = open_log(path, fd); !problem.empty()) return problem;
+  int current = g_fd.load();
+  if (current != 2) {
+    ::dup2(fd, current);
+    ::close(fd);
+  } else {
+    g_fd.store(fd);
+  }
+  g_path = path;
+  return {};
+}
+
+std::string reopen() {
+  std::lock_guard lock(g_file_mutex);
+  if (g_path.empty()) return {};
+  int fd = -1;
+  if (std::string problem = open_log(g_path, fd); !problem.empty()) return problem;
+  ::dup2(fd, g_fd.load());
+  ::close(fd);
+  return {};
+}
+
 void init(config::LogLevel level, config::LogFormat format) {
   g_level = static_cast<int>(level);
   g_json = format == config::LogFormat::json;
@@ -126,8 +177,9 @@ void write(config::LogLevel level, std::string_view message) {
   } else {
     line = fmt::format("{} {} {}\n", ts, level_name(level), message);
   }
-  // One write per line so lines from different threads never interleave.
-  std::fwrite(line.data(), 1, line.size(), stderr);
+  // One write per line (O_APPEND for a file) so lines from different threads never interleave.
+  ssize_t written = ::write(g_fd.load(std::memory_order_relaxed), line.data(), line.size());
+  (void)written;  // nowhere to report a log that cannot be written
 }
 
 }  // namespace pgring::log

@@ -1,5 +1,6 @@
 #pragma once
-// One line per event on stderr, as text or JSON lines. Never pass a password or a secret.
+// One line per event on stderr (or log.file), as text or JSON lines. Never pass a password or a
+// secret.
 
 #include <fmt/format.h>
 
@@ -10,6 +11,13 @@
 namespace pgring::log {
 
 void init(config::LogLevel level, config::LogFormat format);
+// log.file: lines go to `path` (appended; created 0640) from now on, or to stderr when empty;
+// the same path is opened again (a reload after a rotation, as with PgBouncer's logfile).
+// Returns "" or why the file cannot be opened (the log then stays where it was).
+[[nodiscard]] std::string use_file(const std::string& path);
+// SIGUSR1 (logrotate's postrotate): the same path opened again; lines being written meanwhile
+// go to the old file or the new one, never nowhere. Returns "" or why it failed.
+[[nodiscard]] std::string reopen();
 [[nodiscard]] bool enabled(config::LogLevel level);
 void write(config::LogLevel level, std::string_view message);
 // Rate limit per call site (keyed by the format string): at most kBurst lines per second from

@@ -37,6 +37,13 @@ void Reactor::on_signal(int result) {
         log::info("SIGINT: immediate shutdown");
         broadcast([](Reactor& r) { r.begin_shutdown(ShutdownMode::immediate); });
         break;
+      case SIGUSR1:
+        // logrotate moved the file away: write to a fresh one at log.file's path.
+        if (std::string problem = log::reopen(); !problem.empty())
+          log::error("SIGUSR1: {}; still writing to the old file", problem);
+        else
+          log::info("SIGUSR1: log file reopened");
+        break;
       case SIGHUP: {
         sd_notify(0, "RELOADING=1");
         std::string problem = reload();
@@ -105,7 +112,11 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
               "authentication failed: auth.query was removed");
     }
   }
-  if (index_ == 0) log::init(config_->log_level, config_->log_format);
+  if (index_ == 0) {
+    log::init(config_->log_level, config_->log_format);
+    if (std::string problem = log::use_file(config_->log_file); !problem.empty())
+      log::error("reload: {}; the log stays where it was", problem);
+  }
   scram_secrets_.clear();  // passwords may have changed
   for (auto& [key, looked_up] : looked_up_) {
     (void)key;  // looked-up users take their pool settings from users: as it is now

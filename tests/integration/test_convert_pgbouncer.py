@@ -51,6 +51,7 @@ def test_debian_example_converts():
         check(set(config["users"]) >= {"postgres", "marko"}, f"users: {config['users']}")
         for key in ("logfile", "pidfile"):
             check(f"{key}:" in notes, f"no note for {key}: {notes}")
+        check_eq(config["log"]["file"], "/var/log/postgresql/pgbouncer.log", "log.file")
 
 
 def test_realistic_config_is_served():
@@ -102,7 +103,7 @@ admin_users = postgres
     _, notes = convert(os.path.join(d, "pgbouncer.ini"), "--userlist",
                        os.path.join(d, "userlist.txt"), "--hba", os.path.join(d, "hba.conf"),
                        "-o", out)
-    for what in ("connect_query", "ignore_startup_parameters", "server_check_query"):
+    for what in ("connect_query", "server_check_query"):
         check(what in notes, f"no note for {what}: {notes}")
     check("listen_port" not in notes and "default_pool_size" not in notes, notes)
     check_config(out)
@@ -112,6 +113,8 @@ admin_users = postgres
     # A [users] entry of a user auth_query looks up: its settings, no password.
     check_eq(config["users"]["pgring_md5"], {"pool_mode": "session"}, "users.pgring_md5")
     check_eq(len(config["auth"]["rules"]), 4, "auth.rules")
+    check_eq(config["ignore_startup_parameters"], ["extra_float_digits"],
+             "ignore_startup_parameters")
     with Pgring(config) as p:
         check_eq(p.port, port, "the converted listen port")
         # Each database, as app (scram-sha-256 by the first rule).

@@ -10,10 +10,16 @@ import ast
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 
 import yaml
 
-from lib import Pgring, check, check_eq, connect, log, pool_config, query_one, run_tests
+from lib import (PGRING_BIN, Pgring, check, check_eq, connect, log, pool_config, query_one,
+                 run_tests, wait_until)
 
 SOURCE = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +49,14 @@ EFFECTS = {
                          "user_timeout"),
     "log.level": ("test_reference_config.py", "test_log_level_and_json_format", '"level"'),
     "log.format": ("test_reference_config.py", "test_log_level_and_json_format", '"format"'),
+    "log.connections": ("test_reference_config.py",
+                        "test_log_connections_disconnections_and_file_reopened_on_sigusr1",
+                        '"connections"'),
+    "log.disconnections": ("test_reference_config.py",
+                           "test_log_connections_disconnections_and_file_reopened_on_sigusr1",
+                           '"disconnections"'),
+    "log.file": ("test_reference_config.py",
+                 "test_log_connections_disconnections_and_file_reopened_on_sigusr1", '"file"'),
     "metrics.listen": ("test_metrics.py", "test_health_and_ready", "metrics_port"),
     "admin.users": ("test_admin_console.py", "test_every_show_command_returns_rows", "admin_rows"),
     "admin.stats_users": ("test_admin_console.py", "test_stats_user_may_only_show",
@@ -233,6 +247,56 @@ def test_log_level_and_json_format():
     check(" info " not in text and " debug " not in text,
           f"log.level warning logged info or debug lines: {text[:500]}")
     check(not text.lstrip().startswith("{"), "log.format text logged JSON")
+
+
+def test_log_connections_disconnections_and_file_reopened_on_sigusr1():
+    # log.connections / log.disconnections (PgBouncer's log_connections/log_disconnections):
+    # on, each login and each close is at info; off, an ordinary login and goodbye are debug.
+    config = pool_config()
+    config["log"] = {"level": "info", "connections": False, "disconnections": False}
+    with Pgring(config) as p:
+        conn = connect(p.port, db="app")
+        check_eq(query_one(conn, "SELECT 1"), 1)
+        conn.close()
+        time.sleep(0.3)
+        text = p.log()
+    check(" login db=app" not in text and "closed: client_" not in text,
+          f"connections/disconnections false still logged them: {text[-600:]}")
+    work = tempfile.mkdtemp(prefix="pgring-it-logfile-")
+    path = os.path.join(work, "pgring.log")
+    config["log"] = {"level": "info", "connections": True, "disconnections": True, "file": path}
+    try:
+        with Pgring(config) as p:
+            conn = connect(p.port, db="app")
+            conn.close()
+            wait_until(lambda: "closed: client_" in open(path).read(), 5,
+                       what="the close in log.file")
+            text = open(path).read()
+            check(" login db=app user=postgres" in text, f"no login line in log.file: {text}")
+            # logrotate: the file is moved away, SIGUSR1 makes pgring write a new one there.
+            os.rename(path, path + ".1")
+            p.proc.send_signal(signal.SIGUSR1)
+            wait_until(lambda: os.path.exists(path), 5, what="a new log.file after SIGUSR1")
+            conn = connect(p.port, db="app")
+            conn.close()
+            wait_until(lambda: "closed: client_" in open(path).read(), 5,
+                       what="the next close in the new file")
+            old = open(path + ".1").read()
+            check("SIGUSR1: log file reopened" in open(path).read() + old,
+                  "the reopen was not logged")
+            check(old.count(" login db=app") == 1, f"the old file got the second login: {old}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # A log.file that cannot be opened: a clear error at start.
+    config["log"] = {"file": "/nonexistent-dir/pgring.log"}
+    bad = os.path.join(tempfile.mkdtemp(prefix="pgring-it-badlog-"), "pgring.yaml")
+    with open(bad, "w") as f:
+        f.write(yaml.safe_dump(config))
+    r = subprocess.run([PGRING_BIN, "--config", bad], capture_output=True, text=True,
+                       timeout=10)
+    check(r.returncode != 0 and "log.file" in r.stderr and "nonexistent-dir" in r.stderr,
+          f"start with an unopenable log.file: status {r.returncode}, {r.stderr!r}")
+    shutil.rmtree(os.path.dirname(bad), ignore_errors=True)
 
 
 if __name__ == "__main__":

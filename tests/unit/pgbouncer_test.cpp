@@ -141,6 +141,8 @@ tcp_user_timeout = 30000
 admin_users = admin, ops
 stats_users = prometheus
 ignore_startup_parameters = extra_float_digits
+log_disconnections = 0
+logfile = /var/log/pgbouncer/pgbouncer.log
 server_check_query = select 1
 max_prepared_statements = 100
 verbose = 1
@@ -181,6 +183,9 @@ host all all all reject
   CHECK(app_pool.timeouts.idle_transaction == 60s);
   CHECK(config.timeouts.autodb_idle == 600s);
   CHECK(config.ignore_startup_parameters == std::vector<std::string>{"extra_float_digits"});
+  CHECK(config.log_connections);
+  CHECK_FALSE(config.log_disconnections);
+  CHECK(config.log_file == "/var/log/pgbouncer/pgbouncer.log");
   const Database& reports = config.databases.at("reports");
   CHECK(reports.host == "10.0.0.2");
   CHECK(reports.user == "reporter");
