@@ -1,5 +1,6 @@
 #include "daemon/cancel/cancel.hpp"
 
+#include <array>
 #include <cstring>
 
 #include "daemon/core/log.hpp"
@@ -15,23 +16,43 @@ Canceller::Canceller(Reactor& reactor, Server& target, std::uint64_t link_genera
       stream_(reactor.buffers(), Operation::Kind::cancel_recv, Operation::Kind::cancel_send, this),
       connect_op_{Operation::Kind::cancel_connect, this} {}
 
+namespace {
+std::uint64_t cancel_key(std::int32_t pid, const std::array<char, 4>& secret) {
+  std::uint32_t bits;
+  std::memcpy(&bits, secret.data(), 4);
+  return (std::uint64_t(std::uint32_t(pid)) << 32) | bits;
+}
+}  // namespace
+
 void Reactor::register_cancel_key(Client& client) {
   for (;;) {
     RAND_bytes(reinterpret_cast<unsigned char*>(&client.cancel_pid_), sizeof client.cancel_pid_);
     RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()), 4);
-    // The low bits name this reactor: a CancelRequest may arrive on any of them.
-    client.cancel_pid_ = (client.cancel_pid_ & 0x7fffffc0) | index_;
+    // The secret's first byte names this reactor (a CancelRequest may arrive on any of them);
+    // the pid is free to be the server's own (use_server_pid).
+    client.cancel_secret_[0] = static_cast<char>(index_);
+    client.cancel_pid_ &= 0x7fffffff;
     if (client.cancel_pid_ == 0) continue;
-    std::uint32_t secret;
-    std::memcpy(&secret, client.cancel_secret_.data(), 4);
-    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32) | secret;
-    if (cancel_keys_.emplace(key, &client).second) return;
+    if (cancel_keys_.emplace(cancel_key(client.cancel_pid_, client.cancel_secret_), &client).second)
+      return;
   }
+}
+
+void Reactor::use_server_pid(Client& client, std::int32_t pid) {
+  // Session mode: the client has this server for its whole session, so its BackendKeyData can
+  // carry the server's real pid: pg_backend_pid(), a notification it sent itself and
+  // pg_terminate_backend() then agree with it. The secret stays pgring's (cancels still come
+  // here and are routed as before).
+  if (pid == 0 || pid == client.cancel_pid_) return;
+  std::uint64_t key = cancel_key(pid, client.cancel_secret_);
+  if (!cancel_keys_.emplace(key, &client).second) return;  // taken: keep pgring's own pid
+  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_));
+  client.cancel_pid_ = pid;
 }
 
 void Reactor::cancel(std::int32_t pid, std::string_view secret) {
   if (secret.size() != 4) return;
-  int owner = pid & (kMaxWorkers - 1);
+  int owner = static_cast<unsigned char>(secret[0]) & (kMaxWorkers - 1);
   if (owner != index_) {
     // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
     Reactor* r = owner < shared_.workers()
@@ -44,10 +65,9 @@ void Reactor::cancel(std::int32_t pid, std::string_view secret) {
     r->post([pid, secret = std::string(secret)](Reactor& other) { other.cancel(pid, secret); });
     return;
   }
-  std::uint32_t secret_bits;
-  std::memcpy(&secret_bits, secret.data(), 4);
-  std::uint64_t key = (std::uint64_t(std::uint32_t(pid)) << 32) | secret_bits;
-  auto it = cancel_keys_.find(key);
+  std::array<char, 4> secret_bytes;
+  std::memcpy(secret_bytes.data(), secret.data(), 4);
+  auto it = cancel_keys_.find(cancel_key(pid, secret_bytes));
   if (it == cancel_keys_.end()) {
     log::info("cancel request with an unknown key ignored");
     return;

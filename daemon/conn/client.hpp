@@ -156,7 +156,8 @@ class Client {
   }
   const config::User* user_ = nullptr;  // null with trust auth and no users configured
 
-  // pgring's own BackendKeyData for this client (never the server's).
+  // The BackendKeyData pgring gave this client: its own key, with the server's pid in session
+  // mode (the secret is always pgring's; its first byte names the reactor).
   std::int32_t cancel_pid_ = 0;
   std::array<char, 4> cancel_secret_{};
 

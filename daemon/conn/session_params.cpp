@@ -95,6 +95,9 @@ void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>
     ok &= stream_.emit(
         [&](std::string& out) { return proto::build::parameter_status(out, name, v); });
   }
+  if (server_ != nullptr && pool_ != nullptr &&
+      pool_->settings_.pool_mode == config::PoolMode::session)
+    reactor_.use_server_pid(*this, server_->backend_pid_);
   ok &= stream_.emit([&](std::string& out) {
     return proto::build::backend_key_data(out, cancel_pid_,
                                           std::string_view(cancel_secret_.data(), 4));

@@ -165,6 +165,8 @@ class Reactor {
   // Reading a client resumes (after an auth.query lookup held it).
   void resume_reading(Client& client);
   void register_cancel_key(Client& client);
+  // Session mode: the client's BackendKeyData carries its server's pid (cancel.cpp).
+  void use_server_pid(Client& client, std::int32_t pid);
   // A CancelRequest with pgring's key (pid, secret) arrived on another connection.
   void cancel(std::int32_t pid, std::string_view secret);
   // Cancel the request running on `server` for its linked client (timeouts use this too).

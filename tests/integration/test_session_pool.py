@@ -6,9 +6,11 @@ import io
 import threading
 import time
 
+import psycopg2
+
 from lib import (Pgring, check, check_eq, connect, count_backends, direct_connect, expect_error,
-                idle_in_transaction, log, login, message, pool_config, pool_count, pool_row, psql,
-                psql_ok, query, query_one, run_tests, wait_until)
+                fail, idle_in_transaction, log, login, message, pool_config, pool_count, pool_row,
+                psql, psql_ok, query, query_one, run_tests, wait_until)
 
 
 def session_config(pool_size=5, **defaults):
@@ -208,6 +210,52 @@ def test_client_waits_for_busy_pool():
         a.close()
         t.join(30)
         check_eq(result.get("value"), 2, "second client's result")
+
+
+def test_backend_pid_is_the_servers():
+    """Session mode: the client keeps its server for the whole session, so BackendKeyData
+    carries the server's real pid, as a direct connection does: pg_backend_pid() and
+    pg_terminate_backend() agree with what the driver was told, and cancels still work (the
+    secret stays pgring's), whichever reactor the cancel connection lands on."""
+    config = pool_config(pool_mode="session", pool_size=4)
+    config["workers"] = 2
+    with Pgring(config) as p:
+        for _ in range(4):  # clients land on both reactors
+            c = connect(p.port)
+            check_eq(c.get_backend_pid(), query_one(c, "SELECT pg_backend_pid()"),
+                     "BackendKeyData pid vs pg_backend_pid()")
+            c.close()
+        c = connect(p.port)
+        errors = []
+
+        def sleeper():
+            try:
+                query(c, "SELECT pg_sleep(20)")
+            except Exception as e:  # noqa: BLE001 - the cancel's error is what we want
+                errors.append(e)
+        t = threading.Thread(target=sleeper)
+        t.start()
+        time.sleep(0.5)
+        for _ in range(3):  # SO_REUSEPORT: some of these land on the other reactor
+            c.cancel()
+            time.sleep(0.2)
+        t.join(10)
+        check(not t.is_alive(), "pg_sleep(20) was not canceled")
+        check(errors and getattr(errors[0], "pgcode", None) == "57014",
+              f"the canceled query's error: {errors}")
+        check_eq(query_one(c, "SELECT 1"), 1, "the session after the cancel")
+        # pg_terminate_backend() of the pid the client was told ends that client's session.
+        monitor = direct_connect()
+        check_eq(query_one(monitor, f"SELECT pg_terminate_backend({c.get_backend_pid()})"), True)
+        monitor.close()
+        # PostgreSQL's FATAL 57P01 reaches the idle client (test_errors.py compares it message
+        # by message); libpq reports the closed session at the next query, as directly.
+        try:
+            query(c, "SELECT 1")
+            fail("the session survived pg_terminate_backend() of its pid")
+        except psycopg2.OperationalError:
+            pass
+        c.close()
 
 
 if __name__ == "__main__":
