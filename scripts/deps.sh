@@ -8,6 +8,7 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config g++ clang clang-format
   liburing-dev libyaml-cpp-dev libcli11-dev doctest-dev libsystemd-dev libfmt-dev libssl-dev
+  prometheus-cpp-dev   # metric families and the text serializer behind /metrics
   libpq-dev            # the libpq integration-test client
   libclang-rt-14-dev   # libFuzzer and sanitizer runtimes for clang
   # tests, benchmarks and the quick start
@@ -19,7 +20,6 @@ PACKAGES=(
   curl
   openssl              # throwaway certificates for the TLS tests (scripts/gen-test-certs.sh)
 )
-# Note: prometheus-cpp is not packaged for Debian 12; the build uses it only when present.
 
 export DEBIAN_FRONTEND=noninteractive
 

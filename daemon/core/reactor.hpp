@@ -31,6 +31,10 @@
 #include "daemon/net/tls.hpp"
 #include "daemon/pool/pool.hpp"
 
+namespace prometheus {
+struct MetricFamily;
+}
+
 namespace pgring {
 
 // strerror(err), for logs and close messages.
@@ -182,9 +186,10 @@ class Reactor {
                     std::shared_ptr<const TlsContexts> tls);
   // Metrics (metrics.cpp).
   void listen_metrics();
-  // The whole process (gathered from every reactor), and this reactor's share.
+  // The whole process (gathered from every reactor) in the text exposition format, and this
+  // reactor's share as prometheus-cpp metric families.
   [[nodiscard]] std::string metrics_text();
-  [[nodiscard]] std::string metrics_text_local();
+  [[nodiscard]] std::vector<prometheus::MetricFamily> metric_families() const;
   [[nodiscard]] bool ready();
   // 0: no pools here, 1: a pool here has a working server, 2: every pool here is failing.
   [[nodiscard]] int pools_up() const;

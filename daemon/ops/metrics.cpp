@@ -1,21 +1,28 @@
-// /metrics, /health and /ready over HTTP/1.1, served by the reactor itself: a scrape reads the
-// reactor's plain counters on its own thread, so it never locks or stalls the data path.
-// prometheus-cpp is not packaged for Debian 12, so the text exposition format (0.0.4) is
-// written here; `promtool check metrics` validates it in the tests.
+// /metrics, /health and /ready over HTTP/1.1, served by the reactor itself. The counters are
+// plain fields of each reactor, bumped on its own thread with no atomics; a scrape gathers them
+// from every reactor as prometheus-cpp metric families (a prometheus::Collectable), adds them
+// up, and prometheus-cpp's TextSerializer writes the exposition. prometheus-cpp's Registry and
+// its Counter/Histogram objects are not used: they are atomics updated per event, the cost the
+// reactors avoid; its civetweb exposer neither: it runs threads of its own, and /metrics already
+// has a home on reactor 0 (docs/operations.md, "Metrics and probes").
 //
 // Every metric is declared once, in kMetrics, with its type and help.
 
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/tcp.h>
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <map>
 #include <set>
 #include <string>
-#include <unordered_map>
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
@@ -24,212 +31,192 @@ namespace pgring {
 
 namespace {
 
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
 struct MetricDef {
   std::string_view name;
-  std::string_view type;
+  MetricType type;
   std::string_view help;
 };
 
 constexpr MetricDef kMetrics[] = {
-    {"pgring_info", "gauge", "pgring build information"},
-    {"pgring_clients", "gauge", "Client connections by pool and state"},
-    {"pgring_login_clients", "gauge", "Client connections still logging in"},
-    {"pgring_servers", "gauge", "Server connections by pool and state"},
-    {"pgring_transactions_total", "counter", "Transactions (explicit and implicit) completed"},
-    {"pgring_queries_total", "counter", "Query and Execute messages forwarded"},
-    {"pgring_received_bytes_total", "counter", "Bytes received from clients"},
-    {"pgring_sent_bytes_total", "counter", "Bytes received from servers for clients"},
-    {"pgring_server_connects_total", "counter", "Server connections opened"},
-    {"pgring_errors_total", "counter", "ErrorResponses from servers by SQLSTATE class"},
-    {"pgring_wait_seconds", "histogram", "Time clients waited for a server connection"},
-    {"pgring_query_seconds", "histogram", "Time from a request to its ReadyForQuery"},
-    {"pgring_transaction_seconds", "histogram",
+    {"pgring_info", MetricType::Gauge, "pgring build information"},
+    {"pgring_workers", MetricType::Gauge, "Reactor threads serving connections"},
+    {"pgring_clients", MetricType::Gauge, "Client connections by pool and state"},
+    {"pgring_login_clients", MetricType::Gauge, "Client connections still logging in"},
+    {"pgring_servers", MetricType::Gauge, "Server connections by pool and state"},
+    {"pgring_transactions_total", MetricType::Counter,
+     "Transactions (explicit and implicit) completed"},
+    {"pgring_queries_total", MetricType::Counter, "Query and Execute messages forwarded"},
+    {"pgring_received_bytes_total", MetricType::Counter, "Bytes received from clients"},
+    {"pgring_sent_bytes_total", MetricType::Counter, "Bytes received from servers for clients"},
+    {"pgring_server_connects_total", MetricType::Counter, "Server connections opened"},
+    {"pgring_errors_total", MetricType::Counter, "ErrorResponses from servers by SQLSTATE class"},
+    {"pgring_wait_seconds", MetricType::Histogram, "Time clients waited for a server connection"},
+    {"pgring_query_seconds", MetricType::Histogram, "Time from a request to its ReadyForQuery"},
+    {"pgring_transaction_seconds", MetricType::Histogram,
      "Time from a transaction's first request to ReadyForQuery idle"},
-    {"pgring_disconnects_total", "counter", "Closed connections by close reason"},
-    {"pgring_statement_cache_hits_total", "counter",
+    {"pgring_disconnects_total", MetricType::Counter, "Closed connections by close reason"},
+    {"pgring_statement_cache_hits_total", MetricType::Counter,
      "Parse messages answered from the statement cache"},
-    {"pgring_statement_cache_parses_total", "counter",
+    {"pgring_statement_cache_parses_total", MetricType::Counter,
      "Parse messages sent to servers for clients"},
-    {"pgring_statement_cache_injected_total", "counter",
+    {"pgring_statement_cache_injected_total", MetricType::Counter,
      "Parse messages injected before a Bind or Describe"},
-    {"pgring_statement_cache_evictions_total", "counter",
+    {"pgring_statement_cache_evictions_total", MetricType::Counter,
      "Prepared statements closed to stay within prepared_statements"},
-    {"pgring_statement_cache_retries_total", "counter",
+    {"pgring_statement_cache_retries_total", MetricType::Counter,
      "Requests retried after a cached plan changed"},
-    {"pgring_statement_cache_entries", "gauge", "Distinct statements in the registry"},
-    {"pgring_reloads_total", "counter", "Configuration reloads applied"},
-    {"pgring_reload_failures_total", "counter", "Configuration reloads refused (bad file)"},
-    {"pgring_workers", "gauge", "Reactor threads serving connections"},
-    {"pgring_io_uring_enters_total", "counter",
+    {"pgring_statement_cache_entries", MetricType::Gauge, "Distinct statements in the registry"},
+    {"pgring_reloads_total", MetricType::Counter, "Configuration reloads applied"},
+    {"pgring_reload_failures_total", MetricType::Counter,
+     "Configuration reloads refused (bad file)"},
+    {"pgring_io_uring_enters_total", MetricType::Counter,
      "io_uring_enter calls (one per loop turn: submit and wait), i.e. wake-ups"},
-    {"pgring_io_uring_sqes_total", "counter", "Operations submitted to the ring"},
-    {"pgring_io_uring_cqes_total", "counter", "Completions reaped from the ring"},
-    {"pgring_io_engine_reactors", "gauge",
+    {"pgring_io_uring_sqes_total", MetricType::Counter, "Operations submitted to the ring"},
+    {"pgring_io_uring_cqes_total", MetricType::Counter, "Completions reaped from the ring"},
+    {"pgring_io_engine_reactors", MetricType::Gauge,
      "Reactor threads by the I/O engine they run (io.engine: io_uring, or epoll where io_uring "
      "is not allowed); the io_uring counters count the epoll engine's waits and operations too"},
-    {"pgring_socket_sends_total", "counter", "Send operations by peer (client, server)"},
-    {"pgring_socket_receives_total", "counter",
+    {"pgring_socket_sends_total", MetricType::Counter, "Send operations by peer (client, server)"},
+    {"pgring_socket_receives_total", MetricType::Counter,
      "Receive completions carrying bytes by peer (client, server)"},
 };
 
-void header(std::string& out, std::string_view name) {
-  for (const MetricDef& m : kMetrics) {
-    if (m.name != name) continue;
-    out += "# HELP ";
-    out += m.name;
-    out += ' ';
-    out += m.help;
-    out += "\n# TYPE ";
-    out += m.name;
-    out += ' ';
-    out += m.type;
-    out += '\n';
-    return;
+using Labels = std::vector<ClientMetric::Label>;
+
+// The families of one reactor, in kMetrics order, each created by its first sample.
+class Families {
+ public:
+  void add(std::string_view name, Labels labels, double value) {
+    MetricFamily& f = family(name);
+    ClientMetric& m = f.metric.emplace_back();
+    m.label = std::move(labels);
+    (f.type == MetricType::Counter ? m.counter.value : m.gauge.value) = value;
   }
-}
-
-std::string escape(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\')
-      out += "\\\\";
-    else if (c == '"')
-      out += "\\\"";
-    else if (c == '\n')
-      out += "\\n";
-    else
-      out.push_back(c);
+  void add(std::string_view name, Labels labels, const Histogram& h) {
+    ClientMetric& m = family(name).metric.emplace_back();
+    m.label = std::move(labels);
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < h.buckets.size(); ++i) {
+      cumulative += h.buckets[i];
+      double bound = i < Histogram::kBounds.size() ? Histogram::kBounds[i]
+                                                   : std::numeric_limits<double>::infinity();
+      m.histogram.bucket.push_back({cumulative, bound});
+    }
+    m.histogram.sample_count = h.count;
+    m.histogram.sample_sum = h.sum;
   }
-  return out;
-}
-
-std::string labels(const Pool& p) {
-  return "database=\"" + escape(p.database_) + "\",user=\"" + escape(p.user_name_) + "\"";
-}
-
-void sample(std::string& out, std::string_view name, const std::string& label_text, double value) {
-  out += name;
-  if (!label_text.empty()) out += "{" + label_text + "}";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, " %.17g\n", value);
-  out += buf;
-}
-
-void histogram(std::string& out, std::string_view name, const std::string& label_text,
-               const Histogram& h) {
-  std::uint64_t cumulative = 0;
-  for (std::size_t i = 0; i < h.buckets.size(); ++i) {
-    cumulative += h.buckets[i];
-    char le[32];
-    if (i < Histogram::kBounds.size())
-      std::snprintf(le, sizeof le, "%g", Histogram::kBounds[i]);
-    else
-      std::snprintf(le, sizeof le, "+Inf");
-    sample(out, std::string(name) + "_bucket", label_text + ",le=\"" + le + "\"",
-           static_cast<double>(cumulative));
+  // A family with no sample still appears (HELP and TYPE), as before any pool exists.
+  void declare(std::string_view name) { (void)family(name); }
+  std::vector<MetricFamily> take() {
+    std::vector<MetricFamily> out;
+    for (const MetricDef& d : kMetrics)
+      if (auto it = families_.find(d.name); it != families_.end())
+        out.push_back(std::move(it->second));
+    return out;
   }
-  sample(out, std::string(name) + "_sum", label_text, h.sum);
-  sample(out, std::string(name) + "_count", label_text, static_cast<double>(h.count));
+
+ private:
+  MetricFamily& family(std::string_view name) {
+    auto it = families_.find(name);
+    if (it != families_.end()) return it->second;
+    for (const MetricDef& d : kMetrics)
+      if (d.name == name) {
+        MetricFamily f;
+        f.name = std::string(d.name);
+        f.help = std::string(d.help);
+        f.type = d.type;
+        return families_.emplace(std::string(name), std::move(f)).first->second;
+      }
+    throw std::logic_error("metric not declared in kMetrics: " + std::string(name));
+  }
+  std::map<std::string, MetricFamily, std::less<>> families_;
+};
+
+Labels pool_labels(const Pool& p, std::initializer_list<ClientMetric::Label> more = {}) {
+  Labels l{{"database", p.database_}, {"user", p.user_name_}};
+  l.insert(l.end(), more.begin(), more.end());
+  return l;
 }
 
-}  // namespace
-
-namespace {
-
-// Every reactor's exposition made one: samples of the same series are added up (pgring_info,
-// the same on each reactor, is kept once); families keep the order they first appear in.
-std::string merge_expositions(const std::vector<std::string>& texts) {
-  struct Family {
-    std::vector<std::string> header;
-    std::vector<std::string> series;
-    std::unordered_map<std::string, double> values;
-  };
-  std::vector<std::string> order;
-  std::unordered_map<std::string, Family> families;
-  for (const std::string& text : texts) {
-    std::string_view rest = text;
-    std::string current;
-    while (!rest.empty()) {
-      std::size_t nl = rest.find('\n');
-      std::string_view line = rest.substr(0, nl);
-      rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
-      if (line.empty()) continue;
-      if (line.starts_with("# ")) {
-        std::string_view name = line.substr(7);  // after "# HELP " / "# TYPE "
-        current = std::string(name.substr(0, name.find(' ')));
-        auto [it, fresh] = families.try_emplace(current);
-        if (fresh) order.push_back(current);
-        auto& header = it->second.header;
-        if (std::find(header.begin(), header.end(), line) == header.end())
-          header.emplace_back(line);
+// Every reactor's families made one: samples of the same series (family, labels) are added up,
+// histograms bucket by bucket; pgring_info, the same on each reactor, is kept once.
+std::vector<MetricFamily> merge(std::vector<std::vector<MetricFamily>> parts) {
+  std::vector<MetricFamily> out;
+  for (auto& part : parts) {
+    for (MetricFamily& f : part) {
+      auto same_name = [&](const MetricFamily& o) { return o.name == f.name; };
+      auto into = std::find_if(out.begin(), out.end(), same_name);
+      if (into == out.end()) {
+        out.push_back(std::move(f));
         continue;
       }
-      std::size_t space = line.rfind(' ');
-      if (space == std::string_view::npos) continue;
-      Family& f = families[current];
-      std::string series(line.substr(0, space));
-      double value = std::strtod(std::string(line.substr(space + 1)).c_str(), nullptr);
-      auto [it, fresh] = f.values.try_emplace(series, 0.0);
-      if (fresh) f.series.push_back(series);
-      it->second = current == "pgring_info" ? value : it->second + value;
-    }
-  }
-  std::string out;
-  for (const std::string& name : order) {
-    const Family& f = families[name];
-    for (const std::string& h : f.header) out += h + "\n";
-    for (const std::string& series : f.series) {
-      char buf[64];
-      std::snprintf(buf, sizeof buf, " %.17g\n", f.values.at(series));
-      out += series + buf;
+      for (ClientMetric& m : f.metric) {
+        auto series = std::find_if(into->metric.begin(), into->metric.end(),
+                                   [&](const ClientMetric& o) { return o.label == m.label; });
+        if (series == into->metric.end()) {
+          into->metric.push_back(std::move(m));
+        } else if (f.name == "pgring_info") {
+        } else if (f.type == MetricType::Histogram) {
+          series->histogram.sample_count += m.histogram.sample_count;
+          series->histogram.sample_sum += m.histogram.sample_sum;
+          for (std::size_t i = 0; i < series->histogram.bucket.size(); ++i)
+            series->histogram.bucket[i].cumulative_count += m.histogram.bucket[i].cumulative_count;
+        } else {
+          series->counter.value += m.counter.value;
+          series->gauge.value += m.gauge.value;
+        }
+      }
     }
   }
   return out;
 }
+
+// The process's metrics at the moment prometheus-cpp asks: one gather over the reactors.
+class ProcessMetrics final : public prometheus::Collectable {
+ public:
+  explicit ProcessMetrics(Reactor& reactor) : reactor_(reactor) {}
+  std::vector<MetricFamily> Collect() const override {
+    std::vector<MetricFamily> out = merge(
+        reactor_.gather<std::vector<MetricFamily>>([](Reactor& r) { return r.metric_families(); }));
+    Families process;
+    process.add("pgring_workers", {}, static_cast<double>(reactor_.shared().workers()));
+    for (MetricFamily& f : process.take()) out.insert(out.begin() + 1, std::move(f));
+    return out;
+  }
+
+ private:
+  Reactor& reactor_;
+};
 
 }  // namespace
 
 std::string Reactor::metrics_text() {
-  // The whole process: each reactor renders its own state on its own thread.
-  std::string out =
-      merge_expositions(gather<std::string>([](Reactor& r) { return r.metrics_text_local(); }));
-  header(out, "pgring_workers");
-  sample(out, "pgring_workers", "", static_cast<double>(shared_.workers()));
-  return out;
+  return prometheus::TextSerializer().Serialize(ProcessMetrics(*this).Collect());
 }
 
-std::string Reactor::metrics_text_local() {
-  std::string out;
-  header(out, "pgring_info");
-  sample(out, "pgring_info", std::string("version=\"") + PGRING_VERSION + "\"", 1);
-
-  header(out, "pgring_clients");
-  for (auto& [key, pool] : pools_) {
+std::vector<MetricFamily> Reactor::metric_families() const {
+  Families f;
+  f.add("pgring_info", {{"version", PGRING_VERSION}}, 1);
+  f.declare("pgring_clients");
+  f.declare("pgring_servers");
+  for (const auto& [key, pool] : pools_) {
     (void)key;
-    std::string l = labels(*pool);
-    sample(out, "pgring_clients", l + ",state=\"idle\"",
-           static_cast<double>(pool->idle_clients_.size()));
-    sample(out, "pgring_clients", l + ",state=\"waiting\"",
-           static_cast<double>(pool->waiting_clients_.size()));
-    sample(out, "pgring_clients", l + ",state=\"active\"",
-           static_cast<double>(pool->active_clients_.size()));
+    const Pool& p = *pool;
+    for (auto [state, n] : {std::pair{"idle", p.idle_clients_.size()},
+                            std::pair{"waiting", p.waiting_clients_.size()},
+                            std::pair{"active", p.active_clients_.size()}})
+      f.add("pgring_clients", pool_labels(p, {{"state", state}}), static_cast<double>(n));
+    for (auto [state, n] :
+         {std::pair{"active", p.active_servers_.size()}, std::pair{"idle", p.idle_servers_.size()},
+          std::pair{"login", p.connecting_servers_.size()},
+          std::pair{"resetting", p.resetting_servers_.size() + p.canceling_servers_.size()}})
+      f.add("pgring_servers", pool_labels(p, {{"state", state}}), static_cast<double>(n));
   }
-  header(out, "pgring_login_clients");
-  sample(out, "pgring_login_clients", "", static_cast<double>(login_clients_.size()));
-
-  header(out, "pgring_servers");
-  for (auto& [key, pool] : pools_) {
-    (void)key;
-    std::string l = labels(*pool);
-    sample(out, "pgring_servers", l + ",state=\"active\"",
-           static_cast<double>(pool->active_servers_.size()));
-    sample(out, "pgring_servers", l + ",state=\"idle\"",
-           static_cast<double>(pool->idle_servers_.size()));
-    sample(out, "pgring_servers", l + ",state=\"login\"",
-           static_cast<double>(pool->connecting_servers_.size()));
-    sample(out, "pgring_servers", l + ",state=\"resetting\"",
-           static_cast<double>(pool->resetting_servers_.size() + pool->canceling_servers_.size()));
-  }
+  f.add("pgring_login_clients", {}, static_cast<double>(login_clients_.size()));
   struct Counter {
     std::string_view name;
     std::uint64_t PoolStats::*field;
@@ -239,34 +226,31 @@ std::string Reactor::metrics_text_local() {
                     Counter{"pgring_received_bytes_total", &PoolStats::bytes_received},
                     Counter{"pgring_sent_bytes_total", &PoolStats::bytes_sent},
                     Counter{"pgring_server_connects_total", &PoolStats::server_connects}}) {
-    header(out, c.name);
-    for (auto& [key, pool] : pools_) {
+    f.declare(c.name);
+    for (const auto& [key, pool] : pools_) {
       (void)key;
-      sample(out, c.name, labels(*pool), static_cast<double>(pool->stats_.*c.field));
+      f.add(c.name, pool_labels(*pool), static_cast<double>(pool->stats_.*c.field));
     }
   }
-  header(out, "pgring_errors_total");
-  for (auto& [key, pool] : pools_) {
+  f.declare("pgring_errors_total");
+  for (const auto& [key, pool] : pools_) {
     (void)key;
     for (const auto& [klass, n] : pool->stats_.errors_by_class)
-      sample(out, "pgring_errors_total", labels(*pool) + ",class=\"" + escape(klass) + "\"",
-             static_cast<double>(n));
+      f.add("pgring_errors_total", pool_labels(*pool, {{"class", klass}}), static_cast<double>(n));
   }
   for (auto [name, field] :
        {std::pair{std::string_view("pgring_wait_seconds"), &PoolStats::wait},
         std::pair{std::string_view("pgring_query_seconds"), &PoolStats::query},
         std::pair{std::string_view("pgring_transaction_seconds"), &PoolStats::transaction}}) {
-    header(out, name);
-    for (auto& [key, pool] : pools_) {
+    f.declare(name);
+    for (const auto& [key, pool] : pools_) {
       (void)key;
-      histogram(out, name, labels(*pool), pool->stats_.*field);
+      f.add(name, pool_labels(*pool), pool->stats_.*field);
     }
   }
-  header(out, "pgring_disconnects_total");
   for (std::size_t i = 0; i < kReasonCount; ++i)
-    sample(out, "pgring_disconnects_total",
-           "reason=\"" + std::string(name(static_cast<Reason>(i))) + "\"",
-           static_cast<double>(disconnects_[i]));
+    f.add("pgring_disconnects_total", {{"reason", std::string(name(static_cast<Reason>(i)))}},
+          static_cast<double>(disconnects_[i]));
   const StatementCounters& sc = statements_.counters;
   for (auto [metric, value] :
        {std::pair{std::string_view("pgring_statement_cache_hits_total"), sc.hits},
@@ -275,31 +259,22 @@ std::string Reactor::metrics_text_local() {
         std::pair{std::string_view("pgring_statement_cache_evictions_total"), sc.evictions},
         std::pair{std::string_view("pgring_statement_cache_retries_total"), sc.retries},
         std::pair{std::string_view("pgring_reloads_total"), reloads_},
-        std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}}) {
-    header(out, metric);
-    sample(out, metric, "", static_cast<double>(value));
-  }
-  header(out, "pgring_statement_cache_entries");
-  sample(out, "pgring_statement_cache_entries", "", static_cast<double>(statements_.size()));
-  header(out, "pgring_io_engine_reactors");
-  sample(out, "pgring_io_engine_reactors", "engine=\"" + std::string(io_engine()) + "\"", 1);
+        std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}})
+    f.add(metric, {}, static_cast<double>(value));
+  f.add("pgring_statement_cache_entries", {}, static_cast<double>(statements_.size()));
+  f.add("pgring_io_engine_reactors", {{"engine", std::string(io_engine())}}, 1);
   const RingCounters& rc = ring_counters_;
   for (auto [metric, value] :
        {std::pair{std::string_view("pgring_io_uring_enters_total"), rc.enters},
         std::pair{std::string_view("pgring_io_uring_sqes_total"), rc.sqes},
-        std::pair{std::string_view("pgring_io_uring_cqes_total"), rc.cqes}}) {
-    header(out, metric);
-    sample(out, metric, "", static_cast<double>(value));
+        std::pair{std::string_view("pgring_io_uring_cqes_total"), rc.cqes}})
+    f.add(metric, {}, static_cast<double>(value));
+  for (auto [peer, sends, receives] : {std::tuple{"client", rc.client_sends, rc.client_receives},
+                                       std::tuple{"server", rc.server_sends, rc.server_receives}}) {
+    f.add("pgring_socket_sends_total", {{"peer", peer}}, static_cast<double>(sends));
+    f.add("pgring_socket_receives_total", {{"peer", peer}}, static_cast<double>(receives));
   }
-  header(out, "pgring_socket_sends_total");
-  sample(out, "pgring_socket_sends_total", "peer=\"client\"", static_cast<double>(rc.client_sends));
-  sample(out, "pgring_socket_sends_total", "peer=\"server\"", static_cast<double>(rc.server_sends));
-  header(out, "pgring_socket_receives_total");
-  sample(out, "pgring_socket_receives_total", "peer=\"client\"",
-         static_cast<double>(rc.client_receives));
-  sample(out, "pgring_socket_receives_total", "peer=\"server\"",
-         static_cast<double>(rc.server_receives));
-  return out;
+  return f.take();
 }
 
 bool Reactor::ready() {
