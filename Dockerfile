@@ -14,6 +14,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config g++ \
       liburing-dev libyaml-cpp-dev libcli11-dev libsystemd-dev libfmt-dev libssl-dev \
+      prometheus-cpp-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the daemon's build needs (no build directories, no tests).
@@ -31,7 +32,8 @@ FROM debian:bookworm-slim
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liburing2 libyaml-cpp0.7 libssl3 libsystemd0 libfmt9 ca-certificates \
+      liburing2 libyaml-cpp0.7 libssl3 libsystemd0 libfmt9 libprometheus-cpp-core1.0 \
+      ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgring
 COPY --from=build /src/build/pgring /usr/local/bin/pgring
