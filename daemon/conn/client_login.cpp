@@ -444,10 +444,16 @@ void Client::auth_ok() {
   take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
-  if (cfg.log_connections)
-    log::info("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
-  else
-    log::debug("C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
+  log::event(cfg.log_connections ? config::LogLevel::info : config::LogLevel::debug,
+             {.event = "client_login",
+              .client = id_,
+              .server = 0,
+              .database = db->name,
+              .user = startup_message().user,
+              .peer = peer_,
+              .reason = {},
+              .sqlstate = {}},
+             "C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message().user);
   if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {
     reactor_.close(*this, Reason::too_many_clients, refusal);

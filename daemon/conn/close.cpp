@@ -50,11 +50,18 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   // those a client did not ask for (an ordinary goodbye at debug). A cancel request's own
   // connection is no session: always debug.
   bool ordinary = reason == Reason::client_eof || reason == Reason::client_terminate;
-  if (reason == Reason::cancel_request || (ordinary && !config_->log_disconnections))
-    log::debug("C-{} closed: {}", client.id_, name(reason));
-  else
-    log::info("C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ",
-              message);
+  bool quiet = reason == Reason::cancel_request || (ordinary && !config_->log_disconnections);
+  log::Fields fields{.event = "client_close",
+                     .client = client.id_,
+                     .server = 0,
+                     .database = client.pool_ != nullptr ? std::string_view(client.pool_->database_)
+                                                         : client.startup_message().database,
+                     .user = client.startup_message().user,
+                     .peer = client.peer_,
+                     .reason = name(reason),
+                     .sqlstate = state};
+  log::event(quiet ? config::LogLevel::debug : config::LogLevel::info, fields,
+             "C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
   // No error in the middle of a message being streamed to the client: it would be read as
   // part of that message. The client sees the connection end instead.
   bool mid_message = client.server_ != nullptr && client.server_->forward_remaining_ > 0;
@@ -104,8 +111,17 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
 void Reactor::close(Server& server, Reason reason, std::string_view message) {
   if (server.state_ == ServerState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
-  log::info("S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_,
-            server.pool_.user_name_, name(reason), message.empty() ? "" : ": ", message);
+  log::event(config::LogLevel::info,
+             {.event = "server_close",
+              .client = 0,
+              .server = server.id_,
+              .database = server.pool_.database_,
+              .user = server.pool_.user_name_,
+              .peer = {},
+              .reason = name(reason),
+              .sqlstate = {}},
+             "S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_,
+             server.pool_.user_name_, name(reason), message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
   Pool& pool = server.pool_;
   if (Client* client = server.lookup_client_) {

@@ -159,7 +159,7 @@ bool enabled(config::LogLevel level) {
   return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
-void write(config::LogLevel level, std::string_view message) {
+void write(config::LogLevel level, std::string_view message, const Fields* fields) {
   auto now = std::chrono::system_clock::now();
   auto secs = std::chrono::system_clock::to_time_t(now);
   auto ms =
@@ -173,6 +173,26 @@ void write(config::LogLevel level, std::string_view message) {
   if (g_json) {
     line = fmt::format("{{\"ts\":\"{}\",\"level\":\"{}\",\"msg\":", ts, level_name(level));
     append_json_string(line, message);
+    if (fields != nullptr) {
+      auto text = [&](std::string_view key, std::string_view value) {
+        if (value.empty()) return;
+        line += ",\"";
+        line += key;
+        line += "\":";
+        append_json_string(line, value);
+      };
+      auto number = [&](std::string_view key, std::uint64_t value) {
+        if (value != 0) line += fmt::format(",\"{}\":{}", key, value);
+      };
+      text("event", fields->event);
+      number("client", fields->client);
+      number("server", fields->server);
+      text("database", fields->database);
+      text("user", fields->user);
+      text("peer", fields->peer);
+      text("reason", fields->reason);
+      text("sqlstate", fields->sqlstate);
+    }
     line += "}\n";
   } else {
     line = fmt::format("{} {} {}\n", ts, level_name(level), message);

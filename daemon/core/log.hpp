@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <string_view>
 
 #include "config/config.hpp"
@@ -19,7 +20,20 @@ void init(config::LogLevel level, config::LogFormat format);
 // go to the old file or the new one, never nowhere. Returns "" or why it failed.
 [[nodiscard]] std::string reopen();
 [[nodiscard]] bool enabled(config::LogLevel level);
-void write(config::LogLevel level, std::string_view message);
+// The structured fields of a connection event: with log.format json they are keys of the
+// line's object beside ts/level/msg (absent when empty or 0), so a log pipeline can select by
+// client, pool or close reason without parsing msg. Text lines carry the same in msg.
+struct Fields {
+  std::string_view event;     // client_login, client_close, server_close, server_unavailable
+  std::uint64_t client = 0;   // C-<id>
+  std::uint64_t server = 0;   // S-<id>
+  std::string_view database;  // the pool's
+  std::string_view user;      // the pool's
+  std::string_view peer;      // the client's address
+  std::string_view reason;    // close reason (docs/operations.md vocabulary)
+  std::string_view sqlstate;  // the error the peer got or sent
+};
+void write(config::LogLevel level, std::string_view message, const Fields* fields = nullptr);
 // Rate limit per call site (keyed by the format string): at most kBurst lines per second from
 // one site; the rest are counted and reported once the second is over. A flood of failing
 // logins or connects cannot flood the log.
@@ -52,6 +66,16 @@ void error(fmt::format_string<Args...> f, Args&&... args) {
       admit(fmt::string_view(f).data(),
             std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
     write(config::LogLevel::error, fmt::format(f, std::forward<Args>(args)...));
+}
+
+// A connection event at `level`, with its fields (rate-limited like the others).
+template <typename... Args>
+void event(config::LogLevel level, const Fields& fields, fmt::format_string<Args...> f,
+           Args&&... args) {
+  if (enabled(level) &&
+      admit(fmt::string_view(f).data(),
+            std::string_view(fmt::string_view(f).data(), fmt::string_view(f).size())))
+    write(level, fmt::format(f, std::forward<Args>(args)...), &fields);
 }
 
 }  // namespace pgring::log

@@ -472,9 +472,18 @@ void Pool::on_server_failed(Reason reason, std::string_view sqlstate, std::strin
   RAND_bytes(reinterpret_cast<unsigned char*>(&r), sizeof r);
   delay -= config::Duration(delay.count() / 4 * (r % 1000) / 1000);
   next_attempt_ = reactor_.now() + delay;
-  log::warning("pool {}/{}: server unavailable ({}{}{}): {}; next attempt in {} ms", database_,
-               user_name_, name(reason), sqlstate.empty() ? "" : ", SQLSTATE ", sqlstate, message,
-               delay.count());
+  log::event(config::LogLevel::warning,
+             {.event = "server_unavailable",
+              .client = 0,
+              .server = 0,
+              .database = database_,
+              .user = user_name_,
+              .peer = {},
+              .reason = name(reason),
+              .sqlstate = sqlstate},
+             "pool {}/{}: server unavailable ({}{}{}): {}; next attempt in {} ms", database_,
+             user_name_, name(reason), sqlstate.empty() ? "" : ", SQLSTATE ", sqlstate, message,
+             delay.count());
   if (server_count() > 0) return;  // other servers may still serve the waiting clients
   fail_waiting();
 }

@@ -18,8 +18,8 @@ import time
 
 import yaml
 
-from lib import (PGRING_BIN, Pgring, check, check_eq, connect, log, pool_config, query_one,
-                 run_tests, wait_until)
+from lib import (PGRING_BIN, Pgring, check, check_eq, connect, free_port, log, login_error,
+                 pool_config, query_one, run_tests, wait_until)
 
 SOURCE = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -238,6 +238,29 @@ def test_log_level_and_json_format():
               f"a JSON log line without ts/level/msg: {line!r}")
         levels.add(entry["level"])
     check("debug" in levels, f"log.level debug logged no debug line: {levels}")
+    # Connection events carry their fields as keys (issue: logs a machine can read).
+    entries = [json.loads(line) for line in lines]
+    login = [e for e in entries if e.get("event") == "client_login"]
+    check(login and login[0].get("client") == 1 and login[0].get("database") == "app" and
+          login[0].get("user") == "postgres" and login[0].get("peer", "").startswith("127.0.0.1:"),
+          f"client_login fields: {login}")
+    close = [e for e in entries if e.get("event") == "client_close"]
+    check(close and close[0].get("client") == 1 and close[0].get("reason") in
+          ("client_terminate", "client_eof") and close[0].get("database") == "app",
+          f"client_close fields: {close}")
+    # server_unavailable and server_close, from a pool whose server is down.
+    down_config = dict(config, databases={"down": {"host": "127.0.0.1", "port": free_port()}},
+                       timeouts={"query_wait": "1s", "server_login_retry": "30s"})
+    with Pgring(down_config) as p:
+        check_eq(login_error(p.port, db="down").sqlstate, "08006", "a login to a server down")
+        p.wait_log('"event":"server_unavailable"')
+        entries = [json.loads(line) for line in p.log().splitlines() if line.strip()]
+    down = [e for e in entries if e.get("event") == "server_unavailable"]
+    check(down[0].get("database") == "down" and down[0].get("reason") == "server_unreachable",
+          f"server_unavailable fields: {down}")
+    closed = [e for e in entries if e.get("event") == "server_close"]
+    check(closed and closed[0].get("server", 0) >= 1 and closed[0].get("database") == "down",
+          f"server_close fields: {closed}")
     config["log"] = {"level": "warning", "format": "text"}
     with Pgring(config) as p:
         conn = connect(p.port, db="app")
