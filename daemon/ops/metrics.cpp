@@ -47,6 +47,8 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_clients", MetricType::Gauge, "Client connections by pool and state"},
     {"pgring_login_clients", MetricType::Gauge, "Client connections still logging in"},
     {"pgring_servers", MetricType::Gauge, "Server connections by pool and state"},
+    {"pgring_pool_size", MetricType::Gauge,
+     "Server connections a pool may open (pool_size, for the process)"},
     {"pgring_transactions_total", MetricType::Counter,
      "Transactions (explicit and implicit) completed"},
     {"pgring_queries_total", MetricType::Counter, "Query and Execute messages forwarded"},
@@ -143,7 +145,8 @@ Labels pool_labels(const Pool& p, std::initializer_list<ClientMetric::Label> mor
 }
 
 // Every reactor's families made one: samples of the same series (family, labels) are added up,
-// histograms bucket by bucket; pgring_info, the same on each reactor, is kept once.
+// histograms bucket by bucket; pgring_info and pgring_pool_size, the same on each reactor, are
+// kept once.
 std::vector<MetricFamily> merge(std::vector<std::vector<MetricFamily>> parts) {
   std::vector<MetricFamily> out;
   for (auto& part : parts) {
@@ -159,7 +162,8 @@ std::vector<MetricFamily> merge(std::vector<std::vector<MetricFamily>> parts) {
                                    [&](const ClientMetric& o) { return o.label == m.label; });
         if (series == into->metric.end()) {
           into->metric.push_back(std::move(m));
-        } else if (f.name == "pgring_info") {
+        } else if (f.name == "pgring_info" || f.name == "pgring_pool_size") {
+          // The same on every reactor (a setting, not a count): kept once.
         } else if (f.type == MetricType::Histogram) {
           series->histogram.sample_count += m.histogram.sample_count;
           series->histogram.sample_sum += m.histogram.sample_sum;
@@ -215,6 +219,7 @@ std::vector<MetricFamily> Reactor::metric_families() const {
           std::pair{"login", p.connecting_servers_.size()},
           std::pair{"resetting", p.resetting_servers_.size() + p.canceling_servers_.size()}})
       f.add("pgring_servers", pool_labels(p, {{"state", state}}), static_cast<double>(n));
+    f.add("pgring_pool_size", pool_labels(p), static_cast<double>(p.settings_.pool_size));
   }
   f.add("pgring_login_clients", {}, static_cast<double>(login_clients_.size()));
   struct Counter {
