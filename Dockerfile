@@ -7,8 +7,14 @@
 # its epoll engine and logs it once. To keep io_uring, run with
 #   --security-opt seccomp=contrib/seccomp/pgring.json      (docs/operations.md, "I/O engines")
 
+# The Debian 12 images to build on and to run on. Where no image can be pulled, build a base
+# locally (scripts/container-test.sh does: debootstrap --variant=minbase bookworm, podman import)
+# and pass it: --build-arg BASE=localhost/debian:12 --build-arg RUNTIME_BASE=localhost/debian:12
+ARG BASE=debian:12
+ARG RUNTIME_BASE=debian:12-slim
+
 # ---- build stage: the build dependencies of scripts/deps.sh, then scripts/build.sh release ----
-FROM debian:bookworm AS build
+FROM ${BASE} AS build
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -28,7 +34,7 @@ RUN scripts/build.sh release -DPGRING_TESTS=OFF \
  && build/pgring --config config/pgring.yaml --check
 
 # ---- runtime stage: the shared libraries and the binary ----
-FROM debian:bookworm-slim
+FROM ${RUNTIME_BASE}
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
@@ -40,8 +46,10 @@ COPY --from=build /src/build/pgring /usr/local/bin/pgring
 COPY config/pgring.yaml /etc/pgring/pgring.yaml
 USER pgring
 EXPOSE 6432
-# /health on the metrics port of the example config (metrics.listen 127.0.0.1:9930); bash's
+# /health on the port of the config's metrics.listen on the loopback (127.0.0.1 or 0.0.0.0):
+# 9930 as in the example config, or set PGRING_HEALTH_PORT (docker run -e ...) to yours. bash's
 # /dev/tcp keeps curl out of the image.
+ENV PGRING_HEALTH_PORT=9930
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9930 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${PGRING_HEALTH_PORT} && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
 ENTRYPOINT ["/usr/local/bin/pgring", "--config", "/etc/pgring/pgring.yaml"]
