@@ -44,9 +44,11 @@ def test_profile_keeps_io_uring_and_the_healthcheck():
     with Pgring(config, env=no_lsan, launcher=[RUN, PROFILE, "--"]) as p:
         serves(p)
         check("epoll" not in p.log(), f"io_uring under the profile: {p.log()}")
-        command = [part.replace("9930", str(metrics_port)) for part in healthcheck_command()]
+        # The image's HEALTHCHECK asks the port its PGRING_HEALTH_PORT names.
+        command = healthcheck_command()
+        check("${PGRING_HEALTH_PORT}" in " ".join(command), f"HEALTHCHECK: {command}")
         r = subprocess.run([RUN, PROFILE, "--"] + command, capture_output=True, text=True,
-                           timeout=30)
+                           timeout=30, env=dict(os.environ, PGRING_HEALTH_PORT=str(metrics_port)))
         check_eq(r.returncode, 0, f"the HEALTHCHECK under the profile: {r.stderr}")
 
 
