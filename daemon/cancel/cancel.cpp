@@ -38,6 +38,10 @@ void Reactor::register_cancel_key(Client& client) {
   }
 }
 
+void Reactor::forget_cancel_key(Client& client) {
+  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_));
+}
+
 void Reactor::use_server_pid(Client& client, std::int32_t pid) {
   // Session mode: the client has this server for its whole session, so its BackendKeyData can
   // carry the server's real pid: pg_backend_pid(), a notification it sent itself and
@@ -46,7 +50,7 @@ void Reactor::use_server_pid(Client& client, std::int32_t pid) {
   if (pid == 0 || pid == client.cancel_pid_) return;
   std::uint64_t key = cancel_key(pid, client.cancel_secret_);
   if (!cancel_keys_.emplace(key, &client).second) return;  // taken: keep pgring's own pid
-  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_));
+  forget_cancel_key(client);
   client.cancel_pid_ = pid;
 }
 
@@ -185,8 +189,7 @@ void Reactor::finish_cancel(Canceller& canceller) {
   }
   if (canceller.ops_in_flight_ > 0 || canceller.freed_) return;
   canceller.freed_ = true;
-  if (canceller.stream_.fd >= 0) ::close(canceller.stream_.fd);
-  canceller.stream_.fd = -1;
+  release_stream(canceller.stream_);
   unlink(&canceller);
   free_cancellers_.push_back(&canceller);
 }

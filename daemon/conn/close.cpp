@@ -89,12 +89,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
                         client.pinned_state_ != 0);
     }
   }
-  if (client.cancel_pid_ != 0) {
-    std::uint64_t key = (std::uint64_t(std::uint32_t(client.cancel_pid_)) << 32);
-    std::uint32_t secret;
-    std::memcpy(&secret, client.cancel_secret_.data(), 4);
-    cancel_keys_.erase(key | secret);
-  }
+  if (client.cancel_pid_ != 0) forget_cancel_key(client);
   Pool* pool = client.pool_;
   set_state(client, ClientState::closing);
   --client_count_;
@@ -193,8 +188,7 @@ void Reactor::maybe_free(Client& client) {
     return;
   if (client.freed_) return;
   client.freed_ = true;
-  if (client.stream_.fd >= 0) ::close(client.stream_.fd);
-  client.stream_.fd = -1;
+  release_stream(client.stream_);
   unlink(&client);
   free_clients_.push_back(&client);
 }
@@ -205,8 +199,7 @@ void Reactor::maybe_free(Server& server) {
   if (server.cancels_in_flight_ > 0) return;  // a Canceller still points here
   if (server.freed_) return;
   server.freed_ = true;
-  if (server.stream_.fd >= 0) ::close(server.stream_.fd);
-  server.stream_.fd = -1;
+  release_stream(server.stream_);
   unlink(&server);
   free_servers_.push_back(&server);
   // A server slot of this pool and database is free: pools of it with waiting clients may use

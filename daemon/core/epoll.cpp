@@ -188,7 +188,10 @@ void EpollEngine::do_in(int fd, FdState& s) {
       for (int i = 0; i < (multishot ? kReceivesPerTurn : 1); ++i) {
         auto bid = buffers_.take_free();
         if (!bid) {
-          end_in(s, -ENOBUFS);  // as io_uring: the reactor re-arms once buffers come back
+          // As io_uring: ENOBUFS only when there are bytes and nowhere to put them. After a
+          // first receive this turn the socket may be drained: the receive stays armed (level
+          // triggered, it comes back next turn) instead of stalling until buffers return.
+          if (i == 0) end_in(s, -ENOBUFS);  // the reactor re-arms once buffers come back
           return;
         }
         ssize_t got = ::recv(fd, buffers_.data(*bid), buffers_.buffer_size(), MSG_DONTWAIT);

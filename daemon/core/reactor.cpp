@@ -633,6 +633,18 @@ void Reactor::arm_recv(Stream& stream, int& ops) {
   ++ops;
 }
 
+void Reactor::release_stream(Stream& stream) {
+  // The one place a connection's socket is closed once its last operation completed. A stream
+  // the ring starved is on starved_ with no operation in flight: it leaves the list here, or
+  // rearm_starved would arm a receive on freed memory.
+  if (stream.starved_) {
+    std::erase_if(starved_, [&](const auto& entry) { return entry.first == &stream; });
+    stream.starved_ = false;
+  }
+  if (stream.fd >= 0) ::close(stream.fd);
+  stream.fd = -1;
+}
+
 void Reactor::rearm_starved() {
   if (starved_.empty() || buffers_->available() < buffers_->count() / 8) return;
   auto starved = std::move(starved_);

@@ -169,6 +169,7 @@ class Reactor {
   // Reading a client resumes (after an auth.query lookup held it).
   void resume_reading(Client& client);
   void register_cancel_key(Client& client);
+  void forget_cancel_key(Client& client);  // it closes (or takes its server's pid)
   // Session mode: the client's BackendKeyData carries its server's pid (cancel.cpp).
   void use_server_pid(Client& client, std::int32_t pid);
   // A CancelRequest with pgring's key (pid, secret) arrived on another connection.
@@ -250,6 +251,8 @@ class Reactor {
   void arm_signal();
   void submit_sends();
   void rearm_starved();
+  // Closes the socket of a connection being freed (no operation in flight) and forgets it.
+  void release_stream(Stream& stream);
   void on_accept(Listener& listener, int result, unsigned flags);
   // A receive completed: its buffer joins the stream's input (dropped when the connection is
   // closing), then what the result means; `starved` re-arms later (rearm_starved).

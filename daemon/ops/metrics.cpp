@@ -429,8 +429,7 @@ void Reactor::finish_http(HttpConn& conn) {
   }
   if (conn.ops_in_flight_ > 0 || conn.freed_) return;
   conn.freed_ = true;
-  if (conn.stream_.fd >= 0) ::close(conn.stream_.fd);
-  conn.stream_.fd = -1;
+  release_stream(conn.stream_);
   unlink(&conn);
   free_http_.push_back(&conn);
 }
