@@ -112,9 +112,17 @@ std::atomic<int> g_fd{2};
 std::mutex g_file_mutex;  // use_file and reopen
 std::string g_path;
 
-std::string open_log(const std::string& path, int& fd) {
-  fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+// Opens `path` and puts it behind the log's descriptor (its own number from the first file on).
+std::string point_at(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0) return "cannot open log.file " + path + ": " + std::strerror(errno);
+  int current = g_fd.load();
+  if (current == 2) {
+    g_fd.store(fd);
+  } else {
+    ::dup2(fd, current);
+    ::close(fd);
+  }
   return {};
 }
 }  // namespace
@@ -127,27 +135,14 @@ std::string use_file(const std::string& path) {
     g_path.clear();
     return {};
   }
-  int fd = -1;
-  if (std::string problem = open_log(path, fd); !problem.empty()) return problem;
-  int current = g_fd.load();
-  if (current != 2) {
-    ::dup2(fd, current);
-    ::close(fd);
-  } else {
-    g_fd.store(fd);
-  }
-  g_path = path;
-  return {};
+  std::string problem = point_at(path);
+  if (problem.empty()) g_path = path;
+  return problem;
 }
 
 std::string reopen() {
   std::lock_guard lock(g_file_mutex);
-  if (g_path.empty()) return {};
-  int fd = -1;
-  if (std::string problem = open_log(g_path, fd); !problem.empty()) return problem;
-  ::dup2(fd, g_fd.load());
-  ::close(fd);
-  return {};
+  return g_path.empty() ? std::string() : point_at(g_path);
 }
 
 void init(config::LogLevel level, config::LogFormat format) {
