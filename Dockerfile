@@ -20,7 +20,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config g++ \
       liburing-dev libyaml-cpp-dev libcli11-dev libsystemd-dev libfmt-dev libssl-dev \
-      prometheus-cpp-dev \
+      prometheus-cpp-dev libpq-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the daemon's build needs (no build directories, no tests).
@@ -38,7 +38,7 @@ FROM ${RUNTIME_BASE}
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      liburing2 libyaml-cpp0.7 libssl3 libsystemd0 libfmt9 libprometheus-cpp-core1.0 \
+      liburing2 libyaml-cpp0.7 libssl3 libsystemd0 libfmt9 libprometheus-cpp-core1.0 libpq5 \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgring

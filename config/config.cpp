@@ -84,6 +84,24 @@ std::string_view to_string(ServerTlsMode mode) {
   return "unknown";
 }
 
+std::string_view to_string(Target target) {
+  switch (target) {
+    case Target::any:
+      return "any";
+    case Target::primary:
+      return "primary";
+    case Target::replica:
+      return "replica";
+    case Target::prefer_replica:
+      return "prefer-replica";
+  }
+  return "?";
+}
+
+std::string_view to_string(LoadBalance policy) {
+  return policy == LoadBalance::round_robin ? "round_robin" : "least_connections";
+}
+
 bool Network::contains(int address_family, const std::uint8_t* address) const {
   if (address_family != family) return false;
   int full = prefix / 8;

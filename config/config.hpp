@@ -37,12 +37,21 @@ enum class LogFormat { text, json };
 // io.engine: io_uring where the kernel allows it, else epoll (auto); or one of them.
 enum class IoEngine { auto_, io_uring, epoll };
 enum class LogLevel { debug, info, warning, error };
+// databases.<db>.target: which of the database's hosts serve its pools, by what PostgreSQL says
+// of itself (pg_is_in_recovery()): any host, the primary, a replica, a replica while one is up
+// and else the primary. libpq's target_session_attrs spellings are accepted too.
+enum class Target { any, primary, replica, prefer_replica };
+// databases.<db>.load_balance: among the hosts that fit the target, the one with the fewest
+// server connections (all reactors), or each in turn.
+enum class LoadBalance { least_connections, round_robin };
 
 [[nodiscard]] std::string_view to_string(PoolMode mode);
 [[nodiscard]] std::string_view to_string(AuthMethod method);
 [[nodiscard]] std::string_view to_string(SessionStatePolicy policy);
 [[nodiscard]] std::string_view to_string(ClientTlsMode mode);
 [[nodiscard]] std::string_view to_string(ServerTlsMode mode);
+[[nodiscard]] std::string_view to_string(Target target);
+[[nodiscard]] std::string_view to_string(LoadBalance policy);
 
 // One `listen:` entry: "host:port", "[v6]:port", or an absolute directory for a unix socket
 // (the socket file is <dir>/.s.PGSQL.<port of the first TCP entry, or 6432>).
@@ -126,11 +135,23 @@ struct User {
 // The databases: entry that serves every database name without an entry of its own.
 inline constexpr std::string_view kFallbackDatabase = "*";
 
+// One databases.<db>.hosts entry: a name (each address it resolves to is a host of its own),
+// an address, or a unix socket directory (starts with '/').
+struct Host {
+  std::string host;
+  std::uint16_t port = 5432;
+  friend bool operator==(const Host&, const Host&) = default;
+};
+
 struct Database {
   std::string name;  // what clients put in `database`
-  // Host name, address, or a unix socket directory (starts with '/').
+  // The first of `hosts` (`host`/`port` are the one-host spelling of `hosts`).
   std::string host = "127.0.0.1";
   std::uint16_t port = 5432;
+  std::vector<Host> hosts{Host{"127.0.0.1", 5432}};
+  Target target = Target::any;
+  LoadBalance load_balance = LoadBalance::least_connections;
+  Duration max_replica_lag{0};          // 0: any lag; else a replica further behind is skipped
   std::string dbname;                   // server-side database name; default: name
   std::optional<std::string> user;      // log in to the server as this user instead of the client's
   std::optional<std::string> password;  // password for `user`
@@ -234,6 +255,21 @@ struct Config {
   // same name): neither applied to the session nor sent to a server. `options` drops the whole
   // `options` parameter; any other name drops it, and its "-c name=value" inside `options`.
   std::vector<std::string> ignore_startup_parameters;
+  // Host names of databases.<db>.hosts are looked up again this often (and when a connection to
+  // one fails), off the reactor threads.
+  struct Dns {
+    Duration ttl{std::chrono::seconds(30)};
+  } dns;
+  // Every host of a database with several hosts or a target is checked this often: its role
+  // (pg_is_in_recovery()), its replay lag, and `query` when set. The check logs in as `user`
+  // (default: the database's forced user) with `password` (plain text).
+  struct HealthCheck {
+    Duration interval{std::chrono::seconds(5)};
+    Duration timeout{std::chrono::seconds(2)};
+    std::string query;
+    std::string user;
+    std::string password;
+  } health_check;
 
   [[nodiscard]] const User* find_user(std::string_view name) const;
   [[nodiscard]] const Database* find_database(std::string_view name) const;

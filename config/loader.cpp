@@ -70,6 +70,13 @@ class Loader {
         databases(item);
       } else if (key == "tls") {
         tls(item);
+      } else if (key == "dns") {
+        for_each_entry(item, {"ttl"}, [&](const std::string&, const Item& ttl) {
+          config_.dns.ttl = duration(ttl);
+          if (config_.dns.ttl.count() == 0) ttl.fail("must be more than 0");
+        });
+      } else if (key == "health_check") {
+        health_check(item);
       } else if (key == "ignore_startup_parameters") {
         config_.ignore_startup_parameters.clear();
         for (std::string& name : string_list(item)) {
@@ -102,7 +109,67 @@ class Loader {
                                                                 "tls",
                                                                 "tcp",
                                                                 "io",
+                                                                "dns",
+                                                                "health_check",
                                                                 "ignore_startup_parameters"};
+
+  void health_check(const Item& section) {
+    auto& check = config_.health_check;
+    for_each_entry(section, {"interval", "timeout", "query", "user", "password"},
+                   [&](const std::string& key, const Item& item) {
+                     if (key == "interval") {
+                       check.interval = duration(item);
+                       if (check.interval.count() == 0) item.fail("must be more than 0");
+                     } else if (key == "timeout") {
+                       check.timeout = duration(item);
+                       if (check.timeout.count() == 0) item.fail("must be more than 0");
+                     } else if (key == "query") {
+                       check.query = scalar(item);
+                     } else if (key == "user") {
+                       check.user = non_empty_string(item);
+                     } else if (key == "password") {
+                       check.password = scalar(item);
+                     }
+                   });
+  }
+
+  // A hosts: entry: "name", "name:port", "[v6]:port", "/socket/dir", or {host, port}.
+  static Host host_entry(const Item& item) {
+    Host out;
+    if (item.node.IsMap()) {
+      bool has_host = false;
+      for_each_entry(item, {"host", "port"}, [&](const std::string& key, const Item& value) {
+        if (key == "host") {
+          out.host = non_empty_string(value);
+          has_host = true;
+        } else {
+          out.port = port_number(value, scalar(value, "a port number"));
+        }
+      });
+      if (!has_host) item.fail("a host entry needs host:");
+      return out;
+    }
+    std::string text = non_empty_string(item);
+    std::size_t colon = text.rfind(':');
+    if (text.starts_with('/')) {
+      out.host = text;  // a socket directory: {host, port} for another port than 5432
+    } else if (text.starts_with('[')) {
+      std::size_t close = text.find(']');
+      if (close == std::string::npos) item.fail("expected [address]:port");
+      out.host = text.substr(1, close - 1);
+      if (close + 1 < text.size()) {
+        if (text[close + 1] != ':') item.fail("expected [address]:port");
+        out.port = port_number(item, text.substr(close + 2));
+      }
+    } else if (colon != std::string::npos && text.find(':') == colon) {
+      out.host = text.substr(0, colon);
+      out.port = port_number(item, text.substr(colon + 1));
+    } else {
+      out.host = text;  // a name, an IPv4 address or a bare IPv6 address
+    }
+    if (out.host.empty()) item.fail("the host name is empty");
+    return out;
+  }
 
   void listen(const Item& item) {
     config_.listen.clear();
@@ -441,7 +508,8 @@ class Loader {
 
   void databases(const Item& section) {
     static const std::vector<std::string_view> kDatabaseKeys =
-        with_pool_keys({"host", "port", "dbname", "user", "password", "timeouts"});
+        with_pool_keys({"host", "port", "hosts", "target", "load_balance", "max_replica_lag",
+                        "dbname", "user", "password", "timeouts"});
     for_each_entry(section, {}, [&](const std::string& name, const Item& entry) {
       if (name.empty()) entry.fail("a database name must not be empty");
       if (name == "pgring") {
@@ -453,11 +521,43 @@ class Loader {
       if (name != kFallbackDatabase) db.dbname = name;
       PoolMarks& marks = database_marks_[name];
       Item password_item;
+      Item hosts_item;
+      Item host_item;
       for_each_entry(entry, kDatabaseKeys, [&](const std::string& key, const Item& item) {
         if (key == "host") {
           db.host = non_empty_string(item);
+          host_item = item;
         } else if (key == "port") {
           db.port = port_number(item, scalar(item, "a port number"));
+          host_item = item;
+        } else if (key == "hosts") {
+          hosts_item = item;
+          if (!item.node.IsSequence() || item.node.size() == 0)
+            item.fail("expected a list of hosts (\"host:port\" or {host, port})");
+          db.hosts.clear();
+          std::size_t i = 0;
+          for (const YAML::Node& node : item.node) {
+            const Item element = make_item(index_path(item.path, i++), node, item.line);
+            Host host = host_entry(element);
+            for (const Host& other : db.hosts)
+              if (other == host) element.fail("duplicate host");
+            db.hosts.push_back(std::move(host));
+          }
+        } else if (key == "target") {
+          db.target = one_of<Target>(item, {{"any", Target::any},
+                                            {"primary", Target::primary},
+                                            {"replica", Target::replica},
+                                            {"prefer-replica", Target::prefer_replica},
+                                            {"read-write", Target::primary},
+                                            {"read-only", Target::replica},
+                                            {"standby", Target::replica},
+                                            {"prefer-standby", Target::prefer_replica}});
+        } else if (key == "load_balance") {
+          db.load_balance =
+              one_of<LoadBalance>(item, {{"least_connections", LoadBalance::least_connections},
+                                         {"round_robin", LoadBalance::round_robin}});
+        } else if (key == "max_replica_lag") {
+          db.max_replica_lag = duration(item);
         } else if (key == "dbname") {
           db.dbname = non_empty_string(item);
         } else if (key == "user") {
@@ -471,6 +571,14 @@ class Loader {
           pool_key(key, item, db.pool, marks);
         }
       });
+      if (!hosts_item.path.empty() && !host_item.path.empty())
+        host_item.fail("set either host/port or hosts, not both");
+      if (!hosts_item.path.empty()) {
+        db.host = db.hosts.front().host;
+        db.port = db.hosts.front().port;
+      } else {
+        db.hosts = {Host{db.host, db.port}};
+      }
       if (db.password && !db.user) {
         password_item.fail(
             "a password is the forced user's: set databases." + name +

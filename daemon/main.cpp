@@ -27,6 +27,7 @@
 #include "daemon/core/shared.hpp"
 #include "daemon/net/tls.hpp"
 #include "daemon/ops/cpus.hpp"
+#include "daemon/pool/hosts.hpp"
 
 namespace {
 
@@ -168,6 +169,12 @@ int main(int argc, char** argv) {
   // 0 runs here. A reactor object stays alive until every reactor has stopped, because the
   // others may still post to it.
   pgring::Shared shared(workers);
+  // Host names are looked up once here, before the first client; from then on by the hosts
+  // monitor thread (and health checks run there), never on a reactor.
+  pgring::HostDirectory hosts(shared);
+  hosts.configure(*config);
+  hosts.resolve_all();
+  shared.hosts = &hosts;
   std::latch started(workers - 1);
   std::latch finished(workers);
   std::atomic<bool> start_failed{false};
@@ -198,6 +205,7 @@ int main(int argc, char** argv) {
     shared.reactors[0] = &reactor;
     for (int i = 1; i < workers; ++i) threads.emplace_back(run_worker, i);
     started.wait();
+    hosts.start();
     if (start_failed) {
       rc = 1;
       reactor.broadcast(
@@ -208,6 +216,7 @@ int main(int argc, char** argv) {
       sd_notify(0, "READY=1\nSTATUS=accepting connections");
     }
     int run_rc = reactor.run();
+    hosts.stop();  // before any reactor goes: the monitor posts to them
     if (rc == 0) rc = run_rc;
     finished.arrive_and_wait();
   } catch (const std::exception& e) {

@@ -9,7 +9,7 @@ PACKAGES=(
   build-essential cmake pkg-config g++ clang clang-format
   liburing-dev libyaml-cpp-dev libcli11-dev doctest-dev libsystemd-dev libfmt-dev libssl-dev
   prometheus-cpp-dev   # metric families and the text serializer behind /metrics
-  libpq-dev            # the libpq integration-test client
+  libpq-dev            # health checks of databases.<db>.hosts; the libpq integration-test client
   libclang-rt-14-dev   # libFuzzer and sanitizer runtimes for clang
   # tests, benchmarks and the quick start
   postgresql postgresql-contrib postgresql-client pgbouncer

@@ -97,8 +97,9 @@ void Reactor::start_cancel(Server& server) {
   canceller->started_ = now_;
   ++server.cancels_in_flight_;
   cancellers_.push_back(canceller);
-  Pool& pool = server.pool_;
-  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // To the host the server is on: a cancel key means nothing anywhere else.
+  const Endpoint& endpoint = *server.endpoint_;
+  int fd = socket(endpoint.address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     finish_cancel(*canceller);
     return;
@@ -109,7 +110,7 @@ void Reactor::start_cancel(Server& server) {
   else
     log::info("S-{} canceling the request its departed client left running", server.id_);
   ++canceller->ops_in_flight_;
-  io_connect(canceller->connect_op_, fd, pool.address_, pool.address_len_);
+  io_connect(canceller->connect_op_, fd, endpoint.address, endpoint.address_len);
 }
 
 void Reactor::on_cancel_connect(Canceller& canceller, int result) {

@@ -271,7 +271,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
           if (cache && deallocate(*text, mentioned)) return Verdict::drop;
           // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
           if (auto database = proto::sql::database_needed_alone(*text))
-            reactor_.free_database(pool_->address_text_, *database);
+            reactor_.free_database(pool_->address_text(), *database);
         }
       }
       // Session state is judged before anything is queued: a refused Query is never sent.

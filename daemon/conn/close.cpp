@@ -155,7 +155,8 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   }
   // (A refused startup parameter is its clients' failure, not the server's.)
   if ((was == ServerState::connecting || was == ServerState::login) &&
-      reason != Reason::startup_rejected) {
+      reason != Reason::startup_rejected &&
+      !pool.host_failed(server, reason, server.login_error_sqlstate_)) {
     if (server.login_error_sqlstate_.empty())
       pool.on_server_failed(reason, {}, message);
     else
@@ -205,6 +206,7 @@ void Reactor::maybe_free(Server& server) {
   // A server slot of this pool and database is free: pools of it with waiting clients may use
   // it, here and on the reactors that said they starve for one.
   Pool& pool = server.pool_;
+  if (server.endpoint_ != nullptr) --server.endpoint_->connections;
   --pool.servers_closing_;
   pool.budget_->release();
   pool.db_budget_->release();

@@ -40,6 +40,7 @@ namespace pgring {
 class Reactor;
 class Pool;
 class Client;
+struct Endpoint;
 using Clock = std::chrono::steady_clock;
 
 enum class ServerState { connecting, login, idle, active, resetting, canceling, lookup, closing };
@@ -57,6 +58,10 @@ class Server {
   Server(Reactor& reactor, Pool& pool, std::uint64_t id);
 
   void on_connected();
+  // Login done (`ready_body`: the ReadyForQuery's): the server is idle and the pool's.
+  void logged_in(std::string_view ready_body);
+  // The answer to the role check "SELECT pg_is_in_recovery()" that ends a login.
+  void check_role(char type, std::string_view body);
   void on_input();
   // The linked client left: make this connection reusable (or close it). `session_reset` runs
   // server_reset_query too (session mode, or a client that left session state behind).
@@ -93,6 +98,10 @@ class Server {
   // Cancel connections still targeting this server: it is neither reused nor freed meanwhile.
   int cancels_in_flight_ = 0;
   bool retire_ = false;
+  Reason retire_reason_ = Reason::config_changed;  // what its close says once released
+  // The host it is connected to (daemon/pool/hosts.hpp); counted in its `connections` from the
+  // connect until the server is freed.
+  std::shared_ptr<Endpoint> endpoint_;
   // The client left with work in flight: replies are swallowed until the protocol is idle.
   bool draining_ = false;
   bool drain_session_reset_ = false;
@@ -221,6 +230,9 @@ class Server {
     std::optional<proto::scram::Key> client_key;  // SCRAM pass-through: a client's ClientKey
     proto::scram::Binding binding = proto::scram::Binding::none;
     std::string end_point;  // the server certificate's tls-server-end-point hash (TLS)
+    // Logged in, the database has a target: "SELECT pg_is_in_recovery()" is out, and its row.
+    bool role_check = false;
+    std::optional<bool> in_recovery;
     ~LoginState() {
       if (client_key) OPENSSL_cleanse(client_key->data(), client_key->size());
     }

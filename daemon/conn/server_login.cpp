@@ -21,7 +21,7 @@ void Server::on_connected() {
   reactor_.set_state(*this, ServerState::login);
   login_ = std::make_unique<LoginState>();
   const config::ServerTls& tls = reactor_.config().tls_server;
-  bool unix_socket = !pool_.db_.host.empty() && pool_.db_.host[0] == '/';
+  bool unix_socket = endpoint_->unix_socket();
   if (tls.mode != config::ServerTlsMode::disable && !unix_socket &&
       reactor_.tls().server_side != nullptr) {
     (void)stream_.emit([](std::string& out) { return proto::build::ssl_request(out); });
@@ -64,7 +64,7 @@ bool Server::negotiate_tls() {
       return false;
     }
     std::unique_ptr<TlsSession> session =
-        TlsSession::connect(reactor_.tls().server_side.get(), pool_.db_.host, tls.mode);
+        TlsSession::connect(reactor_.tls().server_side.get(), endpoint_->name, tls.mode);
     if (session == nullptr || !stream_.start_tls(std::move(session))) {
       reactor_.close(*this, Reason::server_login_failed, "cannot start TLS");
       return false;
@@ -75,7 +75,7 @@ bool Server::negotiate_tls() {
   }
   if (!stream_.tls()->handshake_done()) return false;
   tls_step_ = TlsStep::none;
-  log::debug("S-{} TLS {} with {}", id_, stream_.tls()->version(), pool_.address_text_);
+  log::debug("S-{} TLS {} with {}", id_, stream_.tls()->version(), endpoint_->text);
   send_startup();
   return true;
 }
@@ -102,6 +102,10 @@ void Server::send_startup() {
 
 void Server::handle_login_message(char type, std::string_view body) {
   using proto::AuthCode;
+  if (login_->role_check) {
+    check_role(type, body);
+    return;
+  }
   switch (type) {
     case proto::backend::kAuthentication: {
       auto auth = proto::parse_authentication(body);
@@ -282,18 +286,17 @@ void Server::handle_login_message(char type, std::string_view body) {
       return;
     }
     case proto::backend::kReadyForQuery: {
-      login_.reset();
-      transaction_status_ = body.empty() ? 'I' : body[0];
-      pool_.clear_failure();
-      take_startup_state();
-      if (!pool_.have_defaults_ && !startup_) {
-        pool_.defaults_ = params_;
-        pool_.have_defaults_ = true;
+      if (pool_.group_->needs_role()) {
+        // The database asks for a primary or a replica: what is this host now? (A role seen
+        // by the health checks may be seconds old; a server's own answer at login is not.)
+        login_->role_check = true;
+        (void)stream_.emit([](std::string& out) {
+          return proto::build::query(out, "SELECT pg_is_in_recovery()");
+        });
+        reactor_.want_send(stream_);
+        return;
       }
-      log::debug("S-{} logged in to {} as {} (backend pid {})", id_, pool_.address_text_,
-                 pool_.server_user_, backend_pid_);
-      reactor_.set_state(*this, ServerState::idle);
-      pool_.maintain();
+      logged_in(body);
       return;
     }
     default:
@@ -301,6 +304,73 @@ void Server::handle_login_message(char type, std::string_view body) {
                      fmt::format("unexpected message '{}' during login", type));
       return;
   }
+}
+
+void Server::check_role(char type, std::string_view body) {
+  switch (type) {
+    case proto::backend::kDataRow: {
+      // One column: 't' or 'f'.
+      auto row = proto::parse_data_row(body);
+      if (row && row->size() == 1 && (*row)[0] && !(*row)[0]->empty())
+        login_->in_recovery = (*row)[0]->front() == 't';
+      return;
+    }
+    case proto::backend::kParameterStatus:
+      if (auto p = proto::parse_parameter_status(body)) set_param(p->name, p->value);
+      return;
+    case proto::backend::kRowDescription:
+    case proto::backend::kCommandComplete:
+    case proto::backend::kNoticeResponse:
+      return;
+    case proto::backend::kErrorResponse: {
+      auto e = proto::parse_error_fields(body);
+      reactor_.close(*this, Reason::server_protocol_error,
+                     fmt::format("pg_is_in_recovery() failed: {}",
+                                 e ? std::string(e->message) : std::string("?")));
+      return;
+    }
+    case proto::backend::kReadyForQuery: {
+      if (!login_->in_recovery) {
+        reactor_.close(*this, Reason::server_protocol_error, "pg_is_in_recovery() gave no answer");
+        return;
+      }
+      Endpoint& endpoint = *endpoint_;
+      if (pool_.group_->learned_role(endpoint, *login_->in_recovery)) {
+        log::info("hosts: {} of database {} is a {}", endpoint.text, pool_.database_,
+                  *login_->in_recovery ? "replica" : "primary");
+        reactor_.shared().hosts->notify(pool_.group_key_);
+      }
+      if (!pool_.group_->fits(endpoint)) {
+        reactor_.close(*this, Reason::server_wrong_role,
+                       fmt::format("{} is a {}; database {} has target {}", endpoint.text,
+                                   to_string(endpoint.role.load()), pool_.database_,
+                                   config::to_string(pool_.group_->target())));
+        return;
+      }
+      logged_in(body);
+      return;
+    }
+    default:
+      reactor_.close(*this, Reason::server_protocol_error,
+                     fmt::format("unexpected message '{}' answering pg_is_in_recovery()", type));
+      return;
+  }
+}
+
+void Server::logged_in(std::string_view ready_body) {
+  login_.reset();
+  transaction_status_ = ready_body.empty() ? 'I' : ready_body[0];
+  (void)pool_.group_->logged_in(*endpoint_);
+  pool_.clear_failure();
+  take_startup_state();
+  if (!pool_.have_defaults_ && !startup_) {
+    pool_.defaults_ = params_;
+    pool_.have_defaults_ = true;
+  }
+  log::debug("S-{} logged in to {} as {} (backend pid {})", id_, endpoint_->text,
+             pool_.server_user_, backend_pid_);
+  reactor_.set_state(*this, ServerState::idle);
+  pool_.maintain();
 }
 
 }  // namespace pgring

@@ -92,6 +92,8 @@ std::string_view name(Reason reason) {
       return "server_terminated";
     case Reason::database_command:
       return "database_command";
+    case Reason::server_wrong_role:
+      return "server_wrong_role";
     case Reason::count_:
       break;
   }

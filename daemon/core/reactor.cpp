@@ -108,10 +108,20 @@ void Reactor::free_database(const std::string& address, const std::string& datab
   broadcast([address, database](Reactor& r) {
     for (auto& [key, pool] : r.pools_) {
       (void)key;
-      if (pool->address_text_ == address && pool->server_database() == database)
+      if (pool->address_text() == address && pool->server_database() == database)
         pool->free_database();
     }
   });
+}
+
+void Reactor::hosts_changed(const std::string& database) {
+  // (An automatic pool follows the fallback entry "*".)
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    bool ours =
+        pool->automatic_ ? database == config::kFallbackDatabase : pool->db_.name == database;
+    if (ours) pool->hosts_changed();
+  }
 }
 
 void Reactor::retry_database(const std::string& database) {
@@ -561,14 +571,13 @@ void Reactor::on_server_connect(Server& server, int result) {
   }
   if (result < 0) {
     close(server, Reason::server_unreachable,
-          fmt::format("could not connect to server {}: {}", server.pool_.address_text_,
+          fmt::format("could not connect to server {}: {}", server.endpoint_->text,
                       errno_text(-result)));
     return;
   }
   int one = 1;
   setsockopt(server.stream_.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (server.pool_.address_.ss_family != AF_UNIX)
-    apply_tcp_options(server.stream_.fd, config().tcp);
+  if (!server.endpoint_->unix_socket()) apply_tcp_options(server.stream_.fd, config().tcp);
   server.on_connected();
   if (server.state_ != ServerState::closing) arm_recv(server.stream_, server.ops_in_flight_);
 }

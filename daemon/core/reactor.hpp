@@ -103,6 +103,8 @@ class Reactor {
   std::vector<T> gather(const std::function<T(Reactor&)>& fn);
   // Every reactor, this one included (directly), runs `task`.
   void broadcast(const std::function<void(Reactor&)>& task);
+  // The hosts of databases: entry `database` changed (posted by the HostDirectory's monitor).
+  void hosts_changed(const std::string& database);
   // A server slot of `database` was freed on another reactor: waiting clients may use it.
   void retry_database(const std::string& database);
   // `database` on the server at `address` is about to be dropped, renamed or copied: every

@@ -21,6 +21,7 @@
 namespace pgring {
 
 class Reactor;
+class HostDirectory;
 
 // Most reactors a process runs: a reactor is one bit in Budget::starving and the low bits of the
 // cancel keys it hands out.
@@ -58,6 +59,9 @@ class Shared {
   // When each reactor last ran its sweep (steady clock, ns): reactor 0 pings systemd's watchdog
   // only while every reactor turns, so one stalled reactor of several is noticed.
   std::vector<std::atomic<std::int64_t>> turned;
+  // Where server connections go: every database's hosts (daemon/pool/hosts.hpp). Set before
+  // the reactors start.
+  HostDirectory* hosts = nullptr;
   std::atomic<int> clients{0};            // max_client_conn is for the process
   std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
   // When the process started: SHOW STATS's rates per second on the "pgbouncer" console.

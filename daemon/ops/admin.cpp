@@ -264,7 +264,7 @@ Rows Reactor::admin_rows(std::string_view what) {
             &pool->resetting_servers_, &pool->canceling_servers_})
         for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
           row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_,
-               std::string(to_string(s->state_)), pool->address_text_,
+               std::string(to_string(s->state_)), s->endpoint_->text,
                std::to_string(s->backend_pid_),
                s->client_ != nullptr ? "C-" + std::to_string(s->client_->id_) : "",
                ms(now_ - s->created_), ms(now_ - s->state_since_),

@@ -361,10 +361,9 @@ Rows Reactor::pgbouncer_rows(std::string_view what) {
     for (auto& entry : pools_) {
       // (Plain names: clang 14 cannot capture structured bindings in the lambda.)
       Pool* pool = entry.second.get();
-      std::pair<std::string, std::string> peer = split_peer(pool->address_text_);
-      const std::string& addr = peer.first;
-      const std::string& port = peer.second;
       auto add = [&](const Server& s, std::string_view state) {
+        const std::string addr = s.endpoint_->numeric;
+        const std::string port = std::to_string(s.endpoint_->port);
         rows.push_back({"S",
                         pool->server_user_,
                         pool->server_database(),

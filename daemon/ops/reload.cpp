@@ -92,6 +92,7 @@ std::string Reactor::reload() {
   };
   if (metrics_text(old) != metrics_text(*fresh))
     log::warning("reload: metrics.listen changed; it takes effect after a restart");
+  shared_.hosts->configure(*fresh);  // new hosts are looked up by its monitor thread
   broadcast([fresh, tls](Reactor& r) { r.apply_config(fresh, tls); });
   log::info("configuration reloaded from {}", config_path_);
   return {};

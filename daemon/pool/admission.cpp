@@ -118,21 +118,25 @@ void Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) 
   }
   server->created_ = now_;
   set_state(*server, ServerState::connecting);
-  if (!pool.address_ok_) {
+  server->endpoint_ = pool.group_->pick(now_);
+  if (server->endpoint_ == nullptr) {
+    shared_.hosts->resolve_soon();
     close(*server, Reason::server_unreachable,
-          "cannot resolve server address " + pool.address_text_);
+          "cannot resolve server address " + pool.address_text());
     return;
   }
-  int fd = socket(pool.address_.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const Endpoint& endpoint = *server->endpoint_;
+  ++server->endpoint_->connections;
+  int fd = socket(endpoint.address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     close(*server, Reason::server_unreachable, "socket: " + errno_text(errno));
     return;
   }
   server->stream_.fd = fd;
-  log::debug("S-{} connecting to {} for {}/{}", server->id_, pool.address_text_, pool.database_,
+  log::debug("S-{} connecting to {} for {}/{}", server->id_, endpoint.text, pool.database_,
              pool.user_name_);
   ++server->ops_in_flight_;
-  io_connect(server->connect_op_, fd, pool.address_, pool.address_len_);
+  io_connect(server->connect_op_, fd, endpoint.address, endpoint.address_len);
 }
 
 void Reactor::login_done(Client& client) {

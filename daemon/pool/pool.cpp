@@ -24,7 +24,7 @@ Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* use
       user_name_(std::move(user_name)),
       settings_(std::move(settings)) {
   set_credentials(db, user);
-  resolve();
+  find_group();
 }
 
 void Pool::set_credentials(const config::Database& db, const config::User* user) {
@@ -53,8 +53,8 @@ void Pool::set_credentials(const config::Database& db, const config::User* user)
 
 void Pool::reconfigure(const config::Database& db, const config::User* user,
                        config::PoolSettings settings) {
-  bool moved = db.host != db_.host || db.port != db_.port || db.dbname != db_.dbname ||
-               db.user != db_.user || db.password != db_.password;
+  bool moved = db.hosts != db_.hosts || db.dbname != db_.dbname || db.user != db_.user ||
+               db.password != db_.password;
   // Session mode's servers carry their clients' startup parameters, the others pgring's own:
   // neither kind may serve the other mode.
   bool mode_changed = (settings.pool_mode == config::PoolMode::session) !=
@@ -65,13 +65,13 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
   clear_failure();  // the new settings deserve an attempt at once
   if (moved) {
     learned_.clear();  // another server may accept or report other things
-    resolve();
     log::info("pool {}/{}: server moved to {}; retiring old connections", database_, user_name_,
-              address_text_);
+              address_text());
   } else if (mode_changed) {
     log::info("pool {}/{}: pool_mode is {} now; retiring old connections", database_, user_name_,
               config::to_string(settings_.pool_mode));
   }
+  find_group();  // a reload may have made a new one (other hosts) or changed its target
   if (moved || mode_changed) {
     for (List<Server>* l :
          {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
@@ -85,32 +85,69 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
   maintain();
 }
 
-void Pool::resolve() {
-  address_ok_ = false;
-  address_text_ = db_.host.starts_with('/') ? db_.host + "/.s.PGSQL." + std::to_string(db_.port)
-                                            : db_.host + ":" + std::to_string(db_.port);
-  if (db_.host.starts_with('/')) {
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    if (address_text_.size() >= sizeof sun.sun_path) return;
-    std::memcpy(sun.sun_path, address_text_.c_str(), address_text_.size() + 1);
-    std::memcpy(&address_, &sun, sizeof sun);
-    address_len_ = sizeof sun;
-    address_ok_ = true;
-    return;
+void Pool::find_group() {
+  // Pools of the fallback's databases share its hosts; a reload that dropped the entry leaves
+  // the group the pool had (its servers stay where they are until the pool goes).
+  std::string_view key = automatic_ || reactor_.config().find_database(db_.name) == nullptr
+                             ? config::kFallbackDatabase
+                             : std::string_view(db_.name);
+  group_key_ = std::string(key);
+  if (auto group = reactor_.shared().hosts->group(key)) group_ = std::move(group);
+  if (group_ == nullptr) {
+    // (Not configured through a HostDirectory: a pool made for a database a reload removed
+    // while its clients were on their way in.)
+    group_ = std::make_shared<HostGroup>(db_);
+    reactor_.shared().hosts->resolve_soon();
   }
-  // Resolved once when the pool is created (name lookups block; this is not the data path).
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  std::string port = std::to_string(db_.port);
-  if (getaddrinfo(db_.host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) return;
-  std::memcpy(&address_, res->ai_addr, res->ai_addrlen);
-  address_len_ = res->ai_addrlen;
-  address_ok_ = true;
-  freeaddrinfo(res);
+}
+
+const std::string& Pool::address_text() const {
+  return group_->text();
+}
+
+bool Pool::host_failed(Server& server, Reason reason, std::string_view sqlstate) {
+  if (server.endpoint_ == nullptr) return false;
+  // A login PostgreSQL refused for the user or database fails on every host alike; so does a
+  // login pgring cannot do.
+  bool host_specific = sqlstate.empty() ? reason != Reason::server_login_failed
+                                        : !(sqlstate.starts_with("28") || sqlstate == "3D000" ||
+                                            sqlstate == "42501");
+  if (!host_specific) return false;
+  if (reason != Reason::server_wrong_role &&
+      group_->connect_failed(*server.endpoint_, reactor_.now(),
+                             settings_.timeouts.server_login_retry)) {
+    log::warning("pool {}/{}: host {} taken out: {}", database_, user_name_, server.endpoint_->text,
+                 name(reason));
+    reactor_.shared().hosts->resolve_soon();  // its address may have moved
+  }
+  // Another host to try at once?
+  auto now = reactor_.now();
+  for (const auto& e : group_->endpoints())
+    if (e != server.endpoint_ && !e->gone && !e->down(now) && group_->fits(*e)) return true;
+  return false;
+}
+
+void Pool::hosts_changed() {
+  for (List<Server>* l : {&idle_servers_, &active_servers_, &resetting_servers_,
+                          &canceling_servers_, &connecting_servers_}) {
+    for (Server* s = l->front(); s != nullptr;) {
+      Server* next = List<Server>::next(s);
+      const Endpoint* e = s->endpoint_.get();
+      bool fits = e == nullptr || (group_->fits(*e) && !e->down(reactor_.now()));
+      // (A server still logging in is judged by its own role check.)
+      if (!fits && l != &connecting_servers_) {
+        if (l == &idle_servers_) {
+          reactor_.close(*s, Reason::server_wrong_role, e->text);
+        } else {
+          s->retire_ = true;
+          s->retire_reason_ = Reason::server_wrong_role;
+        }
+      }
+      s = next;
+    }
+  }
+  if (failing_ && !failure_final_) next_attempt_ = reactor_.now();
+  maintain();
 }
 
 // The one place a connection changes state: its state is the list it is on (a pool's, or the
@@ -227,7 +264,7 @@ void Pool::release_link(Server& server) {
 void Pool::server_ready(Server& server) {
   if (server.retire_ || budget_->servers.load(std::memory_order_relaxed) >
                             settings_.pool_size + settings_.reserve_pool_size) {
-    reactor_.close(server, Reason::config_changed);
+    reactor_.close(server, server.retire_ ? server.retire_reason_ : Reason::config_changed);
     return;
   }
   if (server.cancels_in_flight_ > 0) {

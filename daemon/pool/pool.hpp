@@ -16,6 +16,7 @@
 #include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
 #include "daemon/core/list.hpp"
+#include "daemon/pool/hosts.hpp"
 #include "daemon/pool/stats.hpp"
 
 namespace pgring {
@@ -66,6 +67,13 @@ class Pool {
   [[nodiscard]] bool server_down() const {
     return failing_ && server_count() == static_cast<int>(connecting_servers_.size());
   }
+  // A server could not connect to or log in at its host for a reason another host may not
+  // share: that host is out for a while; true when another one can be tried at once (the pool
+  // is then not failing: maintain() opens the next connection elsewhere).
+  bool host_failed(Server& server, Reason reason, std::string_view sqlstate);
+  // The hosts changed (a role, a host down or back, an address gone): servers that no longer
+  // fit retire, idle ones now; a failing pool tries again at once.
+  void hosts_changed();
   // A server logged in (or a reload changed the settings): not failing any more.
   void clear_failure() {
     failing_ = false;
@@ -111,11 +119,11 @@ class Pool {
   // The user's SCRAM secret when it has no password: SCRAM pass-through.
   std::string server_secret_;
 
-  // Resolved server address.
-  sockaddr_storage address_{};
-  socklen_t address_len_ = 0;
-  std::string address_text_;
-  bool address_ok_ = false;
+  // Where its servers go: the hosts of its databases: entry (shared by the reactors).
+  std::shared_ptr<HostGroup> group_;
+  std::string group_key_;  // its databases: entry ("*" for the fallback's databases)
+  // The group's hosts as text ("pg-a:5432,pg-b:5432"): the same text, the same servers.
+  [[nodiscard]] const std::string& address_text() const;
 
   // auth.query: clients logging in whose secret waits for a server of this pool to look it up.
   std::deque<Client*> lookups_;
@@ -183,7 +191,8 @@ class Pool {
   Clock::time_point no_warming_until_{};  // free_database
 
  private:
-  void resolve();
+  // Finds group_ for db_ (the fallback's for an automatic pool).
+  void find_group();
   // The idle server `client` may use, the most recently used first: any in transaction mode;
   // in session mode one opened with the client's own startup packet (Server::startup_).
   Server* idle_server_for(const Client& client);

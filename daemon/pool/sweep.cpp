@@ -69,7 +69,7 @@ void Reactor::sweep() {
       if (expired(s->state_since_, pt.server_connect))
         close(*s, Reason::server_unreachable,
               fmt::format("server {} did not answer within server_connect ({} ms)",
-                          pool->address_text_, pt.server_connect.count()));
+                          s->endpoint_->text, pt.server_connect.count()));
       s = next;
     }
     for (Server* s = pool->idle_servers_.front(); s != nullptr;) {

@@ -14,6 +14,7 @@
 #include "daemon/conn/server.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/pool/hosts.hpp"
 #include "daemon/pool/pool.hpp"
 #include "proto/bytes.hpp"
 
@@ -37,13 +38,25 @@ inline std::string i32(std::int32_t v) {
           static_cast<char>(v)};
 }
 
+// The process's hosts, configured (no monitor thread: nothing is looked up again or checked).
+struct TestHosts : HostDirectory {
+  TestHosts(Shared& shared, const config::Config& config) : HostDirectory(shared) {
+    configure(config);
+    resolve_all();
+    shared.hosts = this;
+  }
+};
+
 // `yaml` configures database "app" (the pool's); its host is never connected to.
 struct Handlers {
   explicit Handlers(std::string_view yaml)
       : config(std::make_shared<const config::Config>(config::parse_config(yaml))),
+        hosts(shared, *config),
         reactor(shared, 0, config, std::make_shared<const TlsContexts>(), ""),
         pool(reactor.pool_for(*config->find_database("app"), nullptr, "app")),
         server(*new Server(reactor, pool, reactor.next_id())) {
+    server.endpoint_ = pool.group_->pick(std::chrono::steady_clock::now());
+    ++server.endpoint_->connections;
     reactor.set_state(server, ServerState::idle);
   }
   // A client past its login (its ParameterStatus and ReadyForQuery went out), idle in the pool.
@@ -58,6 +71,7 @@ struct Handlers {
 
   Shared shared{1};
   std::shared_ptr<const config::Config> config;
+  TestHosts hosts;
   Reactor reactor;
   Pool& pool;
   Server& server;

@@ -265,7 +265,7 @@ TEST_CASE("config: unknown keys suggest the nearest known key") {
   CHECK(std::string(e.what()) ==
         "defaults.pool_sise (line 3): unknown key; did you mean 'pool_size'?");
   check_error("timeout:\n  query: 1s\n", "timeout", 1, "did you mean 'timeouts'?");
-  check_error("databases:\n  app:\n    hots: x\n", "databases.app.hots", 3, "did you mean 'host'?");
+  check_error("databases:\n  app:\n    hozt: x\n", "databases.app.hozt", 3, "did you mean 'host'?");
   check_error("users:\n  app:\n    passwd: x\n", "users.app.passwd", 3, "did you mean 'password'?");
   check_error("timeouts:\n  idle_in_transaction: 1s\n", "timeouts.idle_in_transaction", 2,
               "unknown key");
@@ -786,4 +786,58 @@ users:
   CHECK(settings_only.find_user("app")->password.empty());
   check_error("auth:\n  query: {user: pgring_auth}\nusers:\n  pgring_auth: {}\n", "auth.query.user",
               2, "must be in users: with a plain password");
+}
+
+TEST_CASE("config: a database's hosts, target, load balancing and health checks") {
+  const Config c = parse_config(
+      "dns: {ttl: 10s}\n"
+      "health_check: {interval: 1s, timeout: 500ms, query: 'SELECT 1', user: mon, password: p}\n"
+      "databases:\n"
+      "  app:\n"
+      "    hosts: [pg-a:5433, '[::1]:5434', {host: pg-c}, /run/postgresql, 10.0.0.7]\n"
+      "    target: read-write\n"
+      "    load_balance: round_robin\n"
+      "  app_ro:\n"
+      "    hosts: [pg-a, pg-b]\n"
+      "    target: prefer-standby\n"
+      "    max_replica_lag: 10s\n"
+      "  one: {host: h, port: 6000}\n");
+  CHECK(c.dns.ttl == 10s);
+  CHECK(c.health_check.interval == 1s);
+  CHECK(c.health_check.timeout == 500ms);
+  CHECK(c.health_check.query == "SELECT 1");
+  CHECK(c.health_check.user == "mon");
+  const Database& app = c.databases.at("app");
+  REQUIRE(app.hosts.size() == 5);
+  CHECK(app.hosts[0] == Host{"pg-a", 5433});
+  CHECK(app.hosts[1] == Host{"::1", 5434});
+  CHECK(app.hosts[2] == Host{"pg-c", 5432});
+  CHECK(app.hosts[3] == Host{"/run/postgresql", 5432});
+  CHECK(app.hosts[4] == Host{"10.0.0.7", 5432});
+  CHECK(app.host == "pg-a");  // the first host is the one-host spelling's value
+  CHECK(app.port == 5433);
+  CHECK(app.target == Target::primary);
+  CHECK(app.load_balance == LoadBalance::round_robin);
+  const Database& ro = c.databases.at("app_ro");
+  CHECK(ro.target == Target::prefer_replica);
+  CHECK(ro.load_balance == LoadBalance::least_connections);
+  CHECK(ro.max_replica_lag == 10s);
+  const Database& one = c.databases.at("one");
+  REQUIRE(one.hosts.size() == 1);
+  CHECK(one.hosts[0] == Host{"h", 6000});
+  CHECK(one.target == Target::any);
+  CHECK(parse_config("databases: {x: {}}\n").databases.at("x").hosts[0] == Host{"127.0.0.1", 5432});
+
+  check_error("databases:\n  app:\n    hosts: [a, b]\n    port: 5433\n", "databases.app.port", 4,
+              "set either host/port or hosts, not both");
+  check_error("databases:\n  app:\n    hosts: []\n", "databases.app.hosts", 3, "a list of hosts");
+  check_error("databases:\n  app:\n    hosts: [a, 'b:99999']\n", "databases.app.hosts[1]", 3, "");
+  check_error("databases:\n  app:\n    hosts: [a, a:5432]\n", "databases.app.hosts[1]", 3,
+              "duplicate host");
+  check_error("databases:\n  app:\n    hosts: [{port: 5}]\n", "databases.app.hosts[0]", 3,
+              "needs host:");
+  check_error("databases:\n  app:\n    target: master\n", "databases.app.target", 3,
+              "must be one of any, primary");
+  check_error("health_check:\n  interval: 0\n", "health_check.interval", 2, "more than 0");
+  check_error("dns:\n  ttl: 0s\n", "dns.ttl", 2, "more than 0");
 }
