@@ -174,6 +174,7 @@ int main(int argc, char** argv) {
   pgring::HostDirectory hosts(shared);
   hosts.configure(*config);
   hosts.resolve_all();
+  hosts.check_all();
   shared.hosts = &hosts;
   std::latch started(workers - 1);
   std::latch finished(workers);

@@ -80,11 +80,18 @@ int choose_endpoint(const std::vector<Candidate>& candidates, config::Target tar
     }
     return first;
   }
+  // Of several primaries up, only the one promoted last.
+  std::int64_t newest = 0;
+  for (const Candidate& c : candidates)
+    if (!c.gone && !c.down && c.role == HostRole::primary) newest = std::max(newest, c.promoted_ns);
   std::vector<int> fitting;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const Candidate& c = candidates[i];
-    if (!c.gone && !c.down && tier(c) == best_tier) fitting.push_back(static_cast<int>(i));
+    bool superseded = c.role == HostRole::primary && c.promoted_ns < newest;
+    if (!c.gone && !c.down && !superseded && tier(c) == best_tier)
+      fitting.push_back(static_cast<int>(i));
   }
+  if (fitting.empty()) return -1;
   if (policy == config::LoadBalance::round_robin)
     return fitting[static_cast<std::size_t>(turn % fitting.size())];
   int fewest = candidates[static_cast<std::size_t>(fitting.front())].connections;
@@ -156,7 +163,8 @@ std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now) {
     for (const auto& e : list) {
       all.push_back(e.get());
       candidates.push_back(Candidate{e->role.load(), e->down(now), e->gone.load(), e->lag_ms.load(),
-                                     e->connections.load(), e->down_until_ns.load()});
+                                     e->connections.load(), e->down_until_ns.load(),
+                                     e->promoted_ns.load()});
     }
   }
   int i = choose_endpoint(candidates, target_.load(), policy_.load(), max_lag_ms_.load(), turn_++);
@@ -186,9 +194,12 @@ bool HostGroup::logged_in(Endpoint& endpoint) {
   return endpoint.down_until_ns.exchange(0) != 0;
 }
 
-bool HostGroup::learned_role(Endpoint& endpoint, bool in_recovery) {
+bool HostGroup::learned_role(Endpoint& endpoint, bool in_recovery, SteadyClock::time_point now) {
   HostRole role = in_recovery ? HostRole::replica : HostRole::primary;
-  return endpoint.role.exchange(role) != role;
+  HostRole was = endpoint.role.exchange(role);
+  if (was == HostRole::replica && role == HostRole::primary)
+    endpoint.promoted_ns = now.time_since_epoch().count();
+  return was != role;
 }
 
 bool HostGroup::fits(const Endpoint& endpoint) const {
@@ -204,6 +215,17 @@ bool HostGroup::fits(const Endpoint& endpoint) const {
             (max_lag_ms_.load() <= 0 || e->lag_ms.load() <= max_lag_ms_.load()))
           return false;
     return true;
+  }
+  if (endpoint.role.load() == HostRole::primary && target != config::Target::replica) {
+    // Superseded by a primary promoted after it?
+    auto now = SteadyClock::now();
+    std::lock_guard lock(mutex_);
+    for (const auto& list : endpoints_)
+      for (const auto& e : list)
+        if (e.get() != &endpoint && !e->gone && !e->down(now) &&
+            e->role.load() == HostRole::primary &&
+            e->promoted_ns.load() > endpoint.promoted_ns.load())
+          return false;
   }
   if (target == config::Target::replica && max_lag_ms_.load() > 0 &&
       endpoint.lag_ms.load() > max_lag_ms_.load())
@@ -344,7 +366,10 @@ bool HostDirectory::resolve(HostGroup& group, std::size_t i) {
   }
   freeaddrinfo(res);
   bool changed = group.replace(i, std::move(found));
-  if (changed) {
+  bool numeric = true;  // (an address stays itself: nothing to say)
+  for (const auto& e : group.endpoints())
+    if (e->name == host.host && e->port == host.port && e->numeric != host.host) numeric = false;
+  if (changed && !numeric) {
     std::string list;
     for (const auto& e : group.endpoints())
       if (e->name == host.host && e->port == host.port)
@@ -362,6 +387,23 @@ void HostDirectory::resolve_all() {
   }
   for (const auto& g : groups)
     for (std::size_t i = 0; i < g->hosts().size(); ++i) (void)resolve(*g, i);
+}
+
+void HostDirectory::check_all() {
+  std::vector<std::pair<std::string, std::shared_ptr<HostGroup>>> groups;
+  {
+    std::lock_guard lock(mutex_);
+    groups.assign(groups_.begin(), groups_.end());
+  }
+  for (const auto& [name, group] : groups) {
+    if (!group->monitored()) continue;
+    for (const auto& e : group->endpoints()) {
+      auto& checker = checkers_[e.get()];
+      if (!checker) checker = std::make_unique<Checker>();
+      (void)check(name, *group, *e);
+      checker->next = SteadyClock::now() + health_.interval;
+    }
+  }
 }
 
 void HostDirectory::start() {

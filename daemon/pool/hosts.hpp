@@ -53,6 +53,10 @@ struct Endpoint {
   std::atomic<std::uint64_t> checks{0};         // health checks run
   std::atomic<std::uint64_t> checks_failed{0};  // health checks failed
   std::atomic<bool> gone{false};                // its name no longer resolves to it
+  // When it was seen to turn from replica to primary (steady clock; 0: never). Of two hosts
+  // that both say they are the primary (a promotion before the old primary stopped), the one
+  // promoted last is the primary: writes never go back to the old one.
+  std::atomic<std::int64_t> promoted_ns{0};
 
   [[nodiscard]] bool down(std::chrono::steady_clock::time_point now) const {
     return down_until_ns.load(std::memory_order_relaxed) > now.time_since_epoch().count();
@@ -67,6 +71,7 @@ struct Candidate {
   std::int64_t lag_ms = 0;
   int connections = 0;
   std::int64_t down_until_ns = 0;
+  std::int64_t promoted_ns = 0;
 };
 
 // Which candidate a new server connection of a database with this target goes to, or -1: the
@@ -95,7 +100,8 @@ class HostGroup {
   // Logged in: up again. True when it was down.
   bool logged_in(Endpoint& endpoint);
   // What pg_is_in_recovery() said. True when the role changed.
-  bool learned_role(Endpoint& endpoint, bool in_recovery);
+  bool learned_role(Endpoint& endpoint, bool in_recovery,
+                    std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   // Whether a server on `endpoint` may keep serving this group's pools.
   [[nodiscard]] bool fits(const Endpoint& endpoint) const;
   [[nodiscard]] bool needs_role() const { return target_.load() != config::Target::any; }
@@ -138,8 +144,10 @@ class HostDirectory {
   // changed hosts; the others keep their state and take the new policy. Does not block: names
   // are looked up by the monitor.
   void configure(const config::Config& config);
-  // Startup, before the reactors run: look every name up now (the first clients need them).
+  // Startup, before the reactors run: look every name up now, and check every host of a
+  // database with a target or several hosts (the first clients need them and their roles).
   void resolve_all();
+  void check_all();
   // The group of a databases: entry (its name, or "*" for the fallback's databases).
   [[nodiscard]] std::shared_ptr<HostGroup> group(std::string_view database) const;
   void start();

@@ -122,3 +122,14 @@ TEST_CASE("hosts: a group picks, takes a failed host out and learns roles") {
   directory.configure(config);
   CHECK(directory.group("app") != group);
 }
+
+TEST_CASE("hosts: of two primaries, the one promoted last") {
+  Candidate old_primary = primary(0);
+  Candidate promoted = primary(5);
+  promoted.promoted_ns = 1000;
+  CHECK(choose({old_primary, promoted}, Target::primary) == 1);
+  CHECK(choose({promoted, old_primary}, Target::any) == 0);
+  promoted.down = true;
+  promoted.down_until_ns = 7;
+  CHECK(choose({old_primary, promoted}, Target::primary) == 0);  // the new one is down
+}

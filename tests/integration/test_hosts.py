@@ -1,0 +1,301 @@
+#!/usr/bin/python3
+"""A primary and its replica behind one pgring (databases.<db>.hosts, target, health checks):
+writes through a target-primary database reach the primary and reads through a target-replica
+one the replica (checked against what each server says of itself on a direct connection);
+with the replica stopped, prefer-replica falls back to the primary and replica waits, then
+errors; the replica's return is noticed without a reload. Promoting the replica under a running
+write load moves every write after the switch to the new primary, with no "read-only
+transaction" error, and the failover time is printed. A host name whose address changes (a
+hosts file this test controls, bind-mounted over /etc/hosts in pgring's own mount namespace)
+is followed without a reload.
+
+The test makes its own two clusters (the fixture's is not stopped or promoted): a primary from
+scripts/pg-throwaway.sh and a streaming replica of it from pg_basebackup -R."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+import psycopg2
+
+from lib import (PGPORT, SOURCE_DIR, Pgring, as_postgres_cmd, check, check_eq, connect,
+                 expect_error, fail, find_pg_tool, log, query_one, run_tests, skip, wait_until)
+
+PRIMARY_PORT = PGPORT + 100
+REPLICA_PORT = PGPORT + 200
+THROWAWAY = os.path.join(SOURCE_DIR, "scripts", "pg-throwaway.sh")
+
+cluster = {}
+
+
+def pg_run(*cmd, check_rc=True, timeout=120):
+    r = subprocess.run(as_postgres_cmd(list(cmd)), cwd="/", stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout)
+    if check_rc and r.returncode != 0:
+        fail(f"{' '.join(cmd)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+    return r
+
+
+def pg_ctl(data, *args):
+    return pg_run(find_pg_tool("pg_ctl"), *args, "-D", data, "-w", "-t", "60",
+                  check_rc=False)
+
+
+def start_replica():
+    r = pg_ctl(cluster["replica"], "start", "-l",
+               os.path.join(cluster["replica"], "log", "pg_ctl.log"))
+    check(r.returncode == 0, f"the replica did not start: {r.stdout}{r.stderr}")
+
+
+def make_clusters():
+    base = tempfile.mkdtemp(prefix="pgring-hosts-")
+    os.chmod(base, 0o755)
+    primary = os.path.join(base, "primary")
+    replica = os.path.join(base, "replica")
+    cluster.update(base=base, primary=primary, replica=replica)
+    r = subprocess.run([THROWAWAY, "start", primary, str(PRIMARY_PORT)], capture_output=True,
+                       text=True, timeout=180)
+    if r.returncode != 0:
+        fail(f"pg-throwaway start failed: {r.stdout}{r.stderr}")
+    primary = os.path.realpath(primary)
+    cluster["primary"] = primary
+    # Replication connections are not "all" in pg_hba.conf.
+    with open(os.path.join(primary, "pg_hba.conf"), "a") as f:
+        f.write("host replication all 127.0.0.1/32 trust\n")
+    pg_ctl(primary, "reload")
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "postgres:", base], check=True)
+    pg_run(find_pg_tool("pg_basebackup"), "-h", "127.0.0.1", "-p", str(PRIMARY_PORT), "-U",
+           "postgres", "-D", replica, "-R", "-X", "stream", "-c", "fast")
+    with open(os.path.join(replica, "postgresql.auto.conf"), "a") as f:
+        f.write(f"port = {REPLICA_PORT}\nunix_socket_directories = ''\n")
+    os.makedirs(os.path.join(replica, "log"), exist_ok=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:", replica], check=True)
+    start_replica()
+    c = connect(REPLICA_PORT, connect_timeout=5)
+    check_eq(query_one(c, "SELECT pg_is_in_recovery()"), True, "the replica is in recovery")
+    c.close()
+
+
+def drop_clusters():
+    for name in ("replica", "primary"):
+        if name in cluster and os.path.isdir(cluster[name]):
+            pg_ctl(cluster[name], "stop", "-m", "immediate")
+    if "base" in cluster:
+        shutil.rmtree(cluster["base"], ignore_errors=True)
+
+
+def hosts(*ports):
+    return [f"127.0.0.1:{p}" for p in ports]
+
+
+# The forced user postgres (trust) is also who the health checks log in as.
+def config(**extra):
+    c = {
+        "auth": {"method": "trust"},
+        "health_check": {"interval": "500ms", "timeout": "2s"},
+        "timeouts": {"server_login_retry": "1s", "server_connect": "3s"},
+        "databases": {
+            # The replica first: a target, not the order, decides.
+            "app": {"hosts": hosts(REPLICA_PORT, PRIMARY_PORT), "target": "primary",
+                    "dbname": "pgring_test", "user": "postgres"},
+            "app_ro": {"hosts": hosts(PRIMARY_PORT, REPLICA_PORT), "target": "replica",
+                       "dbname": "pgring_test", "user": "postgres",
+                       "timeouts": {"query_wait": "2s"}},
+            "app_pref": {"hosts": hosts(PRIMARY_PORT, REPLICA_PORT),
+                         "target": "prefer-standby", "dbname": "pgring_test",
+                         "user": "postgres"},
+            "app_any": {"hosts": hosts(PRIMARY_PORT, REPLICA_PORT), "dbname": "pgring_test",
+                        "user": "postgres", "load_balance": "round_robin"},
+        },
+    }
+    c.update(extra)
+    return c
+
+
+def server_of(port, db):
+    c = connect(port, db=db, connect_timeout=10)
+    try:
+        cur = c.cursor()
+        cur.execute("SELECT inet_server_port(), pg_is_in_recovery()")
+        return tuple(cur.fetchone())
+    finally:
+        c.close()
+
+
+def test_targets_route_writes_and_reads():
+    # Direct first: what each server says of itself.
+    check_eq(server_of(PRIMARY_PORT, "pgring_test"), (PRIMARY_PORT, False), "the primary, direct")
+    check_eq(server_of(REPLICA_PORT, "pgring_test"), (REPLICA_PORT, True), "the replica, direct")
+    with Pgring(config()) as p:
+        check_eq(server_of(p.port, "app"), (PRIMARY_PORT, False), "target primary")
+        check_eq(server_of(p.port, "app_ro"), (REPLICA_PORT, True), "target replica")
+        check_eq(server_of(p.port, "app_pref"), (REPLICA_PORT, True), "target prefer-standby")
+        # A write through app lands on the primary and is read back through app_ro.
+        c = connect(p.port, db="app")
+        c.autocommit = True
+        c.cursor().execute("DROP TABLE IF EXISTS hosts_t; CREATE TABLE hosts_t (v int)")
+        c.cursor().execute("INSERT INTO hosts_t VALUES (42)")
+        c.close()
+        ro = connect(p.port, db="app_ro")
+        wait_until(lambda: query_one(ro, "SELECT count(*) FROM hosts_t WHERE v = 42") == 1
+                   if query_one(ro, "SELECT to_regclass('hosts_t') IS NOT NULL") else False,
+                   10, what="the write to reach the replica")
+        # A write through app_ro is refused by the replica, as on a direct connection.
+        ro.autocommit = True
+        expect_error(lambda: ro.cursor().execute("INSERT INTO hosts_t VALUES (1)"), "25006")
+        ro.close()
+        # Both hosts serve a database without a target, in turn.
+        seen = set()
+        held = []
+        for _ in range(4):  # held open: each needs a server connection of its own
+            c = connect(p.port, db="app_any")
+            c.autocommit = False
+            cur = c.cursor()
+            cur.execute("SELECT inet_server_port()")
+            seen.add(cur.fetchone()[0])
+            held.append(c)
+        for c in held:
+            c.rollback()
+            c.close()
+        check_eq(seen, {PRIMARY_PORT, REPLICA_PORT}, "servers of a database without a target")
+
+
+def test_replica_down_and_back():
+    with Pgring(config()) as p:
+        check_eq(server_of(p.port, "app_pref"), (REPLICA_PORT, True), "prefer-standby, both up")
+        check_eq(pg_ctl(cluster["replica"], "stop", "-m", "fast").returncode, 0, "replica stop")
+        try:
+            # prefer-standby falls back to the primary once the replica is seen gone.
+            wait_until(lambda: server_of(p.port, "app_pref") == (PRIMARY_PORT, False), 15,
+                       interval=0.3, what="prefer-standby to fall back to the primary")
+            # target replica never reads from the primary: its clients wait
+            # (query_wait 2s) and get the error.
+            started = time.monotonic()
+            expect_error(lambda: server_of(p.port, "app_ro"), ("08006", "57014", None))
+            log(f"target replica without a replica: error after "
+                f"{time.monotonic() - started:.1f}s")
+            check(p.wait_log(r"hosts: 127\.0\.0\.1:%d .*failed its health check" % REPLICA_PORT,
+                             10), "the health check saw the replica go")
+        finally:
+            start_replica()
+        # Back without a reload.
+        wait_until(lambda: server_of(p.port, "app_ro") == (REPLICA_PORT, True), 20,
+                   interval=0.3, what="target replica to use the replica again")
+        wait_until(lambda: server_of(p.port, "app_pref") == (REPLICA_PORT, True), 20,
+                   interval=0.3, what="prefer-standby to go back to the replica")
+
+
+def test_failover_under_write_load():
+    c = connect(PRIMARY_PORT, connect_timeout=5)
+    c.autocommit = True
+    c.cursor().execute("DROP TABLE IF EXISTS failover_t; CREATE TABLE failover_t "
+                       "(id serial PRIMARY KEY, at float8)")
+    c.close()
+    # The table must be on the replica before it becomes the primary.
+    r = connect(REPLICA_PORT, connect_timeout=5)
+    wait_until(lambda: query_one(r, "SELECT to_regclass('failover_t') IS NOT NULL"), 10,
+               what="the table to reach the replica")
+    r.close()
+    with Pgring(config(), skip_leak_check="the old primary is stopped under pgring") as p:
+        results = []  # (time, port or None, sqlstate or None)
+        stop = threading.Event()
+
+        def writer():
+            conn = None
+            while not stop.is_set():
+                try:
+                    if conn is None:
+                        conn = connect(p.port, db="app", connect_timeout=10)
+                        conn.autocommit = True
+                    cur = conn.cursor()
+                    cur.execute("INSERT INTO failover_t (at) VALUES (extract(epoch from now())) "
+                                "RETURNING inet_server_port()")
+                    results.append((time.monotonic(), cur.fetchone()[0], None))
+                except psycopg2.Error as e:
+                    results.append((time.monotonic(), None, e.pgcode or "connection"))
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001 - already broken
+                        pass
+                    conn = None
+                    time.sleep(0.05)
+                time.sleep(0.01)
+            if conn is not None:
+                conn.close()
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        wait_until(lambda: sum(1 for r in results if r[1] == PRIMARY_PORT) >= 20, 15,
+                   what="writes on the old primary")
+        # The switch: promote the replica, then stop the old primary.
+        switch = time.monotonic()
+        check_eq(pg_run(find_pg_tool("pg_ctl"), "promote", "-D", cluster["replica"], "-w",
+                        check_rc=False).returncode, 0, "pg_ctl promote")
+        check_eq(pg_ctl(cluster["primary"], "stop", "-m", "fast").returncode, 0,
+                 "old primary stop")
+        wait_until(lambda: sum(1 for r in results if r[1] == REPLICA_PORT) >= 20, 30,
+                   what="writes on the new primary")
+        stop.set()
+        t.join(30)
+        first_new = next(r[0] for r in results if r[1] == REPLICA_PORT)
+        after = [r for r in results if r[0] >= first_new]
+        failed = [r for r in results if r[0] >= switch and r[1] is None]
+        read_only = [r for r in results if r[2] == "25006"]
+        log(f"failover: switch -> first write on the new primary {first_new - switch:.2f}s; "
+            f"{len(failed)} failed transaction(s) during it "
+            f"({sorted(set(r[2] for r in failed))}); "
+            f"{sum(1 for r in results if r[1] == PRIMARY_PORT)} writes before, "
+            f"{sum(1 for r in after if r[1] == REPLICA_PORT)} after")
+        check_eq(read_only, [], "writes refused as read-only")
+        check_eq([r for r in after if r[1] == PRIMARY_PORT], [],
+                 "writes on the old primary after the first on the new one")
+        check(first_new - switch < 20, "the write load resumed")
+        p.wait_log(r"hosts: 127\.0\.0\.1:%d .* is a primary" % REPLICA_PORT, 5)
+
+
+def test_dns_change_is_followed():
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        skip("needs root and unshare (a mount namespace for a private /etc/hosts)")
+    tmp = tempfile.mkdtemp(prefix="pgring-dns-")
+    hosts_file = os.path.join(tmp, "hosts")
+    name = "pgring-test-db.invalid"
+
+    def point(address):
+        with open(hosts_file, "w") as f:  # rewritten in place: the bind mount follows the inode
+            f.write(f"127.0.0.1 localhost\n{address} {name}\n")
+    point("127.0.0.1")
+    launcher = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                f'mount --bind {hosts_file} /etc/hosts && exec "$@"', "sh"]
+    # The fixture PostgreSQL listens on 127.0.0.1 and 127.0.0.2: the server's own address
+    # (inet_server_addr()) says which one pgring connected to.
+    cfg = {"auth": {"method": "trust"}, "dns": {"ttl": "1s"},
+           "databases": {"pgring_test": {"host": name, "port": PGPORT}}}
+    try:
+        with Pgring(cfg, launcher=launcher) as p:
+            c = connect(p.port)
+            check_eq(query_one(c, "SELECT host(inet_server_addr())"), "127.0.0.1", "before")
+            c.close()
+            point("127.0.0.2")
+            def moved():
+                c = connect(p.port)
+                try:
+                    return query_one(c, "SELECT host(inet_server_addr())") == "127.0.0.2"
+                finally:
+                    c.close()
+            wait_until(moved, 15, interval=0.3, what="pgring to follow the new address")
+            p.wait_log(r"hosts: %s:%d is .*127\.0\.0\.2" % (name.replace(".", r"\."), PGPORT), 5)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        make_clusters()
+        run_tests(globals(), timeout=300)
+    finally:
+        drop_clusters()
