@@ -227,9 +227,7 @@ bool HostGroup::fits(const Endpoint& endpoint) const {
             e->promoted_ns.load() > endpoint.promoted_ns.load())
           return false;
   }
-  if (target == config::Target::replica && max_lag_ms_.load() > 0 &&
-      endpoint.lag_ms.load() > max_lag_ms_.load())
-    return false;
+  if (lagging(endpoint) && target != config::Target::any) return false;
   return role_fits(endpoint.role.load(), target);
 }
 
@@ -572,12 +570,15 @@ bool HostDirectory::check(const std::string& database, HostGroup& group, Endpoin
   if (PQstatus(checker->conn) != CONNECTION_OK) {
     problem = PQerrorMessage(checker->conn);
   } else {
-    // Lag: zero when everything received is replayed (an idle primary is not "behind").
+    // Lag: zero when everything received is replayed (an idle primary is not "behind"; after a
+    // restart the receive position may start behind the replayed one); else the age of the
+    // last transaction replayed (none since the start: the time since the start).
     PGresult* r = PQexec(checker->conn,
                          "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() OR "
-                         "pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 ELSE "
-                         "COALESCE(1000 * EXTRACT(EPOCH FROM now() - "
-                         "pg_last_xact_replay_timestamp()), 0) END::bigint");
+                         "pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 ELSE "
+                         "GREATEST(0, 1000 * EXTRACT(EPOCH FROM now() - COALESCE("
+                         "pg_last_xact_replay_timestamp(), pg_postmaster_start_time()))) "
+                         "END::bigint");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
       problem = PQerrorMessage(checker->conn);
     } else {
@@ -604,14 +605,19 @@ bool HostDirectory::check(const std::string& database, HostGroup& group, Endpoin
                    problem);
     return taken_out;
   }
+  bool was_lagging = group.lagging(endpoint);
   endpoint.lag_ms = lag_ms;
+  bool lag_changed = group.lagging(endpoint) != was_lagging;
+  if (lag_changed)
+    log::info("hosts: {} of database {} is {} max_replica_lag ({} ms behind)", endpoint.text,
+              database, was_lagging ? "within" : "beyond", lag_ms);
   bool back = group.logged_in(endpoint);
   if (back) log::info("hosts: {} of database {} is back", endpoint.text, database);
   bool role_changed = group.learned_role(endpoint, in_recovery);
   if (role_changed)
     log::info("hosts: {} of database {} is a {}", endpoint.text, database,
               in_recovery ? "replica" : "primary");
-  return back || role_changed;
+  return back || role_changed || lag_changed;
 }
 
 }  // namespace pgring

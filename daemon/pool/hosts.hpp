@@ -104,6 +104,11 @@ class HostGroup {
                     std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   // Whether a server on `endpoint` may keep serving this group's pools.
   [[nodiscard]] bool fits(const Endpoint& endpoint) const;
+  // A replica further behind than max_replica_lag.
+  [[nodiscard]] bool lagging(const Endpoint& endpoint) const {
+    return max_lag_ms_.load() > 0 && endpoint.role.load() == HostRole::replica &&
+           endpoint.lag_ms.load() > max_lag_ms_.load();
+  }
   [[nodiscard]] bool needs_role() const { return target_.load() != config::Target::any; }
   // Health checks and role checks run for a database with a target or several hosts.
   [[nodiscard]] bool monitored() const { return needs_role() || hosts_.size() > 1; }

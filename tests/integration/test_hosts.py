@@ -190,6 +190,51 @@ def test_replica_down_and_back():
                    interval=0.3, what="prefer-standby to go back to the replica")
 
 
+def test_lagging_replica_is_skipped():
+    cfg = config()
+    cfg["databases"]["app_pref"]["max_replica_lag"] = "1s"
+    r = connect(REPLICA_PORT, connect_timeout=5)
+    r.autocommit = True
+    w = connect(PRIMARY_PORT, connect_timeout=5)
+    w.autocommit = True
+    try:
+        with Pgring(cfg) as p:
+            check_eq(server_of(p.port, "app_pref"), (REPLICA_PORT, True), "a replica in step")
+            # Replay paused while the primary writes: the replica falls behind.
+            r.cursor().execute("SELECT pg_wal_replay_pause()")
+            w.cursor().execute("DROP TABLE IF EXISTS lag_t; CREATE TABLE lag_t (v int)")
+
+            def behind():
+                w.cursor().execute("INSERT INTO lag_t VALUES (1)")
+                return server_of(p.port, "app_pref") == (PRIMARY_PORT, False)
+            wait_until(behind, 15, interval=0.3, what="a lagging replica to be skipped")
+            r.cursor().execute("SELECT pg_wal_replay_resume()")
+            wait_until(lambda: server_of(p.port, "app_pref") == (REPLICA_PORT, True), 15,
+                       interval=0.3, what="the replica, caught up, to serve again")
+    finally:
+        r.cursor().execute("SELECT pg_wal_replay_resume()")
+        r.close()
+        w.close()
+
+
+def test_health_check_query_and_user():
+    # txid_current() cannot run on a replica: the check fails there and takes it out, so the
+    # database without a target is served by the primary alone.
+    cfg = config(health_check={"interval": "500ms", "timeout": "2s",
+                               "query": "SELECT txid_current()",
+                               "user": "pgring_plain", "password": "plain_pw"})
+    with Pgring(cfg) as p:
+        p.wait_log(r"hosts: 127\.0\.0\.1:%d of database app_any failed its health check: "
+                   r"health_check\.query failed" % REPLICA_PORT, 10)
+        for _ in range(4):
+            check_eq(server_of(p.port, "app_any")[0], PRIMARY_PORT, "app_any's server")
+        m = connect(PRIMARY_PORT, connect_timeout=5)
+        users = query_one(m, "SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_activity "
+                             "WHERE application_name = 'pgring health check'")
+        m.close()
+        check_eq(users, "pgring_plain", "who the health checks log in as")
+
+
 def test_failover_under_write_load():
     c = connect(PRIMARY_PORT, connect_timeout=5)
     c.autocommit = True
