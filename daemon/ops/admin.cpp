@@ -9,7 +9,9 @@
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/core/shared.hpp"
 #include "daemon/ops/admin_result.hpp"
+#include "daemon/pool/hosts.hpp"
 #include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 
@@ -42,7 +44,7 @@ std::string ms(Clock::duration d) {
 }
 
 constexpr std::string_view kHelp[] = {
-    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|CONFIG|STATEMENTS|VERSION",
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|CONFIG|STATEMENTS|VERSION",
     "PAUSE [db]",
     "RESUME [db]",
     "RELOAD",
@@ -126,6 +128,23 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
              std::string(config::to_string(s.pool_mode)), std::to_string(s.pool_size),
              std::to_string(s.max_db_connections),
              std::to_string(database_budget(name).servers.load())});
+    }
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "hosts") {
+    // Every address of every databases: entry's hosts, as the reactors and health checks see
+    // it (process-wide: no gather).
+    Result r({"database", "host", "address", "port", "role", "state", "lag_ms", "connections",
+              "checks", "checks_failed", "failures", "target"});
+    auto now = std::chrono::steady_clock::now();
+    for (const auto& [database, group] : shared_.hosts->groups()) {
+      for (const auto& e : group->endpoints()) {
+        std::string state = e->down(now) ? "down" : group->lagging(*e) ? "lagging" : "up";
+        r.row({database, e->text, e->numeric, std::to_string(e->port),
+               std::string(to_string(e->role.load())), state, std::to_string(e->lag_ms.load()),
+               std::to_string(e->connections.load()), std::to_string(e->checks.load()),
+               std::to_string(e->checks_failed.load()), std::to_string(e->failures.load()),
+               std::string(config::to_string(group->target()))});
+      }
     }
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "config") {

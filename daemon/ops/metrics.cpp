@@ -26,6 +26,8 @@
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
+#include "daemon/core/shared.hpp"
+#include "daemon/pool/hosts.hpp"
 
 namespace pgring {
 
@@ -85,6 +87,16 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_socket_sends_total", MetricType::Counter, "Send operations by peer (client, server)"},
     {"pgring_socket_receives_total", MetricType::Counter,
      "Receive completions carrying bytes by peer (client, server)"},
+    {"pgring_host_up", MetricType::Gauge,
+     "1 while a host of a database is in service, 0 while it is taken out (failed connect or "
+     "health check)"},
+    {"pgring_host_role", MetricType::Gauge,
+     "1 for the role a host last reported (primary, replica; unknown before the first check)"},
+    {"pgring_host_replica_lag_seconds", MetricType::Gauge,
+     "Replay lag of a replica at its last health check"},
+    {"pgring_host_connections", MetricType::Gauge, "Server connections to a host"},
+    {"pgring_host_checks_total", MetricType::Counter, "Health checks run on a host"},
+    {"pgring_host_checks_failed_total", MetricType::Counter, "Health checks a host failed"},
 };
 
 using Labels = std::vector<ClientMetric::Label>;
@@ -189,6 +201,24 @@ class ProcessMetrics final : public prometheus::Collectable {
     Families process;
     process.add("pgring_workers", {}, static_cast<double>(reactor_.shared().workers()));
     for (MetricFamily& f : process.take()) out.insert(out.begin() + 1, std::move(f));
+    Families hosts;
+    auto now = std::chrono::steady_clock::now();
+    for (const auto& [database, group] : reactor_.shared().hosts->groups()) {
+      for (const auto& e : group->endpoints()) {
+        Labels labels{{"database", database}, {"host", e->text}};
+        hosts.add("pgring_host_up", labels, e->down(now) ? 0 : 1);
+        Labels role = labels;
+        role.push_back({"role", std::string(to_string(e->role.load()))});
+        hosts.add("pgring_host_role", role, 1);
+        hosts.add("pgring_host_replica_lag_seconds", labels,
+                  static_cast<double>(e->lag_ms.load()) / 1000.0);
+        hosts.add("pgring_host_connections", labels, e->connections.load());
+        hosts.add("pgring_host_checks_total", labels, static_cast<double>(e->checks.load()));
+        hosts.add("pgring_host_checks_failed_total", labels,
+                  static_cast<double>(e->checks_failed.load()));
+      }
+    }
+    for (MetricFamily& f : hosts.take()) out.push_back(std::move(f));
     return out;
   }
 

@@ -310,6 +310,11 @@ std::shared_ptr<HostGroup> HostDirectory::group(std::string_view database) const
   return it == groups_.end() ? nullptr : it->second;
 }
 
+std::vector<std::pair<std::string, std::shared_ptr<HostGroup>>> HostDirectory::groups() const {
+  std::lock_guard lock(mutex_);
+  return {groups_.begin(), groups_.end()};
+}
+
 void HostDirectory::resolve_soon() {
   std::lock_guard lock(mutex_);
   resolve_requested_ = true;

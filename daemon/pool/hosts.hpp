@@ -155,6 +155,8 @@ class HostDirectory {
   void check_all();
   // The group of a databases: entry (its name, or "*" for the fallback's databases).
   [[nodiscard]] std::shared_ptr<HostGroup> group(std::string_view database) const;
+  // Every databases: entry's group (SHOW HOSTS, /metrics).
+  [[nodiscard]] std::vector<std::pair<std::string, std::shared_ptr<HostGroup>>> groups() const;
   void start();
   void stop();
   // A name is worth looking up again now (a connection to one of its addresses failed).

@@ -21,8 +21,9 @@ import time
 
 import psycopg2
 
-from lib import (PGPORT, SOURCE_DIR, Pgring, as_postgres_cmd, check, check_eq, connect,
-                 expect_error, fail, find_pg_tool, log, query_one, run_tests, skip, wait_until)
+from lib import (ADMIN_USER, PGPORT, SOURCE_DIR, Pgring, admin_rows, as_postgres_cmd, check,
+                 check_eq, connect, expect_error, fail, find_pg_tool, free_port, log,
+                 metric_value, query_one, run_tests, skip, wait_until)
 
 PRIMARY_PORT = PGPORT + 100
 REPLICA_PORT = PGPORT + 200
@@ -97,6 +98,7 @@ def hosts(*ports):
 def config(**extra):
     c = {
         "auth": {"method": "trust"},
+        "admin": {"users": [ADMIN_USER]},
         "health_check": {"interval": "500ms", "timeout": "2s"},
         "timeouts": {"server_login_retry": "1s", "server_connect": "3s"},
         "databases": {
@@ -165,9 +167,28 @@ def test_targets_route_writes_and_reads():
         check_eq(seen, {PRIMARY_PORT, REPLICA_PORT}, "servers of a database without a target")
 
 
+def host_row(port, database, host_port):
+    rows = [r for r in admin_rows(port, "SHOW HOSTS")
+            if r["database"] == database and r["port"] == str(host_port)]
+    check_eq(len(rows), 1, f"SHOW HOSTS rows of {database} on port {host_port}")
+    return rows[0]
+
+
 def test_replica_down_and_back():
-    with Pgring(config()) as p:
+    mport = free_port()
+    with Pgring(config(metrics={"listen": f"127.0.0.1:{mport}"})) as p:
         check_eq(server_of(p.port, "app_pref"), (REPLICA_PORT, True), "prefer-standby, both up")
+        row = host_row(p.port, "app_ro", REPLICA_PORT)
+        check_eq((row["role"], row["state"], row["address"], row["target"]),
+                 ("replica", "up", "127.0.0.1", "replica"), "SHOW HOSTS: the replica")
+        row = host_row(p.port, "app", PRIMARY_PORT)
+        check_eq((row["role"], row["state"], row["target"]), ("primary", "up", "primary"),
+                 "SHOW HOSTS: the primary")
+        replica = f"127.0.0.1:{REPLICA_PORT}"
+        check_eq(metric_value(mport, "pgring_host_up", database="app_ro", host=replica), 1.0,
+                 "pgring_host_up of the replica")
+        check_eq(metric_value(mport, "pgring_host_role", database="app_ro", host=replica,
+                              role="replica"), 1.0, "pgring_host_role of the replica")
         check_eq(pg_ctl(cluster["replica"], "stop", "-m", "fast").returncode, 0, "replica stop")
         try:
             # prefer-standby falls back to the primary once the replica is seen gone.
@@ -181,6 +202,12 @@ def test_replica_down_and_back():
                 f"{time.monotonic() - started:.1f}s")
             check(p.wait_log(r"hosts: 127\.0\.0\.1:%d .*failed its health check" % REPLICA_PORT,
                              10), "the health check saw the replica go")
+            check_eq(host_row(p.port, "app_ro", REPLICA_PORT)["state"], "down",
+                     "SHOW HOSTS: the stopped replica")
+            check_eq(metric_value(mport, "pgring_host_up", database="app_ro", host=replica),
+                     0.0, "pgring_host_up of the stopped replica")
+            check(metric_value(mport, "pgring_host_checks_failed_total", database="app_ro",
+                               host=replica) >= 1, "pgring_host_checks_failed_total counts")
         finally:
             start_replica()
         # Back without a reload.
