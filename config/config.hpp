@@ -233,6 +233,10 @@ struct Config {
   int workers = 0;  // 0 = auto (one per CPU)
   IoEngine io_engine = IoEngine::auto_;
   int max_client_conn = 10000;
+  // Server logins (connect, TLS, authentication, role check) under way at once to one host,
+  // over all reactors and pools; more wait for one to finish (0 = no cap). A restarted
+  // PostgreSQL is not hit by every pool's pool_size logins at the same moment.
+  int max_concurrent_server_logins = 16;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;

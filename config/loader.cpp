@@ -42,6 +42,8 @@ class Loader {
         workers(item);
       } else if (key == "max_client_conn") {
         config_.max_client_conn = integer(item, 1, kMaxCount);
+      } else if (key == "max_concurrent_server_logins") {
+        config_.max_concurrent_server_logins = integer(item, 0, kMaxCount);
       } else if (key == "max_message_size") {
         max_message_size(item);
       } else if (key == "log") {
@@ -97,6 +99,7 @@ class Loader {
   inline static const std::vector<std::string_view> kTopKeys = {"listen",
                                                                 "workers",
                                                                 "max_client_conn",
+                                                                "max_concurrent_server_logins",
                                                                 "max_message_size",
                                                                 "log",
                                                                 "metrics",

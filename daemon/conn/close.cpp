@@ -119,6 +119,7 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
              server.pool_.user_name_, name(reason), message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
   Pool& pool = server.pool_;
+  server.end_login_count();
   if (Client* client = server.lookup_client_) {
     server.lookup_client_ = nullptr;
     client->login_->lookup_server = nullptr;

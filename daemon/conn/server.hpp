@@ -102,6 +102,8 @@ class Server {
   // The host it is connected to (daemon/pool/hosts.hpp); counted in its `connections` from the
   // connect until the server is freed.
   std::shared_ptr<Endpoint> endpoint_;
+  bool logging_in_ = false;  // counted in endpoint_->logins
+  void end_login_count();
   // The client left with work in flight: replies are swallowed until the protocol is idle.
   bool draining_ = false;
   bool drain_session_reset_ = false;

@@ -357,7 +357,14 @@ void Server::check_role(char type, std::string_view body) {
   }
 }
 
+void Server::end_login_count() {
+  if (!logging_in_) return;
+  logging_in_ = false;
+  --endpoint_->logins;
+}
+
 void Server::logged_in(std::string_view ready_body) {
+  end_login_count();
   login_.reset();
   transaction_status_ = ready_body.empty() ? 'I' : ready_body[0];
   (void)pool_.group_->logged_in(*endpoint_);

@@ -138,7 +138,10 @@ class Reactor {
   void open_warm_pools();
   // A new server connection for `pool`, logging in with `startup`'s parameters (session mode)
   // or pgring's own startup packet (null).
-  void start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr);
+  // Opens a server connection for `pool` (whose budgets the caller acquired); false when the
+  // host it would go to is at max_concurrent_server_logins: nothing was done, the caller gives
+  // the budgets back and the pool tries again later.
+  bool start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr);
   // max_db_connections: may `pool` open one more server connection to its database? When the
   // database is at its limit, an idle server of another pool of it is closed to make room.
   [[nodiscard]] bool database_has_room(Pool& pool);

@@ -8,8 +8,8 @@
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
-#include "daemon/net/tls.hpp"
 #include "daemon/core/shared.hpp"
+#include "daemon/net/tls.hpp"
 #include "daemon/ops/admin_result.hpp"
 #include "daemon/pool/hosts.hpp"
 #include "proto/ascii.hpp"

@@ -103,8 +103,12 @@ bool Reactor::database_has_room(Pool& pool) {
   return false;
 }
 
-void Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) {
+bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) {
   // (Its pool and database budgets were acquired by the caller.)
+  bool busy = false;
+  std::shared_ptr<Endpoint> endpoint =
+      pool.group_->pick(now_, config_->max_concurrent_server_logins, &busy);
+  if (busy) return false;
   auto* server = new Server(*this, pool, next_id());
   server->startup_ = std::move(startup);
   ++pool.stats_.server_connects;
@@ -118,25 +122,28 @@ void Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) 
   }
   server->created_ = now_;
   set_state(*server, ServerState::connecting);
-  server->endpoint_ = pool.group_->pick(now_);
+  server->endpoint_ = std::move(endpoint);
   if (server->endpoint_ == nullptr) {
     shared_.hosts->resolve_soon();
     close(*server, Reason::server_unreachable,
           "cannot resolve server address " + pool.address_text());
-    return;
+    return true;
   }
-  const Endpoint& endpoint = *server->endpoint_;
+  const Endpoint& host = *server->endpoint_;
   ++server->endpoint_->connections;
-  int fd = socket(endpoint.address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ++server->endpoint_->logins;
+  server->logging_in_ = true;
+  int fd = socket(host.address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     close(*server, Reason::server_unreachable, "socket: " + errno_text(errno));
-    return;
+    return true;
   }
   server->stream_.fd = fd;
-  log::debug("S-{} connecting to {} for {}/{}", server->id_, endpoint.text, pool.database_,
+  log::debug("S-{} connecting to {} for {}/{}", server->id_, host.text, pool.database_,
              pool.user_name_);
   ++server->ops_in_flight_;
-  io_connect(server->connect_op_, fd, endpoint.address, endpoint.address_len);
+  io_connect(server->connect_op_, fd, host.address, host.address_len);
+  return true;
 }
 
 void Reactor::login_done(Client& client) {

@@ -155,7 +155,7 @@ std::vector<std::shared_ptr<Endpoint>> HostGroup::endpoints() const {
   return out;
 }
 
-std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now) {
+std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now, int login_cap, bool* busy) {
   std::lock_guard lock(mutex_);
   std::vector<Endpoint*> all;
   std::vector<Candidate> candidates;
@@ -171,7 +171,15 @@ std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now) {
   if (i < 0) return nullptr;
   for (const auto& list : endpoints_)
     for (const auto& e : list)
-      if (e.get() == all[static_cast<std::size_t>(i)]) return e;
+      if (e.get() == all[static_cast<std::size_t>(i)]) {
+        // (Checked and taken in two steps: several reactors may pass the cap by a login or
+        // two, which is harmless.)
+        if (login_cap > 0 && e->logins.load(std::memory_order_relaxed) >= login_cap) {
+          if (busy != nullptr) *busy = true;
+          return nullptr;
+        }
+        return e;
+      }
   return nullptr;
 }
 

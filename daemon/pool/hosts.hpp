@@ -46,8 +46,9 @@ struct Endpoint {
 
   // Shared by the reactors and the monitor.
   std::atomic<HostRole> role{HostRole::unknown};
-  std::atomic<std::int64_t> lag_ms{0};          // replay lag (replicas), from health checks
-  std::atomic<int> connections{0};              // server connections to it, all reactors
+  std::atomic<std::int64_t> lag_ms{0};  // replay lag (replicas), from health checks
+  std::atomic<int> connections{0};      // server connections to it, all reactors
+  std::atomic<int> logins{0};  // of which logging in, all reactors (max_concurrent_server_logins)
   std::atomic<std::int64_t> down_until_ns{0};   // steady clock; 0: up
   std::atomic<int> failures{0};                 // in a row: connects and checks
   std::atomic<std::uint64_t> checks{0};         // health checks run
@@ -90,8 +91,11 @@ class HostGroup {
  public:
   explicit HostGroup(const config::Database& db);
 
-  // Where the next server connection goes; null when no name resolved (yet).
-  [[nodiscard]] std::shared_ptr<Endpoint> pick(std::chrono::steady_clock::time_point now);
+  // Where the next server connection goes; null when no name resolved (yet). With
+  // `login_cap` > 0 and that host already at the cap of logins under way, null and `busy`:
+  // the connection waits for a login to finish (the pool tries again from its sweep).
+  [[nodiscard]] std::shared_ptr<Endpoint> pick(std::chrono::steady_clock::time_point now,
+                                               int login_cap = 0, bool* busy = nullptr);
   // A server connection to `endpoint` could not connect or log in for a network reason: out
   // for a jittered back-off (250 ms doubling up to `cap`), and its name is looked up again.
   // True when this took it out.

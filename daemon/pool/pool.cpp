@@ -380,7 +380,11 @@ void Pool::maintain() {
       short_database = true;
       return false;
     }
-    reactor_.start_connect(*this, startup);
+    if (!reactor_.start_connect(*this, startup)) {
+      budget_->release();
+      db_budget_->release();
+      return false;  // the host is at max_concurrent_server_logins: the sweep tries again
+    }
     return true;
   };
   if (settings_.pool_mode != config::PoolMode::session) {
@@ -483,7 +487,11 @@ void Pool::keep_warm() {
       budget_->release();
       break;
     }
-    reactor_.start_connect(*this, session ? recent_startup_ : nullptr);
+    if (!reactor_.start_connect(*this, session ? recent_startup_ : nullptr)) {
+      budget_->release();
+      db_budget_->release();
+      break;
+    }
   }
 }
 
@@ -554,9 +562,13 @@ bool Pool::try_again(int limit) {
   }
   bool session = settings_.pool_mode == config::PoolMode::session;
   const Client* first = waiting_clients_.front();
-  reactor_.start_connect(*this, !session           ? nullptr
-                                : first != nullptr ? first->startup_
-                                                   : recent_startup_);
+  if (!reactor_.start_connect(*this, !session           ? nullptr
+                                     : first != nullptr ? first->startup_
+                                                        : recent_startup_)) {
+    budget_->release();
+    db_budget_->release();
+    return false;
+  }
   return true;
 }
 

@@ -21,9 +21,10 @@ import time
 
 import psycopg2
 
-from lib import (ADMIN_USER, PGPORT, SOURCE_DIR, Pgring, admin_rows, as_postgres_cmd, check,
-                 check_eq, connect, expect_error, fail, find_pg_tool, free_port, log,
-                 metric_value, query_one, run_tests, skip, wait_until)
+from lib import (ADMIN_USER, PGPORT, SOURCE_DIR, Pgring, SilentListener, admin_rows,
+                 as_postgres_cmd, check, check_eq, connect, expect_error, fail, fd_snapshot,
+                 find_pg_tool, free_port, log, metric_value, query_one, run_tests, skip,
+                 wait_until)
 
 PRIMARY_PORT = PGPORT + 100
 REPLICA_PORT = PGPORT + 200
@@ -363,6 +364,45 @@ def test_dns_change_is_followed():
             p.wait_log(r"hosts: %s:%d is .*127\.0\.0\.2" % (name.replace(".", r"\."), PGPORT), 5)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_server_logins_per_host_are_capped():
+    # A host that accepts TCP and never answers: every login to it stays under way until
+    # server_connect. Eight clients want a server; at most max_concurrent_server_logins logins
+    # are under way at once (without the cap: all eight).
+    def logins_under_way(cap):
+        with SilentListener() as silent:
+            cfg = {"auth": {"method": "trust"}, "max_concurrent_server_logins": cap,
+                   "timeouts": {"server_connect": "4s", "query_wait": "3s",
+                                "server_login_retry": "5s"},
+                   "databases": {"slow": {"host": "127.0.0.1", "port": silent.port,
+                                          "pool_size": 10, "user": "postgres"}}}
+            with Pgring(cfg, skip_leak_check="the silent host's sockets stay in its backlog") as p:
+                def client(_):
+                    try:
+                        connect(p.port, db="slow", connect_timeout=10).close()
+                    except psycopg2.Error:
+                        pass
+                threads = [threading.Thread(target=client, args=(i,), daemon=True)
+                           for i in range(8)]
+                for t in threads:
+                    t.start()
+                most = 0
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    snap = fd_snapshot(p.pid())
+                    most = max(most, sum(1 for s in snap.servers
+                                         if getattr(s, "remote_port", None) == silent.port))
+                    time.sleep(0.05)
+                for t in threads:
+                    t.join(15)
+                return most
+    capped = logins_under_way(3)
+    uncapped = logins_under_way(0)
+    log(f"logins under way at once to a host that never answers, 8 clients: cap 3 -> {capped}, "
+        f"no cap -> {uncapped}")
+    check_eq(capped, 3, "logins under way with max_concurrent_server_logins 3")
+    check_eq(uncapped, 8, "logins under way without a cap")
 
 
 if __name__ == "__main__":
