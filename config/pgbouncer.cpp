@@ -442,6 +442,7 @@ class Converter {
     if (k == "idle_transaction_timeout") return set_duration(s, {"timeouts", "idle_transaction"});
     if (k == "client_idle_timeout") return set_duration(s, {"timeouts", "client_idle"});
     if (k == "autodb_idle_timeout") return set_duration(s, {"timeouts", "autodb_idle"});
+    if (k == "dns_max_ttl") return set_duration(s, {"dns", "ttl"});
     if (pool_key(root_["defaults"], k, s.value, why)) return;
     if (!why.empty()) return note(s, why);
     if (k == "server_connect_timeout") return set_duration(s, {"timeouts", "server_connect"});
@@ -585,9 +586,8 @@ class Converter {
         {"disable_pqexec", "not supported"},
         {"application_name_add_host", "not supported"},
         {"suspend_timeout", "pgring has no online restart (SUSPEND)"},
-        {"dns_max_ttl", "pgring resolves a database's host when its pool is created and on reload"},
         {"dns_nxdomain_ttl",
-         "pgring resolves a database's host when its pool is created and on reload"},
+         "pgring looks a name up again every dns.ttl and when a connect to it fails"},
         {"dns_zone_check_period", "not supported"},
         {"resolv_conf", "pgring uses the system resolver"},
         {"listen_backlog", "pgring listens with the system's maximum backlog"},
@@ -741,15 +741,14 @@ class Converter {
     YAML::Node db = root_["databases"][s.key];
     db["host"] = "127.0.0.1";  // replaced below, or PgBouncer's default unix socket noted
     bool have_host = false;
+    std::vector<std::string> hosts;
     for (const auto& [key, value] : *pairs) {
       std::string why;
       if (key == "host") {
-        std::vector<std::string> hosts = split_list(value);
+        hosts = split_list(value);
         if (hosts.empty()) continue;
         db["host"] = hosts.front();
         have_host = true;
-        if (hosts.size() > 1)
-          note(s, "host lists several hosts; pgring connects to one (" + hosts.front() + ")");
       } else if (key == "port") {
         auto n = parse_int(value);
         if (n && *n > 0 && *n < 65536)
@@ -776,10 +775,29 @@ class Converter {
              "connect_query: not supported (run it with ALTER DATABASE/ROLE ... SET, or in "
              "the application)");
       } else if (key == "load_balance_hosts") {
-        note(s, "load_balance_hosts: pgring connects to one host");
+        // round-robin spreads connections as pgring's round_robin does; disable (the first
+        // host that answers) has no exact equivalent: least_connections spreads them too.
+        if (value == "round-robin")
+          db["load_balance"] = "round_robin";
+        else
+          note(s, "load_balance_hosts=" + value +
+                      ": pgring spreads connections over the hosts (load_balance: "
+                      "least_connections); set target: primary for one writable host");
       } else {
         note(s, key + ": not a database setting pgring knows");
       }
+    }
+    if (hosts.size() > 1) {
+      // Several hosts: pgring's hosts: list, with the port (PgBouncer's one port for all).
+      YAML::Node list(YAML::NodeType::Sequence);
+      std::string port = db["port"] ? db["port"].as<std::string>() : "5432";
+      for (const std::string& h : hosts)
+        list.push_back(h.starts_with('/')                 ? h
+                       : h.find(':') != std::string::npos ? "[" + h + "]:" + port
+                                                          : h + ":" + port);
+      db.remove("host");
+      db.remove("port");
+      db["hosts"] = list;
     }
     if (!have_host)
       note(s,
@@ -894,7 +912,7 @@ class Converter {
     YAML::Node ordered(YAML::NodeType::Map);
     for (const char* key :
          {"listen", "max_client_conn", "max_message_size", "ignore_startup_parameters", "tcp",
-          "log", "admin", "auth", "tls", "users", "defaults", "timeouts", "databases"})
+          "log", "admin", "auth", "tls", "users", "defaults", "timeouts", "dns", "databases"})
       if (root_[key]) ordered[key] = root_[key];
     YAML::Emitter out;
     out << ordered;

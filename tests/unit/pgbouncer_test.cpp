@@ -188,6 +188,8 @@ host all all all reject
   CHECK(config.log_file == "/var/log/pgbouncer/pgbouncer.log");
   const Database& reports = config.databases.at("reports");
   CHECK(reports.host == "10.0.0.2");
+  REQUIRE(reports.hosts.size() == 2);  // several hosts: a hosts: list
+  CHECK(reports.hosts[1] == pgring::config::Host{"10.0.0.3", 5432});
   CHECK(reports.user == "reporter");
   CHECK(reports.password == "s3 cret");
   CHECK(config.databases.at("legacy").host == "/var/run/postgresql");
@@ -226,8 +228,8 @@ host all all all reject
   // Nothing dropped silently: each setting that has no equivalent is named, with its line.
   for (std::string_view why :
        {"pgbouncer.ini:5: [databases] legacy: connect_query", "[databases] legacy: client_encoding",
-        "reports: host lists several hosts", "[users] batch: max_user_connections",
-        "server_check_query", "no_such_setting: not a PgBouncer setting pgring knows",
+        "[users] batch: max_user_connections", "server_check_query",
+        "no_such_setting: not a PgBouncer setting pgring knows",
         "hba.conf:2: peer is not supported", "hba.conf:5: user +ops is not supported"})
     CHECK_MESSAGE(noted(c, why), why);
   CHECK_FALSE(noted(c, "listen_port"));
