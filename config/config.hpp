@@ -237,6 +237,10 @@ struct Config {
   // over all reactors and pools; more wait for one to finish (0 = no cap). A restarted
   // PostgreSQL is not hit by every pool's pool_size logins at the same moment.
   int max_concurrent_server_logins = 16;
+  // Client logins (startup packet, TLS handshake, authentication) under way at once, for the
+  // process (each reactor takes its share); more clients wait, accepted but not yet read, in
+  // arrival order (0 = no cap). timeouts.client_login counts from the accept.
+  int max_concurrent_logins = 1000;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;

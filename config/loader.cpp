@@ -42,6 +42,8 @@ class Loader {
         workers(item);
       } else if (key == "max_client_conn") {
         config_.max_client_conn = integer(item, 1, kMaxCount);
+      } else if (key == "max_concurrent_logins") {
+        config_.max_concurrent_logins = integer(item, 0, kMaxCount);
       } else if (key == "max_concurrent_server_logins") {
         config_.max_concurrent_server_logins = integer(item, 0, kMaxCount);
       } else if (key == "max_message_size") {
@@ -100,6 +102,7 @@ class Loader {
                                                                 "workers",
                                                                 "max_client_conn",
                                                                 "max_concurrent_server_logins",
+                                                                "max_concurrent_logins",
                                                                 "max_message_size",
                                                                 "log",
                                                                 "metrics",

@@ -121,6 +121,8 @@ class Client {
     // Set when the client may not stay (max_client_conn): it is told so after its startup
     // packet, because libpq does not show an error sent in reply to its SSLRequest.
     bool refused_too_many = false;
+    // max_concurrent_logins: waiting for a turn (accepted, nothing read yet), or under way.
+    enum class Turn : std::uint8_t { none, queued, running } turn = Turn::none;
     // auth.query: queued in this pool for a server, or running on this server.
     Pool* lookup_pool = nullptr;
     Server* lookup_server = nullptr;

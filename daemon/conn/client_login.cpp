@@ -420,6 +420,7 @@ void Client::handle_auth() {
 }
 
 void Client::auth_ok() {
+  reactor_.end_login(*this);  // authenticated: its turn of max_concurrent_logins is over
   login_.reset();  // logged in: the peer, the auth rule's choice and the exchange are done with
   (void)stream_.emit([](std::string& out) { return proto::build::authentication_ok(out); });
   reactor_.want_send(stream_);

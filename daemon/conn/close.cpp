@@ -35,6 +35,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
     client.user_counted_->release();
     client.db_counted_ = client.user_counted_ = nullptr;
   }
+  end_login(client);  // (a turn of max_concurrent_logins goes to the next client)
   if (Client::Login* login = client.login_.get()) {
     if (Pool* lookups = login->lookup_pool) {
       std::erase(lookups->lookups_, &client);

@@ -211,7 +211,8 @@ void Reactor::run_once() {
   submit();                // every stream's queued output in one send; starved receives re-armed
   wait_for_completions();  // at least one, or until the next sweep is due
   run_completions();       // reap the batch, advance the CQ once, then run the handlers
-  forward_linked();        // clients that got a server meanwhile send what they queued
+  if (!login_queue_.empty()) admit_logins();  // max_concurrent_logins: turns freed meanwhile
+  forward_linked();  // clients that got a server meanwhile send what they queued
   if (now_ >= next_sweep_) {
     sweep();  // timeouts, budgets, the watchdog: one walk over the state lists
     next_sweep_ = now_ + kSweepInterval;
@@ -444,6 +445,10 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   client.last_activity_ = now_;
   if (client.pool_ != nullptr)
     client.pool_->stats_.bytes_received += static_cast<std::uint64_t>(result);
+  // A login starts with its first bytes, when max_concurrent_logins has a turn free.
+  if (client.login_ != nullptr && client.login_->turn == Client::Login::Turn::none &&
+      client.state_ == ClientState::startup && !take_login_turn(client))
+    return;
   // The data path goes straight to the forwarding loop; every other state through on_input.
   if (client.state_ == ClientState::active)
     client.forward_to_server();

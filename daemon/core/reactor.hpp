@@ -8,6 +8,7 @@
 
 #include <array>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -182,6 +183,15 @@ class Reactor {
   // Cancel the request running on `server` for its linked client (timeouts use this too).
   void start_cancel(Server& server);
   void login_done(Client& client);  // leaves the login list
+  // max_concurrent_logins: a client's first bytes start its login (TLS handshake, startup,
+  // authentication) if a turn is free; else it waits, its bytes kept and its reading paused,
+  // and false. A connection that sends nothing holds no turn.
+  bool take_login_turn(Client& client);
+  // Its login ended (authenticated, or the client closed): the turn is free again.
+  void end_login(Client& client);
+  // Gives free turns to the longest-waiting clients (each loop turn).
+  void admit_logins();
+  [[nodiscard]] int login_share() const;
   // Admin console (admin.cpp): one simple Query from an admin or stats user.
   void admin_query(Client& client, std::string_view sql);
   // Reload the configuration file: "" when applied (on every reactor), else why not (the
@@ -219,6 +229,8 @@ class Reactor {
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
 
   List<Client> login_clients_;
+  int logins_running_ = 0;           // max_concurrent_logins: this reactor's logins under way
+  std::deque<Client*> login_queue_;  // accepted clients waiting for a turn, oldest first
   List<Client> closing_clients_;
   List<Server> closing_servers_;
   List<Canceller> cancellers_;

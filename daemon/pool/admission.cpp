@@ -13,6 +13,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -148,6 +149,57 @@ bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) 
 
 void Reactor::login_done(Client& client) {
   if (client.node_.list == &login_clients_) login_clients_.remove(&client);
+  end_login(client);
+}
+
+int Reactor::login_share() const {
+  // This reactor's share of the process's cap (each reactor accepts about as many clients).
+  int cap = config_->max_concurrent_logins;
+  return cap <= 0 ? 0 : std::max(1, (cap + shared_.workers() - 1) / shared_.workers());
+}
+
+bool Reactor::take_login_turn(Client& client) {
+  using Turn = Client::Login::Turn;
+  Client::Login& login = *client.login_;
+  // A client refused by max_client_conn only reads its startup packet to hear why: no turn.
+  int share = login_share();
+  if (share == 0 || login.refused_too_many) return true;
+  if (logins_running_ < share && login_queue_.empty()) {
+    login.turn = Turn::running;
+    ++logins_running_;
+    return true;
+  }
+  login.turn = Turn::queued;
+  login_queue_.push_back(&client);
+  client.stream_.reading_paused_ = true;
+  if (client.stream_.input_size() > 0) client.stream_.detach_input();
+  return false;
+}
+
+void Reactor::end_login(Client& client) {
+  using Turn = Client::Login::Turn;
+  if (client.login_ == nullptr || client.login_->turn == Turn::none) return;
+  if (client.login_->turn == Turn::queued)
+    std::erase(login_queue_, &client);
+  else
+    --logins_running_;
+  client.login_->turn = Turn::none;
+}
+
+void Reactor::admit_logins() {
+  int share = login_share();
+  while (!login_queue_.empty() && (share == 0 || logins_running_ < share)) {
+    Client& client = *login_queue_.front();  // (a client that closed left the queue)
+    login_queue_.pop_front();
+    client.login_->turn = Client::Login::Turn::running;
+    ++logins_running_;
+    client.stream_.reading_paused_ = false;
+    client.on_input();  // what it sent while it waited
+    if (client.state_ == ClientState::closing) continue;
+    if (client.state_ != ClientState::active && client.stream_.input_size() > 0)
+      client.stream_.detach_input();
+    arm_recv(client.stream_, client.ops_in_flight_);
+  }
 }
 
 }  // namespace pgring

@@ -6,6 +6,7 @@ Terminate right behind the startup packet)."""
 
 import random
 import struct
+import threading
 import time
 
 import psycopg2
@@ -77,6 +78,34 @@ def test_too_many_clients():
         wait_until(new_client, 5, interval=0.2, what="a client after one left")
         for c in conns:
             c.terminate()
+
+
+def test_logins_beyond_max_concurrent_logins_wait():
+    """max_concurrent_logins: a login under way holds a turn from its first bytes until it is
+    authenticated (or gone); a client beyond the cap waits, its bytes kept, and goes on as soon
+    as a turn frees: a queue, not a refusal. A connection that sent nothing holds no turn."""
+    with Pgring(trust_config(max_concurrent_logins=1, timeouts={"client_login": "30s"})) as p:
+        silent = RawConn(p.port)  # connected, nothing sent: no turn
+        (first,) = logins(p.port, 1)
+        first.terminate()
+        holder = RawConn(p.port)
+        check_eq(holder.ssl_request(), b"N", "SSLRequest answer")  # the turn is held now
+        waiting = []
+
+        def second():
+            c = login(p.port)
+            waiting.append(c.simple_query("SELECT 2"))
+            c.terminate()
+        t = threading.Thread(target=second, daemon=True)
+        t.start()
+        time.sleep(1.0)
+        check_eq(waiting, [], "a login beyond the cap, while the turn is held")
+        check(t.is_alive(), "the second client waits (no refusal)")
+        holder.send(startup_packet("postgres", "pgring_test"))  # the holder logs in: turn free
+        t.join(10)
+        check_eq(waiting, [[["2"]]], "the waiting client, once the turn is free")
+        holder.sock.close()
+        silent.sock.close()
 
 
 def test_per_database_and_per_user_client_limits():

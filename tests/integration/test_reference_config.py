@@ -33,6 +33,8 @@ EFFECTS = {
     "workers": ("test_workers.py", "test_pool_size_is_global_with_64_clients", '"workers"'),
     "io.engine": ("test_seccomp.py", "test_without_io_uring_pgring_serves_on_epoll", '"engine"'),
     "max_client_conn": ("test_errors.py", "test_too_many_clients", "max_client_conn"),
+    "max_concurrent_logins": ("test_errors.py", "test_logins_beyond_max_concurrent_logins_wait",
+                              "max_concurrent_logins"),
     "max_concurrent_server_logins": ("test_hosts.py", "test_server_logins_per_host_are_capped",
                                      "max_concurrent_server_logins"),
     "ignore_startup_parameters": ("test_transaction_params.py",
