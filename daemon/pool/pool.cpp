@@ -128,24 +128,27 @@ bool Pool::host_failed(Server& server, Reason reason, std::string_view sqlstate)
 }
 
 void Pool::hosts_changed() {
-  for (List<Server>* l : {&idle_servers_, &active_servers_, &resetting_servers_,
-                          &canceling_servers_, &connecting_servers_}) {
-    for (Server* s = l->front(); s != nullptr;) {
-      Server* next = List<Server>::next(s);
-      const Endpoint* e = s->endpoint_.get();
-      bool fits = e == nullptr || (group_->fits(*e) && !e->down(reactor_.now()));
-      // (A server still logging in is judged by its own role check.)
-      if (!fits && l != &connecting_servers_) {
-        if (l == &idle_servers_) {
-          reactor_.close(*s, Reason::server_wrong_role, e->text);
-        } else {
-          s->retire_ = true;
-          s->retire_reason_ = Reason::server_wrong_role;
-        }
+  auto fits = [&](const Server& s) {
+    const Endpoint* e = s.endpoint_.get();
+    return e == nullptr || (group_->fits(*e) && !e->down(reactor_.now()));
+  };
+  // Busy servers that no longer fit finish their transaction, then close. (A server still
+  // logging in is judged by its own role check.)
+  for (List<Server>* l : {&active_servers_, &resetting_servers_, &canceling_servers_})
+    for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+      if (!fits(*s)) {
+        s->retire_ = true;
+        s->retire_reason_ = Reason::server_wrong_role;
       }
-      s = next;
-    }
+  // Idle ones close now, with no client linked to one meanwhile (a close runs maintain()).
+  closing_misfits_ = true;
+  for (;;) {
+    Server* misfit = idle_servers_.front();
+    while (misfit != nullptr && fits(*misfit)) misfit = List<Server>::next(misfit);
+    if (misfit == nullptr) break;
+    reactor_.close(*misfit, Reason::server_wrong_role, misfit->endpoint_->text);
   }
+  closing_misfits_ = false;
   if (failing_ && !failure_final_) next_attempt_ = reactor_.now();
   maintain();
 }
@@ -325,6 +328,7 @@ int Pool::server_count() const {
 }
 
 void Pool::maintain() {
+  if (closing_misfits_) return;  // hosts_changed() runs it once it is done
   // auth.query lookups first: a client cannot even log in until its lookup ran.
   while (!lookups_.empty() && !idle_servers_.empty()) {
     Client* client = lookups_.front();

@@ -162,6 +162,8 @@ class Pool {
   static constexpr std::size_t kLearnedMax = 256;  // the oldest go first
 
   PoolStats stats_;
+  // hosts_changed() is closing the idle servers whose host no longer fits: nothing is linked.
+  bool closing_misfits_ = false;
   // PAUSE: no new links; clients wait until RESUME.
   bool paused_ = false;
   // Served by the fallback database ("*"): the pool goes once unused for timeouts.autodb_idle.
