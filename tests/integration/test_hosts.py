@@ -263,7 +263,50 @@ def test_health_check_query_and_user():
         check_eq(users, "pgring_plain", "who the health checks log in as")
 
 
-def test_failover_under_write_load():
+class Writer:
+    """One client inserting in a loop through `db`, reconnecting after an error: each result is
+    (time, the server's port or None, SQLSTATE or None)."""
+
+    def __init__(self, port, db="app"):
+        self.port, self.db = port, db
+        self.results = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(self.port, db=self.db, connect_timeout=10)
+                    conn.autocommit = True
+                cur = conn.cursor()
+                cur.execute("INSERT INTO failover_t (at) VALUES (extract(epoch from now())) "
+                            "RETURNING inet_server_port()")
+                self.results.append((time.monotonic(), cur.fetchone()[0], None))
+            except psycopg2.Error as e:
+                self.results.append((time.monotonic(), None, e.pgcode or "connection"))
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    def on(self, port):
+        return sum(1 for r in self.results if r[1] == port)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(30)
+        return self.results
+
+
+def failover_table():
     c = connect(PRIMARY_PORT, connect_timeout=5)
     c.autocommit = True
     c.cursor().execute("DROP TABLE IF EXISTS failover_t; CREATE TABLE failover_t "
@@ -274,61 +317,60 @@ def test_failover_under_write_load():
     wait_until(lambda: query_one(r, "SELECT to_regclass('failover_t') IS NOT NULL"), 10,
                what="the table to reach the replica")
     r.close()
+
+
+def report(results, switch, what):
+    first_new = next(r[0] for r in results if r[1] == REPLICA_PORT)
+    after = [r for r in results if r[0] >= first_new]
+    failed = [r for r in results if r[0] >= switch and r[1] is None]
+    log(f"{what}: switch -> first write on the new primary {first_new - switch:.2f}s; "
+        f"{len(failed)} failed transaction(s) during it ({sorted(set(r[2] for r in failed))}); "
+        f"{sum(1 for r in results if r[1] == PRIMARY_PORT)} writes before, "
+        f"{sum(1 for r in after if r[1] == REPLICA_PORT)} after")
+    check_eq([r for r in results if r[2] == "25006"], [], "writes refused as read-only")
+    check_eq([r for r in after if r[1] == PRIMARY_PORT], [],
+             "writes on the old primary after the first on the new one")
+    check(first_new - switch < 20, "the write load resumed")
+
+
+def test_failover_under_write_load():
+    failover_table()
     with Pgring(config(), skip_leak_check="the old primary is stopped under pgring") as p:
-        results = []  # (time, port or None, sqlstate or None)
-        stop = threading.Event()
-
-        def writer():
-            conn = None
-            while not stop.is_set():
-                try:
-                    if conn is None:
-                        conn = connect(p.port, db="app", connect_timeout=10)
-                        conn.autocommit = True
-                    cur = conn.cursor()
-                    cur.execute("INSERT INTO failover_t (at) VALUES (extract(epoch from now())) "
-                                "RETURNING inet_server_port()")
-                    results.append((time.monotonic(), cur.fetchone()[0], None))
-                except psycopg2.Error as e:
-                    results.append((time.monotonic(), None, e.pgcode or "connection"))
-                    try:
-                        conn.close()
-                    except Exception:  # noqa: BLE001 - already broken
-                        pass
-                    conn = None
-                    time.sleep(0.05)
-                time.sleep(0.01)
-            if conn is not None:
-                conn.close()
-
-        t = threading.Thread(target=writer, daemon=True)
-        t.start()
-        wait_until(lambda: sum(1 for r in results if r[1] == PRIMARY_PORT) >= 20, 15,
-                   what="writes on the old primary")
+        w = Writer(p.port)
+        wait_until(lambda: w.on(PRIMARY_PORT) >= 20, 15, what="writes on the old primary")
         # The switch: promote the replica, then stop the old primary.
         switch = time.monotonic()
         check_eq(pg_run(find_pg_tool("pg_ctl"), "promote", "-D", cluster["replica"], "-w",
                         check_rc=False).returncode, 0, "pg_ctl promote")
         check_eq(pg_ctl(cluster["primary"], "stop", "-m", "fast").returncode, 0,
                  "old primary stop")
-        wait_until(lambda: sum(1 for r in results if r[1] == REPLICA_PORT) >= 20, 30,
-                   what="writes on the new primary")
-        stop.set()
-        t.join(30)
-        first_new = next(r[0] for r in results if r[1] == REPLICA_PORT)
-        after = [r for r in results if r[0] >= first_new]
-        failed = [r for r in results if r[0] >= switch and r[1] is None]
-        read_only = [r for r in results if r[2] == "25006"]
-        log(f"failover: switch -> first write on the new primary {first_new - switch:.2f}s; "
-            f"{len(failed)} failed transaction(s) during it "
-            f"({sorted(set(r[2] for r in failed))}); "
-            f"{sum(1 for r in results if r[1] == PRIMARY_PORT)} writes before, "
-            f"{sum(1 for r in after if r[1] == REPLICA_PORT)} after")
-        check_eq(read_only, [], "writes refused as read-only")
-        check_eq([r for r in after if r[1] == PRIMARY_PORT], [],
-                 "writes on the old primary after the first on the new one")
-        check(first_new - switch < 20, "the write load resumed")
+        wait_until(lambda: w.on(REPLICA_PORT) >= 20, 30, what="writes on the new primary")
+        report(w.finish(), switch, "failover (promote, then stop the old primary)")
         p.wait_log(r"hosts: 127\.0\.0\.1:%d .* is a primary" % REPLICA_PORT, 5)
+
+
+def test_failover_after_the_primary_crashed():
+    # The other order: the primary dies (SIGKILL-like: pg_ctl -m immediate) with the writer
+    # running, and the replica is promoted a second later. The writer's transactions fail
+    # meanwhile with a clean error and go on on the new primary.
+    drop_clusters()
+    make_clusters()
+    failover_table()
+    with Pgring(config(), skip_leak_check="the old primary is stopped under pgring") as p:
+        w = Writer(p.port)
+        wait_until(lambda: w.on(PRIMARY_PORT) >= 20, 15, what="writes on the primary")
+        switch = time.monotonic()
+        check_eq(pg_ctl(cluster["primary"], "stop", "-m", "immediate").returncode, 0,
+                 "primary crash")
+        time.sleep(1.0)
+        check_eq(pg_run(find_pg_tool("pg_ctl"), "promote", "-D", cluster["replica"], "-w",
+                        check_rc=False).returncode, 0, "pg_ctl promote")
+        wait_until(lambda: w.on(REPLICA_PORT) >= 20, 30, what="writes on the new primary")
+        results = w.finish()
+        report(results, switch, "failover (primary crashed, promote 1 s later)")
+        failed = {r[2] for r in results if r[1] is None}
+        check(failed <= {"08006", "57P01", "57014", "connection"},
+              f"the errors clients saw during the failover: {failed}")
 
 
 def test_dns_change_is_followed():
