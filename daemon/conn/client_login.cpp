@@ -437,6 +437,13 @@ void Client::auth_ok() {
                    fmt::format("database \"{}\" does not exist", startup_message().database));
     return;
   }
+  if (reactor_.disabled(db->name)) {
+    // As PostgreSQL answers for a database with datallowconn false.
+    reactor_.close(
+        *this, Reason::database_disabled,
+        fmt::format("database \"{}\" is not currently accepting connections (DISABLE)", db->name));
+    return;
+  }
   if (!startup_message().find("replication").empty()) {
     reactor_.close(*this, Reason::feature_not_supported,
                    "replication connections are not supported");

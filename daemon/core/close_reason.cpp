@@ -94,6 +94,10 @@ std::string_view name(Reason reason) {
       return "database_command";
     case Reason::server_wrong_role:
       return "server_wrong_role";
+    case Reason::database_disabled:
+      return "database_disabled";
+    case Reason::admin_reconnect:
+      return "admin_reconnect";
     case Reason::count_:
       break;
   }
@@ -113,6 +117,8 @@ std::string_view sqlstate(Reason reason) {
       return "28000";
     case Reason::message_too_large:
       return "54000";
+    case Reason::database_disabled:
+      return "55000";
     case Reason::admin_denied:
       return "42501";
     case Reason::feature_not_supported:

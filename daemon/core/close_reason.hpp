@@ -53,6 +53,8 @@ enum class Reason {
   cert_auth_failed,   // 28000: method cert without a verified certificate naming the user
   auth_query_failed,  // 08006: auth.query could not look the user's secret up on the server
   startup_rejected,   // PostgreSQL refused a startup parameter (its SQLSTATE and message)
+  database_disabled,  // 55000: DISABLE db in the admin console: no new clients for it
+  admin_reconnect,    // RECONNECT [db]: server connections replaced (idle now, busy at release)
   server_wrong_role,  // its host is not (or no longer) what the database's target asks for, or
                       // its host was taken out (health check failed, address gone)
   count_,             // number of reasons (not a reason)

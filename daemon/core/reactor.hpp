@@ -213,6 +213,16 @@ class Reactor {
   // (a pool on any reactor), by name.
   std::vector<config::Database> databases_to_show();
   void kill_database(std::string_view database);
+  // KILL_CLIENT: closes client `id` if it is on this reactor; true when it was.
+  bool kill_client(std::uint64_t id);
+  // RECONNECT (database "" = all): every server connection is replaced, idle ones now, busy
+  // ones when their client releases them.
+  void reconnect(const std::string& database);
+  // DISABLE / ENABLE db: new clients of it are refused (55000); those connected stay.
+  void disable(const std::string& database, bool disable);
+  [[nodiscard]] bool disabled(std::string_view database) const {
+    return disabled_databases_.count(database) != 0;
+  }
   // PAUSE / RESUME (database "" = all), on this reactor's pools.
   void pause(const std::string& database, bool pause);
   // This reactor's rows of SHOW pools|clients|servers|stats|statements (the console merges them).
@@ -325,6 +335,7 @@ class Reactor {
   std::vector<std::shared_ptr<const config::Config>> retired_configs_;
   bool paused_all_ = false;
   std::set<std::string, std::less<>> paused_databases_;
+  std::set<std::string, std::less<>> disabled_databases_;
   io_uring ring_{};
   std::unique_ptr<EpollEngine> epoll_;  // the epoll engine, when it runs instead of ring_
   std::unique_ptr<BufferRing> buffers_;

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <string>
 #include <vector>
 
@@ -44,11 +45,15 @@ std::string ms(Clock::duration d) {
 }
 
 constexpr std::string_view kHelp[] = {
-    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|CONFIG|STATEMENTS|VERSION",
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|CONFIG|STATEMENTS|VERSION",
     "PAUSE [db]",
     "RESUME [db]",
+    "DISABLE db",
+    "ENABLE db",
+    "RECONNECT [db]",
     "RELOAD",
     "KILL db",
+    "KILL_CLIENT id",
     "SHUTDOWN"};
 
 }  // namespace
@@ -96,8 +101,8 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     Result r({"version"});
     r.row({std::string("pgring ") + PGRING_VERSION});
     ok = r.emit(out, "SHOW");
-  } else if (is_show &&
-             (what == "pools" || what == "clients" || what == "servers" || what == "stats")) {
+  } else if (is_show && (what == "pools" || what == "clients" || what == "servers" ||
+                         what == "stats" || what == "sockets")) {
     // The whole process: every reactor's rows, merged.
     auto parts = gather<Rows>([what](Reactor& r) { return r.admin_rows(what); });
     Result r =
@@ -109,6 +114,9 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
         : what == "servers"
             ? Result({"id", "database", "user", "state", "addr", "backend_pid", "client", "age_ms",
                       "state_ms", "prepared", "transaction_status", "worker", "tls"})
+        : what == "sockets"
+            ? Result({"id", "type", "fd", "database", "user", "state", "peer", "recv_queued",
+                      "send_queued", "worker", "tls"})
             : Result({"database", "user", "transactions", "queries", "bytes_received", "bytes_sent",
                       "server_connects", "avg_wait_us", "avg_query_us", "avg_xact_us", "errors"});
     if (what == "pools")
@@ -202,6 +210,46 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
         return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME");
       });
     }
+  } else if (verb == "disable" || verb == "enable") {
+    bool off = verb == "disable";
+    if (what.empty() || !config_->database_for(what)) {
+      error("3D000",
+            fmt::format("{} needs a configured database name", off ? "DISABLE" : "ENABLE"));
+    } else {
+      broadcast([off, what](Reactor& r) { r.disable(what, off); });
+      log::info("admin C-{}: {} {}", client.id_, verb, what);
+      ok = out.emit([&](std::string& o) {
+        return proto::build::command_complete(o, off ? "DISABLE" : "ENABLE");
+      });
+    }
+  } else if (verb == "reconnect") {
+    if (!what.empty() && !config_->database_for(what)) {
+      error("3D000", "no such database \"" + what + "\"");
+    } else {
+      broadcast([what](Reactor& r) { r.reconnect(what); });
+      log::info("admin C-{}: RECONNECT {}", client.id_, what.empty() ? "all" : what);
+      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RECONNECT"); });
+    }
+  } else if (verb == "kill_client") {
+    // "C-12" as SHOW CLIENTS prints it, or just 12.
+    std::string_view id_text = what;
+    if (id_text.starts_with("c-")) id_text.remove_prefix(2);
+    std::uint64_t id = 0;
+    auto [end, ec] = std::from_chars(id_text.data(), id_text.data() + id_text.size(), id);
+    if (id_text.empty() || ec != std::errc() || end != id_text.data() + id_text.size()) {
+      error("42601", "KILL_CLIENT needs a client id (C-12, as SHOW CLIENTS gives it)");
+    } else if (id == client.id_) {
+      error("42601", "KILL_CLIENT: that is this console's own connection");
+    } else {
+      auto found = gather<int>([id](Reactor& r) { return r.kill_client(id) ? 1 : 0; });
+      if (std::count(found.begin(), found.end(), 1) == 0) {
+        error("42704", "no client C-" + std::to_string(id));
+      } else {
+        log::info("admin C-{}: KILL_CLIENT C-{}", client.id_, id);
+        ok = out.emit(
+            [](std::string& o) { return proto::build::command_complete(o, "KILL_CLIENT"); });
+      }
+    }
   } else if (verb == "reload") {
     std::string problem = reload();
     if (problem.empty())
@@ -239,6 +287,44 @@ void Reactor::pause(const std::string& database, bool pause) {
     paused_databases_.insert(database);
   else
     paused_databases_.erase(database);
+}
+
+bool Reactor::kill_client(std::uint64_t id) {
+  auto matches = [id](Client* c) { return c->id_ == id; };
+  std::vector<List<Client>*> lists{&login_clients_, &admin_clients_};
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    lists.insert(lists.end(),
+                 {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_});
+  }
+  for (List<Client>* l : lists)
+    for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c))
+      if (matches(c)) {
+        close(*c, Reason::admin_kill, "connection killed by the administrator (KILL_CLIENT)");
+        return true;
+      }
+  return false;
+}
+
+void Reactor::reconnect(const std::string& database) {
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (!database.empty() && pool->database_ != database) continue;
+    for (List<Server>* l : {&pool->active_servers_, &pool->resetting_servers_,
+                            &pool->canceling_servers_, &pool->connecting_servers_})
+      for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) {
+        s->retire_ = true;
+        s->retire_reason_ = Reason::admin_reconnect;
+      }
+    while (Server* s = pool->idle_servers_.front()) close(*s, Reason::admin_reconnect);
+  }
+}
+
+void Reactor::disable(const std::string& database, bool disable) {
+  if (disable)
+    disabled_databases_.insert(database);
+  else
+    disabled_databases_.erase(database);
 }
 
 Rows Reactor::admin_rows(std::string_view what) {
@@ -289,6 +375,36 @@ Rows Reactor::admin_rows(std::string_view what) {
                ms(now_ - s->created_), ms(now_ - s->state_since_),
                std::to_string(s->prepared_.size()), std::string(1, s->transaction_status_),
                std::to_string(index_), tls_version(s->stream_)});
+    }
+  } else if (what == "sockets") {
+    // Every connection's socket: what SHOW FDS / SHOW SOCKETS give PgBouncer users.
+    auto add = [&](std::string id, std::string_view type, const Stream& stream,
+                   std::string_view database, std::string_view user, std::string_view state,
+                   const std::string& peer) {
+      row({std::move(id), std::string(type), std::to_string(stream.fd), std::string(database),
+           std::string(user), std::string(state), peer, std::to_string(stream.input_size()),
+           std::to_string(stream.pending_bytes()), std::to_string(index_), tls_version(stream)});
+    };
+    auto add_client = [&](const Client& c) {
+      add("C-" + std::to_string(c.id_), "client", c.stream_,
+          c.pool_ != nullptr ? std::string_view(c.pool_->database_) : c.startup_message().database,
+          c.startup_message().user, to_string(c.state_), c.peer_);
+    };
+    for (Client* c = login_clients_.front(); c != nullptr; c = List<Client>::next(c))
+      add_client(*c);
+    for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c))
+      add_client(*c);
+    for (auto& [key, pool] : pools_) {
+      (void)key;
+      for (List<Client>* l :
+           {&pool->active_clients_, &pool->waiting_clients_, &pool->idle_clients_})
+        for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add_client(*c);
+      for (List<Server>* l :
+           {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
+            &pool->resetting_servers_, &pool->canceling_servers_})
+        for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
+          add("S-" + std::to_string(s->id_), "server", s->stream_, pool->database_,
+              pool->server_user_, to_string(s->state_), s->endpoint_->text);
     }
   } else if (what == "stats") {
     auto avg_us = [](const Histogram& h) {

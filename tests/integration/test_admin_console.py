@@ -13,7 +13,7 @@ from lib import (Background, Pgring, STATS_USER, SYNC_MESSAGE, admin_ok, admin_p
                 wait_exit, wait_until)
 
 SHOW_COMMANDS = ["HELP", "POOLS", "CLIENTS", "SERVERS", "STATS", "DATABASES", "CONFIG",
-                 "STATEMENTS", "VERSION"]
+                 "STATEMENTS", "VERSION", "HOSTS", "SOCKETS"]
 
 
 def test_every_show_command_returns_rows():
@@ -58,6 +58,12 @@ def test_every_show_command_returns_rows():
         config = {r["key"]: r["value"] for r in results["CONFIG"]}
         check_eq(config.get("defaults.pool_size"), "3", "SHOW CONFIG defaults.pool_size")
         check_eq(config.get("defaults.pool_mode"), "transaction", "SHOW CONFIG pool_mode")
+        sockets = results["SOCKETS"]
+        check({"client", "server"} <= {r["type"] for r in sockets}, f"SHOW SOCKETS: {sockets}")
+        check(all(int(r["fd"]) >= 0 for r in sockets), f"SHOW SOCKETS fds: {sockets}")
+        hosts = [h for h in results["HOSTS"] if h["database"] == "pgring_test"]
+        check(hosts and hosts[0]["state"] == "up" and int(hosts[0]["connections"]) >= 1,
+              f"SHOW HOSTS: {results['HOSTS']}")
 
         # With a named prepared statement in use, SHOW STATEMENTS lists it.
         r.send(parse_message("SELECT 'admin-stmt'::text", name="s1") + bind_message(
@@ -202,6 +208,42 @@ def test_kill_database():
         c.close()
         rc, _, err = admin_psql(p.port, "KILL no_such_db")
         check(rc != 0, f"KILL no_such_db succeeded: {err}")
+
+
+def test_kill_client_reconnect_disable_enable():
+    """PgBouncer's KILL_CLIENT id, RECONNECT [db], DISABLE db / ENABLE db."""
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2)) as p:
+        victim = login(p.port, timeout=30)
+        check_eq(victim.simple_query("SELECT 1"), [["1"]])
+        bystander = login(p.port, timeout=30)
+        check_eq(bystander.simple_query("SELECT 1"), [["1"]])
+        ids = [r["id"] for r in admin_rows(p.port, "SHOW CLIENTS")
+               if r["database"] == "pgring_test"]
+        check_eq(len(ids), 2, "clients of pgring_test")
+        victim_id = ids[0]
+        check_eq(admin_ok(p.port, f"KILL_CLIENT {victim_id}"), "KILL_CLIENT", "command tag")
+        expect_closed_with(victim, "57P01", timeout=10, what="the client KILL_CLIENT named")
+        victim.close()
+        check_eq(bystander.simple_query("SELECT 2"), [["2"]], "the other client")
+        rc, _, err = admin_psql(p.port, "KILL_CLIENT C-999999")
+        check(rc != 0 and "no client" in err, f"KILL_CLIENT of nobody: {rc} {err}")
+
+        # RECONNECT: the server a client used is replaced; the client does not notice.
+        pid_before = int(bystander.simple_query("SELECT pg_backend_pid()")[0][0])
+        check_eq(admin_ok(p.port, "RECONNECT pgring_test"), "RECONNECT", "command tag")
+        pid_after = int(bystander.simple_query("SELECT pg_backend_pid()")[0][0])
+        check(pid_after != pid_before, f"RECONNECT kept backend {pid_before}")
+
+        # DISABLE: new clients are refused as PostgreSQL refuses them (55000); ENABLE undoes it.
+        check_eq(admin_ok(p.port, "DISABLE pgring_test"), "DISABLE", "command tag")
+        e = login_error(p.port)
+        check_eq(e.sqlstate, "55000", f"a new client of a disabled database: {e}")
+        check_eq(bystander.simple_query("SELECT 3"), [["3"]], "a client already in")
+        check_eq(admin_ok(p.port, "ENABLE pgring_test"), "ENABLE", "command tag")
+        c = connect(p.port)
+        check_eq(query_one(c, "SELECT 4"), 4, "a new client after ENABLE")
+        c.close()
+        bystander.terminate()
 
 
 def test_shutdown_command():
