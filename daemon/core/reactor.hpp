@@ -213,6 +213,17 @@ class Reactor {
   // (a pool on any reactor), by name.
   std::vector<config::Database> databases_to_show();
   void kill_database(std::string_view database);
+  // Console commands that answer once something holds over every reactor (checked now and by
+  // each sweep): PAUSE once no server of the paused database(s) is in use, WAIT_CLOSE once no
+  // server is retired but still open (RECONNECT, a reload that moved the pool).
+  struct AdminWait {
+    std::uint64_t client_id = 0;
+    enum Until { paused, closed } until = paused;
+    std::string database;  // "" = all
+  };
+  void wait_admin(Client& client, AdminWait::Until until, const std::string& database);
+  void check_admin_waits();
+  [[nodiscard]] int servers_in_the_way(AdminWait::Until until, const std::string& database) const;
   // KILL_CLIENT: closes client `id` if it is on this reactor; true when it was.
   bool kill_client(std::uint64_t id);
   // RECONNECT (database "" = all): every server connection is replaced, idle ones now, busy
@@ -336,6 +347,7 @@ class Reactor {
   bool paused_all_ = false;
   std::set<std::string, std::less<>> paused_databases_;
   std::set<std::string, std::less<>> disabled_databases_;
+  std::vector<AdminWait> admin_waits_;
   io_uring ring_{};
   std::unique_ptr<EpollEngine> epoll_;  // the epoll engine, when it runs instead of ring_
   std::unique_ptr<BufferRing> buffers_;

@@ -46,7 +46,8 @@ std::string ms(Clock::duration d) {
 
 constexpr std::string_view kHelp[] = {
     "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|CONFIG|STATEMENTS|VERSION",
-    "PAUSE [db]",
+    "PAUSE [db] (answers once transactions under way are over)",
+    "WAIT_CLOSE [db]",
     "RESUME [db]",
     "DISABLE db",
     "ENABLE db",
@@ -206,9 +207,19 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     } else {
       broadcast([pause, what](Reactor& r) { r.pause(what, pause); });
       log::info("admin C-{}: {} {}", client.id_, verb, what.empty() ? "all" : what);
-      ok = out.emit([&](std::string& o) {
-        return proto::build::command_complete(o, pause ? "PAUSE" : "RESUME");
-      });
+      if (pause) {
+        // As PgBouncer's: PAUSE answers once the transactions under way are over.
+        wait_admin(client, AdminWait::paused, what);
+        return;
+      }
+      ok = out.emit([](std::string& o) { return proto::build::command_complete(o, "RESUME"); });
+    }
+  } else if (verb == "wait_close") {
+    if (!what.empty() && !config_->database_for(what)) {
+      error("3D000", "no such database \"" + what + "\"");
+    } else {
+      wait_admin(client, AdminWait::closed, what);
+      return;
     }
   } else if (verb == "disable" || verb == "enable") {
     bool off = verb == "disable";
@@ -287,6 +298,64 @@ void Reactor::pause(const std::string& database, bool pause) {
     paused_databases_.insert(database);
   else
     paused_databases_.erase(database);
+}
+
+void Reactor::wait_admin(Client& client, AdminWait::Until until, const std::string& database) {
+  // Nothing more is read from the console until the answer is out (its next command must not
+  // overtake this one).
+  client.stream_.reading_paused_ = true;
+  admin_waits_.push_back({client.id_, until, database});
+  check_admin_waits();
+}
+
+int Reactor::servers_in_the_way(AdminWait::Until until, const std::string& database) const {
+  int n = 0;
+  for (const auto& [key, pool] : pools_) {
+    (void)key;
+    if (!database.empty() && pool->database_ != database) continue;
+    if (until == AdminWait::paused) {
+      n += static_cast<int>(pool->active_servers_.size() + pool->resetting_servers_.size() +
+                            pool->canceling_servers_.size());
+      continue;
+    }
+    for (List<Server>* l :
+         {&pool->active_servers_, &pool->resetting_servers_, &pool->canceling_servers_,
+          &pool->connecting_servers_, &pool->idle_servers_})
+      for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) n += s->retire_ ? 1 : 0;
+  }
+  return n;
+}
+
+void Reactor::check_admin_waits() {
+  for (std::size_t i = 0; i < admin_waits_.size();) {
+    AdminWait wait = admin_waits_[i];
+    Client* client = nullptr;
+    for (Client* c = admin_clients_.front(); c != nullptr; c = List<Client>::next(c))
+      if (c->id_ == wait.client_id) client = c;
+    if (client == nullptr) {  // the console left meanwhile
+      admin_waits_.erase(admin_waits_.begin() + static_cast<std::ptrdiff_t>(i));
+      continue;
+    }
+    auto counts =
+        gather<int>([wait](Reactor& r) { return r.servers_in_the_way(wait.until, wait.database); });
+    int left = 0;
+    for (int n : counts) left += n;
+    if (left > 0) {
+      ++i;
+      continue;
+    }
+    admin_waits_.erase(admin_waits_.begin() + static_cast<std::ptrdiff_t>(i));
+    Stream& out = client->stream_;
+    (void)out.emit([&](std::string& o) {
+      return proto::build::command_complete(
+          o, wait.until == AdminWait::paused ? "PAUSE" : "WAIT_CLOSE");
+    });
+    (void)out.emit([](std::string& o) { return proto::build::ready_for_query(o, 'I'); });
+    want_send(out);
+    out.reading_paused_ = false;
+    if (out.input_size() > 0) client->on_input();  // a command sent meanwhile
+    if (client->state_ != ClientState::closing) arm_recv_for(*client);
+  }
 }
 
 bool Reactor::kill_client(std::uint64_t id) {

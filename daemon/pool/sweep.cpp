@@ -52,6 +52,7 @@ void Reactor::sweep() {
     if (!expired(c->state_since_, t.client_login)) break;
     close(*c, Reason::login_timeout, "client login timeout");
   }
+  if (!admin_waits_.empty()) check_admin_waits();
   for (auto& [key, pool] : pools_) {
     (void)key;
     // With the database's and user's overrides.

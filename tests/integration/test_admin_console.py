@@ -246,6 +246,31 @@ def test_kill_client_reconnect_disable_enable():
         bystander.terminate()
 
 
+def test_pause_waits_for_transactions_and_wait_close():
+    """PAUSE answers once the transactions under way are over (as PgBouncer's); WAIT_CLOSE once
+    the server connections RECONNECT retired are gone."""
+    with Pgring(pool_config(pool_mode="transaction", pool_size=2)) as p:
+        c = connect(p.port)
+        c.autocommit = False
+        check_eq(query_one(c, "SELECT 1"), 1)  # a transaction stays open: its server is busy
+        bg = Background(lambda: admin_ok(p.port, "PAUSE pgring_test"))
+        time.sleep(0.5)
+        check(not bg.done(), "PAUSE answered while a transaction was open")
+        c.commit()
+        check_eq(bg.result(10, "PAUSE after the commit"), "PAUSE", "PAUSE's command tag")
+        admin_ok(p.port, "RESUME pgring_test")
+
+        check_eq(query_one(c, "SELECT 2"), 2)  # a transaction again
+        admin_ok(p.port, "RECONNECT pgring_test")
+        bg = Background(lambda: admin_ok(p.port, "WAIT_CLOSE pgring_test"))
+        time.sleep(0.5)
+        check(not bg.done(), "WAIT_CLOSE answered while a retired server was still in use")
+        c.commit()
+        check_eq(bg.result(10, "WAIT_CLOSE after the commit"), "WAIT_CLOSE", "command tag")
+        check_eq(admin_ok(p.port, "WAIT_CLOSE"), "WAIT_CLOSE", "nothing to wait for")
+        c.close()
+
+
 def test_shutdown_command():
     # SHUTDOWN ends pgring inside the block, with an idle client connected on purpose (it must
     # get 57P01); that the shutdown left nothing behind is checked from pgring's log.
