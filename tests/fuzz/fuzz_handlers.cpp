@@ -155,8 +155,7 @@ struct Harness : testing::Handlers {
   explicit Harness(const Setup& setup) : Handlers(setup.yaml()) {
     servers.push_back(&server);
     for (int i = 1; i < setup.servers; ++i) {
-      servers.push_back(new Server(reactor, pool, reactor.next_id()));
-      reactor.set_state(*servers.back(), ServerState::idle);
+      servers.push_back(&add_server());
     }
   }
   std::vector<Server*> servers;

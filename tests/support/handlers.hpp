@@ -54,10 +54,14 @@ struct Handlers {
         hosts(shared, *config),
         reactor(shared, 0, config, std::make_shared<const TlsContexts>(), ""),
         pool(reactor.pool_for(*config->find_database("app"), nullptr, "app")),
-        server(*new Server(reactor, pool, reactor.next_id())) {
-    server.endpoint_ = pool.group_->pick(std::chrono::steady_clock::now());
-    ++server.endpoint_->connections;
-    reactor.set_state(server, ServerState::idle);
+        server(add_server()) {}
+  // Another idle, logged-in server connection, to the pool's host.
+  Server& add_server() {
+    Server& s = *new Server(reactor, pool, reactor.next_id());
+    s.endpoint_ = pool.group_->pick(std::chrono::steady_clock::now());
+    ++s.endpoint_->connections;
+    reactor.set_state(s, ServerState::idle);
+    return s;
   }
   // A client past its login (its ParameterStatus and ReadyForQuery went out), idle in the pool.
   Client& add_client(std::string peer) {
