@@ -1,11 +1,13 @@
 // libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, DEALLOCATE, the
 // one-pass keyword filter in front of them, the database a DROP/ALTER/CREATE DATABASE needs,
-// quoting).
+// quoting, query fingerprints).
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
+#include "proto/fingerprint.hpp"
 #include "proto/sql.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -28,6 +30,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto db = pgring::proto::sql::database_needed_alone(text)) {
     if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text
   }
+  // The fingerprint: bounded output (a token of one byte becomes at most a space and "$n"),
+  // the same family for the same text.
+  std::string normal;
+  std::uint64_t family = sql::fingerprint(text, normal);
+  if (family == 0 || normal.size() > 8 * text.size() + 8) __builtin_trap();
+  std::string again;
+  if (sql::fingerprint(text, again) != family || again != normal) __builtin_trap();
   (void)pgring::proto::sql::quote_literal(text);
   (void)pgring::proto::sql::quote_identifier(text);
   return 0;
