@@ -48,6 +48,8 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_workers", MetricType::Gauge, "Reactor threads serving connections"},
     {"pgring_clients", MetricType::Gauge, "Client connections by pool and state"},
     {"pgring_login_clients", MetricType::Gauge, "Client connections still logging in"},
+    {"pgring_login_waiting_clients", MetricType::Gauge,
+     "Clients whose login waits for a turn (max_concurrent_logins)"},
     {"pgring_servers", MetricType::Gauge, "Server connections by pool and state"},
     {"pgring_pool_size", MetricType::Gauge,
      "Server connections a pool may open (pool_size, for the process)"},
@@ -252,6 +254,7 @@ std::vector<MetricFamily> Reactor::metric_families() const {
     f.add("pgring_pool_size", pool_labels(p), static_cast<double>(p.settings_.pool_size));
   }
   f.add("pgring_login_clients", {}, static_cast<double>(login_clients_.size()));
+  f.add("pgring_login_waiting_clients", {}, static_cast<double>(login_queue_.size()));
   struct Counter {
     std::string_view name;
     std::uint64_t PoolStats::*field;

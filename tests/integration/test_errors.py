@@ -13,8 +13,8 @@ import psycopg2
 
 from lib import (PGHOST, PGPORT, PROTOCOL_3_0, PgError, Pgring, RawConn, backends, check, check_eq,
                 connect, direct_connect, expect_error, fail, free_port, login, login_error,
-                message, monitor_connect, parse_fields, pool_config, psql_ok, query, query_one,
-                run_tests, startup_packet, wait_backend_gone, wait_until)
+                message, metric_value, monitor_connect, parse_fields, pool_config, psql_ok, query,
+                query_one, run_tests, startup_packet, wait_backend_gone, wait_until)
 
 
 def trust_config(**extra):
@@ -84,7 +84,9 @@ def test_logins_beyond_max_concurrent_logins_wait():
     """max_concurrent_logins: a login under way holds a turn from its first bytes until it is
     authenticated (or gone); a client beyond the cap waits, its bytes kept, and goes on as soon
     as a turn frees: a queue, not a refusal. A connection that sent nothing holds no turn."""
-    with Pgring(trust_config(max_concurrent_logins=1, timeouts={"client_login": "30s"})) as p:
+    mport = free_port()
+    with Pgring(trust_config(max_concurrent_logins=1, timeouts={"client_login": "30s"},
+                             metrics={"listen": f"127.0.0.1:{mport}"})) as p:
         silent = RawConn(p.port)  # connected, nothing sent: no turn
         (first,) = logins(p.port, 1)
         first.terminate()
@@ -101,9 +103,13 @@ def test_logins_beyond_max_concurrent_logins_wait():
         time.sleep(1.0)
         check_eq(waiting, [], "a login beyond the cap, while the turn is held")
         check(t.is_alive(), "the second client waits (no refusal)")
+        check_eq(metric_value(mport, "pgring_login_waiting_clients"), 1.0,
+                 "pgring_login_waiting_clients while it waits")
         holder.send(startup_packet("postgres", "pgring_test"))  # the holder logs in: turn free
         t.join(10)
         check_eq(waiting, [[["2"]]], "the waiting client, once the turn is free")
+        check_eq(metric_value(mport, "pgring_login_waiting_clients"), 0.0,
+                 "pgring_login_waiting_clients afterwards")
         holder.sock.close()
         silent.sock.close()
 
