@@ -241,6 +241,8 @@ struct Config {
   // process (each reactor takes its share); more clients wait, accepted but not yet read, in
   // arrival order (0 = no cap). timeouts.client_login counts from the accept.
   int max_concurrent_logins = 1000;
+  // stats.fingerprints: query families kept per reactor for SHOW QUERIES; 0 = off.
+  int stats_fingerprints = 0;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;

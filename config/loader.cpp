@@ -79,6 +79,10 @@ class Loader {
           config_.dns.ttl = duration(ttl);
           if (config_.dns.ttl.count() == 0) ttl.fail("must be more than 0");
         });
+      } else if (key == "stats") {
+        for_each_entry(item, {"fingerprints"}, [&](const std::string&, const Item& value) {
+          config_.stats_fingerprints = integer(value, 0, kMaxCount);
+        });
       } else if (key == "health_check") {
         health_check(item);
       } else if (key == "ignore_startup_parameters") {
@@ -117,6 +121,7 @@ class Loader {
                                                                 "io",
                                                                 "dns",
                                                                 "health_check",
+                                                                "stats",
                                                                 "ignore_startup_parameters"};
 
   void health_check(const Item& section) {

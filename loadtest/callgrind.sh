@@ -5,13 +5,14 @@
 # the instruction whatever else the machine does: use it to compare two builds.
 #
 #   loadtest/callgrind.sh [--pgring BIN] [--mode simple|extended|prepared] [--clients N]
-#                         [--transactions N] [--keep DIR]
+#                         [--transactions N] [--keep DIR] [--extra 'YAML LINE']
 #
+# --extra adds a top-level line to pgring's configuration (e.g. 'stats: {fingerprints: 1000}').
 # Starts a throwaway PostgreSQL (scripts/pg-throwaway.sh, port 25495) and stops it afterwards.
 # --keep DIR keeps the callgrind output (callgrind_annotate --auto=no DIR/callgrind.out).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/build/pgring MODE=extended CLIENTS=1 TXNS=4000 KEEP=""
+BIN=$ROOT/build/pgring MODE=extended CLIENTS=1 TXNS=4000 KEEP="" EXTRA=""
 while (($#)); do
   case $1 in
     --pgring) BIN=$2; shift 2 ;;
@@ -19,6 +20,7 @@ while (($#)); do
     --clients) CLIENTS=$2; shift 2 ;;
     --transactions) TXNS=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
+    --extra) EXTRA=$2; shift 2 ;;
     *) echo "usage: $0 [--pgring BIN] [--mode M] [--clients N] [--transactions N] [--keep DIR]" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +43,7 @@ log: {level: warning}
 auth: {method: trust}
 databases:
   app: {host: 127.0.0.1, port: $PGPORT, pool_mode: transaction, pool_size: 20}
+$EXTRA
 YAML
 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$BIN" --config "$WORK/pgring.yaml" \
   >"$WORK/pgring.log" 2>&1 &

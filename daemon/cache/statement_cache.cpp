@@ -243,6 +243,8 @@ bool Client::cached_bind(Server& server, std::string_view body) {
   bool consumed = false;
   const PreparedStatement* statement = prepare_named(server, bind->statement, consumed);
   if (statement == nullptr) return consumed;
+  if (QueryStats& stats = reactor_.queries(); stats.on())
+    batch().fingerprint = stats.family(*pool_, statement->query(), &statement->fingerprint);
   // The parameters are copied once into the rewritten Bind.
   std::size_t offset = batch().copy.size();
   std::size_t start = 0;

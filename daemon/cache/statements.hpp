@@ -27,6 +27,8 @@ struct PreparedStatement {
   // It is also the registry key: the same text with other types is another statement.
   std::string parse_tail;
   [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
+  // Its query family (proto/fingerprint.hpp), computed at its first Bind when stats are on.
+  mutable std::uint64_t fingerprint = 0;
 };
 
 // A statement's result shape as a Describe reported it: a hash of the RowDescription body (or

@@ -284,6 +284,8 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       if (statements_) statements_->unnamed_parse_tail.clear();
       server.unnamed_client_ = 0;
       RequestQueue::Entry& query = server.requests_.push(Request::query, reactor_.now());
+      if (QueryStats& stats = reactor_.queries(); stats.on())
+        if (auto text = proto::parse_query(body)) query.fingerprint = stats.family(*pool_, *text);
       query.session_state = state;
       query.session_release = release;
       query.set = std::move(set);
@@ -309,6 +311,9 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
         }
       }
       server.requests_.unsynced_ = true;
+      if (QueryStats& stats = reactor_.queries(); stats.on())
+        if (auto parse = proto::parse_parse(body))
+          batch().fingerprint = stats.family(*pool_, parse->query);
       if (statement_message) {
         handled = cached_parse(server, body);
         if (state_ == ClientState::closing) return Verdict::stop;
@@ -340,7 +345,14 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       break;
     case proto::frontend::kSync:
       if (batch_) batch_->skip_until_sync = false;
-      server.requests_.push(Request::sync, reactor_.now()).batch_seq = batch_seq_;
+      {
+        RequestQueue::Entry& sync = server.requests_.push(Request::sync, reactor_.now());
+        sync.batch_seq = batch_seq_;
+        if (batch_) {
+          sync.fingerprint = batch_->fingerprint;
+          batch_->fingerprint = 0;
+        }
+      }
       server.requests_.unsynced_ = false;
       break;
     case proto::frontend::kFunctionCall:
@@ -398,6 +410,7 @@ void Client::Batch::reset() {
   shape_check_pending = false;
   shape_check_expected = 0;
   copy_ok = true;
+  fingerprint = 0;
   inflight_ok = false;
   inflight_seq = 0;
   // The buffers' capacity is kept for the next batch, unless a large one grew them.

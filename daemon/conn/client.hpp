@@ -228,6 +228,9 @@ class Client {
     // The batch as sent to the server, kept until its ReadyForQuery so a Bind that fails
     // because a cached plan changed can be replayed (Server::retry_after_error).
     bool copy_ok = true;
+    // The query family of the batch (its last Parse, or the statement its last Bind names):
+    // what its Sync's ReadyForQuery is counted for (QueryStats).
+    std::uint64_t fingerprint = 0;
     bool inflight_ok = false;
     std::uint64_t inflight_seq = 0;
     std::string copy;

@@ -72,6 +72,7 @@ class RequestQueue {
     std::string fake;             // owed_error: the ErrorResponse; execute: the error it provokes
     std::uint64_t batch_seq = 0;  // bind, describe, sync: which extended batch (for a retry)
     std::size_t replay_offset = 0;  // bind, describe: where it starts in the client's batch copy
+    std::uint64_t fingerprint = 0;  // query, sync: its query family (QueryStats), 0: none
   };
 
   // Appends a request sent (or owed) at `now`. A request into an empty queue starts the busy

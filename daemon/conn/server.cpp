@@ -236,6 +236,19 @@ void Server::on_ready_for_query(char status) {
   if (transaction_status_ == 'I') transaction_start_ = requests_.busy_since();
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
   pool_.stats_.query.observe(reactor_.now() - requests_.busy_since());
+  if (QueryStats& stats = reactor_.queries(); stats.on()) {
+    // The request this answers: the first Query, Sync or FunctionCall still unanswered.
+    for (std::size_t i = 0; i < requests_.size(); ++i) {
+      const RequestQueue::Entry& e = requests_.at(i);
+      if (e.kind != Request::query && e.kind != Request::sync && e.kind != Request::function_call)
+        continue;
+      if (e.fingerprint != 0) {
+        stats.record(pool_, e.fingerprint, reactor_.now() - requests_.busy_since(), link_wait_);
+        link_wait_ = {};
+      }
+      break;
+    }
+  }
   if (status == 'I') {
     ++pool_.stats_.transactions;
     pool_.stats_.transaction.observe(reactor_.now() - transaction_start_);

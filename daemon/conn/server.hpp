@@ -103,6 +103,9 @@ class Server {
   // connect until the server is freed.
   std::shared_ptr<Endpoint> endpoint_;
   bool logging_in_ = false;  // counted in endpoint_->logins
+  // How long the linked client waited for this server: counted with its first request's
+  // query family (QueryStats), then zero.
+  Clock::duration link_wait_{};
   void end_login_count();
   // The client left with work in flight: replies are swallowed until the protocol is idle.
   bool draining_ = false;

@@ -30,6 +30,7 @@
 #include "daemon/core/shared.hpp"
 #include "daemon/core/stream.hpp"
 #include "daemon/net/tls.hpp"
+#include "daemon/ops/queries.hpp"
 #include "daemon/pool/pool.hpp"
 
 namespace prometheus {
@@ -183,6 +184,8 @@ class Reactor {
   // Cancel the request running on `server` for its linked client (timeouts use this too).
   void start_cancel(Server& server);
   void login_done(Client& client);  // leaves the login list
+  // Query families (stats.fingerprints): this reactor's statistics.
+  QueryStats& queries() { return queries_; }
   // max_concurrent_logins: a client's first bytes start its login (TLS handshake, startup,
   // authentication) if a turn is free; else it waits, its bytes kept and its reading paused,
   // and false. A connection that sends nothing holds no turn.
@@ -348,6 +351,7 @@ class Reactor {
   std::set<std::string, std::less<>> paused_databases_;
   std::set<std::string, std::less<>> disabled_databases_;
   std::vector<AdminWait> admin_waits_;
+  QueryStats queries_;
   io_uring ring_{};
   std::unique_ptr<EpollEngine> epoll_;  // the epoll engine, when it runs instead of ring_
   std::unique_ptr<BufferRing> buffers_;

@@ -45,7 +45,8 @@ std::string ms(Clock::duration d) {
 }
 
 constexpr std::string_view kHelp[] = {
-    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|CONFIG|STATEMENTS|VERSION",
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|QUERIES|CONFIG|STATEMENTS|"
+    "VERSION",
     "PAUSE [db] (answers once transactions under way are over)",
     "WAIT_CLOSE [db]",
     "RESUME [db]",
@@ -193,6 +194,20 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
              {"shutdown", t.shutdown},
              {"autodb_idle", t.autodb_idle}})
       r.row({"timeouts." + std::string(name), std::to_string(value.count()) + "ms"});
+    ok = r.emit(out, "SHOW");
+  } else if (is_show && what == "queries") {
+    // Every reactor's families merged, the most time in PostgreSQL first.
+    Rows rows =
+        merge_rows(gather<Rows>([](Reactor& rr) { return rr.queries().rows(); }), 3, {3, 4, 5});
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return std::stoll(a[4]) > std::stoll(b[4]); });
+    Result r({"id", "database", "user", "calls", "total_ms", "mean_ms", "wait_ms", "query"});
+    auto ms3 = [](long long us) { return fmt::format("{:.3f}", static_cast<double>(us) / 1000.0); };
+    for (auto& row : rows) {
+      long long calls = std::stoll(row[3]), server_us = std::stoll(row[4]);
+      r.row({row[0], row[1], row[2], row[3], ms3(server_us), ms3(calls > 0 ? server_us / calls : 0),
+             ms3(std::stoll(row[5])), row[6]});
+    }
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "statements") {
     Result r({"id", "server_name", "query", "prepared_on_servers"});

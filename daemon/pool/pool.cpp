@@ -25,6 +25,7 @@ Pool::Pool(Reactor& reactor, const config::Database& db, const config::User* use
       settings_(std::move(settings)) {
   set_credentials(db, user);
   find_group();
+  stats_key_ = std::hash<std::string>{}(database_ + '\0' + user_name_);
 }
 
 void Pool::set_credentials(const config::Database& db, const config::User* user) {
@@ -428,6 +429,7 @@ Server* Pool::idle_server_for(const Client& client) {
 
 void Pool::link(Client& client, Server& server) {
   stats_.wait.observe(reactor_.now() - client.state_since_);
+  server.link_wait_ = reactor_.now() - client.state_since_;
   reactor_.set_state(server, ServerState::active);
   reactor_.set_state(client, ClientState::active);
   ++server.link_generation_;

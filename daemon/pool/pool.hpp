@@ -162,6 +162,8 @@ class Pool {
   static constexpr std::size_t kLearnedMax = 256;  // the oldest go first
 
   PoolStats stats_;
+  // Its query families' key in QueryStats (a hash of database and user).
+  std::uint64_t stats_key_ = 0;
   // hosts_changed() is closing the idle servers whose host no longer fits: nothing is linked.
   bool closing_misfits_ = false;
   // PAUSE: no new links; clients wait until RESUME.

@@ -150,6 +150,8 @@ EFFECTS = {
                                           '"load_balance"'),
     "databases.<database>.max_replica_lag": ("test_hosts.py", "test_lagging_replica_is_skipped",
                                              '"max_replica_lag"'),
+    "stats.fingerprints": ("test_query_stats.py", "test_wait_time_and_the_bound",
+                           '"fingerprints"'),
     "dns.ttl": ("test_hosts.py", "test_dns_change_is_followed", '"ttl"'),
     "health_check.interval": ("test_hosts.py", "test_replica_down_and_back", '"interval"'),
     "health_check.timeout": ("test_hosts.py", "test_replica_down_and_back", '"timeout"'),
