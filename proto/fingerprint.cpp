@@ -1,22 +1,44 @@
 #include "proto/fingerprint.hpp"
 
+#include <array>
 #include <cstring>
+#include <tuple>
 
 namespace pgring::proto::sql {
 
 namespace {
 
+// Character classes, one table lookup each.
+enum : std::uint8_t { kNameStart = 1, kNameChar = 2, kDigit = 4, kOperator = 8, kSpace = 16 };
+constexpr std::array<std::uint8_t, 256> make_classes() {
+  std::array<std::uint8_t, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    bool start = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+    if (start) t[static_cast<std::size_t>(c)] |= kNameStart | kNameChar;
+    if (c >= '0' && c <= '9') t[static_cast<std::size_t>(c)] |= kDigit | kNameChar;
+    if (c == '$') t[static_cast<std::size_t>(c)] |= kNameChar;
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v')
+      t[static_cast<std::size_t>(c)] |= kSpace;
+  }
+  for (const char* p = "+-*/<>=~!@#%^&|`?:"; *p != 0; ++p)
+    t[static_cast<unsigned char>(*p)] |= kOperator;
+  return t;
+}
+constexpr std::array<std::uint8_t, 256> kClasses = make_classes();
 bool name_start(unsigned char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+  return (kClasses[c] & kNameStart) != 0;
 }
 bool name_char(unsigned char c) {
-  return name_start(c) || (c >= '0' && c <= '9') || c == '$';
+  return (kClasses[c] & kNameChar) != 0;
 }
 bool digit(unsigned char c) {
-  return c >= '0' && c <= '9';
+  return (kClasses[c] & kDigit) != 0;
 }
 bool operator_char(unsigned char c) {
-  return std::strchr("+-*/<>=~!@#%^&|`?:", c) != nullptr && c;
+  return (kClasses[c] & kOperator) != 0;
+}
+bool space(unsigned char c) {
+  return (kClasses[c] & kSpace) != 0;
 }
 
 // The highest $n parameter in the text: constants are numbered after it.
@@ -57,10 +79,71 @@ std::size_t quoted_end(std::string_view q, std::size_t i, char quote, bool backs
   return q.size();
 }
 
+// Where the normal text goes: into a string (SHOW QUERIES' text), or straight into its hash
+// (the per-query path: nothing is built). Both see the same bytes, so the ids agree.
+class TextSink {
+ public:
+  explicit TextSink(std::string& out) : out_(out) { out_.clear(); }
+  void put(char c) { out_ += c; }
+  void put(std::string_view s) { out_ += s; }
+  void put_lower(std::string_view s) {
+    for (char c : s) out_ += (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  [[nodiscard]] bool empty() const { return out_.empty(); }
+  [[nodiscard]] char last() const { return out_.back(); }
+  void mark() { mark_ = out_.size(); }
+  void restore() { out_.resize(mark_); }
+
+ private:
+  std::string& out_;
+  std::size_t mark_ = 0;
+};
+
+class HashSink {
+ public:
+  void put(char c) {
+    h_ ^= static_cast<unsigned char>(c);
+    h_ *= 1099511628211ull;
+    last_ = c;
+    empty_ = false;
+  }
+  void put(std::string_view s) {
+    if (s.empty()) return;
+    std::uint64_t h = h_;
+    for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    h_ = h;
+    last_ = s.back();
+    empty_ = false;
+  }
+  void put_lower(std::string_view s) {
+    if (s.empty()) return;
+    std::uint64_t h = h_;
+    char c = 0;
+    for (char raw : s) {
+      c = (raw >= 'A' && raw <= 'Z') ? static_cast<char>(raw - 'A' + 'a') : raw;
+      h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    }
+    h_ = h;
+    last_ = c;
+    empty_ = false;
+  }
+  [[nodiscard]] bool empty() const { return empty_; }
+  [[nodiscard]] char last() const { return last_; }
+  void mark() { saved_ = {h_, last_, empty_}; }
+  void restore() { std::tie(h_, last_, empty_) = saved_; }
+  [[nodiscard]] std::uint64_t hash() const { return h_; }
+
+ private:
+  std::uint64_t h_ = 14695981039346656037ull;  // FNV-1a
+  char last_ = 0;
+  bool empty_ = true;
+  std::tuple<std::uint64_t, char, bool> saved_{};
+};
+
+template <typename Sink>
 class Normalizer {
  public:
-  Normalizer(std::string_view q, std::string& out) : q_(q), out_(out) {
-    out_.clear();
+  Normalizer(std::string_view q, Sink& sink) : q_(q), out_(sink) {
     next_constant_ = highest_parameter(q) + 1;
   }
 
@@ -68,7 +151,7 @@ class Normalizer {
     std::size_t i = 0;
     while (i < q_.size()) {
       auto c = static_cast<unsigned char>(q_[i]);
-      if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+      if (space(c)) {
         ++i;
       } else if (c == '-' && i + 1 < q_.size() && q_[i + 1] == '-') {
         while (i < q_.size() && q_[i] != '\n') ++i;
@@ -104,7 +187,7 @@ class Normalizer {
         ++i;
       }
     }
-    while (!out_.empty() && (out_.back() == ';' || out_.back() == ' ')) out_.pop_back();
+    // (Semicolons still pending are trailing ones: dropped.)
   }
 
  private:
@@ -201,60 +284,80 @@ class Normalizer {
 
   void token(std::string_view text, Kind kind) {
     char first = text.empty() ? '\0' : text.front();
+    if (kind == Kind::punct && first == ';') {  // written once something follows it
+      ++semicolons_;
+      list_open_ = false;
+      return;
+    }
+    for (; semicolons_ > 0; --semicolons_) emit(";", Kind::punct);
+    emit(text, kind);
+  }
+
+  void emit(std::string_view text, Kind kind) {
+    char first = text.empty() ? '\0' : text.front();
     bool closes = kind == Kind::punct &&
                   (first == ')' || first == ',' || first == ';' || first == '.' || first == ']');
     bool after_open =
-        !out_.empty() && (out_.back() == '(' || out_.back() == '.' || out_.back() == '[');
+        !out_.empty() && (out_.last() == '(' || out_.last() == '.' || out_.last() == '[');
     if (!out_.empty() && !closes && !after_open && !(kind == Kind::punct && first == '.'))
-      out_ += ' ';
-    // IN (...) of constants only: remember where the list opened; collapse when it closes.
+      out_.put(' ');
+    // IN (...) of constants only: mark where the list opened; collapse when it closes.
     if (kind == Kind::punct && first == '(') {
-      list_open_ = last_was_in_ ? out_.size() + 1 : std::string::npos;
+      out_.put('(');
+      list_open_ = last_was_in_;
+      if (list_open_) out_.mark();
       list_items_ = 0;
-    } else if (list_open_ != std::string::npos) {
+      last_was_in_ = false;
+      return;
+    }
+    if (list_open_) {
       if (kind == Kind::constant || kind == Kind::parameter) {
         ++list_items_;
       } else if (kind == Kind::punct && first == ')' && list_items_ > 0) {
-        out_.resize(list_open_);
-        out_ += "...)";
-        list_open_ = std::string::npos;
+        out_.restore();
+        out_.put("...)");
+        list_open_ = false;
         last_was_in_ = false;
         return;
       } else if (!(kind == Kind::punct && first == ',')) {
-        list_open_ = std::string::npos;
+        list_open_ = false;
       }
     }
     last_was_in_ = false;
-    if (kind == Kind::name) {
-      std::size_t start = out_.size();
-      out_ += text;
-      if (first != '"')
-        for (std::size_t k = start; k < out_.size(); ++k)
-          if (out_[k] >= 'A' && out_[k] <= 'Z') out_[k] = static_cast<char>(out_[k] - 'A' + 'a');
-      last_was_in_ = out_.size() - start == 2 && out_[start] == 'i' && out_[start + 1] == 'n';
+    if (kind == Kind::name && first != '"') {
+      out_.put_lower(text);
+      last_was_in_ = text.size() == 2 && (text[0] | 0x20) == 'i' && (text[1] | 0x20) == 'n';
     } else {
-      out_ += text;
+      out_.put(text);
     }
   }
 
   std::string_view q_;
-  std::string& out_;
+  Sink& out_;
   int next_constant_ = 1;
   bool last_was_in_ = false;
-  std::size_t list_open_ = std::string::npos;  // out_ position just after "in ("
+  bool list_open_ = false;  // inside "in (": out_ is marked just after the '('
   int list_items_ = 0;
+  int semicolons_ = 0;  // read, not yet written
 };
 
 }  // namespace
 
 std::uint64_t fingerprint(std::string_view query, std::string& out) {
-  Normalizer(query, out).run();
-  std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+  TextSink sink(out);
+  Normalizer<TextSink>(query, sink).run();
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a, as HashSink
   for (char c : out) {
     h ^= static_cast<unsigned char>(c);
     h *= 1099511628211ull;
   }
   return h == 0 ? 1 : h;
+}
+
+std::uint64_t fingerprint(std::string_view query) {
+  HashSink sink;
+  Normalizer<HashSink>(query, sink).run();
+  return sink.hash() == 0 ? 1 : sink.hash();
 }
 
 }  // namespace pgring::proto::sql

@@ -23,5 +23,7 @@ namespace pgring::proto::sql {
 // Writes the normalized text of `query` into `out` (cleared first; its capacity is reused) and
 // returns its 64-bit FNV-1a hash, never 0.
 std::uint64_t fingerprint(std::string_view query, std::string& out);
+// The same id without building the text (the per-query path).
+std::uint64_t fingerprint(std::string_view query);
 
 }  // namespace pgring::proto::sql

@@ -17,16 +17,12 @@ std::uint64_t QueryStats::key(const Pool& pool, std::uint64_t id) {
 }
 
 std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::uint64_t* known) {
-  std::uint64_t id = known != nullptr ? *known : 0;
-  bool normalized = false;
-  if (id == 0) {
-    id = proto::sql::fingerprint(text, scratch_);
-    normalized = true;
-    if (known != nullptr) *known = id;
-  }
+  // The id alone is hashed as the text is read (nothing built); the text is made only for a
+  // family seen for the first time.
+  std::uint64_t id = known != nullptr && *known != 0 ? *known : proto::sql::fingerprint(text);
+  if (known != nullptr) *known = id;
   if (families_.count(key(pool, id)) != 0) return id;
-  bool full = static_cast<int>(families_.size()) >= limit_;
-  if (full) id = kOther;
+  if (static_cast<int>(families_.size()) >= limit_) id = kOther;
   auto [it, made] = families_.try_emplace(key(pool, id));
   if (made) {
     Family& f = it->second;
@@ -36,7 +32,7 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
     if (id == kOther) {
       f.text = "(other: over stats.fingerprints)";
     } else {
-      if (!normalized) (void)proto::sql::fingerprint(text, scratch_);
+      (void)proto::sql::fingerprint(text, scratch_);
       f.text = scratch_.substr(0, kTextMax);
     }
   }

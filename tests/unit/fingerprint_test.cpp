@@ -12,13 +12,17 @@ namespace {
 
 std::string normal(std::string_view q) {
   std::string out;
-  (void)fingerprint(q, out);
+  std::uint64_t with_text = fingerprint(q, out);
+  CHECK(fingerprint(q) == with_text);
   return out;
 }
 
+// The id, checked to be the same whether the text is built or only hashed.
 std::uint64_t id(std::string_view q) {
   std::string out;
-  return fingerprint(q, out);
+  std::uint64_t with_text = fingerprint(q, out);
+  CHECK(fingerprint(q) == with_text);
+  return with_text;
 }
 
 }  // namespace
@@ -57,4 +61,6 @@ TEST_CASE("fingerprint: different shapes are different families; odd input is sa
   CHECK(normal("SELECT $tag$ never closed") == "select $1");
   CHECK(normal("SELECT /* open comment") == "select");
   CHECK(normal("SELECT $") == "select $");
+  CHECK(normal("SELECT 1; SELECT 2;;  ") == "select $1; select $2");
+  CHECK(normal("SELECT * FROM t WHERE a IN (1; 2)") == "select * from t where a in ($1; $2)");
 }
