@@ -243,12 +243,18 @@ struct Config {
   int max_concurrent_logins = 1000;
   // stats.fingerprints: query families kept per reactor for SHOW QUERIES; 0 = off.
   int stats_fingerprints = 0;
+  // stats.fingerprint_metrics: the families /metrics exports, most time in PostgreSQL first
+  // (each is a dozen series: the label set stays bounded); 0 = none.
+  int stats_fingerprint_metrics = 100;
   std::uint32_t max_message_size = 64u << 20;  // largest client message accepted, bytes
   LogLevel log_level = LogLevel::info;
   LogFormat log_format = LogFormat::text;
   bool log_connections = true;     // each client login at info (else debug)
   bool log_disconnections = true;  // each client close at info, with its reason (else debug)
   std::string log_file;            // appended to, reopened on SIGUSR1; empty: stderr
+  // log.slow_query: a request this long in PostgreSQL (first byte sent .. ReadyForQuery) is
+  // logged with its query family (never parameter values); 0 = off.
+  Duration log_slow_query{0};
   std::optional<ListenAddress> metrics_listen;  // absent = no HTTP endpoint
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;

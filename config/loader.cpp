@@ -80,9 +80,12 @@ class Loader {
           if (config_.dns.ttl.count() == 0) ttl.fail("must be more than 0");
         });
       } else if (key == "stats") {
-        for_each_entry(item, {"fingerprints"}, [&](const std::string&, const Item& value) {
-          config_.stats_fingerprints = integer(value, 0, kMaxCount);
-        });
+        for_each_entry(item, {"fingerprints", "fingerprint_metrics"},
+                       [&](const std::string& name, const Item& value) {
+                         (name == "fingerprints" ? config_.stats_fingerprints
+                                                 : config_.stats_fingerprint_metrics) =
+                             integer(value, 0, kMaxCount);
+                       });
       } else if (key == "health_check") {
         health_check(item);
       } else if (key == "ignore_startup_parameters") {
@@ -243,24 +246,27 @@ class Loader {
   }
 
   void log(const Item& section) {
-    for_each_entry(section, {"level", "format", "connections", "disconnections", "file"},
-                   [&](const std::string& key, const Item& item) {
-                     if (key == "level") {
-                       config_.log_level = one_of<LogLevel>(item, {{"debug", LogLevel::debug},
-                                                                   {"info", LogLevel::info},
-                                                                   {"warning", LogLevel::warning},
-                                                                   {"error", LogLevel::error}});
-                     } else if (key == "format") {
-                       config_.log_format = one_of<LogFormat>(
-                           item, {{"text", LogFormat::text}, {"json", LogFormat::json}});
-                     } else if (key == "connections") {
-                       config_.log_connections = boolean(item);
-                     } else if (key == "disconnections") {
-                       config_.log_disconnections = boolean(item);
-                     } else {
-                       config_.log_file = non_empty_string(item);
-                     }
-                   });
+    for_each_entry(
+        section, {"level", "format", "connections", "disconnections", "file", "slow_query"},
+        [&](const std::string& key, const Item& item) {
+          if (key == "level") {
+            config_.log_level = one_of<LogLevel>(item, {{"debug", LogLevel::debug},
+                                                        {"info", LogLevel::info},
+                                                        {"warning", LogLevel::warning},
+                                                        {"error", LogLevel::error}});
+          } else if (key == "format") {
+            config_.log_format =
+                one_of<LogFormat>(item, {{"text", LogFormat::text}, {"json", LogFormat::json}});
+          } else if (key == "connections") {
+            config_.log_connections = boolean(item);
+          } else if (key == "disconnections") {
+            config_.log_disconnections = boolean(item);
+          } else if (key == "slow_query") {
+            config_.log_slow_query = duration(item);
+          } else {
+            config_.log_file = non_empty_string(item);
+          }
+        });
   }
 
   static bool boolean(const Item& item) {

@@ -1,5 +1,8 @@
 #include "proto/messages.hpp"
 
+#include <algorithm>
+#include <iterator>
+
 #include "proto/bytes.hpp"
 
 namespace pgring::proto {
@@ -44,6 +47,24 @@ std::optional<char> parse_ready_for_query(std::string_view body) {
   char s = body[0];
   if (s != 'I' && s != 'T' && s != 'E') return std::nullopt;
   return s;
+}
+
+std::uint64_t command_rows(std::string_view tag) {
+  std::size_t space = tag.find(' ');
+  if (space == std::string_view::npos) return 0;
+  std::string_view command = tag.substr(0, space);
+  constexpr std::string_view kCounting[] = {"SELECT", "INSERT", "UPDATE", "DELETE",
+                                            "MERGE",  "FETCH",  "MOVE",   "COPY"};
+  if (std::find(std::begin(kCounting), std::end(kCounting), command) == std::end(kCounting))
+    return 0;
+  std::string_view count = tag.substr(tag.rfind(' ') + 1);
+  std::uint64_t n = 0;
+  if (count.empty() || count.size() > 19) return 0;
+  for (char c : count) {
+    if (c < '0' || c > '9') return 0;
+    n = n * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return n;
 }
 
 bool ErrorFields::is_fatal() const {

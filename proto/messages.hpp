@@ -91,6 +91,10 @@ struct BackendKeyData {
 };
 [[nodiscard]] std::optional<BackendKeyData> parse_backend_key_data(std::string_view body);
 
+// The rows a CommandComplete tag counts: its last word when the command is one that counts
+// (SELECT n, INSERT oid n, UPDATE n, DELETE n, MERGE n, FETCH n, MOVE n, COPY n); else 0.
+[[nodiscard]] std::uint64_t command_rows(std::string_view tag);
+
 // ReadyForQuery transaction status: 'I' idle, 'T' in a transaction block, 'E' failed block.
 [[nodiscard]] std::optional<char> parse_ready_for_query(std::string_view body);
 

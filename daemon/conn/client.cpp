@@ -44,6 +44,7 @@ Client::Client(Reactor& reactor, std::uint64_t id, int fd, std::string peer)
       stream_(reactor.buffers(), Operation::Kind::client_recv, Operation::Kind::client_send, this),
       peer_(std::move(peer)) {
   stream_.fd = fd;
+  connected_ = reactor.now();
 }
 
 bool Client::frame_next(proto::Frame& frame, std::uint32_t max_size) {

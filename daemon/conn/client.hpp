@@ -136,6 +136,7 @@ class Client {
   ClientState state_ = ClientState::startup;
   Clock::time_point state_since_;
   Clock::time_point last_activity_;  // last bytes received (client_idle timeout)
+  Clock::time_point connected_;      // accepted (the client_close log line's duration)
   Stream stream_;
   std::string peer_;  // "ip:port" for logs
   int ops_in_flight_ = 0;

@@ -460,7 +460,9 @@ void Client::auth_ok() {
               .user = startup_message().user,
               .peer = peer_,
               .reason = {},
-              .sqlstate = {}},
+              .sqlstate = {},
+              .duration_ms =
+                  std::chrono::duration<double, std::milli>(reactor_.now() - connected_).count()},
              "C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
   Pool& pool = reactor_.pool_for(*db, user_, startup_message().user);
   if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {

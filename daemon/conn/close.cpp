@@ -52,15 +52,17 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   // connection is no session: always debug.
   bool ordinary = reason == Reason::client_eof || reason == Reason::client_terminate;
   bool quiet = reason == Reason::cancel_request || (ordinary && !config_->log_disconnections);
-  log::Fields fields{.event = "client_close",
-                     .client = client.id_,
-                     .server = 0,
-                     .database = client.pool_ != nullptr ? std::string_view(client.pool_->database_)
-                                                         : client.startup_message().database,
-                     .user = client.startup_message().user,
-                     .peer = client.peer_,
-                     .reason = name(reason),
-                     .sqlstate = state};
+  log::Fields fields{
+      .event = "client_close",
+      .client = client.id_,
+      .server = 0,
+      .database = client.pool_ != nullptr ? std::string_view(client.pool_->database_)
+                                          : client.startup_message().database,
+      .user = client.startup_message().user,
+      .peer = client.peer_,
+      .reason = name(reason),
+      .sqlstate = state,
+      .duration_ms = std::chrono::duration<double, std::milli>(now_ - client.connected_).count()};
   log::event(quiet ? config::LogLevel::debug : config::LogLevel::info, fields,
              "C-{} closed: {}{}{}", client.id_, name(reason), message.empty() ? "" : ": ", message);
   // No error in the middle of a message being streamed to the client: it would be read as
@@ -107,17 +109,19 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
 void Reactor::close(Server& server, Reason reason, std::string_view message) {
   if (server.state_ == ServerState::closing) return;
   ++disconnects_[static_cast<std::size_t>(reason)];
-  log::event(config::LogLevel::info,
-             {.event = "server_close",
-              .client = 0,
-              .server = server.id_,
-              .database = server.pool_.database_,
-              .user = server.pool_.user_name_,
-              .peer = {},
-              .reason = name(reason),
-              .sqlstate = {}},
-             "S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_,
-             server.pool_.user_name_, name(reason), message.empty() ? "" : ": ", message);
+  log::event(
+      config::LogLevel::info,
+      {.event = "server_close",
+       .client = 0,
+       .server = server.id_,
+       .database = server.pool_.database_,
+       .user = server.pool_.user_name_,
+       .peer = {},
+       .reason = name(reason),
+       .sqlstate = {},
+       .duration_ms = std::chrono::duration<double, std::milli>(now_ - server.created_).count()},
+      "S-{} closed ({}/{}): {}{}{}", server.id_, server.pool_.database_, server.pool_.user_name_,
+      name(reason), message.empty() ? "" : ": ", message);
   ServerState was = server.state_;
   Pool& pool = server.pool_;
   server.end_login_count();

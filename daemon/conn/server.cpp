@@ -172,6 +172,7 @@ void Server::on_error_response() {
 void Server::on_command_complete(std::string_view tag) {
   // The request this completes: an Execute (popped now), or the Query still running.
   RequestQueue::Completed done = requests_.on_command_complete();
+  if (reactor_.queries().on()) answer_.rows += proto::command_rows(tag);
   if (done.execute) executed_in_batch_ = true;
   // UNLISTEN *, DISCARD ALL and the like: the state that pinned the client is gone, and the
   // link ends at this transaction's end like any other.
@@ -230,25 +231,50 @@ void Server::report_resets(Client& client) {
   }
 }
 
+void Server::count_answer(QueryStats& stats) {
+  // The request this answers: the first Query, Sync or FunctionCall still unanswered.
+  for (std::size_t i = 0; i < requests_.size(); ++i) {
+    const RequestQueue::Entry& e = requests_.at(i);
+    if (e.kind != Request::query && e.kind != Request::sync && e.kind != Request::function_call)
+      continue;
+    if (e.fingerprint != 0) {
+      answer_.server = reactor_.now() - requests_.busy_since();
+      stats.record(pool_, e.fingerprint, answer_);
+      if (answer_.server >= stats.slow_query() && stats.slow_query().count() > 0)
+        log_slow_query(e.fingerprint, stats.text(pool_, e.fingerprint));
+      answer_.wait = {};
+    }
+    break;
+  }
+  answer_ = Answer{.wait = answer_.wait};  // the next request's answer starts here
+}
+
+void Server::log_slow_query(std::uint64_t fingerprint, std::string_view text) {
+  using Ms = std::chrono::duration<double, std::milli>;
+  double server_ms = Ms(answer_.server).count(), wait_ms = Ms(answer_.wait).count();
+  std::string id = fmt::format("{:016x}", fingerprint);
+  log::Fields fields{.event = "slow_query",
+                     .client = client_ != nullptr ? client_->id_ : 0,
+                     .server = id_,
+                     .database = pool_.database_,
+                     .user = pool_.user_name_,
+                     .peer = client_ != nullptr ? std::string_view(client_->peer_) : "",
+                     .fingerprint = id,
+                     .query = text,
+                     .duration_ms = server_ms,
+                     .wait_ms = wait_ms};
+  log::event(config::LogLevel::warning, fields,
+             "slow query: {:.1f} ms in PostgreSQL, {:.1f} ms waiting for a server, family {}: {}",
+             server_ms, wait_ms, id, text);
+}
+
 void Server::on_ready_for_query(char status) {
   executed_in_batch_ = false;
   // The cycle this answers began the transaction when the server was idle before it.
   if (transaction_status_ == 'I') transaction_start_ = requests_.busy_since();
   if (status != 'I' && transaction_status_ == 'I') transaction_since_ = reactor_.now();
   pool_.stats_.query.observe(reactor_.now() - requests_.busy_since());
-  if (QueryStats& stats = reactor_.queries(); stats.on()) {
-    // The request this answers: the first Query, Sync or FunctionCall still unanswered.
-    for (std::size_t i = 0; i < requests_.size(); ++i) {
-      const RequestQueue::Entry& e = requests_.at(i);
-      if (e.kind != Request::query && e.kind != Request::sync && e.kind != Request::function_call)
-        continue;
-      if (e.fingerprint != 0) {
-        stats.record(pool_, e.fingerprint, reactor_.now() - requests_.busy_since(), link_wait_);
-        link_wait_ = {};
-      }
-      break;
-    }
-  }
+  if (QueryStats& stats = reactor_.queries(); stats.on()) count_answer(stats);
   if (status == 'I') {
     ++pool_.stats_.transactions;
     pool_.stats_.transaction.observe(reactor_.now() - transaction_start_);
@@ -343,6 +369,9 @@ void Server::forward_to_client() {
     const Verdict verdict = on_reply(frame, client);
     if (verdict == Verdict::wait) break;
     if (verdict == Verdict::stop) return;
+    // (A ReadyForQuery ends the answer it was counted for: its own bytes are not the next's.)
+    if (frame.type != proto::backend::kReadyForQuery && reactor_.queries().on())
+      answer_.bytes += frame.size;
     if (verdict == Verdict::taken) {
       if (client_ == nullptr || state_ != ServerState::active) return;
       continue;
@@ -432,6 +461,10 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
                                 ? std::string(fields->sqlstate.substr(0, 2))
                                 : "??";
         ++pool_.stats_.errors_by_class[klass];
+        if (answer_.error_class[0] == 0) {
+          answer_.error_class[0] = klass[0];
+          answer_.error_class[1] = klass[1];
+        }
       }
     } else if (type == proto::backend::kParameterStatus) {
       if (auto p = proto::parse_parameter_status(body)) {
@@ -501,6 +534,7 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
       case proto::backend::kErrorResponse:  // too large to read whole: not retried
         on_error_response();
         ++pool_.stats_.errors_by_class["??"];
+        if (answer_.error_class[0] == 0) answer_.error_class[0] = answer_.error_class[1] = '?';
         break;
       case proto::backend::kEmptyQueryResponse:
       case proto::backend::kPortalSuspended:

@@ -30,6 +30,7 @@
 #include "daemon/core/close_reason.hpp"
 #include "daemon/core/list.hpp"
 #include "daemon/core/stream.hpp"
+#include "daemon/ops/queries.hpp"
 #include "proto/frame.hpp"
 #include "proto/messages.hpp"
 #include "proto/scram.hpp"
@@ -103,9 +104,10 @@ class Server {
   // connect until the server is freed.
   std::shared_ptr<Endpoint> endpoint_;
   bool logging_in_ = false;  // counted in endpoint_->logins
-  // How long the linked client waited for this server: counted with its first request's
-  // query family (QueryStats), then zero.
-  Clock::duration link_wait_{};
+  // What the server answered to the request being counted (QueryStats; only while it is on).
+  // Its `wait`: how long the linked client waited for this server, counted with the link's
+  // first request.
+  Answer answer_;
   void end_login_count();
   // The client left with work in flight: replies are swallowed until the protocol is idle.
   bool draining_ = false;
@@ -204,6 +206,10 @@ class Server {
   void set_param(std::string_view name, std::string_view value);
   void on_command_complete(std::string_view tag);
   void on_ready_for_query(char status);
+  // stats.fingerprints: the answer just completed counted in its request's query family (and
+  // logged when it took log.slow_query or longer).
+  void count_answer(QueryStats& stats);
+  void log_slow_query(std::uint64_t fingerprint, std::string_view text);
   // Transaction mode, at a ReadyForQuery outside a transaction: tell the client the startup
   // values its committed RESETs returned to where the server reported no change.
   void report_resets(Client& client);

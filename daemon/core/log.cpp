@@ -187,6 +187,13 @@ void write(config::LogLevel level, std::string_view message, const Fields* field
       text("peer", fields->peer);
       text("reason", fields->reason);
       text("sqlstate", fields->sqlstate);
+      text("fingerprint", fields->fingerprint);
+      text("query", fields->query);
+      auto ms = [&](std::string_view key, double value) {
+        if (value >= 0) line += fmt::format(",\"{}\":{:.3f}", key, value);
+      };
+      ms("duration_ms", fields->duration_ms);
+      ms("wait_ms", fields->wait_ms);
     }
     line += "}\n";
   } else {

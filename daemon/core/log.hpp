@@ -24,14 +24,19 @@ void init(config::LogLevel level, config::LogFormat format);
 // line's object beside ts/level/msg (absent when empty or 0), so a log pipeline can select by
 // client, pool or close reason without parsing msg. Text lines carry the same in msg.
 struct Fields {
-  std::string_view event;     // client_login, client_close, server_close, server_unavailable
-  std::uint64_t client = 0;   // C-<id>
-  std::uint64_t server = 0;   // S-<id>
-  std::string_view database;  // the pool's
-  std::string_view user;      // the pool's
-  std::string_view peer;      // the client's address
-  std::string_view reason;    // close reason (docs/operations.md vocabulary)
-  std::string_view sqlstate;  // the error the peer got or sent
+  std::string_view event = {};     // client_login, client_close, server_close, server_unavailable,
+                                   // slow_query
+  std::uint64_t client = 0;        // C-<id>
+  std::uint64_t server = 0;        // S-<id>
+  std::string_view database = {};  // the pool's
+  std::string_view user = {};      // the pool's
+  std::string_view peer = {};      // the client's address
+  std::string_view reason = {};    // close reason (docs/operations.md vocabulary)
+  std::string_view sqlstate = {};  // the error the peer got or sent
+  std::string_view fingerprint = {};  // a query family's id (SHOW QUERIES)
+  std::string_view query = {};        // its normal text (constants as $n: no parameter values)
+  double duration_ms = -1;            // how long the event lasted (absent when negative)
+  double wait_ms = -1;                // of it, waiting for a server (absent when negative)
 };
 void write(config::LogLevel level, std::string_view message, const Fields* fields = nullptr);
 // Rate limit per call site (keyed by the format string): at most kBurst lines per second from

@@ -39,7 +39,7 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
       config_(std::move(config)),
       tls_(std::move(tls)),
       config_path_(std::move(config_path)) {
-  queries_.set_limit(config_->stats_fingerprints);
+  queries_.configure(*config_);
   start_engine();
   startups_.set_ignored(config_->ignore_startup_parameters);
   now_ = Clock::now();

@@ -45,8 +45,8 @@ std::string ms(Clock::duration d) {
 }
 
 constexpr std::string_view kHelp[] = {
-    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|QUERIES|CONFIG|STATEMENTS|"
-    "VERSION",
+    "SHOW HELP|POOLS|CLIENTS|SERVERS|STATS|DATABASES|HOSTS|SOCKETS|CONFIG|STATEMENTS|VERSION",
+    "SHOW QUERIES [total|mean|p99|wait|calls|errors|rows]",
     "PAUSE [db] (answers once transactions under way are over)",
     "WAIT_CLOSE [db]",
     "RESUME [db]",
@@ -165,6 +165,8 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
     r.row({"workers", c.workers == 0 ? "auto" : std::to_string(c.workers)});
     r.row({"max_client_conn", std::to_string(c.max_client_conn)});
     r.row({"max_message_size", std::to_string(c.max_message_size)});
+    r.row({"stats.fingerprints", std::to_string(c.stats_fingerprints)});
+    r.row({"log.slow_query", std::to_string(c.log_slow_query.count()) + "ms"});
     r.row({"auth.method", std::string(config::to_string(c.auth_method))});
     r.row({"auth.rules", std::to_string(c.auth_rules.size())});
     r.row({"auth.query", c.auth_query ? "user " + c.auth_query->user : std::string("off")});
@@ -196,17 +198,46 @@ void Reactor::admin_query(Client& client, std::string_view sql) {
       r.row({"timeouts." + std::string(name), std::to_string(value.count()) + "ms"});
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "queries") {
-    // Every reactor's families merged, the most time in PostgreSQL first.
-    Rows rows =
-        merge_rows(gather<Rows>([](Reactor& rr) { return rr.queries().rows(); }), 3, {3, 4, 5});
-    std::sort(rows.begin(), rows.end(),
-              [](const auto& a, const auto& b) { return std::stoll(a[4]) > std::stoll(b[4]); });
-    Result r({"id", "database", "user", "calls", "total_ms", "mean_ms", "wait_ms", "query"});
-    auto ms3 = [](long long us) { return fmt::format("{:.3f}", static_cast<double>(us) / 1000.0); };
-    for (auto& row : rows) {
-      long long calls = std::stoll(row[3]), server_us = std::stoll(row[4]);
-      r.row({row[0], row[1], row[2], row[3], ms3(server_us), ms3(calls > 0 ? server_us / calls : 0),
-             ms3(std::stoll(row[5])), row[6]});
+    // Every reactor's families merged; SHOW QUERIES [total|mean|p99|wait|calls|errors|rows]
+    // orders by that column, largest first (total time in PostgreSQL by default).
+    std::string order = words.size() > 2 ? words[2] : "total";
+    std::vector<QueryFamily> families = merge_families(
+        gather<std::vector<QueryFamily>>([](Reactor& rr) { return rr.queries().families(); }));
+    using Key = double (*)(const QueryFamily&);
+    static const std::pair<std::string_view, Key> kOrders[] = {
+        {"total", [](const QueryFamily& f) { return f.server.sum; }},
+        {"mean",
+         [](const QueryFamily& f) {
+           return f.server.count > 0 ? f.server.sum / static_cast<double>(f.server.count) : 0.0;
+         }},
+        {"p99", [](const QueryFamily& f) { return f.server.quantile(0.99); }},
+        {"wait", [](const QueryFamily& f) { return static_cast<double>(f.wait_us); }},
+        {"calls", [](const QueryFamily& f) { return static_cast<double>(f.server.count); }},
+        {"errors", [](const QueryFamily& f) { return static_cast<double>(f.error_count()); }},
+        {"rows", [](const QueryFamily& f) { return static_cast<double>(f.rows); }}};
+    auto by = std::find_if(std::begin(kOrders), std::end(kOrders),
+                           [&](const auto& o) { return o.first == order; });
+    if (by == std::end(kOrders)) {
+      error("42601",
+            "SHOW QUERIES orders by total, mean, p99, wait, calls, errors or rows, not \"" + order +
+                "\"");
+      done();
+      return;
+    }
+    Key key = by->second;
+    std::stable_sort(families.begin(), families.end(),
+                     [&](const QueryFamily& a, const QueryFamily& b) { return key(a) > key(b); });
+    Result r({"id", "database", "user", "calls", "total_ms", "mean_ms", "p99_ms", "wait_ms",
+              "errors", "rows", "bytes", "query"});
+    auto ms3 = [](double ms) { return fmt::format("{:.3f}", ms); };
+    for (const QueryFamily& f : families) {
+      double total_ms = f.server.sum * 1000.0;
+      std::uint64_t calls = f.server.count;
+      r.row({fmt::format("{:016x}", f.id), f.database, f.user, std::to_string(calls), ms3(total_ms),
+             ms3(calls > 0 ? total_ms / static_cast<double>(calls) : 0.0),
+             ms3(f.server.quantile(0.99) * 1000.0), ms3(static_cast<double>(f.wait_us) / 1000.0),
+             std::to_string(f.error_count()), std::to_string(f.rows), std::to_string(f.bytes),
+             f.text});
     }
     ok = r.emit(out, "SHOW");
   } else if (is_show && what == "statements") {

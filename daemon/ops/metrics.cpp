@@ -99,6 +99,18 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_host_connections", MetricType::Gauge, "Server connections to a host"},
     {"pgring_host_checks_total", MetricType::Counter, "Health checks run on a host"},
     {"pgring_host_checks_failed_total", MetricType::Counter, "Health checks a host failed"},
+    {"pgring_query_family_info", MetricType::Gauge,
+     "A query family's normal text (first 120 bytes), once per fingerprint (stats.fingerprints)"},
+    {"pgring_query_family_seconds", MetricType::Histogram,
+     "Time in PostgreSQL (first byte sent .. ReadyForQuery) per call of a query family"},
+    {"pgring_query_family_wait_seconds_total", MetricType::Counter,
+     "Time clients waited for a server before a query family's calls"},
+    {"pgring_query_family_rows_total", MetricType::Counter,
+     "Rows a query family's commands reported (SELECT n, UPDATE n, ...)"},
+    {"pgring_query_family_bytes_total", MetricType::Counter,
+     "Bytes of the servers' answers to a query family"},
+    {"pgring_query_family_errors_total", MetricType::Counter,
+     "ErrorResponses to a query family's calls by SQLSTATE class"},
 };
 
 using Labels = std::vector<ClientMetric::Label>;
@@ -221,10 +233,44 @@ class ProcessMetrics final : public prometheus::Collectable {
       }
     }
     for (MetricFamily& f : hosts.take()) out.push_back(std::move(f));
+    for (MetricFamily& f : query_families().take()) out.push_back(std::move(f));
     return out;
   }
 
  private:
+  // stats.fingerprints: the stats.fingerprint_metrics families with the most time in
+  // PostgreSQL over all reactors (the label set stays bounded, whatever the traffic).
+  Families query_families() const {
+    Families f;
+    std::size_t limit = static_cast<std::size_t>(reactor_.config().stats_fingerprint_metrics);
+    if (limit == 0) return f;
+    std::vector<QueryFamily> families = merge_families(reactor_.gather<std::vector<QueryFamily>>(
+        [](Reactor& r) { return r.queries().families(); }));
+    if (families.empty()) return f;
+    std::size_t shown = std::min(limit, families.size());
+    std::partial_sort(
+        families.begin(), families.begin() + static_cast<std::ptrdiff_t>(shown), families.end(),
+        [](const QueryFamily& a, const QueryFamily& b) { return a.server.sum > b.server.sum; });
+    families.resize(shown);
+    for (const QueryFamily& q : families) {
+      std::string id = q.text.starts_with("(other") ? "other" : fmt::format("{:016x}", q.id);
+      Labels labels{{"database", q.database}, {"user", q.user}, {"fingerprint", id}};
+      Labels info = labels;
+      info.push_back({"query", q.text.substr(0, 120)});
+      f.add("pgring_query_family_info", info, 1);
+      f.add("pgring_query_family_seconds", labels, q.server);
+      f.add("pgring_query_family_wait_seconds_total", labels, static_cast<double>(q.wait_us) / 1e6);
+      f.add("pgring_query_family_rows_total", labels, static_cast<double>(q.rows));
+      f.add("pgring_query_family_bytes_total", labels, static_cast<double>(q.bytes));
+      for (const auto& [klass, n] : q.errors) {
+        Labels by_class = labels;
+        by_class.push_back({"class", klass});
+        f.add("pgring_query_family_errors_total", by_class, static_cast<double>(n));
+      }
+    }
+    return f;
+  }
+
   Reactor& reactor_;
 };
 

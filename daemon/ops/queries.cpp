@@ -1,15 +1,37 @@
 #include "daemon/ops/queries.hpp"
 
-#include <fmt/format.h>
+#include <algorithm>
 
 #include "daemon/core/reactor.hpp"  // (the connection types pool.hpp needs whole)
 #include "daemon/pool/pool.hpp"
 #include "proto/fingerprint.hpp"
+#include "proto/messages.hpp"
 
 namespace pgring {
 
 namespace {
 constexpr std::size_t kTextMax = 1024;  // a family's text kept for SHOW QUERIES
+constexpr std::string_view kOtherText = "(other: over stats.fingerprints)";
+}  // namespace
+
+std::uint64_t QueryFamily::error_count() const {
+  std::uint64_t n = 0;
+  for (const auto& [klass, count] : errors) n += count;
+  return n;
+}
+
+void QueryFamily::add(const QueryFamily& other) {
+  server.add(other.server);
+  wait_us += other.wait_us;
+  rows += other.rows;
+  bytes += other.bytes;
+  for (const auto& [klass, count] : other.errors) errors[klass] += count;
+}
+
+void QueryStats::configure(const config::Config& config) {
+  slow_query_ = config.log_slow_query;
+  limit_ = config.stats_fingerprints;
+  if (limit_ == 0 && slow_query_.count() > 0) limit_ = kSlowLogFamilies;
 }
 
 std::uint64_t QueryStats::key(const Pool& pool, std::uint64_t id) {
@@ -22,15 +44,15 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
   std::uint64_t id = known != nullptr && *known != 0 ? *known : proto::sql::fingerprint(text);
   if (known != nullptr) *known = id;
   if (families_.count(key(pool, id)) != 0) return id;
-  if (static_cast<int>(families_.size()) >= limit_) id = kOther;
-  auto [it, made] = families_.try_emplace(key(pool, id));
+  bool over = static_cast<int>(families_.size()) >= limit_;
+  auto [it, made] = families_.try_emplace(key(pool, over ? kOther : id));
   if (made) {
-    Family& f = it->second;
-    f.id = id;
+    QueryFamily& f = it->second;
+    f.id = over ? kOther : id;
     f.database = pool.database_;
     f.user = pool.user_name_;
-    if (id == kOther) {
-      f.text = "(other: over stats.fingerprints)";
+    if (over) {
+      f.text = kOtherText;
     } else {
       (void)proto::sql::fingerprint(text, scratch_);
       f.text = scratch_.substr(0, kTextMax);
@@ -39,25 +61,43 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
   return id;
 }
 
-void QueryStats::record(const Pool& pool, std::uint64_t id,
-                        std::chrono::steady_clock::duration server,
-                        std::chrono::steady_clock::duration wait) {
+void QueryStats::record(const Pool& pool, std::uint64_t id, const Answer& answer) {
   auto it = families_.find(key(pool, id));
-  if (it == families_.end()) return;  // (made on another pool's behalf: not this one's)
-  Family& f = it->second;
-  ++f.calls;
-  f.server_us += static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(server).count());
+  if (it == families_.end()) it = families_.find(key(pool, kOther));
+  if (it == families_.end()) return;  // (made before a reload lowered the bound, then dropped)
+  QueryFamily& f = it->second;
+  f.server.observe(answer.server);
   f.wait_us += static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(wait).count());
+      std::chrono::duration_cast<std::chrono::microseconds>(answer.wait).count());
+  f.rows += answer.rows;
+  f.bytes += answer.bytes;
+  if (answer.error_class[0] != 0) ++f.errors[std::string(answer.error_class, 2)];
 }
 
-Rows QueryStats::rows() const {
-  Rows out;
-  for (const auto& [k, f] : families_) {
-    (void)k;
-    out.push_back({fmt::format("{:016x}", f.id), f.database, f.user, std::to_string(f.calls),
-                   std::to_string(f.server_us), std::to_string(f.wait_us), f.text});
+std::string_view QueryStats::text(const Pool& pool, std::uint64_t id) const {
+  auto it = families_.find(key(pool, id));
+  return it != families_.end() ? std::string_view(it->second.text) : kOtherText;
+}
+
+std::vector<QueryFamily> QueryStats::families() const {
+  std::vector<QueryFamily> out;
+  out.reserve(families_.size());
+  for (const auto& [k, f] : families_) out.push_back(f);
+  return out;
+}
+
+std::vector<QueryFamily> merge_families(std::vector<std::vector<QueryFamily>> parts) {
+  std::vector<QueryFamily> out;
+  std::unordered_map<std::string, std::size_t> index;  // database \0 user \0 id -> out
+  for (auto& part : parts) {
+    for (QueryFamily& f : part) {
+      std::string k = f.database + '\0' + f.user + '\0' + std::to_string(f.id);
+      auto [it, made] = index.try_emplace(std::move(k), out.size());
+      if (made)
+        out.push_back(std::move(f));
+      else
+        out[it->second].add(f);
+    }
   }
   return out;
 }

@@ -104,7 +104,7 @@ void Reactor::apply_config(std::shared_ptr<const config::Config> fresh,
   config_ = std::move(fresh);
   tls_ = std::move(tls);
   startups_.set_ignored(config_->ignore_startup_parameters);
-  queries_.set_limit(config_->stats_fingerprints);
+  queries_.configure(*config_);
   if (!config_->auth_query) {
     // auth.query is gone: nobody is looked up any more, and nobody waits for a lookup.
     for (auto& [key, pool] : pools_) {

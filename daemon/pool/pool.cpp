@@ -429,7 +429,7 @@ Server* Pool::idle_server_for(const Client& client) {
 
 void Pool::link(Client& client, Server& server) {
   stats_.wait.observe(reactor_.now() - client.state_since_);
-  server.link_wait_ = reactor_.now() - client.state_since_;
+  server.answer_.wait = reactor_.now() - client.state_since_;
   reactor_.set_state(server, ServerState::active);
   reactor_.set_state(client, ClientState::active);
   ++server.link_generation_;

@@ -31,6 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_parameter_status(body);
     (void)parse_backend_key_data(body);
     (void)parse_ready_for_query(body);
+    (void)command_rows(body);
     (void)parse_error_fields(body);
     (void)parse_password_message(body);
     (void)parse_sasl_initial_response(body);

@@ -613,6 +613,9 @@ TEST_CASE("config: the reference config/pgring.yaml parses and matches the defau
   CHECK(c.max_message_size == d.max_message_size);
   CHECK(c.log_level == d.log_level);
   CHECK(c.log_format == d.log_format);
+  CHECK(c.log_slow_query == d.log_slow_query);
+  CHECK(c.stats_fingerprints == d.stats_fingerprints);
+  CHECK(c.stats_fingerprint_metrics == d.stats_fingerprint_metrics);
   CHECK(c.auth_method == d.auth_method);
   REQUIRE(c.metrics_listen.has_value());
   CHECK(c.metrics_listen->port == 9930);
@@ -650,6 +653,22 @@ TEST_CASE("config: the reference config/pgring.yaml parses and matches the defau
   CHECK(t.shutdown == u.shutdown);
 }
 #endif
+
+TEST_CASE("config: query families and the slow-query log") {
+  const Config d = parse_config("");
+  CHECK(d.stats_fingerprints == 0);
+  CHECK(d.stats_fingerprint_metrics == 100);
+  CHECK(d.log_slow_query.count() == 0);
+  const Config c = parse_config(
+      "stats: {fingerprints: 500, fingerprint_metrics: 0}\nlog: {slow_query: 1500ms}\n");
+  CHECK(c.stats_fingerprints == 500);
+  CHECK(c.stats_fingerprint_metrics == 0);
+  CHECK(c.log_slow_query == std::chrono::milliseconds(1500));
+  CHECK_THROWS_WITH(parse_config("log: {slow_query: 5}\n"),
+                    doctest::Contains("log.slow_query (line 1): a duration needs a unit"));
+  CHECK_THROWS_WITH(parse_config("stats: {fingerprint_metrics: -1}\n"),
+                    doctest::Contains("stats.fingerprint_metrics"));
+}
 
 TEST_CASE("config: tls sections") {
   const Config c = parse_config(R"(tls:

@@ -298,3 +298,19 @@ TEST_CASE("ascii case folding: locale-free, both sides folded") {
   CHECK_FALSE(iequals("a", "b"));
   CHECK(to_lower("DateStyle") == "datestyle");
 }
+
+TEST_CASE("command_rows: the count a CommandComplete tag carries, 0 for a command without") {
+  CHECK(command_rows("SELECT 3") == 3);
+  CHECK(command_rows("INSERT 0 12") == 12);
+  CHECK(command_rows("UPDATE 0") == 0);
+  CHECK(command_rows("DELETE 7") == 7);
+  CHECK(command_rows("MERGE 2") == 2);
+  CHECK(command_rows("COPY 100000") == 100000);
+  CHECK(command_rows("FETCH 5") == 5);
+  CHECK(command_rows("CREATE TABLE") == 0);
+  CHECK(command_rows("SET") == 0);
+  CHECK(command_rows("") == 0);
+  CHECK(command_rows("SELECT ") == 0);
+  CHECK(command_rows("SELECT x1") == 0);
+  CHECK(command_rows("SELECT 99999999999999999999") == 0);  // too long to be a count
+}
