@@ -197,7 +197,18 @@ void write(config::LogLevel level, std::string_view message, const Fields* field
     }
     line += "}\n";
   } else {
-    line = fmt::format("{} {} {}\n", ts, level_name(level), message);
+    line = fmt::format("{} {} ", ts, level_name(level));
+    // One event, one line: a message with line breaks of its own (libpq's and PostgreSQL's
+    // errors end with one, some have several) keeps them as " | ".
+    while (!message.empty() && (message.back() == '\n' || message.back() == '\r'))
+      message.remove_suffix(1);
+    for (char c : message) {
+      if (c == '\n')
+        line += " | ";
+      else if (c != '\r')
+        line.push_back(c);
+    }
+    line.push_back('\n');
   }
   // One write per line (O_APPEND for a file) so lines from different threads never interleave.
   ssize_t written = ::write(g_fd.load(std::memory_order_relaxed), line.data(), line.size());

@@ -576,6 +576,12 @@ bool HostDirectory::check(const std::string& database, HostGroup& group, Endpoin
     keys.push_back(nullptr);
     values.push_back(nullptr);
     checker->conn = PQconnectdbParams(keys.data(), values.data(), 0);
+    // libpq prints a server's notices (e.g. "WARNING: terminating connection due to immediate
+    // shutdown command") on stderr by default: they become debug lines of pgring's own log.
+    PQsetNoticeProcessor(
+        checker->conn,
+        [](void*, const char* text) { log::debug("hosts: health check notice: {}", text); },
+        nullptr);
   }
   std::string problem;
   bool in_recovery = false;

@@ -18,8 +18,8 @@ import time
 
 import yaml
 
-from lib import (PGRING_BIN, Pgring, check, check_eq, connect, free_port, log, login_error,
-                 pool_config, query_one, run_tests, wait_until)
+from lib import (PGRING_BIN, Pgring, check, check_eq, connect, free_port, log, log_line_problem,
+                 login_error, pool_config, query_one, run_tests, wait_until)
 
 SOURCE = os.environ.get("PGRING_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -262,6 +262,13 @@ def test_log_level_and_json_format():
               f"a JSON log line without ts/level/msg: {line!r}")
         levels.add(entry["level"])
     check("debug" in levels, f"log.level debug logged no debug line: {levels}")
+    # The check the harness runs on every line of every pgring of the suite (lib/pgring.py)
+    # passes these and refuses what a log pipeline could not read.
+    check(all(log_line_problem(line) is None for line in lines), "the harness's line check")
+    for bad in ('{"ts":"t","level":"info"}', '{"ts":"t","level":"info","msg":"m","client":"1"}',
+                '{"ts":"t","level":"info","msg":"m","extra":1}', "pgring: something",
+                '{"ts":"t","level":"loud","msg":"m"}', '{"ts": "t", "level": "info", "msg": "m"'):
+        check(log_line_problem(bad) is not None, f"the line check accepted {bad!r}")
     # Connection events carry their fields as keys (issue: logs a machine can read).
     entries = [json.loads(line) for line in lines]
     login = [e for e in entries if e.get("event") == "client_login"]

@@ -4,6 +4,7 @@ pool_config() builds the usual config."""
 
 import copy
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from .ops import ADMIN_USER, STATS_USER
 from .procfs import TcpSocket, fd_snapshot, ports_connected_to
 
 __all__ = ["Pgring", "pool_config", "free_port", "port_accepts", "wait_exit", "send_signal",
-           "check_running"]
+           "check_running", "log_line_problem"]
 
 
 def pool_config(pool_mode="transaction", pool_size=5, timeouts=None, users=None,
@@ -420,6 +421,11 @@ class Pgring:
         for line in text.splitlines():
             if "shutdown: stopping with" in line:
                 problems.append(f"pgring's shutdown gave up on leftover connections: {line}")
+        if not any(marker in text for marker in SANITIZER_MARKERS):
+            bad = [line for line in text.splitlines() if line and log_line_problem(line)]
+            if bad:
+                problems.append(f"{len(bad)} log line(s) a machine cannot read, e.g. "
+                                f"{bad[0]!r}: {log_line_problem(bad[0])}")
         return problems
 
     def __enter__(self):
@@ -453,6 +459,40 @@ class Pgring:
             fail("; ".join(problems))
         shutil.rmtree(self.dir, ignore_errors=True)
         return False
+
+
+# Every line pgring writes, in either log.format, checked for every pgring the suite runs (the
+# issue: logs a machine can read). Text: "<ts> <level> <message>". JSON: one object with ts,
+# level and msg, and the connection-event fields with their types (docs/operations.md, "Logs").
+_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info|warning|error) \S")
+_JSON_TYPES = {"ts": str, "level": str, "msg": str, "event": str, "client": int, "server": int,
+               "database": str, "user": str, "peer": str, "reason": str, "sqlstate": str,
+               "fingerprint": str, "query": str, "duration_ms": (int, float),
+               "wait_ms": (int, float)}
+_EVENTS = {"client_login", "client_close", "server_close", "server_unavailable", "slow_query"}
+
+
+def log_line_problem(line):
+    """None for a well-formed log line, else what is wrong with it."""
+    if not line.startswith("{"):
+        return None if _TEXT_LINE.match(line) else "not '<ts> <level> <message>'"
+    try:
+        entry = json.loads(line)
+    except ValueError as e:
+        return f"not JSON: {e}"
+    if not isinstance(entry, dict) or not {"ts", "level", "msg"} <= set(entry):
+        return "a JSON line without ts, level and msg"
+    for key, value in entry.items():
+        want = _JSON_TYPES.get(key)
+        if want is None:
+            return f"unknown key {key!r}"
+        if not isinstance(value, want) or isinstance(value, bool):
+            return f"{key} is a {type(value).__name__}"
+    if entry["level"] not in ("debug", "info", "warning", "error"):
+        return f"level {entry['level']!r}"
+    if "event" in entry and entry["event"] not in _EVENTS:
+        return f"event {entry['event']!r}"
+    return None
 
 
 def check_running(p, when=""):
