@@ -67,6 +67,14 @@ std::uint64_t command_rows(std::string_view tag) {
   return n;
 }
 
+bool command_changes_types(std::string_view tag) {
+  std::size_t space = tag.find(' ');
+  if (space == std::string_view::npos) return false;
+  std::string_view verb = tag.substr(0, space), object = tag.substr(space + 1);
+  if (verb != "CREATE" && verb != "ALTER" && verb != "DROP") return false;
+  return object == "TYPE" || object == "DOMAIN" || object == "EXTENSION" || object == "SCHEMA";
+}
+
 bool ErrorFields::is_fatal() const {
   std::string_view s = severity_text.empty() ? severity : severity_text;
   return s == "FATAL" || s == "PANIC";

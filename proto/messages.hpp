@@ -95,6 +95,10 @@ struct BackendKeyData {
 // (SELECT n, INSERT oid n, UPDATE n, DELETE n, MERGE n, FETCH n, MOVE n, COPY n); else 0.
 [[nodiscard]] std::uint64_t command_rows(std::string_view tag);
 
+// A CommandComplete tag of a command that can drop, create or rename a data type (TYPE, DOMAIN,
+// EXTENSION, SCHEMA): a statement prepared before it may have parameter types that are gone.
+[[nodiscard]] bool command_changes_types(std::string_view tag);
+
 // ReadyForQuery transaction status: 'I' idle, 'T' in a transaction block, 'E' failed block.
 [[nodiscard]] std::optional<char> parse_ready_for_query(std::string_view body);
 

@@ -32,7 +32,13 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
       error.sqlstate == "0A000" &&
       error.message.find("cached plan must not change result type") != std::string_view::npos;
   bool lost = error.sqlstate == "26000";
-  if ((!plan_changed && !lost) || client_ == nullptr || requests_.empty()) return false;
+  // A parameter type dropped (or re-created) since the statement was prepared here, by a
+  // command pgring did not see (or on this server before pgring saw it).
+  bool type_gone =
+      error.sqlstate == "XX000" && error.message.starts_with("cache lookup failed for type");
+  if (type_gone) reactor_.broadcast([](Reactor& r) { r.statements().retire_all(); });
+  if ((!plan_changed && !lost && !type_gone) || client_ == nullptr || requests_.empty())
+    return false;
   RequestQueue::Entry& head = *requests_.head();
   Client& client = *client_;
   if ((head.kind != Request::bind && head.kind != Request::describe) || head.statement == nullptr ||
@@ -94,7 +100,8 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
     if (t == 'E') executed = true;
     rest.remove_prefix(f.size);
   }
-  if (executed && !described) return false;
+  // (A dropped parameter type changes no result shape: the replay needs no Describe.)
+  if (executed && !described && !type_gone) return false;
   const PreparedStatement& statement = *head.statement;
   std::uint64_t seq = head.batch_seq;
   log::info("S-{} {} for {}: re-preparing and retrying once", id_, error.message,

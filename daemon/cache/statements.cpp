@@ -28,6 +28,11 @@ void StatementRegistry::retire(const PreparedStatement& statement) {
   by_tail_.erase(it);
 }
 
+void StatementRegistry::retire_all() {
+  for (auto& [tail, entry] : by_tail_) retired_.push_back(std::move(entry));
+  by_tail_.clear();
+}
+
 void PreparedSet::touch(std::uint64_t id) {
   auto it = index_.find(id);
   if (it == index_.end()) return;

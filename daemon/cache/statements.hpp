@@ -55,6 +55,11 @@ class StatementRegistry {
   // Parse of the same text gets a new entry and a new server-side name, so every server
   // prepares it afresh. Clients still naming the old entry keep a valid pointer.
   void retire(const PreparedStatement& statement);
+  // A type was dropped, created or renamed: every statement is retired, so each text is
+  // prepared afresh (its parameter types looked up again) on its next Parse, as a new
+  // PostgreSQL session would. Statements clients already hold keep their server copies: a
+  // session's own prepared statement fails after its type is dropped in PostgreSQL too.
+  void retire_all();
   [[nodiscard]] std::size_t size() const { return by_tail_.size(); }
   [[nodiscard]] const std::unordered_map<std::string, std::unique_ptr<PreparedStatement>>& entries()
       const {

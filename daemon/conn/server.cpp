@@ -195,6 +195,12 @@ void Server::on_command_complete(std::string_view tag) {
     // Every prepared statement of the session is gone: the client's and pgring's.
     prepared_.clear();
     if (client_ != nullptr && client_->statements_) client_->statements_->named.clear();
+  } else if (proto::command_changes_types(tag)) {
+    // A parameter type of a cached statement may be gone (its OID is fixed when prepared: the
+    // server would answer "cache lookup failed for type", or describe a type that no longer
+    // exists): every reactor prepares each text afresh from now on.
+    log::info("S-{} {}: prepared statements are prepared afresh from now on", id_, tag);
+    reactor_.broadcast([](Reactor& r) { r.statements().retire_all(); });
   } else if (tag == "DEALLOCATE ALL") {
     prepared_.clear();
   } else if (tag == "PREPARE") {

@@ -32,6 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_backend_key_data(body);
     (void)parse_ready_for_query(body);
     (void)command_rows(body);
+    (void)command_changes_types(body);
     (void)parse_error_fields(body);
     (void)parse_password_message(body);
     (void)parse_sasl_initial_response(body);

@@ -40,7 +40,7 @@ import time
 import uuid
 
 from lib import (ADMIN_DB, ADMIN_USER, BackendSampler, PGHOST, PGPORT, Pgring, SYNC_MESSAGE,
-                bind_message, check, check_eq, close_message, data_row_values, describe_message,
+                bind_message, check, check_eq, close_message, connect, data_row_values, describe_message,
                 error_fields_in, execute_message, fail, free_port, log, login, message, metric_sum,
                 monitor_connect, parse_message, pgbench, pool_config, query, query_one,
                 read_until_ready, run_clients, run_tests, scrape, skip_test, wait_no_backends)
@@ -990,6 +990,87 @@ def test_same_names_different_texts():
 
 # ---------------------------------------------------------------------------------------------
 # JDBC
+
+# ---- types dropped and re-created ----------------------------------------------------------
+
+TYPE_TEXT = "SELECT $1::stmt_tmood::text, pg_typeof($1::stmt_tmood)::oid::int"
+
+
+def prepare_and_run(port, value, name="", describe=False):
+    """Parse (+ Describe) + Bind + Execute + Sync on a fresh connection: what a new session
+    gets for TYPE_TEXT. Returns (rows or error fields, the ParameterDescription's OIDs)."""
+    c = login(port, db="pgring_test")
+    try:
+        out = parse_message(TYPE_TEXT, name=name)
+        if describe:
+            out += describe_message(b"S", name)
+        c.send(out + bind_message([value], statement=name) + execute_message() + SYNC_MESSAGE)
+        msgs, _ = read_until_ready(c)
+        params = [body for kind, body in msgs if kind == b"t"]
+        oids = list(struct.unpack(f"!{len(params[0][2:]) // 4}I", params[0][2:])) if params else []
+        errors = error_fields_in(msgs)
+        if errors:
+            return ("error", errors[0].get("C"), errors[0].get("M")), oids
+        return [data_row_values(body) for kind, body in msgs if kind == b"D"], oids
+    finally:
+        c.terminate()
+
+
+def recreate_type(conn_query):
+    conn_query("DROP TYPE IF EXISTS stmt_tmood; CREATE TYPE stmt_tmood AS ENUM ('a', 'b', 'c')")
+
+
+def test_type_dropped_and_recreated():
+    # PostgreSQL fixes a prepared statement's parameter types (OIDs) when it is prepared. A
+    # statement pgring keeps prepared on a server from before DROP TYPE / CREATE TYPE must not
+    # serve a new client's Parse: a new session would look the type up again. Each case runs
+    # against PostgreSQL directly first; the DDL runs through pgring, then directly on
+    # PostgreSQL (unseen by pgring).
+    setup = connect(PGPORT, db="pgring_test", host=PGHOST)
+    setup.autocommit = True
+    query(setup, "DROP TYPE IF EXISTS stmt_tmood; CREATE TYPE stmt_tmood AS ENUM ('a', 'b')")
+    direct_first, _ = prepare_and_run(PGPORT, "a")
+    recreate_type(lambda sql: query(setup, sql))
+    new_oid = query_one(setup, "SELECT 'stmt_tmood'::regtype::oid::int")
+    direct_after, direct_oids = prepare_and_run(PGPORT, "c", describe=True)
+    check_eq(direct_after, [["c", str(new_oid)]], "direct: a new session after the DDL")
+    check_eq(direct_oids, [new_oid], "direct: the ParameterDescription after the DDL")
+    for ddl_through_pgring in (True, False):
+        query(setup, "DROP TYPE IF EXISTS stmt_tmood; CREATE TYPE stmt_tmood AS ENUM ('a', 'b')")
+        with Pgring(pool_config(pool_mode="transaction", pool_size=1)) as p:
+            check_eq(prepare_and_run(p.port, "a")[0][0][0], "a", "before the DDL")
+            check_eq(prepare_and_run(p.port, "b", name="s1", describe=True)[0][0][0], "b",
+                     "a named statement, described, before the DDL")
+            if ddl_through_pgring:
+                c = connect(p.port, db="pgring_test")
+                c.autocommit = True
+                recreate_type(lambda sql: query(c, sql))
+                c.close()
+            else:
+                recreate_type(lambda sql: query(setup, sql))
+            new_oid = query_one(setup, "SELECT 'stmt_tmood'::regtype::oid::int")
+            where = "through pgring" if ddl_through_pgring else "directly on PostgreSQL"
+            got, _ = prepare_and_run(p.port, "c")
+            check_eq(got, [["c", str(new_oid)]],
+                     f"a new client's Parse after the DDL {where}")
+            got, oids = prepare_and_run(p.port, "c", name="s1", describe=True)
+            check_eq(got, [["c", str(new_oid)]],
+                     f"a named statement, described, after the DDL {where}")
+            if ddl_through_pgring:
+                check_eq(oids, [new_oid], f"its ParameterDescription after the DDL {where}")
+            else:
+                # Unseen DDL: this first Describe came from the server's old copy (the type's
+                # old OID: PostgreSQL describes a statement without re-checking its parameter
+                # types); its Bind failed with "cache lookup failed for type" and was re-run on
+                # a fresh copy. From then on every Parse prepares afresh.
+                log(f"first Describe after unseen DDL: {oids} (new type {new_oid})")
+                got, oids = prepare_and_run(p.port, "c", name="s1", describe=True)
+                check_eq((got, oids), ([["c", str(new_oid)]], [new_oid]),
+                         "the next client after the DDL directly on PostgreSQL")
+    check_eq(direct_first[0][0], "a", "direct before the DDL")
+    query(setup, "DROP TYPE IF EXISTS stmt_tmood")
+    setup.close()
+
 
 def test_jdbc_prepared_statements():
     javac, java = shutil.which("javac"), shutil.which("java")

@@ -314,3 +314,13 @@ TEST_CASE("command_rows: the count a CommandComplete tag carries, 0 for a comman
   CHECK(command_rows("SELECT x1") == 0);
   CHECK(command_rows("SELECT 99999999999999999999") == 0);  // too long to be a count
 }
+
+TEST_CASE("command_changes_types: the tags after which prepared parameter types may be gone") {
+  for (const char* tag :
+       {"DROP TYPE", "CREATE TYPE", "ALTER TYPE", "DROP DOMAIN", "CREATE DOMAIN", "ALTER DOMAIN",
+        "DROP EXTENSION", "ALTER EXTENSION", "CREATE EXTENSION", "DROP SCHEMA", "ALTER SCHEMA"})
+    CHECK(command_changes_types(tag));
+  for (const char* tag : {"SELECT 1", "DROP TABLE", "CREATE TABLE", "ALTER TABLE", "DROP", "TYPE",
+                          "DROP TYPES", "INSERT 0 1", ""})
+    CHECK_FALSE(command_changes_types(tag));
+}
