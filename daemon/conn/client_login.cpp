@@ -47,6 +47,7 @@ void Client::handle_startup() {
                      "direct TLS connection without ALPN protocol \"postgresql\"");
       return;
     }
+    if (!login_->peer.tls) ++reactor_.tls_handshakes_[{"client", std::string(tls->version())}];
     login_->peer.tls = true;
   }
   while (state_ == ClientState::startup && stream_.input_size() >= 4) {

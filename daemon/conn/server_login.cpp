@@ -75,6 +75,7 @@ bool Server::negotiate_tls() {
   }
   if (!stream_.tls()->handshake_done()) return false;
   tls_step_ = TlsStep::none;
+  ++reactor_.tls_handshakes_[{"server", std::string(stream_.tls()->version())}];
   log::debug("S-{} TLS {} with {}", id_, stream_.tls()->version(), endpoint_->text);
   send_startup();
   return true;

@@ -261,6 +261,9 @@ class Reactor {
   List<Client> admin_clients_;
   std::uint64_t reloads_ = 0;
   std::uint64_t reload_failures_ = 0;
+  // TLS handshakes completed, by peer ("client", "server") and protocol version
+  // (pgring_tls_handshakes_total); a failed one is a tls_error close.
+  std::map<std::pair<std::string_view, std::string>, std::uint64_t> tls_handshakes_;
 
  private:
   struct Listener {

@@ -99,6 +99,9 @@ constexpr MetricDef kMetrics[] = {
     {"pgring_host_connections", MetricType::Gauge, "Server connections to a host"},
     {"pgring_host_checks_total", MetricType::Counter, "Health checks run on a host"},
     {"pgring_host_checks_failed_total", MetricType::Counter, "Health checks a host failed"},
+    {"pgring_tls_handshakes_total", MetricType::Counter,
+     "TLS handshakes completed by peer (client, server) and protocol version; failures are "
+     "pgring_disconnects_total{reason=\"tls_error\"}"},
     {"pgring_query_family_info", MetricType::Gauge,
      "A query family's normal text (first 120 bytes), once per fingerprint (stats.fingerprints)"},
     {"pgring_query_family_seconds", MetricType::Histogram,
@@ -256,7 +259,7 @@ class ProcessMetrics final : public prometheus::Collectable {
       std::string id = q.text.starts_with("(other") ? "other" : fmt::format("{:016x}", q.id);
       Labels labels{{"database", q.database}, {"user", q.user}, {"fingerprint", id}};
       Labels info = labels;
-      info.push_back({"query", q.text.substr(0, 120)});
+      info.push_back({"query", std::string(utf8_prefix(q.text, 120))});
       f.add("pgring_query_family_info", info, 1);
       f.add("pgring_query_family_seconds", labels, q.server);
       f.add("pgring_query_family_wait_seconds_total", labels, static_cast<double>(q.wait_us) / 1e6);
@@ -346,6 +349,10 @@ std::vector<MetricFamily> Reactor::metric_families() const {
         std::pair{std::string_view("pgring_reload_failures_total"), reload_failures_}})
     f.add(metric, {}, static_cast<double>(value));
   f.add("pgring_statement_cache_entries", {}, static_cast<double>(statements_.size()));
+  f.declare("pgring_tls_handshakes_total");
+  for (const auto& [key, n] : tls_handshakes_)
+    f.add("pgring_tls_handshakes_total",
+          {{"peer", std::string(key.first)}, {"version", key.second}}, static_cast<double>(n));
   f.add("pgring_io_engine_reactors", {{"engine", std::string(io_engine())}}, 1);
   const RingCounters& rc = ring_counters_;
   for (auto [metric, value] :

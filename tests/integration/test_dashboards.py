@@ -74,7 +74,9 @@ def test_every_metric_named_is_exposed():
     families = {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count"))
                 and "seconds" in n else n for n in names}
     mport = free_port()
-    with Pgring(pool_config(metrics_port=mport)) as p:
+    config = pool_config(metrics_port=mport)
+    config["stats"] = {"fingerprints": 100}  # (the pgring_query_family_* series)
+    with Pgring(config) as p:
         c = connect(p.port)
         check_eq(query_one(c, "SELECT 1"), 1)
         expect_error(lambda: query(c, "SELECT 1/0"), "22012")

@@ -15,8 +15,8 @@ import tempfile
 import threading
 
 from lib import (ConnectionClosed, PGDATA, PGHOST, PGPORT, PGRING_BIN, PgError, Pgring, RawConn,
-                Relay, SOURCE_DIR, Scram, check, check_eq, connect, fail, find_pg_tool,
-                login_error, message, parse_fields, psql, psql_ok, query, query_one, run_tests,
+                Relay, SOURCE_DIR, Scram, check, check_eq, connect, fail, find_pg_tool, free_port, http_get,
+                login_error, message, metric_sum, parse_fields, psql, psql_ok, query, query_one, run_tests,
                 skip_test, startup_packet)
 
 AUTH_OK, AUTH_MD5, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL = 0, 5, 10, 11, 12
@@ -80,7 +80,8 @@ def upgrade(conn, hostname="localhost", ca=None):
 # ---- clients ------------------------------------------------------------------------------------
 
 def test_sslmode_require_and_verify_full():
-    with Pgring(scram_config("require")) as p:
+    mport = free_port()
+    with Pgring(scram_config("require", metrics={"listen": f"127.0.0.1:{mport}"})) as p:
         check_eq(psql_tls(p.port, "SELECT 1")[1], "1", "sslmode=require")
         rc, out, err = psql_tls(p.port, "SELECT 2", sslmode="verify-full", host="localhost",
                                 sslrootcert=cert("ca.crt"))
@@ -103,6 +104,10 @@ def test_sslmode_require_and_verify_full():
                               sslrootcert=os.path.join(other, "ca.crt"))
         check(rc != 0 and "certificate verify failed" in err, f"foreign CA refused: {err}")
         shutil.rmtree(other)
+        # /metrics: the handshakes by peer and version, the refused one a tls_error close.
+        _, text = http_get(mport, "/metrics")
+        check(metric_sum(text, "pgring_tls_handshakes_total", peer="client",
+                         version="TLSv1.3") >= 3, "client TLS handshakes in /metrics")
 
 
 def test_mode_require_refuses_plain_clients():
