@@ -241,8 +241,9 @@ struct Config {
   // process (each reactor takes its share); more clients wait, accepted but not yet read, in
   // arrival order (0 = no cap). timeouts.client_login counts from the accept.
   int max_concurrent_logins = 1000;
-  // stats.fingerprints: query families kept per reactor for SHOW QUERIES; 0 = off.
-  int stats_fingerprints = 0;
+  // stats.fingerprints: query families kept per reactor for SHOW QUERIES and /metrics; 0 = off.
+  // On by default: it costs ~2,500 instructions per simple-protocol query (docs/operations.md).
+  int stats_fingerprints = 1000;
   // stats.fingerprint_metrics: the families /metrics exports, most time in PostgreSQL first
   // (each is a dozen series: the label set stays bounded); 0 = none.
   int stats_fingerprint_metrics = 100;

@@ -35,6 +35,7 @@ KEEP=0
 SERVE=0
 NO_SYSCALLS=0
 PGRING_PREFIX=""
+PGRING_EXTRA=()
 WORKERS=1
 IO_ENGINE=auto
 TLS=0
@@ -70,6 +71,8 @@ usage: loadtest/run.sh [options]
   --keep               keep the work directory in /tmp (configs, logs) after the run
   --serve              start PostgreSQL and the targets with the benchmark configs, print how to
                        reach them, and wait (Ctrl-C stops and removes everything): for profiling
+  --pgring-extra LINE  add a top-level YAML line to pgring's configuration (repeatable), e.g.
+                       'stats: {fingerprints: 1000}' to measure what query families cost
   --pgring-prefix CMD  start pgring under CMD, e.g. "valgrind --tool=callgrind" or
                        "perf record -g -o /tmp/pgring.perf.data" (with --serve)
 EOF
@@ -98,6 +101,7 @@ while (($#)); do
     --keep) KEEP=1 ;;
     --serve) SERVE=1 ;;
     --pgring-prefix) PGRING_PREFIX=$2; shift ;;
+    --pgring-extra) PGRING_EXTRA+=("$2"); shift ;;
     -h|--help) usage 0 ;;
     *) echo "run: unknown option: $1" >&2; usage ;;
   esac
@@ -322,6 +326,7 @@ if ((TLS)); then
 fi
 # (Only when asked: builds older than io.engine do not know the key.)
 [[ $IO_ENGINE == auto ]] || echo "io: {engine: $IO_ENGINE}" >>"$WORK/pgring.yaml"
+for line in "${PGRING_EXTRA[@]}"; do echo "$line" >>"$WORK/pgring.yaml"; done
 "$PGRING" --config "$WORK/pgring.yaml" --check >&2 || die "pgring rejects $WORK/pgring.yaml"
 
 mkdir -p "$WORK/pgbouncer"

@@ -14,6 +14,14 @@ constexpr std::size_t kTextMax = 1024;  // a family's text kept for SHOW QUERIES
 constexpr std::string_view kOtherText = "(other: over stats.fingerprints)";
 }  // namespace
 
+std::string_view utf8_prefix(std::string_view text, std::size_t max) {
+  if (text.size() <= max) return text;
+  std::size_t n = max;
+  // Back to the first byte of the character at the cut (continuation bytes are 10xxxxxx).
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+  return text.substr(0, n);
+}
+
 std::uint64_t QueryFamily::error_count() const {
   std::uint64_t n = 0;
   for (const auto& [klass, count] : errors) n += count;
@@ -55,7 +63,7 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
       f.text = kOtherText;
     } else {
       (void)proto::sql::fingerprint(text, scratch_);
-      f.text = scratch_.substr(0, kTextMax);
+      f.text = utf8_prefix(scratch_, kTextMax);
     }
   }
   return id;

@@ -75,6 +75,10 @@ class QueryStats {
   std::chrono::steady_clock::duration slow_query_{};
 };
 
+// At most `max` bytes of `text`, cut before a UTF-8 sequence rather than through it (a label
+// value, a text column: a client decoding UTF-8 must not choke on half a character).
+[[nodiscard]] std::string_view utf8_prefix(std::string_view text, std::size_t max);
+
 // Every reactor's families made one (the same pool and id added up).
 [[nodiscard]] std::vector<QueryFamily> merge_families(std::vector<std::vector<QueryFamily>> parts);
 

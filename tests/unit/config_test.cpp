@@ -656,7 +656,7 @@ TEST_CASE("config: the reference config/pgring.yaml parses and matches the defau
 
 TEST_CASE("config: query families and the slow-query log") {
   const Config d = parse_config("");
-  CHECK(d.stats_fingerprints == 0);
+  CHECK(d.stats_fingerprints == 1000);
   CHECK(d.stats_fingerprint_metrics == 100);
   CHECK(d.log_slow_query.count() == 0);
   const Config c = parse_config(

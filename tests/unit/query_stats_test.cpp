@@ -68,3 +68,14 @@ TEST_CASE("merge_families: the same pool and id over reactors is one family") {
   CHECK(f.errors.at("42") == 2);
   CHECK(f.error_count() == 4);
 }
+
+TEST_CASE("utf8_prefix: never cuts through a character") {
+  CHECK(utf8_prefix("select 1", 100) == "select 1");
+  CHECK(utf8_prefix("select 1", 6) == "select");
+  // "é" is two bytes (C3 A9): a cut after its first byte keeps neither.
+  CHECK(utf8_prefix("ab\xC3\xA9z", 3) == "ab");
+  CHECK(utf8_prefix("ab\xC3\xA9z", 4) == "ab\xC3\xA9");
+  // A four-byte character (F0 9F 98 80) cut anywhere inside.
+  for (std::size_t cut = 2; cut < 5; ++cut) CHECK(utf8_prefix("a\xF0\x9F\x98\x80", cut) == "a");
+  CHECK(utf8_prefix("\x80\x80", 1).empty());  // (not UTF-8 at all: nothing rather than junk)
+}
