@@ -85,6 +85,13 @@ bool parameter_status(std::string& out, std::string_view name, std::string_view 
   return w.ok();
 }
 
+bool notification_response(std::string& out, std::int32_t pid, std::string_view channel,
+                           std::string_view payload) {
+  Writer w(out);
+  w.begin(backend::kNotificationResponse).i32(pid).cstring(channel).cstring(payload).end();
+  return w.ok();
+}
+
 bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret) {
   Writer w(out);
   w.begin(backend::kBackendKeyData).i32(pid).bytes(secret).end();

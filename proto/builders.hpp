@@ -35,6 +35,8 @@ namespace pgring::proto::build {
 [[nodiscard]] bool parameter_status(std::string& out, std::string_view name,
                                     std::string_view value);
 [[nodiscard]] bool backend_key_data(std::string& out, std::int32_t pid, std::string_view secret);
+[[nodiscard]] bool notification_response(std::string& out, std::int32_t pid,
+                                         std::string_view channel, std::string_view payload);
 [[nodiscard]] bool ready_for_query(std::string& out, char status);
 [[nodiscard]] bool parse_complete(std::string& out);
 [[nodiscard]] bool close_complete(std::string& out);

@@ -42,6 +42,16 @@ std::optional<BackendKeyData> parse_backend_key_data(std::string_view body) {
   return k;
 }
 
+std::optional<Notification> parse_notification(std::string_view body) {
+  Reader r(body);
+  Notification n;
+  n.pid = r.i32();
+  n.channel = r.cstring();
+  n.payload = r.cstring();
+  if (!r.ok() || r.remaining() != 0) return std::nullopt;
+  return n;
+}
+
 std::optional<char> parse_ready_for_query(std::string_view body) {
   if (body.size() != 1) return std::nullopt;
   char s = body[0];

@@ -99,6 +99,14 @@ struct BackendKeyData {
 // EXTENSION, SCHEMA): a statement prepared before it may have parameter types that are gone.
 [[nodiscard]] bool command_changes_types(std::string_view tag);
 
+// NotificationResponse: Int32 pid of the notifying backend, String channel, String payload.
+struct Notification {
+  std::int32_t pid;
+  std::string_view channel;
+  std::string_view payload;
+};
+[[nodiscard]] std::optional<Notification> parse_notification(std::string_view body);
+
 // ReadyForQuery transaction status: 'I' idle, 'T' in a transaction block, 'E' failed block.
 [[nodiscard]] std::optional<char> parse_ready_for_query(std::string_view body);
 

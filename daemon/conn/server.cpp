@@ -408,7 +408,8 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
   const char type = frame.type;
   const bool inspect =
       type == proto::backend::kReadyForQuery || type == proto::backend::kParameterStatus ||
-      type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse;
+      type == proto::backend::kCommandComplete || type == proto::backend::kErrorResponse ||
+      type == proto::backend::kNotificationResponse;
   bool swallow = false;  // pgring's own reply, or one replaced by what pgring sent
   if (inspect && frame.size <= kMaxInspected) {
     if (stream_.input_size() < frame.size) return Verdict::wait;
@@ -491,6 +492,18 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
         } else {
           client.on_server_parameter(p->name, p->value);
         }
+      }
+    } else if (type == proto::backend::kNotificationResponse) {
+      // A NOTIFY of the client's own session (on the server it is linked to) carries that
+      // server's pid; PostgreSQL would give the pid the client was told in BackendKeyData, which
+      // drivers compare to tell their own notifications from others'.
+      auto n = proto::parse_notification(body);
+      if (n && n->pid == backend_pid_ && client.cancel_pid_ != 0) {
+        (void)client.stream_.emit([&](std::string& out) {
+          return proto::build::notification_response(out, client.cancel_pid_, n->channel,
+                                                      n->payload);
+        });
+        swallow = true;
       }
     } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
       on_command_complete(*tag);

@@ -32,6 +32,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)parse_backend_key_data(body);
     (void)parse_ready_for_query(body);
     (void)command_rows(body);
+    if (auto n = parse_notification(body)) {
+      std::string again;
+      if (!build::notification_response(again, n->pid, n->channel, n->payload) ||
+          again.substr(5) != body)
+        __builtin_trap();  // what is parsed is built back byte for byte
+    }
     (void)command_changes_types(body);
     (void)parse_error_fields(body);
     (void)parse_password_message(body);

@@ -577,6 +577,41 @@ def test_listen_notify():
         sender.close()
 
 
+def own_notification_pid(conn):
+    """LISTEN, NOTIFY on the same session, wait for it: (notification pid, the session's pid as
+    libpq knows it from BackendKeyData)."""
+    query(conn, "LISTEN pgring_self_chan")
+    query(conn, "NOTIFY pgring_self_chan, 'myself'")
+    got = []
+
+    def arrived():
+        if select.select([conn], [], [], 0.2)[0]:
+            conn.poll()
+        got.extend(conn.notifies)
+        conn.notifies.clear()
+        return got
+
+    wait_until(arrived, 10, what="the session's own notification")
+    return got[0].pid, conn.get_backend_pid()
+
+
+def test_own_notification_carries_the_client_pid():
+    # Drivers tell their own notifications from others' by comparing the pid with the one
+    # BackendKeyData gave them. Directly they are equal; through pgring (in transaction mode
+    # the LISTEN pins the client to one server) the server's pid is rewritten to the client's.
+    direct = monitor_connect(db=DB, user=USER)
+    direct.autocommit = True
+    notified, own = own_notification_pid(direct)
+    direct.close()
+    check_eq(notified, own, "direct: the pid of a session's own notification")
+    with Pgring(pool_config(pool_size=2)) as p:
+        conn = app_connect(p)
+        conn.autocommit = True
+        notified, own = own_notification_pid(conn)
+        check_eq(notified, own, "through pgring: the pid of the client's own notification")
+        conn.close()
+
+
 def test_disconnect_mid_transaction():
     setup = fresh_table("pgring_tx_disc", "id int")
     try:

@@ -324,3 +324,17 @@ TEST_CASE("command_changes_types: the tags after which prepared parameter types 
                           "DROP TYPES", "INSERT 0 1", ""})
     CHECK_FALSE(command_changes_types(tag));
 }
+
+TEST_CASE("NotificationResponse: parsed, and built back with another pid") {
+  std::string out;
+  REQUIRE(build::notification_response(out, 4242, "jobs", "id=7"));
+  CHECK(out == std::string("A\0\0\0\x12\0\0\x10\x92jobs\0id=7\0", 19));
+  auto n = parse_notification(std::string_view(out).substr(5));
+  REQUIRE(n);
+  CHECK(n->pid == 4242);
+  CHECK(n->channel == "jobs");
+  CHECK(n->payload == "id=7");
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1jobs", 8)));           // no payload
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1a\0b\0x", 9)));        // trailing
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\1", 3)));                 // short pid
+}
