@@ -3,8 +3,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
+#include "proto/builders.hpp"
 #include "proto/frame.hpp"
 #include "proto/messages.hpp"
 
