@@ -42,8 +42,41 @@ void QueryStats::configure(const config::Config& config) {
   if (limit_ == 0 && slow_query_.count() > 0) limit_ = kSlowLogFamilies;
 }
 
+std::uint64_t QueryStats::key(std::uint64_t pool_key, std::uint64_t id) {
+  return id ^ (pool_key * 0x9E3779B97F4A7C15ull);
+}
+
 std::uint64_t QueryStats::key(const Pool& pool, std::uint64_t id) {
-  return id ^ (pool.stats_key_ * 0x9E3779B97F4A7C15ull);
+  return key(pool.stats_key_, id);
+}
+
+void QueryStats::make_room() {
+  // The twentieth of the families with the least time in PostgreSQL go, their counts added to
+  // their pool's "(other)" row (pg_stat_statements evicts its least used the same way): a
+  // family that keeps costing time keeps its row, one-off texts come and go, and the sort is
+  // paid once per twentieth of the bound.
+  std::vector<std::pair<double, std::uint64_t>> candidates;  // (time, key)
+  for (const auto& [k, f] : families_)
+    if (f.id != kOther) candidates.emplace_back(f.server.sum, k);
+  if (candidates.empty()) return;
+  std::size_t n = std::max<std::size_t>(1, families_.size() / 20);
+  n = std::min(n, candidates.size());
+  std::nth_element(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(n - 1),
+                   candidates.end());
+  for (std::size_t i = 0; i < n; ++i) {
+    auto it = families_.find(candidates[i].second);
+    QueryFamily gone = std::move(it->second);
+    families_.erase(it);
+    auto [other, made] = families_.try_emplace(key(gone.pool, kOther));
+    if (made) {
+      other->second.id = kOther;
+      other->second.pool = gone.pool;
+      other->second.database = gone.database;
+      other->second.user = gone.user;
+      other->second.text = kOtherText;
+    }
+    other->second.add(gone);
+  }
 }
 
 std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::uint64_t* known) {
@@ -52,11 +85,14 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
   std::uint64_t id = known != nullptr && *known != 0 ? *known : proto::sql::fingerprint(text);
   if (known != nullptr) *known = id;
   if (families_.count(key(pool, id)) != 0) return id;
+  if (static_cast<int>(families_.size()) >= limit_) make_room();
+  // (Still full: every row is some pool's "(other)", the bound is below the number of pools.)
   bool over = static_cast<int>(families_.size()) >= limit_;
   auto [it, made] = families_.try_emplace(key(pool, over ? kOther : id));
   if (made) {
     QueryFamily& f = it->second;
     f.id = over ? kOther : id;
+    f.pool = pool.stats_key_;
     f.database = pool.database_;
     f.user = pool.user_name_;
     if (over) {

@@ -4,7 +4,8 @@
 // Query's text; an extended batch's Parse text, or the statement its Bind names); its
 // ReadyForQuery adds what the server answered (Answer) and, for the first request of a link,
 // the time its client waited for the server. Bounded by stats.fingerprints families per
-// reactor; past that, a pool's new families are counted in its one "(other)" row.
+// reactor, the least costly of them giving way to new ones (counted on in their pool's one
+// "(other)" row), so the families that keep the most time keep their rows.
 
 #include <chrono>
 #include <cstdint>
@@ -25,6 +26,7 @@ class Pool;
 // metrics. Calls and time in PostgreSQL are the histogram's count and sum.
 struct QueryFamily {
   std::uint64_t id = 0;
+  std::uint64_t pool = 0;  // the pool's stats key (Pool::stats_key_)
   std::string database;
   std::string user;
   std::string text;           // the normal text (at most 1 KiB), or "(other: ...)"
@@ -68,7 +70,10 @@ class QueryStats {
 
  private:
   static constexpr std::uint64_t kOther = 1;  // (a fingerprint is never 1 by chance: FNV-1a)
+  static std::uint64_t key(std::uint64_t pool_key, std::uint64_t id);
   static std::uint64_t key(const Pool& pool, std::uint64_t id);
+  // Full: the least costly families make room for a new one (their counts go to "(other)").
+  void make_room();
   std::unordered_map<std::uint64_t, QueryFamily> families_;
   std::string scratch_;  // the normal text, reused
   int limit_ = 0;
