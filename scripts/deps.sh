@@ -19,7 +19,11 @@ PACKAGES=(
   prometheus           # promtool check metrics on /metrics
   curl
   openssl              # throwaway certificates for the TLS tests (scripts/gen-test-certs.sh)
+  ruby-pg              # the ruby-pg driver workload (tests/integration/drivers/)
+  nodejs               # the node-postgres workload (npm pg, installed by the test itself)
 )
+# npm comes with some nodejs builds (NodeSource's) and would conflict as a package there.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
 export DEBIAN_FRONTEND=noninteractive
 

@@ -2,7 +2,8 @@
 """Real clients through pgring in transaction mode: psql (several commands), pgbench -S with
 the simple and the extended protocol (16 clients on pool_size 4, no failed transaction), and
 asyncpg (fetch, executemany, transactions, cursors, COPY), also many asyncpg connections at once
-on a small pool.
+on a small pool; node-postgres (npm pg) and ruby-pg workloads with named prepared statements,
+their results compared with the same workload run directly against PostgreSQL first.
 
 These tests connect asyncpg with statement_cache_size=0 (unnamed statements only): its named
 prepared statements, and pgbench -M prepared, are test_statement_cache.py's subject (the statement
@@ -10,10 +11,15 @@ cache, docs/transaction-pooling.md)."""
 
 import asyncio
 import io
+import json
+import os
 import re
+import shutil
+import subprocess
 
-from lib import (BackendSampler, Pgring, check, check_eq, log, monitor_connect, pgbench,
-                pool_config, psql, psql_ok, query, run_tests, skip, wait_no_backends)
+from lib import (PGHOST, PGPORT, BackendSampler, Pgring, check, check_eq, log, monitor_connect,
+                pgbench, pool_config, psql, psql_ok, query, run_tests, skip, skip_test,
+                wait_no_backends)
 
 try:
     import asyncpg
@@ -228,6 +234,63 @@ def test_asyncpg_many_connections_small_pool():
         errors = asyncio.run(asyncio.wait_for(main(p), 120))
     check(not errors, f"{len(errors)} asyncpg errors:\n" + "\n".join(errors[:20]))
     sampler.check_max(pool_size)
+
+
+# ---- node-postgres and ruby-pg -------------------------------------------------------------
+
+DRIVERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drivers")
+# npm packages are installed once here (from the npm registry), never into the source tree.
+NODE_MODULES = os.environ.get("PGRING_TEST_NODE_DIR", "/var/cache/pgring-tests/node")
+
+
+def fresh_driver_table(name):
+    conn = monitor_connect(db=DB, user=USER)
+    query(conn, f"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    conn.close()
+
+
+def run_workload(cmd, port, table, env=None):
+    """The workload against `port` (a fresh table first); its JSON line of results."""
+    fresh_driver_table(table)
+    r = subprocess.run(cmd + [str(port), USER, "secret", DB, table], capture_output=True,
+                       text=True, timeout=180, env=env)
+    check_eq(r.returncode, 0, f"{cmd[0]} workload against port {port}: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def compare_with_direct(cmd, table, env=None):
+    direct = run_workload(cmd, PGPORT, table, env)
+    log(f"direct: {direct}")
+    with Pgring(pool_config(pool_size=2)) as p, BackendSampler(DB) as sampler:
+        through = run_workload(cmd, p.port, table, env)
+    log(f"through pgring: {through}")
+    check_eq(through, direct, f"{os.path.basename(cmd[-1])} through pgring vs direct")
+    sampler.check_max(2)  # six clients on two servers: the statements moved between them
+    fresh_driver_table(table)
+
+
+def test_node_postgres_named_statements():
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        skip_test("node or npm is not installed (scripts/deps.sh installs nodejs and npm)")
+    if not os.path.isdir(os.path.join(NODE_MODULES, "node_modules", "pg")):
+        os.makedirs(NODE_MODULES, exist_ok=True)
+        r = subprocess.run([npm, "install", "--prefix", NODE_MODULES, "--no-audit", "--no-fund",
+                            "pg@8"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            skip_test(f"npm install pg failed (no access to the npm registry?): "
+                      f"{r.stderr.strip()[-300:]}")
+    env = dict(os.environ, NODE_PATH=os.path.join(NODE_MODULES, "node_modules"))
+    compare_with_direct([node, os.path.join(DRIVERS_DIR, "node_pg_workload.js")], "drv_node",
+                        env)
+
+
+def test_ruby_pg_named_statements():
+    ruby = shutil.which("ruby")
+    if ruby is None or subprocess.run([ruby, "-e", "require 'pg'"],
+                                      capture_output=True).returncode != 0:
+        skip_test("ruby-pg is not installed (scripts/deps.sh installs ruby-pg)")
+    compare_with_direct([ruby, os.path.join(DRIVERS_DIR, "ruby_pg_workload.rb")], "drv_ruby")
 
 
 if __name__ == "__main__":
