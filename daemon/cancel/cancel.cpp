@@ -137,14 +137,18 @@ void Reactor::on_cancel_connect(Canceller& canceller, int result) {
 
 void Reactor::on_cancel_send(Canceller& canceller, int result) {
   --canceller.ops_in_flight_;
-  if (result < 0)
+  if (result < 0) {
     canceller.stream_.send_failed();
-  else
-    (void)canceller.stream_.on_sent(static_cast<std::uint32_t>(result));
-  if (result < 0)
     finish_cancel(canceller);
-  else if (canceller.done_)
-    finish_cancel(canceller);
+    return;
+  }
+  // A short send (the socket's buffer was full): the rest of the request goes out next.
+  if (!canceller.stream_.on_sent(static_cast<std::uint32_t>(result)) ||
+      canceller.stream_.has_output()) {
+    want_send(canceller.stream_);
+    return;
+  }
+  if (canceller.done_) finish_cancel(canceller);
 }
 
 void Reactor::on_cancel_recv(Canceller& canceller, int result, unsigned flags) {

@@ -271,6 +271,9 @@ class Reactor {
     std::string name;
     Operation accept_op{Operation::Kind::accept, nullptr};
     bool armed = false;
+    // Out of descriptors (EMFILE, ENFILE) or memory: accepting again at once would fail again
+    // every loop turn; the sweep re-arms it once a sweep interval has passed.
+    bool resting = false;
   };
 
   // The loop turn's steps (run_once reads as their table of contents).

@@ -137,9 +137,14 @@ void Reactor::close_listeners() {
 // Completions
 
 void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
+  bool exhausted =
+      result == -EMFILE || result == -ENFILE || result == -ENOMEM || result == -ENOBUFS;
   if (!(flags & IORING_CQE_F_MORE)) {
     listener.armed = false;
-    if (listener.fd >= 0 && !shutting_down()) arm_accept(listener);
+    if (exhausted)
+      listener.resting = true;  // (the connection waits in the backlog meanwhile)
+    else if (listener.fd >= 0 && !shutting_down())
+      arm_accept(listener);
   }
   if (result < 0) {
     if (result != -ECANCELED)

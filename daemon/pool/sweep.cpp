@@ -40,6 +40,11 @@ void Reactor::sweep() {
   auto expired = [&](Clock::time_point since, config::Duration limit) {
     return limit.count() > 0 && now_ - since >= limit;
   };
+  for (auto& listener : listeners_) {
+    if (!listener->resting) continue;
+    listener->resting = false;
+    if (listener->fd >= 0 && !listener->armed && !shutting_down()) arm_accept(*listener);
+  }
   // A burst of TLS handshakes leaves tens of KiB of freed heap per handshake behind (OpenSSL's
   // transient state); once the burst is over, give it back so idle clients cost what they hold.
   if (tls_handshakes_since_trim_ >= kTrimAfterHandshakes && login_clients_.empty()) {

@@ -16,12 +16,13 @@ import random
 import resource
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 from lib import (Background, Pgring, check, check_eq, check_pool_healthy, check_running, connect,
                 describe_fds, fail, fd_count, log, monitor_connect, parse_fields, percentile,
-                pool_config, query_one, run_tests, startup_packet, wait_fds_at_most,
+                pool_config, query_one, run_tests, skip_test, startup_packet, wait_fds_at_most,
                 wait_no_backends)
 
 DB, USER = "app", "app"
@@ -255,6 +256,50 @@ def test_connection_flood():
                 f"{fd_full} with the limit filled, {fds} at the end ({describe_fds(pid)})")
     finally:
         monitor.close()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_out_of_descriptors_accept_rests():
+    # With no descriptor left, accept fails (EMFILE) while connections wait in the backlog.
+    # Re-arming the accept at once would fail again on every loop turn and keep a core busy;
+    # pgring rests the listener until its next sweep, then accepts what waited once
+    # descriptors are free again.
+    # (The epoll engine: its accept4 runs on the reactor thread, so a limit lowered with prlimit
+    # applies at once; io_uring accepts on kernel workers created with the old limit.)
+    if subprocess.run(["prlimit", "--version"], capture_output=True).returncode != 0:
+        skip_test("prlimit (util-linux) is missing")
+    config = pool_config(pool_size=1)
+    config["io"] = {"engine": "epoll"}
+    with Pgring(config) as p:
+        pid = p.pid()
+        c = connect(p.port, db=DB, user=USER)
+        check_eq(query_one(c, "SELECT 1"), 1)
+        # (The limit is on descriptor numbers: a few above the highest in use.)
+        limit = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) + 4
+        soft = subprocess.run(["prlimit", f"--pid={pid}", "--nofile", "--output=SOFT",
+                               "--noheadings"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:"], check=True)
+        waiting = [socket.create_connection(("127.0.0.1", p.port)) for _ in range(30)]
+        p.wait_log(r"accept on .* failed: .*(Too many open files|EMFILE)")
+        before = cpu_ticks(pid)
+        time.sleep(2)
+        spent = cpu_ticks(pid) - before
+        log(f"CPU while out of descriptors: {spent} ticks in 2 s")
+        check(spent < 60, f"pgring kept a core busy out of descriptors: {spent} ticks in 2 s")
+        for s in waiting:
+            s.close()
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:"], check=True)
+        late = connect(p.port, db=DB, user=USER)
+        check_eq(query_one(late, "SELECT 2"), 2, "a client after descriptors are free again")
+        late.close()
+        check_eq(query_one(c, "SELECT 3"), 3, "the client that was there all along")
+        c.close()
 
 
 if __name__ == "__main__":
