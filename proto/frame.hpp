@@ -17,6 +17,13 @@ namespace pgring::proto {
 inline constexpr std::uint32_t kProtocol30 = 196608;  // 3.0
 inline constexpr std::uint32_t kProtocol32 = 196610;  // 3.2 (PostgreSQL 18)
 inline constexpr std::uint32_t kCancelRequestCode = 80877102;
+
+// The version pgring speaks with a client that asked for `requested` (3.x): 3.2 for 3.2 and any
+// newer minor (negotiated down, as PostgreSQL 18 does), 3.0 for 3.0 and 3.1 (reserved, never
+// used: old PgBouncers wrongly accepted it). A 3.2 client gets a long cancel key.
+[[nodiscard]] constexpr std::uint32_t negotiated_version(std::uint32_t requested) {
+  return requested >= kProtocol32 ? kProtocol32 : kProtocol30;
+}
 inline constexpr std::uint32_t kSslRequestCode = 80877103;
 inline constexpr std::uint32_t kGssEncRequestCode = 80877104;
 inline constexpr std::uint32_t kMaxStartupPacket = 10000;  // PostgreSQL's MAX_STARTUP_PACKET_LENGTH

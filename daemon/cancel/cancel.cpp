@@ -1,5 +1,7 @@
 #include "daemon/cancel/cancel.hpp"
 
+#include <openssl/crypto.h>
+
 #include <array>
 #include <cstring>
 
@@ -17,9 +19,11 @@ Canceller::Canceller(Reactor& reactor, Server& target, std::uint64_t link_genera
       connect_op_{Operation::Kind::cancel_connect, this} {}
 
 namespace {
-std::uint64_t cancel_key(std::int32_t pid, const std::array<char, 4>& secret) {
+// The map's key: the pid and the secret's first 4 bytes (the rest of a long secret is compared
+// when a cancel arrives).
+std::uint64_t cancel_key(std::int32_t pid, const char* secret) {
   std::uint32_t bits;
-  std::memcpy(&bits, secret.data(), 4);
+  std::memcpy(&bits, secret, 4);
   return (std::uint64_t(std::uint32_t(pid)) << 32) | bits;
 }
 }  // namespace
@@ -27,19 +31,21 @@ std::uint64_t cancel_key(std::int32_t pid, const std::array<char, 4>& secret) {
 void Reactor::register_cancel_key(Client& client) {
   for (;;) {
     RAND_bytes(reinterpret_cast<unsigned char*>(&client.cancel_pid_), sizeof client.cancel_pid_);
-    RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()), 4);
+    RAND_bytes(reinterpret_cast<unsigned char*>(client.cancel_secret_.data()),
+               client.cancel_secret_size_);
     // The secret's first byte names this reactor (a CancelRequest may arrive on any of them);
     // the pid is free to be the server's own (use_server_pid).
     client.cancel_secret_[0] = static_cast<char>(index_);
     client.cancel_pid_ &= 0x7fffffff;
     if (client.cancel_pid_ == 0) continue;
-    if (cancel_keys_.emplace(cancel_key(client.cancel_pid_, client.cancel_secret_), &client).second)
+    if (cancel_keys_.emplace(cancel_key(client.cancel_pid_, client.cancel_secret_.data()), &client)
+            .second)
       return;
   }
 }
 
 void Reactor::forget_cancel_key(Client& client) {
-  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_));
+  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_.data()));
 }
 
 void Reactor::use_server_pid(Client& client, std::int32_t pid) {
@@ -48,14 +54,14 @@ void Reactor::use_server_pid(Client& client, std::int32_t pid) {
   // pg_terminate_backend() then agree with it. The secret stays pgring's (cancels still come
   // here and are routed as before).
   if (pid == 0 || pid == client.cancel_pid_) return;
-  std::uint64_t key = cancel_key(pid, client.cancel_secret_);
+  std::uint64_t key = cancel_key(pid, client.cancel_secret_.data());
   if (!cancel_keys_.emplace(key, &client).second) return;  // taken: keep pgring's own pid
   forget_cancel_key(client);
   client.cancel_pid_ = pid;
 }
 
 void Reactor::cancel(std::int32_t pid, std::string_view secret) {
-  if (secret.size() != 4) return;
+  if (secret.size() < 4) return;
   int owner = static_cast<unsigned char>(secret[0]) & (kMaxWorkers - 1);
   if (owner != index_) {
     // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
@@ -69,10 +75,11 @@ void Reactor::cancel(std::int32_t pid, std::string_view secret) {
     r->post([pid, secret = std::string(secret)](Reactor& other) { other.cancel(pid, secret); });
     return;
   }
-  std::array<char, 4> secret_bytes;
-  std::memcpy(secret_bytes.data(), secret.data(), 4);
-  auto it = cancel_keys_.find(cancel_key(pid, secret_bytes));
-  if (it == cancel_keys_.end()) {
+  auto it = cancel_keys_.find(cancel_key(pid, secret.data()));
+  // The whole secret must match (a long one past its first 4 bytes too), compared in constant
+  // time: the key is all that authorizes a cancel.
+  if (it == cancel_keys_.end() || secret.size() != it->second->cancel_secret_size_ ||
+      CRYPTO_memcmp(secret.data(), it->second->cancel_secret_.data(), secret.size()) != 0) {
     log::info("cancel request with an unknown key ignored");
     return;
   }

@@ -162,7 +162,11 @@ class Client {
   // The BackendKeyData pgring gave this client: its own key, with the server's pid in session
   // mode (the secret is always pgring's; its first byte names the reactor).
   std::int32_t cancel_pid_ = 0;
-  std::array<char, 4> cancel_secret_{};
+  // The cancel key's secret: 4 bytes in protocol 3.0, kLongCancelSecret in 3.2 (PostgreSQL 18's
+  // length; the protocol allows up to 256, "leaving room" for layers in front of pgring).
+  static constexpr std::uint8_t kLongCancelSecret = 32;
+  std::array<char, kLongCancelSecret> cancel_secret_{};
+  std::uint8_t cancel_secret_size_ = 4;
 
   // Streaming: bytes of the current message still to forward as they arrive.
   std::size_t forward_remaining_ = 0;

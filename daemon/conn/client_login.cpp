@@ -137,14 +137,17 @@ void Client::handle_startup() {
                      "TLS is required (tls.client.mode require); connect with sslmode=require");
       return;
     }
-    // We speak 3.0. A newer minor or protocol extensions (_pq_.*) are negotiated down, as
-    // PostgreSQL does, instead of failing the client.
+    // We speak 3.0 and 3.2 (whose only change is a longer cancel key). Another minor or
+    // protocol extensions (_pq_.*) are negotiated down, as PostgreSQL does, instead of failing
+    // the client. (Servers are spoken to in 3.0 whatever the client's version.)
     std::vector<std::string_view> unsupported;
     for (const auto& [name, value] : startup_message().params)
       if (name.starts_with("_pq_.")) unsupported.push_back(name);
-    if (startup_message().version != proto::kProtocol30 || !unsupported.empty())
+    std::uint32_t version = proto::negotiated_version(startup_message().version);
+    cancel_secret_size_ = version == proto::kProtocol32 ? kLongCancelSecret : 4;
+    if (startup_message().version != version || !unsupported.empty())
       (void)stream_.emit([&](std::string& out) {
-        return proto::build::negotiate_protocol_version(out, proto::kProtocol30, unsupported);
+        return proto::build::negotiate_protocol_version(out, version, unsupported);
       });
     log::debug(
         "C-{} startup user={} database={}{}", id_, startup_message().user,

@@ -501,7 +501,7 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
       if (n && n->pid == backend_pid_ && client.cancel_pid_ != 0) {
         (void)client.stream_.emit([&](std::string& out) {
           return proto::build::notification_response(out, client.cancel_pid_, n->channel,
-                                                      n->payload);
+                                                     n->payload);
         });
         swallow = true;
       }

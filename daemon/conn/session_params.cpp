@@ -99,8 +99,8 @@ void Client::send_welcome(const std::vector<std::pair<std::string, std::string>>
       pool_->settings_.pool_mode == config::PoolMode::session)
     reactor_.use_server_pid(*this, server_->backend_pid_);
   ok &= stream_.emit([&](std::string& out) {
-    return proto::build::backend_key_data(out, cancel_pid_,
-                                          std::string_view(cancel_secret_.data(), 4));
+    return proto::build::backend_key_data(
+        out, cancel_pid_, std::string_view(cancel_secret_.data(), cancel_secret_size_));
   });
   ok &= stream_.emit([&](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(stream_);

@@ -10,9 +10,10 @@ import struct
 import subprocess
 import time
 
-from lib import (Background, CANCEL_REQUEST_CODE, PGHOST, PGPORT, PSQL, Pgring, RawConn, backends,
-                check, check_eq, client_env, connect, expect_error, fail, log, monitor_connect,
-                pool_config, pool_row, query, query_one, run_tests, wait_until)
+from lib import (CANCEL_REQUEST_CODE, PGHOST, PGPORT, PROTOCOL_3_0, PROTOCOL_3_2, PSQL, Background,
+                Pgring, RawConn, backends, check, check_eq, client_env, connect, error_fields_in,
+                expect_error, fail, log, message, monitor_connect, pool_config, pool_row, query,
+                query_one, read_until_ready, run_tests, wait_until)
 
 
 def wait_running(monitor, marker, timeout=15):
@@ -237,6 +238,60 @@ def test_cancel_client_waiting_for_server():
 
 def run_query(conn, sql):
     return Background(lambda: query_one(conn, sql)).result(15, f"query {sql!r}")
+
+
+def raw_login(port, protocol, **params):
+    r = RawConn(port)
+    r.startup("postgres", "pgring_test", protocol=protocol, **params)
+    return r
+
+
+def cancel_with(port, key):
+    """A CancelRequest carrying `key` (BackendKeyData's body: pid, then the secret)."""
+    with RawConn(port) as c:
+        c.send(struct.pack("!II", 8 + len(key), CANCEL_REQUEST_CODE) + key)
+        check(c.is_closed(5), "the cancel connection was not closed")
+
+
+def test_protocol_3_2_long_cancel_keys():
+    # PostgreSQL 18's protocol 3.2 changes one thing: the cancel secret is 4..256 bytes. This
+    # machine's PostgreSQL 15 negotiates a 3.2 request down to 3.0 (checked first); pgring
+    # speaks 3.2 with its clients whatever the server speaks, with a 32-byte secret, and
+    # routes their long-key cancels.
+    direct = raw_login(PGPORT, PROTOCOL_3_2)
+    check_eq(direct.negotiated, (PROTOCOL_3_0, []), "PostgreSQL 15 answering a 3.2 startup")
+    direct.close()
+    monitor = monitor_connect()
+    with Pgring(pool_config(pool_mode="transaction", pool_size=1)) as p:
+        r = raw_login(p.port, PROTOCOL_3_2)
+        check_eq(r.negotiated, None, "pgring answering 3.2: no NegotiateProtocolVersion")
+        check_eq(len(r.backend_key), 4 + 32, "BackendKeyData of a 3.2 client: pid + 32 bytes")
+        for key in (r.backend_key[:8],                                  # a 3.0-length prefix
+                    r.backend_key[:-1] + bytes([r.backend_key[-1] ^ 1])):  # last byte wrong
+            r.send(message(b"Q", b"SELECT 'kept' FROM pg_sleep(0.5) /* long-key kept */\0"))
+            wait_running(monitor, "/* long-key kept */")
+            cancel_with(p.port, key)
+            msgs, _ = read_until_ready(r)
+            check(not error_fields_in(msgs), f"a wrong long key canceled the query: {msgs}")
+        r.send(message(b"Q", b"SELECT pg_sleep(10) /* long-key canceled */\0"))
+        wait_running(monitor, "/* long-key canceled */")
+        cancel_with(p.port, r.backend_key)
+        msgs, _ = read_until_ready(r)
+        check_eq([e.get("C") for e in error_fields_in(msgs)], ["57014"],
+                 "the query canceled with the 3.2 key")
+        check_eq(r.simple_query("SELECT 1"), [["1"]], "the client after its cancel")
+        r.close()
+        # A newer minor is negotiated down to 3.2, with the options pgring does not know.
+        r = raw_login(p.port, PROTOCOL_3_2 + 7, **{"_pq_.grease": "1"})
+        check_eq(r.negotiated, (PROTOCOL_3_2, ["_pq_.grease"]), "a 3.9 startup")
+        check_eq(len(r.backend_key), 4 + 32, "its BackendKeyData")
+        r.close()
+        # 3.0 (and 3.1, reserved and never used) keep the 4-byte secret.
+        for protocol, negotiated in ((PROTOCOL_3_0, None), (PROTOCOL_3_0 + 1, (PROTOCOL_3_0, []))):
+            r = raw_login(p.port, protocol)
+            check_eq((r.negotiated, len(r.backend_key)), (negotiated, 8), f"protocol {protocol}")
+            r.close()
+    monitor.close()
 
 
 if __name__ == "__main__":

@@ -149,3 +149,10 @@ TEST_CASE("random bytes never crash the framers") {
     }
   }
 }
+
+TEST_CASE("negotiated_version: 3.0 and 3.2 spoken, 3.1 and newer minors negotiated down") {
+  CHECK(negotiated_version(kProtocol30) == kProtocol30);
+  CHECK(negotiated_version(kProtocol30 + 1) == kProtocol30);  // 3.1: reserved, never used
+  CHECK(negotiated_version(kProtocol32) == kProtocol32);
+  CHECK(negotiated_version(kProtocol30 + 9999) == kProtocol32);  // libpq 19's "grease" 3.9999
+}

@@ -15,7 +15,7 @@ import time
 
 from .checks import check, fail
 
-__all__ = ["PROTOCOL_3_0", "SSL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "CANCEL_REQUEST_CODE",
+__all__ = ["PROTOCOL_3_0", "PROTOCOL_3_2", "SSL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "CANCEL_REQUEST_CODE",
            "PgError", "ConnectionClosed", "Scram", "parse_fields", "startup_packet", "message",
            "RawConn",
            "login", "login_error", "parse_message", "bind_message", "describe_message",
@@ -25,6 +25,7 @@ __all__ = ["PROTOCOL_3_0", "SSL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "CANCEL_RE
 
 
 PROTOCOL_3_0 = 196608
+PROTOCOL_3_2 = 196610  # PostgreSQL 18: a cancel secret of 4..256 bytes
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
@@ -84,6 +85,7 @@ class RawConn:
         self.parameters = {}
         self.backend_key = None
         self.notices = []
+        self.negotiated = None    # NegotiateProtocolVersion: (version, [unsupported options])
 
     def send(self, data):
         self.sock.sendall(data)
@@ -147,10 +149,10 @@ class RawConn:
         self.send(struct.pack("!II", 8, GSSENC_REQUEST_CODE))
         return self.read_byte()
 
-    def startup(self, user, database, password=None, **params):
+    def startup(self, user, database, password=None, protocol=PROTOCOL_3_0, **params):
         """Send a StartupMessage and complete authentication (trust, cleartext, MD5 or
         SCRAM-SHA-256) up to ReadyForQuery. Raises PgError on an ErrorResponse."""
-        self.send(startup_packet(user, database, **params))
+        self.send(startup_packet(user, database, protocol=protocol, **params))
         scram = None
         while True:
             kind, body = self.read_message()
@@ -190,6 +192,9 @@ class RawConn:
                 self.parameters[k.decode()] = v.decode()
             elif kind == b"K":
                 self.backend_key = body
+            elif kind == b"v":
+                version, n = struct.unpack("!II", body[:8])
+                self.negotiated = (version, [o.decode() for o in body[8:].split(b"\0")[:n]])
             elif kind == b"N":
                 self.notices.append(parse_fields(body))
             elif kind == b"Z":
