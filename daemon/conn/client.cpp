@@ -260,20 +260,21 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       std::uint8_t state = 0;
       std::uint8_t release = 0;
       std::unique_ptr<proto::sql::SetStatement> set;
-      if (inspect) {
-        if (auto text = proto::parse_query(body)) {
-          std::uint8_t mentioned = proto::sql::mentions(*text);  // one pass for the checks below
-          state = proto::sql::scan_session_state(*text, mentioned);
-          if (pinned_state_ != 0) release = proto::sql::scan_session_release(*text);
-          if (auto s = proto::sql::parse_set_statement(*text, mentioned)) {
-            set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
-            state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
-          }
-          if (cache && deallocate(*text, mentioned)) return Verdict::drop;
-          // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
-          if (auto database = proto::sql::database_needed_alone(*text))
-            reactor_.free_database(pool_->address_text(), *database);
+      // The text, read once for the session-state checks and the query family.
+      std::optional<std::string_view> text =
+          inspect ? proto::parse_query(body) : std::optional<std::string_view>();
+      if (text) {
+        std::uint8_t mentioned = proto::sql::mentions(*text);  // one pass for the checks below
+        state = proto::sql::scan_session_state(*text, mentioned);
+        if (pinned_state_ != 0) release = proto::sql::scan_session_release(*text);
+        if (auto s = proto::sql::parse_set_statement(*text, mentioned)) {
+          set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
+          state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
         }
+        if (cache && deallocate(*text, mentioned)) return Verdict::drop;
+        // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
+        if (auto database = proto::sql::database_needed_alone(*text))
+          reactor_.free_database(pool_->address_text(), *database);
       }
       // Session state is judged before anything is queued: a refused Query is never sent.
       if (state != 0) {
@@ -285,8 +286,8 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       if (statements_) statements_->unnamed_parse_tail.clear();
       server.unnamed_client_ = 0;
       RequestQueue::Entry& query = server.requests_.push(Request::query, reactor_.now());
-      if (QueryStats& stats = reactor_.queries(); stats.on())
-        if (auto text = proto::parse_query(body)) query.fingerprint = stats.family(*pool_, *text);
+      if (QueryStats& stats = reactor_.queries(); stats.on() && text)
+        query.fingerprint = stats.family(*pool_, *text);
       query.session_state = state;
       query.session_release = release;
       query.set = std::move(set);
