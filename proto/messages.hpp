@@ -95,8 +95,9 @@ struct BackendKeyData {
 // (SELECT n, INSERT oid n, UPDATE n, DELETE n, MERGE n, FETCH n, MOVE n, COPY n); else 0.
 [[nodiscard]] std::uint64_t command_rows(std::string_view tag);
 
-// A CommandComplete tag of a command that can drop, create or rename a data type (TYPE, DOMAIN,
-// EXTENSION, SCHEMA): a statement prepared before it may have parameter types that are gone.
+// A CommandComplete tag of a command that can drop or rename a data type (ALTER or DROP of a
+// TYPE, DOMAIN, EXTENSION or SCHEMA): a statement prepared before it may have parameter types
+// that are gone.
 [[nodiscard]] bool command_changes_types(std::string_view tag);
 
 // NotificationResponse: Int32 pid of the notifying backend, String channel, String payload.

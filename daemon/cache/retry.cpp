@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <utility>
 
 #include "daemon/conn/client.hpp"
 #include "daemon/conn/server.hpp"
@@ -36,7 +37,10 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
   // command pgring did not see (or on this server before pgring saw it).
   bool type_gone =
       error.sqlstate == "XX000" && error.message.starts_with("cache lookup failed for type");
-  if (type_gone) reactor_.broadcast([](Reactor& r) { r.statements().retire_all(); });
+  // The statement is retired whether or not the batch can be re-run: the next Parse of its text
+  // prepares it afresh (each other stale copy fails once the same way).
+  if (type_gone && !requests_.empty() && requests_.head()->statement != nullptr)
+    reactor_.statements().retire(*requests_.head()->statement);
   if ((!plan_changed && !lost && !type_gone) || client_ == nullptr || requests_.empty())
     return false;
   RequestQueue::Entry& head = *requests_.head();
@@ -106,9 +110,11 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
   std::uint64_t seq = head.batch_seq;
   log::info("S-{} {} for {}: re-preparing and retrying once", id_, error.message,
             statement.server_name);
-  // The server skips the rest of the batch; its ReadyForQuery is swallowed.
+  // The server skips the rest of the batch; its ReadyForQuery is swallowed (and counted for no
+  // query family: the replay's answer is the one the client gets).
   requests_.drop_all_but_last();
   requests_.back().skip = true;
+  std::uint64_t fingerprint = std::exchange(requests_.back().fingerprint, 0);
   // Then: Close + Parse (both swallowed), and the batch again from the failed Bind.
   (void)stream_.emit(
       [&](std::string& out) { return proto::build::close_statement(out, statement.server_name); });
@@ -121,6 +127,7 @@ bool Server::retry_after_error(const proto::ErrorFields& error) {
     if (t != 'H') {
       RequestQueue::Entry& e = requests_.push(*request_for(t), reactor_.now());
       e.batch_seq = seq;
+      if (t == 'S') e.fingerprint = fingerprint;
       if (t == 'B') e.statement = &statement;
       // A Describe of this statement records the shape the client is told (not a portal's).
       if (t == proto::frontend::kDescribe) {

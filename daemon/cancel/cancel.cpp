@@ -149,13 +149,14 @@ void Reactor::on_cancel_send(Canceller& canceller, int result) {
     finish_cancel(canceller);
     return;
   }
-  // A short send (the socket's buffer was full): the rest of the request goes out next.
-  if (!canceller.stream_.on_sent(static_cast<std::uint32_t>(result)) ||
-      canceller.stream_.has_output()) {
+  bool all_sent = canceller.stream_.on_sent(static_cast<std::uint32_t>(result)) &&
+                  !canceller.stream_.has_output();
+  if (canceller.done_) {
+    finish_cancel(canceller);  // (given up meanwhile: the rest is not sent)
+  } else if (!all_sent) {
+    // A short send (the socket's buffer was full): the rest of the request goes out next.
     want_send(canceller.stream_);
-    return;
   }
-  if (canceller.done_) finish_cancel(canceller);
 }
 
 void Reactor::on_cancel_recv(Canceller& canceller, int result, unsigned flags) {

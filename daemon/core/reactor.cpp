@@ -656,6 +656,11 @@ void Reactor::release_stream(Stream& stream) {
     std::erase_if(starved_, [&](const auto& entry) { return entry.first == &stream; });
     stream.starved_ = false;
   }
+  // Likewise a stream queued for this turn's sends (want_send after its last operation).
+  if (stream.flush_queued_) {
+    std::erase(flush_list_, &stream);
+    stream.flush_queued_ = false;
+  }
   if (stream.fd >= 0) ::close(stream.fd);
   stream.fd = -1;
 }

@@ -256,7 +256,7 @@ class ProcessMetrics final : public prometheus::Collectable {
         [](const QueryFamily& a, const QueryFamily& b) { return a.server.sum > b.server.sum; });
     families.resize(shown);
     for (const QueryFamily& q : families) {
-      std::string id = q.text.starts_with("(other") ? "other" : fmt::format("{:016x}", q.id);
+      std::string id = q.other() ? "other" : fmt::format("{:016x}", q.id);
       Labels labels{{"database", q.database}, {"user", q.user}, {"fingerprint", id}};
       Labels info = labels;
       info.push_back({"query", std::string(utf8_prefix(q.text, 120))});

@@ -1,6 +1,7 @@
 #include "daemon/ops/queries.hpp"
 
 #include <algorithm>
+#include <limits>
 
 #include "daemon/core/reactor.hpp"  // (the connection types pool.hpp needs whole)
 #include "daemon/pool/pool.hpp"
@@ -20,6 +21,35 @@ std::string_view utf8_prefix(std::string_view text, std::size_t max) {
   // Back to the first byte of the character at the cut (continuation bytes are 10xxxxxx).
   while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
   return text.substr(0, n);
+}
+
+void make_valid_utf8(std::string& text) {
+  auto continuation = [&](std::size_t i) {
+    return i < text.size() && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80;
+  };
+  for (std::size_t i = 0; i < text.size();) {
+    auto b = static_cast<unsigned char>(text[i]);
+    // The sequence length its first byte announces (1: ASCII; 0: not a first byte), and the
+    // range its second byte must be in (no overlong forms, no surrogates, nothing past U+10FFFF).
+    std::size_t n = b < 0x80                 ? 1
+                    : b >= 0xC2 && b <= 0xDF ? 2
+                    : b >= 0xE0 && b <= 0xEF ? 3
+                    : b >= 0xF0 && b <= 0xF4 ? 4
+                                             : 0;
+    bool ok = n != 0;
+    if (n > 1) {
+      auto second = static_cast<unsigned char>(i + 1 < text.size() ? text[i + 1] : 0);
+      unsigned char low = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+      unsigned char high = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+      ok = second >= low && second <= high;
+      for (std::size_t k = 2; ok && k < n; ++k) ok = continuation(i + k);
+    }
+    if (!ok) {
+      text[i] = '?';
+      n = 1;
+    }
+    i += n;
+  }
 }
 
 std::uint64_t QueryFamily::error_count() const {
@@ -55,9 +85,13 @@ void QueryStats::make_room() {
   // their pool's "(other)" row (pg_stat_statements evicts its least used the same way): a
   // family that keeps costing time keeps its row, one-off texts come and go, and the sort is
   // paid once per twentieth of the bound.
+  // A family whose first call is still running has no time yet: it goes last (a long report
+  // query must not lose its row before its first call ends).
   std::vector<std::pair<double, std::uint64_t>> candidates;  // (time, key)
   for (const auto& [k, f] : families_)
-    if (f.id != kOther) candidates.emplace_back(f.server.sum, k);
+    if (f.id != kOther)
+      candidates.emplace_back(
+          f.server.count == 0 ? std::numeric_limits<double>::infinity() : f.server.sum, k);
   if (candidates.empty()) return;
   std::size_t n = std::max<std::size_t>(1, families_.size() / 20);
   n = std::min(n, candidates.size());
@@ -99,6 +133,7 @@ std::uint64_t QueryStats::family(const Pool& pool, std::string_view text, std::u
       f.text = kOtherText;
     } else {
       (void)proto::sql::fingerprint(text, scratch_);
+      make_valid_utf8(scratch_);
       f.text = utf8_prefix(scratch_, kTextMax);
     }
   }

@@ -25,11 +25,14 @@ class Pool;
 // One family of one pool: a row of SHOW QUERIES, a series of the pgring_query_family_*
 // metrics. Calls and time in PostgreSQL are the histogram's count and sum.
 struct QueryFamily {
+  // The id of a pool's "(other)" row (a fingerprint is never 1 by chance: FNV-1a).
+  static constexpr std::uint64_t kOther = 1;
+  [[nodiscard]] bool other() const { return id == kOther; }
   std::uint64_t id = 0;
   std::uint64_t pool = 0;  // the pool's stats key (Pool::stats_key_)
   std::string database;
   std::string user;
-  std::string text;           // the normal text (at most 1 KiB), or "(other: ...)"
+  std::string text;           // the normal text (at most 1 KiB, valid UTF-8), or "(other: ...)"
   Histogram server;           // first byte sent .. ReadyForQuery, per call
   std::uint64_t wait_us = 0;  // clients waiting for a server before this family's calls
   std::uint64_t rows = 0;     // as CommandComplete counts them (SELECT n, UPDATE n, ...)
@@ -69,7 +72,7 @@ class QueryStats {
   static constexpr int kSlowLogFamilies = 1000;
 
  private:
-  static constexpr std::uint64_t kOther = 1;  // (a fingerprint is never 1 by chance: FNV-1a)
+  static constexpr std::uint64_t kOther = QueryFamily::kOther;
   static std::uint64_t key(std::uint64_t pool_key, std::uint64_t id);
   static std::uint64_t key(const Pool& pool, std::uint64_t id);
   // Full: the least costly families make room for a new one (their counts go to "(other)").
@@ -83,6 +86,11 @@ class QueryStats {
 // At most `max` bytes of `text`, cut before a UTF-8 sequence rather than through it (a label
 // value, a text column: a client decoding UTF-8 must not choke on half a character).
 [[nodiscard]] std::string_view utf8_prefix(std::string_view text, std::size_t max);
+
+// `text` with every byte that is not part of a valid UTF-8 sequence replaced by '?': a family's
+// text reaches Prometheus labels, JSON logs and UTF-8 clients, whatever the client's encoding
+// (a LATIN1 client's "größe" is "gr??e" there).
+void make_valid_utf8(std::string& text);
 
 // Every reactor's families made one (the same pool and id added up).
 [[nodiscard]] std::vector<QueryFamily> merge_families(std::vector<std::vector<QueryFamily>> parts);

@@ -111,6 +111,12 @@ def test_errors_rows_p99_order_and_metrics():
         query(conn, "SELECT pg_sleep(0.3)")
         check_eq(len(query(conn, "SELECT generate_series(1, 40)")), 40)
         conn.close()
+        # A LATIN1 client: its text is not UTF-8, its family's text is made so ('?' for what
+        # is not), and /metrics stays valid (promtool below).
+        latin1 = connect(p.port)
+        latin1.set_client_encoding("LATIN1")
+        check_eq(query(latin1, 'SELECT 7 AS "größe"'), [(7,)], "a LATIN1 query")
+        latin1.close()
         rows = {r["query"]: r for r in families(p.port)}
         log(f"SHOW QUERIES: {list(rows.values())}")
         division = rows.get("select $1 / $2")
@@ -124,6 +130,7 @@ def test_errors_rows_p99_order_and_metrics():
         series = [r for q, r in rows.items() if q.startswith("select generate_series")]
         check(series and series[0]["rows"] == "40", f"rows of generate_series: {series}")
         # Ordered by the column asked for, largest first.
+        check('select $1 as "gr??e"' in rows, f"the LATIN1 family's text: {list(rows)}")
         check_eq(admin_rows(p.port, "SHOW QUERIES errors")[0]["query"], "select $1 / $2",
                  "first row of SHOW QUERIES errors")
         check(admin_rows(p.port, "SHOW QUERIES p99")[0]["query"].startswith("select pg_sleep"),

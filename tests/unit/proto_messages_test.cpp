@@ -316,12 +316,13 @@ TEST_CASE("command_rows: the count a CommandComplete tag carries, 0 for a comman
 }
 
 TEST_CASE("command_changes_types: the tags after which prepared parameter types may be gone") {
-  for (const char* tag :
-       {"DROP TYPE", "CREATE TYPE", "ALTER TYPE", "DROP DOMAIN", "CREATE DOMAIN", "ALTER DOMAIN",
-        "DROP EXTENSION", "ALTER EXTENSION", "CREATE EXTENSION", "DROP SCHEMA", "ALTER SCHEMA"})
+  for (const char* tag : {"DROP TYPE", "ALTER TYPE", "DROP DOMAIN", "ALTER DOMAIN",
+                          "DROP EXTENSION", "ALTER EXTENSION", "DROP SCHEMA", "ALTER SCHEMA"})
     CHECK(command_changes_types(tag));
-  for (const char* tag : {"SELECT 1", "DROP TABLE", "CREATE TABLE", "ALTER TABLE", "DROP", "TYPE",
-                          "DROP TYPES", "INSERT 0 1", ""})
+  // CREATE takes no type away (and CREATE ... IF NOT EXISTS may run in every transaction).
+  for (const char* tag :
+       {"SELECT 1", "DROP TABLE", "CREATE TABLE", "ALTER TABLE", "DROP", "TYPE", "DROP TYPES",
+        "INSERT 0 1", "", "CREATE TYPE", "CREATE SCHEMA", "CREATE EXTENSION", "CREATE DOMAIN"})
     CHECK_FALSE(command_changes_types(tag));
 }
 
@@ -334,7 +335,7 @@ TEST_CASE("NotificationResponse: parsed, and built back with another pid") {
   CHECK(n->pid == 4242);
   CHECK(n->channel == "jobs");
   CHECK(n->payload == "id=7");
-  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1jobs", 8)));           // no payload
-  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1a\0b\0x", 9)));        // trailing
-  CHECK_FALSE(parse_notification(std::string_view("\0\0\1", 3)));                 // short pid
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1jobs", 8)));     // no payload
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\0\1a\0b\0x", 9)));  // trailing
+  CHECK_FALSE(parse_notification(std::string_view("\0\0\1", 3)));           // short pid
 }

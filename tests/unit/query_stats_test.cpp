@@ -79,3 +79,23 @@ TEST_CASE("utf8_prefix: never cuts through a character") {
   for (std::size_t cut = 2; cut < 5; ++cut) CHECK(utf8_prefix("a\xF0\x9F\x98\x80", cut) == "a");
   CHECK(utf8_prefix("\x80\x80", 1).empty());  // (not UTF-8 at all: nothing rather than junk)
 }
+
+TEST_CASE("make_valid_utf8: what is not UTF-8 becomes '?', valid text stays as it is") {
+  auto fixed = [](std::string s) {
+    make_valid_utf8(s);
+    return s;
+  };
+  CHECK(fixed("select 1") == "select 1");
+  CHECK(fixed("gr\xC3\xB6\xC3\x9F"
+              "e") ==
+        "gr\xC3\xB6\xC3\x9F"
+        "e");  // größe in UTF-8
+  CHECK(fixed("gr\xF6\xDF"
+              "e") == "gr??e");                            // größe in LATIN1
+  CHECK(fixed("\xF0\x9F\x98\x80") == "\xF0\x9F\x98\x80");  // a 4-byte character
+  CHECK(fixed("a\xF0\x9F\x98") == "a???");                 // cut short
+  CHECK(fixed("\xC0\xAF") == "??");                        // overlong '/'
+  CHECK(fixed("\xED\xA0\x80") == "???");                   // a surrogate
+  CHECK(fixed("\xF4\x90\x80\x80") == "????");              // past U+10FFFF
+  CHECK(fixed("\x80 x") == "? x");                         // a lone continuation
+}
