@@ -257,6 +257,9 @@ struct Config {
   // logged with its query family (never parameter values); 0 = off.
   Duration log_slow_query{0};
   std::optional<ListenAddress> metrics_listen;  // absent = no HTTP endpoint
+  // upgrade.socket: the control socket a new pgring started with --takeover finds this one at
+  // (docs/operations.md, "Upgrading in place"); "" = the default (upgrade_socket_path), "off".
+  std::string upgrade_socket;
   std::vector<std::string> admin_users;
   std::vector<std::string> stats_users;
   AuthMethod auth_method = AuthMethod::scram_sha_256;
@@ -329,6 +332,10 @@ class ConfigError : public std::runtime_error {
 // What is valid but almost certainly not what was meant (an empty file, no databases): --check
 // prints these, the daemon logs them at start.
 [[nodiscard]] std::vector<std::string> config_warnings(const Config& config);
+
+// The upgrade's control socket: upgrade.socket, or by default ".s.PGRING.<port>" (the first TCP
+// port, else 6432) in the first unix socket directory of listen, else in /tmp; "" when off.
+[[nodiscard]] std::string upgrade_socket_path(const Config& config);
 
 // "250ms", "15s", "2m", "1h", "0" -> duration. nullopt when malformed.
 [[nodiscard]] std::optional<Duration> parse_duration(std::string_view text);

@@ -88,6 +88,14 @@ class Loader {
                        });
       } else if (key == "health_check") {
         health_check(item);
+      } else if (key == "upgrade") {
+        for_each_entry(item, {"socket"}, [&](const std::string&, const Item& path) {
+          config_.upgrade_socket = non_empty_string(path);
+          if (config_.upgrade_socket != "off" && config_.upgrade_socket.front() != '/')
+            path.fail("must be an absolute path, or off");
+          if (config_.upgrade_socket.size() >= 108)
+            path.fail("is too long for a unix socket path (107 bytes at most)");
+        });
       } else if (key == "ignore_startup_parameters") {
         config_.ignore_startup_parameters.clear();
         for (std::string& name : string_list(item)) {
@@ -125,6 +133,7 @@ class Loader {
                                                                 "dns",
                                                                 "health_check",
                                                                 "stats",
+                                                                "upgrade",
                                                                 "ignore_startup_parameters"};
 
   void health_check(const Item& section) {
@@ -743,6 +752,24 @@ int first_tab_indented_line(std::string_view text) {
 }
 
 }  // namespace
+
+std::string upgrade_socket_path(const Config& config) {
+  if (config.upgrade_socket == "off") return {};
+  if (!config.upgrade_socket.empty()) return config.upgrade_socket;
+  std::uint16_t port = 6432;
+  std::string dir = "/tmp";
+  bool have_port = false, have_dir = false;
+  for (const ListenAddress& a : config.listen) {
+    if (a.unix_dir.empty() && !have_port) {
+      port = a.port;
+      have_port = true;
+    } else if (!a.unix_dir.empty() && !have_dir) {
+      dir = a.unix_dir;
+      have_dir = true;
+    }
+  }
+  return dir + "/.s.PGRING." + std::to_string(port);
+}
 
 std::vector<std::string> config_warnings(const Config& config) {
   std::vector<std::string> out;

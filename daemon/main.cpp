@@ -1,6 +1,9 @@
 // pgring: a PostgreSQL connection pooler on io_uring.
 //   pgring --config pgring.yaml           run in the foreground
 //   pgring --config pgring.yaml --check   validate the configuration and exit
+//   pgring --config pgring.yaml --takeover
+//                                         take over from the pgring running with this config
+//                                         (its listeners and clients: an upgrade in place)
 //   pgring convert-pgbouncer pgbouncer.ini [--userlist F] [--hba F] [-o pgring.yaml]
 //                                         PgBouncer's configuration as pgring's YAML
 
@@ -8,6 +11,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -27,6 +31,7 @@
 #include "daemon/core/shared.hpp"
 #include "daemon/net/tls.hpp"
 #include "daemon/ops/cpus.hpp"
+#include "daemon/ops/upgrade.hpp"
 #include "daemon/pool/hosts.hpp"
 
 namespace {
@@ -86,6 +91,10 @@ int main(int argc, char** argv) {
   bool check = false;
   app.add_option("-c,--config", config_path, "configuration file (YAML)");
   app.add_flag("--check", check, "validate the configuration and exit");
+  bool takeover = false;
+  app.add_flag("--takeover", takeover,
+               "take over from the pgring running with this configuration (upgrade.socket): its "
+               "listening sockets and its clients");
   app.set_version_flag("--version", std::string("pgring ") + PGRING_VERSION);
   std::string ini_path, userlist_path, hba_path, out_path;
   CLI::App* convert =
@@ -169,6 +178,23 @@ int main(int argc, char** argv) {
   // 0 runs here. A reactor object stays alive until every reactor has stopped, because the
   // others may still post to it.
   pgring::Shared shared(workers);
+  // The upgrade's control socket; with --takeover, the running pgring's listeners first.
+  std::unique_ptr<pgring::Upgrade> upgrade;
+  if (std::string path = pgring::config::upgrade_socket_path(*config); !path.empty())
+    upgrade = std::make_unique<pgring::Upgrade>(shared, path);
+  if (takeover) {
+    if (!upgrade) {
+      pgring::log::error("--takeover: upgrade.socket is off in {}", config_path);
+      return 1;
+    }
+    try {
+      upgrade->connect();
+    } catch (const std::exception& e) {
+      pgring::log::error("{}", e.what());
+      return 1;
+    }
+  }
+  shared.upgrade = upgrade.get();
   // Host names are looked up once here, before the first client; from then on by the hosts
   // monitor thread (and health checks run there), never on a reactor.
   pgring::HostDirectory hosts(shared);
@@ -206,20 +232,30 @@ int main(int argc, char** argv) {
     shared.reactors[0] = &reactor;
     for (int i = 1; i < workers; ++i) threads.emplace_back(run_worker, i);
     started.wait();
+    if (upgrade) upgrade->drop_untaken();
     hosts.start();
     if (start_failed) {
       rc = 1;
       reactor.broadcast(
           [](pgring::Reactor& r) { r.begin_shutdown(pgring::Reactor::ShutdownMode::immediate); });
     } else {
+      if (upgrade) {
+        upgrade->begin_adopting();  // (--takeover: the old process stops accepting now)
+        upgrade->serve();
+      }
       pgring::log::info("{} reactor thread{} serving (I/O engine: {})", workers,
                         workers == 1 ? "" : "s", reactor.io_engine());
-      sd_notify(0, "READY=1\nSTATUS=accepting connections");
+      // After a takeover this process is the service's main one (NotifyAccess=all).
+      sd_notify(0,
+                fmt::format("READY=1\nSTATUS=accepting connections\nMAINPID={}", getpid()).c_str());
     }
     int run_rc = reactor.run();
-    hosts.stop();  // before any reactor goes: the monitor posts to them
+    hosts.stop();                           // before any reactor goes: the monitor posts to them
+    if (upgrade) upgrade->stop_adopting();  // (it posts to them too)
     if (rc == 0) rc = run_rc;
     finished.arrive_and_wait();
+    // Every reactor stopped: every client an upgrade took is queued; the rest goes, then "done".
+    if (upgrade) upgrade->finish();
   } catch (const std::exception& e) {
     pgring::log::error("{}", e.what());
     // The other reactors (if any started) are told to stop through the signal path's absence:

@@ -44,6 +44,13 @@ void Reactor::register_cancel_key(Client& client) {
   }
 }
 
+void Reactor::adopt_cancel_key(Client& client) {
+  if (!cancel_keys_.emplace(cancel_key(client.cancel_pid_, client.cancel_secret_.data()), &client)
+           .second)
+    log::warning("C-{} taken over with a cancel key another client has: its cancels are lost",
+                 client.id_);
+}
+
 void Reactor::forget_cancel_key(Client& client) {
   cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_.data()));
 }
@@ -62,7 +69,8 @@ void Reactor::use_server_pid(Client& client, std::int32_t pid) {
 
 void Reactor::cancel(std::int32_t pid, std::string_view secret) {
   if (secret.size() < 4) return;
-  int owner = static_cast<unsigned char>(secret[0]) & (kMaxWorkers - 1);
+  // (Modulo: a client taken over by an upgrade to fewer reactors keeps its old key.)
+  int owner = (static_cast<unsigned char>(secret[0]) & (kMaxWorkers - 1)) % shared_.workers();
   if (owner != index_) {
     // SO_REUSEPORT gave the cancel connection to another reactor than the client's.
     Reactor* r = owner < shared_.workers()

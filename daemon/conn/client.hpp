@@ -142,6 +142,12 @@ class Client {
   int ops_in_flight_ = 0;
   bool shut_down_ = false;  // socket shut down; waiting for in-flight operations to finish
   bool freed_ = false;      // queued for deletion at the end of the loop turn
+  // Closed with Reason::handed_over: its socket goes to the new process (daemon/ops/upgrade.hpp)
+  // once its last operation completed, instead of being shut down.
+  bool handover_ = false;
+  // Whether it can go on in another process now: logged in to a pool in transaction or
+  // statement mode, idle, nothing pinned, no TLS (a TLS session cannot move), nothing half-read.
+  [[nodiscard]] bool can_hand_over() const;
 
   Pool* pool_ = nullptr;
   Server* server_ = nullptr;

@@ -50,7 +50,8 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   // log.disconnections: every close at info with its reason (PgBouncer's default), else only
   // those a client did not ask for (an ordinary goodbye at debug). A cancel request's own
   // connection is no session: always debug.
-  bool ordinary = reason == Reason::client_eof || reason == Reason::client_terminate;
+  bool ordinary = reason == Reason::client_eof || reason == Reason::client_terminate ||
+                  reason == Reason::handed_over;
   bool quiet = reason == Reason::cancel_request || (ordinary && !config_->log_disconnections);
   log::Fields fields{
       .event = "client_close",
@@ -98,6 +99,19 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   --client_count_;
   shared_.clients.fetch_sub(1, std::memory_order_relaxed);
   client.stream_.reading_paused_ = true;
+  if (reason == Reason::handed_over) {
+    // Its socket goes to the new process once nothing is in flight: the multishot receive is
+    // cancelled (bytes that arrive meanwhile are kept and go along), its last reply sent.
+    client.handover_ = true;
+    if (client.stream_.recv_armed_ && !client.stream_.recv_canceling_) {
+      io_cancel(client.stream_.recv_op_, client.stream_.fd);
+      client.stream_.recv_canceling_ = true;
+    }
+    if (client.stream_.has_output()) want_send(client.stream_);
+    if (pool != nullptr) pool->maintain();
+    maybe_free(client);
+    return;
+  }
   if (client.stream_.has_output())
     want_send(client.stream_);  // the error, or a TLS alert
   else if (!client.stream_.send_in_flight())
@@ -173,6 +187,12 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
 }
 
 void Reactor::finish_close(Client& client) {
+  if (client.handover_) {
+    // Its handover cannot complete (a send failed, or it would not read its last reply within
+    // the closing grace): it is closed here instead, and sees its connection end.
+    log::warning("C-{} could not be handed over: closed", client.id_);
+    client.handover_ = false;
+  }
   if (client.shut_down_) return;
   client.shut_down_ = true;
   // shutdown() wakes an armed recv (it completes with 0); close() alone would not.
@@ -191,9 +211,14 @@ void Reactor::finish_close(Server& server) {
 }
 
 void Reactor::maybe_free(Client& client) {
-  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0 || !client.shut_down_)
-    return;
+  if (client.state_ != ClientState::closing || client.ops_in_flight_ > 0) return;
   if (client.freed_) return;
+  if (client.handover_) {
+    if (client.stream_.has_output()) return;  // its last reply goes out first
+    send_handed_over(client);                 // (the socket is the new process's now: fd is -1)
+  } else if (!client.shut_down_) {
+    return;
+  }
   client.freed_ = true;
   release_stream(client.stream_);
   unlink(&client);

@@ -98,6 +98,8 @@ std::string_view name(Reason reason) {
       return "database_disabled";
     case Reason::admin_reconnect:
       return "admin_reconnect";
+    case Reason::handed_over:
+      return "handed_over";
     case Reason::count_:
       break;
   }

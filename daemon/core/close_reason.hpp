@@ -57,6 +57,7 @@ enum class Reason {
   admin_reconnect,    // RECONNECT [db]: server connections replaced (idle now, busy at release)
   server_wrong_role,  // its host is not (or no longer) what the database's target asks for, or
                       // its host was taken out (health check failed, address gone)
+  handed_over,        // an upgrade in place: the client went on in the new process (no error)
   count_,             // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

@@ -218,6 +218,7 @@ void Reactor::run_once() {
     sweep();  // timeouts, budgets, the watchdog: one walk over the state lists
     next_sweep_ = now_ + kSweepInterval;
   }
+  if (!handover_candidates_.empty()) hand_over_idle();  // an upgrade: clients that went idle
   free_closed();  // connections whose last operation completed during this turn
 }
 
@@ -411,6 +412,10 @@ Reactor::Received Reactor::receive(Stream& stream, int& ops, int result, unsigne
 }
 
 void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
+  if (client.handover_) {
+    on_handover_recv(client, result, flags);
+    return;
+  }
   switch (receive(client.stream_, client.ops_in_flight_, result, flags,
                   client.state_ == ClientState::closing)) {
     case Received::closing:
@@ -462,6 +467,24 @@ void Reactor::on_client_recv(Client& client, int result, unsigned flags) {
   arm_recv(client.stream_, client.ops_in_flight_);
 }
 
+void Reactor::on_handover_recv(Client& client, int result, unsigned flags) {
+  switch (receive(client.stream_, client.ops_in_flight_, result, flags, false)) {
+    case Received::eof:
+    case Received::error:
+    case Received::tls_failed:
+      // It left (or broke) before its socket moved: nothing to hand over.
+      client.handover_ = false;
+      finish_close(client);
+      break;
+    case Received::bytes:
+    case Received::canceled:
+    case Received::starved:
+    case Received::closing:
+      break;  // (bytes stay in its input; nothing re-arms: reading is paused)
+  }
+  maybe_free(client);
+}
+
 Reactor::Sent Reactor::sent(Stream& stream, int& ops, int result) {
   --ops;
   if (result < 0) {
@@ -485,7 +508,7 @@ void Reactor::on_client_send(Client& client, int result) {
       want_send(client.stream_);
       break;
     case Sent::done:
-      if (client.state_ == ClientState::closing) finish_close(client);
+      if (client.state_ == ClientState::closing && !client.handover_) finish_close(client);
       if (client.state_ == ClientState::idle) client.stream_.trim();  // its last reply is out
       break;
   }

@@ -32,6 +32,7 @@
 #include "daemon/net/tls.hpp"
 #include "daemon/ops/queries.hpp"
 #include "daemon/pool/pool.hpp"
+#include "proto/handover.hpp"
 
 namespace prometheus {
 struct MetricFamily;
@@ -67,7 +68,9 @@ struct HttpConn {
 
 class Reactor {
  public:
-  enum class ShutdownMode { none, graceful, immediate };
+  // handover: an upgrade in place (daemon/ops/upgrade.hpp): idle clients go to the new process,
+  // the others when they can or at timeouts.shutdown, as in graceful.
+  enum class ShutdownMode { none, graceful, handover, immediate };
   // Reactor `index` of shared.workers(); it must be created on the thread that runs it (the
   // ring is SINGLE_ISSUER). Reactor 0 also reads the signals and serves the metrics port.
   Reactor(Shared& shared, int index, std::shared_ptr<const config::Config> config,
@@ -76,8 +79,12 @@ class Reactor {
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
 
-  // Opens the listeners (throws with a clear message on failure).
+  // Opens the listeners (throws with a clear message on failure), or takes over those an
+  // upgrade handed this process.
   void listen();
+  // A client an upgrade handed over (Upgrade::adopt_loop): it goes on here, idle, as if it had
+  // always been here. `fd` is its socket.
+  void adopt(proto::handover::Client record, int fd);
   // Runs until shut down. Returns the process exit code.
   int run();
   void run_once();
@@ -176,6 +183,9 @@ class Reactor {
   // Reading a client resumes (after an auth.query lookup held it).
   void resume_reading(Client& client);
   void register_cancel_key(Client& client);
+  // A client taken over by an upgrade keeps the key it was given (logged when another client
+  // here has it already: that one's cancels win).
+  void adopt_cancel_key(Client& client);
   void forget_cancel_key(Client& client);  // it closes (or takes its server's pid)
   // Session mode: the client's BackendKeyData carries its server's pid (cancel.cpp).
   void use_server_pid(Client& client, std::int32_t pid);
@@ -306,6 +316,13 @@ class Reactor {
   enum class Received { bytes, starved, canceled, eof, error, tls_failed, closing };
   Received receive(Stream& stream, int& ops, int result, unsigned flags, bool closing);
   void on_client_recv(Client& client, int result, unsigned flags);
+  // A client being handed over: the receive cancelled for it ends (what arrived meanwhile goes
+  // with it), or the client left after all.
+  void on_handover_recv(Client& client, int result, unsigned flags);
+  // Clients that went idle this turn during a handover: each goes now if it still can.
+  void hand_over_idle();
+  // A handed-over client's last operation completed: its record and socket go to the upgrade.
+  void send_handed_over(Client& client);
   // A send completed: its bytes leave the stream's output; `more` when some are still queued.
   enum class Sent { failed, more, done };
   Sent sent(Stream& stream, int& ops, int result);
@@ -333,7 +350,9 @@ class Reactor {
   // Reactor 0: WATCHDOG=1, if every reactor's loop turned recently.
   void feed_watchdog();
   void drop_unused_automatic_pools();
-  void close_listeners();
+  // Stops accepting. `keep_sockets`: an upgrade handed the sockets on, so they are only closed
+  // here (no shutdown(2), which would reset the new process's backlog).
+  void close_listeners(bool keep_sockets = false);
   void arm_mailbox();
   void run_mailbox();
 
@@ -389,6 +408,7 @@ class Reactor {
   [[nodiscard]] Budget& database_budget(const std::string& database);
 
  private:
+  std::vector<Client*> handover_candidates_;  // went idle this turn, while handing over
   std::vector<Client*> linked_;  // linked this turn, input not forwarded yet (forward_later)
   std::vector<Stream*> flush_list_;
   std::vector<std::pair<Stream*, int*>> starved_;

@@ -22,6 +22,7 @@ namespace pgring {
 
 class Reactor;
 class HostDirectory;
+class Upgrade;
 
 // Most reactors a process runs: a reactor is one bit in Budget::starving and the low bits of the
 // cancel keys it hands out.
@@ -62,6 +63,9 @@ class Shared {
   // Where server connections go: every database's hosts (daemon/pool/hosts.hpp). Set before
   // the reactors start.
   HostDirectory* hosts = nullptr;
+  // The upgrade's control socket and a takeover under way (daemon/ops/upgrade.hpp); null when
+  // upgrade.socket is off. Set before the reactors start.
+  Upgrade* upgrade = nullptr;
   std::atomic<int> clients{0};            // max_client_conn is for the process
   std::atomic<std::uint64_t> last_id{0};  // C-<id> and S-<id> are unique in the process
   // When the process started: SHOW STATS's rates per second on the "pgbouncer" console.
@@ -85,6 +89,22 @@ class Shared {
                            const std::array<std::uint8_t, 32>& key) {
     std::lock_guard lock(mutex_);
     client_keys_[user] = {secret, key};
+    ++client_keys_version_;
+  }
+  // Every remembered key, and a number that changes when one is added: an upgrade hands them
+  // to the new process before the clients that may need them.
+  struct ClientKey {
+    std::string user;
+    std::string secret;
+    std::array<std::uint8_t, 32> key;
+  };
+  std::vector<ClientKey> client_keys(std::uint64_t& version) {
+    std::lock_guard lock(mutex_);
+    version = client_keys_version_;
+    std::vector<ClientKey> keys;
+    for (const auto& [user, entry] : client_keys_)
+      keys.push_back({user, entry.first, entry.second});
+    return keys;
   }
   [[nodiscard]] std::optional<std::array<std::uint8_t, 32>> client_key(const std::string& user,
                                                                        const std::string& secret) {
@@ -109,6 +129,7 @@ class Shared {
   std::unordered_map<std::string, std::unique_ptr<Budget>> user_clients_;
   std::unordered_map<std::string, std::pair<std::string, std::array<std::uint8_t, 32>>>
       client_keys_;
+  std::uint64_t client_keys_version_ = 0;
 };
 
 }  // namespace pgring

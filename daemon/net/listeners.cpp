@@ -19,6 +19,7 @@
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
+#include "daemon/ops/upgrade.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -80,13 +81,27 @@ int listen_tcp(const config::ListenAddress& address, std::string_view what, bool
 }
 
 void Reactor::listen() {
+  // An upgrade hands this process the old one's listening sockets: the same sockets go on
+  // accepting (their backlog included), so no connection is refused while processes change.
+  auto inherited = [&](const std::string& name) {
+    return shared_.upgrade != nullptr
+               ? shared_.upgrade->take_listeners(name, index_, shared_.workers())
+               : std::vector<int>{};
+  };
+  auto add = [&](std::string name, int fd) {
+    auto listener = std::make_unique<Listener>();
+    listener->accept_op.owner = listener.get();
+    listener->fd = fd;
+    listener->name = std::move(name);
+    arm_accept(*listener);
+    if (shared_.upgrade != nullptr) shared_.upgrade->add_listener(listener->name, index_, fd);
+    listeners_.push_back(std::move(listener));
+  };
   for (const config::ListenAddress& address : config_->listen) {
     // TCP addresses: every reactor has its own SO_REUSEPORT socket and the kernel spreads the
     // connections. A unix socket path can be bound once: reactor 0 takes those.
     if (!address.unix_dir.empty() && index_ != 0) continue;
-    auto listener = std::make_unique<Listener>();
-    listener->accept_op.owner = listener.get();
-    int fd = -1;
+    std::string name;
     if (!address.unix_dir.empty()) {
       std::uint16_t port = 6432;
       for (const auto& a : config_->listen)
@@ -94,42 +109,56 @@ void Reactor::listen() {
           port = a.port;
           break;
         }
-      std::string path = address.unix_dir + "/.s.PGSQL." + std::to_string(port);
+      name = address.unix_dir + "/.s.PGSQL." + std::to_string(port);
+    } else {
+      name =
+          (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
+          ":" + std::to_string(address.port);
+    }
+    std::vector<int> fds = inherited(name);
+    for (int fd : fds) {
+      log::info("listening on {} (taken over)", name);
+      add(name, fd);
+    }
+    if (!fds.empty()) continue;
+    int fd = -1;
+    if (!address.unix_dir.empty()) {
       sockaddr_un sun{};
       sun.sun_family = AF_UNIX;
-      if (path.size() >= sizeof sun.sun_path)
-        throw std::runtime_error("unix socket path too long: " + path);
-      std::memcpy(sun.sun_path, path.c_str(), path.size() + 1);
+      if (name.size() >= sizeof sun.sun_path)
+        throw std::runtime_error("unix socket path too long: " + name);
+      std::memcpy(sun.sun_path, name.c_str(), name.size() + 1);
       fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      ::unlink(path.c_str());  // a stale socket from a previous run
+      ::unlink(name.c_str());  // a stale socket from a previous run
       if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0 ||
           ::listen(fd, 4096) != 0)
-        throw std::runtime_error("cannot listen on " + path + ": " + errno_text(errno));
-      chmod(path.c_str(), 0777);
-      listener->name = path;
+        throw std::runtime_error("cannot listen on " + name + ": " + errno_text(errno));
+      chmod(name.c_str(), 0777);
     } else {
       // One listener per reactor on the same port (SO_REUSEPORT); the kernel spreads connections.
       fd = listen_tcp(address, "listen", true, 4096);
       apply_tcp_options(fd, config().tcp);  // inherited by every accepted socket
-      std::string port = std::to_string(address.port);
-      listener->name =
-          (address.host.find(':') != std::string::npos ? "[" + address.host + "]" : address.host) +
-          ":" + port;
     }
-    listener->fd = fd;
-    arm_accept(*listener);
-    log::info("listening on {}", listener->name);
-    listeners_.push_back(std::move(listener));
+    log::info("listening on {}", name);
+    add(name, fd);
   }
 }
 
-void Reactor::close_listeners() {
+void Reactor::close_listeners(bool keep_sockets) {
   for (auto& l : listeners_) {
     if (l->fd < 0) continue;
     if (l->armed && !stopped_) io_cancel(l->accept_op, l->fd);
-    ::shutdown(l->fd, SHUT_RDWR);
+    if (shared_.upgrade != nullptr) shared_.upgrade->remove_listener(l->fd);
+    if (!keep_sockets) ::shutdown(l->fd, SHUT_RDWR);
     ::close(l->fd);
     l->fd = -1;
+  }
+  if (keep_sockets && metrics_listener_.fd >= 0) {
+    // The new process serves /metrics and the probes on the same socket from now on.
+    if (metrics_listener_.armed) io_cancel(metrics_listener_.accept_op, metrics_listener_.fd);
+    if (shared_.upgrade != nullptr) shared_.upgrade->remove_listener(metrics_listener_.fd);
+    ::close(metrics_listener_.fd);
+    metrics_listener_.fd = -1;
   }
 }
 
@@ -151,7 +180,8 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
       log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
     return;
   }
-  if (shutting_down()) {
+  // (An upgrade's old process serves what it accepted before it stopped: handed over later.)
+  if (shutting_down() && shutdown_ != ShutdownMode::handover) {
     ::close(result);
     return;
   }

@@ -27,6 +27,7 @@
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
 #include "daemon/core/shared.hpp"
+#include "daemon/ops/upgrade.hpp"
 #include "daemon/pool/hosts.hpp"
 
 namespace pgring {
@@ -410,11 +411,17 @@ int Reactor::pools_up() const {
 void Reactor::listen_metrics() {
   if (!config_->metrics_listen) return;
   const config::ListenAddress& a = *config_->metrics_listen;
-  int fd = listen_tcp(a, "metrics.listen", false, 128);
-  std::string port = std::to_string(a.port);
+  std::string name = a.host + ":" + std::to_string(a.port);
+  // (An upgrade hands the metrics socket over too: the probes never see it refused.)
+  std::vector<int> inherited;
+  if (shared_.upgrade != nullptr)
+    inherited = shared_.upgrade->take_listeners("metrics " + name, index_, shared_.workers());
+  for (std::size_t i = 1; i < inherited.size(); ++i) ::close(inherited[i]);
+  int fd = !inherited.empty() ? inherited.front() : listen_tcp(a, "metrics.listen", false, 128);
+  if (shared_.upgrade != nullptr) shared_.upgrade->add_listener("metrics " + name, index_, fd);
   metrics_listener_.fd = fd;
   metrics_listener_.accept_op = Operation{Operation::Kind::http_accept, &metrics_listener_};
-  metrics_listener_.name = a.host + ":" + port;
+  metrics_listener_.name = name;
   arm_http_accept();
   log::info("metrics on http://{}/metrics", metrics_listener_.name);
 }

@@ -171,6 +171,9 @@ void Reactor::set_state(Client& client, ClientState state) {
     case ClientState::idle:
       (pool != nullptr ? pool->idle_clients_ : admin_clients_).push_back(&client);
       client.trim();  // idle clients keep only what they need to resume
+      // An upgrade in place: a client between transactions goes to the new process at the end
+      // of this turn (unless it sent its next request meanwhile).
+      if (shutdown_ == ShutdownMode::handover) handover_candidates_.push_back(&client);
       break;
     case ClientState::waiting:
       pool->waiting_clients_.push_back(&client);

@@ -251,20 +251,26 @@ void Reactor::feed_watchdog() {
 }
 
 void Reactor::begin_shutdown(ShutdownMode mode) {
+  const bool handover = mode == ShutdownMode::handover || shutdown_ == ShutdownMode::handover;
   if (shutdown_ == ShutdownMode::none) {
-    // systemd learns at once that the service is stopping (not once the drain is over).
-    if (index_ == 0) sd_notify(0, "STOPPING=1");
+    // systemd learns at once that the service is stopping (not once the drain is over). An
+    // upgrade's old process is not: the new one is the service now.
+    if (index_ == 0 && !handover) sd_notify(0, "STOPPING=1");
     shutdown_deadline_ =
         now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
-    close_listeners();
+    close_listeners(handover);  // (an upgrade: the new process accepts on the same sockets)
   }
   if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_)
     shutdown_ = ShutdownMode::immediate;
   else
-    shutdown_ = ShutdownMode::graceful;
+    shutdown_ = handover ? ShutdownMode::handover : ShutdownMode::graceful;
   bool immediate = shutdown_ == ShutdownMode::immediate;
+  // Handing over, clients logging in or waiting for a server are served here and go once idle;
+  // TLS, session-mode and pinned clients stay until they leave or timeouts.shutdown passes.
+  bool handing_over = shutdown_ == ShutdownMode::handover;
 
   for (List<Client>* list : {&login_clients_, &admin_clients_}) {
+    if (handing_over && list == &login_clients_) continue;
     for (Client* c = list->front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
       close(*c, Reason::shutdown, "shutting down");
@@ -276,12 +282,16 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     for (List<Client>* list : {&pool->waiting_clients_, &pool->idle_clients_}) {
       for (Client* c = list->front(); c != nullptr;) {
         Client* next = List<Client>::next(c);
-        close(*c, Reason::shutdown, "shutting down");
+        if (!handing_over)
+          close(*c, Reason::shutdown, "shutting down");
+        else if (c->can_hand_over())
+          close(*c, Reason::handed_over);
         c = next;
       }
     }
     for (Client* c = pool->active_clients_.front(); c != nullptr;) {
       Client* next = List<Client>::next(c);
+      if (handing_over) break;
       // Graceful: a client whose server is between transactions may go now; others finish.
       Server* s = c->server_;
       // (Input not forwarded yet: a request linked this turn, about to run.)

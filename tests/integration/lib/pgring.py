@@ -107,7 +107,7 @@ class Pgring:
     the running process) either calls p.check_no_leaks() before it does, or says why not."""
 
     def __init__(self, config=None, start_timeout=10.0, env=None, skip_leak_check=None,
-                 leak_timeout=15.0, launcher=()):
+                 leak_timeout=15.0, launcher=(), args=()):
         self.config = copy.deepcopy(config) if config else {}
         if "listen" not in self.config:
             self.config["listen"] = [f"127.0.0.1:{free_port()}"]
@@ -119,6 +119,7 @@ class Pgring:
         self.start_timeout = start_timeout
         self.extra_env = env or {}
         self.launcher = list(launcher)  # a command pgring runs under (taskset -c 0, ...)
+        self.args = list(args)  # more command-line arguments (--takeover)
         if skip_leak_check is not None and not (isinstance(skip_leak_check, str)
                                                 and skip_leak_check.strip()):
             fail("skip_leak_check needs the reason, as a string")
@@ -169,7 +170,7 @@ class Pgring:
         env.update(self.extra_env)
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.launcher + [PGRING_BIN, "--config", self.config_path],
+            self.launcher + [PGRING_BIN, "--config", self.config_path] + self.args,
             stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
             env=env, cwd=self.dir, preexec_fn=_die_with_parent)
         # Ready when pgring logs "listening on HOST:PORT" for our port, or (for a binary that

@@ -1,0 +1,212 @@
+#!/usr/bin/python3
+"""Upgrade in place (docs/operations.md, "Upgrading in place"): `pgring --takeover` started
+beside a running pgring with the same configuration takes its listening sockets and, as each
+goes idle between transactions, its clients with their sessions (settings, prepared statements,
+cancel key). Clients never notice: no failed transaction, no reconnect; the old process exits
+once it has nothing left, and a second upgrade can follow at once."""
+
+import asyncio
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import asyncpg
+import psycopg2
+
+import subprocess
+
+from lib import (PGRING_BIN, Pgring, backends, check, check_eq, log, monitor_connect, pool_config,
+                 port_accepts, run_tests, wait_exit, wait_until)
+
+# The old process exits by itself once its clients are handed over: the leak check needs the
+# running process, so the old side skips it (the new side, which the test stops, runs it).
+OLD_SIDE = "the old process of an upgrade exits by itself"
+
+SIMPLE_CLIENTS = 16  # psycopg2: simple protocol, a SET per session, BEGIN/COMMIT
+ASYNC_CLIENTS = 16   # asyncpg: extended protocol, named prepared statements, transactions
+
+
+def upgrade_config(control):
+    config = pool_config(pool_mode="transaction", pool_size=6, timeouts={"shutdown": "30s"})
+    config["upgrade"] = {"socket": control}
+    config["workers"] = 2
+    return config
+
+
+class Workload:
+    """32 clients looping transactions through pgring on their own connections; any error is
+    recorded (a client never reconnects: a dropped connection shows up as an error)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.stop = threading.Event()
+        self.errors = []
+        self.counts = [0] * (SIMPLE_CLIENTS + ASYNC_CLIENTS)
+        self.local_ports = {}
+        self.threads = []
+        self.cancel_keys = {}
+
+    def start(self):
+        for i in range(SIMPLE_CLIENTS):
+            self.threads.append(threading.Thread(target=self.simple_client, args=(i,)))
+        self.threads.append(threading.Thread(target=self.async_clients))
+        for t in self.threads:
+            t.start()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+        check(not any(t.is_alive() for t in self.threads), "a workload client did not finish")
+
+    def total(self):
+        return sum(self.counts)
+
+    def simple_client(self, i):
+        try:
+            conn = psycopg2.connect(host="127.0.0.1", port=self.port, dbname="pgring_test",
+                                    user="postgres", application_name=f"upgrade-s{i}",
+                                    connect_timeout=10)
+            conn.autocommit = True
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            self.local_ports[i] = sock.getsockname()[1]
+            sock.close()
+            self.cancel_keys[i] = conn.get_backend_pid()
+            cur = conn.cursor()
+            cur.execute(f"SET statement_timeout = '{30001 + 2 * i}ms'")
+            while not self.stop.is_set():
+                cur.execute("BEGIN")
+                cur.execute("SELECT current_setting('application_name'), "
+                            "current_setting('statement_timeout'), %s::int", (i,))
+                row = cur.fetchone()
+                if row != (f"upgrade-s{i}", f"{30001 + 2 * i}ms", i):
+                    self.errors.append(f"s{i}: wrong session after {self.counts[i]} "
+                                       f"transactions: {row}")
+                    return
+                cur.execute("COMMIT")
+                self.counts[i] += 1
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            if sock.getsockname()[1] != self.local_ports[i]:
+                self.errors.append(f"s{i}: its connection changed")
+            sock.close()
+            conn.close()
+        except Exception as e:  # noqa: BLE001 - every failure of a client is the finding
+            self.errors.append(f"s{i} after {self.counts[i]} transactions: {e!r}")
+
+    def async_clients(self):
+        asyncio.run(self._async_main())
+
+    async def _async_main(self):
+        await asyncio.gather(*(self._async_client(SIMPLE_CLIENTS + k)
+                               for k in range(ASYNC_CLIENTS)))
+
+    async def _async_client(self, i):
+        try:
+            conn = await asyncpg.connect(host="127.0.0.1", port=self.port, database="pgring_test",
+                                         user="postgres", timeout=10,
+                                         server_settings={"application_name": f"upgrade-a{i}"})
+            # A named prepared statement, prepared once and executed in every transaction.
+            stmt = await conn.prepare("SELECT $1::int + 1 AS n, "
+                                      "current_setting('application_name') AS name")
+            while not self.stop.is_set():
+                async with conn.transaction():
+                    row = await stmt.fetchrow(i)
+                    # asyncpg's own statement cache (named statements too).
+                    text = await conn.fetchval("SELECT $1::text || 'x'", str(i))
+                if row["n"] != i + 1 or row["name"] != f"upgrade-a{i}" or text != f"{i}x":
+                    self.errors.append(f"a{i}: wrong answer after {self.counts[i]} "
+                                       f"transactions: {tuple(row)} {text}")
+                    return
+                self.counts[i] += 1
+                await asyncio.sleep(0)
+            await conn.close()
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"a{i} after {self.counts[i]} transactions: {e!r}")
+
+
+def wait_progress(work, what, each=3, timeout=20):
+    """Every client does `each` more transactions (all of them are still served)."""
+    base = list(work.counts)
+    wait_until(lambda: work.errors or all(c >= b + each for c, b in zip(work.counts, base)),
+               timeout, what=f"every client to run {each} transactions {what}")
+    check(not work.errors, f"client errors {what}: {work.errors[:5]}")
+
+
+def upgrade(old, config, number):
+    """Starts a pgring with --takeover; returns it once the old one exited, and the time that
+    took."""
+    started = time.monotonic()
+    new = Pgring(config, args=["--takeover"])
+    new.start()
+    try:
+        status = wait_exit(old, 25)
+    except BaseException:
+        new.stop()
+        raise
+    took = time.monotonic() - started
+    check_eq(status, 0, f"the old process's exit status (upgrade {number})")
+    handed = old.wait_log(r"upgrade: (\d+) clients handed over")
+    log(f"upgrade {number}: {handed.group(1)} clients handed over; the old process exited "
+        f"{took:.2f} s after the new one started")
+    return new, took, int(handed.group(1))
+
+
+def test_upgrade_keeps_every_client():
+    control = os.path.join(tempfile.mkdtemp(prefix="pgring-upgrade-"), "control")
+    first = Pgring(upgrade_config(control), skip_leak_check=OLD_SIDE)
+    config = dict(first.config)  # the same listen port for every generation
+    with first:
+        work = Workload(first.port)
+        work.start()
+        try:
+            wait_progress(work, "before the upgrade", each=20)
+            before = work.total()
+            second, took1, handed1 = upgrade(first, config, 1)
+            second.skip_leak_check = OLD_SIDE
+            wait_progress(work, "after the first upgrade")
+            check_eq(handed1, SIMPLE_CLIENTS + ASYNC_CLIENTS, "clients handed over by the first")
+            # A second upgrade right after the first.
+            third, took2, handed2 = upgrade(second, config, 2)
+            try:
+                wait_progress(work, "after the second upgrade")
+                check_eq(handed2, SIMPLE_CLIENTS + ASYNC_CLIENTS,
+                         "clients handed over by the second")
+                during = work.total() - before
+            finally:
+                work.finish()
+            check(not work.errors, f"client errors: {work.errors[:5]}")
+            log(f"{len(work.counts)} clients, {work.total()} transactions, {during} of them "
+                f"across two upgrades ({took1:.2f} s and {took2:.2f} s), 0 failed, 0 reconnects")
+            # Nothing of the old processes stays on PostgreSQL: only the new one's servers.
+            monitor = monitor_connect()
+            try:
+                wait_until(lambda: len(backends(monitor, "pgring_test")) <= 6, 10,
+                           what="PostgreSQL to see at most pool_size server connections")
+            finally:
+                monitor.close()
+            third.check_no_leaks()
+            third.stop()
+            check_eq(third.exit_code, 0, "the last process's exit status")
+            for p in (first, second, third):
+                problems = p.problems()
+                check(not problems, f"pgring pid {p.pid()}: {problems}")
+        finally:
+            work.stop.set()
+
+
+def test_takeover_needs_a_running_pgring():
+    control = os.path.join(tempfile.mkdtemp(prefix="pgring-upgrade-"), "control")
+    p = Pgring(upgrade_config(control), args=["--takeover"], skip_leak_check="it never starts")
+    p.write_config()
+    out = subprocess.run([PGRING_BIN, "--config", p.config_path, "--takeover"],
+                         capture_output=True, text=True, timeout=20)
+    check_eq(out.returncode, 1, f"exit status of --takeover with nobody to take over from: {out}")
+    check(f"no pgring answers at {control}" in out.stdout + out.stderr,
+          f"the error names the control socket: {out.stderr}")
+    check(not port_accepts(p.port), "it must not listen")
+
+
+if __name__ == "__main__":
+    run_tests(globals())
