@@ -17,8 +17,11 @@ import psycopg2
 
 import subprocess
 
-from lib import (PGRING_BIN, Pgring, backends, check, check_eq, log, monitor_connect, pool_config,
-                 port_accepts, run_tests, wait_exit, wait_until)
+import psycopg2.errors
+
+from lib import (PGHOST, PGPORT, PGRING_BIN, SOURCE_DIR, Background, Pgring, backends, check,
+                 check_eq, connect, log, monitor_connect, pool_config, port_accepts, query,
+                 query_one, run_tests, wait_exit, wait_until)
 
 # The old process exits by itself once its clients are handed over: the leak check needs the
 # running process, so the old side skips it (the new side, which the test stops, runs it).
@@ -194,6 +197,70 @@ def test_upgrade_keeps_every_client():
                 check(not problems, f"pgring pid {p.pid()}: {problems}")
         finally:
             work.stop.set()
+
+
+def taken_over(p):
+    return p.log().count(" taken over (was C-")
+
+
+def test_clients_that_cannot_move_stay_until_they_leave():
+    # An idle client goes at once (and its cancel key still cancels, in the new process); a
+    # client inside a transaction goes when it ends; TLS, session-mode and pinned clients stay
+    # with the old process, which serves them until they leave and then exits.
+    directory = tempfile.mkdtemp(prefix="pgring-upgrade-")
+    subprocess.run([os.path.join(SOURCE_DIR, "scripts", "gen-test-certs.sh"), directory],
+                   check=True, capture_output=True)
+    config = upgrade_config(os.path.join(directory, "control"))
+    config["workers"] = 1
+    config["tls"] = {"client": {"mode": "allow", "cert": os.path.join(directory, "server.crt"),
+                                "key": os.path.join(directory, "server.key")}}
+    config["databases"]["app"] = {"host": PGHOST, "port": PGPORT, "pool_mode": "session"}
+    first = Pgring(config, skip_leak_check=OLD_SIDE)
+    with first:
+        idle = connect(first.port, sslmode="disable")
+        check_eq(query_one(idle, "SELECT 1"), 1)
+        busy = connect(first.port, sslmode="disable")
+        query(busy, "BEGIN")
+        xid = query_one(busy, "SELECT txid_current()")
+        session = connect(first.port, db="app", sslmode="disable")
+        check_eq(query_one(session, "SELECT 2"), 2)
+        tls = connect(first.port, sslmode="require")
+        check_eq(query_one(tls, "SELECT 3"), 3)
+        pinned = connect(first.port, sslmode="disable")
+        query(pinned, "CREATE TEMP TABLE upgrade_pinned(x int)")
+        second = Pgring(first.config, args=["--takeover"])  # (the same listen port)
+        with second:
+            wait_until(lambda: taken_over(second) == 1, 10, what="the idle client to move")
+            # Its cancel key (from its BackendKeyData in the old process) cancels here.
+            sleeper = Background(lambda: query(idle, "SELECT pg_sleep(20)"))
+            time.sleep(0.5)
+            started = time.monotonic()
+            idle.cancel()
+            error = None
+            try:
+                sleeper.result(10, what="the cancelled pg_sleep")
+            except psycopg2.errors.QueryCanceled as e:
+                error = e
+            check(error is not None, "the cancel after the upgrade did not cancel")
+            log(f"a cancel with the old key took {time.monotonic() - started:.2f} s")
+            check_eq(query_one(idle, "SELECT 4"), 4)
+            # The transaction goes on where it began, then the client moves.
+            check_eq(query_one(busy, "SELECT txid_current()"), xid, "the same transaction")
+            query(busy, "COMMIT")
+            check_eq(query_one(busy, "SELECT 5"), 5)
+            wait_until(lambda: taken_over(second) == 2, 10, what="the client to move at COMMIT")
+            # The others stay, and are served, by the old process.
+            check(first.alive(), "the old process left with clients it had to keep")
+            check_eq(query_one(session, "SELECT 6"), 6)
+            check_eq(query_one(tls, "SELECT 7"), 7)
+            check_eq(query_one(pinned, "SELECT count(*) FROM upgrade_pinned"), 0)
+            check_eq(taken_over(second), 2, "clients taken over")
+            for conn in (session, tls, pinned):
+                conn.close()
+            check_eq(wait_exit(first, 10), 0, "the old process, once its clients left")
+            check_eq(query_one(idle, "SELECT 8"), 8)
+            idle.close()
+            busy.close()
 
 
 def test_takeover_needs_a_running_pgring():

@@ -860,3 +860,24 @@ TEST_CASE("config: a database's hosts, target, load balancing and health checks"
   check_error("health_check:\n  interval: 0\n", "health_check.interval", 2, "more than 0");
   check_error("dns:\n  ttl: 0s\n", "dns.ttl", 2, "more than 0");
 }
+
+TEST_CASE("config: upgrade.socket and its default") {
+  const Config by_default = parse_config(
+      "auth: {method: trust}\nlisten: ['127.0.0.1:7000']\n"
+      "databases: {app: {}}\n");
+  CHECK(upgrade_socket_path(by_default) == "/tmp/.s.PGRING.7000");
+  // Beside the unix socket, when there is one.
+  const Config unix_too = parse_config(
+      "auth: {method: trust}\nlisten: ['/run/pgring', '127.0.0.1:7001']\ndatabases: {app: {}}\n");
+  CHECK(upgrade_socket_path(unix_too) == "/run/pgring/.s.PGRING.7001");
+  const Config named = parse_config(
+      "auth: {method: trust}\nupgrade: {socket: /run/pgring/control}\ndatabases: {app: {}}\n");
+  CHECK(upgrade_socket_path(named) == "/run/pgring/control");
+  const Config off =
+      parse_config("auth: {method: trust}\nupgrade: {socket: 'off'}\ndatabases: {app: {}}\n");
+  CHECK(upgrade_socket_path(off).empty());
+  check_error("auth: {method: trust}\nupgrade: {socket: control}\ndatabases: {app: {}}\n",
+              "upgrade.socket", 2, "absolute path");
+  check_error("auth: {method: trust}\nupgrade: {sock: /x}\ndatabases: {app: {}}\n", "upgrade.sock",
+              2, "");
+}
