@@ -61,6 +61,7 @@ Reactor::Reactor(Shared& shared, int index, std::shared_ptr<const config::Config
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGHUP);
   sigaddset(&mask, SIGUSR1);
+  sigaddset(&mask, SIGUSR2);
   signal_fd_ = signalfd(-1, &mask, SFD_CLOEXEC);
   if (signal_fd_ < 0) throw std::runtime_error("signalfd: " + errno_text(errno));
   arm_signal();

@@ -19,6 +19,7 @@
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
+#include "daemon/ops/upgrade.hpp"
 #include "proto/builders.hpp"
 
 namespace pgring {
@@ -43,6 +44,14 @@ void Reactor::on_signal(int result) {
           log::error("SIGUSR1: {}; still writing to the old file", problem);
         else
           log::info("SIGUSR1: log file reopened");
+        break;
+      case SIGUSR2:
+        // An upgrade in place the systemd way (`systemctl kill -s USR2 --kill-whom=main`): the
+        // binary at this process's path (a new version, once installed) takes over.
+        if (shared_.upgrade == nullptr)
+          log::warning("SIGUSR2: upgrade.socket is off: no upgrade in place");
+        else
+          shared_.upgrade->spawn_takeover(config_path_);
         break;
       case SIGHUP: {
         sd_notify(0, "RELOADING=1");

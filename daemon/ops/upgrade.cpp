@@ -1,10 +1,13 @@
 #include "daemon/ops/upgrade.hpp"
 
+#include <limits.h>
 #include <poll.h>
+#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -140,6 +143,43 @@ sockaddr_un socket_address(const std::string& path) {
 
 Upgrade::Upgrade(Shared& shared, std::string path) : shared_(shared), path_(std::move(path)) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  char exe[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) executable_.assign(exe, static_cast<std::size_t>(n));
+}
+
+void Upgrade::spawn_takeover(const std::string& config_path) {
+  if (executable_.empty()) {
+    log::error("SIGUSR2: this process's executable is unknown: no upgrade in place");
+    return;
+  }
+  std::vector<std::string> args = {executable_, "--config", config_path, "--takeover"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // The new process starts with no signal blocked (it blocks its own) and the same output.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, executable_.c_str(), nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    log::error("SIGUSR2: cannot start {}: {}", executable_, errno_text(rc));
+    return;
+  }
+  log::info("SIGUSR2: started {} --takeover (pid {})", executable_, pid);
+  // Reaped by a thread of its own: a takeover that fails leaves no zombie behind, and one that
+  // succeeds outlives this process (its parent becomes the service manager or init).
+  std::thread([pid] {
+    int status = 0;
+    if (::waitpid(pid, &status, 0) == pid && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+      log::warning("upgrade: the takeover process (pid {}) exited with status {}", pid,
+                   WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }).detach();
 }
 
 Upgrade::~Upgrade() {

@@ -66,6 +66,9 @@ class Upgrade {
   // A client handed over: its record (proto::handover::Client, encoded) and its socket, which
   // is closed here once sent. Any reactor thread.
   void hand_over(std::string record, int fd);
+  // SIGUSR2: starts `<this binary> --config <config_path> --takeover` (the executable's path as
+  // it was when this process started: a package upgrade replaces the file there).
+  void spawn_takeover(const std::string& config_path);
   // The process is stopping: no more clients are adopted (before the reactors go away).
   void stop_adopting();
   // The process is about to exit: what is queued goes, then "done"; threads end; the socket
@@ -109,6 +112,7 @@ class Upgrade {
   std::vector<Listener> inherited_;
   std::thread adopter_;
   std::uint64_t adopted_ = 0;
+  std::string executable_;  // /proc/self/exe, read at start
 };
 
 }  // namespace pgring

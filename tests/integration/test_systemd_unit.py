@@ -66,6 +66,8 @@ def test_unit_declares_design_settings():
             settings.setdefault(key, []).append(value)
     one = {k: v[-1] for k, v in settings.items()}
     check_eq(one.get("Type"), "notify", "Type")
+    # An upgrade in place (SIGUSR2) hands the service to a new process, which says MAINPID=.
+    check_eq(one.get("NotifyAccess"), "all", "NotifyAccess")
     check(one.get("WatchdogSec"), "no WatchdogSec: the reactors' watchdog pings go unused")
     check(re.search(r"kill\s+-HUP\s+\$MAINPID", one.get("ExecReload", "")),
           f"ExecReload does not send SIGHUP: {one.get('ExecReload')}")

@@ -7,6 +7,7 @@ once it has nothing left, and a second upgrade can follow at once."""
 
 import asyncio
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -261,6 +262,59 @@ def test_clients_that_cannot_move_stay_until_they_leave():
             check_eq(query_one(idle, "SELECT 8"), 8)
             idle.close()
             busy.close()
+
+
+def process_gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")  # (a zombie nobody reaps)
+    except FileNotFoundError:
+        return True
+
+
+def test_sigusr2_starts_the_takeover():
+    # The systemd way (systemd/pgring.service, NotifyAccess=all): SIGUSR2 makes pgring start its
+    # own binary with --takeover; the new process tells the service manager it is the main one
+    # (MAINPID=) and the old one exits once its clients moved.
+    directory = tempfile.mkdtemp(prefix="pgring-upgrade-")
+    notify_path = os.path.join(directory, "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(0.2)
+    messages = []
+
+    def main_pids():
+        while True:
+            try:
+                messages.extend(notify.recv(4096).decode().split("\n"))
+            except socket.timeout:
+                break
+        return [int(m.split("=", 1)[1]) for m in messages if m.startswith("MAINPID=")]
+
+    config = upgrade_config(os.path.join(directory, "control"))
+    config["workers"] = 1
+    first = Pgring(config, env={"NOTIFY_SOCKET": notify_path}, skip_leak_check=OLD_SIDE)
+    new_pid = None
+    try:
+        with first:
+            wait_until(lambda: first.pid() in main_pids(), 10, what="READY=1 with MAINPID")
+            conn = connect(first.port, application_name="usr2")
+            check_eq(query_one(conn, "SELECT 1"), 1)
+            first.proc.send_signal(signal.SIGUSR2)
+            check_eq(wait_exit(first, 15), 0, "the old process's exit status")
+            pids = [pid for pid in main_pids() if pid != first.pid()]
+            check(pids, f"no MAINPID= from the new process: {messages}")
+            new_pid = pids[-1]
+            check(not process_gone(new_pid), "the new process is not running")
+            check_eq(query_one(conn, "SELECT current_setting('application_name')"), "usr2",
+                     "the client's session in the new process")
+            conn.close()
+            check(" taken over (was C-" in first.log(), "the new process's log (same output)")
+    finally:
+        if new_pid is not None and not process_gone(new_pid):
+            os.kill(new_pid, signal.SIGTERM)
+            wait_until(lambda: process_gone(new_pid), 15, what="the new process to exit")
+        notify.close()
 
 
 def test_takeover_needs_a_running_pgring():

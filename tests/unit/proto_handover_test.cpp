@@ -83,9 +83,9 @@ TEST_CASE("handover: frames, listeners and client keys") {
   REQUIRE(l);
   CHECK(l->name == "127.0.0.1:6432");
   CHECK(l->reactor == 3);
-  CHECK_FALSE(parse_header("Z\0\0\0\0"));                      // an unknown kind
+  CHECK_FALSE(parse_header("Z\0\0\0\0"));                    // an unknown kind
   CHECK_FALSE(parse_header(std::string("C\x7f\0\0\0", 5)));  // over kMaxBody
-  CHECK_FALSE(parse_header("C\0\0"));                          // short
+  CHECK_FALSE(parse_header("C\0\0"));                        // short
 
   ClientKey k{"app", "SCRAM-SHA-256$...", {}};
   k.key[0] = 1;
