@@ -62,6 +62,7 @@ EFFECTS = {
     "log.file": ("test_reference_config.py",
                  "test_log_connections_disconnections_and_file_reopened_on_sigusr1", '"file"'),
     "metrics.listen": ("test_metrics.py", "test_health_and_ready", "metrics_port"),
+    "upgrade.socket": ("test_upgrade.py", "test_upgrade_keeps_every_client", '"socket"'),
     "admin.users": ("test_admin_console.py", "test_every_show_command_returns_rows", "admin_rows"),
     "admin.stats_users": ("test_admin_console.py", "test_stats_user_may_only_show",
                           "STATS_USER"),
