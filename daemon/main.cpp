@@ -181,8 +181,13 @@ int main(int argc, char** argv) {
   pgring::Shared shared(workers);
   // The upgrade's control socket; with --takeover, the running pgring's listeners first.
   std::unique_ptr<pgring::Upgrade> upgrade;
-  if (std::string path = pgring::config::upgrade_socket_path(*config); !path.empty())
-    upgrade = std::make_unique<pgring::Upgrade>(shared, path);
+  if (std::string path = pgring::config::upgrade_socket_path(*config); !path.empty()) {
+    try {
+      upgrade = std::make_unique<pgring::Upgrade>(shared, path);
+    } catch (const std::exception& e) {
+      pgring::log::warning("{}: no upgrade in place", e.what());
+    }
+  }
   if (takeover) {
     if (!upgrade) {
       pgring::log::error("--takeover: upgrade.socket is off in {}", config_path);

@@ -52,7 +52,9 @@ void Reactor::adopt_cancel_key(Client& client) {
 }
 
 void Reactor::forget_cancel_key(Client& client) {
-  cancel_keys_.erase(cancel_key(client.cancel_pid_, client.cancel_secret_.data()));
+  // (Only its own entry: a client taken over with a key another client has left that one's.)
+  auto it = cancel_keys_.find(cancel_key(client.cancel_pid_, client.cancel_secret_.data()));
+  if (it != cancel_keys_.end() && it->second == &client) cancel_keys_.erase(it);
 }
 
 void Reactor::use_server_pid(Client& client, std::int32_t pid) {

@@ -148,6 +148,8 @@ class Client {
   // Whether it can go on in another process now: logged in to a pool in transaction or
   // statement mode, idle, nothing pinned, no TLS (a TLS session cannot move), nothing half-read.
   [[nodiscard]] bool can_hand_over() const;
+  // Transaction and statement mode rename named statements through the statement cache.
+  [[nodiscard]] bool uses_statement_cache() const;
 
   Pool* pool_ = nullptr;
   Server* server_ = nullptr;
@@ -272,8 +274,6 @@ class Client {
   void forward_to_server();
   // `cache`: uses_statement_cache(), judged once per read loop.
   Verdict on_request(const proto::Frame& frame, Server& server, bool cache);
-  // Transaction and statement mode rename named statements through the statement cache.
-  [[nodiscard]] bool uses_statement_cache() const;
   void hold_while_waiting();
   void take_startup_settings();
   void admin_login();

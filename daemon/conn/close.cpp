@@ -220,6 +220,7 @@ void Reactor::maybe_free(Client& client) {
     return;
   }
   client.freed_ = true;
+  if (!handover_candidates_.empty()) std::erase(handover_candidates_, &client);
   release_stream(client.stream_);
   unlink(&client);
   free_clients_.push_back(&client);

@@ -63,9 +63,16 @@ void Reactor::send_handed_over(Client& client) {
     ::close(fd);
     return;
   }
+  std::string encoded = proto::handover::encode(record);
+  if (encoded.size() > proto::handover::kMaxBody) {
+    log::warning("C-{} could not be handed over: its {} bytes of statements are too many; closed",
+                 client.id_, encoded.size());
+    ::close(fd);
+    return;
+  }
   log::debug("C-{} handed over ({} statements, {} bytes unread)", client.id_,
              record.statements.size(), record.input.size());
-  shared_.upgrade->hand_over(proto::handover::encode(record), fd);
+  shared_.upgrade->hand_over(std::move(encoded), fd);
 }
 
 void Reactor::adopt(proto::handover::Client record, int fd) {
@@ -77,7 +84,9 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
   shared_.clients.fetch_add(1, std::memory_order_relaxed);
   set_state(*client, ClientState::auth);  // (on the login list until it joins its pool)
   client->startup_ = startups_.intern(record.startup_packet);
-  if (client->startup_ == nullptr || record.cancel_secret.size() > client->cancel_secret_.size()) {
+  if (client->startup_ == nullptr || record.cancel_secret.size() > client->cancel_secret_.size() ||
+      record.cancel_pid == 0 ||
+      record.lookup_kind > static_cast<std::uint8_t>(config::SecretKind::scram)) {
     close(*client, Reason::protocol_violation, "the upgrade's record of this client is unusable");
     return;
   }
@@ -119,6 +128,13 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
     return;
   }
   client->pool_ = &pool;
+  if (client->statement_count() > 0 && !client->uses_statement_cache()) {
+    // The new configuration runs this pool in session mode (or without the statement cache):
+    // its statement names would reach servers that never prepared them.
+    close(*client, Reason::config_changed,
+          "the upgrade's configuration runs this pool without the statement cache");
+    return;
+  }
   set_state(*client, ClientState::idle);
   log::event(config_->log_connections ? config::LogLevel::info : config::LogLevel::debug,
              {.event = "client_login",

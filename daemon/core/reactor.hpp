@@ -261,6 +261,7 @@ class Reactor {
     return shared_.last_id.fetch_add(1, std::memory_order_relaxed) + 1;
   }
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
+  [[nodiscard]] bool handing_over() const { return shutdown_ == ShutdownMode::handover; }
 
   List<Client> login_clients_;
   int logins_running_ = 0;           // max_concurrent_logins: this reactor's logins under way

@@ -117,6 +117,9 @@ void Reactor::listen() {
     }
     std::vector<int> fds = inherited(name);
     for (int fd : fds) {
+      // The epoll engine made it non-blocking (the same open file in both processes);
+      // io_uring's accept would then fail with EAGAIN instead of waiting.
+      if (!epoll_) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
       log::info("listening on {} (taken over)", name);
       add(name, fd);
     }
@@ -149,7 +152,10 @@ void Reactor::close_listeners(bool keep_sockets) {
     if (l->fd < 0) continue;
     if (l->armed && !stopped_) io_cancel(l->accept_op, l->fd);
     if (shared_.upgrade != nullptr) shared_.upgrade->remove_listener(l->fd);
-    if (!keep_sockets) ::shutdown(l->fd, SHUT_RDWR);
+    // shutdown(2) would stop the socket listening in every process that has it: not once an
+    // upgrade shared it (close and the cancelled accept are enough).
+    if (!keep_sockets && (shared_.upgrade == nullptr || !shared_.upgrade->shared_listeners()))
+      ::shutdown(l->fd, SHUT_RDWR);
     ::close(l->fd);
     l->fd = -1;
   }
@@ -168,6 +174,7 @@ void Reactor::close_listeners(bool keep_sockets) {
 void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
   bool exhausted =
       result == -EMFILE || result == -ENFILE || result == -ENOMEM || result == -ENOBUFS;
+  // (EAGAIN: an upgrade's epoll process made the shared socket non-blocking for a moment.)
   if (!(flags & IORING_CQE_F_MORE)) {
     listener.armed = false;
     if (exhausted)
@@ -176,7 +183,7 @@ void Reactor::on_accept(Listener& listener, int result, unsigned flags) {
       arm_accept(listener);
   }
   if (result < 0) {
-    if (result != -ECANCELED)
+    if (result != -ECANCELED && result != -EAGAIN)
       log::warning("accept on {} failed: {}", listener.name, errno_text(-result));
     return;
   }

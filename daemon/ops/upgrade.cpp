@@ -143,6 +143,9 @@ sockaddr_un socket_address(const std::string& path) {
 
 Upgrade::Upgrade(Shared& shared, std::string path) : shared_(shared), path_(std::move(path)) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (path_.size() >= sizeof(sockaddr_un{}.sun_path))
+    throw std::runtime_error("upgrade.socket: " + path_ +
+                             " is too long for a unix socket path (107 bytes at most)");
   char exe[PATH_MAX];
   ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) executable_.assign(exe, static_cast<std::size_t>(n));
@@ -230,6 +233,7 @@ void Upgrade::connect() {
         old_pid_, path_));
   }
   peer_ = sock;
+  took_over_ = true;
   log::info("upgrade: taking over from pid {} ({} listening sockets)", old_pid_, inherited_.size());
 }
 
@@ -263,6 +267,7 @@ void Upgrade::begin_adopting() {
     peer_ = -1;
     return;
   }
+  adopting_ = true;
   adopter_ = std::thread([this] { adopt_loop(); });
 }
 
@@ -301,8 +306,7 @@ void Upgrade::adopt_loop() {
     auto record = std::make_shared<handover::Client>(std::move(*client));
     reactor->post([record, fd = frame->fd](Reactor& r) { r.adopt(std::move(*record), fd); });
   }
-  ::close(peer_);
-  peer_ = -1;
+  adopting_ = false;  // (the socket is closed by stop_adopting, after the join)
 }
 
 // ---- every process: the control socket -------------------------------------------------------
@@ -314,7 +318,7 @@ void Upgrade::serve() {
       probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&sun), sizeof sun) == 0;
   if (probe >= 0) ::close(probe);
   // (After a takeover the old process still listens there, on a socket about to close.)
-  if (answered && !took_over()) {
+  if (answered && !took_over_) {
     log::warning(
         "upgrade: another pgring answers at {} (upgrade.socket): this one cannot be upgraded in "
         "place",
@@ -371,13 +375,29 @@ void Upgrade::take_over_by(int conn) {
     ::close(conn);
     return;
   }
+  // A peer that says nothing, or stops reading, does not hold this process up for ever.
+  timeval timeout{10, 0};
+  setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  timeval send_timeout{30, 0};
+  setsockopt(conn, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
   std::optional<Frame> hello = receive_frame(conn);
   if (!hello || hello->kind != handover::Kind::hello) {
     ::close(conn);
     return;
   }
+  if (adopting_) {
+    // Its own clients are still arriving from the process it took over from: were it to hand
+    // over and exit now, those still on their way would be lost.
+    log::warning(
+        "upgrade: pid {} wants to take over while this process still takes over from "
+        "pid {}: refused (try again once that is done)",
+        pid, old_pid_);
+    ::close(conn);
+    return;
+  }
   log::info("upgrade: pid {} is taking over: handing it the listening sockets", pid);
   bool ok = true;
+  shared_listeners_ = true;
   {
     std::lock_guard lock(mutex_);
     for (const Listener& l : listeners_)
@@ -392,10 +412,21 @@ void Upgrade::take_over_by(int conn) {
     pollfd fds[2] = {{conn, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
     while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
     }
-    if (fds[1].revents == 0) ready = receive_frame(conn);
+    if (fds[1].revents == 0) {
+      timeval none{0, 0};  // (it may take its time: looking its hosts up, say)
+      setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+      ready = receive_frame(conn);
+    }
   }
   if (!ready || ready->kind != handover::Kind::ready) {
     log::warning("upgrade: pid {} did not take over (it failed to start?): still serving", pid);
+    ::close(conn);
+    return;
+  }
+  std::lock_guard lock(mutex_);
+  if (reactors_stopping_) {
+    // This process is stopping anyway (a shutdown came first): the new one serves.
+    log::info("upgrade: pid {} accepts connections; this process is already stopping", pid);
     ::close(conn);
     return;
   }
@@ -485,8 +516,14 @@ void Upgrade::finish() {
 }
 
 void Upgrade::stop_adopting() {
+  {
+    std::lock_guard lock(mutex_);
+    reactors_stopping_ = true;
+  }
   if (peer_ >= 0) ::shutdown(peer_, SHUT_RDWR);  // the adopter stops reading
   if (adopter_.joinable()) adopter_.join();
+  if (peer_ >= 0) ::close(peer_);
+  peer_ = -1;
 }
 
 }  // namespace pgring

@@ -55,7 +55,9 @@ class Upgrade {
   void drop_untaken();
   // The reactors accept: the old process is told, and its clients are adopted from now on.
   void begin_adopting();
-  [[nodiscard]] bool took_over() const { return peer_ >= 0 || adopter_.joinable(); }
+  [[nodiscard]] bool took_over() const { return took_over_; }
+  // The listening sockets are (or were) another process's too: never shut them down.
+  [[nodiscard]] bool shared_listeners() const { return took_over_ || shared_listeners_; }
 
   // ---- every process ----
   // Serves the control socket for the next upgrade (a thread).
@@ -69,7 +71,8 @@ class Upgrade {
   // SIGUSR2: starts `<this binary> --config <config_path> --takeover` (the executable's path as
   // it was when this process started: a package upgrade replaces the file there).
   void spawn_takeover(const std::string& config_path);
-  // The process is stopping: no more clients are adopted (before the reactors go away).
+  // The reactors are stopping: no more clients are adopted, no takeover begins (before the
+  // reactors go away).
   void stop_adopting();
   // The process is about to exit: what is queued goes, then "done"; threads end; the socket
   // path is removed if it is still this process's.
@@ -99,6 +102,10 @@ class Upgrade {
   std::deque<Queued> queue_;
   bool finishing_ = false;
   std::atomic<bool> handing_over_{false};
+  std::atomic<bool> shared_listeners_{false};  // sent to a process that took over (or tried)
+  std::atomic<bool> took_over_{false};         // this process took over from another
+  std::atomic<bool> adopting_{false};          // ... and is still adopting its clients
+  bool reactors_stopping_ = false;             // (mutex_) nothing may be posted to them
 
   int listen_fd_ = -1;
   int wake_fd_ = -1;  // eventfd: finish() wakes the server thread out of poll

@@ -279,6 +279,16 @@ void Pool::server_ready(Server& server) {
     return;
   }
   reactor_.set_state(server, ServerState::idle);
+  // Clients wait here, but another reactor's wait with no server at all while this one holds
+  // more than its share (it opened them all when everyone arrived at once: a start under load,
+  // an upgrade's clients): the slot moves there rather than to the next client here.
+  if (!waiting_clients_.empty()) {
+    if (std::optional<int> fair = fair_share(); fair && server_count() > *fair) {
+      reactor_.close(server, Reason::server_handed_over, "another worker's clients need the slot");
+      maintain();
+      return;
+    }
+  }
   maintain();
   offer_idle_server(false);
 }
@@ -301,23 +311,28 @@ void Pool::set_starving(bool pool_budget, bool database_budget) {
   }
 }
 
-void Pool::offer_idle_server(bool sweeping) {
-  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
+std::optional<int> Pool::fair_share() const {
   std::uint64_t mine = std::uint64_t{1} << reactor_.index();
   std::uint64_t pool_others = budget_->starving.load(std::memory_order_relaxed) & ~mine;
   std::uint64_t db_others = db_budget_->starving.load(std::memory_order_relaxed) & ~mine;
-  if (pool_others == 0 && db_others == 0) return;
-  // Keep a fair share of the limit among the reactors that want slots (this one included,
-  // rounded down): only what is above it moves, so two busy reactors do not trade connections
-  // back and forth (each move costs a new PostgreSQL backend). A slot that cannot be shared
-  // evenly (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
+  if (pool_others == 0 && db_others == 0) return std::nullopt;
+  // A fair share of the limit among the reactors that want slots (this one included, rounded
+  // down): only what is above it moves, so two busy reactors do not trade connections back and
+  // forth (each move costs a new PostgreSQL backend). A slot that cannot be shared evenly
+  // (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
   int sharers = std::popcount(pool_others | db_others) + 1;
   int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size
                                : settings_.max_db_connections;
-  int fair = limit / sharers;
+  return limit / sharers;
+}
+
+void Pool::offer_idle_server(bool sweeping) {
+  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
+  std::optional<int> fair = fair_share();
+  if (!fair) return;
   // Within its share, a reactor still gives up a server nobody here has used for a while (the
   // sweep looks): its clients may have gone quiet while another reactor's wait.
-  if (server_count() <= fair &&
+  if (server_count() <= *fair &&
       (!sweeping || reactor_.now() - idle_servers_.front()->state_since_ < kHandoffIdle))
     return;
   // Closing it frees the slot; the starving reactors are told when it is freed.
@@ -356,7 +371,8 @@ void Pool::maintain() {
   }
   if (waiting_clients_.empty() && (starving_pool_ || starving_db_)) set_starving(false, false);
   int demand = static_cast<int>(waiting_clients_.size() + lookups_.size());
-  if (paused_ || demand == 0 || reactor_.shutting_down()) return;
+  // (An upgrade's old process still serves the clients it has: they go once idle.)
+  if (paused_ || demand == 0 || (reactor_.shutting_down() && !reactor_.handing_over())) return;
 
   // Open connections for clients that no connecting server will serve, up to pool_size; the
   // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.

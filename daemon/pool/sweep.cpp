@@ -135,7 +135,10 @@ void Reactor::sweep() {
   // Connections that could not drain their last bytes are cut off.
   for (Client* c = closing_clients_.front(); c != nullptr;) {
     Client* next = List<Client>::next(c);
-    if (now_ - c->state_since_ > kClosingGrace) {
+    // (A client an upgrade hands over may read its last reply until timeouts.shutdown.)
+    bool grace_over =
+        c->handover_ ? now_ >= shutdown_deadline_ : now_ - c->state_since_ > kClosingGrace;
+    if (grace_over) {
       finish_close(*c);
       maybe_free(*c);
     }

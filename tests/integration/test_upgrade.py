@@ -133,9 +133,19 @@ class Workload:
 def wait_progress(work, what, each=3, timeout=20):
     """Every client does `each` more transactions (all of them are still served)."""
     base = list(work.counts)
-    wait_until(lambda: work.errors or all(c >= b + each for c, b in zip(work.counts, base)),
-               timeout, what=f"every client to run {each} transactions {what}")
+    done = lambda: work.errors or all(c >= b + each for c, b in zip(work.counts, base))  # noqa
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stuck = [f"{'s' if i < SIMPLE_CLIENTS else 'a'}{i} at {c}"
+             for i, (c, b) in enumerate(zip(work.counts, base)) if c < b + each]
+    check(done(), f"clients that did not run {each} transactions {what} within {timeout} s: "
+          f"{stuck}")
     check(not work.errors, f"client errors {what}: {work.errors[:5]}")
+
+
+# The processes a test started with --takeover (their logs are shown when the test fails).
+generations = []
 
 
 def upgrade(old, config, number):
@@ -144,11 +154,8 @@ def upgrade(old, config, number):
     started = time.monotonic()
     new = Pgring(config, args=["--takeover"])
     new.start()
-    try:
-        status = wait_exit(old, 25)
-    except BaseException:
-        new.stop()
-        raise
+    generations.append(new)
+    status = wait_exit(old, 25)
     took = time.monotonic() - started
     check_eq(status, 0, f"the old process's exit status (upgrade {number})")
     handed = old.wait_log(r"upgrade: (\d+) clients handed over")
@@ -161,6 +168,7 @@ def test_upgrade_keeps_every_client():
     control = os.path.join(tempfile.mkdtemp(prefix="pgring-upgrade-"), "control")
     first = Pgring(upgrade_config(control), skip_leak_check=OLD_SIDE)
     config = dict(first.config)  # the same listen port for every generation
+    generations.clear()
     with first:
         work = Workload(first.port)
         work.start()
@@ -196,8 +204,15 @@ def test_upgrade_keeps_every_client():
             for p in (first, second, third):
                 problems = p.problems()
                 check(not problems, f"pgring pid {p.pid()}: {problems}")
+        except BaseException:
+            for p in generations:
+                p._print_log(f"pgring --takeover, pid {p.pid()}")
+            raise
         finally:
             work.stop.set()
+            for p in generations:
+                if p.alive():
+                    p._kill()
 
 
 def taken_over(p):
