@@ -359,6 +359,9 @@ class Reactor {
 
  public:
   void begin_shutdown(ShutdownMode mode);
+  // An upgrade's new process died after it took the listening sockets: serve again, on fresh
+  // listeners, as if no upgrade had begun.
+  void resume_service();
 
  private:
   Shared& shared_;

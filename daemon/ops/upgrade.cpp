@@ -325,6 +325,12 @@ void Upgrade::serve() {
         path_);
     return;
   }
+  if (!bind_control()) return;
+  server_ = std::thread([this] { serve_loop(); });
+}
+
+bool Upgrade::bind_control() {
+  sockaddr_un sun = socket_address(path_);
   ::unlink(path_.c_str());  // a stale socket, or the old process's
   listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   mode_t was = umask(077);  // the socket is this user's alone
@@ -337,7 +343,7 @@ void Upgrade::serve() {
                  errno_text(errno));
     if (listen_fd_ >= 0) ::close(listen_fd_);
     listen_fd_ = -1;
-    return;
+    return false;
   }
   struct stat st {};
   if (::stat(path_.c_str(), &st) == 0) {
@@ -345,7 +351,7 @@ void Upgrade::serve() {
     ino_ = st.st_ino;
   }
   log::info("upgrade: control socket {}", path_);
-  server_ = std::thread([this] { serve_loop(); });
+  return true;
 }
 
 void Upgrade::serve_loop() {
@@ -362,8 +368,9 @@ void Upgrade::serve_loop() {
       // One takeover per process: the control socket's path now belongs to the new one.
       ::close(listen_fd_);
       listen_fd_ = -1;
-      send_clients(conn);
-      return;
+      if (send_clients(conn)) return;
+      // The new process died: this one serves again, and can be upgraded again.
+      if (!bind_control()) return;
     }
   }
 }
@@ -437,17 +444,29 @@ void Upgrade::take_over_by(int conn) {
       r->post([](Reactor& self) { self.begin_shutdown(Reactor::ShutdownMode::handover); });
 }
 
-void Upgrade::send_clients(int conn) {
+bool Upgrade::send_clients(int conn) {
   std::uint64_t keys_sent = ~std::uint64_t{0};
   bool alive = true;
   std::uint64_t sent = 0;
+  // The new process hung up (it died): nothing more can go to it.
+  auto hung_up = [&] {
+    pollfd p{conn, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+  };
   for (;;) {
     std::deque<Queued> batch;
     {
       std::unique_lock lock(mutex_);
-      queued_.wait(lock, [&] { return !queue_.empty() || finishing_; });
+      queued_.wait_for(lock, std::chrono::milliseconds(100),
+                       [&] { return !queue_.empty() || finishing_; });
       batch.swap(queue_);
       if (batch.empty() && finishing_) break;
+    }
+    if (!alive || hung_up()) {
+      alive = false;
+      abandon(batch, sent);
+      ::close(conn);
+      return false;
     }
     // SCRAM pass-through keys first: a client's first server login may need its user's.
     std::uint64_t version = 0;
@@ -472,6 +491,29 @@ void Upgrade::send_clients(int conn) {
   if (alive) (void)send_frame(conn, handover::Kind::done, {});
   log::info("upgrade: {} clients handed over", sent);
   ::close(conn);
+  return true;
+}
+
+void Upgrade::abandon(std::deque<Queued>& batch, std::uint64_t sent) {
+  // The clients on their way are lost (they see their connection end); the reactors stop
+  // handing over, listen anew and serve the rest as before.
+  std::size_t lost = batch.size();
+  for (Queued& q : batch) ::close(q.fd);
+  {
+    std::lock_guard lock(mutex_);
+    handing_over_ = false;
+    lost += queue_.size();
+    for (Queued& q : queue_) ::close(q.fd);
+    queue_.clear();
+    if (!reactors_stopping_)
+      for (int i = 0; i < shared_.workers(); ++i)
+        if (Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load())
+          r->post([](Reactor& self) { self.resume_service(); });
+  }
+  log::error(
+      "upgrade: the new process is gone after {} clients were handed over ({} lost on the way): "
+      "this process serves again",
+      sent, lost);
 }
 
 void Upgrade::add_listener(const std::string& name, int reactor, int fd) {
@@ -487,6 +529,10 @@ void Upgrade::remove_listener(int fd) {
 void Upgrade::hand_over(std::string record, int fd) {
   {
     std::lock_guard lock(mutex_);
+    if (!handing_over_) {
+      ::close(fd);  // (the takeover failed meanwhile: nobody to send it to)
+      return;
+    }
     queue_.push_back({std::move(record), fd});
   }
   queued_.notify_one();

@@ -91,7 +91,10 @@ class Upgrade {
   void serve_loop();
   // One new process on the control socket: listeners, ready, then the clients.
   void take_over_by(int conn);
-  void send_clients(int conn);
+  // False when the new process went away: the handover is abandoned.
+  bool send_clients(int conn);
+  void abandon(std::deque<Queued>& batch, std::uint64_t sent);
+  bool bind_control();
   void adopt_loop();
 
   Shared& shared_;

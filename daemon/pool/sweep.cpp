@@ -253,6 +253,20 @@ void Reactor::feed_watchdog() {
   next_watchdog_ = now_ + watchdog_interval_;
 }
 
+void Reactor::resume_service() {
+  if (shutdown_ != ShutdownMode::handover) return;
+  shutdown_ = ShutdownMode::none;
+  try {
+    listen();
+    if (index_ == 0 && config_->metrics_listen && metrics_listener_.fd < 0) listen_metrics();
+  } catch (const std::exception& e) {
+    log::error("upgrade failed and listening again failed too: {}", e.what());
+  }
+  if (index_ == 0)
+    sd_notify(0,
+              fmt::format("READY=1\nSTATUS=accepting connections\nMAINPID={}", getpid()).c_str());
+}
+
 void Reactor::begin_shutdown(ShutdownMode mode) {
   const bool handover = mode == ShutdownMode::handover || shutdown_ == ShutdownMode::handover;
   if (shutdown_ == ShutdownMode::none) {

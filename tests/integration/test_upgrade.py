@@ -332,6 +332,46 @@ def test_sigusr2_starts_the_takeover():
         notify.close()
 
 
+def test_a_takeover_that_dies_leaves_the_old_process_serving():
+    # The new process is killed right after it took the listening sockets: the old one notices,
+    # listens anew and goes on serving the clients it still has (and new ones), and can be
+    # upgraded again.
+    directory = tempfile.mkdtemp(prefix="pgring-upgrade-")
+    config = upgrade_config(os.path.join(directory, "control"))
+    config["workers"] = 1
+    first = Pgring(config)
+    with first:
+        busy = connect(first.port)
+        query(busy, "BEGIN")
+        check_eq(query_one(busy, "SELECT 1"), 1)
+        doomed = Pgring(first.config, args=["--takeover"], skip_leak_check="killed on purpose")
+        doomed.start()
+        first.wait_log(r"accepts connections: handing clients over")
+        doomed._kill()
+        doomed._close_log()
+        first.wait_log(r"the new process is gone .* this process serves again")
+        check_eq(query_one(busy, "SELECT 2"), 2, "the transaction goes on in the old process")
+        query(busy, "COMMIT")
+        check_eq(query_one(busy, "SELECT 3"), 3, "after COMMIT (not handed over to nobody)")
+        wait_until(lambda: port_accepts(first.port), 5, what="the old process to listen again")
+        fresh = connect(first.port)
+        check_eq(query_one(fresh, "SELECT 4"), 4, "a new client of the old process")
+        fresh.close()
+        busy.close()
+        # Serving again left nothing behind (listeners and control socket replaced, not added).
+        first.check_no_leaks()
+        busy, fresh = connect(first.port), connect(first.port)
+        check_eq(query_one(busy, "SELECT 1"), 1)
+        # And a real upgrade afterwards.
+        second = Pgring(first.config, args=["--takeover"])
+        with second:
+            check_eq(wait_exit(first, 15), 0, "the old process, after the second takeover")
+            check_eq(query_one(busy, "SELECT 5"), 5)
+            check_eq(query_one(fresh, "SELECT 6"), 6)
+            busy.close()
+            fresh.close()
+
+
 def test_takeover_needs_a_running_pgring():
     control = os.path.join(tempfile.mkdtemp(prefix="pgring-upgrade-"), "control")
     p = Pgring(upgrade_config(control), args=["--takeover"], skip_leak_check="it never starts")
