@@ -275,6 +275,9 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     if (index_ == 0 && !handover) sd_notify(0, "STOPPING=1");
     shutdown_deadline_ =
         now_ + (mode == ShutdownMode::immediate ? config::Duration(0) : config_->timeouts.shutdown);
+    // (An upgrade with timeouts.shutdown 0 still hands its idle clients over: their sockets
+    // move once their receive is cancelled, within this second.)
+    if (handover) shutdown_deadline_ = std::max(shutdown_deadline_, now_ + std::chrono::seconds(1));
     close_listeners(handover);  // (an upgrade: the new process accepts on the same sockets)
   }
   if (mode == ShutdownMode::immediate || now_ >= shutdown_deadline_)

@@ -372,6 +372,24 @@ def test_a_takeover_that_dies_leaves_the_old_process_serving():
             fresh.close()
 
 
+def test_shutdown_timeout_zero_still_hands_idle_clients_over():
+    # timeouts.shutdown 0 means no waiting for transactions; idle clients still move.
+    directory = tempfile.mkdtemp(prefix="pgring-upgrade-")
+    config = upgrade_config(os.path.join(directory, "control"))
+    config["workers"] = 1
+    config["timeouts"]["shutdown"] = "0s"
+    first = Pgring(config, skip_leak_check=OLD_SIDE)
+    with first:
+        idle = connect(first.port, application_name="zero")
+        check_eq(query_one(idle, "SELECT 1"), 1)
+        second = Pgring(first.config, args=["--takeover"])
+        with second:
+            check_eq(wait_exit(first, 10), 0, "the old process")
+            check_eq(taken_over(second), 1, "clients taken over")
+            check_eq(query_one(idle, "SELECT current_setting('application_name')"), "zero")
+            idle.close()
+
+
 def test_takeover_needs_a_running_pgring():
     control = os.path.join(tempfile.mkdtemp(prefix="pgring-upgrade-"), "control")
     p = Pgring(upgrade_config(control), args=["--takeover"], skip_leak_check="it never starts")
