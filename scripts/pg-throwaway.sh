@@ -203,11 +203,17 @@ log_directory = 'log'
 log_filename = 'postgresql.log'
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_messages = warning
+# Replication connections through pgring (test_replication.py): pg_receivewal and logical
+# decoding.
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
 EOF
 
   pg tee "$dir/pg_hba.conf" >/dev/null <<'EOF'
 # pgring throwaway cluster: TYPE DATABASE USER ADDRESS METHOD
 local all all                      trust
+host  replication all   127.0.0.1/32 trust
 hostssl   all pgring_tls 127.0.0.0/8 scram-sha-256
 hostnossl all pgring_tls 127.0.0.0/8 reject
 hostssl   all pgring_cert 127.0.0.0/8 cert

@@ -448,11 +448,12 @@ void Client::auth_ok() {
         fmt::format("database \"{}\" is not currently accepting connections (DISABLE)", db->name));
     return;
   }
-  if (!startup_message().find("replication").empty()) {
-    reactor_.close(*this, Reason::feature_not_supported,
-                   "replication connections are not supported");
-    return;
-  }
+  // replication=true|database (pg_receivewal, logical replication clients): passed through on
+  // a server connection of its own (false, off, no, 0: an ordinary connection, as PostgreSQL
+  // takes them).
+  std::string_view replication = startup_message().find("replication");
+  bool replicates = !replication.empty() && replication != "false" && replication != "off" &&
+                    replication != "no" && replication != "0";
   take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);
@@ -468,7 +469,7 @@ void Client::auth_ok() {
               .duration_ms =
                   std::chrono::duration<double, std::milli>(reactor_.now() - connected_).count()},
              "C-{} login db={} user={} from {}", id_, db->name, startup_message().user, peer_);
-  Pool& pool = reactor_.pool_for(*db, user_, startup_message().user);
+  Pool& pool = reactor_.pool_for(*db, user_, startup_message().user, replicates);
   if (std::string refusal = reactor_.admit_client(*this, pool); !refusal.empty()) {
     reactor_.close(*this, Reason::too_many_clients, refusal);
     return;

@@ -89,6 +89,9 @@ void Server::send_startup() {
   if (startup_) {
     // Session mode: the clients' own parameters, `options` included, as they sent them.
     params.insert(params.end(), startup_->server_params.begin(), startup_->server_params.end());
+    // A replication connection: the walsender session the client asked for.
+    if (pool_.replication_)
+      params.emplace_back("replication", startup_->message.find("replication"));
   }
   if (!stream_.emit([&](std::string& out) {
         return proto::build::startup_message(out, proto::kProtocol30, params);

@@ -20,6 +20,11 @@ namespace pgring {
 // ---- release and reset -----------------------------------------------------------------------
 
 void Server::release(bool session_reset) {
+  if (pool_.replication_) {
+    // A walsender session is its client's alone: it ends with it (never reset, never reused).
+    reactor_.close(*this, Reason::replication_ended);
+    return;
+  }
   end_flow_control();
   // The client is gone. Only a connection whose every request was answered can be reused.
   // The rest of a reply that was on its way to the client is swallowed.

@@ -100,6 +100,8 @@ std::string_view name(Reason reason) {
       return "admin_reconnect";
     case Reason::handed_over:
       return "handed_over";
+    case Reason::replication_ended:
+      return "replication_ended";
     case Reason::count_:
       break;
   }

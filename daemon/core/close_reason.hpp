@@ -14,7 +14,7 @@ enum class Reason {
   protocol_violation,        // 08P01: malformed or unexpected message
   message_too_large,         // 54000: message over max_message_size / startup packet limit
   unsupported_protocol,      // 08P01: not protocol 3.x
-  feature_not_supported,     // 0A000: replication; session state under session_state: error
+  feature_not_supported,     // 0A000: session state under session_state: error
   auth_failed,               // 28P01: wrong password
   unknown_user,              // 28000: user not configured
   unknown_database,          // 3D000: database not configured
@@ -58,6 +58,7 @@ enum class Reason {
   server_wrong_role,  // its host is not (or no longer) what the database's target asks for, or
                       // its host was taken out (health check failed, address gone)
   handed_over,        // an upgrade in place: the client went on in the new process (no error)
+  replication_ended,  // a replication connection's client left: its server is never reused
   count_,             // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

@@ -141,8 +141,11 @@ class Reactor {
   // Flow control: pause `reader` when `writer` holds too much unsent output.
   void apply_backpressure(Stream& reader, const Stream& writer);
   // The pool a client of `user_name` (`user`: its users: entry, if any) joins in `db`.
+  // `replication`: the pool of that database and user's replication connections (walsender
+  // sessions): session mode, every server opened for one client and closed when it leaves,
+  // no query or transaction timeouts; pool_size limits them, max_db_connections counts them.
   [[nodiscard]] Pool& pool_for(const config::Database& db, const config::User* user,
-                               std::string_view user_name);
+                               std::string_view user_name, bool replication = false);
   // The pools min_pool_size keeps open before any client came (at start and after a reload).
   void open_warm_pools();
   // A new server connection for `pool`, logging in with `startup`'s parameters (session mode)

@@ -21,6 +21,14 @@
 namespace pgring {
 
 namespace {
+// PgBouncer's `replication` column: none, logical (replication=database) or physical.
+std::string replication_kind(bool replication, const Startup* startup) {
+  if (!replication || startup == nullptr) return "none";
+  return startup->message.find("replication") == "database" ? "logical" : "physical";
+}
+}  // namespace
+
+namespace {
 
 std::string us(double seconds) {
   return std::to_string(static_cast<long long>(seconds * 1e6));
@@ -326,7 +334,7 @@ Rows Reactor::pgbouncer_rows(std::string_view what) {
           {"C",
            std::string(c.startup_message().user),
            c.pool_ != nullptr ? c.pool_->database_ : std::string(c.startup_message().database),
-           "none",
+           replication_kind(c.pool_ != nullptr && c.pool_->replication_, c.startup_.get()),
            std::string(state),
            addr,
            port,
@@ -367,7 +375,7 @@ Rows Reactor::pgbouncer_rows(std::string_view what) {
         rows.push_back({"S",
                         pool->server_user_,
                         pool->server_database(),
-                        "none",
+                        replication_kind(pool->replication_, s.startup_.get()),
                         std::string(state),
                         addr,
                         port,

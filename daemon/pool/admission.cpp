@@ -28,7 +28,7 @@ namespace pgring {
 // Pools and servers
 
 Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
-                        std::string_view user_name) {
+                        std::string_view user_name, bool replication) {
   // A database with a forced user has one pool, whoever the client is: its servers are all
   // alike (PgBouncer does the same), so pool_size counts them once and min_pool_size can open
   // them before any client came.
@@ -39,10 +39,20 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
   std::string key = db.name;
   key += '\0';
   key += user_name;
+  if (replication) key += std::string_view("\0replication", 12);
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
-  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name),
-                                     config_->resolve_pool(db, user));
+  config::PoolSettings settings = config_->resolve_pool(db, user);
+  if (replication) {
+    // A walsender session streams for as long as its client wants: no timeout of a query or a
+    // transaction applies, and the server is the client's alone (Server::release closes it).
+    settings.pool_mode = config::PoolMode::session;
+    settings.min_pool_size = 0;
+    settings.timeouts.query = settings.timeouts.transaction = settings.timeouts.idle_transaction =
+        settings.timeouts.client_idle = config::Duration(0);
+  }
+  auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), std::move(settings));
+  pool->replication_ = replication;
   pool->budget_ = &shared_.pool_budget(key);
   pool->db_budget_ = &database_budget(db.name);
   pool->db_clients_ = &shared_.database_clients(db.name);

@@ -172,6 +172,9 @@ class Pool {
   bool paused_ = false;
   // Served by the fallback database ("*"): the pool goes once unused for timeouts.autodb_idle.
   bool automatic_ = false;
+  // Replication connections' pool (Reactor::pool_for): its servers are opened with the
+  // client's `replication` parameter and never reused.
+  bool replication_ = false;
   Clock::time_point unused_since_{};  // when the sweep found it unused (epoch: in use)
   [[nodiscard]] bool unused() const {
     return client_count() == 0 && server_count() == 0 && servers_closing_ == 0 && lookups_.empty();
