@@ -136,6 +136,7 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
     return;
   }
   set_state(*client, ClientState::idle);
+  if (handing_over()) note_handover_candidate(*client);  // (this process is upgraded too)
   log::event(config_->log_connections ? config::LogLevel::info : config::LogLevel::debug,
              {.event = "client_login",
               .client = client->id_,

@@ -265,6 +265,10 @@ class Reactor {
   }
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
   [[nodiscard]] bool handing_over() const { return shutdown_ == ShutdownMode::handover; }
+  // (Out of line: set_state is on every transaction's path, a handover is rare.)
+  [[gnu::noinline, gnu::cold]] void note_handover_candidate(Client& client) {
+    handover_candidates_.push_back(&client);
+  }
 
   List<Client> login_clients_;
   int logins_running_ = 0;           // max_concurrent_logins: this reactor's logins under way

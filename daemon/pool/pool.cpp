@@ -171,9 +171,6 @@ void Reactor::set_state(Client& client, ClientState state) {
     case ClientState::idle:
       (pool != nullptr ? pool->idle_clients_ : admin_clients_).push_back(&client);
       client.trim();  // idle clients keep only what they need to resume
-      // An upgrade in place: a client between transactions goes to the new process at the end
-      // of this turn (unless it sent its next request meanwhile).
-      if (shutdown_ == ShutdownMode::handover) handover_candidates_.push_back(&client);
       break;
     case ClientState::waiting:
       pool->waiting_clients_.push_back(&client);
@@ -223,6 +220,8 @@ void Pool::add_client(Client& client) {
       client.startup_known()) {
     client.send_welcome(defaults_);
     reactor_.set_state(client, ClientState::idle);
+    if (reactor_.handing_over()) [[unlikely]]
+      reactor_.note_handover_candidate(client);  // (logged in meanwhile: goes at once)
     return;
   }
   reactor_.set_state(client, ClientState::waiting);
@@ -265,6 +264,10 @@ void Pool::release_link(Server& server) {
     reactor_.arm_recv_for(client);
   }
   reactor_.set_state(client, ClientState::idle);
+  // An upgrade in place: a client between transactions goes to the new process at the end of
+  // this turn (unless it sent its next request meanwhile).
+  if (reactor_.handing_over()) [[unlikely]]
+    reactor_.note_handover_candidate(client);
   server_ready(server);
 }
 
@@ -328,6 +331,11 @@ std::optional<int> Pool::fair_share() const {
 
 void Pool::offer_idle_server(bool sweeping) {
   if (idle_servers_.empty() || !waiting_clients_.empty()) return;
+  // (The common case, nobody starving, without a call: this runs at every release.)
+  std::uint64_t others = (budget_->starving.load(std::memory_order_relaxed) |
+                          db_budget_->starving.load(std::memory_order_relaxed)) &
+                         ~(std::uint64_t{1} << reactor_.index());
+  if (others == 0) return;
   std::optional<int> fair = fair_share();
   if (!fair) return;
   // Within its share, a reactor still gives up a server nobody here has used for a while (the
