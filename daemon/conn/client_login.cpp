@@ -12,6 +12,7 @@
 #include "daemon/core/reactor.hpp"
 #include "daemon/net/tls.hpp"
 #include "daemon/pool/pool.hpp"
+#include "proto/ascii.hpp"
 #include "proto/builders.hpp"
 #include "proto/bytes.hpp"
 #include "proto/md5.hpp"
@@ -423,6 +424,22 @@ void Client::handle_auth() {
   }
 }
 
+namespace {
+// The `replication` startup parameter: false as PostgreSQL's parse_bool reads it (f, fa, ...,
+// false, n, no, of, off, 0, any case) is an ordinary connection; true, "database" or anything
+// else asks for a walsender (PostgreSQL itself refuses a value it cannot read, at login).
+bool asks_replication(std::string_view value) {
+  if (value.empty()) return false;
+  std::string v(value);
+  for (char& c : v) c = static_cast<char>(proto::ascii_lower(c));
+  auto prefix_of = [&](std::string_view word, std::size_t min) {
+    return v.size() >= min && v.size() <= word.size() && word.substr(0, v.size()) == v;
+  };
+  bool is_false = prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || v == "0";
+  return !is_false;
+}
+}  // namespace
+
 void Client::auth_ok() {
   reactor_.end_login(*this);  // authenticated: its turn of max_concurrent_logins is over
   login_.reset();  // logged in: the peer, the auth rule's choice and the exchange are done with
@@ -451,9 +468,7 @@ void Client::auth_ok() {
   // replication=true|database (pg_receivewal, logical replication clients): passed through on
   // a server connection of its own (false, off, no, 0: an ordinary connection, as PostgreSQL
   // takes them).
-  std::string_view replication = startup_message().find("replication");
-  bool replicates = !replication.empty() && replication != "false" && replication != "off" &&
-                    replication != "no" && replication != "0";
+  bool replicates = asks_replication(startup_message().find("replication"));
   take_startup_settings();
   reactor_.login_done(*this);
   reactor_.register_cancel_key(*this);

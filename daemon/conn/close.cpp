@@ -163,7 +163,7 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   // A healthy server gets a polite Terminate; one that failed gets its socket shut down.
   bool polite = (was == ServerState::idle || reason == Reason::server_idle_timeout ||
                  reason == Reason::server_lifetime || reason == Reason::shutdown ||
-                 reason == Reason::server_dirty) &&
+                 reason == Reason::server_dirty || reason == Reason::replication_ended) &&
                 reason != Reason::server_eof && reason != Reason::server_io_error;
   if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
     // An idle server reads the Terminate at once: wait for it to close its end (below).

@@ -17,10 +17,11 @@ bool Client::can_hand_over() const {
   // names, its cancel key. A TLS session's keys cannot move; a session-mode or pinned client
   // has state only its server holds.
   return state_ == ClientState::idle && pool_ != nullptr &&
-         pool_->settings_.pool_mode != config::PoolMode::session && pinned_state_ == 0 &&
-         admin_ == AdminRole::none && stream_.tls() == nullptr && startup_ != nullptr &&
-         login_ == nullptr && server_ == nullptr && welcomed_ && forward_remaining_ == 0 &&
-         discard_remaining_ == 0 && !shape_check_pending() && !shut_down_;
+         pool_->settings_.pool_mode != config::PoolMode::session && !pool_->replication_ &&
+         pinned_state_ == 0 && admin_ == AdminRole::none && stream_.tls() == nullptr &&
+         startup_ != nullptr && login_ == nullptr && server_ == nullptr && welcomed_ &&
+         forward_remaining_ == 0 && discard_remaining_ == 0 && !shape_check_pending() &&
+         !shut_down_;
 }
 
 void Reactor::hand_over_idle() {

@@ -290,7 +290,9 @@ void Server::handle_login_message(char type, std::string_view body) {
       return;
     }
     case proto::backend::kReadyForQuery: {
-      if (pool_.group_->needs_role()) {
+      // (Not on a replication connection: a physical walsender runs no SQL. Its host was chosen
+      // by the roles the health checks saw.)
+      if (pool_.group_->needs_role() && !pool_.replication_) {
         // The database asks for a primary or a replica: what is this host now? (A role seen
         // by the health checks may be seconds old; a server's own answer at login is not.)
         login_->role_check = true;

@@ -43,14 +43,7 @@ Pool& Reactor::pool_for(const config::Database& db, const config::User* user,
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
   config::PoolSettings settings = config_->resolve_pool(db, user);
-  if (replication) {
-    // A walsender session streams for as long as its client wants: no timeout of a query or a
-    // transaction applies, and the server is the client's alone (Server::release closes it).
-    settings.pool_mode = config::PoolMode::session;
-    settings.min_pool_size = 0;
-    settings.timeouts.query = settings.timeouts.transaction = settings.timeouts.idle_transaction =
-        settings.timeouts.client_idle = config::Duration(0);
-  }
+  if (replication) Pool::for_replication(settings);
   auto pool = std::make_unique<Pool>(*this, db, user, std::string(user_name), std::move(settings));
   pool->replication_ = replication;
   pool->budget_ = &shared_.pool_budget(key);

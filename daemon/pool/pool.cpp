@@ -52,8 +52,18 @@ void Pool::set_credentials(const config::Database& db, const config::User* user)
   }
 }
 
+void Pool::for_replication(config::PoolSettings& settings) {
+  // A walsender session streams for as long as its client wants: no timeout of a query or a
+  // transaction applies, and the server is the client's alone (Server::release closes it).
+  settings.pool_mode = config::PoolMode::session;
+  settings.min_pool_size = 0;
+  settings.timeouts.query = settings.timeouts.transaction = settings.timeouts.idle_transaction =
+      settings.timeouts.client_idle = config::Duration(0);
+}
+
 void Pool::reconfigure(const config::Database& db, const config::User* user,
                        config::PoolSettings settings) {
+  if (replication_) for_replication(settings);  // (a reload keeps them replication's)
   bool moved = db.hosts != db_.hosts || db.dbname != db_.dbname || db.user != db_.user ||
                db.password != db_.password;
   // Session mode's servers carry their clients' startup parameters, the others pgring's own:
@@ -281,17 +291,12 @@ void Pool::server_ready(Server& server) {
     reactor_.set_state(server, ServerState::canceling);
     return;
   }
-  reactor_.set_state(server, ServerState::idle);
-  // Clients wait here, but another reactor's wait with no server at all while this one holds
-  // more than its share (it opened them all when everyone arrived at once: a start under load,
-  // an upgrade's clients): the slot moves there rather than to the next client here.
-  if (!waiting_clients_.empty()) {
-    if (std::optional<int> fair = fair_share(); fair && server_count() > *fair) {
-      reactor_.close(server, Reason::server_handed_over, "another worker's clients need the slot");
-      maintain();
-      return;
-    }
+  if (replication_ && waiting_clients_.empty()) {
+    // A walsender session whose client left before it was linked: nobody else may use it.
+    reactor_.close(server, Reason::replication_ended);
+    return;
   }
+  reactor_.set_state(server, ServerState::idle);
   maintain();
   offer_idle_server(false);
 }

@@ -175,6 +175,8 @@ class Pool {
   // Replication connections' pool (Reactor::pool_for): its servers are opened with the
   // client's `replication` parameter and never reused.
   bool replication_ = false;
+  // What a replication pool's settings become (at creation and at every reconfigure).
+  static void for_replication(config::PoolSettings& settings);
   Clock::time_point unused_since_{};  // when the sweep found it unused (epoch: in use)
   [[nodiscard]] bool unused() const {
     return client_count() == 0 && server_count() == 0 && servers_closing_ == 0 && lookups_.empty();

@@ -44,10 +44,12 @@ def receive_wal(port, directory):
     proc = subprocess.Popen([PG_RECEIVEWAL, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                              "-D", directory, "--no-loop", "-w"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monitor = monitor_connect()
     try:
-        wait_until(lambda: proc.poll() is not None or
-                   any(f.endswith(".partial") for f in os.listdir(directory)), 20,
-                   what="pg_receivewal to start streaming")
+        # (Streaming, not a file: right after a WAL switch there may be nothing to send yet.)
+        wait_until(lambda: proc.poll() is not None or query_one(
+            monitor, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") > 0,
+                   20, what="pg_receivewal to start streaming")
         if proc.poll() is not None:
             check(False, f"pg_receivewal exited: {proc.stdout.read()}")
         setup = direct_connect()
@@ -58,6 +60,7 @@ def receive_wal(port, directory):
         wait_until(lambda: any(len(f) == 24 for f in os.listdir(directory)), 20,
                    what="a whole WAL segment")
     finally:
+        monitor.close()
         proc.send_signal(signal.SIGINT)
         try:
             out, _ = proc.communicate(timeout=10)
@@ -135,6 +138,18 @@ def test_logical_decoding_through_pgring():
             check(("C", "logical") in kinds and ("S", "logical") in kinds,
                   f"SHOW CLIENTS/SERVERS replication column: {kinds}")
             conn.close()
+            # replication=FALSE (any case, as PostgreSQL reads it) is an ordinary connection.
+            plain = connect(p.port, replication="FALSE")
+            check_eq(query_one(plain, "SELECT 1"), 1)
+            console = connect(p.port, db="pgbouncer", user=ADMIN_USER)
+            kinds = [row[3] for row in query(console, "SHOW CLIENTS") if row[2] == "pgring_test"]
+            console.close()
+            check_eq(kinds, ["none"], "replication=FALSE's replication column")
+            plain.close()
+            # A reload keeps the replication pool what it is (session, the parameter, no
+            # timeouts): the stream below runs after one.
+            p.reload()
+            p.wait_log(r"reload")
             query(setup, "SELECT pg_create_logical_replication_slot(%s, 'test_decoding')",
                   (slots[0],))
             query(setup, "INSERT INTO pgring_repl_t VALUES (1, 'one'), (2, 'two')")

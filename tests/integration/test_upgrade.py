@@ -32,8 +32,15 @@ SIMPLE_CLIENTS = 16  # psycopg2: simple protocol, a SET per session, BEGIN/COMMI
 ASYNC_CLIENTS = 16   # asyncpg: extended protocol, named prepared statements, transactions
 
 
+# As many servers as clients: with fewer, one reactor may take every slot when all clients
+# arrive at once and keep it while its own clients queue (docs: workers), which would make
+# this test about pool fairness rather than the upgrade.
+POOL_SIZE = 32
+
+
 def upgrade_config(control):
-    config = pool_config(pool_mode="transaction", pool_size=6, timeouts={"shutdown": "30s"})
+    config = pool_config(pool_mode="transaction", pool_size=POOL_SIZE,
+                         timeouts={"shutdown": "30s"})
     config["upgrade"] = {"socket": control}
     config["workers"] = 2
     return config
@@ -194,7 +201,7 @@ def test_upgrade_keeps_every_client():
             # Nothing of the old processes stays on PostgreSQL: only the new one's servers.
             monitor = monitor_connect()
             try:
-                wait_until(lambda: len(backends(monitor, "pgring_test")) <= 6, 10,
+                wait_until(lambda: len(backends(monitor, "pgring_test")) <= POOL_SIZE, 10,
                            what="PostgreSQL to see at most pool_size server connections")
             finally:
                 monitor.close()

@@ -205,63 +205,6 @@ def test_idle_server_within_its_share_still_moves():
             conn.close()
 
 
-def clients_per_reactor(p, want0, want1, limit=120):
-    """Connects until reactor 0 has `want0` clients and reactor 1 `want1` (the kernel spreads
-    connections by a hash of their ports); returns (all, {"0": [...], "1": [...]})."""
-    conns, on = [], {"0": [], "1": []}
-    while len(conns) < limit and (len(on["0"]) < want0 or len(on["1"]) < want1):
-        conns.extend(connect(p.port) for _ in range(10))
-        worker_of = {r["addr"].rsplit(":", 1)[1]: r["worker"]
-                     for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
-        on = {"0": [], "1": []}
-        for c in conns:
-            on[worker_of[str(local_port(c))]].append(c)
-    check(len(on["0"]) >= want0 and len(on["1"]) >= want1,
-          f"clients per worker: { {w: len(v) for w, v in on.items()} }")
-    return conns, on
-
-
-def test_busy_reactor_gives_up_servers_above_its_share():
-    """pool_size 4 over 2 reactors: twelve clients of reactor 0 loop transactions and hold all
-    four servers, clients always waiting there; then a client of reactor 1 asks. Reactor 0 is
-    above its fair share (2): a server it releases goes to reactor 1, even though its own
-    clients wait (before, reactor 1 waited until reactor 0's queue happened to be empty)."""
-    setup_role()
-    with Pgring(workers_config(2, 4, timeouts={"query_wait": "30s"})) as p:
-        conns, on = clients_per_reactor(p, 12, 1)
-        stop = threading.Event()
-        errors = []
-
-        def loop(conn):
-            try:
-                while not stop.is_set():
-                    query(conn, "SELECT pg_sleep(0.005)")
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-
-        loopers = [threading.Thread(target=loop, args=(c,)) for c in on["0"][:12]]
-        for t in loopers:
-            t.start()
-        try:
-            monitor = monitor_connect()
-            wait_until(lambda: our_backends(monitor) == 4, 10, what="reactor 0 to open all 4")
-            monitor.close()
-            time.sleep(0.3)
-            started = time.monotonic()
-            check_eq(query_one(on["1"][0], "SELECT 2"), 2, "reactor 1's client")
-            waited = time.monotonic() - started
-            log(f"reactor 1's client waited {waited:.3f}s while reactor 0's clients kept all "
-                "servers busy")
-            check(waited < 5, f"reactor 1's client waited {waited:.1f}s for a server")
-        finally:
-            stop.set()
-            for t in loopers:
-                t.join(10)
-        check(not errors, f"looping clients failed: {errors[:3]}")
-        for conn in conns:
-            conn.close()
-
-
 def test_cancel_reaches_the_right_reactor():
     setup_role()
     with Pgring(workers_config(2, 16)) as p:
