@@ -265,7 +265,8 @@ class Reactor {
   }
   [[nodiscard]] bool shutting_down() const { return shutdown_ != ShutdownMode::none; }
   [[nodiscard]] bool handing_over() const { return shutdown_ == ShutdownMode::handover; }
-  // (Out of line: set_state is on every transaction's path, a handover is rare.)
+  // A client went idle while this process hands its clients over (Pool::release_link,
+  // add_client, adopt). Out of line: those run every transaction, a handover is rare.
   [[gnu::noinline, gnu::cold]] void note_handover_candidate(Client& client) {
     handover_candidates_.push_back(&client);
   }

@@ -319,33 +319,23 @@ void Pool::set_starving(bool pool_budget, bool database_budget) {
   }
 }
 
-std::optional<int> Pool::fair_share() const {
+void Pool::offer_idle_server(bool sweeping) {
+  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
   std::uint64_t mine = std::uint64_t{1} << reactor_.index();
   std::uint64_t pool_others = budget_->starving.load(std::memory_order_relaxed) & ~mine;
   std::uint64_t db_others = db_budget_->starving.load(std::memory_order_relaxed) & ~mine;
-  if (pool_others == 0 && db_others == 0) return std::nullopt;
-  // A fair share of the limit among the reactors that want slots (this one included, rounded
-  // down): only what is above it moves, so two busy reactors do not trade connections back and
-  // forth (each move costs a new PostgreSQL backend). A slot that cannot be shared evenly
-  // (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
+  if (pool_others == 0 && db_others == 0) return;
+  // Keep a fair share of the limit among the reactors that want slots (this one included,
+  // rounded down): only what is above it moves, so two busy reactors do not trade connections
+  // back and forth (each move costs a new PostgreSQL backend). A slot that cannot be shared
+  // evenly (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
   int sharers = std::popcount(pool_others | db_others) + 1;
   int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size
                                : settings_.max_db_connections;
-  return limit / sharers;
-}
-
-void Pool::offer_idle_server(bool sweeping) {
-  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
-  // (The common case, nobody starving, without a call: this runs at every release.)
-  std::uint64_t others = (budget_->starving.load(std::memory_order_relaxed) |
-                          db_budget_->starving.load(std::memory_order_relaxed)) &
-                         ~(std::uint64_t{1} << reactor_.index());
-  if (others == 0) return;
-  std::optional<int> fair = fair_share();
-  if (!fair) return;
+  int fair = limit / sharers;
   // Within its share, a reactor still gives up a server nobody here has used for a while (the
   // sweep looks): its clients may have gone quiet while another reactor's wait.
-  if (server_count() <= *fair &&
+  if (server_count() <= fair &&
       (!sweeping || reactor_.now() - idle_servers_.front()->state_since_ < kHandoffIdle))
     return;
   // Closing it frees the slot; the starving reactors are told when it is freed.

@@ -105,8 +105,6 @@ class Pool {
   // idle server so that the slot moves to where the clients are. Within this reactor's fair
   // share only from the sweep (`sweeping`), for a server idle at least kHandoffIdle.
   void offer_idle_server(bool sweeping);
-  // This reactor's fair share of the slots other reactors starve for, or nullopt when none do.
-  [[nodiscard]] std::optional<int> fair_share() const;
   static constexpr auto kHandoffIdle = std::chrono::milliseconds(20);
 
   Reactor& reactor_;
