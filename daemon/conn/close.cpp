@@ -235,22 +235,40 @@ void Reactor::maybe_free(Server& server) {
   release_stream(server.stream_);
   unlink(&server);
   free_servers_.push_back(&server);
-  // A server slot of this pool and database is free: pools of it with waiting clients may use
-  // it, here and on the reactors that said they starve for one.
+  // The server's slots in the pool's and the database's budgets: given to the reactor it was
+  // closed for (Pool::give_slot), or free for the pools of this database with waiting clients,
+  // here and on the reactors that said they starve for one.
   Pool& pool = server.pool_;
   if (server.endpoint_ != nullptr) --server.endpoint_->connections;
   --pool.servers_closing_;
-  pool.budget_->release();
-  pool.db_budget_->release();
-  std::uint64_t starving = (pool.budget_->starving.load(std::memory_order_relaxed) |
-                            pool.db_budget_->starving.load(std::memory_order_relaxed)) &
+  int to = server.slot_for_;
+  if (to >= 0) {
+    if (server.slot_for_pool_)
+      pool.budget_->give(to);
+    else
+      pool.budget_->release_from(index_);
+    pool.db_budget_->give(to);
+    if (Reactor* r = shared_.reactors[static_cast<std::size_t>(to)].load())
+      r->post([database = pool.database_](Reactor& other) { other.retry_database(database); });
+    if (server.slot_for_pool_) return;
+  } else {
+    pool.budget_->release_from(index_);
+    pool.db_budget_->release_from(index_);
+  }
+  slot_freed(*pool.budget_, *pool.db_budget_, pool.database_);
+  retry_database(pool.database_);
+}
+
+void Reactor::slot_freed(const Budget& pool_budget, const Budget& db_budget,
+                         const std::string& database) {
+  std::uint64_t starving = (pool_budget.starving.load(std::memory_order_relaxed) |
+                            db_budget.starving.load(std::memory_order_relaxed)) &
                            ~(std::uint64_t{1} << index_);
   for (int i = 0; starving != 0 && i < shared_.workers(); ++i) {
     if ((starving & (std::uint64_t{1} << i)) == 0) continue;
     if (Reactor* r = shared_.reactors[static_cast<std::size_t>(i)].load())
-      r->post([database = pool.database_](Reactor& other) { other.retry_database(database); });
+      r->post([database](Reactor& other) { other.retry_database(database); });
   }
-  retry_database(pool.database_);
 }
 
 }  // namespace pgring

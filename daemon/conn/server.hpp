@@ -100,6 +100,10 @@ class Server {
   int cancels_in_flight_ = 0;
   bool retire_ = false;
   Reason retire_reason_ = Reason::config_changed;  // what its close says once released
+  // Closed to move its slot to another reactor (Pool::give_slot): that reactor's index, and
+  // whether the pool's unit goes too (else only the database's).
+  int slot_for_ = -1;
+  bool slot_for_pool_ = false;
   // The host it is connected to (daemon/pool/hosts.hpp); counted in its `connections` from the
   // connect until the server is freed.
   std::shared_ptr<Endpoint> endpoint_;

@@ -131,6 +131,18 @@ void Reactor::retry_database(const std::string& database) {
     (void)key;
     if (pool->database_ == database && !pool->waiting_clients_.empty()) pool->maintain();
   }
+  // Slots another reactor gave this one that no pool here took (its clients were served
+  // meanwhile, or left) go back to whoever starves for them.
+  Budget& db_budget = database_budget(database);
+  for (auto& [key, pool] : pools_) {
+    (void)key;
+    if (pool->database_ == database && pool->budget_->gifts[static_cast<std::size_t>(index_)].load(
+                                           std::memory_order_relaxed) > 0) {
+      pool->budget_->return_gifts(index_);
+      slot_freed(*pool->budget_, db_budget, database);
+    }
+  }
+  if (db_budget.return_gifts(index_) > 0) slot_freed(db_budget, db_budget, database);
 }
 
 Budget& Reactor::database_budget(const std::string& database) {

@@ -354,6 +354,8 @@ class Reactor {
   void finish_close(Server& server);
   void maybe_free(Client& client);
   void maybe_free(Server& server);
+  // A slot of these budgets was released: the other reactors starving for one try again.
+  void slot_freed(const Budget& pool_budget, const Budget& db_budget, const std::string& database);
   void sweep();
   void sweep_active(Pool& pool);
   // Reactor 0: WATCHDOG=1, if every reactor's loop turned recently.

@@ -29,14 +29,21 @@ class Upgrade;
 inline constexpr int kMaxWorkers = 64;
 
 // The server connections of one pool, or of one database, over all reactors: pool_size and
-// max_db_connections are limits for the process, not per thread.
+// max_db_connections are limits for the process, not per thread. (Client budgets use only
+// `servers`, as a count of clients, with try_acquire and release.)
 struct Budget {
   std::atomic<int> servers{0};
   // Reactors (bit = index) with clients waiting because this budget is used up. Another reactor
-  // holding an idle server connection closes it so that the slot moves where the clients are.
+  // holding more than its share gives them a slot (Pool::slot_wanted_by).
   std::atomic<std::uint64_t> starving{0};
+  // The units each reactor holds (its open servers, and those closing that still count), and
+  // units given to a reactor that it has not taken yet. A slot that moves between reactors is
+  // given, never released: released, the reactor that freed it would usually take it back at
+  // once (its own clients wait too), and a server would be closed and opened for nothing.
+  std::array<std::atomic<int>, kMaxWorkers> held{};
+  std::array<std::atomic<int>, kMaxWorkers> gifts{};
 
-  // One more server connection, if `limit` allows (limit <= 0: counted, never refused).
+  // One more unit, if `limit` allows (limit <= 0: counted, never refused).
   bool try_acquire(int limit) {
     int n = servers.load(std::memory_order_relaxed);
     do {
@@ -45,6 +52,38 @@ struct Budget {
     return true;
   }
   void release() { servers.fetch_sub(1, std::memory_order_relaxed); }
+
+  // A server slot for `reactor`: one given to it first (already counted), else a new one.
+  bool acquire_for(int reactor, int limit) {
+    std::atomic<int>& gift = gifts[static_cast<std::size_t>(reactor)];
+    int n = gift.load(std::memory_order_relaxed);
+    while (n > 0)
+      if (gift.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) return true;
+    if (!try_acquire(limit)) return false;
+    held[static_cast<std::size_t>(reactor)].fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  void release_from(int reactor) {
+    held[static_cast<std::size_t>(reactor)].fetch_sub(1, std::memory_order_relaxed);
+    release();
+  }
+  [[nodiscard]] int held_by(int reactor) const {
+    return held[static_cast<std::size_t>(reactor)].load(std::memory_order_relaxed);
+  }
+  // A slot `from` holds is promised to `to` (counted as `to`'s from now on, so that neither
+  // promises more than the difference); give() hands it over once its server is gone.
+  void promise(int from, int to) {
+    held[static_cast<std::size_t>(from)].fetch_sub(1, std::memory_order_relaxed);
+    held[static_cast<std::size_t>(to)].fetch_add(1, std::memory_order_relaxed);
+  }
+  void give(int to) { gifts[static_cast<std::size_t>(to)].fetch_add(1, std::memory_order_relaxed); }
+  // Gifts `reactor` found no use for (its clients left, or were served meanwhile) are released;
+  // returns how many.
+  int return_gifts(int reactor) {
+    int n = gifts[static_cast<std::size_t>(reactor)].exchange(0, std::memory_order_relaxed);
+    for (int i = 0; i < n; ++i) release_from(reactor);
+    return n;
+  }
 };
 
 class Shared {

@@ -93,7 +93,7 @@ std::string Reactor::admit_client(Client& client, Pool& pool) {
 
 bool Reactor::database_has_room(Pool& pool) {
   int limit = pool.settings_.max_db_connections;
-  if (pool.db_budget_->try_acquire(limit)) return true;  // (counted even without a limit)
+  if (pool.db_budget_->acquire_for(index_, limit)) return true;  // (counted even without a limit)
   // Make room: an idle server of another pool of this database goes (its clients are not
   // waiting, ours are). The room appears once it is freed; maintain() runs again then.
   for (auto& [key, other] : pools_) {

@@ -296,6 +296,17 @@ void Pool::server_ready(Server& server) {
     reactor_.close(server, Reason::replication_ended);
     return;
   }
+  if (!waiting_clients_.empty()) {
+    // This reactor's clients wait, and another's may wait more (slot_wanted_by).
+    int to = std::exchange(owed_to_, -1);
+    std::uint64_t starving = budget_->starving.load(std::memory_order_relaxed) |
+                             db_budget_->starving.load(std::memory_order_relaxed);
+    if (to < 0 || (starving >> to & 1) == 0) to = slot_wanted_by(Handoff::released);
+    if (to >= 0) {
+      give_slot(server, to);
+      return;
+    }
+  }
   reactor_.set_state(server, ServerState::idle);
   maintain();
   offer_idle_server(false);
@@ -319,28 +330,52 @@ void Pool::set_starving(bool pool_budget, bool database_budget) {
   }
 }
 
-void Pool::offer_idle_server(bool sweeping) {
-  if (idle_servers_.empty() || !waiting_clients_.empty()) return;
-  std::uint64_t mine = std::uint64_t{1} << reactor_.index();
+int Pool::slot_wanted_by(Handoff when) const {
+  int me = reactor_.index();
+  std::uint64_t mine = std::uint64_t{1} << me;
   std::uint64_t pool_others = budget_->starving.load(std::memory_order_relaxed) & ~mine;
   std::uint64_t db_others = db_budget_->starving.load(std::memory_order_relaxed) & ~mine;
-  if (pool_others == 0 && db_others == 0) return;
-  // Keep a fair share of the limit among the reactors that want slots (this one included,
-  // rounded down): only what is above it moves, so two busy reactors do not trade connections
-  // back and forth (each move costs a new PostgreSQL backend). A slot that cannot be shared
-  // evenly (pool_size 1 over 2 reactors) does move back and forth: nobody starves.
-  int sharers = std::popcount(pool_others | db_others) + 1;
-  int limit = pool_others != 0 ? settings_.pool_size + settings_.reserve_pool_size
-                               : settings_.max_db_connections;
-  int fair = limit / sharers;
-  // Within its share, a reactor still gives up a server nobody here has used for a while (the
-  // sweep looks): its clients may have gone quiet while another reactor's wait.
-  if (server_count() <= fair &&
-      (!sweeping || reactor_.now() - idle_servers_.front()->state_since_ < kHandoffIdle))
+  std::uint64_t others = pool_others | db_others;
+  if (others == 0) [[likely]]
+    return -1;
+  // The next starving reactor after this one, so that several take turns.
+  int to = (std::countr_zero(std::rotr(others, me + 1)) + me + 1) % kMaxWorkers;
+  const Budget& budget = (pool_others >> to & 1) != 0 ? *budget_ : *db_budget_;
+  int held = budget.held_by(me), theirs = budget.held_by(to);
+  if (held == 0) return -1;  // (its slots are another pool's of this database)
+  switch (when) {
+    case Handoff::released:
+      return held > theirs + 1 ? to : -1;
+    case Handoff::unused:
+    case Handoff::busy_sweep:
+      return held > theirs + 1 || theirs == 0 ? to : -1;
+    case Handoff::idle_sweep:
+      return to;
+  }
+  return -1;
+}
+
+void Pool::give_slot(Server& server, int to) {
+  int me = reactor_.index();
+  // The database's unit goes in any case; the pool's when that reactor starves for this pool's
+  // (else it waits for another pool of the database, and this pool's unit is released).
+  server.slot_for_ = to;
+  server.slot_for_pool_ = (budget_->starving.load(std::memory_order_relaxed) >> to & 1) != 0;
+  if (server.slot_for_pool_) budget_->promise(me, to);
+  db_budget_->promise(me, to);
+  reactor_.close(server, Reason::server_handed_over, "another worker's clients need the slot");
+}
+
+void Pool::offer_idle_server(bool sweeping) {
+  if (idle_servers_.empty()) {
+    // Busy here: a reactor holding none gets the next server released (server_ready).
+    if (sweeping && !waiting_clients_.empty()) owed_to_ = slot_wanted_by(Handoff::busy_sweep);
     return;
-  // Closing it frees the slot; the starving reactors are told when it is freed.
-  reactor_.close(*idle_servers_.front(), Reason::server_handed_over,
-                 "another worker's clients need the slot");
+  }
+  if (!waiting_clients_.empty()) return;  // (session mode: servers for other startup packets)
+  bool idled = sweeping && reactor_.now() - idle_servers_.front()->state_since_ >= kHandoffIdle;
+  int to = slot_wanted_by(idled ? Handoff::idle_sweep : Handoff::unused);
+  if (to >= 0) give_slot(*idle_servers_.front(), to);
 }
 
 int Pool::server_count() const {
@@ -398,18 +433,18 @@ void Pool::maintain() {
   bool short_pool = false, short_database = false;
   // Opens one server with `startup` (null: pgring's own); false when no slot is free.
   auto open = [&](const std::shared_ptr<const Startup>& startup) {
-    if (!budget_->try_acquire(limit)) {
+    if (!budget_->acquire_for(reactor_.index(), limit)) {
       short_pool = true;
       return false;
     }
     if (!reactor_.database_has_room(*this)) {
-      budget_->release();
+      budget_->release_from(reactor_.index());
       short_database = true;
       return false;
     }
     if (!reactor_.start_connect(*this, startup)) {
-      budget_->release();
-      db_budget_->release();
+      budget_->release_from(reactor_.index());
+      db_budget_->release_from(reactor_.index());
       return false;  // the host is at max_concurrent_server_logins: the sweep tries again
     }
     return true;
@@ -510,14 +545,14 @@ void Pool::keep_warm() {
   }
   if (settings_.min_pool_size <= 0) return;
   // (A connect that fails at once, out of file descriptors, sets failing_: stop there.)
-  while (!failing_ && budget_->try_acquire(settings_.min_pool_size)) {
+  while (!failing_ && budget_->acquire_for(reactor_.index(), settings_.min_pool_size)) {
     if (!reactor_.database_has_room(*this)) {
-      budget_->release();
+      budget_->release_from(reactor_.index());
       break;
     }
     if (!reactor_.start_connect(*this, session ? recent_startup_ : nullptr)) {
-      budget_->release();
-      db_budget_->release();
+      budget_->release_from(reactor_.index());
+      db_budget_->release_from(reactor_.index());
       break;
     }
   }
@@ -583,9 +618,9 @@ void Pool::fail_client(Client& client) {
 }
 
 bool Pool::try_again(int limit) {
-  if (!budget_->try_acquire(limit)) return false;
+  if (!budget_->acquire_for(reactor_.index(), limit)) return false;
   if (!reactor_.database_has_room(*this)) {
-    budget_->release();
+    budget_->release_from(reactor_.index());
     return false;
   }
   bool session = settings_.pool_mode == config::PoolMode::session;
@@ -593,8 +628,8 @@ bool Pool::try_again(int limit) {
   if (!reactor_.start_connect(*this, !session           ? nullptr
                                      : first != nullptr ? first->startup_
                                                         : recent_startup_)) {
-    budget_->release();
-    db_budget_->release();
+    budget_->release_from(reactor_.index());
+    db_budget_->release_from(reactor_.index());
     return false;
   }
   return true;

@@ -101,11 +101,27 @@ class Pool {
   void set_starving(bool pool_budget, bool database_budget);
   bool starving_pool_ = false;
   bool starving_db_ = false;
-  // Another reactor starves for a slot this pool holds idle (and nobody waits here): close the
-  // idle server so that the slot moves to where the clients are. Within this reactor's fair
-  // share only from the sweep (`sweeping`), for a server idle at least kHandoffIdle.
+  // Slots move to the reactors whose clients wait (docs/operations.md, "Workers"). A reactor
+  // starving for a slot of this pool gets one from this reactor
+  // - released: as a server is released while clients wait here too, when this reactor holds at
+  //   least two more than that one (a difference of one never moves, so two busy reactors do
+  //   not trade a backend back and forth);
+  // - unused: as a server goes idle with nobody waiting here, also when that one holds none;
+  // - busy_sweep: clients wait here too, but that one holds none (the sweep: with fewer slots
+  //   than busy reactors a slot must take turns, and this bounds how often a backend is closed
+  //   and opened for it);
+  // - idle_sweep: a server has idled here for kHandoffIdle, nobody waiting here (the sweep).
+  // Returns that reactor, or -1.
+  enum class Handoff { released, unused, busy_sweep, idle_sweep };
+  [[nodiscard]] int slot_wanted_by(Handoff when) const;
+  // Closes `server`; its slot goes to reactor `to` once it is gone (Reactor::maybe_free).
+  void give_slot(Server& server, int to);
+  // The sweep's and an idle server's check (see slot_wanted_by).
   void offer_idle_server(bool sweeping);
   static constexpr auto kHandoffIdle = std::chrono::milliseconds(20);
+  // The sweep found a busy reactor holding none of this pool's slots: the next server released
+  // here goes to it (unless it stopped starving meanwhile).
+  int owed_to_ = -1;
 
   Reactor& reactor_;
   config::Database db_;   // a copy: a fallback ("*") database has no entry of its own

@@ -205,6 +205,88 @@ def test_idle_server_within_its_share_still_moves():
             conn.close()
 
 
+def clients_per_reactor(p, want0, want1, limit=120):
+    """Connects until reactor 0 has `want0` clients and reactor 1 `want1` (the kernel spreads
+    connections by a hash of their ports); returns (all, {"0": [...], "1": [...]})."""
+    conns, on = [], {"0": [], "1": []}
+    while len(conns) < limit and (len(on["0"]) < want0 or len(on["1"]) < want1):
+        conns.extend(connect(p.port) for _ in range(10))
+        worker_of = {r["addr"].rsplit(":", 1)[1]: r["worker"]
+                     for r in admin_rows(p.port, "SHOW CLIENTS") if r["database"] == "pgring_test"}
+        on = {"0": [], "1": []}
+        for c in conns:
+            on[worker_of[str(local_port(c))]].append(c)
+    check(len(on["0"]) >= want0 and len(on["1"]) >= want1,
+          f"clients per worker: { {w: len(v) for w, v in on.items()} }")
+    return conns, on
+
+
+def test_busy_reactor_gives_slots_to_a_starving_one():
+    """pool_size 4 over 2 reactors: twelve clients of reactor 0 loop transactions and hold all
+    four servers, with clients always waiting there; then clients of reactor 1 ask. Reactor 0
+    gives up slots although its own clients wait (before, reactor 1's clients waited until
+    reactor 0's queue happened to be empty: under this load, until query_wait), and only until
+    the two hold two each: slots do not go back and forth while both stay busy."""
+    setup_role()
+    mport = free_port()
+    with Pgring(workers_config(2, 4, metrics_port=mport, timeouts={"query_wait": "30s"})) as p:
+        conns, on = clients_per_reactor(p, 12, 4)
+        stop = threading.Event()
+        errors = []
+        done = {"0": 0, "1": 0}
+
+        def loop(conn, worker):
+            try:
+                while not stop.is_set():
+                    query(conn, "SELECT pg_sleep(0.005)")
+                    done[worker] += 1
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        loopers = [threading.Thread(target=loop, args=(c, "0")) for c in on["0"][:12]]
+        for t in loopers:
+            t.start()
+        sampler = None
+        try:
+            monitor = monitor_connect()
+            wait_until(lambda: our_backends(monitor) == 4, 10, what="reactor 0 to open all 4")
+            monitor.close()
+            time.sleep(0.3)
+            started = time.monotonic()
+            check_eq(query_one(on["1"][0], "SELECT 2"), 2, "reactor 1's client")
+            waited = time.monotonic() - started
+            log(f"reactor 1's client waited {waited:.3f}s while reactor 0's clients kept all "
+                "servers busy")
+            check(waited < 5, f"reactor 1's client waited {waited:.1f}s for a server")
+            # Both reactors busy now: the slots settle at two each and stay there.
+            more = [threading.Thread(target=loop, args=(c, "1")) for c in on["1"][:4]]
+            for t in more:
+                t.start()
+            loopers += more
+            time.sleep(1)
+            sampler = Sampler()
+            before = metric_sum(scrape(mport), "pgring_disconnects_total",
+                                reason="server_handed_over") or 0
+            counted = dict(done)
+            time.sleep(3)
+            moved = (metric_sum(scrape(mport), "pgring_disconnects_total",
+                                reason="server_handed_over") or 0) - before
+            progress = {w: done[w] - counted[w] for w in done}
+            log(f"both reactors busy for 3 s: transactions {progress}, slots moved {moved:.0f}")
+            check(moved <= 2, f"{moved:.0f} servers closed to move their slot while both reactors "
+                  "stayed busy (they should settle)")
+            check(progress["0"] > 0 and progress["1"] > 0, f"a reactor made no progress: {progress}")
+        finally:
+            stop.set()
+            for t in loopers:
+                t.join(10)
+            peak = sampler.finish() if sampler else 0
+        check(not errors, f"looping clients failed: {errors[:3]}")
+        check(peak <= 4, f"{peak} server connections with pool_size 4")
+        for conn in conns:
+            conn.close()
+
+
 def test_cancel_reaches_the_right_reactor():
     setup_role()
     with Pgring(workers_config(2, 16)) as p:
