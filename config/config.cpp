@@ -40,6 +40,10 @@ std::string_view to_string(SessionStatePolicy policy) {
   return policy == SessionStatePolicy::pin ? "pin" : "error";
 }
 
+std::string_view to_string(ListenPolicy policy) {
+  return policy == ListenPolicy::shared ? "shared" : "pin";
+}
+
 std::string_view to_string(AuthMethod method) {
   switch (method) {
     case AuthMethod::trust:
@@ -212,6 +216,7 @@ void PoolSettings::apply(const PoolOverrides& in) {
   if (in.server_reset_query) out.server_reset_query = *in.server_reset_query;
   if (in.prepared_statements) out.prepared_statements = *in.prepared_statements;
   if (in.session_state) out.session_state = *in.session_state;
+  if (in.listen) out.listen = *in.listen;
   if (in.max_db_client_connections) out.max_db_client_connections = *in.max_db_client_connections;
   if (in.max_user_client_connections)
     out.max_user_client_connections = *in.max_user_client_connections;

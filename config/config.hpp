@@ -23,6 +23,11 @@ enum class PoolMode { session, transaction, statement };
 // session advisory locks, SET ROLE, SETs pgring cannot replay): pin the client to its server
 // until it disconnects, or refuse it with an error (0A000) and close the client.
 enum class SessionStatePolicy { pin, error };
+// What transaction/statement mode does with a lone `LISTEN ch` / `UNLISTEN ch` between
+// transactions: shared makes it a subscription on one listening server connection per pool and
+// reactor (docs/transaction-pooling.md, "LISTEN and NOTIFY"); pin sends it to the client's
+// server, which then is session state (session_state).
+enum class ListenPolicy { shared, pin };
 // cert: the client's TLS certificate, verified against tls.client.ca, names the user (CN).
 // reject: refused whatever it sends (an auth rule that closes a door).
 enum class AuthMethod { trust, reject, md5, scram_sha_256, cert };
@@ -48,6 +53,7 @@ enum class LoadBalance { least_connections, round_robin };
 [[nodiscard]] std::string_view to_string(PoolMode mode);
 [[nodiscard]] std::string_view to_string(AuthMethod method);
 [[nodiscard]] std::string_view to_string(SessionStatePolicy policy);
+[[nodiscard]] std::string_view to_string(ListenPolicy policy);
 [[nodiscard]] std::string_view to_string(ClientTlsMode mode);
 [[nodiscard]] std::string_view to_string(ServerTlsMode mode);
 [[nodiscard]] std::string_view to_string(Target target);
@@ -93,6 +99,7 @@ struct PoolOverrides {
   std::optional<std::string> server_reset_query;
   std::optional<int> prepared_statements;
   std::optional<SessionStatePolicy> session_state;
+  std::optional<ListenPolicy> listen;
   std::optional<int> max_db_client_connections;
   std::optional<int> max_user_client_connections;
   // databases.<db>.timeouts / users.<user>.timeouts: the timeouts this entry sets.
@@ -109,6 +116,7 @@ struct PoolSettings {
   std::string server_reset_query = "DISCARD ALL";
   int prepared_statements = 200;  // per server connection; 0 disables the cache
   SessionStatePolicy session_state = SessionStatePolicy::pin;
+  ListenPolicy listen = ListenPolicy::shared;
   // Clients of one database (all its pools) / of one user (all their pools); 0 = unlimited.
   int max_db_client_connections = 0;
   int max_user_client_connections = 0;

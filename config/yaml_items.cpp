@@ -326,6 +326,7 @@ const std::vector<std::string_view> kPoolKeys = {"pool_mode",
                                                  "server_reset_query",
                                                  "prepared_statements",
                                                  "session_state",
+                                                 "listen",
                                                  "max_db_client_connections",
                                                  "max_user_client_connections"};
 
@@ -386,6 +387,9 @@ void pool_key(const std::string& key, const Item& item, PoolOverrides& out, Pool
   } else if (key == "session_state") {
     out.session_state = one_of<SessionStatePolicy>(
         item, {{"pin", SessionStatePolicy::pin}, {"error", SessionStatePolicy::error}});
+  } else if (key == "listen") {
+    out.listen =
+        one_of<ListenPolicy>(item, {{"shared", ListenPolicy::shared}, {"pin", ListenPolicy::pin}});
   } else if (key == "max_db_client_connections") {
     out.max_db_client_connections = integer(item, 0, kMaxCount);
   } else if (key == "max_user_client_connections") {

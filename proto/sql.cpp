@@ -288,6 +288,22 @@ std::string_view first_word(std::string_view query) {
   return query.substr(start, end - start);
 }
 
+std::optional<Listen> parse_listen(std::string_view query) {
+  std::string_view first = first_word(query);
+  bool listen = iequals(first, "listen");
+  if (!listen && !iequals(first, "unlisten")) return std::nullopt;
+  std::vector<Token> t;
+  if (query.size() > 4096 || !tokenize(query, t, 8) || t.empty()) return std::nullopt;
+  if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
+  if (t.size() != 2) return std::nullopt;
+  if (!listen && t[1].kind == Token::Kind::punct && t[1].text == "*")
+    return Listen{Listen::Kind::unlisten_all, {}};
+  if (t[1].kind != Token::Kind::word && t[1].kind != Token::Kind::quoted_ident)
+    return std::nullopt;
+  if (t[1].text.empty() || t[1].text.size() > 63) return std::nullopt;
+  return Listen{listen ? Listen::Kind::listen : Listen::Kind::unlisten, t[1].text};
+}
+
 std::optional<std::string> database_needed_alone(std::string_view query) {
   std::string_view first = first_word(query);
   if (!iequals(first, "create") && !iequals(first, "alter") && !iequals(first, "drop"))

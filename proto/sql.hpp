@@ -49,6 +49,15 @@ struct Deallocate {
   return parse_deallocate(query, mentions(query));
 }
 
+// A query that is exactly one `LISTEN channel`, `UNLISTEN channel` or `UNLISTEN *` (an optional
+// trailing semicolon; no comment before it). The channel is lower-cased unless quoted; a name
+// longer than PostgreSQL's 63 bytes (which PostgreSQL would truncate) is not recognised.
+struct Listen {
+  enum class Kind { listen, unlisten, unlisten_all } kind;
+  std::string channel;  // empty for unlisten_all
+};
+[[nodiscard]] std::optional<Listen> parse_listen(std::string_view query);
+
 // The database a query needs no other session connected to: `DROP DATABASE [IF EXISTS] name`,
 // `ALTER DATABASE name RENAME TO ...`, `CREATE DATABASE ... TEMPLATE [=] name`. Only a query
 // that starts with the command (no comment before it) is recognised; names are lower-cased

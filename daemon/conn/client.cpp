@@ -78,11 +78,17 @@ void Client::on_input() {
         handle_admin();
         break;
       }
-      // Transaction mode: the first byte of a new request asks for a server.
-      if (stream_.next_frame(reactor_.config().max_message_size).type ==
-          proto::frontend::kTerminate) {
-        reactor_.close(*this, Reason::client_terminate);
-        return;
+      // Transaction mode: the first byte of a new request asks for a server, unless it is a
+      // lone LISTEN/UNLISTEN taken over here (listen: shared).
+      for (;;) {
+        if (stream_.input_size() == 0 || (listening_ && listening_->parked)) return;
+        proto::Frame frame = stream_.next_frame(reactor_.config().max_message_size);
+        if (frame.type == proto::frontend::kTerminate) {
+          reactor_.close(*this, Reason::client_terminate);
+          return;
+        }
+        if (!take_listen(frame)) break;
+        if (state_ != ClientState::idle) return;  // (closed; or the rest was read meanwhile)
       }
       pool_->request_server(*this);  // links an idle server at once, if there is one
       if (state_ == ClientState::active)
@@ -266,7 +272,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       if (text) {
         std::uint8_t mentioned = proto::sql::mentions(*text);  // one pass for the checks below
         state = proto::sql::scan_session_state(*text, mentioned);
-        if (pinned_state_ != 0) release = proto::sql::scan_session_release(*text);
+        if (pinned_state_ != 0 || listening_) release = proto::sql::scan_session_release(*text);
         if (auto s = proto::sql::parse_set_statement(*text, mentioned)) {
           set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
           state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);

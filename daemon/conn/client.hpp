@@ -259,6 +259,31 @@ class Client {
   // The SET of the last Parse, for the Execute that runs it.
   std::unique_ptr<proto::sql::SetStatement> last_parse_set_;
 
+  // listen: shared (Pool::Listening): what only a client that sent a LISTEN needs.
+  struct Listening {
+    std::vector<std::string> channels;  // its subscriptions
+    // Its LISTEN of `waiting_channel` waits for the listening connection's answer number
+    // `wait_for` (0: for that connection to log in first); its reading is paused meanwhile.
+    bool parked = false;
+    std::uint64_t wait_for = 0;
+    std::string waiting_channel;
+    // Notifications that came while it was in a transaction (or parked): sent once it is idle.
+    std::string held;
+    // The backend pid of the last server it was linked to: its own NOTIFY comes from there.
+    std::int32_t last_server_pid = 0;
+  };
+  std::unique_ptr<Listening> listening_;
+  // More unsent notifications than this: the client does not read them, and is closed.
+  static constexpr std::size_t kMaxHeldNotifications = 8u << 20;
+  // An idle client's next message is `frame`: a lone LISTEN/UNLISTEN is taken over (true).
+  bool take_listen(const proto::Frame& frame);
+  // Its LISTEN/UNLISTEN is answered: CommandComplete `tag`, or the ErrorResponse for `error`.
+  void answer_listen(std::string_view tag, std::string_view error);
+  // A notification for one of its channels.
+  void notify(std::int32_t pid, std::string_view channel, std::string_view payload);
+  // Idle again: the notifications held meanwhile go out.
+  void flush_notifications();
+
  private:
   friend class Reactor;
   void handle_startup();

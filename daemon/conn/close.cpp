@@ -95,6 +95,7 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   }
   if (client.cancel_pid_ != 0) forget_cancel_key(client);
   Pool* pool = client.pool_;
+  if (client.listening_ && pool != nullptr) pool->unsubscribe_all(client);
   set_state(client, ClientState::closing);
   --client_count_;
   shared_.clients.fetch_sub(1, std::memory_order_relaxed);
@@ -139,6 +140,7 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   ServerState was = server.state_;
   Pool& pool = server.pool_;
   server.end_login_count();
+  if (server.listener_) pool.listener_closed(server, message);
   if (Client* client = server.lookup_client_) {
     server.lookup_client_ = nullptr;
     client->login_->lookup_server = nullptr;
@@ -242,6 +244,13 @@ void Reactor::maybe_free(Server& server) {
   if (server.endpoint_ != nullptr) --server.endpoint_->connections;
   --pool.servers_closing_;
   int to = server.slot_for_;
+  if (server.listener_) {
+    // (Counted in the database's budget only.)
+    pool.db_budget_->release_from(index_);
+    slot_freed(*pool.db_budget_, *pool.db_budget_, pool.database_);
+    retry_database(pool.database_);
+    return;
+  }
   if (to >= 0) {
     if (server.slot_for_pool_)
       pool.budget_->give(to);

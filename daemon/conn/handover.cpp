@@ -15,8 +15,9 @@ namespace pgring {
 bool Client::can_hand_over() const {
   // Only a session pgring can rebuild elsewhere from what it knows: its settings, its statement
   // names, its cancel key. A TLS session's keys cannot move; a session-mode or pinned client
-  // has state only its server holds.
+  // has state only its server holds. (Subscriptions of listen: shared are not carried yet.)
   return state_ == ClientState::idle && pool_ != nullptr &&
+         (!listening_ || (listening_->channels.empty() && !listening_->parked)) &&
          pool_->settings_.pool_mode != config::PoolMode::session && !pool_->replication_ &&
          pinned_state_ == 0 && admin_ == AdminRole::none && stream_.tls() == nullptr &&
          startup_ != nullptr && login_ == nullptr && server_ == nullptr && welcomed_ &&

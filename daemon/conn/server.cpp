@@ -34,6 +34,8 @@ std::string_view to_string(ServerState state) {
       return "canceling";
     case ServerState::lookup:
       return "lookup";
+    case ServerState::listening:
+      return "listening";
     case ServerState::closing:
       return "closing";
   }
@@ -73,7 +75,7 @@ void Server::on_input() {
   // Login, reset and idle: every message is read whole and handled here.
   while (state_ == ServerState::login || state_ == ServerState::resetting ||
          state_ == ServerState::idle || state_ == ServerState::canceling ||
-         state_ == ServerState::lookup) {
+         state_ == ServerState::lookup || state_ == ServerState::listening) {
     proto::Frame frame = stream_.next_frame(kMaxInspected);
     if (frame.bad()) {
       reactor_.close(*this, Reason::server_protocol_error, "invalid message from server");
@@ -88,6 +90,8 @@ void Server::on_input() {
       handle_reset_message(frame.type, body);
     else if (before == ServerState::lookup)
       handle_lookup_message(frame.type, body);
+    else if (before == ServerState::listening)
+      pool_.on_listener_message(*this, frame.type, body);
     else
       handle_idle_message(frame.type, body);
     if (state_ == ServerState::closing) return;
@@ -176,8 +180,12 @@ void Server::on_command_complete(std::string_view tag) {
   if (done.execute) executed_in_batch_ = true;
   // UNLISTEN *, DISCARD ALL and the like: the state that pinned the client is gone, and the
   // link ends at this transaction's end like any other.
-  if (done.session_release != 0 && client_ != nullptr)
+  if (done.session_release != 0 && client_ != nullptr) {
     client_->pinned_state_ &= static_cast<std::uint8_t>(~done.session_release);
+    // ... and its shared subscriptions end too (listen: shared).
+    if ((done.session_release & proto::sql::kListen) != 0 && client_->listening_)
+      pool_.unsubscribe_all(*client_);
+  }
   std::unique_ptr<proto::sql::SetStatement>& set = done.set;
   if ((tag == "SET" || tag == "RESET") && set) {
     // A reported parameter is tracked through ParameterStatus; other settings are replayed.

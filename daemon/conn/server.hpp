@@ -8,6 +8,8 @@
 //   active ──transaction over while a cancel is in flight──> canceling ──cancel done──> idle
 //   idle ──auth.query for a client logging in──> lookup ──ReadyForQuery──> idle
 //   any ──close(reason)──> closing ──ops and cancels done──> freed at end of loop turn
+//   (a pool's listening connection, listen: shared: connecting ──login──> listening, and never
+//   linked to a client; daemon/pool/listen.cpp)
 //
 // The state is the list the server is on in its pool.
 
@@ -44,7 +46,17 @@ class Client;
 struct Endpoint;
 using Clock = std::chrono::steady_clock;
 
-enum class ServerState { connecting, login, idle, active, resetting, canceling, lookup, closing };
+enum class ServerState {
+  connecting,
+  login,
+  idle,
+  active,
+  resetting,
+  canceling,
+  lookup,
+  listening,
+  closing
+};
 [[nodiscard]] std::string_view to_string(ServerState state);
 
 // Messages pgring reads whole from a server (authentication, parameters, errors) are small;
@@ -104,6 +116,8 @@ class Server {
   // whether the pool's unit goes too (else only the database's).
   int slot_for_ = -1;
   bool slot_for_pool_ = false;
+  // The pool's listening connection (Pool::Listening): counted in the database's budget only.
+  bool listener_ = false;
   // The host it is connected to (daemon/pool/hosts.hpp); counted in its `connections` from the
   // connect until the server is freed.
   std::shared_ptr<Endpoint> endpoint_;

@@ -382,6 +382,10 @@ void Server::logged_in(std::string_view ready_body) {
   }
   log::debug("S-{} logged in to {} as {} (backend pid {})", id_, endpoint_->text,
              pool_.server_user_, backend_pid_);
+  if (listener_) {
+    pool_.listener_logged_in(*this);
+    return;
+  }
   reactor_.set_state(*this, ServerState::idle);
   pool_.maintain();
 }

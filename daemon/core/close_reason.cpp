@@ -102,6 +102,10 @@ std::string_view name(Reason reason) {
       return "handed_over";
     case Reason::replication_ended:
       return "replication_ended";
+    case Reason::listen_ended:
+      return "listen_ended";
+    case Reason::notification_backlog:
+      return "notification_backlog";
     case Reason::count_:
       break;
   }
@@ -135,6 +139,8 @@ std::string_view sqlstate(Reason reason) {
       return "3D000";
     case Reason::too_many_clients:
       return "53300";
+    case Reason::notification_backlog:
+      return "53200";
     case Reason::query_wait_timeout:
     case Reason::query_timeout:
     case Reason::query_canceled:

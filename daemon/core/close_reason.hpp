@@ -59,6 +59,8 @@ enum class Reason {
                       // its host was taken out (health check failed, address gone)
   handed_over,        // an upgrade in place: the client went on in the new process (no error)
   replication_ended,  // a replication connection's client left: its server is never reused
+  listen_ended,       // a pool's listening connection (listen: shared): nobody listens any more
+  notification_backlog,  // 53200: more notifications piled up unread than a client may hold
   count_,             // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);

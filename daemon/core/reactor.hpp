@@ -153,7 +153,9 @@ class Reactor {
   // Opens a server connection for `pool` (whose budgets the caller acquired); false when the
   // host it would go to is at max_concurrent_server_logins: nothing was done, the caller gives
   // the budgets back and the pool tries again later.
-  bool start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr);
+  // `listener`: the pool's listening connection (Pool::Listening).
+  bool start_connect(Pool& pool, std::shared_ptr<const Startup> startup = nullptr,
+                     bool listener = false);
   // max_db_connections: may `pool` open one more server connection to its database? When the
   // database is at its limit, an idle server of another pool of it is closed to make room.
   [[nodiscard]] bool database_has_room(Pool& pool);

@@ -481,7 +481,7 @@ Rows Reactor::admin_rows(std::string_view what) {
       (void)key;
       for (List<Server>* l :
            {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
-            &pool->resetting_servers_, &pool->canceling_servers_})
+            &pool->resetting_servers_, &pool->canceling_servers_, &pool->listening_servers_})
         for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
           row({"S-" + std::to_string(s->id_), pool->database_, pool->server_user_,
                std::string(to_string(s->state_)), s->endpoint_->text,
@@ -516,7 +516,7 @@ Rows Reactor::admin_rows(std::string_view what) {
         for (Client* c = l->front(); c != nullptr; c = List<Client>::next(c)) add_client(*c);
       for (List<Server>* l :
            {&pool->active_servers_, &pool->idle_servers_, &pool->connecting_servers_,
-            &pool->resetting_servers_, &pool->canceling_servers_})
+            &pool->resetting_servers_, &pool->canceling_servers_, &pool->listening_servers_})
         for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s))
           add("S-" + std::to_string(s->id_), "server", s->stream_, pool->database_,
               pool->server_user_, to_string(s->state_), s->endpoint_->text);
@@ -573,7 +573,7 @@ void Reactor::kill_database(std::string_view database) {
     }
     for (List<Server>* l :
          {&pool->idle_servers_, &pool->active_servers_, &pool->connecting_servers_,
-          &pool->resetting_servers_, &pool->canceling_servers_}) {
+          &pool->resetting_servers_, &pool->canceling_servers_, &pool->listening_servers_}) {
       while (Server* s = l->front()) close(*s, Reason::admin_kill);
     }
   }

@@ -107,7 +107,7 @@ bool Reactor::database_has_room(Pool& pool) {
   return false;
 }
 
-bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) {
+bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup, bool listener) {
   // (Its pool and database budgets were acquired by the caller.)
   bool busy = false;
   std::shared_ptr<Endpoint> endpoint =
@@ -115,6 +115,10 @@ bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup) 
   if (busy) return false;
   auto* server = new Server(*this, pool, next_id());
   server->startup_ = std::move(startup);
+  if (listener) {
+    server->listener_ = true;
+    pool.listening_->server = server;
+  }
   ++pool.stats_.server_connects;
   // Retire connections at spread-out times, not all at once: lifetime minus up to 10%.
   if (pool.settings_.timeouts.server_lifetime.count() > 0) {

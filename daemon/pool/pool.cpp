@@ -202,7 +202,13 @@ void Reactor::set_state(Server& server, ServerState state) {
   switch (state) {
     case ServerState::connecting:
     case ServerState::login:
-      pool.connecting_servers_.push_back(&server);
+      if (server.listener_)
+        pool.listening_servers_.push_back(&server);
+      else
+        pool.connecting_servers_.push_back(&server);
+      break;
+    case ServerState::listening:
+      pool.listening_servers_.push_back(&server);
       break;
     case ServerState::idle:
       pool.idle_servers_.push_back(&server);
@@ -274,6 +280,8 @@ void Pool::release_link(Server& server) {
     reactor_.arm_recv_for(client);
   }
   reactor_.set_state(client, ClientState::idle);
+  if (client.listening_) [[unlikely]]
+    client.flush_notifications();
   // An upgrade in place: a client between transactions goes to the new process at the end of
   // this turn (unless it sent its next request meanwhile).
   if (reactor_.handing_over()) [[unlikely]]
@@ -490,6 +498,8 @@ void Pool::link(Client& client, Server& server) {
   reactor_.set_state(server, ServerState::active);
   reactor_.set_state(client, ClientState::active);
   ++server.link_generation_;
+  if (client.listening_) [[unlikely]]
+    client.listening_->last_server_pid = server.backend_pid_;
   server.transaction_failed_ = false;
   server.pending_settings_.clear();
   server.client_ = &client;

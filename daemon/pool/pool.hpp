@@ -10,7 +10,10 @@
 
 #include <chrono>
 #include <deque>
+#include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "config/config.hpp"
 #include "daemon/conn/client.hpp"
@@ -18,6 +21,7 @@
 #include "daemon/core/list.hpp"
 #include "daemon/pool/hosts.hpp"
 #include "daemon/pool/stats.hpp"
+#include "proto/sql.hpp"
 
 namespace pgring {
 
@@ -151,6 +155,43 @@ class Pool {
   List<Server> active_servers_;
   List<Server> resetting_servers_;
   List<Server> canceling_servers_;  // transaction over, a cancel for it still in flight
+  List<Server> listening_servers_;  // the listening connection (at most one), from its connect
+
+  // LISTEN and NOTIFY shared (listen: shared; daemon/pool/listen.cpp). A lone `LISTEN ch`
+  // between transactions makes the client a subscriber here instead of session state on a
+  // server: one connection of this pool (counted in the database's budget, not pool_size)
+  // LISTENs the union of its subscribers' channels, and each NotificationResponse it gets goes
+  // to every subscriber of its channel: at once to an idle client, after its transaction to a
+  // client in one (PostgreSQL's timing). The client's LISTEN is answered once this connection
+  // has answered it (a NOTIFY the client sends right after must reach it).
+  struct Listening {
+    std::unordered_map<std::string, std::vector<Client*>> channels;  // channel -> subscribers
+    Server* server = nullptr;  // connecting, logging in or listening; null: none
+    // LISTEN/UNLISTEN queries sent to `server` and answered (ReadyForQuery) since it logged in.
+    std::uint64_t sent = 0;
+    std::uint64_t answered = 0;
+    std::string error;  // the ErrorResponse's message that came before the next answer
+    // Clients whose LISTEN waits for `server`'s answer (Client::Listening::wait_for).
+    std::vector<Client*> parked;
+    Clock::time_point next_attempt{};  // reconnecting after the connection was lost
+  };
+  std::unique_ptr<Listening> listening_;
+  // Whether a lone LISTEN/UNLISTEN of this pool's clients is taken over (listen: shared).
+  [[nodiscard]] bool shares_listen() const {
+    return settings_.listen == config::ListenPolicy::shared &&
+           settings_.pool_mode != config::PoolMode::session && !replication_;
+  }
+  // `client` sent `command` (parse_listen) while idle: subscribe, unsubscribe, answer.
+  void listen(Client& client, const proto::sql::Listen& command);
+  // The client leaves, sent UNLISTEN *, or its DISCARD ALL succeeded: no more subscriptions.
+  void unsubscribe_all(Client& client);
+  void listener_logged_in(Server& server);
+  void on_listener_message(Server& server, char type, std::string_view body);
+  // The listening connection is closing (Reactor::close): clients waiting for an answer get an
+  // error; the subscriptions stay, and keep_listening() opens another.
+  void listener_closed(Server& server, std::string_view message);
+  // From the sweep: a listening connection when subscriptions need one and there is none.
+  void keep_listening();
   // This pool's servers closed but not freed yet: their slots in the budgets come back soon.
   int servers_closing_ = 0;
   // Session mode: the startup packet of the client that got a server last, for the servers
@@ -193,7 +234,8 @@ class Pool {
   static void for_replication(config::PoolSettings& settings);
   Clock::time_point unused_since_{};  // when the sweep found it unused (epoch: in use)
   [[nodiscard]] bool unused() const {
-    return client_count() == 0 && server_count() == 0 && servers_closing_ == 0 && lookups_.empty();
+    return client_count() == 0 && server_count() == 0 && servers_closing_ == 0 &&
+           lookups_.empty() && listening_servers_.empty();
   }
 
   // After a failed connect or login the pool is failing: with no server left, one connection
@@ -228,6 +270,15 @@ class Pool {
   // While the server is down: auth.query lookups get the error, and the waiting clients too
   // when waiting would not cure it (failure_final_).
   void fail_waiting();
+  // Opens the listening connection if subscriptions need one and the database has room.
+  void open_listener();
+  // Sends `LISTEN ch` or `UNLISTEN ch` to the listening connection, if it is logged in.
+  void send_listen(std::string_view command, const std::string& channel);
+  // Answers the parked clients whose LISTEN the listening connection has answered (all of
+  // them, with `error`, when it is gone).
+  void wake_parked(std::string_view error);
+  // Nobody listens (or waits to): the listening connection goes.
+  void drop_listener_if_unused();
   // Opens one server to see whether a failing server is back; false when no slot is free.
   bool try_again(int limit);
   void set_credentials(const config::Database& db, const config::User* user);

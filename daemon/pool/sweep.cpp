@@ -78,6 +78,17 @@ void Reactor::sweep() {
                           s->endpoint_->text, pt.server_connect.count()));
       s = next;
     }
+    if (pool->listening_) {
+      // The listening connection: connect and login within server_connect, and another one
+      // when it was lost while clients listen.
+      Server* s = pool->listening_->server;
+      if (s != nullptr && s->state_ != ServerState::listening &&
+          expired(s->state_since_, pt.server_connect))
+        close(*s, Reason::server_unreachable,
+              fmt::format("server {} did not answer within server_connect ({} ms)",
+                          s->endpoint_->text, pt.server_connect.count()));
+      pool->keep_listening();
+    }
     for (Server* s = pool->idle_servers_.front(); s != nullptr;) {
       Server* next = List<Server>::next(s);
       if (expired(s->state_since_, pt.server_idle))
@@ -331,7 +342,8 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
     }
     if (!clients_left || immediate) {
       for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_,
-                                 &pool->active_servers_, &pool->canceling_servers_}) {
+                                 &pool->active_servers_, &pool->canceling_servers_,
+                                 &pool->listening_servers_}) {
         for (Server* s = list->front(); s != nullptr;) {
           Server* next = List<Server>::next(s);
           close(*s, Reason::shutdown);

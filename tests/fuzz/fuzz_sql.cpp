@@ -27,6 +27,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       sql::parse_deallocate(text, 0xff).has_value())
     __builtin_trap();
   (void)pgring::proto::sql::scan_session_release(text);
+  // A LISTEN pgring takes over is one the session-state scan sees too (else the same text
+  // would be shared in one place and not pinned in the other).
+  if (auto listen = sql::parse_listen(text)) {
+    if (listen->channel.size() > 63) __builtin_trap();
+    if (listen->kind == sql::Listen::Kind::listen &&
+        (sql::scan_session_state(text, mentioned) & sql::kListen) == 0)
+      __builtin_trap();
+  }
   if (auto db = pgring::proto::sql::database_needed_alone(text)) {
     if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text
   }

@@ -214,7 +214,9 @@ def test_error_policy_refuses_other_session_state():
         "advisory lock": "SELECT pg_advisory_lock(4343)",
         "WITH HOLD cursor": "DECLARE pgring_refused_cur CURSOR WITH HOLD FOR SELECT 1",
     }
-    with Pgring(error_policy_config()) as p:
+    # (listen: pin: a lone LISTEN is session state again; with listen: shared it is no state of
+    # the server's at all: test_listen.py.)
+    with Pgring(error_policy_config(listen="pin")) as p:
         for what, sql in statements.items():
             check_refused(p, sql, what)
             next_client_is_clean(p)
@@ -242,8 +244,9 @@ PIN_AND_RELEASE = [("LISTEN pgring_channel", "UNLISTEN *"),
 def test_pin_ends_with_the_state():
     """pool_size 1: a pinned client keeps the one server, so another client waits; once the
     state is gone (UNLISTEN *, DISCARD TEMP, pg_advisory_unlock_all(), CLOSE ALL, DISCARD ALL)
-    the server is shared again, at the end of that statement's transaction."""
-    with Pgring(pool_config(pool_size=1)) as p:
+    the server is shared again, at the end of that statement's transaction. (listen: pin: with
+    listen: shared a lone LISTEN pins nothing.)"""
+    with Pgring(pool_config(pool_size=1, listen="pin")) as p:
         for pin, release in PIN_AND_RELEASE:
             a = app_connect(p)
             b = app_connect(p)

@@ -286,6 +286,8 @@ TEST_CASE("config: enum values") {
   check_error("log: {level: warn}\n", "log.level", 1, "did you mean 'warning'?");
   check_error("defaults:\n  session_state: pinned\n", "defaults.session_state", 2,
               "must be one of pin, error; did you mean 'pin'?");
+  check_error("databases:\n  a: {listen: fanout}\n", "databases.a.listen", 2,
+              "must be one of shared, pin");
 }
 
 TEST_CASE("config: durations need a unit") {
@@ -432,7 +434,7 @@ defaults:
   prepared_statements: 50
   server_reset_query: "RESET ALL"
 users:
-  alice: {pool_size: 7, server_reset_query: "", session_state: error}
+  alice: {pool_size: 7, server_reset_query: "", session_state: error, listen: pin}
   bob:
 databases:
   app:
@@ -463,6 +465,8 @@ databases:
   CHECK(user.server_reset_query.empty());
   CHECK(user.session_state == SessionStatePolicy::error);
   CHECK(db.session_state == SessionStatePolicy::pin);
+  CHECK(user.listen == ListenPolicy::pin);
+  CHECK(db.listen == ListenPolicy::shared);
 
   const PoolSettings no_override = c.resolve_pool(app, c.find_user("bob"));
   CHECK(no_override.pool_size == 12);

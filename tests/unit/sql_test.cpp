@@ -216,3 +216,30 @@ TEST_CASE("random text never crashes the scanners") {
     (void)scan_session_release("DISCARD " + q);
   }
 }
+
+TEST_CASE("parse_listen: exactly one LISTEN or UNLISTEN") {
+  using K = Listen::Kind;
+  auto l = parse_listen("LISTEN Jobs");
+  REQUIRE(l);
+  CHECK(l->kind == K::listen);
+  CHECK(l->channel == "jobs");
+  l = parse_listen("  listen \"Jobs Done\" ; ");
+  REQUIRE(l);
+  CHECK(l->channel == "Jobs Done");
+  l = parse_listen("UNLISTEN jobs;");
+  REQUIRE(l);
+  CHECK(l->kind == K::unlisten);
+  l = parse_listen("unlisten *");
+  REQUIRE(l);
+  CHECK(l->kind == K::unlisten_all);
+  CHECK(l->channel.empty());
+  CHECK_FALSE(parse_listen("LISTEN *"));
+  CHECK_FALSE(parse_listen("LISTEN a; LISTEN b"));
+  CHECK_FALSE(parse_listen("LISTEN"));
+  CHECK_FALSE(parse_listen("LISTEN 'a'"));
+  CHECK_FALSE(parse_listen("/* c */ LISTEN a"));
+  CHECK_FALSE(parse_listen("SELECT 1"));
+  CHECK_FALSE(parse_listen("LISTENER a"));
+  CHECK_FALSE(parse_listen("LISTEN " + std::string(64, 'a')));
+  CHECK(parse_listen("LISTEN " + std::string(63, 'a')));
+}

@@ -1,0 +1,193 @@
+"""LISTEN and NOTIFY in transaction mode without pinning (listen: shared, the default): a lone
+LISTEN between transactions makes the client a subscriber; one listening server connection per
+pool and reactor LISTENs for all of them; notifications reach every subscriber with their
+channel and payload, between transactions as PostgreSQL delivers them. Each behaviour is first
+checked on direct connections."""
+
+import select
+import time
+
+from lib import (Pgring, admin_rows, check_eq, connect, monitor_connect, pool_config, query,
+                 query_one, run_tests, wait_until)
+
+DB, USER = "app", "app"
+
+
+def app_connect(p, **kwargs):
+    kwargs.setdefault("connect_timeout", 30)
+    return connect(p.port, db=DB, user=USER, **kwargs)
+
+
+def direct_app():
+    return monitor_connect(db=DB, user=USER)
+
+
+def received(conn, wait=0.0):
+    """The notifications that reached `conn` within `wait` seconds, as (channel, payload)."""
+    got = []
+    deadline = time.monotonic() + wait
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        if select.select([conn], [], [], left)[0]:
+            conn.poll()
+        got.extend((n.channel, n.payload) for n in conn.notifies)
+        conn.notifies.clear()
+        if time.monotonic() >= deadline:
+            return got
+
+
+def wait_for(conn, expected, what):
+    got = []
+
+    def arrived():
+        got.extend(received(conn, 0.1))
+        return len(got) >= len(expected)
+
+    wait_until(arrived, 10, what=what, describe=lambda: got)
+    check_eq(sorted(got), sorted(expected), what)
+
+
+def listening_servers(p):
+    return [r for r in admin_rows(p.port, "SHOW SERVERS") if r["state"] == "listening"]
+
+
+def share_script(a, b, c):
+    """a and b LISTEN jobs, c LISTENs other; a third session notifies: who gets what."""
+    query(a, "LISTEN jobs")
+    query(b, 'LISTEN "jobs"')
+    query(c, "LISTEN other")
+    return a, b, c
+
+
+def test_notifications_reach_every_subscriber():
+    """Direct first: two sessions listening on a channel both get a NOTIFY, a third on another
+    channel does not; then the same through pgring with pool_size 1, where the listeners hold no
+    server: a fourth client's query runs at once (a pinned LISTEN would make it wait)."""
+    sessions = [direct_app() for _ in range(4)]
+    a, b, c, d = sessions
+    share_script(a, b, c)
+    query(d, "NOTIFY jobs, 'first'")
+    query(d, "SELECT pg_notify('other', 'second')")
+    wait_for(a, [("jobs", "first")], "direct: a")
+    wait_for(b, [("jobs", "first")], "direct: b")
+    wait_for(c, [("other", "second")], "direct: c")
+    for s in sessions:
+        s.close()
+
+    with Pgring(pool_config(pool_size=1, timeouts={"query_wait": "5s"})) as p:
+        a, b, c, d = (app_connect(p) for _ in range(4))
+        share_script(a, b, c)
+        # Nobody is pinned: the one server is free for d.
+        check_eq(query_one(d, "SELECT 42"), 42, "a query while three clients listen")
+        check_eq(len(listening_servers(p)), 1, "listening connections (one per pool and reactor)")
+        query(d, "NOTIFY jobs, 'first'")
+        query(d, "SELECT pg_notify('other', 'second')")
+        wait_for(a, [("jobs", "first")], "through pgring: a")
+        wait_for(b, [("jobs", "first")], "through pgring: b")
+        wait_for(c, [("other", "second")], "through pgring: c")
+        check_eq(received(a, 0.3), [], "a got nothing more")
+        # A listener still runs queries of its own, on any server.
+        check_eq(query_one(a, "SELECT 7"), 7, "a's own query")
+        for s in (a, b, c, d):
+            s.close()
+        wait_until(lambda: not listening_servers(p), 10,
+                   what="the listening connection to go with its last subscriber")
+
+
+def transaction_script(a, d):
+    """a LISTENs, then is inside a transaction when d notifies: what a sees during it and after
+    COMMIT."""
+    query(a, "LISTEN tx_chan")
+    query(a, "BEGIN")
+    query_one(a, "SELECT 1")
+    query(d, "NOTIFY tx_chan, 'during'")
+    time.sleep(0.3)
+    query_one(a, "SELECT 2")
+    during = received(a, 0.3)
+    query(a, "COMMIT")
+    after = []
+    wait_until(lambda: after.extend(received(a, 0.1)) or after, 10,
+               what="the notification after COMMIT")
+    return during, after
+
+
+def test_notification_waits_for_the_transaction_end():
+    a, d = direct_app(), direct_app()
+    expected = transaction_script(a, d)
+    a.close()
+    d.close()
+    check_eq(expected, ([], [("tx_chan", "during")]), "direct: nothing during, one after")
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        check_eq(transaction_script(a, d), expected, "through pgring")
+        a.close()
+        d.close()
+
+
+def unlisten_script(a, d):
+    query(a, "LISTEN u1")
+    query(a, "LISTEN u2")
+    query(a, "UNLISTEN u1")
+    query(d, "NOTIFY u1, 'gone'")
+    query(d, "NOTIFY u2, 'kept'")
+    first = received(a, 0.5)
+    query(a, "UNLISTEN *")
+    query(d, "NOTIFY u2, 'gone too'")
+    return first, received(a, 0.5)
+
+
+def test_unlisten_stops_delivery():
+    a, d = direct_app(), direct_app()
+    expected = unlisten_script(a, d)
+    a.close()
+    d.close()
+    check_eq(expected, ([("u2", "kept")], []), "direct")
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        check_eq(unlisten_script(a, d), expected, "through pgring")
+        wait_until(lambda: not listening_servers(p), 10,
+                   what="the listening connection to go after UNLISTEN *")
+        a.close()
+        d.close()
+
+
+def test_listening_connection_comes_back():
+    """PostgreSQL ends the listening connection (pg_terminate_backend): the subscribers stay
+    connected and subscribed, another listening connection is opened and LISTENs again, and
+    later notifications arrive."""
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        query(a, "LISTEN back_chan")
+        monitor = monitor_connect(db=DB)
+        try:
+            def listener_pids():
+                return [r[0] for r in query(monitor, "SELECT pid FROM pg_stat_activity WHERE "
+                                                     "usename = 'app' AND query LIKE 'LISTEN%'")]
+            first = wait_until(listener_pids, 10, what="the listening backend")
+            query(monitor, "SELECT pg_terminate_backend(%s)", (first[0],))
+            wait_until(lambda: listener_pids() and listener_pids() != first, 15,
+                       what="a new listening backend")
+        finally:
+            monitor.close()
+        query(d, "NOTIFY back_chan, 'again'")
+        wait_for(a, [("back_chan", "again")], "after the listening connection came back")
+        check_eq(query_one(a, "SELECT 3"), 3, "the subscriber's connection")
+        a.close()
+        d.close()
+
+
+def test_listen_in_a_multi_statement_query_pins():
+    """A LISTEN inside a multi-statement Query is not taken over: it runs on the client's server,
+    which the client keeps (session state, as before), and its notifications still arrive."""
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        rows = query(a, "LISTEN pipe_chan; SELECT 5")  # one Query, two statements: pinned way
+        check_eq(rows, [(5,)], "a multi-statement LISTEN goes to a server as before")
+        query(d, "NOTIFY pipe_chan, 'p'")
+        wait_for(a, [("pipe_chan", "p")], "the pinned client's notification")
+        a.close()
+        d.close()
+
+
+if __name__ == "__main__":
+    run_tests(globals())
