@@ -50,18 +50,18 @@ enum class Reason {
   tls_error,      // 08P01: TLS handshake or record failed (no ErrorResponse can reach the client)
   tls_required,   // 28000: tls.client.mode require, and the client did not use TLS
   auth_rejected,  // 28000: an auth rule rejects the login (or no rule matches)
-  cert_auth_failed,   // 28000: method cert without a verified certificate naming the user
-  auth_query_failed,  // 08006: auth.query could not look the user's secret up on the server
-  startup_rejected,   // PostgreSQL refused a startup parameter (its SQLSTATE and message)
-  database_disabled,  // 55000: DISABLE db in the admin console: no new clients for it
-  admin_reconnect,    // RECONNECT [db]: server connections replaced (idle now, busy at release)
-  server_wrong_role,  // its host is not (or no longer) what the database's target asks for, or
-                      // its host was taken out (health check failed, address gone)
-  handed_over,        // an upgrade in place: the client went on in the new process (no error)
-  replication_ended,  // a replication connection's client left: its server is never reused
-  listen_ended,       // a pool's listening connection (listen: shared): nobody listens any more
+  cert_auth_failed,      // 28000: method cert without a verified certificate naming the user
+  auth_query_failed,     // 08006: auth.query could not look the user's secret up on the server
+  startup_rejected,      // PostgreSQL refused a startup parameter (its SQLSTATE and message)
+  database_disabled,     // 55000: DISABLE db in the admin console: no new clients for it
+  admin_reconnect,       // RECONNECT [db]: server connections replaced (idle now, busy at release)
+  server_wrong_role,     // its host is not (or no longer) what the database's target asks for, or
+                         // its host was taken out (health check failed, address gone)
+  handed_over,           // an upgrade in place: the client went on in the new process (no error)
+  replication_ended,     // a replication connection's client left: its server is never reused
+  listen_ended,          // a pool's listening connection (listen: shared): nobody listens any more
   notification_backlog,  // 53200: more notifications piled up unread than a client may hold
-  count_,             // number of reasons (not a reason)
+  count_,                // number of reasons (not a reason)
 };
 inline constexpr std::size_t kReasonCount = static_cast<std::size_t>(Reason::count_);
 
