@@ -298,8 +298,7 @@ std::optional<Listen> parse_listen(std::string_view query) {
   if (t.size() != 2) return std::nullopt;
   if (!listen && t[1].kind == Token::Kind::punct && t[1].text == "*")
     return Listen{Listen::Kind::unlisten_all, {}};
-  if (t[1].kind != Token::Kind::word && t[1].kind != Token::Kind::quoted_ident)
-    return std::nullopt;
+  if (t[1].kind != Token::Kind::word && t[1].kind != Token::Kind::quoted_ident) return std::nullopt;
   if (t[1].text.empty() || t[1].text.size() > 63) return std::nullopt;
   return Listen{listen ? Listen::Kind::listen : Listen::Kind::unlisten, t[1].text};
 }

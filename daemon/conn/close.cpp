@@ -163,13 +163,14 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   server.stream_.reading_paused_ = true;
   server.stream_.discard_all();
   // A healthy server gets a polite Terminate; one that failed gets its socket shut down.
-  bool polite = (was == ServerState::idle || reason == Reason::server_idle_timeout ||
-                 reason == Reason::server_lifetime || reason == Reason::shutdown ||
-                 reason == Reason::server_dirty || reason == Reason::replication_ended) &&
+  bool polite = (was == ServerState::idle || was == ServerState::listening ||
+                 reason == Reason::server_idle_timeout || reason == Reason::server_lifetime ||
+                 reason == Reason::shutdown || reason == Reason::server_dirty ||
+                 reason == Reason::replication_ended) &&
                 reason != Reason::server_eof && reason != Reason::server_io_error;
   if (polite && server.stream_.fd >= 0 && was != ServerState::connecting) {
     // An idle server reads the Terminate at once: wait for it to close its end (below).
-    server.await_eof_ = was == ServerState::idle;
+    server.await_eof_ = was == ServerState::idle || was == ServerState::listening;
     (void)server.stream_.emit([](std::string& out) { return proto::build::terminate(out); });
     want_send(server.stream_);
   } else {

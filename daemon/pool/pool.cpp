@@ -306,11 +306,13 @@ void Pool::server_ready(Server& server) {
   }
   if (!waiting_clients_.empty()) {
     // This reactor's clients wait, and another's may wait more (slot_wanted_by).
-    int to = std::exchange(owed_to_, -1);
-    std::uint64_t starving = budget_->starving.load(std::memory_order_relaxed) |
-                             db_budget_->starving.load(std::memory_order_relaxed);
-    if (to < 0 || (starving >> to & 1) == 0) to = slot_wanted_by(Handoff::released);
+    // The sweep found a starving reactor with no slot: asked again now (it may have one since).
+    bool owed = std::exchange(owed_to_, -1) >= 0;
+    int to = slot_wanted_by(owed ? Handoff::busy_sweep : Handoff::released);
     if (to >= 0) {
+      // Idle first: the close then says Terminate and waits for the backend to end, so that
+      // PostgreSQL never sees more than pool_size backends while the slot moves.
+      reactor_.set_state(server, ServerState::idle);
       give_slot(server, to);
       return;
     }
@@ -346,10 +348,20 @@ int Pool::slot_wanted_by(Handoff when) const {
   std::uint64_t others = pool_others | db_others;
   if (others == 0) [[likely]]
     return -1;
-  // The next starving reactor after this one, so that several take turns.
-  int to = (std::countr_zero(std::rotr(others, me + 1)) + me + 1) % kMaxWorkers;
+  // The starving reactor holding the fewest of the budget it starves for (the first after
+  // this one among equals, so that several take turns).
+  int to = -1, theirs = 0;
+  for (std::uint64_t rest = std::rotr(others, me + 1); rest != 0; rest &= rest - 1) {
+    int i = (std::countr_zero(rest) + me + 1) % kMaxWorkers;
+    const Budget& b = (pool_others >> i & 1) != 0 ? *budget_ : *db_budget_;
+    int n = b.held_by(i);
+    if (to < 0 || n < theirs) {
+      to = i;
+      theirs = n;
+    }
+  }
   const Budget& budget = (pool_others >> to & 1) != 0 ? *budget_ : *db_budget_;
-  int held = budget.held_by(me), theirs = budget.held_by(to);
+  int held = budget.held_by(me);
   if (held == 0) return -1;  // (its slots are another pool's of this database)
   switch (when) {
     case Handoff::released:
@@ -418,7 +430,11 @@ void Pool::maintain() {
   if (waiting_clients_.empty() && (starving_pool_ || starving_db_)) set_starving(false, false);
   int demand = static_cast<int>(waiting_clients_.size() + lookups_.size());
   // (An upgrade's old process still serves the clients it has: they go once idle.)
-  if (paused_ || demand == 0 || (reactor_.shutting_down() && !reactor_.handing_over())) return;
+  if (paused_ || demand == 0 || (reactor_.shutting_down() && !reactor_.handing_over())) {
+    // (A paused pool would not use a slot given to it.)
+    if (starving_pool_ || starving_db_) set_starving(false, false);
+    return;
+  }
 
   // Open connections for clients that no connecting server will serve, up to pool_size; the
   // reserve pool joins when the longest-waiting client has waited timeouts.reserve_pool.
@@ -430,6 +446,8 @@ void Pool::maintain() {
     // The last attempt failed: one attempt at a time, when it is due; clients wait for it (or
     // for a server that is still there). (Also what keeps a connect that fails at once, out of
     // file descriptors, from being retried on the stack of its own failure.)
+    // (Nor would a failing one, before its next attempt.)
+    if (starving_pool_ || starving_db_) set_starving(false, false);
     if (!connecting_servers_.empty()) return;
     if (reactor_.now() < next_attempt_) {
       if (server_down()) fail_waiting();

@@ -341,9 +341,9 @@ void Reactor::begin_shutdown(ShutdownMode mode) {
       s = next;
     }
     if (!clients_left || immediate) {
-      for (List<Server>* list : {&pool->connecting_servers_, &pool->resetting_servers_,
-                                 &pool->active_servers_, &pool->canceling_servers_,
-                                 &pool->listening_servers_}) {
+      for (List<Server>* list :
+           {&pool->connecting_servers_, &pool->resetting_servers_, &pool->active_servers_,
+            &pool->canceling_servers_, &pool->listening_servers_}) {
         for (Server* s = list->front(); s != nullptr;) {
           Server* next = List<Server>::next(s);
           close(*s, Reason::shutdown);

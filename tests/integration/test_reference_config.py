@@ -118,6 +118,7 @@ EFFECTS = {
                                      "prepared_statements"),
     "defaults.session_state": ("test_session_state.py", "test_error_policy_refuses_temp_table",
                                "session_state"),
+    "defaults.listen": ("test_session_state.py", "test_pin_ends_with_the_state", 'listen="pin"'),
     "timeouts.client_login": ("test_timeouts.py", "test_client_login_timeout", "client_login"),
     "timeouts.server_connect": ("test_timeouts.py", "test_server_connect_timeout",
                                 "server_connect"),
