@@ -80,15 +80,14 @@ void Client::on_input() {
       }
       // Transaction mode: the first byte of a new request asks for a server, unless it is a
       // lone LISTEN/UNLISTEN taken over here (listen: shared).
-      for (;;) {
-        if (stream_.input_size() == 0 || (listening_ && listening_->parked)) return;
+      {
         proto::Frame frame = stream_.next_frame(reactor_.config().max_message_size);
         if (frame.type == proto::frontend::kTerminate) {
           reactor_.close(*this, Reason::client_terminate);
           return;
         }
-        if (!take_listen(frame)) break;
-        if (state_ != ClientState::idle) return;  // (closed; or the rest was read meanwhile)
+        if ((listening_ || might_be_listen(frame)) && !take_listens()) [[unlikely]]
+          return;
       }
       pool_->request_server(*this);  // links an idle server at once, if there is one
       if (state_ == ClientState::active)

@@ -35,6 +35,7 @@
 #include "daemon/core/list.hpp"
 #include "daemon/core/stream.hpp"
 #include "proto/frame.hpp"
+#include "proto/messages.hpp"
 #include "proto/scram.hpp"
 #include "proto/sql.hpp"
 
@@ -277,6 +278,19 @@ class Client {
   static constexpr std::size_t kMaxHeldNotifications = 8u << 20;
   // An idle client's next message is `frame`: a lone LISTEN/UNLISTEN is taken over (true).
   bool take_listen(const proto::Frame& frame);
+  // Whether `frame` (an idle client's next message) may be a lone LISTEN/UNLISTEN: a whole,
+  // small Query whose text starts with L, U or a space. Most are not, and cost this only.
+  [[nodiscard]] bool might_be_listen(const proto::Frame& frame) const {
+    if (frame.type != proto::frontend::kQuery || frame.status != proto::FrameStatus::complete ||
+        frame.size < 6 || frame.size > 4096)
+      return false;
+    char c = stream_.byte_at(5);
+    char lower = static_cast<char>(c | 0x20);
+    return lower == 'l' || lower == 'u' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+  }
+  // The LISTEN/UNLISTEN queries at the front of an idle client's input, taken over; true when
+  // another request follows that needs a server.
+  bool take_listens();
   // Its LISTEN/UNLISTEN is answered: CommandComplete `tag`, or the ErrorResponse for `error`.
   void answer_listen(std::string_view tag, std::string_view error);
   // A notification for one of its channels.

@@ -25,11 +25,22 @@ void erase_one(std::vector<Client*>& clients, const Client* client) {
 
 // ---- the client's side ----
 
+bool Client::take_listens() {
+  for (;;) {
+    if (stream_.input_size() == 0 || (listening_ && listening_->parked)) return false;
+    proto::Frame frame = stream_.next_frame(reactor_.config().max_message_size);
+    if (frame.type == proto::frontend::kTerminate) {
+      reactor_.close(*this, Reason::client_terminate);
+      return false;
+    }
+    if (!might_be_listen(frame) || !take_listen(frame)) return true;
+    if (state_ != ClientState::idle) return false;  // (closed; or the rest was read meanwhile)
+  }
+}
+
 bool Client::take_listen(const proto::Frame& frame) {
   // Only a whole, small Query (a LISTEN that arrived in pieces goes the pinning way).
-  if (frame.type != proto::frontend::kQuery || frame.status != proto::FrameStatus::complete ||
-      frame.size > 4096 || !pool_->shares_listen())
-    return false;
+  if (!pool_->shares_listen()) return false;
   std::string_view body = stream_.contiguous(frame.size).substr(5);
   std::optional<std::string_view> text = proto::parse_query(body);
   if (!text) return false;

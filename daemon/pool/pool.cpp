@@ -393,6 +393,11 @@ void Pool::offer_idle_server(bool sweeping) {
     return;
   }
   if (!waiting_clients_.empty()) return;  // (session mode: servers for other startup packets)
+  // (Nobody starving, the common case, is seen here without a call.)
+  if (((budget_->starving.load(std::memory_order_relaxed) |
+        db_budget_->starving.load(std::memory_order_relaxed)) &
+       ~(std::uint64_t{1} << reactor_.index())) == 0)
+    return;
   bool idled = sweeping && reactor_.now() - idle_servers_.front()->state_since_ >= kHandoffIdle;
   int to = slot_wanted_by(idled ? Handoff::idle_sweep : Handoff::unused);
   if (to >= 0) give_slot(*idle_servers_.front(), to);
