@@ -138,6 +138,10 @@ std::string encode(const Client& client) {
   }
   put_string(out, client.unnamed_parse_tail);
   put_string(out, client.input);
+  if (!client.channels.empty()) {
+    put_u32(out, static_cast<std::uint32_t>(client.channels.size()));
+    for (const std::string& channel : client.channels) put_string(out, channel);
+  }
   return out;
 }
 
@@ -165,6 +169,16 @@ std::optional<Client> decode_client(std::string_view body) {
   }
   client.unnamed_parse_tail = get_string(in);
   client.input = get_string(in);
+  if (in.ok() && !in.at_end()) {
+    std::uint32_t channels = get_u32(in);
+    if (channels == 0 || !plausible_count(in, channels, 4)) return std::nullopt;
+    client.channels.reserve(channels);
+    for (std::uint32_t i = 0; i < channels && in.ok(); ++i) {
+      client.channels.push_back(get_string(in));
+      if (client.channels.back().empty() || client.channels.back().size() > 63)
+        return std::nullopt;  // (not a channel name PostgreSQL would keep)
+    }
+  }
   // A cancel secret is 4 to 256 bytes (protocol 3.2); anything else is not a client of ours.
   if (!in.ok() || !in.at_end() || client.cancel_secret.size() < 4 ||
       client.cancel_secret.size() > 256)

@@ -84,6 +84,9 @@ struct Client {
   std::vector<Statement> statements;
   std::string unnamed_parse_tail;
   std::string input;  // bytes it sent that the old process had not read yet
+  // Its LISTEN subscriptions (listen: shared). Last, and optional: a record of a process that
+  // knew no subscriptions ends before it.
+  std::vector<std::string> channels;
 };
 [[nodiscard]] std::string encode(const Client& client);
 [[nodiscard]] std::optional<Client> decode_client(std::string_view body);

@@ -153,11 +153,14 @@ std::uint8_t mention_of(std::string_view word) {
       return is("hold") ? kMentionsSessionWord : 0;
     case 'l':
       return is("listen") ? kMentionsSessionWord : 0;
+    case 'n':
+      return is("notify") ? kMentionsNotify : 0;
     case 'p':
       return is("prepare") || is("pg_advisory_lock") || is("pg_try_advisory_lock") ||
                      is("pg_advisory_lock_shared") || is("pg_try_advisory_lock_shared")
                  ? kMentionsSessionWord
-                 : 0;
+             : is("pg_notify") ? kMentionsNotify
+                               : 0;
     case 'r':
       return is("reset") ? kMentionsReset : 0;
     case 's':
@@ -476,6 +479,16 @@ std::string describe_session_state(std::uint8_t flags) {
   add(kSqlPrepare, "SQL PREPARE");
   add(kRoleChange, "SET ROLE / SESSION AUTHORIZATION");
   add(kUntrackedSet, "SET that pgring cannot replay");
+  return out;
+}
+
+std::string quote_channel(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
   return out;
 }
 

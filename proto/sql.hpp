@@ -22,6 +22,7 @@ enum Mention : std::uint8_t {
   kMentionsDeallocate = 1 << 2,  // DEALLOCATE
   // TEMP, TEMPORARY, HOLD, LISTEN, PREPARE, SET_CONFIG and the session advisory lock functions
   kMentionsSessionWord = 1 << 3,
+  kMentionsNotify = 1 << 4,  // NOTIFY, PG_NOTIFY
 };
 [[nodiscard]] std::uint8_t mentions(std::string_view query);
 
@@ -90,6 +91,8 @@ enum SessionState : std::uint8_t {
 
 // SQL literal for any string, valid whatever standard_conforming_strings says.
 [[nodiscard]] std::string quote_literal(std::string_view value);
+// A channel name for LISTEN/UNLISTEN: always double-quoted (a keyword or a dot stays part of it).
+[[nodiscard]] std::string quote_channel(std::string_view name);
 // Identifier quoted only when needed.
 [[nodiscard]] std::string quote_identifier(std::string_view name);
 

@@ -153,6 +153,7 @@ void Client::cancel_while_waiting() {
   (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(stream_);
   reactor_.set_state(*this, ClientState::idle);
+  if (listening_) flush_notifications();
   if (stream_.reading_paused_) {
     stream_.reading_paused_ = false;
     reactor_.arm_recv_for(*this);
@@ -270,6 +271,8 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
           inspect ? proto::parse_query(body) : std::optional<std::string_view>();
       if (text) {
         std::uint8_t mentioned = proto::sql::mentions(*text);  // one pass for the checks below
+        if ((mentioned & proto::sql::kMentionsNotify) != 0 && listening_) [[unlikely]]
+          listening_->noted_notify(server.backend_pid_, reactor_.now());
         state = proto::sql::scan_session_state(*text, mentioned);
         if (pinned_state_ != 0 || listening_) release = proto::sql::scan_session_release(*text);
         if (auto s = proto::sql::parse_set_statement(*text, mentioned)) {
@@ -303,6 +306,8 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
         if (auto parse = proto::parse_parse(body)) {
           std::string_view text = parse->query;
           std::uint8_t mentioned = proto::sql::mentions(text);
+          if ((mentioned & proto::sql::kMentionsNotify) != 0 && listening_) [[unlikely]]
+            listening_->noted_notify(server.backend_pid_, reactor_.now());
           std::uint8_t state = proto::sql::scan_session_state(text, mentioned);
           // A lone SET sent through the extended protocol is replayed like a simple one: it
           // rides on the next Execute.

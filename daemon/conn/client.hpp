@@ -264,14 +264,30 @@ class Client {
   struct Listening {
     std::vector<std::string> channels;  // its subscriptions
     // Its LISTEN of `waiting_channel` waits for the listening connection's answer number
-    // `wait_for` (0: for that connection to log in first); its reading is paused meanwhile.
+    // `wait_for` (0: for that connection to log in first), since `parked_since`; its reading is
+    // paused meanwhile. `error` (SQLSTATE, message): the LISTEN failed.
     bool parked = false;
     std::uint64_t wait_for = 0;
     std::string waiting_channel;
+    Clock::time_point parked_since{};
+    std::pair<std::string, std::string> error;
     // Notifications that came while it was in a transaction (or parked): sent once it is idle.
     std::string held;
-    // The backend pid of the last server it was linked to: its own NOTIFY comes from there.
-    std::int32_t last_server_pid = 0;
+    // The backend pid of the server where it last sent a NOTIFY (or pg_notify), and when: its
+    // own notifications come from there, soon after.
+    std::int32_t notified_from = 0;
+    Clock::time_point notified_at{};
+    void noted_notify(std::int32_t pid, Clock::time_point now) {
+      notified_from = pid;
+      notified_at = now;
+    }
+    // Whether a notification from `pid` is most likely its own: from that server within
+    // kOwnNotifyWindow (another client's NOTIFY on the same server that soon is taken for its
+    // own: docs/transaction-pooling.md).
+    static constexpr auto kOwnNotifyWindow = std::chrono::seconds(1);
+    [[nodiscard]] bool own_notification(std::int32_t pid, Clock::time_point now) const {
+      return pid == notified_from && notified_from != 0 && now - notified_at < kOwnNotifyWindow;
+    }
   };
   std::unique_ptr<Listening> listening_;
   // More unsent notifications than this: the client does not read them, and is closed.
@@ -291,8 +307,10 @@ class Client {
   // The LISTEN/UNLISTEN queries at the front of an idle client's input, taken over; true when
   // another request follows that needs a server.
   bool take_listens();
-  // Its LISTEN/UNLISTEN is answered: CommandComplete `tag`, or the ErrorResponse for `error`.
-  void answer_listen(std::string_view tag, std::string_view error);
+  // Its LISTEN/UNLISTEN is answered: CommandComplete `tag`, or an ErrorResponse (`sqlstate`
+  // not empty).
+  void answer_listen(std::string_view tag, std::string_view sqlstate = {},
+                     std::string_view message = {});
   // A notification for one of its channels.
   void notify(std::int32_t pid, std::string_view channel, std::string_view payload);
   // Idle again: the notifications held meanwhile go out.

@@ -95,8 +95,14 @@ void Reactor::close(Client& client, Reason reason, std::string_view message,
   }
   if (client.cancel_pid_ != 0) forget_cancel_key(client);
   Pool* pool = client.pool_;
-  if (client.listening_ && pool != nullptr) pool->unsubscribe_all(client);
   set_state(client, ClientState::closing);
+  if (client.listening_ && pool != nullptr) {
+    // (A client handed over takes its subscriptions along: the record is written later.)
+    std::vector<std::string> channels;
+    if (reason == Reason::handed_over) channels = client.listening_->channels;
+    pool->unsubscribe_all(client);
+    client.listening_->channels = std::move(channels);
+  }
   --client_count_;
   shared_.clients.fetch_sub(1, std::memory_order_relaxed);
   client.stream_.reading_paused_ = true;
@@ -176,9 +182,13 @@ void Reactor::close(Server& server, Reason reason, std::string_view message) {
   } else {
     finish_close(server);
   }
-  // (A refused startup parameter is its clients' failure, not the server's.)
-  if ((was == ServerState::connecting || was == ServerState::login) &&
-      reason != Reason::startup_rejected &&
+  // (A refused startup parameter is its clients' failure, not the server's; a listening
+  // connection retired on its way in failed at nothing.)
+  bool deliberate =
+      reason == Reason::startup_rejected || reason == Reason::listen_ended ||
+      (server.listener_ && (reason == Reason::config_changed || reason == Reason::admin_reconnect ||
+                            reason == Reason::shutdown));
+  if ((was == ServerState::connecting || was == ServerState::login) && !deliberate &&
       !pool.host_failed(server, reason, server.login_error_sqlstate_)) {
     if (server.login_error_sqlstate_.empty())
       pool.on_server_failed(reason, {}, message);

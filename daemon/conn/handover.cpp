@@ -15,9 +15,9 @@ namespace pgring {
 bool Client::can_hand_over() const {
   // Only a session pgring can rebuild elsewhere from what it knows: its settings, its statement
   // names, its cancel key. A TLS session's keys cannot move; a session-mode or pinned client
-  // has state only its server holds. (Subscriptions of listen: shared are not carried yet.)
+  // has state only its server holds. (Subscriptions of listen: shared go along.)
   return state_ == ClientState::idle && pool_ != nullptr &&
-         (!listening_ || (listening_->channels.empty() && !listening_->parked)) &&
+         (!listening_ || (!listening_->parked && listening_->held.empty())) &&
          pool_->settings_.pool_mode != config::PoolMode::session && !pool_->replication_ &&
          pinned_state_ == 0 && admin_ == AdminRole::none && stream_.tls() == nullptr &&
          startup_ != nullptr && login_ == nullptr && server_ == nullptr && welcomed_ &&
@@ -50,6 +50,7 @@ void Reactor::send_handed_over(Client& client) {
   }
   record.params = client.params_;
   record.settings = client.settings_;
+  if (client.listening_) record.channels = client.listening_->channels;
   if (client.statements_) {
     for (const auto& [name, named] : client.statements_->named)
       record.statements.push_back({name, named.entry->parse_tail, named.shape});
@@ -137,7 +138,21 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
           "the upgrade's configuration runs this pool without the statement cache");
     return;
   }
+  if (!record.channels.empty() && !pool.shares_listen()) {
+    // (Its LISTENs would have to be session state on a server: nothing can restore that.)
+    close(*client, Reason::config_changed,
+          "the upgrade's configuration runs this pool without listen: shared");
+    return;
+  }
   set_state(*client, ClientState::idle);
+  // Its subscriptions: the listening connection here LISTENs them (notifications sent while the
+  // client moved are lost).
+  for (const std::string& channel : record.channels) {
+    const auto& mine =
+        client->listening_ ? client->listening_->channels : std::vector<std::string>();
+    if (std::find(mine.begin(), mine.end(), channel) == mine.end())
+      pool.subscribe(*client, channel);
+  }
   if (handing_over()) note_handover_candidate(*client);  // (this process is upgraded too)
   log::event(config_->log_connections ? config::LogLevel::info : config::LogLevel::debug,
              {.event = "client_login",

@@ -582,6 +582,9 @@ void Server::maybe_release() {
   // has nothing half-sent. A pinned client keeps its server.
   if (client_ == nullptr || pool_.settings_.pool_mode == config::PoolMode::session) return;
   Client& client = *client_;
+  if (client.pinned_state_ != 0 && client.listening_ && idle_in_protocol() &&
+      transaction_status_ == 'I') [[unlikely]]
+    client.flush_notifications();  // (a pinned subscriber between transactions)
   if (client.pinned_state_ != 0 || restore_replies_pending_ > 0 || !idle_in_protocol()) return;
   if (client.forward_remaining_ > 0 || client.stream_.input_size() > 0) return;
   pool_.release_link(*this);

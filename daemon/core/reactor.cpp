@@ -190,6 +190,7 @@ Reactor::~Reactor() {
     free_servers(pool->active_servers_);
     free_servers(pool->resetting_servers_);
     free_servers(pool->canceling_servers_);
+    free_servers(pool->listening_servers_);
   }
   for (Client* c : free_clients_) delete c;
   for (Server* s : free_servers_) delete s;

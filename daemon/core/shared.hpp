@@ -63,6 +63,12 @@ struct Budget {
     held[static_cast<std::size_t>(reactor)].fetch_add(1, std::memory_order_relaxed);
     return true;
   }
+  // A slot for `reactor` that no other reactor gave it (the pool's listening connection).
+  bool acquire_own(int reactor, int limit) {
+    if (!try_acquire(limit)) return false;
+    held[static_cast<std::size_t>(reactor)].fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
   void release_from(int reactor) {
     held[static_cast<std::size_t>(reactor)].fetch_sub(1, std::memory_order_relaxed);
     release();

@@ -432,6 +432,7 @@ void Reactor::reconnect(const std::string& database) {
         s->retire_reason_ = Reason::admin_reconnect;
       }
     while (Server* s = pool->idle_servers_.front()) close(*s, Reason::admin_reconnect);
+    pool->retire_listener(Reason::admin_reconnect, "RECONNECT");
   }
 }
 

@@ -299,7 +299,8 @@ std::vector<MetricFamily> Reactor::metric_families() const {
     for (auto [state, n] :
          {std::pair{"active", p.active_servers_.size()}, std::pair{"idle", p.idle_servers_.size()},
           std::pair{"login", p.connecting_servers_.size()},
-          std::pair{"resetting", p.resetting_servers_.size() + p.canceling_servers_.size()}})
+          std::pair{"resetting", p.resetting_servers_.size() + p.canceling_servers_.size()},
+          std::pair{"listening", p.listening_servers_.size()}})
       f.add("pgring_servers", pool_labels(p, {{"state", state}}), static_cast<double>(n));
     f.add("pgring_pool_size", pool_labels(p), static_cast<double>(p.settings_.pool_size));
   }

@@ -35,30 +35,38 @@ bool Client::take_listens() {
     }
     if (!might_be_listen(frame) || !take_listen(frame)) return true;
     if (state_ != ClientState::idle) return false;  // (closed; or the rest was read meanwhile)
+    // An upgrade in place: it may move now (its subscriptions go along).
+    if (reactor_.handing_over() && !listening_->parked) reactor_.note_handover_candidate(*this);
   }
 }
 
 bool Client::take_listen(const proto::Frame& frame) {
-  // Only a whole, small Query (a LISTEN that arrived in pieces goes the pinning way).
-  if (!pool_->shares_listen()) return false;
+  bool shared = pool_->shares_listen();
+  // (After a reload to listen: pin, the client's shared subscriptions can still be ended.)
+  if (!shared && (!listening_ || listening_->channels.empty())) return false;
   std::string_view body = stream_.contiguous(frame.size).substr(5);
   std::optional<std::string_view> text = proto::parse_query(body);
   if (!text) return false;
   std::optional<proto::sql::Listen> command = proto::sql::parse_listen(*text);
   if (!command) return false;
+  if (!shared && (command->kind != proto::sql::Listen::Kind::unlisten ||
+                  std::find(listening_->channels.begin(), listening_->channels.end(),
+                            command->channel) == listening_->channels.end()))
+    return false;
   stream_.consume(frame.size);
   ++pool_->stats_.queries;
   pool_->listen(*this, *command);
   return true;
 }
 
-void Client::answer_listen(std::string_view tag, std::string_view error) {
+void Client::answer_listen(std::string_view tag, std::string_view sqlstate,
+                           std::string_view message) {
   if (state_ == ClientState::closing) return;
-  if (error.empty())
+  if (sqlstate.empty())
     (void)stream_.emit([&](std::string& out) { return proto::build::command_complete(out, tag); });
   else
     (void)stream_.emit([&](std::string& out) {
-      return proto::build::error_response(out, "ERROR", "08006", error);
+      return proto::build::error_response(out, "ERROR", sqlstate, message);
     });
   (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
   reactor_.want_send(stream_);
@@ -67,10 +75,14 @@ void Client::answer_listen(std::string_view tag, std::string_view error) {
 void Client::notify(std::int32_t pid, std::string_view channel, std::string_view payload) {
   if (state_ == ClientState::closing) return;
   Listening& l = *listening_;
-  // Its own NOTIFY (run on the server it was linked to last) carries the pid it was told in
+  // Its own NOTIFY (sent on the server where it last notified) carries the pid it was told in
   // BackendKeyData, as PostgreSQL's would: drivers tell their own notifications by it.
-  if (pid == l.last_server_pid && l.last_server_pid != 0 && cancel_pid_ != 0) pid = cancel_pid_;
-  if (state_ == ClientState::idle && !l.parked && l.held.empty()) {
+  if (cancel_pid_ != 0 && l.own_notification(pid, reactor_.now())) pid = cancel_pid_;
+  // Between transactions: idle, or linked (pinned) with its server idle at 'I'.
+  bool between = state_ == ClientState::idle ||
+                 (state_ == ClientState::active && server_ != nullptr &&
+                  server_->idle_in_protocol() && server_->forward_remaining_ == 0);
+  if (between && !l.parked && l.held.empty()) {
     (void)stream_.emit([&](std::string& out) {
       return proto::build::notification_response(out, pid, channel, payload);
     });
@@ -90,7 +102,7 @@ void Client::notify(std::int32_t pid, std::string_view channel, std::string_view
 
 void Client::flush_notifications() {
   Listening& l = *listening_;
-  if (l.held.empty() || l.parked || state_ != ClientState::idle) return;
+  if (l.held.empty() || l.parked || state_ == ClientState::closing) return;
   stream_.emit_bytes(l.held);
   l.held.clear();
   l.held.shrink_to_fit();
@@ -107,7 +119,7 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
   using Kind = proto::sql::Listen::Kind;
   if (command.kind == Kind::unlisten_all) {
     unsubscribe_all(client);
-    client.answer_listen("UNLISTEN", {});
+    client.answer_listen("UNLISTEN");
     return;
   }
   const std::string& channel = command.channel;
@@ -121,23 +133,22 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
         erase_one(it->second, &client);
         if (it->second.empty()) {
           pool.channels.erase(it);
-          send_listen("UNLISTEN", channel);
+          send_listen(false, channel);
         }
       }
     }
-    client.answer_listen("UNLISTEN", {});
+    client.answer_listen("UNLISTEN");
     drop_listener_if_unused();
     return;
   }
-  if (subscribed == mine.channels.end()) {
-    mine.channels.push_back(channel);
-    std::vector<Client*>& subscribers = pool.channels[channel];
-    subscribers.push_back(&client);
-    if (subscribers.size() == 1) send_listen("LISTEN", channel);
+  if (reactor_.shutting_down() && !reactor_.handing_over()) {
+    client.answer_listen("LISTEN", "57P01", "pgring is shutting down");
+    return;
   }
+  if (subscribed == mine.channels.end()) subscribe(client, channel);
   bool listening = pool.server != nullptr && pool.server->state_ == ServerState::listening;
   if (listening && pool.answered == pool.sent) {
-    client.answer_listen("LISTEN", {});
+    client.answer_listen("LISTEN");
     return;
   }
   // Answered once the listening connection has answered everything sent so far (this LISTEN,
@@ -145,10 +156,21 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
   mine.parked = true;
   mine.wait_for = listening ? pool.sent : 0;
   mine.waiting_channel = channel;
+  mine.parked_since = reactor_.now();
+  mine.error = {};
   pool.parked.push_back(&client);
   client.stream_.reading_paused_ = true;
   client.stream_.detach_input();  // (a waiting client holds no ring buffer)
-  if (pool.server == nullptr) open_listener();
+}
+
+void Pool::subscribe(Client& client, const std::string& channel) {
+  if (!listening_) listening_ = std::make_unique<Listening>();
+  if (!client.listening_) client.listening_ = std::make_unique<Client::Listening>();
+  client.listening_->channels.push_back(channel);
+  std::vector<Client*>& subscribers = listening_->channels[channel];
+  subscribers.push_back(&client);
+  if (subscribers.size() == 1) send_listen(true, channel);
+  if (listening_->server == nullptr) open_listener();
 }
 
 void Pool::unsubscribe_all(Client& client) {
@@ -161,7 +183,7 @@ void Pool::unsubscribe_all(Client& client) {
     erase_one(it->second, &client);
     if (it->second.empty()) {
       pool.channels.erase(it);
-      send_listen("UNLISTEN", channel);
+      send_listen(false, channel);
     }
   }
   mine.channels.clear();
@@ -172,29 +194,34 @@ void Pool::unsubscribe_all(Client& client) {
   drop_listener_if_unused();
 }
 
-void Pool::send_listen(std::string_view command, const std::string& channel) {
+void Pool::send_listen(bool listen, const std::string& channel) {
   Listening& pool = *listening_;
   Server* server = pool.server;
   if (server == nullptr || server->state_ != ServerState::listening) return;  // at login
-  std::string sql = fmt::format("{} {}", command, proto::sql::quote_identifier(channel));
+  std::string sql =
+      fmt::format("{} {}", listen ? "LISTEN" : "UNLISTEN", proto::sql::quote_channel(channel));
   if (!server->stream_.emit([&](std::string& out) { return proto::build::query(out, sql); })) {
     reactor_.close(*server, Reason::server_protocol_error, "cannot encode " + sql);
     return;
   }
   ++pool.sent;
+  pool.in_flight.push_back({listen, channel, {}});
   reactor_.want_send(server->stream_);
 }
 
 void Pool::open_listener() {
   Listening& pool = *listening_;
   if (pool.server != nullptr || (pool.channels.empty() && pool.parked.empty())) return;
-  if (reactor_.shutting_down() || reactor_.now() < pool.next_attempt) return;
-  if (!db_budget_->acquire_for(reactor_.index(), settings_.max_db_connections)) {
+  if ((reactor_.shutting_down() && !reactor_.handing_over()) || paused_) return;
+  // While the server is down, the pool's own back-off paces the attempts.
+  Clock::time_point due =
+      std::max(pool.next_attempt, failing_ ? next_attempt_ : Clock::time_point{});
+  if (reactor_.now() < due) return;
+  // A slot of the database's budget of its own (never one another reactor gave for waiting
+  // clients); when the database is full, the sweep tries again (parked clients wait up to
+  // query_wait).
+  if (!db_budget_->acquire_own(reactor_.index(), settings_.max_db_connections)) {
     pool.next_attempt = reactor_.now() + kListenerRetry;
-    wake_parked(
-        fmt::format("no room for the listening connection: database \"{}\" is at "
-                    "max_db_connections ({})",
-                    database_, settings_.max_db_connections));
     return;
   }
   if (!reactor_.start_connect(*this, nullptr, /*listener=*/true)) {
@@ -209,9 +236,10 @@ void Pool::listener_logged_in(Server& server) {
   log::info("S-{} listens for the clients of {}/{} ({} channels)", server.id_, database_,
             user_name_, pool.channels.size());
   pool.sent = pool.answered = 0;
+  pool.in_flight.clear();
   for (const auto& [channel, subscribers] : pool.channels) {
     (void)subscribers;
-    send_listen("LISTEN", channel);
+    send_listen(true, channel);
     if (server.state_ == ServerState::closing) return;
   }
   // Clients that subscribed while it logged in are answered once all of that is.
@@ -237,14 +265,35 @@ void Pool::on_listener_message(Server& server, char type, std::string_view body)
       for (Client* client : subscribers) client->notify(n->pid, n->channel, n->payload);
       return;
     }
-    case proto::backend::kReadyForQuery:
+    case proto::backend::kReadyForQuery: {
       ++pool.answered;
+      if (pool.in_flight.empty()) return;
+      Listening::Sent done = std::move(pool.in_flight.front());
+      pool.in_flight.pop_front();
+      if (done.listen && !done.error.first.empty()) {
+        // PostgreSQL refused this LISTEN: the clients that asked for the channel get its error
+        // and are not subscribed (those already answered keep theirs: the connection was lost
+        // and this is the LISTEN again; they stay subscribed for the next one).
+        log::warning("S-{} (listening for {}/{}): LISTEN {} failed: {}", server.id_, database_,
+                     user_name_, done.channel, done.error.second);
+        for (Client* client : pool.parked)
+          if (client->listening_->waiting_channel == done.channel)
+            client->listening_->error = done.error;
+      }
       wake_parked({});
       return;
+    }
     case proto::backend::kErrorResponse: {
       auto e = proto::parse_error_fields(body);
-      pool.error = e ? std::string(e->message) : std::string("LISTEN failed");
-      log::warning("S-{} (listening for {}/{}): {}", server.id_, database_, user_name_, pool.error);
+      std::pair<std::string, std::string> error{
+          e && !e->sqlstate.empty() ? std::string(e->sqlstate) : std::string("XX000"),
+          e ? std::string(e->message) : std::string("LISTEN failed")};
+      if (pool.in_flight.empty()) {
+        // Not an answer to a query: PostgreSQL ends the session (57P01 and the like).
+        reactor_.close(server, Reason::server_eof, error.second);
+        return;
+      }
+      pool.in_flight.front().error = std::move(error);
       return;
     }
     case proto::backend::kCommandComplete:
@@ -265,19 +314,18 @@ void Pool::wake_parked(std::string_view error) {
   for (auto it = pool.parked.begin(); it != pool.parked.end();) {
     Client::Listening& l = *(*it)->listening_;
     bool answered = listening && l.wait_for != 0 && l.wait_for <= pool.answered;
-    if (!answered && error.empty()) {
+    if (!answered && error.empty() && l.error.first.empty()) {
       ++it;
       continue;
     }
+    if (!error.empty() && l.error.first.empty()) l.error = {"08006", std::string(error)};
     l.parked = false;
     ready.push_back(*it);
     it = pool.parked.erase(it);
   }
-  std::string failed = error.empty() ? pool.error : std::string(error);
-  if (pool.parked.empty()) pool.error.clear();
   for (Client* client : ready) {
     Client::Listening& l = *client->listening_;
-    if (!failed.empty()) {
+    if (!l.error.first.empty()) {
       // Not listening after all: as after PostgreSQL's failed LISTEN.
       auto mine = std::find(l.channels.begin(), l.channels.end(), l.waiting_channel);
       if (mine != l.channels.end()) {
@@ -285,11 +333,12 @@ void Pool::wake_parked(std::string_view error) {
         auto it = pool.channels.find(l.waiting_channel);
         if (it != pool.channels.end()) {
           erase_one(it->second, client);
-          if (it->second.empty()) pool.channels.erase(it);
+          if (it->second.empty()) pool.channels.erase(it);  // (PostgreSQL does not listen)
         }
       }
     }
-    client->answer_listen("LISTEN", failed.empty() ? std::string_view() : failed);
+    client->answer_listen("LISTEN", l.error.first, l.error.second);
+    l.error = {};
     client->flush_notifications();
     if (client->state_ == ClientState::closing) continue;
     // What the client sent after its LISTEN is read now.
@@ -304,26 +353,48 @@ void Pool::listener_closed(Server& server, std::string_view message) {
   Listening& pool = *listening_;
   if (pool.server != &server) return;
   pool.server = nullptr;
+  pool.in_flight.clear();
   pool.next_attempt = reactor_.now() + kListenerRetry;
+  // Clients parked for its answers wait for the next one's login (then LISTENs all again).
+  for (Client* client : pool.parked) client->listening_->wait_for = 0;
   if (!pool.channels.empty() && !reactor_.shutting_down())
     log::warning(
         "{}/{}: the listening connection closed ({}); notifications until it is back "
         "are lost",
         database_, user_name_, message);
-  if (!pool.parked.empty())
-    wake_parked(fmt::format("the listening connection closed: {}",
-                            message.empty() ? std::string_view("connection lost") : message));
+}
+
+void Pool::retire_listener(Reason reason, std::string_view message) {
+  if (!listening_ || listening_->server == nullptr) return;
+  reactor_.close(*listening_->server, reason, message);
+  listening_->next_attempt = {};  // another at once
+  open_listener();
 }
 
 void Pool::keep_listening() {
-  if (!listening_->channels.empty() && listening_->server == nullptr) open_listener();
+  Listening& pool = *listening_;
+  if (pool.server == nullptr) open_listener();
+  // Parked clients wait up to query_wait, as for a server (the database full, PostgreSQL down).
+  auto limit = settings_.timeouts.query_wait;
+  if (limit.count() <= 0 || pool.parked.empty()) return;
+  bool expired = false;
+  for (Client* client : pool.parked) {
+    Client::Listening& l = *client->listening_;
+    if (reactor_.now() - l.parked_since >= limit) {
+      l.error = {"57014", "pgring: query_wait timeout: no listening connection could be opened"};
+      expired = true;
+    }
+  }
+  if (expired) wake_parked({});
 }
 
 void Pool::drop_listener_if_unused() {
   Listening& pool = *listening_;
   if (pool.server == nullptr || !pool.channels.empty() || !pool.parked.empty()) return;
-  Server* server = pool.server;
-  reactor_.close(*server, Reason::listen_ended, "no client listens any more");
+  // (One still logging in is dropped once it is in: a close now would count as a failed
+  // connect, and take its host out.)
+  if (pool.server->state_ != ServerState::listening) return;
+  reactor_.close(*pool.server, Reason::listen_ended, "no client listens any more");
 }
 
 }  // namespace pgring

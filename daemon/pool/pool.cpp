@@ -88,6 +88,9 @@ void Pool::reconfigure(const config::Database& db, const config::User* user,
          {&active_servers_, &resetting_servers_, &canceling_servers_, &connecting_servers_})
       for (Server* s = l->front(); s != nullptr; s = List<Server>::next(s)) s->retire_ = true;
     while (Server* s = idle_servers_.front()) reactor_.close(*s, Reason::config_changed);
+    // The listening connection follows at once (notifications sent meanwhile are lost); a pool
+    // no longer shared at all lets its subscribers keep the one they have.
+    if (moved) retire_listener(Reason::config_changed, "server moved");
   }
   // A smaller pool_size: surplus idle connections go now, busy ones are not interrupted.
   while (server_count() > settings_.pool_size + settings_.reserve_pool_size &&
@@ -160,6 +163,9 @@ void Pool::hosts_changed() {
     reactor_.close(*misfit, Reason::server_wrong_role, misfit->endpoint_->text);
   }
   closing_misfits_ = false;
+  if (listening_ && listening_->server != nullptr && listening_->server->endpoint_ != nullptr &&
+      listening_->server->state_ == ServerState::listening && !fits(*listening_->server))
+    retire_listener(Reason::server_wrong_role, listening_->server->endpoint_->text);
   if (failing_ && !failure_final_) next_attempt_ = reactor_.now();
   maintain();
 }
@@ -521,8 +527,6 @@ void Pool::link(Client& client, Server& server) {
   reactor_.set_state(server, ServerState::active);
   reactor_.set_state(client, ClientState::active);
   ++server.link_generation_;
-  if (client.listening_) [[unlikely]]
-    client.listening_->last_server_pid = server.backend_pid_;
   server.transaction_failed_ = false;
   server.pending_settings_.clear();
   server.client_ = &client;

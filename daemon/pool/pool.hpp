@@ -170,7 +170,14 @@ class Pool {
     // LISTEN/UNLISTEN queries sent to `server` and answered (ReadyForQuery) since it logged in.
     std::uint64_t sent = 0;
     std::uint64_t answered = 0;
-    std::string error;  // the ErrorResponse's message that came before the next answer
+    // Those sent and not answered yet, in order: LISTEN (true) or UNLISTEN, the channel, and the
+    // error PostgreSQL answered it with (SQLSTATE, message; empty: none so far).
+    struct Sent {
+      bool listen = false;
+      std::string channel;
+      std::pair<std::string, std::string> error;
+    };
+    std::deque<Sent> in_flight;
     // Clients whose LISTEN waits for `server`'s answer (Client::Listening::wait_for).
     std::vector<Client*> parked;
     Clock::time_point next_attempt{};  // reconnecting after the connection was lost
@@ -183,6 +190,8 @@ class Pool {
   }
   // `client` sent `command` (parse_listen) while idle: subscribe, unsubscribe, answer.
   void listen(Client& client, const proto::sql::Listen& command);
+  // Adds `channel` to `client`'s subscriptions (not there yet), and LISTENs if it is new here.
+  void subscribe(Client& client, const std::string& channel);
   // The client leaves, sent UNLISTEN *, or its DISCARD ALL succeeded: no more subscriptions.
   void unsubscribe_all(Client& client);
   void listener_logged_in(Server& server);
@@ -190,8 +199,12 @@ class Pool {
   // The listening connection is closing (Reactor::close): clients waiting for an answer get an
   // error; the subscriptions stay, and keep_listening() opens another.
   void listener_closed(Server& server, std::string_view message);
-  // From the sweep: a listening connection when subscriptions need one and there is none.
+  // From the sweep: a listening connection when subscriptions need one and there is none, and
+  // clients parked longer than query_wait get an error.
   void keep_listening();
+  // The listening connection no longer fits (a reload moved the pool, its host went, RECONNECT):
+  // it closes, and another opens at once and LISTENs again.
+  void retire_listener(Reason reason, std::string_view message);
   // This pool's servers closed but not freed yet: their slots in the budgets come back soon.
   int servers_closing_ = 0;
   // Session mode: the startup packet of the client that got a server last, for the servers
@@ -272,8 +285,8 @@ class Pool {
   void fail_waiting();
   // Opens the listening connection if subscriptions need one and the database has room.
   void open_listener();
-  // Sends `LISTEN ch` or `UNLISTEN ch` to the listening connection, if it is logged in.
-  void send_listen(std::string_view command, const std::string& channel);
+  // Sends `LISTEN ch` (or `UNLISTEN ch`) to the listening connection, if it is logged in.
+  void send_listen(bool listen, const std::string& channel);
   // Answers the parked clients whose LISTEN the listening connection has answered (all of
   // them, with `error`, when it is gone).
   void wake_parked(std::string_view error);

@@ -189,5 +189,79 @@ def test_listen_in_a_multi_statement_query_pins():
         d.close()
 
 
+def names_script(a, d):
+    """Channel names that need quoting: a keyword, a dot, a double quote, upper case."""
+    for name in ('"select"', '"app.events"', '"say ""hi"""', '"Mixed"', "plain"):
+        query(a, f"LISTEN {name}")
+    for channel in ("select", "app.events", 'say "hi"', "Mixed", "plain"):
+        query(d, "SELECT pg_notify(%s, 'x')", (channel,))
+    got = []
+    wait_until(lambda: got.extend(received(a, 0.1)) or len(got) >= 5, 10,
+               what="five notifications", describe=lambda: got)
+    return sorted(got)
+
+
+def test_channel_names_that_need_quoting():
+    a, d = direct_app(), direct_app()
+    expected = names_script(a, d)
+    a.close()
+    d.close()
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        check_eq(names_script(a, d), expected, "through pgring")
+        a.close()
+        d.close()
+
+
+def own_pid_script(a, b):
+    """a's own notification, then (after a while) b's on the same channel: the pids, as (a's
+    own one is a's BackendKeyData pid, b's is not)."""
+    query(a, "LISTEN pid_chan")
+    query(a, "NOTIFY pid_chan, 'mine'")
+    got = []
+
+    def arrived(n):
+        if select.select([a], [], [], 0.2)[0]:
+            a.poll()
+        got.extend(a.notifies)
+        a.notifies.clear()
+        return len(got) >= n
+
+    wait_until(lambda: arrived(1), 10, what="a's own notification")
+    time.sleep(1.2)
+    query(b, "NOTIFY pid_chan, 'theirs'")
+    wait_until(lambda: arrived(2), 10, what="b's notification")
+    mine = a.get_backend_pid()
+    return [(n.payload, n.pid == mine) for n in got]
+
+
+def test_own_notification_pid_and_others():
+    """Drivers skip their own notifications by the pid: a's own carries a's BackendKeyData pid;
+    another client's (here run on the same single server) does not."""
+    a, b = direct_app(), direct_app()
+    expected = own_pid_script(a, b)
+    a.close()
+    b.close()
+    check_eq(expected, [("mine", True), ("theirs", False)], "direct")
+    with Pgring(pool_config(pool_size=1)) as p:
+        a, b = app_connect(p), app_connect(p)
+        check_eq(own_pid_script(a, b), expected, "through pgring")
+        a.close()
+        b.close()
+
+
+def test_pinned_subscriber_still_gets_notifications():
+    """A subscriber that later pins itself to a server (a temporary table) keeps getting its
+    notifications between transactions, without sending anything."""
+    with Pgring(pool_config(pool_size=2)) as p:
+        a, d = app_connect(p), app_connect(p)
+        query(a, "LISTEN pinned_chan")
+        query(a, "CREATE TEMP TABLE pinned_here(x int)")
+        query(d, "NOTIFY pinned_chan, 'while pinned'")
+        wait_for(a, [("pinned_chan", "while pinned")], "the pinned subscriber")
+        a.close()
+        d.close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

@@ -7,6 +7,7 @@ once it has nothing left, and a second upgrade can follow at once."""
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import tempfile
@@ -284,6 +285,40 @@ def test_clients_that_cannot_move_stay_until_they_leave():
             check_eq(query_one(idle, "SELECT 8"), 8)
             idle.close()
             busy.close()
+
+
+def test_subscriptions_move_with_the_client():
+    """A client with LISTEN subscriptions (listen: shared) moves like any idle client: the new
+    process LISTENs its channels, and a notification sent after the move reaches it."""
+    directory = tempfile.mkdtemp(prefix="pgring-upgrade-")
+    config = upgrade_config(os.path.join(directory, "control"))
+    config["workers"] = 1
+    first = Pgring(config, skip_leak_check=OLD_SIDE)
+    with first:
+        listener = connect(first.port)
+        query(listener, "LISTEN up_chan")
+        query(listener, 'LISTEN "Up Chan"')
+        second = Pgring(first.config, args=["--takeover"])
+        with second:
+            wait_until(lambda: taken_over(second) == 1, 10, what="the subscribed client to move")
+            check_eq(wait_exit(first, 10), 0, "the old process, once its client moved")
+            sender = connect(second.port)
+            query(sender, "NOTIFY up_chan, 'moved'")
+            query(sender, "SELECT pg_notify('Up Chan', 'too')")
+            got = []
+
+            def arrived():
+                if select.select([listener], [], [], 0.2)[0]:
+                    listener.poll()
+                got.extend((n.channel, n.payload) for n in listener.notifies)
+                listener.notifies.clear()
+                return len(got) >= 2
+
+            wait_until(arrived, 10, what="the notifications after the move", describe=lambda: got)
+            check_eq(sorted(got), [("Up Chan", "too"), ("up_chan", "moved")], "notifications")
+            check_eq(query_one(listener, "SELECT 1"), 1)
+            sender.close()
+            listener.close()
 
 
 def process_gone(pid):

@@ -26,6 +26,7 @@ Client sample_client() {
                   {"", std::string("SELECT 1\0\0\0", 11), 0}};
   c.unnamed_parse_tail = std::string("SELECT 2\0\0\0", 11);
   c.input = std::string("Q\0\0\0\x0dSELECT 3\0", 14);
+  c.channels = {"jobs", "Jobs Done"};
   return c;
 }
 }  // namespace
@@ -51,11 +52,28 @@ TEST_CASE("handover: a client record round-trips, bytes with NULs included") {
   CHECK(back->statements[0].shape == 99);
   CHECK(back->unnamed_parse_tail == c.unnamed_parse_tail);
   CHECK(back->input == c.input);
+  CHECK(back->channels == c.channels);
+  // A record of a process that knew no subscriptions ends before them.
+  Client plain = sample_client();
+  plain.channels.clear();
+  std::optional<Client> old = decode_client(encode(plain));
+  REQUIRE(old);
+  CHECK(old->channels.empty());
+  CHECK(encode(*old) == encode(plain));
 }
 
 TEST_CASE("handover: truncated, padded or lying records are refused") {
   std::string body = encode(sample_client());
-  for (std::size_t n = 0; n < body.size(); ++n) CHECK_FALSE(decode_client(body.substr(0, n)));
+  Client plain = sample_client();
+  plain.channels.clear();
+  const std::size_t without_channels = encode(plain).size();
+  for (std::size_t n = 0; n < body.size(); ++n)
+    if (n != without_channels) CHECK_FALSE(decode_client(body.substr(0, n)));
+  // No channel count of 0, no empty or over-long channel name.
+  CHECK_FALSE(decode_client(encode(plain) + std::string(4, '\0')));
+  Client long_name = sample_client();
+  long_name.channels = {std::string(64, 'c')};
+  CHECK_FALSE(decode_client(encode(long_name)));
   CHECK_FALSE(decode_client(body + "x"));
   // A cancel secret must be 4..256 bytes.
   Client short_secret = sample_client();

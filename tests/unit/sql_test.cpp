@@ -243,3 +243,16 @@ TEST_CASE("parse_listen: exactly one LISTEN or UNLISTEN") {
   CHECK_FALSE(parse_listen("LISTEN " + std::string(64, 'a')));
   CHECK(parse_listen("LISTEN " + std::string(63, 'a')));
 }
+
+TEST_CASE("quote_channel: always quoted, quotes doubled") {
+  CHECK(quote_channel("jobs") == "\"jobs\"");
+  CHECK(quote_channel("select") == "\"select\"");
+  CHECK(quote_channel("app.events") == "\"app.events\"");
+  CHECK(quote_channel("a\"b") == "\"a\"\"b\"");
+}
+
+TEST_CASE("mentions: NOTIFY and pg_notify") {
+  CHECK((mentions("NOTIFY jobs, 'x'") & kMentionsNotify) != 0);
+  CHECK((mentions("SELECT pg_notify('jobs', 'x')") & kMentionsNotify) != 0);
+  CHECK((mentions("SELECT notified FROM t") & kMentionsNotify) == 0);
+}
