@@ -4,6 +4,7 @@
 // LISTENs every channel somebody subscribed to and passes each notification on.
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
@@ -130,7 +131,7 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
       mine.channels.erase(subscribed);
       auto it = pool.channels.find(channel);
       if (it != pool.channels.end()) {
-        erase_one(it->second, &client);
+        it->second.erase(&client);
         if (it->second.empty()) {
           pool.channels.erase(it);
           send_listen(false, channel);
@@ -167,8 +168,8 @@ void Pool::subscribe(Client& client, const std::string& channel) {
   if (!listening_) listening_ = std::make_unique<Listening>();
   if (!client.listening_) client.listening_ = std::make_unique<Client::Listening>();
   client.listening_->channels.push_back(channel);
-  std::vector<Client*>& subscribers = listening_->channels[channel];
-  subscribers.push_back(&client);
+  std::unordered_set<Client*>& subscribers = listening_->channels[channel];
+  subscribers.insert(&client);
   if (subscribers.size() == 1) send_listen(true, channel);
   if (listening_->server == nullptr) open_listener();
 }
@@ -180,7 +181,7 @@ void Pool::unsubscribe_all(Client& client) {
   for (const std::string& channel : mine.channels) {
     auto it = pool.channels.find(channel);
     if (it == pool.channels.end()) continue;
-    erase_one(it->second, &client);
+    it->second.erase(&client);
     if (it->second.empty()) {
       pool.channels.erase(it);
       send_listen(false, channel);
@@ -261,7 +262,7 @@ void Pool::on_listener_message(Server& server, char type, std::string_view body)
       auto it = pool.channels.find(std::string(n->channel));
       if (it == pool.channels.end()) return;  // UNLISTENed meanwhile
       // (A client closed for its backlog leaves the list at once: walk a copy.)
-      std::vector<Client*> subscribers = it->second;
+      std::vector<Client*> subscribers(it->second.begin(), it->second.end());
       for (Client* client : subscribers) client->notify(n->pid, n->channel, n->payload);
       return;
     }
@@ -332,7 +333,7 @@ void Pool::wake_parked(std::string_view error) {
         l.channels.erase(mine);
         auto it = pool.channels.find(l.waiting_channel);
         if (it != pool.channels.end()) {
-          erase_one(it->second, client);
+          it->second.erase(client);
           if (it->second.empty()) pool.channels.erase(it);  // (PostgreSQL does not listen)
         }
       }

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "config/config.hpp"
@@ -165,7 +166,7 @@ class Pool {
   // client in one (PostgreSQL's timing). The client's LISTEN is answered once this connection
   // has answered it (a NOTIFY the client sends right after must reach it).
   struct Listening {
-    std::unordered_map<std::string, std::vector<Client*>> channels;  // channel -> subscribers
+    std::unordered_map<std::string, std::unordered_set<Client*>> channels;  // -> subscribers
     Server* server = nullptr;  // connecting, logging in or listening; null: none
     // LISTEN/UNLISTEN queries sent to `server` and answered (ReadyForQuery) since it logged in.
     std::uint64_t sent = 0;
