@@ -47,6 +47,21 @@ def wait_for(conn, expected, what):
     check_eq(sorted(got), sorted(expected), what)
 
 
+def compare_with_direct(script, pool_size=2):
+    """Runs script(a, b) on two direct sessions, then on two pgring clients (pool_size servers):
+    the results must be the same. Returns the direct one."""
+    a, b = direct_app(), direct_app()
+    expected = script(a, b)
+    a.close()
+    b.close()
+    with Pgring(pool_config(pool_size=pool_size)) as p:
+        a, b = app_connect(p), app_connect(p)
+        check_eq(script(a, b), expected, f"through pgring ({script.__name__})")
+        a.close()
+        b.close()
+    return expected
+
+
 def listening_servers(p):
     return [r for r in admin_rows(p.port, "SHOW SERVERS") if r["state"] == "listening"]
 
@@ -112,16 +127,8 @@ def transaction_script(a, d):
 
 
 def test_notification_waits_for_the_transaction_end():
-    a, d = direct_app(), direct_app()
-    expected = transaction_script(a, d)
-    a.close()
-    d.close()
+    expected = compare_with_direct(transaction_script)
     check_eq(expected, ([], [("tx_chan", "during")]), "direct: nothing during, one after")
-    with Pgring(pool_config(pool_size=2)) as p:
-        a, d = app_connect(p), app_connect(p)
-        check_eq(transaction_script(a, d), expected, "through pgring")
-        a.close()
-        d.close()
 
 
 def unlisten_script(a, d):
@@ -137,18 +144,18 @@ def unlisten_script(a, d):
 
 
 def test_unlisten_stops_delivery():
-    a, d = direct_app(), direct_app()
-    expected = unlisten_script(a, d)
-    a.close()
-    d.close()
+    expected = compare_with_direct(unlisten_script)
     check_eq(expected, ([("u2", "kept")], []), "direct")
+    # With no channel left, the listening connection goes; the client stays.
     with Pgring(pool_config(pool_size=2)) as p:
-        a, d = app_connect(p), app_connect(p)
-        check_eq(unlisten_script(a, d), expected, "through pgring")
+        a = app_connect(p)
+        query(a, "LISTEN u3")
+        check_eq(len(listening_servers(p)), 1, "listening connections")
+        query(a, "UNLISTEN *")
         wait_until(lambda: not listening_servers(p), 10,
                    what="the listening connection to go after UNLISTEN *")
+        check_eq(query_one(a, "SELECT 1"), 1, "the client after UNLISTEN *")
         a.close()
-        d.close()
 
 
 def test_listening_connection_comes_back():
@@ -202,15 +209,7 @@ def names_script(a, d):
 
 
 def test_channel_names_that_need_quoting():
-    a, d = direct_app(), direct_app()
-    expected = names_script(a, d)
-    a.close()
-    d.close()
-    with Pgring(pool_config(pool_size=2)) as p:
-        a, d = app_connect(p), app_connect(p)
-        check_eq(names_script(a, d), expected, "through pgring")
-        a.close()
-        d.close()
+    compare_with_direct(names_script)
 
 
 def own_pid_script(a, b):
@@ -237,17 +236,9 @@ def own_pid_script(a, b):
 
 def test_own_notification_pid_and_others():
     """Drivers skip their own notifications by the pid: a's own carries a's BackendKeyData pid;
-    another client's (here run on the same single server) does not."""
-    a, b = direct_app(), direct_app()
-    expected = own_pid_script(a, b)
-    a.close()
-    b.close()
+    another client's (through pgring run on the same single server) does not."""
+    expected = compare_with_direct(own_pid_script, pool_size=1)
     check_eq(expected, [("mine", True), ("theirs", False)], "direct")
-    with Pgring(pool_config(pool_size=1)) as p:
-        a, b = app_connect(p), app_connect(p)
-        check_eq(own_pid_script(a, b), expected, "through pgring")
-        a.close()
-        b.close()
 
 
 def test_pinned_subscriber_still_gets_notifications():
