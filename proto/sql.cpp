@@ -298,7 +298,7 @@ std::optional<Listen> parse_listen(std::string_view query) {
   std::vector<Token> t;
   if (query.size() > 4096 || !tokenize(query, t, 8) || t.empty()) return std::nullopt;
   if (t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
-  if (t.size() != 2) return std::nullopt;
+  if (t.size() != 2 || !is_word(t[0], listen ? "listen" : "unlisten")) return std::nullopt;
   if (!listen && t[1].kind == Token::Kind::punct && t[1].text == "*")
     return Listen{Listen::Kind::unlisten_all, {}};
   if (t[1].kind != Token::Kind::word && t[1].kind != Token::Kind::quoted_ident) return std::nullopt;

@@ -164,7 +164,8 @@ void Pool::hosts_changed() {
   }
   closing_misfits_ = false;
   if (listening_ && listening_->server != nullptr && listening_->server->endpoint_ != nullptr &&
-      listening_->server->state_ == ServerState::listening && !fits(*listening_->server))
+      listening_->server->state_ == ServerState::listening &&
+      !group_->fits(*listening_->server->endpoint_))  // (not for a host merely marked down)
     retire_listener(Reason::server_wrong_role, listening_->server->endpoint_->text);
   if (failing_ && !failure_final_) next_attempt_ = reactor_.now();
   maintain();

@@ -168,8 +168,10 @@ def test_listening_connection_comes_back():
         monitor = monitor_connect(db=DB)
         try:
             def listener_pids():
+                # (idle: its LISTEN is committed, a NOTIFY from now on reaches it)
                 return [r[0] for r in query(monitor, "SELECT pid FROM pg_stat_activity WHERE "
-                                                     "usename = 'app' AND query LIKE 'LISTEN%'")]
+                                                     "usename = 'app' AND query LIKE 'LISTEN%' "
+                                                     "AND state = 'idle'")]
             first = wait_until(listener_pids, 10, what="the listening backend")
             query(monitor, "SELECT pg_terminate_backend(%s)", (first[0],))
             wait_until(lambda: listener_pids() and listener_pids() != first, 15,

@@ -256,3 +256,9 @@ TEST_CASE("mentions: NOTIFY and pg_notify") {
   CHECK((mentions("SELECT pg_notify('jobs', 'x')") & kMentionsNotify) != 0);
   CHECK((mentions("SELECT notified FROM t") & kMentionsNotify) == 0);
 }
+
+TEST_CASE("parse_listen: the first word is the whole keyword") {
+  // (first_word stops at the first non-letter byte; the token goes on through UTF-8 bytes)
+  CHECK_FALSE(parse_listen("listen\xea\xea ch"));
+  CHECK_FALSE(parse_listen("unlisten\xc3\xa9 ch"));
+}
