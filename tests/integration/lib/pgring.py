@@ -58,11 +58,22 @@ def pool_config(pool_mode="transaction", pool_size=5, timeouts=None, users=None,
 # ---------------------------------------------------------------------------------------------
 # Ports and processes
 
+_handed_out = []  # ports free_port() returned lately: a second call must not return one again
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process was not
+    given lately (a metrics port chosen before pgring binds its listen port could otherwise be
+    the same one: 'Address already in use')."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            break
+    _handed_out.append(port)
+    del _handed_out[:-256]
+    return port
 
 
 def port_accepts(port, host="127.0.0.1", timeout=0.5):
