@@ -43,6 +43,49 @@ bool error_response_from(std::string& out, std::string_view sqlstate, std::strin
                 Origin{file, routine});
 }
 
+bool renamed_fields(std::string& out, char type, std::string_view body, const QueryRename& rename) {
+  const std::string from = "\"" + std::string(rename.server_name) + "\"";
+  const std::string to = "\"" + std::string(rename.client_name) + "\"";
+  const std::size_t start = out.size();
+  auto fail = [&] {
+    out.resize(start);  // nothing of a message that could not be read
+    return false;
+  };
+  Writer w(out);
+  w.begin(type);
+  // Fields: a type byte and a String each, then a zero byte.
+  while (!body.empty() && body[0] != '\0') {
+    char field = body[0];
+    std::size_t end = body.find('\0', 1);
+    if (end == std::string_view::npos) return fail();
+    std::string value(body.substr(1, end - 1));
+    body.remove_prefix(end + 1);
+    if (field == 'P') {
+      // A 1-based character position in the query pgring sent.
+      std::size_t at = 0;
+      for (char c : value) {
+        if (c < '0' || c > '9' || at > (1u << 30)) return fail();
+        at = at * 10 + static_cast<std::size_t>(c - '0');
+      }
+      if (at <= rename.prefix_chars) continue;  // in pgring's own text: no place in the client's
+      at -= rename.prefix_chars;
+      if (at > rename.name_at + rename.server_chars)
+        at = at - rename.server_chars + rename.client_chars;
+      else if (at > rename.name_at)
+        at = rename.name_at + 1;
+      value = std::to_string(at);
+    } else if (field == 'M' || field == 'D' || field == 'H' || field == 'W') {
+      for (std::size_t i = value.find(from); i != std::string::npos; i = value.find(from, i)) {
+        value.replace(i, from.size(), to);
+        i += to.size();
+      }
+    }
+    w.u8(static_cast<std::uint8_t>(field)).cstring(value);
+  }
+  w.u8(0).end();
+  return w.ok() || fail();
+}
+
 bool message(std::string& out, char type, std::string_view body) {
   Writer w(out);
   w.begin(type).bytes(body).end();

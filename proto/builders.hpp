@@ -20,6 +20,22 @@ namespace pgring::proto::build {
 [[nodiscard]] bool error_response_from(std::string& out, std::string_view sqlstate,
                                        std::string_view message, std::string_view file,
                                        std::string_view routine);
+// How the Query pgring sent differs from the client's: a prefix of pgring's own before the
+// client's text, and the client's statement name (`name_at` characters into the client's text,
+// `client_chars` long there) spelled as pgring's server-side name (`server_chars` long).
+struct QueryRename {
+  std::string_view client_name;  // the names as messages print them (between double quotes)
+  std::string_view server_name;
+  std::size_t prefix_chars = 0;
+  std::size_t name_at = 0;
+  std::size_t client_chars = 0;
+  std::size_t server_chars = 0;
+};
+// An ErrorResponse or NoticeResponse (`type`, `body`) as the client's own query would have
+// raised it: text fields name the client's statement instead of pgring's, and the position
+// points into the client's text (a position inside pgring's prefix is left out).
+[[nodiscard]] bool renamed_fields(std::string& out, char type, std::string_view body,
+                                  const QueryRename& rename);
 // A message another peer sent, passed on whole (PostgreSQL's own error to a client).
 [[nodiscard]] bool message(std::string& out, char type, std::string_view body);
 [[nodiscard]] bool notice_response(std::string& out, std::string_view sqlstate,

@@ -1,5 +1,6 @@
 #include "proto/sql.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <vector>
 
@@ -149,6 +150,8 @@ std::uint8_t mention_of(std::string_view word) {
   switch (ascii_lower(word[0])) {
     case 'd':
       return is("deallocate") ? kMentionsDeallocate : 0;
+    case 'e':
+      return is("execute") ? kMentionsExecute : 0;
     case 'h':
       return is("hold") ? kMentionsSessionWord : 0;
     case 'l':
@@ -278,7 +281,94 @@ std::optional<Deallocate> parse_deallocate(std::string_view query, std::uint8_t 
   if (i + 1 != t.size()) return std::nullopt;
   if (t[i].kind == Token::Kind::word && t[i].text == "all") return Deallocate{true, {}};
   if (t[i].kind != Token::Kind::word && t[i].kind != Token::Kind::quoted_ident) return std::nullopt;
-  return Deallocate{false, t[i].text};
+  return Deallocate{false, t[i].text, static_cast<std::size_t>(t[i].raw.data() - query.data()),
+                    t[i].raw.size()};
+}
+
+namespace {
+
+// One statement: a semicolon may only end it (and is dropped from `t`).
+bool one_statement(std::vector<Token>& t) {
+  for (std::size_t i = 0; i + 1 < t.size(); ++i)
+    if (t[i].kind == Token::Kind::punct && t[i].text == ";") return false;
+  if (!t.empty() && t.back().kind == Token::Kind::punct && t.back().text == ";") t.pop_back();
+  return !t.empty();
+}
+
+// A statement name PostgreSQL would keep as written (not truncated to NAMEDATALEN - 1 bytes).
+bool statement_name(const Token& tok) {
+  return (tok.kind == Token::Kind::word || tok.kind == Token::Kind::quoted_ident) &&
+         !tok.text.empty() && tok.text.size() <= 63;
+}
+
+bool is_punct(const Token& tok, char c) {
+  return tok.kind == Token::Kind::punct && tok.text.size() == 1 && tok.text[0] == c;
+}
+
+}  // namespace
+
+std::optional<Prepare> parse_prepare(std::string_view query, std::uint8_t mentioned) {
+  if ((mentioned & kMentionsSessionWord) == 0) return std::nullopt;
+  std::vector<Token> t;
+  if (!tokenize(query, t, 1u << 16) || !one_statement(t) || t.size() < 4) return std::nullopt;
+  // (PREPARE TRANSACTION 'gid' is two-phase commit, not a statement named "transaction".)
+  if (!is_word(t[0], "prepare") || !statement_name(t[1]) || is_word(t[1], "transaction"))
+    return std::nullopt;
+  std::size_t i = 2;
+  if (is_punct(t[i], '(')) {
+    int depth = 0;
+    for (; i < t.size(); ++i) {
+      if (is_punct(t[i], '(')) ++depth;
+      if (is_punct(t[i], ')') && --depth == 0) break;
+    }
+    ++i;
+  }
+  if (i + 1 >= t.size() || !is_word(t[i], "as")) return std::nullopt;
+  const char* begin = t[1].raw.data() + t[1].raw.size();
+  const char* end = t.back().raw.data() + t.back().raw.size();
+  std::string_view rest(begin, static_cast<std::size_t>(end - begin));
+  rest.remove_prefix(std::min(rest.find_first_not_of(" \t\r\n"), rest.size()));
+  return Prepare{t[1].text, static_cast<std::size_t>(t[1].raw.data() - query.data()),
+                 t[1].raw.size(), rest};
+}
+
+std::optional<Execute> find_execute(std::string_view query, std::uint8_t mentioned) {
+  if ((mentioned & kMentionsExecute) == 0) return std::nullopt;
+  std::vector<Token> t;
+  if (!tokenize(query, t, 1u << 16) || !one_statement(t)) return std::nullopt;
+  std::size_t at = t.size();  // the EXECUTE keyword
+  if (is_word(t[0], "execute")) {
+    at = 0;
+  } else if (is_word(t[0], "explain")) {
+    // EXPLAIN [ANALYZE] [VERBOSE] [(option, ...)] EXECUTE
+    std::size_t i = 1;
+    for (; i < t.size(); ++i) {
+      if (is_word(t[i], "analyze") || is_word(t[i], "analyse") || is_word(t[i], "verbose"))
+        continue;
+      if (!is_punct(t[i], '(')) break;
+      int depth = 0;
+      for (; i < t.size(); ++i) {
+        if (is_punct(t[i], '(')) ++depth;
+        if (is_punct(t[i], ')') && --depth == 0) break;
+      }
+    }
+    if (i < t.size() && is_word(t[i], "execute")) at = i;
+  } else if (is_word(t[0], "create")) {
+    // CREATE [TEMP] TABLE name [(columns)] [WITH (...)] ... AS EXECUTE name
+    int depth = 0;
+    for (std::size_t i = 1; i + 1 < t.size(); ++i) {
+      if (is_punct(t[i], '(')) ++depth;
+      if (is_punct(t[i], ')')) --depth;
+      if (depth == 0 && is_word(t[i], "as") && is_word(t[i + 1], "execute")) {
+        at = i + 1;
+        break;
+      }
+    }
+  }
+  if (at + 1 >= t.size() || !statement_name(t[at + 1])) return std::nullopt;
+  const Token& name = t[at + 1];
+  return Execute{name.text, static_cast<std::size_t>(name.raw.data() - query.data()),
+                 name.raw.size()};
 }
 
 // The query's first word (letters after leading whitespace), for the statements recognised by

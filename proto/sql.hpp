@@ -22,7 +22,8 @@ enum Mention : std::uint8_t {
   kMentionsDeallocate = 1 << 2,  // DEALLOCATE
   // TEMP, TEMPORARY, HOLD, LISTEN, PREPARE, SET_CONFIG and the session advisory lock functions
   kMentionsSessionWord = 1 << 3,
-  kMentionsNotify = 1 << 4,  // NOTIFY, PG_NOTIFY
+  kMentionsNotify = 1 << 4,   // NOTIFY, PG_NOTIFY
+  kMentionsExecute = 1 << 5,  // EXECUTE
 };
 [[nodiscard]] std::uint8_t mentions(std::string_view query);
 
@@ -42,12 +43,43 @@ struct SetStatement {
 // A query that is exactly one `DEALLOCATE [PREPARE] name` or `DEALLOCATE [PREPARE] ALL`.
 struct Deallocate {
   bool all = false;
-  std::string name;  // lower-cased unless quoted
+  std::string name;        // lower-cased unless quoted
+  std::size_t offset = 0;  // of the name's text in the query
+  std::size_t length = 0;  // of the name's text (with its quotes)
 };
 [[nodiscard]] std::optional<Deallocate> parse_deallocate(std::string_view query,
                                                          std::uint8_t mentioned);
 [[nodiscard]] inline std::optional<Deallocate> parse_deallocate(std::string_view query) {
   return parse_deallocate(query, mentions(query));
+}
+
+// A query that is exactly one `PREPARE name [(type, ...)] AS statement` (an optional trailing
+// semicolon). `rest` is what follows the name, up to the end of the statement's last token,
+// without leading whitespace: `PREPARE other_name <rest>` prepares the same statement. A name
+// longer than PostgreSQL's 63 bytes (which PostgreSQL would truncate) is not recognised.
+struct Prepare {
+  std::string name;        // lower-cased unless quoted
+  std::size_t offset = 0;  // of the name's text in the query
+  std::size_t length = 0;  // of the name's text (with its quotes)
+  std::string_view rest;   // a view into the query
+};
+[[nodiscard]] std::optional<Prepare> parse_prepare(std::string_view query, std::uint8_t mentioned);
+[[nodiscard]] inline std::optional<Prepare> parse_prepare(std::string_view query) {
+  return parse_prepare(query, mentions(query));
+}
+
+// A query that is one statement running a prepared statement by name: `EXECUTE name [(args)]`,
+// `EXPLAIN [ANALYZE] [VERBOSE] [(options)] EXECUTE name ...` or `CREATE ... TABLE ... AS EXECUTE
+// name ...` (an optional trailing semicolon). Where the name stands in the query, to put another
+// in its place.
+struct Execute {
+  std::string name;        // lower-cased unless quoted
+  std::size_t offset = 0;  // of the name's text in the query
+  std::size_t length = 0;  // of the name's text (with its quotes)
+};
+[[nodiscard]] std::optional<Execute> find_execute(std::string_view query, std::uint8_t mentioned);
+[[nodiscard]] inline std::optional<Execute> find_execute(std::string_view query) {
+  return find_execute(query, mentions(query));
 }
 
 // A query that is exactly one `LISTEN channel`, `UNLISTEN channel` or `UNLISTEN *` (an optional

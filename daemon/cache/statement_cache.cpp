@@ -300,18 +300,172 @@ bool Client::cached_close(Server& server, std::string_view body) {
   return true;
 }
 
-bool Client::deallocate(std::string_view query, std::uint8_t mentioned) {
+bool Client::deallocate(Server& server, std::string_view query, std::uint8_t mentioned) {
   auto d = proto::sql::parse_deallocate(query, mentioned);
   if (!d) return false;
   if (d->all) {
-    // Forwarded: it also drops the client's SQL-level statements. The tag clears the caches.
+    // Forwarded: the server drops every statement of this connection. The tag clears the caches.
     if (statements_) statements_->named.clear();
     return false;
   }
-  if (!statements_ || statements_->named.erase(d->name) == 0)
-    return false;  // an SQL-level statement: the server's business
-  server_->requests_.push(Request::owed_deallocate, reactor_.now());
+  // A name the client does not have: PostgreSQL's own 26000, from the server. In a failed
+  // transaction PostgreSQL refuses the command (25P02) and the statement stays: the server says
+  // so too. Behind requests still in flight the outcome is unknown: the server runs it on
+  // pgring's name (rewrite_sql_statement).
+  if (!statements_ || !statements_->named.contains(d->name) || !server.requests_.empty() ||
+      server.transaction_status_ == 'E')
+    return false;
+  // The client forgets its name; the server keeps the statement for whoever uses it next.
+  statements_->named.erase(d->name);
+  server.requests_.push(Request::owed_deallocate, reactor_.now());
   return true;
+}
+
+// ---- SQL-level PREPARE / EXECUTE (docs/transaction-pooling.md) -------------------------------
+//
+// `PREPARE name (types) AS ...` joins the statement cache: it is sent as `PREPARE pgring_<id> ...`
+// (the id of its text after the name), and `EXECUTE name`, `EXPLAIN EXECUTE name` run pgring's
+// name, on whatever server the transaction has; a server that lacks the statement prepares it
+// first, in the same Query. A name from a protocol-level Parse works in EXECUTE too (and an
+// SQL-level name in Bind), as both share one namespace in PostgreSQL.
+
+namespace {
+
+// PostgreSQL counts error positions in characters (UTF-8 here), not bytes.
+std::size_t characters(std::string_view text) {
+  std::size_t n = 0;
+  for (char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+void Client::statement_prepared(std::string_view name, const PreparedStatement& statement) {
+  if (!statements_) return;
+  auto it = statements_->named.find(std::string(name));
+  if (it != statements_->named.end() && it->second.entry == &statement) it->second.pending = false;
+}
+
+void Client::close_statement_on(Server& server, const PreparedStatement& statement) {
+  (void)server.stream_.emit(
+      [&](std::string& o) { return proto::build::close_statement(o, statement.server_name); });
+  server.requests_.push(Request::close, reactor_.now()).skip = true;
+  server.prepared_.remove(statement.id);
+}
+
+std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std::string_view query,
+                                                             std::uint8_t mentioned) {
+  if (auto prepare = proto::sql::parse_prepare(query, mentioned))
+    return sql_prepare(server, query, *prepare);
+  if (!statements_ || statements_->named.empty()) return std::nullopt;
+  // EXECUTE name, or DEALLOCATE name behind requests in flight (see deallocate).
+  std::string client_name;
+  std::size_t offset = 0, length = 0;
+  bool deallocates = false;
+  if (auto execute = proto::sql::find_execute(query, mentioned)) {
+    client_name = std::move(execute->name);
+    offset = execute->offset;
+    length = execute->length;
+  } else if (auto d = proto::sql::parse_deallocate(query, mentioned);
+             d && !d->all && !server.requests_.empty()) {
+    client_name = std::move(d->name);
+    offset = d->offset;
+    length = d->length;
+    deallocates = true;
+  } else {
+    return std::nullopt;
+  }
+  auto it = statements_->named.find(client_name);
+  if (it == statements_->named.end()) return std::nullopt;  // PostgreSQL's own 26000
+  const PreparedStatement& statement = *it->second.entry;
+  SqlText out;
+  out.statement = &statement;
+  out.sql = std::make_unique<RequestQueue::Entry::SqlRewrite>();
+  RequestQueue::Entry::SqlRewrite& sql = *out.sql;
+  sql.client_name = std::move(client_name);
+  sql.deallocates = deallocates;
+  if (it->second.pending) {
+    // Its PREPARE is ahead of this Query on this server: the server has the statement when
+    // this runs exactly if the client's PREPARE succeeded (else: 26000, in the client's terms).
+  } else if (!server.requests_.empty() && server.prepared_.contains(statement.id)) {
+    // Behind requests in flight, whether the server has the statement is not settled (a
+    // PREPARE of pgring's among them may yet fail, in a failed transaction say): it is closed
+    // (a Close never fails) and prepared again in this Query.
+    close_statement_on(server, statement);
+  }
+  if (it->second.pending || server.prepared_.contains(statement.id)) {
+    server.prepared_.touch(statement.id);
+  } else if (statement.sql) {
+    // Prepared first, in the same Query: if that fails (a table it reads is gone), the error is
+    // the client's, as its EXECUTE would have failed; its CommandComplete is pgring's.
+    out.text = fmt::format("PREPARE {} {};\n", statement.server_name, statement.parse_tail);
+    sql.hidden_completes = 1;
+    server.prepared_.add(statement.id);
+    ++reactor_.statements().counters.injected;
+    evict_statements(server, statement.id);
+  } else if (!server.requests_.empty() || server.transaction_status_ != 'E') {
+    // A protocol-level statement (its types are OIDs, which SQL cannot name): its Parse, then a
+    // Sync of pgring's own, so that the server does not skip the Query after an error in it.
+    // (In a failed transaction the Query fails with 25P02 anyway: nothing to prepare.)
+    if (!ensure_prepared(server, statement) ||
+        !server.stream_.emit([](std::string& o) { return proto::build::sync(o); })) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+      return std::nullopt;
+    }
+    server.requests_.push(Request::sync, reactor_.now()).skip = true;
+  }
+  std::string_view before = query.substr(0, offset);
+  std::string_view name = query.substr(offset, length);
+  sql.rename = {.client_name = sql.client_name,
+                .server_name = statement.server_name,
+                .prefix_chars = characters(out.text),
+                .name_at = characters(before),
+                .client_chars = characters(name),
+                .server_chars = statement.server_name.size()};
+  out.text.append(before).append(statement.server_name);
+  out.text.append(query.substr(offset + length));
+  return out;
+}
+
+std::optional<Client::SqlText> Client::sql_prepare(Server& server, std::string_view query,
+                                                   const proto::sql::Prepare& prepare) {
+  SqlText out;
+  if (statements_ && statements_->named.contains(prepare.name)) {
+    // PostgreSQL refuses the name. The server raises the error, so that its transaction state
+    // is PostgreSQL's (a block in progress fails), and the client gets PostgreSQL's words for it.
+    out.text =
+        "DO $pgring$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', "
+        "MESSAGE = 'prepared statement already exists'; END$pgring$";
+    (void)proto::build::error_response_from(
+        out.fake, "42P05", fmt::format("prepared statement \"{}\" already exists", prepare.name),
+        "prepare.c", "StorePreparedStatement");
+    return out;
+  }
+  const PreparedStatement& statement = reactor_.statements().intern(prepare.rest);
+  // Another client prepared it here: it is closed first, so that this PREPARE runs as
+  // PostgreSQL would run it (checked against the tables as they are now, its error its own).
+  if (server.prepared_.contains(statement.id)) close_statement_on(server, statement);
+  out.statement = &statement;
+  out.sql = std::make_unique<RequestQueue::Entry::SqlRewrite>();
+  RequestQueue::Entry::SqlRewrite& sql = *out.sql;
+  sql.prepares = true;
+  sql.client_name = prepare.name;
+  // The name is the client's from now on (a pipelined EXECUTE finds it); a failure forgets it.
+  statements().named.emplace(prepare.name, NamedStatement{&statement, 0, true});
+  server.prepared_.add(statement.id);
+  ++reactor_.statements().counters.parses_sent;
+  evict_statements(server, statement.id);
+  std::string_view before = query.substr(0, prepare.offset);
+  std::string_view name = query.substr(prepare.offset, prepare.length);
+  sql.rename = {.client_name = sql.client_name,
+                .server_name = statement.server_name,
+                .prefix_chars = 0,
+                .name_at = characters(before),
+                .client_chars = characters(name),
+                .server_chars = statement.server_name.size()};
+  out.text.append(before).append(statement.server_name);
+  out.text.append(query.substr(prepare.offset + prepare.length));
+  return out;
 }
 
 }  // namespace pgring

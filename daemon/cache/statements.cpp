@@ -16,6 +16,7 @@ const PreparedStatement& StatementRegistry::intern(std::string_view parse_tail) 
   entry->id = ++last_id_;
   entry->server_name = "pgring_" + std::to_string(entry->id);
   entry->parse_tail.assign(parse_tail);
+  entry->sql = parse_tail.find('\0') == std::string_view::npos;
   const PreparedStatement& ref = *entry;
   by_tail_.emplace(std::string(parse_tail), std::move(entry));
   return ref;

@@ -25,7 +25,10 @@ struct PreparedStatement {
   std::string server_name;  // "pgring_<id>"
   // The Parse body after the statement name: query String, Int16 n, Int32[n] parameter types.
   // It is also the registry key: the same text with other types is another statement.
+  // An SQL-level statement (`PREPARE name (types) AS ...`, which names its types where a Parse
+  // gives OIDs) has instead the text after the name; having no NUL, it never equals a Parse's.
   std::string parse_tail;
+  bool sql = false;  // prepared with `PREPARE <server_name> <parse_tail>`, never with a Parse
   [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
   // Its query family (proto/fingerprint.hpp), computed at its first Bind when stats are on.
   mutable std::uint64_t fingerprint = 0;

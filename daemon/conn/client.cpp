@@ -266,6 +266,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       std::uint8_t state = 0;
       std::uint8_t release = 0;
       std::unique_ptr<proto::sql::SetStatement> set;
+      std::optional<SqlText> rewritten;  // SQL-level PREPARE / EXECUTE, sent as pgring's text
       // The text, read once for the session-state checks and the query family.
       std::optional<std::string_view> text =
           inspect ? proto::parse_query(body) : std::optional<std::string_view>();
@@ -279,7 +280,14 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
           set = std::make_unique<proto::sql::SetStatement>(std::move(*s));
           state &= static_cast<std::uint8_t>(~proto::sql::kUntrackedSet);
         }
-        if (cache && deallocate(*text, mentioned)) return Verdict::drop;
+        if (cache && deallocate(server, *text, mentioned)) return Verdict::drop;
+        if (cache && (mentioned & (proto::sql::kMentionsSessionWord | proto::sql::kMentionsExecute |
+                                   proto::sql::kMentionsDeallocate)) != 0) [[unlikely]] {
+          rewritten = rewrite_sql_statement(server, *text, mentioned);
+          if (state_ == ClientState::closing) return Verdict::stop;
+          // A lone PREPARE shared through the statement cache pins nothing.
+          if (rewritten) state &= static_cast<std::uint8_t>(~proto::sql::kSqlPrepare);
+        }
         // DROP DATABASE x and the like fail while pgring's idle servers sit in x.
         if (auto database = proto::sql::database_needed_alone(*text))
           reactor_.free_database(pool_->address_text(), *database);
@@ -299,6 +307,17 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       query.session_state = state;
       query.session_release = release;
       query.set = std::move(set);
+      if (rewritten) [[unlikely]] {
+        query.statement = rewritten->statement;
+        query.sql = std::move(rewritten->sql);
+        query.fake = std::move(rewritten->fake);
+        if (!server.stream_.emit(
+                [&](std::string& out) { return proto::build::query(out, rewritten->text); })) {
+          reactor_.close(*this, Reason::protocol_violation, "cannot encode Query");
+          return Verdict::stop;
+        }
+        return Verdict::drop;
+      }
       return Verdict::forward;
     }
     case proto::frontend::kParse: {

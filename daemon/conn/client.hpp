@@ -29,6 +29,7 @@
 
 #include "config/config.hpp"
 #include "daemon/cache/statements.hpp"
+#include "daemon/conn/request_queue.hpp"
 #include "daemon/conn/startup.hpp"
 #include "daemon/conn/verdict.hpp"
 #include "daemon/core/close_reason.hpp"
@@ -95,6 +96,8 @@ class Client {
   void on_lookup_done(std::optional<std::string> secret, const std::string& error);
   // The server never prepared `statement` under the client's `name` (its Parse failed).
   void forget_statement(std::string_view name, const PreparedStatement& statement);
+  // The client's SQL PREPARE of `name` succeeded.
+  void statement_prepared(std::string_view name, const PreparedStatement& statement);
   // A CancelRequest for this client arrived while it waited for a server.
   void cancel_while_waiting();
   // Session state seen in this client's traffic: pin it to its server, or refuse it.
@@ -207,6 +210,9 @@ class Client {
   struct NamedStatement {
     const PreparedStatement* entry = nullptr;
     Shape shape = 0;
+    // Its SQL PREPARE is still in flight on the linked server: it may yet fail (and the name
+    // be forgotten), so a pipelined EXECUTE relies on it rather than preparing on its own.
+    bool pending = false;
   };
   struct Statements {
     std::unordered_map<std::string, NamedStatement> named;
@@ -347,7 +353,20 @@ class Client {
   bool cached_bind(Server& server, std::string_view body);
   bool cached_describe(Server& server, std::string_view body);
   bool cached_close(Server& server, std::string_view body);
-  bool deallocate(std::string_view query, std::uint8_t mentioned);
+  bool deallocate(Server& server, std::string_view query, std::uint8_t mentioned);
+  // SQL-level PREPARE / EXECUTE with the statement cache: the Query pgring sends in place of the
+  // client's, with what its replies need; nullopt: the client's goes on as it is.
+  struct SqlText {
+    std::string text;
+    const PreparedStatement* statement = nullptr;
+    std::unique_ptr<RequestQueue::Entry::SqlRewrite> sql;
+    std::string fake;  // the error `text` raises on purpose, as PostgreSQL words it
+  };
+  std::optional<SqlText> rewrite_sql_statement(Server& server, std::string_view query,
+                                               std::uint8_t mentioned);
+  void close_statement_on(Server& server, const PreparedStatement& statement);
+  std::optional<SqlText> sql_prepare(Server& server, std::string_view query,
+                                     const proto::sql::Prepare& prepare);
   bool ensure_unnamed(Server& server);
   // A Bind or Describe names statement `name`: the statement the linked server now has (the
   // message is rewritten to its name), or null when the message goes on as it is (the unnamed

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "daemon/cache/statements.hpp"
+#include "proto/builders.hpp"
 #include "proto/sql.hpp"
 
 namespace pgring {
@@ -66,13 +67,26 @@ class RequestQueue {
     std::uint8_t session_state = 0;    // proto::sql::SessionState of a Query's text
     std::uint8_t session_release = 0;  // the state it ends when it succeeds (scan_session_release)
     std::unique_ptr<proto::sql::SetStatement> set;  // a Query/Execute that is one replayable SET
-    const PreparedStatement* statement = nullptr;   // parse: prepared by it; describe: described
+    // parse (and execute, skip: an SQL PREPARE of pgring's): prepared by it; describe: described;
+    // query: the SQL-level statement it prepares or executes
+    const PreparedStatement* statement = nullptr;
     std::string client_name;      // parse: the client's own name for `statement` (statement cache)
     bool shape_check = false;     // parse, describe injected to compare a result shape
     std::string fake;             // owed_error: the ErrorResponse; execute: the error it provokes
     std::uint64_t batch_seq = 0;  // bind, describe, sync: which extended batch (for a retry)
     std::size_t replay_offset = 0;  // bind, describe: where it starts in the client's batch copy
     std::uint64_t fingerprint = 0;  // query, sync: its query family (QueryStats), 0: none
+    // query: pgring sent its own text for the client's PREPARE / EXECUTE (statement_cache.cpp).
+    struct SqlRewrite {
+      bool prepares = false;     // the client's PREPARE: its name is forgotten if it fails
+      bool deallocates = false;  // the client's DEALLOCATE: its name is forgotten if it succeeds
+      // A PREPARE of pgring's own runs first: its CommandComplete is swallowed, its failure
+      // means the server does not have the statement.
+      std::uint8_t hidden_completes = 0;
+      std::string client_name;
+      proto::build::QueryRename rename;  // the server's errors put back in the client's terms
+    };
+    std::unique_ptr<SqlRewrite> sql;
   };
 
   // Appends a request sent (or owed) at `now`. A request into an empty queue starts the busy

@@ -104,6 +104,22 @@ void Server::on_input() {
 }
 
 RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
+  if (statement.sql) {
+    // An SQL-level statement names its parameter types, which a Parse cannot: its PREPARE runs
+    // through the unnamed statement and portal, every reply swallowed (an error is the client's,
+    // as for a Parse). The entry returned is the Execute's.
+    std::string text = fmt::format("PREPARE {} {}", statement.server_name, statement.parse_tail);
+    if (!stream_.emit([&](std::string& out) { return proto::build::run_unnamed(out, text, {}); }))
+      return nullptr;
+    requests_.push(Request::parse, reactor_.now()).skip = true;
+    requests_.push(Request::bind, reactor_.now()).skip = true;
+    RequestQueue::Entry& e = requests_.push(Request::execute, reactor_.now());
+    e.skip = true;
+    e.statement = &statement;
+    unnamed_client_ = 0;  // (ensure_unnamed prepares the client's again where it needs it)
+    prepared_.add(statement.id);
+    return &e;
+  }
   if (!stream_.emit([&](std::string& out) {
         return proto::build::parse(out, statement.server_name, statement.parse_tail);
       }))
@@ -152,7 +168,7 @@ void Server::pop_expected_until_ready() {
 
 void Server::forget_unprepared(const RequestQueue::Entry& e) {
   if (e.statement == nullptr) return;
-  if (e.kind == Request::parse)
+  if (e.kind == Request::parse || (e.kind == Request::execute && e.skip))
     prepared_.remove(e.statement->id);
   else if (e.kind != Request::owed_parse_complete)  // answered by pgring: the server has it
     return;
@@ -169,8 +185,46 @@ bool Server::pop_reply(Request request_kind) {
 
 void Server::on_error_response() {
   transaction_failed_ = true;
+  if (RequestQueue::Entry* head = requests_.head();
+      head != nullptr && head->kind == Request::query && head->sql) [[unlikely]]
+    forget_failed_prepare(*head);
   // The failed Parse, and those skipped after the error, prepared nothing.
   requests_.on_error([&](const RequestQueue::Entry& e) { forget_unprepared(e); });
+}
+
+void Server::forget_failed_prepare(RequestQueue::Entry& query) {
+  // A Query pgring rewrote failed before its PREPARE (the client's, or pgring's own before an
+  // EXECUTE) completed: the server does not have the statement, and PostgreSQL forgets a name
+  // whose PREPARE failed.
+  RequestQueue::Entry::SqlRewrite& sql = *query.sql;
+  if ((!sql.prepares && sql.hidden_completes == 0) || query.statement == nullptr) return;
+  // (A pipelined request after this one may prepare it again: that one settles it.)
+  bool again = false;
+  for (std::size_t i = 1; i < requests_.size() && !again; ++i) {
+    const RequestQueue::Entry& e = requests_.at(i);
+    again = e.statement == query.statement &&
+            (e.kind == Request::parse || (e.kind == Request::execute && e.skip) ||
+             (e.kind == Request::query && e.sql && (e.sql->prepares || e.sql->hidden_completes)));
+  }
+  if (!again) prepared_.remove(query.statement->id);
+  if (sql.prepares && client_ != nullptr)
+    client_->forget_statement(sql.client_name, *query.statement);
+  sql.prepares = false;
+  sql.hidden_completes = 0;
+}
+
+bool Server::hidden_complete() {
+  RequestQueue::Entry* head = requests_.head();
+  if (head == nullptr) return false;
+  if (head->kind == Request::query && head->sql && head->sql->hidden_completes > 0) {
+    --head->sql->hidden_completes;  // pgring's PREPARE before the client's EXECUTE
+    return true;
+  }
+  if (head->kind == Request::execute && head->skip) {
+    (void)requests_.on_command_complete();  // pgring's SQL PREPARE (inject_parse): popped
+    return true;
+  }
+  return false;
 }
 
 void Server::on_command_complete(std::string_view tag) {
@@ -211,8 +265,22 @@ void Server::on_command_complete(std::string_view tag) {
     reactor_.broadcast([](Reactor& r) { r.statements().retire_all(); });
   } else if (tag == "DEALLOCATE ALL") {
     prepared_.clear();
+  } else if (tag == "DEALLOCATE") {
+    // The client's DEALLOCATE run on pgring's name (behind requests that were in flight).
+    RequestQueue::Entry* head = requests_.head();
+    if (head != nullptr && head->kind == Request::query && head->sql && head->sql->deallocates &&
+        head->statement != nullptr) {
+      prepared_.remove(head->statement->id);
+      if (client_ != nullptr) client_->forget_statement(head->sql->client_name, *head->statement);
+    }
   } else if (tag == "PREPARE") {
-    if (client_ != nullptr) client_->note_session_state(proto::sql::kSqlPrepare);
+    RequestQueue::Entry* head = requests_.head();
+    if (head != nullptr && head->kind == Request::query && head->sql && head->sql->prepares) {
+      head->sql->prepares = false;  // the client's PREPARE, shared through the statement cache
+      if (client_ != nullptr && head->statement != nullptr)
+        client_->statement_prepared(head->sql->client_name, *head->statement);
+    } else if (client_ != nullptr)
+      client_->note_session_state(proto::sql::kSqlPrepare);
   } else if (tag == "LISTEN") {
     if (client_ != nullptr) client_->note_session_state(proto::sql::kListen);
   } else if (tag == "ROLLBACK") {
@@ -442,7 +510,15 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
     } else if (type == proto::backend::kErrorResponse) {
       auto fields = proto::parse_error_fields(body);
       const RequestQueue::Entry* head = requests_.head();
-      if (head != nullptr && head->kind == Request::execute && !head->fake.empty()) {
+      // (A Query at the head stays there through the error; its rewrite is on the heap.)
+      const proto::build::QueryRename* rename =
+          head != nullptr && head->kind == Request::query && head->sql ? &head->sql->rename
+                                                                       : nullptr;
+      const bool provoked =
+          head != nullptr && !head->fake.empty() &&
+          (head->kind == Request::execute ||
+           (head->kind == Request::query && fields && fields->sqlstate != "25P02"));
+      if (provoked) {
         // An error pgring provoked on purpose: the client gets the one it stands for.
         client.stream_.emit_bytes(head->fake);
         on_error_response();
@@ -480,6 +556,15 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
           answer_.error_class[0] = klass[0];
           answer_.error_class[1] = klass[1];
         }
+        if (rename != nullptr) [[unlikely]] {
+          // The error of a PREPARE / EXECUTE pgring rewrote: in the client's terms (its
+          // statement name, positions in its text), as a direct session would have raised it.
+          std::string renamed;
+          if (proto::build::renamed_fields(renamed, type, body, *rename)) {
+            client.stream_.emit_bytes(renamed);
+            swallow = true;
+          }
+        }
       }
     } else if (type == proto::backend::kParameterStatus) {
       if (auto p = proto::parse_parameter_status(body)) {
@@ -514,8 +599,12 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
         swallow = true;
       }
     } else if (auto tag = proto::parse_query(body)) {  // CommandComplete: String tag
-      on_command_complete(*tag);
-      if (client_ == nullptr || client.state_ == ClientState::closing) return Verdict::stop;
+      if (hidden_complete()) {
+        swallow = true;
+      } else {
+        on_command_complete(*tag);
+        if (client_ == nullptr || client.state_ == ClientState::closing) return Verdict::stop;
+      }
     }
   } else {
     switch (type) {

@@ -243,6 +243,10 @@ class Server {
   // A Parse that got no ParseComplete (it failed, or the server skipped it after an error), or
   // one pgring answered itself whose ParseComplete was dropped because the server skipped past.
   void forget_unprepared(const RequestQueue::Entry& e);
+  void forget_failed_prepare(RequestQueue::Entry& query);
+  // A CommandComplete of pgring's own SQL PREPARE (before a client's EXECUTE, or injected in
+  // the extended protocol): consumed from the queue, to be swallowed.
+  bool hidden_complete();
   bool retry_after_error(const proto::ErrorFields& error);
   [[nodiscard]] bool reset_pending(std::string_view name) const;
   bool executed_in_batch_ = false;       // an Execute of the current batch completed

@@ -1,6 +1,6 @@
-// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, DEALLOCATE, the
-// one-pass keyword filter in front of them, the database a DROP/ALTER/CREATE DATABASE needs,
-// quoting, query fingerprints).
+// libFuzzer target: the SQL text heuristics (SET parsing, session-state scan, DEALLOCATE,
+// PREPARE and EXECUTE, the one-pass keyword filter in front of them, the database a
+// DROP/ALTER/CREATE DATABASE needs, quoting, query fingerprints).
 
 #include <cstddef>
 #include <cstdint>
@@ -35,6 +35,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         (sql::scan_session_state(text, mentioned) & sql::kListen) == 0)
       __builtin_trap();
   }
+  // A PREPARE pgring rewrites is one the session-state scan sees (else it would pin in one place
+  // and be shared in the other); both views are pieces of the text.
+  if (auto prepare = sql::parse_prepare(text, mentioned)) {
+    if (prepare->name.empty() || prepare->name.size() > 63) __builtin_trap();
+    if (prepare->rest.data() < text.data() ||
+        prepare->rest.data() + prepare->rest.size() > text.data() + text.size())
+      __builtin_trap();
+    if ((sql::scan_session_state(text, mentioned) & sql::kSqlPrepare) == 0) __builtin_trap();
+  }
+  if (sql::parse_prepare(text, mentioned).has_value() != sql::parse_prepare(text, 0xff).has_value())
+    __builtin_trap();
+  if (auto execute = sql::find_execute(text, mentioned)) {
+    if (execute->offset + execute->length > text.size() || execute->length == 0) __builtin_trap();
+  }
+  if (sql::find_execute(text, mentioned).has_value() != sql::find_execute(text, 0xff).has_value())
+    __builtin_trap();
   if (auto db = pgring::proto::sql::database_needed_alone(text)) {
     if (db->size() > text.size()) __builtin_trap();  // a name is a piece of the text
   }

@@ -54,7 +54,7 @@ def test_pinned_server_is_clean_for_the_next_client():
     with Pgring(pool_config(pool_size=1)) as p:
         a = app_connect(p)
         query(a, "CREATE TEMP TABLE pgring_tmp_leak(x int)")
-        query(a, "PREPARE pgring_leak_stmt AS SELECT 1")
+        query(a, "PREPARE pgring_leak_stmt AS SELECT 'pgring_leak'")
         query(a, "SELECT pg_advisory_lock(4711)")
         query(a, "LISTEN pgring_leak_chan")
         pid = query_one(a, "SELECT pg_backend_pid()")
@@ -63,7 +63,8 @@ def test_pinned_server_is_clean_for_the_next_client():
             b = app_connect(p, connect_timeout=30)
             try:
                 return query(b, "SELECT pg_backend_pid(), to_regclass('pgring_tmp_leak'), "
-                                "(SELECT count(*) FROM pg_prepared_statements), "
+                                "(SELECT count(*) FROM pg_prepared_statements "
+                                "WHERE name = 'pgring_leak_stmt' OR statement LIKE '%pgring_leak%'), "
                                 "(SELECT count(*) FROM pg_listening_channels()), "
                                 "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                 "AND pid = pg_backend_pid())")[0]
@@ -91,8 +92,10 @@ def test_pinned_server_is_clean_for_the_next_client():
         monitor.close()
 
 
-def test_sql_prepare_pins_the_client():
-    with Pgring(pool_config(pool_size=2)) as p:
+def test_sql_prepare_pins_the_client_without_the_statement_cache():
+    """prepared_statements: 0 turns the statement cache off: an SQL-level PREPARE is session
+    state again, and pins (with the cache it is shared: test_sql_prepare.py)."""
+    with Pgring(pool_config(pool_size=2, prepared_statements=0)) as p:
         a = app_connect(p)
         query(a, "PREPARE pgring_double(int) AS SELECT $1 * 2")
         pid = query_one(a, "SELECT pg_backend_pid()")
@@ -209,7 +212,9 @@ def test_error_policy_refuses_temp_table():
 
 def test_error_policy_refuses_other_session_state():
     statements = {
-        "PREPARE": "PREPARE pgring_refused_stmt AS SELECT 1",
+        # (A lone PREPARE is shared through the statement cache: only one among other
+        # statements is session state.)
+        "PREPARE": "SELECT 1; PREPARE pgring_refused_stmt AS SELECT 1",
         "LISTEN": "LISTEN pgring_refused_chan",
         "advisory lock": "SELECT pg_advisory_lock(4343)",
         "WITH HOLD cursor": "DECLARE pgring_refused_cur CURSOR WITH HOLD FOR SELECT 1",

@@ -40,10 +40,11 @@ import time
 import uuid
 
 from lib import (ADMIN_DB, ADMIN_USER, BackendSampler, PGHOST, PGPORT, Pgring, SYNC_MESSAGE,
-                bind_message, check, check_eq, close_message, connect, data_row_values, describe_message,
+                bind_exec, bind_message, check, check_eq, close_message, connect, data_row_values, describe_message,
                 error_fields_in, execute_message, fail, free_port, log, login, message, metric_sum,
                 monitor_connect, parse_message, pgbench, pool_config, query, query_one,
-                read_until_ready, run_clients, run_tests, scrape, skip_test, wait_no_backends)
+                q, read_until_ready, run_clients, run_tests, scrape, skip_test, step_replies,
+                wait_no_backends)
 
 try:
     import asyncpg
@@ -53,7 +54,6 @@ except ImportError:  # Debian's python3-asyncpg
 DB, USER = "app", "app"
 IT_DIR = os.path.dirname(os.path.abspath(__file__))
 JDBC_JAR = "/usr/share/java/postgresql.jar"
-IGNORED = (b"N", b"S", b"A")
 
 
 def cache_config(pool_size, mport=None, **defaults):
@@ -801,32 +801,6 @@ class _Nothing:
 
 # ---------------------------------------------------------------------------------------------
 # Statement names
-
-def step_replies(conn, data, replies):
-    """Send `data`; read `replies` answers (each up to ReadyForQuery). Returns a comparable
-    summary of each: message kinds, (SQLSTATE, message) of errors, rows, tags, status."""
-    conn.send(data)
-    out = []
-    for _ in range(replies):
-        msgs, status = read_until_ready(conn)
-        msgs = [(k, b) for k, b in msgs if k not in IGNORED]
-        out.append({
-            "kinds": "".join(k.decode() for k, _ in msgs),
-            "errors": [(f.get("C"), f.get("M")) for f in error_fields_in(msgs)],
-            "rows": [data_row_values(b) for k, b in msgs if k == b"D"],
-            "tags": [b.rstrip(b"\0").decode() for k, b in msgs if k == b"C"],
-            "status": status,
-        })
-    return out
-
-
-def q(sql):
-    return message(b"Q", sql.encode() + b"\0")
-
-
-def bind_exec(name, params=()):
-    return bind_message(params, statement=name) + execute_message() + SYNC_MESSAGE
-
 
 # (what, bytes, number of replies, expected kinds of each reply, expected SQLSTATEs, rows)
 NAME_STEPS = [

@@ -94,6 +94,44 @@ TEST_CASE("A server's error passed on whole; the errors that refuse a setting") 
   CHECK_FALSE(refuses_setting("", ""));
 }
 
+TEST_CASE("renamed_fields: an error as the client's own query would have raised it") {
+  // The client sent `EXECUTE q(1, 'x')`; pgring sent `PREPARE pgring_7 AS ...;\nEXECUTE
+  // pgring_7(1, 'x')`: 30 characters of its own first, the name 1 -> 8 characters long.
+  build::QueryRename rename{.client_name = "q",
+                            .server_name = "pgring_7",
+                            .prefix_chars = 30,
+                            .name_at = 8,
+                            .client_chars = 1,
+                            .server_chars = 8};
+  auto position_after = [&](int sent) {
+    std::string body;
+    for (std::string field :
+         {std::string("SERROR"), std::string("C42601"),
+          std::string("Mwrong number of parameters for prepared statement \"pgring_7\""),
+          "P" + std::to_string(sent), std::string("Fprepare.c")})
+      body += field + '\0';
+    body += '\0';
+    std::string out;
+    REQUIRE(build::renamed_fields(out, 'E', body, rename));
+    auto fields = parse_error_fields(body_of(out));
+    REQUIRE(fields);
+    CHECK(fields->message == "wrong number of parameters for prepared statement \"q\"");
+    std::size_t p = out.find(std::string("\0P", 2));
+    if (p == std::string::npos) return -1;
+    return std::stoi(out.substr(p + 2));
+  };
+  CHECK(position_after(5) == -1);        // inside pgring's prefix: left out
+  CHECK(position_after(30 + 3) == 3);    // before the name: unchanged
+  CHECK(position_after(30 + 9) == 9);    // the name's first character
+  CHECK(position_after(30 + 12) == 9);   // inside the name: its start
+  CHECK(position_after(30 + 17) == 10);  // the "(" after it
+  std::string out = "keep";
+  CHECK_FALSE(build::renamed_fields(out, 'E', std::string_view("Mno end", 7), rename));
+  CHECK(out == "keep");
+  CHECK_FALSE(build::renamed_fields(out, 'E', std::string("P12x\0\0", 6), rename));
+  CHECK(out == "keep");
+}
+
 TEST_CASE("Authentication requests") {
   std::string ok, md5, sasl, cont;
   REQUIRE(build::authentication_ok(ok));

@@ -129,9 +129,10 @@ TEST_CASE("mentions: never hides what the checks would find") {
   // Random texts from the checks' own vocabulary: with the filter's bits or with every bit set,
   // each check answers the same.
   std::mt19937 rng(11);
-  const char* words[] = {"set",  "SET", "reset", "all", "deallocate", "prepare", "temp",
-                         "hold", "to",  "=",     ";",   "'x'",        "x",       "listen",
-                         "with", "--",  "/*",    "*/",  "session",    "local",   "\"$set\""};
+  const char* words[] = {"set",     "SET", "reset",   "all", "deallocate", "prepare", "temp",
+                         "hold",    "to",  "=",       ";",   "'x'",        "x",       "listen",
+                         "with",    "--",  "/*",      "*/",  "session",    "local",   "\"$set\"",
+                         "execute", "as",  "explain", "(",   ")"};
   for (int n = 0; n < 20000; ++n) {
     std::string q;
     int len = 1 + static_cast<int>(rng() % 6);
@@ -144,6 +145,8 @@ TEST_CASE("mentions: never hides what the checks would find") {
                   q);
     CHECK_MESSAGE(scan_session_state(q, m) == scan_session_state(q, 0xff), q);
     CHECK_MESSAGE(parse_deallocate(q, m).has_value() == parse_deallocate(q, 0xff).has_value(), q);
+    CHECK_MESSAGE(parse_prepare(q, m).has_value() == parse_prepare(q, 0xff).has_value(), q);
+    CHECK_MESSAGE(find_execute(q, m).has_value() == find_execute(q, 0xff).has_value(), q);
   }
 }
 
@@ -214,6 +217,8 @@ TEST_CASE("random text never crashes the scanners") {
     (void)scan_session_state(q);
     (void)database_needed_alone("DROP DATABASE " + q);
     (void)scan_session_release("DISCARD " + q);
+    (void)parse_prepare("PREPARE " + q);
+    (void)find_execute("EXPLAIN " + q);
   }
 }
 
@@ -261,4 +266,48 @@ TEST_CASE("parse_listen: the first word is the whole keyword") {
   // (first_word stops at the first non-letter byte; the token goes on through UTF-8 bytes)
   CHECK_FALSE(parse_listen("listen\xea\xea ch"));
   CHECK_FALSE(parse_listen("unlisten\xc3\xa9 ch"));
+}
+
+TEST_CASE("parse_prepare: one PREPARE name [(types)] AS statement") {
+  auto p = parse_prepare("PREPARE Foo (int, text) AS SELECT $1, $2;");
+  REQUIRE(p);
+  CHECK(p->name == "foo");
+  CHECK(p->rest == "(int, text) AS SELECT $1, $2");
+  auto q = parse_prepare("prepare \"Mixed Case\"(int)as select $1 -- note\n");
+  REQUIRE(q);
+  CHECK(q->name == "Mixed Case");
+  CHECK(q->offset == 8);
+  CHECK(q->length == 12);
+  CHECK(q->rest == "(int)as select $1");
+  auto r = parse_prepare("  PREPARE s AS\n  INSERT INTO t VALUES ('a;b')");
+  REQUIRE(r);
+  CHECK(r->rest == "AS\n  INSERT INTO t VALUES ('a;b')");
+  CHECK_FALSE(parse_prepare("PREPARE TRANSACTION 'gid'"));
+  CHECK_FALSE(parse_prepare("PREPARE s AS SELECT 1; SELECT 2"));  // two statements
+  CHECK_FALSE(parse_prepare("PREPARE s (int AS SELECT 1"));       // unbalanced
+  CHECK_FALSE(parse_prepare("PREPARE s AS"));
+  CHECK_FALSE(parse_prepare("PREPARE s SELECT 1"));
+  CHECK_FALSE(parse_prepare("SELECT 1; PREPARE s AS SELECT 1"));
+  CHECK_FALSE(parse_prepare("PREPARE " + std::string(64, 'n') + " AS SELECT 1"));  // truncated
+  CHECK(parse_prepare("PREPARE " + std::string(63, 'n') + " AS SELECT 1"));
+}
+
+TEST_CASE("find_execute: where the statement name stands") {
+  auto at = [](std::string_view q) {
+    auto e = find_execute(q);
+    return e ? std::string(q.substr(e->offset, e->length)) + "=" + e->name : std::string("-");
+  };
+  CHECK(at("EXECUTE Foo(1, 'x');") == "Foo=foo");
+  CHECK(at("execute \"Foo\"") == "\"Foo\"=Foo");
+  CHECK(at("EXPLAIN EXECUTE s(1)") == "s=s");
+  CHECK(at("explain analyze verbose execute s (1)") == "s=s");
+  CHECK(at("EXPLAIN (ANALYZE, COSTS off, FORMAT json) EXECUTE s(1)") == "s=s");
+  CHECK(at("CREATE TEMP TABLE t (a) AS EXECUTE s(2)") == "s=s");
+  CHECK(at("EXPLAIN SELECT 1") == "-");
+  CHECK(at("SELECT execute FROM t") == "-");
+  CHECK(at("EXECUTE s(1); EXECUTE s(2)") == "-");
+  CHECK(at("DO $$BEGIN EXECUTE 'x'; END$$") == "-");
+  CHECK(at("CREATE FUNCTION f() RETURNS int AS $$ EXECUTE s $$ LANGUAGE sql") == "-");
+  CHECK(at("EXECUTE") == "-");
+  CHECK(at("EXECUTE 'x'") == "-");
 }

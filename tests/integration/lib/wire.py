@@ -21,7 +21,8 @@ __all__ = ["PROTOCOL_3_0", "PROTOCOL_3_2", "SSL_REQUEST_CODE", "GSSENC_REQUEST_C
            "login", "login_error", "parse_message", "bind_message", "describe_message",
            "execute_message", "close_message", "SYNC_MESSAGE", "FLUSH_MESSAGE",
            "data_row_values", "read_messages_until", "read_until_ready", "error_fields_in",
-           "send_query_collect", "read_close", "expect_closed_with", "still_open"]
+           "send_query_collect", "read_close", "expect_closed_with", "still_open",
+           "NOT_A_REPLY", "step_replies", "q", "bind_exec"]
 
 
 PROTOCOL_3_0 = 196608
@@ -378,6 +379,37 @@ def read_until_ready(conn):
 def error_fields_in(messages):
     """The fields of every ErrorResponse among `messages`."""
     return [parse_fields(body) for kind, body in messages if kind == b"E"]
+
+
+# Notices, ParameterStatus and notifications: not part of a reply (step_replies leaves them out).
+NOT_A_REPLY = (b"N", b"S", b"A")
+
+
+def step_replies(conn, data, replies, error_fields="CM"):
+    """Send `data`; read `replies` answers (each up to ReadyForQuery). Returns a comparable
+    summary of each: message kinds, the `error_fields` of errors (SQLSTATE and message unless
+    told), rows, tags, status."""
+    conn.send(data)
+    out = []
+    for _ in range(replies):
+        msgs, status = read_until_ready(conn)
+        msgs = [(k, b) for k, b in msgs if k not in NOT_A_REPLY]
+        out.append({
+            "kinds": "".join(k.decode() for k, _ in msgs),
+            "errors": [tuple(f.get(c) for c in error_fields) for f in error_fields_in(msgs)],
+            "rows": [data_row_values(b) for k, b in msgs if k == b"D"],
+            "tags": [b.rstrip(b"\0").decode() for k, b in msgs if k == b"C"],
+            "status": status,
+        })
+    return out
+
+
+def q(sql):
+    return message(b"Q", sql.encode() + b"\0")
+
+
+def bind_exec(name, params=()):
+    return bind_message(params, statement=name) + execute_message() + SYNC_MESSAGE
 
 
 def send_query_collect(conn, sql):
