@@ -140,7 +140,8 @@ void Client::evict_statements(Server& server, std::uint64_t keep) {
   }
 }
 
-bool Client::cached_parse(Server& server, std::string_view body) {
+bool Client::cached_parse(Server& server, std::string_view body,
+                          std::unique_ptr<NamedStatement::Runs> runs) {
   auto parse = proto::parse_parse(body);
   if (!parse) return false;  // malformed: the server answers it
   std::string_view name = parse->name;
@@ -158,7 +159,7 @@ bool Client::cached_parse(Server& server, std::string_view body) {
     return true;
   }
   const PreparedStatement& statement = reactor_.statements().intern(tail);
-  named.emplace(std::string(name), NamedStatement{&statement});
+  named.emplace(std::string(name), NamedStatement{&statement, 0, false, std::move(runs)});
   if (server.prepared_.contains(statement.id)) {
     // Already prepared on this connection: ParseComplete comes from pgring, in its place.
     server.prepared_.touch(statement.id);
@@ -227,6 +228,22 @@ const PreparedStatement* Client::prepare_named(Server& server, std::string_view 
   if (named == nullptr) {
     consumed = true;  // answered with 26000 in its place
     return nullptr;
+  }
+  if (named->runs) [[unlikely]] {
+    // `EXECUTE name` looks its statement up when it runs: gone (or another since), PostgreSQL
+    // answers 26000 for it.
+    auto it = statements_->named.find(named->runs->name);
+    if (it == statements_->named.end() || it->second.entry != named->runs->statement) {
+      fake_error(server, "26000",
+                 fmt::format("prepared statement \"{}\" does not exist", named->runs->name));
+      consumed = true;
+      return nullptr;
+    }
+    if (!it->second.pending && !ensure_prepared(server, *named->runs->statement)) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+      consumed = true;
+      return nullptr;
+    }
   }
   if (start_shape_check(server, *named)) return nullptr;  // held (see forward_to_server)
   if (!ensure_prepared(server, *named->entry)) {
@@ -427,6 +444,38 @@ std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std
   return out;
 }
 
+std::string Client::rewrite_parse_execute(Server& server, const proto::ParseMessage& parse,
+                                          std::uint8_t mentioned,
+                                          std::unique_ptr<NamedStatement::Runs>& runs) {
+  // A Parse of `EXECUTE name` (asyncpg's fetch of it, any driver's extended-protocol query):
+  // the same rewrite as a Query's, in the extended protocol. A server that lacks the statement
+  // prepares it first (an SQL-level one through the unnamed statement, see inject_parse), and
+  // an error there is the error of the client's Parse: the server skips to the client's Sync.
+  auto execute = proto::sql::find_execute(parse.query, mentioned);
+  if (!execute) return {};
+  auto it = statements_->named.find(execute->name);
+  if (it == statements_->named.end()) return {};  // PostgreSQL's own 26000, at the Execute
+  const NamedStatement& named = it->second;
+  const PreparedStatement& statement = *named.entry;
+  if (!named.pending) {
+    if (!server.requests_.empty() && server.prepared_.contains(statement.id))
+      close_statement_on(server, statement);  // not settled behind requests in flight
+    if (!ensure_prepared(server, statement)) {
+      reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+      return {};
+    }
+  }
+  if (!parse.name.empty())
+    runs = std::make_unique<NamedStatement::Runs>(NamedStatement::Runs{execute->name, &statement});
+  // The body: name, the query with pgring's statement name, the parameter types as they were.
+  std::string body(parse.name);
+  body.push_back('\0');
+  body.append(parse.query.substr(0, execute->offset)).append(statement.server_name);
+  body.append(parse.query.substr(execute->offset + execute->length));
+  body.append(parse.tail.substr(parse.query.size()));  // from the query's NUL on
+  return body;
+}
+
 std::optional<Client::SqlText> Client::sql_prepare(Server& server, std::string_view query,
                                                    const proto::sql::Prepare& prepare) {
   SqlText out;
@@ -451,7 +500,7 @@ std::optional<Client::SqlText> Client::sql_prepare(Server& server, std::string_v
   sql.prepares = true;
   sql.client_name = prepare.name;
   // The name is the client's from now on (a pipelined EXECUTE finds it); a failure forgets it.
-  statements().named.emplace(prepare.name, NamedStatement{&statement, 0, true});
+  statements().named.emplace(prepare.name, NamedStatement{&statement, 0, true, nullptr});
   server.prepared_.add(statement.id);
   ++reactor_.statements().counters.parses_sent;
   evict_statements(server, statement.id);

@@ -321,10 +321,17 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
       return Verdict::forward;
     }
     case proto::frontend::kParse: {
+      std::string rewritten;  // the body sent instead: a Parse of `EXECUTE name` (statement cache)
+      std::unique_ptr<NamedStatement::Runs> runs;
       if (inspect) {
         if (auto parse = proto::parse_parse(body)) {
           std::string_view text = parse->query;
           std::uint8_t mentioned = proto::sql::mentions(text);
+          if (statement_message && (mentioned & proto::sql::kMentionsExecute) != 0 && statements_ &&
+              !statements_->named.empty()) [[unlikely]] {
+            rewritten = rewrite_parse_execute(server, *parse, mentioned, runs);
+            if (state_ == ClientState::closing) return Verdict::stop;
+          }
           if ((mentioned & proto::sql::kMentionsNotify) != 0 && listening_) [[unlikely]]
             listening_->noted_notify(server.backend_pid_, reactor_.now());
           std::uint8_t state = proto::sql::scan_session_state(text, mentioned);
@@ -346,10 +353,26 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
         if (auto parse = proto::parse_parse(body))
           batch().fingerprint = stats.family(*pool_, parse->query);
       if (statement_message) {
-        handled = cached_parse(server, body);
+        handled = cached_parse(server, rewritten.empty() ? body : std::string_view(rewritten),
+                               std::move(runs));
         if (state_ == ClientState::closing) return Verdict::stop;
       }
-      if (!handled) server.requests_.push(Request::parse, reactor_.now());
+      bool sent_here = false;
+      if (!handled && !rewritten.empty()) [[unlikely]] {
+        // The unnamed statement: cached_parse remembered it (as rewritten); sent here.
+        bool ok = server.stream_.emit([&](std::string& out) {
+          std::size_t start = out.size();
+          if (!proto::build::message(out, proto::frontend::kParse, rewritten)) return false;
+          record_batch(std::string_view(out).substr(start));
+          return true;
+        });
+        if (!ok) {
+          reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
+          return Verdict::stop;
+        }
+        handled = sent_here = true;
+      }
+      if (!handled || sent_here) server.requests_.push(Request::parse, reactor_.now());
       break;
     }
     case proto::frontend::kBind:

@@ -213,6 +213,13 @@ class Client {
     // Its SQL PREPARE is still in flight on the linked server: it may yet fail (and the name
     // be forgotten), so a pipelined EXECUTE relies on it rather than preparing on its own.
     bool pending = false;
+    // A Parse of `EXECUTE name`, rewritten to the statement `name` had then: which PostgreSQL
+    // looks up at each run, so pgring checks at each Bind that the client still has it.
+    struct Runs {
+      std::string name;
+      const PreparedStatement* statement = nullptr;
+    };
+    std::unique_ptr<Runs> runs;
   };
   struct Statements {
     std::unordered_map<std::string, NamedStatement> named;
@@ -349,7 +356,8 @@ class Client {
            (db == kPgBouncerConsole && cfg.find_database(kPgBouncerConsole) == nullptr);
   }
   // Statement cache: each returns true when it consumed the message (rewritten or answered).
-  bool cached_parse(Server& server, std::string_view body);
+  bool cached_parse(Server& server, std::string_view body,
+                    std::unique_ptr<NamedStatement::Runs> runs = nullptr);
   bool cached_bind(Server& server, std::string_view body);
   bool cached_describe(Server& server, std::string_view body);
   bool cached_close(Server& server, std::string_view body);
@@ -365,6 +373,11 @@ class Client {
   std::optional<SqlText> rewrite_sql_statement(Server& server, std::string_view query,
                                                std::uint8_t mentioned);
   void close_statement_on(Server& server, const PreparedStatement& statement);
+  // A Parse whose text is `EXECUTE name ...` of a statement the client has: the Parse body to
+  // send instead (empty: the client's goes on as it is).
+  std::string rewrite_parse_execute(Server& server, const proto::ParseMessage& parse,
+                                    std::uint8_t mentioned,
+                                    std::unique_ptr<NamedStatement::Runs>& runs);
   std::optional<SqlText> sql_prepare(Server& server, std::string_view query,
                                      const proto::sql::Prepare& prepare);
   bool ensure_unnamed(Server& server);

@@ -120,8 +120,9 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
   if (!record.statements.empty() || !record.unnamed_parse_tail.empty()) {
     Client::Statements& statements = client->statements();
     for (proto::handover::Client::Statement& s : record.statements)
-      statements.named.emplace(std::move(s.name),
-                               Client::NamedStatement{&statements_.intern(s.parse_tail), s.shape});
+      statements.named.emplace(
+          std::move(s.name),
+          Client::NamedStatement{&statements_.intern(s.parse_tail), s.shape, false, nullptr});
     statements.unnamed_parse_tail = std::move(record.unnamed_parse_tail);
   }
   login_done(*client);

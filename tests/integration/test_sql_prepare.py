@@ -7,9 +7,10 @@ answer message by message the same (errors with their SQLSTATE, message and posi
 import threading
 import time
 
-from lib import (PGHOST, PGPORT, Background, Pgring, SYNC_MESSAGE, admin_rows, bind_exec, check,
-                 check_eq, connect, free_port, login, metric_sum, monitor_connect, parse_message,
-                 pool_config, q, query, query_one, run_tests, scrape, step_replies, wait_until)
+from lib import (PGHOST, PGPORT, Background, Pgring, SYNC_MESSAGE, admin_rows, bind_exec,
+                 bind_message, check, check_eq, connect, describe_message, execute_message,
+                 free_port, login, metric_sum, monitor_connect, parse_message, pool_config, q,
+                 query, query_one, run_tests, scrape, step_replies, wait_until)
 
 DB, USER = "app", "app"
 TABLE = "pgring_sqlprep_t"
@@ -47,6 +48,12 @@ STEPS = [
     ("an SQL-level statement run by Bind, in a pipeline with others",
      bind_exec("bad") + parse_message("SELECT 'p'::text", "proto2") + bind_exec("proto2")
      + bind_exec("double", [9]), 3),
+    ("a Parse of EXECUTE (the extended protocol)",
+     parse_message("EXECUTE double(6)") + bind_exec(""), 1),
+    ("a Parse of EXPLAIN EXECUTE, then Describe of its portal",
+     parse_message("EXPLAIN (COSTS off) EXECUTE double(6)") + bind_message()
+     + describe_message(b"P") + execute_message() + SYNC_MESSAGE, 1),
+    ("a named Parse of EXECUTE", parse_message("EXECUTE bad", "exec1") + bind_exec("exec1"), 1),
     ("DEALLOCATE", q("DEALLOCATE double"), 1),
     ("EXECUTE after DEALLOCATE: 26000", q("EXECUTE double(1)"), 1),
     ("DEALLOCATE of an unknown name: 26000", q("DEALLOCATE nope"), 1),
@@ -195,6 +202,45 @@ def test_psycopg2_like_direct():
         check_eq(script(a, b), expected, "through pgring")
         a.close()
         b.close()
+
+
+def test_asyncpg_like_direct():
+    """asyncpg sends its queries through the extended protocol (a Parse of `EXECUTE q(7)`),
+    with its own protocol-level statement cache on: results and errors as on direct sessions,
+    two connections interleaving on pool_size 1."""
+    import asyncio
+
+    import asyncpg
+
+    async def script(port, host):
+        a = await asyncpg.connect(host=host, port=port, user=USER, database=DB)
+        b = await asyncpg.connect(host=host, port=port, user=USER, database=DB)
+        seen = []
+        try:
+            await a.execute("PREPARE q (int) AS SELECT $1 * 3 AS tripled")
+            await b.execute("PREPARE q AS SELECT 'b'::text AS who")
+            for k in range(3):
+                seen.append([tuple(r) for r in await a.fetch(f"EXECUTE q({k})")])
+                seen.append(await b.fetchval("EXECUTE q"))
+            seen.append(await a.fetchval("EXPLAIN (COSTS off) EXECUTE q(1)"))
+            async with a.transaction():
+                seen.append(await a.fetchval("EXECUTE q(5)"))
+            stmt = await a.prepare("SELECT $1::int + 100")  # a protocol-level statement
+            seen.append(await stmt.fetchval(1))
+            seen.append(await a.fetchval(f"EXECUTE {stmt.get_name()}(2)"))
+            await a.execute("DEALLOCATE q")
+            try:
+                await a.fetch("EXECUTE q(1)")
+            except asyncpg.PostgresError as e:
+                seen.append((e.sqlstate, str(e).splitlines()[0]))
+        finally:
+            await a.close()
+            await b.close()
+        return seen
+
+    expected = asyncio.run(script(PGPORT, PGHOST))
+    with Pgring(pool_config(pool_size=1)) as p:
+        check_eq(asyncio.run(script(p.port, "127.0.0.1")), expected, "asyncpg through pgring")
 
 
 if __name__ == "__main__":
