@@ -68,13 +68,16 @@ bool tokenize(std::string_view q, std::vector<Token>& out, std::size_t max_token
       }
       out.push_back({Token::Kind::string, {}, q.substr(start, i - start)});
     } else if (c == '$' && (i + 1 < q.size()) &&
-               (q[i + 1] == '$' || std::isalpha(static_cast<unsigned char>(q[i + 1])))) {
-      // Dollar quoting: $tag$ ... $tag$
+               (q[i + 1] == '$' || std::isalpha(static_cast<unsigned char>(q[i + 1])) ||
+                q[i + 1] == '_' || static_cast<unsigned char>(q[i + 1]) >= 0x80)) {
+      // Dollar quoting: $tag$ ... $tag$ (a tag is an identifier: letters, '_', digits after the
+      // first, any non-ASCII byte; no '$').
       std::size_t end_tag = q.find('$', i + 1);
       if (end_tag == std::string_view::npos) return false;
       std::string_view tag = q.substr(i, end_tag - i + 1);
       bool valid = true;
-      for (char t : tag.substr(1, tag.size() - 2)) valid &= ident_char(t) && t != '$';
+      for (char t : tag.substr(1, tag.size() - 2))
+        valid &= (ident_char(t) || static_cast<unsigned char>(t) >= 0x80) && t != '$';
       if (!valid) {
         out.push_back({Token::Kind::punct, std::string(1, c), q.substr(i, 1)});
         ++i;
@@ -287,6 +290,16 @@ std::optional<Deallocate> parse_deallocate(std::string_view query, std::uint8_t 
 
 namespace {
 
+// The query's first word (letters after leading whitespace), for the statements recognised by
+// it: a query that starts otherwise costs this one short scan, no tokenizing.
+std::string_view first_word(std::string_view query) {
+  std::size_t start = query.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos) return {};
+  std::size_t end = start;
+  while (end < query.size() && std::isalpha(static_cast<unsigned char>(query[end]))) ++end;
+  return query.substr(start, end - start);
+}
+
 // One statement: a semicolon may only end it (and is dropped from `t`).
 bool one_statement(std::vector<Token>& t) {
   for (std::size_t i = 0; i + 1 < t.size(); ++i)
@@ -308,7 +321,10 @@ bool is_punct(const Token& tok, char c) {
 }  // namespace
 
 std::optional<Prepare> parse_prepare(std::string_view query, std::uint8_t mentioned) {
-  if ((mentioned & kMentionsSessionWord) == 0) return std::nullopt;
+  // (A query that starts otherwise costs one short scan: CREATE TEMP ... mentions a session
+  // word too.)
+  if ((mentioned & kMentionsSessionWord) == 0 || !iequals(first_word(query), "prepare"))
+    return std::nullopt;
   std::vector<Token> t;
   if (!tokenize(query, t, 1u << 16) || !one_statement(t) || t.size() < 4) return std::nullopt;
   // (PREPARE TRANSACTION 'gid' is two-phase commit, not a statement named "transaction".)
@@ -334,6 +350,9 @@ std::optional<Prepare> parse_prepare(std::string_view query, std::uint8_t mentio
 
 std::optional<Execute> find_execute(std::string_view query, std::uint8_t mentioned) {
   if ((mentioned & kMentionsExecute) == 0) return std::nullopt;
+  std::string_view first = first_word(query);
+  if (!iequals(first, "execute") && !iequals(first, "explain") && !iequals(first, "create"))
+    return std::nullopt;  // (GRANT EXECUTE ...: one short scan)
   std::vector<Token> t;
   if (!tokenize(query, t, 1u << 16) || !one_statement(t)) return std::nullopt;
   std::size_t at = t.size();  // the EXECUTE keyword
@@ -369,16 +388,6 @@ std::optional<Execute> find_execute(std::string_view query, std::uint8_t mention
   const Token& name = t[at + 1];
   return Execute{name.text, static_cast<std::size_t>(name.raw.data() - query.data()),
                  name.raw.size()};
-}
-
-// The query's first word (letters after leading whitespace), for the statements recognised by
-// it: a query that starts otherwise costs this one short scan, no tokenizing.
-std::string_view first_word(std::string_view query) {
-  std::size_t start = query.find_first_not_of(" \t\r\n");
-  if (start == std::string_view::npos) return {};
-  std::size_t end = start;
-  while (end < query.size() && std::isalpha(static_cast<unsigned char>(query[end]))) ++end;
-  return query.substr(start, end - start);
 }
 
 std::optional<Listen> parse_listen(std::string_view query) {

@@ -52,7 +52,7 @@ bool Client::start_shape_check(Server& server, const NamedStatement& named) {
   // per statement and connection; a shape that differs is confirmed by the server itself.
   if (!prepared) {
     // (Its error would be the check's: see Server, ErrorResponse.)
-    if (RequestQueue::Entry* p = server.inject_parse(statement)) p->shape_check = true;
+    (void)server.inject_parse(statement, /*shape_check=*/true);
     ++reactor_.statements().counters.injected;
     evict_statements(server, statement.id);
   }
@@ -131,11 +131,7 @@ void Client::on_shape_check_failed() {
 void Client::evict_statements(Server& server, std::uint64_t keep) {
   auto limit = static_cast<std::size_t>(pool_->settings_.prepared_statements);
   while (auto victim = server.prepared_.victim(limit, keep)) {
-    std::string name = "pgring_" + std::to_string(*victim);
-    (void)server.stream_.emit(
-        [&](std::string& out) { return proto::build::close_statement(out, name); });
-    server.requests_.push(Request::close, reactor_.now()).skip = true;
-    server.prepared_.remove(*victim);
+    server.close_statement(*victim);
     ++reactor_.statements().counters.evictions;
   }
 }
@@ -149,6 +145,7 @@ bool Client::cached_parse(Server& server, std::string_view body,
   if (name.empty()) {
     // The unnamed statement passes through; remember it in case the next Bind lands elsewhere.
     statements().unnamed_parse_tail.assign(tail);
+    statements_->unnamed_runs = false;
     server.unnamed_client_ = id_;
     server.unnamed_seq_ = ++unnamed_seq_;
     return false;
@@ -169,6 +166,7 @@ bool Client::cached_parse(Server& server, std::string_view body,
     ++reactor_.statements().counters.hits;
     return true;
   }
+  server.before_preparing(statement.id);
   if (!server.stream_.emit([&](std::string& out) {
         return proto::build::parse(out, statement.server_name, statement.parse_tail);
       })) {
@@ -363,11 +361,12 @@ void Client::statement_prepared(std::string_view name, const PreparedStatement& 
   if (it != statements_->named.end() && it->second.entry == &statement) it->second.pending = false;
 }
 
+void Client::restore_statement(std::string_view name, const PreparedStatement& statement) {
+  statements().named.emplace(std::string(name), NamedStatement{&statement, 0, false, nullptr});
+}
+
 void Client::close_statement_on(Server& server, const PreparedStatement& statement) {
-  (void)server.stream_.emit(
-      [&](std::string& o) { return proto::build::close_statement(o, statement.server_name); });
-  server.requests_.push(Request::close, reactor_.now()).skip = true;
-  server.prepared_.remove(statement.id);
+  server.close_statement(statement.id);
 }
 
 std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std::string_view query,
@@ -401,6 +400,23 @@ std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std
   RequestQueue::Entry::SqlRewrite& sql = *out.sql;
   sql.client_name = std::move(client_name);
   sql.deallocates = deallocates;
+  if (deallocates) {
+    // Behind requests in flight (see deallocate): the name goes now, so that what the client
+    // pipelines after it (a PREPARE of the name again, an EXECUTE) sees it gone, and comes back
+    // if the DEALLOCATE fails (25P02 in a failed transaction: see forget_failed_prepare).
+    bool pending = it->second.pending;
+    statements_->named.erase(it);
+    if (!pending) {
+      // The server runs it on pgring's name, which it may or may not have: closed, and a
+      // stand-in prepared under that name (its CommandComplete is pgring's) is what goes. (A
+      // pending name: its PREPARE ahead of this one decides, as in PostgreSQL.)
+      if (server.prepared_.contains(statement.id)) close_statement_on(server, statement);
+      server.before_preparing(statement.id);
+      out.text = fmt::format("PREPARE {} AS SELECT 1;\n", statement.server_name);
+      sql.hidden_completes = 1;
+    }
+    return finish_rewrite(query, offset, length, std::move(out));
+  }
   if (it->second.pending) {
     // Its PREPARE is ahead of this Query on this server: the server has the statement when
     // this runs exactly if the client's PREPARE succeeded (else: 26000, in the client's terms).
@@ -415,15 +431,20 @@ std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std
   } else if (statement.sql) {
     // Prepared first, in the same Query: if that fails (a table it reads is gone), the error is
     // the client's, as its EXECUTE would have failed; its CommandComplete is pgring's.
-    out.text = fmt::format("PREPARE {} {};\n", statement.server_name, statement.parse_tail);
+    // (The newline: the text may end in a comment.)
+    server.before_preparing(statement.id);
+    out.text = fmt::format("PREPARE {} {}\n;\n", statement.server_name, statement.parse_tail);
     sql.hidden_completes = 1;
     server.prepared_.add(statement.id);
     ++reactor_.statements().counters.injected;
     evict_statements(server, statement.id);
-  } else if (!server.requests_.empty() || server.transaction_status_ != 'E') {
+  } else if ((!server.requests_.empty() || server.transaction_status_ != 'E') &&
+             !server.requests_.unsynced_) {
     // A protocol-level statement (its types are OIDs, which SQL cannot name): its Parse, then a
     // Sync of pgring's own, so that the server does not skip the Query after an error in it.
-    // (In a failed transaction the Query fails with 25P02 anyway: nothing to prepare.)
+    // (In a failed transaction the Query fails with 25P02 anyway: nothing to prepare. After
+    // the client's own extended messages a Sync would end their batch: none is sent, and the
+    // EXECUTE fails with 26000 where the server lacks the statement.)
     if (!ensure_prepared(server, statement) ||
         !server.stream_.emit([](std::string& o) { return proto::build::sync(o); })) {
       reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");
@@ -431,15 +452,22 @@ std::optional<Client::SqlText> Client::rewrite_sql_statement(Server& server, std
     }
     server.requests_.push(Request::sync, reactor_.now()).skip = true;
   }
+  return finish_rewrite(query, offset, length, std::move(out));
+}
+
+Client::SqlText Client::finish_rewrite(std::string_view query, std::size_t offset,
+                                       std::size_t length, SqlText out) {
+  // The client's text after pgring's prefix, with pgring's name in place of the client's.
+  const std::string& server_name = out.statement->server_name;
   std::string_view before = query.substr(0, offset);
   std::string_view name = query.substr(offset, length);
-  sql.rename = {.client_name = sql.client_name,
-                .server_name = statement.server_name,
-                .prefix_chars = characters(out.text),
-                .name_at = characters(before),
-                .client_chars = characters(name),
-                .server_chars = statement.server_name.size()};
-  out.text.append(before).append(statement.server_name);
+  out.sql->rename = {.client_name = out.sql->client_name,
+                     .server_name = server_name,
+                     .prefix_chars = characters(out.text),
+                     .name_at = characters(before),
+                     .client_chars = characters(name),
+                     .server_chars = server_name.size()};
+  out.text.append(before).append(server_name);
   out.text.append(query.substr(offset + length));
   return out;
 }
@@ -494,6 +522,7 @@ std::optional<Client::SqlText> Client::sql_prepare(Server& server, std::string_v
   // Another client prepared it here: it is closed first, so that this PREPARE runs as
   // PostgreSQL would run it (checked against the tables as they are now, its error its own).
   if (server.prepared_.contains(statement.id)) close_statement_on(server, statement);
+  server.before_preparing(statement.id);
   out.statement = &statement;
   out.sql = std::make_unique<RequestQueue::Entry::SqlRewrite>();
   RequestQueue::Entry::SqlRewrite& sql = *out.sql;

@@ -371,6 +371,7 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
           return Verdict::stop;
         }
         handled = sent_here = true;
+        statements().unnamed_runs = true;
       }
       if (!handled || sent_here) server.requests_.push(Request::parse, reactor_.now());
       break;

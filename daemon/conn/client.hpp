@@ -96,6 +96,8 @@ class Client {
   void on_lookup_done(std::optional<std::string> secret, const std::string& error);
   // The server never prepared `statement` under the client's `name` (its Parse failed).
   void forget_statement(std::string_view name, const PreparedStatement& statement);
+  // A DEALLOCATE pgring ran on the server failed: the client has the name again.
+  void restore_statement(std::string_view name, const PreparedStatement& statement);
   // The client's SQL PREPARE of `name` succeeded.
   void statement_prepared(std::string_view name, const PreparedStatement& statement);
   // A CancelRequest for this client arrived while it waited for a server.
@@ -226,6 +228,8 @@ class Client {
     // The unnamed statement survives Sync in PostgreSQL but not a change of server: pgring
     // keeps its Parse (after the name) and prepares it again where the next Bind/Describe lands.
     std::string unnamed_parse_tail;
+    // It is a rewritten `EXECUTE name` (its text names a pgring_<id> of this process).
+    bool unnamed_runs = false;
   };
   std::unique_ptr<Statements> statements_;  // null while the client has none (trim())
   Statements& statements() {
@@ -373,6 +377,9 @@ class Client {
   std::optional<SqlText> rewrite_sql_statement(Server& server, std::string_view query,
                                                std::uint8_t mentioned);
   void close_statement_on(Server& server, const PreparedStatement& statement);
+  SqlText finish_rewrite(std::string_view query, std::size_t offset, std::size_t length,
+                         SqlText out);
+
   // A Parse whose text is `EXECUTE name ...` of a statement the client has: the Parse body to
   // send instead (empty: the client's goes on as it is).
   std::string rewrite_parse_execute(Server& server, const proto::ParseMessage& parse,

@@ -15,7 +15,13 @@ namespace pgring {
 bool Client::can_hand_over() const {
   // Only a session pgring can rebuild elsewhere from what it knows: its settings, its statement
   // names, its cancel key. A TLS session's keys cannot move; a session-mode or pinned client
-  // has state only its server holds. (Subscriptions of listen: shared go along.)
+  // has state only its server holds. (Subscriptions of listen: shared go along.) A statement
+  // that runs `EXECUTE pgring_<id>` names an id of this process only.
+  if (statements_) {
+    if (statements_->unnamed_runs) return false;
+    for (const auto& [name, named] : statements_->named)
+      if (named.runs) return false;
+  }
   return state_ == ClientState::idle && pool_ != nullptr &&
          (!listening_ || (!listening_->parked && listening_->held.empty())) &&
          pool_->settings_.pool_mode != config::PoolMode::session && !pool_->replication_ &&

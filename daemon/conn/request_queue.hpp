@@ -76,6 +76,7 @@ class RequestQueue {
     std::uint64_t batch_seq = 0;  // bind, describe, sync: which extended batch (for a retry)
     std::size_t replay_offset = 0;  // bind, describe: where it starts in the client's batch copy
     std::uint64_t fingerprint = 0;  // query, sync: its query family (QueryStats), 0: none
+    std::uint64_t closes = 0;       // close (skip): the id of pgring's statement it closes
     // query: pgring sent its own text for the client's PREPARE / EXECUTE (statement_cache.cpp).
     struct SqlRewrite {
       bool prepares = false;     // the client's PREPARE: its name is forgotten if it fails

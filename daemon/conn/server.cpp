@@ -103,7 +103,24 @@ void Server::on_input() {
   }
 }
 
-RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
+void Server::close_statement(std::uint64_t id) {
+  std::string name = "pgring_" + std::to_string(id);
+  (void)stream_.emit([&](std::string& out) { return proto::build::close_statement(out, name); });
+  RequestQueue::Entry& e = requests_.push(Request::close, reactor_.now());
+  e.skip = true;
+  e.closes = id;
+  prepared_.remove(id);
+}
+
+void Server::before_preparing(std::uint64_t id) {
+  auto it = std::find(unclosed_.begin(), unclosed_.end(), id);
+  if (it == unclosed_.end()) return;
+  unclosed_.erase(it);
+  close_statement(id);
+}
+
+RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement, bool shape_check) {
+  before_preparing(statement.id);
   if (statement.sql) {
     // An SQL-level statement names its parameter types, which a Parse cannot: its PREPARE runs
     // through the unnamed statement and portal, every reply swallowed (an error is the client's,
@@ -111,11 +128,16 @@ RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
     std::string text = fmt::format("PREPARE {} {}", statement.server_name, statement.parse_tail);
     if (!stream_.emit([&](std::string& out) { return proto::build::run_unnamed(out, text, {}); }))
       return nullptr;
-    requests_.push(Request::parse, reactor_.now()).skip = true;
-    requests_.push(Request::bind, reactor_.now()).skip = true;
+    // (Each of the three may be the one that fails: each ends a shape check it is part of.)
+    for (Request kind : {Request::parse, Request::bind}) {
+      RequestQueue::Entry& step = requests_.push(kind, reactor_.now());
+      step.skip = true;
+      step.shape_check = shape_check;
+    }
     RequestQueue::Entry& e = requests_.push(Request::execute, reactor_.now());
     e.skip = true;
     e.statement = &statement;
+    e.shape_check = shape_check;
     unnamed_client_ = 0;  // (ensure_unnamed prepares the client's again where it needs it)
     prepared_.add(statement.id);
     return &e;
@@ -127,6 +149,7 @@ RequestQueue::Entry* Server::inject_parse(const PreparedStatement& statement) {
   RequestQueue::Entry& e = requests_.push(Request::parse, reactor_.now());
   e.skip = true;
   e.statement = &statement;
+  e.shape_check = shape_check;
   prepared_.add(statement.id);
   return &e;
 }
@@ -163,11 +186,30 @@ void Server::flush_fakes() {
 void Server::pop_expected_until_ready() {
   // Executes before the answered Query/Sync/FunctionCall that got no reply of their own were
   // skipped by the server after an error: a skipped Parse prepared nothing.
-  requests_.pop_until_ready([&](const RequestQueue::Entry& e) { forget_unprepared(e); });
+  requests_.pop_until_ready(
+      [&](const RequestQueue::Entry& e) { forget_unprepared(e, e.server_skips); });
 }
 
-void Server::forget_unprepared(const RequestQueue::Entry& e) {
+void Server::forget_unprepared(const RequestQueue::Entry& e, bool skipped) {
+  if (e.kind == Request::close && e.closes != 0 && skipped) {
+    // pgring's Close did not run: the statement is still there, though prepared_ no longer
+    // says so; it is closed again before it is next prepared here (else: 42P05).
+    unclosed_.push_back(e.closes);
+    return;
+  }
   if (e.statement == nullptr) return;
+  if (e.kind == Request::query) {
+    // A Query pgring rewrote that the server skipped (sent after an extended-protocol error,
+    // before the Sync): its PREPARE did not run.
+    if (skipped && e.sql) {
+      if (e.sql->prepares || e.sql->hidden_completes > 0) prepared_.remove(e.statement->id);
+      if (e.sql->prepares && client_ != nullptr)
+        client_->forget_statement(e.sql->client_name, *e.statement);
+      if (e.sql->deallocates && client_ != nullptr)
+        client_->restore_statement(e.sql->client_name, *e.statement);
+    }
+    return;
+  }
   if (e.kind == Request::parse || (e.kind == Request::execute && e.skip))
     prepared_.remove(e.statement->id);
   else if (e.kind != Request::owed_parse_complete)  // answered by pgring: the server has it
@@ -189,7 +231,7 @@ void Server::on_error_response() {
       head != nullptr && head->kind == Request::query && head->sql) [[unlikely]]
     forget_failed_prepare(*head);
   // The failed Parse, and those skipped after the error, prepared nothing.
-  requests_.on_error([&](const RequestQueue::Entry& e) { forget_unprepared(e); });
+  requests_.on_error([&](const RequestQueue::Entry& e) { forget_unprepared(e, true); });
 }
 
 void Server::forget_failed_prepare(RequestQueue::Entry& query) {
@@ -197,6 +239,11 @@ void Server::forget_failed_prepare(RequestQueue::Entry& query) {
   // EXECUTE) completed: the server does not have the statement, and PostgreSQL forgets a name
   // whose PREPARE failed.
   RequestQueue::Entry::SqlRewrite& sql = *query.sql;
+  if (sql.deallocates && query.statement != nullptr && client_ != nullptr) {
+    // The client's DEALLOCATE failed (25P02): PostgreSQL keeps the statement.
+    client_->restore_statement(sql.client_name, *query.statement);
+    sql.deallocates = false;
+  }
   if ((!sql.prepares && sql.hidden_completes == 0) || query.statement == nullptr) return;
   // (A pipelined request after this one may prepare it again: that one settles it.)
   bool again = false;
@@ -256,6 +303,7 @@ void Server::on_command_complete(std::string_view tag) {
         proto::sql::SetStatement{proto::sql::SetStatement::Kind::reset_all, {}, {}});
     // Every prepared statement of the session is gone: the client's and pgring's.
     prepared_.clear();
+    unclosed_.clear();
     if (client_ != nullptr && client_->statements_) client_->statements_->named.clear();
   } else if (proto::command_changes_types(tag)) {
     // A parameter type of a cached statement may be gone (its OID is fixed when prepared: the
@@ -265,13 +313,15 @@ void Server::on_command_complete(std::string_view tag) {
     reactor_.broadcast([](Reactor& r) { r.statements().retire_all(); });
   } else if (tag == "DEALLOCATE ALL") {
     prepared_.clear();
+    unclosed_.clear();
   } else if (tag == "DEALLOCATE") {
-    // The client's DEALLOCATE run on pgring's name (behind requests that were in flight).
+    // The client's DEALLOCATE run on pgring's name (behind requests that were in flight): the
+    // server no longer has the statement; the client's name went when it was sent.
     RequestQueue::Entry* head = requests_.head();
     if (head != nullptr && head->kind == Request::query && head->sql && head->sql->deallocates &&
         head->statement != nullptr) {
       prepared_.remove(head->statement->id);
-      if (client_ != nullptr) client_->forget_statement(head->sql->client_name, *head->statement);
+      head->sql->deallocates = false;
     }
   } else if (tag == "PREPARE") {
     RequestQueue::Entry* head = requests_.head();
@@ -517,7 +567,9 @@ Verdict Server::on_reply(const proto::Frame& frame, Client& client) {
       const bool provoked =
           head != nullptr && !head->fake.empty() &&
           (head->kind == Request::execute ||
-           (head->kind == Request::query && fields && fields->sqlstate != "25P02"));
+           // (the DO block pgring sent raises 42P05; anything else, a failed transaction's
+           // 25P02, a cancel, a FATAL, is the server's own)
+           (head->kind == Request::query && fields && fields->sqlstate == "42P05"));
       if (provoked) {
         // An error pgring provoked on purpose: the client gets the one it stands for.
         client.stream_.emit_bytes(head->fake);

@@ -165,7 +165,15 @@ class Server {
   RequestQueue requests_;
   // Prepares `statement` here ahead of a client's request (the client did not send this
   // Parse): its ParseComplete is swallowed. Null when the Parse could not be encoded.
-  RequestQueue::Entry* inject_parse(const PreparedStatement& statement);
+  // A Close of pgring's statement `id`, its CloseComplete swallowed: prepared_ forgets it.
+  void close_statement(std::uint64_t id);
+  // Before `id` is prepared here: a Close of it the server skipped (after an error) left it
+  // there, so it is closed first.
+  void before_preparing(std::uint64_t id);
+  // Statements pgring closed that the server kept (their Close was skipped after an error).
+  std::vector<std::uint64_t> unclosed_;
+  // `shape_check`: it is part of a shape check (Client::start_shape_check).
+  RequestQueue::Entry* inject_parse(const PreparedStatement& statement, bool shape_check = false);
   // Sends the owed replies now at the head of the queue.
   void flush_fakes();
   [[nodiscard]] bool idle_in_protocol() const {
@@ -242,7 +250,8 @@ class Server {
   void on_error_response();
   // A Parse that got no ParseComplete (it failed, or the server skipped it after an error), or
   // one pgring answered itself whose ParseComplete was dropped because the server skipped past.
-  void forget_unprepared(const RequestQueue::Entry& e);
+  // `e` got no reply (`skipped`: the server skipped it) or failed: what it prepared is not there.
+  void forget_unprepared(const RequestQueue::Entry& e, bool skipped);
   void forget_failed_prepare(RequestQueue::Entry& query);
   // A CommandComplete of pgring's own SQL PREPARE (before a client's EXECUTE, or injected in
   // the extended protocol): consumed from the queue, to be swallowed.

@@ -346,7 +346,7 @@ void Server::check_role(char type, std::string_view body) {
                   *login_->in_recovery ? "replica" : "primary");
         reactor_.shared().hosts->notify(pool_.group_key_);
       }
-      if (!pool_.group_->fits(endpoint)) {
+      if (!pool_.group_->fits(endpoint, listener_)) {
         reactor_.close(*this, Reason::server_wrong_role,
                        fmt::format("{} is a {}; database {} has target {}", endpoint.text,
                                    to_string(endpoint.role.load()), pool_.database_,

@@ -69,6 +69,7 @@ void Server::release(bool session_reset) {
       else
         settings_.clear();
       prepared_.clear();
+      unclosed_.clear();
     }
   }
   if (reset_replies_pending_ == 0) {

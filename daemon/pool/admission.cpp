@@ -111,7 +111,7 @@ bool Reactor::start_connect(Pool& pool, std::shared_ptr<const Startup> startup, 
   // (Its pool and database budgets were acquired by the caller.)
   bool busy = false;
   std::shared_ptr<Endpoint> endpoint =
-      pool.group_->pick(now_, config_->max_concurrent_server_logins, &busy);
+      pool.group_->pick(now_, config_->max_concurrent_server_logins, &busy, listener);
   if (busy) return false;
   auto* server = new Server(*this, pool, next_id());
   server->startup_ = std::move(startup);

@@ -155,7 +155,8 @@ std::vector<std::shared_ptr<Endpoint>> HostGroup::endpoints() const {
   return out;
 }
 
-std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now, int login_cap, bool* busy) {
+std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now, int login_cap, bool* busy,
+                                          bool listener) {
   std::lock_guard lock(mutex_);
   std::vector<Endpoint*> all;
   std::vector<Candidate> candidates;
@@ -167,7 +168,9 @@ std::shared_ptr<Endpoint> HostGroup::pick(SteadyClock::time_point now, int login
                                      e->promoted_ns.load()});
     }
   }
-  int i = choose_endpoint(candidates, target_.load(), policy_.load(), max_lag_ms_.load(), turn_++);
+  config::Target target = target_.load();
+  if (listener && target != config::Target::replica) target = config::Target::primary;
+  int i = choose_endpoint(candidates, target, policy_.load(), max_lag_ms_.load(), turn_++);
   if (i < 0) return nullptr;
   for (const auto& list : endpoints_)
     for (const auto& e : list)
@@ -210,9 +213,24 @@ bool HostGroup::learned_role(Endpoint& endpoint, bool in_recovery, SteadyClock::
   return was != role;
 }
 
-bool HostGroup::fits(const Endpoint& endpoint) const {
+bool HostGroup::fits(const Endpoint& endpoint, bool listener) const {
   if (endpoint.gone.load()) return false;
   config::Target target = target_.load();
+  if (listener && target != config::Target::replica) {
+    // The connection that LISTENs (see pick): a primary; a replica only while no primary is up.
+    if (endpoint.role.load() != HostRole::replica)
+      return fits_as(endpoint, config::Target::primary);
+    auto now = SteadyClock::now();
+    std::lock_guard lock(mutex_);
+    for (const auto& list : endpoints_)
+      for (const auto& e : list)
+        if (!e->gone && !e->down(now) && e->role.load() == HostRole::primary) return false;
+    return true;
+  }
+  return fits_as(endpoint, target);
+}
+
+bool HostGroup::fits_as(const Endpoint& endpoint, config::Target target) const {
   if (target == config::Target::prefer_replica && endpoint.role.load() == HostRole::primary) {
     // Served by the primary while no replica was up: back to a replica once one is.
     auto now = SteadyClock::now();

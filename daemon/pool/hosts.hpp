@@ -94,8 +94,11 @@ class HostGroup {
   // Where the next server connection goes; null when no name resolved (yet). With
   // `login_cap` > 0 and that host already at the cap of logins under way, null and `busy`:
   // the connection waits for a login to finish (the pool tries again from its sweep).
+  // `listener`: for the connection that LISTENs for a pool's subscribers (NOTIFY is sent on
+  // the primary, and a standby refuses LISTEN), a primary unless the target is replica.
   [[nodiscard]] std::shared_ptr<Endpoint> pick(std::chrono::steady_clock::time_point now,
-                                               int login_cap = 0, bool* busy = nullptr);
+                                               int login_cap = 0, bool* busy = nullptr,
+                                               bool listener = false);
   // A server connection to `endpoint` could not connect or log in for a network reason: out
   // for a jittered back-off (250 ms doubling up to `cap`), and its name is looked up again.
   // True when this took it out.
@@ -107,7 +110,8 @@ class HostGroup {
   bool learned_role(Endpoint& endpoint, bool in_recovery,
                     std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   // Whether a server on `endpoint` may keep serving this group's pools.
-  [[nodiscard]] bool fits(const Endpoint& endpoint) const;
+  // `listener`: judged as pick judges the listening connection's host.
+  [[nodiscard]] bool fits(const Endpoint& endpoint, bool listener = false) const;
   // A replica further behind than max_replica_lag.
   [[nodiscard]] bool lagging(const Endpoint& endpoint) const {
     return max_lag_ms_.load() > 0 && endpoint.role.load() == HostRole::replica &&
@@ -129,6 +133,7 @@ class HostGroup {
   // The monitor's lookup of hosts_[index]: the endpoints of that name become `found` (kept
   // where the address is the same). True when something changed.
   bool replace(std::size_t index, std::vector<std::shared_ptr<Endpoint>> found);
+  [[nodiscard]] bool fits_as(const Endpoint& endpoint, config::Target target) const;
 
   const std::vector<config::Host> hosts_;
   std::string text_;

@@ -4,6 +4,7 @@
 // LISTENs every channel somebody subscribed to and passes each notification on.
 
 #include <algorithm>
+#include <cstdlib>
 #include <unordered_set>
 
 #include "daemon/core/log.hpp"
@@ -238,6 +239,20 @@ void Pool::listener_logged_in(Server& server) {
             user_name_, pool.channels.size());
   pool.sent = pool.answered = 0;
   pool.in_flight.clear();
+  // It sits idle by design: a server-wide idle_session_timeout (PostgreSQL 14 and later) would
+  // end it, losing the notifications until it is back.
+  const std::string* version = find_value(server.params_, "server_version");
+  if (version != nullptr && std::atoi(version->c_str()) >= 14) {
+    if (!server.stream_.emit([](std::string& out) {
+          return proto::build::query(out, "SET idle_session_timeout = 0");
+        })) {
+      reactor_.close(server, Reason::server_protocol_error, "cannot encode SET");
+      return;
+    }
+    ++pool.sent;
+    pool.in_flight.push_back({false, {}, {}});  // (answered like an UNLISTEN: nothing to tell)
+    reactor_.want_send(server.stream_);
+  }
   for (const auto& [channel, subscribers] : pool.channels) {
     (void)subscribers;
     send_listen(true, channel);

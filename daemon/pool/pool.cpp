@@ -165,7 +165,7 @@ void Pool::hosts_changed() {
   closing_misfits_ = false;
   if (listening_ && listening_->server != nullptr && listening_->server->endpoint_ != nullptr &&
       listening_->server->state_ == ServerState::listening &&
-      !group_->fits(*listening_->server->endpoint_))  // (not for a host merely marked down)
+      !group_->fits(*listening_->server->endpoint_, /*listener=*/true))  // (not when down)
     retire_listener(Reason::server_wrong_role, listening_->server->endpoint_->text);
   if (failing_ && !failure_final_) next_attempt_ = reactor_.now();
   maintain();

@@ -168,6 +168,34 @@ def test_targets_route_writes_and_reads():
         check_eq(seen, {PRIMARY_PORT, REPLICA_PORT}, "servers of a database without a target")
 
 
+def test_listen_goes_to_the_primary():
+    """A standby refuses LISTEN (25006, checked directly first) and NOTIFY is only sent on the
+    primary: a pool whose queries go to the replica (prefer-standby) LISTENs for its clients on
+    the primary, and they get the primary's notifications between their transactions."""
+    direct = connect(REPLICA_PORT, connect_timeout=5)
+    expect_error(lambda: direct.cursor().execute("LISTEN hosts_ch"), "25006")
+    direct.close()
+    with Pgring(config()) as p:
+        c = connect(p.port, db="app_pref")
+        check_eq(query_one(c, "SELECT pg_is_in_recovery()"), True, "the pool's queries")
+        c.cursor().execute("LISTEN hosts_ch")
+        notifier = connect(PRIMARY_PORT, connect_timeout=5)
+        notifier.cursor().execute("NOTIFY hosts_ch, 'from the primary'")
+        notifier.close()
+        got = []
+
+        def arrived():
+            c.poll()
+            got.extend((n.channel, n.payload) for n in c.notifies)
+            c.notifies.clear()
+            return got
+
+        wait_until(arrived, 10, what="the primary's notification", describe=lambda: got)
+        check_eq(got, [("hosts_ch", "from the primary")], "notifications")
+        check_eq(query_one(c, "SELECT pg_is_in_recovery()"), True, "still served by the replica")
+        c.close()
+
+
 def host_row(port, database, host_port):
     rows = [r for r in admin_rows(port, "SHOW HOSTS")
             if r["database"] == database and r["port"] == str(host_port)]

@@ -7,8 +7,8 @@ checked on direct connections."""
 import select
 import time
 
-from lib import (Pgring, admin_rows, check_eq, connect, monitor_connect, pool_config, query,
-                 query_one, run_tests, wait_until)
+from lib import (PGHOST, PGPORT, Pgring, admin_rows, check, check_eq, connect, monitor_connect,
+                 pool_config, query, query_one, run_tests, wait_until)
 
 DB, USER = "app", "app"
 
@@ -183,6 +183,41 @@ def test_listening_connection_comes_back():
         check_eq(query_one(a, "SELECT 3"), 3, "the subscriber's connection")
         a.close()
         d.close()
+
+
+def test_listening_connection_outlives_idle_session_timeout():
+    """A database whose sessions end after 1 s idle (idle_session_timeout, checked directly
+    first): the listening connection, idle by design, is not ended by it; a notification sent
+    after 2.5 s arrives through the same listening backend."""
+    monitor = monitor_connect()
+    query(monitor, "DROP DATABASE IF EXISTS pgring_listen_idle")
+    query(monitor, "CREATE DATABASE pgring_listen_idle OWNER app")
+    query(monitor, "ALTER DATABASE pgring_listen_idle SET idle_session_timeout = '1s'")
+    try:
+        direct = monitor_connect(db="pgring_listen_idle", user=USER)
+        time.sleep(2)
+        try:
+            query(direct, "SELECT 1")
+            check(False, "idle_session_timeout did not end a direct session")
+        except Exception:  # noqa: BLE001 - the session was ended, as expected
+            pass
+        databases = {"pgring_listen_idle": {"host": PGHOST, "port": PGPORT}}
+        with Pgring(pool_config(pool_size=2, databases=databases)) as p:
+            a = connect(p.port, db="pgring_listen_idle", user=USER, connect_timeout=30)
+            query(a, "LISTEN idle_chan")
+            pids = wait_until(lambda: [r["backend_pid"] for r in listening_servers(p)], 10,
+                              what="the listening connection")
+            time.sleep(2.5)
+            d = monitor_connect(db="pgring_listen_idle", user=USER)
+            query(d, "NOTIFY idle_chan, 'still here'")
+            d.close()
+            wait_for(a, [("idle_chan", "still here")], "after 2.5 s")
+            check_eq([r["backend_pid"] for r in listening_servers(p)], pids,
+                     "the listening backend (not ended and replaced)")
+            a.close()
+    finally:
+        query(monitor, "DROP DATABASE IF EXISTS pgring_listen_idle WITH (FORCE)")
+        monitor.close()
 
 
 def test_listen_in_a_multi_statement_query_pins():

@@ -282,6 +282,11 @@ TEST_CASE("parse_prepare: one PREPARE name [(types)] AS statement") {
   auto r = parse_prepare("  PREPARE s AS\n  INSERT INTO t VALUES ('a;b')");
   REQUIRE(r);
   CHECK(r->rest == "AS\n  INSERT INTO t VALUES ('a;b')");
+  // Dollar-quote tags are identifiers: '_' and non-ASCII bytes too (a "--" inside is no comment).
+  auto d = parse_prepare("PREPARE q AS SELECT $_$--$_$ || $\xc3\xa9$x$\xc3\xa9$ || 'A'");
+  REQUIRE(d);
+  CHECK(d->rest == "AS SELECT $_$--$_$ || $\xc3\xa9$x$\xc3\xa9$ || 'A'");
+  CHECK_FALSE(parse_prepare("/* first */ PREPARE s AS SELECT 1"));  // only at the start
   CHECK_FALSE(parse_prepare("PREPARE TRANSACTION 'gid'"));
   CHECK_FALSE(parse_prepare("PREPARE s AS SELECT 1; SELECT 2"));  // two statements
   CHECK_FALSE(parse_prepare("PREPARE s (int AS SELECT 1"));       // unbalanced
