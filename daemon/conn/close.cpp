@@ -256,7 +256,9 @@ void Reactor::maybe_free(Server& server) {
   --pool.servers_closing_;
   int to = server.slot_for_;
   if (server.listener_) {
-    // (Counted in the database's budget only.)
+    // (Counted in the database's budget only.) Its successor, if the subscribers need one,
+    // opens with this unit.
+    if (pool.reuse_listener_unit()) return;
     pool.db_budget_->release_from(index_);
     slot_freed(*pool.db_budget_, *pool.db_budget_, pool.database_);
     retry_database(pool.database_);

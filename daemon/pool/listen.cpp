@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <unordered_set>
+#include <utility>
 
 #include "daemon/core/log.hpp"
 #include "daemon/core/reactor.hpp"
@@ -211,25 +212,33 @@ void Pool::send_listen(bool listen, const std::string& channel) {
   reactor_.want_send(server->stream_);
 }
 
-void Pool::open_listener() {
+bool Pool::open_listener(bool unit_held) {
   Listening& pool = *listening_;
-  if (pool.server != nullptr || (pool.channels.empty() && pool.parked.empty())) return;
-  if ((reactor_.shutting_down() && !reactor_.handing_over()) || paused_) return;
-  // While the server is down, the pool's own back-off paces the attempts.
-  Clock::time_point due =
-      std::max(pool.next_attempt, failing_ ? next_attempt_ : Clock::time_point{});
-  if (reactor_.now() < due) return;
+  if (pool.server != nullptr || (pool.channels.empty() && pool.parked.empty())) return false;
+  if ((reactor_.shutting_down() && !reactor_.handing_over()) || paused_) return false;
+  // While the server is down, the pool's own back-off paces the attempts (a unit handed on
+  // from the connection before waits only for that).
+  Clock::time_point due = failing_ ? next_attempt_ : Clock::time_point{};
+  if (!unit_held) due = std::max(due, pool.next_attempt);
+  if (reactor_.now() < due) return false;
   // A slot of the database's budget of its own (never one another reactor gave for waiting
   // clients); when the database is full, the sweep tries again (parked clients wait up to
   // query_wait).
-  if (!db_budget_->acquire_own(reactor_.index(), settings_.max_db_connections)) {
+  if (!unit_held && !db_budget_->acquire_own(reactor_.index(), settings_.max_db_connections)) {
     pool.next_attempt = reactor_.now() + kListenerRetry;
-    return;
+    return false;
   }
   if (!reactor_.start_connect(*this, nullptr, /*listener=*/true)) {
-    db_budget_->release_from(reactor_.index());
+    if (!unit_held) db_budget_->release_from(reactor_.index());
     pool.next_attempt = reactor_.now() + std::chrono::milliseconds(100);  // a login turn
+    return false;
   }
+  return true;
+}
+
+bool Pool::reuse_listener_unit() {
+  if (!listening_ || !std::exchange(listening_->hand_on_unit, false)) return false;
+  return open_listener(/*unit_held=*/true);
 }
 
 void Pool::listener_logged_in(Server& server) {
@@ -382,6 +391,7 @@ void Pool::listener_closed(Server& server, std::string_view message) {
 
 void Pool::retire_listener(Reason reason, std::string_view message) {
   if (!listening_ || listening_->server == nullptr) return;
+  listening_->hand_on_unit = true;
   reactor_.close(*listening_->server, reason, message);
   listening_->next_attempt = {};  // another at once
   open_listener();

@@ -182,6 +182,9 @@ class Pool {
     // Clients whose LISTEN waits for `server`'s answer (Client::Listening::wait_for).
     std::vector<Client*> parked;
     Clock::time_point next_attempt{};  // reconnecting after the connection was lost
+    // The connection was retired (RECONNECT, a reload, a host's role): its unit of the
+    // database's budget goes to the next one when it is freed (reuse_listener_unit).
+    bool hand_on_unit = false;
   };
   std::unique_ptr<Listening> listening_;
   // Whether a lone LISTEN/UNLISTEN of this pool's clients is taken over (listen: shared).
@@ -271,6 +274,12 @@ class Pool {
   std::string last_error_message_;
   Clock::time_point no_warming_until_{};  // free_database
 
+  // A listening connection of this pool was freed with its unit of the database's budget: the
+  // next one opens with that unit when subscriptions still need one. True when it took it (at
+  // max_db_connections under load, a unit set free would go to the waiting clients first, and
+  // the subscribers would hear nothing until the load eased).
+  bool reuse_listener_unit();
+
  private:
   // Finds group_ for db_ (the fallback's for an automatic pool).
   void find_group();
@@ -284,8 +293,10 @@ class Pool {
   // While the server is down: auth.query lookups get the error, and the waiting clients too
   // when waiting would not cure it (failure_final_).
   void fail_waiting();
-  // Opens the listening connection if subscriptions need one and the database has room.
-  void open_listener();
+  // Opens the listening connection if subscriptions need one and the database has room
+  // (`unit_held`: the caller holds a unit of the database's budget for it). True when it took
+  // the unit (a connect started).
+  bool open_listener(bool unit_held = false);
   // Sends `LISTEN ch` (or `UNLISTEN ch`) to the listening connection, if it is logged in.
   void send_listen(bool listen, const std::string& channel);
   // Answers the parked clients whose LISTEN the listening connection has answered (all of

@@ -5,10 +5,12 @@ channel and payload, between transactions as PostgreSQL delivers them. Each beha
 checked on direct connections."""
 
 import select
+import threading
 import time
 
-from lib import (PGHOST, PGPORT, Pgring, admin_rows, check, check_eq, connect, monitor_connect,
-                 pool_config, query, query_one, run_tests, wait_until)
+from lib import (PGHOST, PGPORT, Background, Pgring, admin_ok, admin_rows, check, check_eq,
+                 connect, log, monitor_connect, pool_config, pool_count, query, query_one,
+                 run_tests, wait_until)
 
 DB, USER = "app", "app"
 
@@ -218,6 +220,50 @@ def test_listening_connection_outlives_idle_session_timeout():
     finally:
         query(monitor, "DROP DATABASE IF EXISTS pgring_listen_idle WITH (FORCE)")
         monitor.close()
+
+
+def test_listening_connection_keeps_its_unit_through_reconnect():
+    """max_db_connections 2, pool_size 2: the listening connection holds one unit, the pool's
+    only server the other, and clients always wait for it. RECONNECT retires the listening
+    connection: its successor opens with the retired one's unit at once (were the unit set free,
+    the waiting clients' pool would take it and keep it while the load lasts), and notifications
+    arrive again while the load goes on."""
+    with Pgring(pool_config(pool_size=2, max_db_connections=2)) as p:
+        a = app_connect(p)
+        query(a, "LISTEN unit_chan")
+        first = wait_until(lambda: [r["backend_pid"] for r in listening_servers(p)], 10,
+                           what="the listening connection")
+        stop = threading.Event()
+
+        def worker():
+            c = app_connect(p)
+            n = 0
+            try:
+                while not stop.is_set():
+                    query(c, "SELECT pg_sleep(0.01)")
+                    n += 1
+            finally:
+                c.close()
+            return n
+
+        workers = [Background(worker) for _ in range(4)]
+        try:
+            wait_until(lambda: pool_count(p.port, DB, "cl_waiting", user=USER) > 0, 10,
+                       what="clients waiting for the pool's one server")
+            admin_ok(p.port, "RECONNECT")
+            again = wait_until(lambda: [r["backend_pid"] for r in listening_servers(p)
+                                        if r["backend_pid"] not in first], 5,
+                               what="a new listening connection while the load goes on")
+            log(f"listening backend {first} -> {again}")
+            monitor = monitor_connect(db=DB)
+            query(monitor, "NOTIFY unit_chan, 'under load'")
+            monitor.close()
+            wait_for(a, [("unit_chan", "under load")], "a notification under load")
+        finally:
+            stop.set()
+            done = [w.result(30, "a worker") for w in workers]
+        check(all(n > 0 for n in done), f"workers' transactions: {done}")
+        a.close()
 
 
 def test_listen_in_a_multi_statement_query_pins():
