@@ -24,7 +24,7 @@ import psycopg2
 from lib import (ADMIN_USER, PGPORT, SOURCE_DIR, Pgring, SilentListener, admin_rows,
                  as_postgres_cmd, check, check_eq, connect, expect_error, fail, fd_snapshot,
                  find_pg_tool, free_port, log, metric_value, query_one, run_tests, skip,
-                 wait_until)
+                 wait_notifications, wait_until)
 
 PRIMARY_PORT = PGPORT + 100
 REPLICA_PORT = PGPORT + 200
@@ -182,16 +182,9 @@ def test_listen_goes_to_the_primary():
         notifier = connect(PRIMARY_PORT, connect_timeout=5)
         notifier.cursor().execute("NOTIFY hosts_ch, 'from the primary'")
         notifier.close()
-        got = []
-
-        def arrived():
-            c.poll()
-            got.extend((n.channel, n.payload) for n in c.notifies)
-            c.notifies.clear()
-            return got
-
-        wait_until(arrived, 10, what="the primary's notification", describe=lambda: got)
-        check_eq(got, [("hosts_ch", "from the primary")], "notifications")
+        got = wait_notifications(c, 1, "the primary's notification")
+        check_eq([(n.channel, n.payload) for n in got], [("hosts_ch", "from the primary")],
+                 "notifications")
         check_eq(query_one(c, "SELECT pg_is_in_recovery()"), True, "still served by the replica")
         c.close()
 

@@ -4,13 +4,12 @@ pool and reactor LISTENs for all of them; notifications reach every subscriber w
 channel and payload, between transactions as PostgreSQL delivers them. Each behaviour is first
 checked on direct connections."""
 
-import select
 import threading
 import time
 
 from lib import (PGHOST, PGPORT, Background, Pgring, admin_ok, admin_rows, check, check_eq,
                  connect, log, monitor_connect, pool_config, pool_count, query, query_one,
-                 run_tests, wait_until)
+                 run_tests, take_notifications, wait_notifications, wait_until)
 
 DB, USER = "app", "app"
 
@@ -26,27 +25,12 @@ def direct_app():
 
 def received(conn, wait=0.0):
     """The notifications that reached `conn` within `wait` seconds, as (channel, payload)."""
-    got = []
-    deadline = time.monotonic() + wait
-    while True:
-        left = max(0.0, deadline - time.monotonic())
-        if select.select([conn], [], [], left)[0]:
-            conn.poll()
-        got.extend((n.channel, n.payload) for n in conn.notifies)
-        conn.notifies.clear()
-        if time.monotonic() >= deadline:
-            return got
+    return [(n.channel, n.payload) for n in take_notifications(conn, wait)]
 
 
 def wait_for(conn, expected, what):
-    got = []
-
-    def arrived():
-        got.extend(received(conn, 0.1))
-        return len(got) >= len(expected)
-
-    wait_until(arrived, 10, what=what, describe=lambda: got)
-    check_eq(sorted(got), sorted(expected), what)
+    got = wait_notifications(conn, len(expected), what)
+    check_eq(sorted((n.channel, n.payload) for n in got), sorted(expected), what)
 
 
 def compare_with_direct(script, pool_size=2):
@@ -300,19 +284,10 @@ def own_pid_script(a, b):
     own one is a's BackendKeyData pid, b's is not)."""
     query(a, "LISTEN pid_chan")
     query(a, "NOTIFY pid_chan, 'mine'")
-    got = []
-
-    def arrived(n):
-        if select.select([a], [], [], 0.2)[0]:
-            a.poll()
-        got.extend(a.notifies)
-        a.notifies.clear()
-        return len(got) >= n
-
-    wait_until(lambda: arrived(1), 10, what="a's own notification")
+    got = wait_notifications(a, 1, "a's own notification")
     time.sleep(1.2)
     query(b, "NOTIFY pid_chan, 'theirs'")
-    wait_until(lambda: arrived(2), 10, what="b's notification")
+    got += wait_notifications(a, 1, "b's notification")
     mine = a.get_backend_pid()
     return [(n.payload, n.pid == mine) for n in got]
 

@@ -4,13 +4,10 @@ client's statements follow it from one server to the next, and a name prepared o
 the other way, as in PostgreSQL. Every step is first run on a direct session, and pgring must
 answer message by message the same (errors with their SQLSTATE, message and position)."""
 
-import threading
-import time
-
 from lib import (PGHOST, PGPORT, Background, Pgring, SYNC_MESSAGE, admin_rows, bind_exec,
                  bind_message, check, check_eq, connect, describe_message, execute_message,
                  free_port, login, metric_sum, monitor_connect, parse_message, pool_config, q,
-                 query, query_one, run_tests, scrape, step_replies, wait_until)
+                 query, query_one, run_tests, scrape, step_replies, steps_while_busy, wait_until)
 
 DB, USER = "app", "app"
 TABLE = "pgring_sqlprep_t"
@@ -104,10 +101,7 @@ def test_steps_as_direct():
     direct.terminate()
     mport = free_port()
     with Pgring(pool_config(pool_size=2, metrics_port=mport)) as p:
-        stop = threading.Event()
-        results = {}
-
-        def hammer(k):
+        def hammer(k, stop):
             h = login(p.port, user=USER, db=DB, timeout=30)
             try:
                 got = step_replies(h, q(f"PREPARE double AS SELECT 'hammer {k}'::text")
@@ -123,36 +117,10 @@ def test_steps_as_direct():
             finally:
                 h.terminate()
 
-        threads = []
-        for k in range(3):
-            t = threading.Thread(target=lambda k=k: results.update({k: _catch(hammer, k)}),
-                                 daemon=True)
-            t.start()
-            threads.append(t)
-        try:
-            time.sleep(0.2)
-            conn = login(p.port, user=USER, db=DB, timeout=30)
-            got = run_steps(conn)
-            conn.terminate()
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(30)
-        for (what, want), (_, have) in zip(expected, got):
-            check_eq(have, want, f"step {what!r} through pgring vs. PostgreSQL")
-        for k in range(3):
-            check(isinstance(results.get(k), int) and results[k] > 0,
-                  f"hammer client {k}: {results.get(k)}")
+        steps_while_busy(p.port, USER, DB, hammer, run_steps, expected)
         # Statements went to servers that lacked them (prepared there first, in the same Query).
         injected = metric_sum(scrape(mport), "pgring_statement_cache_injected_total")
         check(injected and injected > 0, f"no statement prepared ahead of an EXECUTE: {injected}")
-
-
-def _catch(fn, *args):
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 - reported by the caller
-        return f"{type(e).__name__}: {e}"
 
 
 def test_prepare_pins_nothing():

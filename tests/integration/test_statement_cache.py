@@ -44,6 +44,7 @@ from lib import (ADMIN_DB, ADMIN_USER, BackendSampler, PGHOST, PGPORT, Pgring, S
                 error_fields_in, execute_message, fail, free_port, log, login, message, metric_sum,
                 monitor_connect, parse_message, pgbench, pool_config, query, query_one,
                 q, read_until_ready, run_clients, run_tests, scrape, skip_test, step_replies,
+                steps_while_busy,
                 wait_no_backends)
 
 try:
@@ -866,9 +867,7 @@ def test_statement_names():
     with Pgring(cache_config(pool_size, mport)) as p:
         # Other clients keep both servers busy with their own statements named s1..s3, so the
         # steps land on different servers.
-        stop = threading.Event()
-
-        def hammer(k):
+        def hammer(k, stop):
             h = login(p.port, user=USER, db=DB, timeout=30)
             try:
                 h.send(parse_message(f"SELECT 'hammer {k}'::text", "s1")
@@ -884,27 +883,7 @@ def test_statement_names():
             finally:
                 h.terminate()
 
-        hammers = []
-        results = {}
-        for k in range(3):
-            t = threading.Thread(target=lambda k=k: results.update({k: _catch(hammer, k)}),
-                                 daemon=True)
-            t.start()
-            hammers.append(t)
-        try:
-            time.sleep(0.2)
-            conn = login(p.port, user=USER, db=DB, timeout=30)
-            got = run_name_steps(conn)
-            conn.terminate()
-        finally:
-            stop.set()
-            for t in hammers:
-                t.join(30)
-        for (what, want), (_, have) in zip(expected, got):
-            check_eq(have, want, f"step {what!r} through pgring vs. PostgreSQL")
-        for k in range(3):
-            check(isinstance(results.get(k), int) and results[k] > 0,
-                  f"hammer client {k}: {results.get(k)}")
+        steps_while_busy(p.port, USER, DB, hammer, run_name_steps, expected)
 
 
 def _catch(fn, *args):

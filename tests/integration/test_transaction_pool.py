@@ -19,7 +19,8 @@ from lib import (BackendSampler, Background, FLUSH_MESSAGE, LIBPQ_CLIENT, Pgring
                 describe_message, error_fields_in, execute_message, expect_error, fail,
                 idle_in_transaction, log, login, message, monitor_connect, parse_message,
                 pool_config, pool_count, pool_row, query, query_one, read_messages_until,
-                read_until_ready, run_clients, run_tests, skip_test, wait_no_backends, wait_until,
+                read_until_ready, run_clients, run_tests, skip_test, wait_no_backends,
+                wait_notifications, wait_until,
                 PGHOST, PGPORT, backends)
 
 DB, USER = "app", "app"
@@ -582,16 +583,7 @@ def own_notification_pid(conn):
     libpq knows it from BackendKeyData)."""
     query(conn, "LISTEN pgring_self_chan")
     query(conn, "NOTIFY pgring_self_chan, 'myself'")
-    got = []
-
-    def arrived():
-        if select.select([conn], [], [], 0.2)[0]:
-            conn.poll()
-        got.extend(conn.notifies)
-        conn.notifies.clear()
-        return got
-
-    wait_until(arrived, 10, what="the session's own notification")
+    got = wait_notifications(conn, 1, "the session's own notification")
     return got[0].pid, conn.get_backend_pid()
 
 

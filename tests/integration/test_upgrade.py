@@ -7,7 +7,6 @@ once it has nothing left, and a second upgrade can follow at once."""
 
 import asyncio
 import os
-import select
 import signal
 import socket
 import tempfile
@@ -23,7 +22,7 @@ import psycopg2.errors
 
 from lib import (PGHOST, PGPORT, PGRING_BIN, SOURCE_DIR, Background, Pgring, backends, check,
                  check_eq, connect, log, monitor_connect, pool_config, port_accepts, query,
-                 query_one, run_tests, wait_exit, wait_until)
+                 query_one, run_tests, wait_exit, wait_notifications, wait_until)
 
 # The old process exits by itself once its clients are handed over: the leak check needs the
 # running process, so the old side skips it (the new side, which the test stops, runs it).
@@ -305,17 +304,9 @@ def test_subscriptions_move_with_the_client():
             sender = connect(second.port)
             query(sender, "NOTIFY up_chan, 'moved'")
             query(sender, "SELECT pg_notify('Up Chan', 'too')")
-            got = []
-
-            def arrived():
-                if select.select([listener], [], [], 0.2)[0]:
-                    listener.poll()
-                got.extend((n.channel, n.payload) for n in listener.notifies)
-                listener.notifies.clear()
-                return len(got) >= 2
-
-            wait_until(arrived, 10, what="the notifications after the move", describe=lambda: got)
-            check_eq(sorted(got), [("Up Chan", "too"), ("up_chan", "moved")], "notifications")
+            got = wait_notifications(listener, 2, "the notifications after the move")
+            check_eq(sorted((n.channel, n.payload) for n in got),
+                     [("Up Chan", "too"), ("up_chan", "moved")], "notifications")
             check_eq(query_one(listener, "SELECT 1"), 1)
             sender.close()
             listener.close()

@@ -2,17 +2,19 @@
 
 import hashlib
 import os
+import select
 import subprocess
+import time
 
 import psycopg2
 import psycopg2.extensions
 
-from .checks import check, fail, sqlstate_of
+from .checks import check, fail, sqlstate_of, wait_until
 from .env import NO_PASSFILE, PGHOST, PGPORT, PSQL, find_pg_tool
 
 __all__ = ["client_env", "psql", "psql_ok", "connect", "direct_connect",
            "MONITOR_APP", "monitor_connect", "query", "query_one", "expect_error", "pgbench",
-           "md5_secret"]
+           "md5_secret", "take_notifications", "wait_notifications"]
 
 MONITOR_APP = "pgring_it_monitor"  # application_name of direct connections backends() skips
 
@@ -81,6 +83,34 @@ def query(conn, sql, params=None):
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchall() if cur.description is not None else None
+
+
+def take_notifications(conn, wait=0.0):
+    """The notifications (psycopg2 Notify: channel, payload, pid) that reached `conn` within
+    `wait` seconds, taken off conn.notifies."""
+    got = []
+    deadline = time.monotonic() + wait
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        if select.select([conn], [], [], left)[0]:
+            conn.poll()
+        got.extend(conn.notifies)
+        conn.notifies.clear()
+        if time.monotonic() >= deadline:
+            return got
+
+
+def wait_notifications(conn, count, what, timeout=10):
+    """Waits until `count` notifications reached `conn`; returns them (Notify objects)."""
+    got = []
+
+    def arrived():
+        got.extend(take_notifications(conn, 0.1))
+        return len(got) >= count
+
+    wait_until(arrived, timeout, what=what,
+               describe=lambda: [(n.channel, n.payload) for n in got])
+    return got
 
 
 def query_one(conn, sql, params=None):

@@ -11,9 +11,10 @@ import hmac
 import secrets
 import socket
 import struct
+import threading
 import time
 
-from .checks import check, fail
+from .checks import check, check_eq, fail
 
 __all__ = ["PROTOCOL_3_0", "PROTOCOL_3_2", "SSL_REQUEST_CODE", "GSSENC_REQUEST_CODE", "CANCEL_REQUEST_CODE",
            "PgError", "ConnectionClosed", "Scram", "parse_fields", "startup_packet", "message",
@@ -22,7 +23,7 @@ __all__ = ["PROTOCOL_3_0", "PROTOCOL_3_2", "SSL_REQUEST_CODE", "GSSENC_REQUEST_C
            "execute_message", "close_message", "SYNC_MESSAGE", "FLUSH_MESSAGE",
            "data_row_values", "read_messages_until", "read_until_ready", "error_fields_in",
            "send_query_collect", "read_close", "expect_closed_with", "still_open",
-           "NOT_A_REPLY", "step_replies", "q", "bind_exec"]
+           "NOT_A_REPLY", "step_replies", "q", "bind_exec", "steps_while_busy"]
 
 
 PROTOCOL_3_0 = 196608
@@ -410,6 +411,40 @@ def q(sql):
 
 def bind_exec(name, params=()):
     return bind_message(params, statement=name) + execute_message() + SYNC_MESSAGE
+
+
+def steps_while_busy(port, user, db, hammer, run, expected, hammers=3):
+    """Runs `run(conn)` on a fresh connection to `port` while `hammers` other clients keep the
+    servers busy (`hammer(k, stop)` in a thread each, until the threading.Event `stop` is set,
+    returning how many rounds it did): the steps land on one server, then another. Each of the
+    (what, replies) pairs `run` returns must equal `expected`'s (PostgreSQL's, direct), and
+    each hammer must have run."""
+    stop = threading.Event()
+    results = {}
+
+    def catch(k):
+        try:
+            results[k] = hammer(k, stop)
+        except Exception as e:  # noqa: BLE001 - reported below
+            results[k] = f"{type(e).__name__}: {e}"
+
+    threads = [threading.Thread(target=catch, args=(k,), daemon=True) for k in range(hammers)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        conn = login(port, user=user, db=db, timeout=30)
+        got = run(conn)
+        conn.terminate()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    for (what, want), (_, have) in zip(expected, got):
+        check_eq(have, want, f"step {what!r} through pgring vs. PostgreSQL")
+    for k in range(hammers):
+        check(isinstance(results.get(k), int) and results[k] > 0,
+              f"hammer client {k}: {results.get(k)}")
 
 
 def send_query_collect(conn, sql):
