@@ -76,6 +76,9 @@ STEPS = [
     ("every name gone", q("EXECUTE double") + q("EXECUTE proto1(1)") + q("EXECUTE reader"), 3),
     ("PREPARE after DEALLOCATE ALL", q("PREPARE double AS SELECT 'three'::text")
      + q("EXECUTE double"), 2),
+    # (Last: a PREPARE pgring does not take over is session state, and pins the client.)
+    ("a reserved word as a name: PostgreSQL's syntax error",
+     q("PREPARE select AS SELECT 1") + q("EXECUTE all"), 2),
 ]
 
 

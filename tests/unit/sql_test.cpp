@@ -287,6 +287,10 @@ TEST_CASE("parse_prepare: one PREPARE name [(types)] AS statement") {
   REQUIRE(d);
   CHECK(d->rest == "AS SELECT $_$--$_$ || $\xc3\xa9$x$\xc3\xa9$ || 'A'");
   CHECK_FALSE(parse_prepare("/* first */ PREPARE s AS SELECT 1"));  // only at the start
+  // Reserved words are no names (PostgreSQL: a syntax error), unless quoted.
+  CHECK_FALSE(parse_prepare("PREPARE select AS SELECT 1"));
+  CHECK(parse_prepare("PREPARE \"select\" AS SELECT 1"));
+  CHECK(parse_prepare("PREPARE name AS SELECT 1"));  // an unreserved keyword is a name
   CHECK_FALSE(parse_prepare("PREPARE TRANSACTION 'gid'"));
   CHECK_FALSE(parse_prepare("PREPARE s AS SELECT 1; SELECT 2"));  // two statements
   CHECK_FALSE(parse_prepare("PREPARE s (int AS SELECT 1"));       // unbalanced
@@ -315,4 +319,6 @@ TEST_CASE("find_execute: where the statement name stands") {
   CHECK(at("CREATE FUNCTION f() RETURNS int AS $$ EXECUTE s $$ LANGUAGE sql") == "-");
   CHECK(at("EXECUTE") == "-");
   CHECK(at("EXECUTE 'x'") == "-");
+  CHECK(at("EXECUTE all") == "-");
+  CHECK(at("EXECUTE \"all\"") == "\"all\"=all");
 }
