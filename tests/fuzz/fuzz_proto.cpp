@@ -42,6 +42,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     (void)command_changes_types(body);
     (void)parse_error_fields(body);
+    {
+      // An error renamed into a client's terms: a whole message, or nothing appended.
+      build::QueryRename rename{.client_name = "q",
+                                .server_name = "pgring_7",
+                                .prefix_chars = 3,
+                                .name_at = 8,
+                                .client_chars = 1,
+                                .server_chars = 8};
+      std::string renamed = "x";
+      if (build::renamed_fields(renamed, 'E', body, rename)) {
+        Frame again = frame_message(std::string_view(renamed).substr(1), 1 << 22);
+        if (again.status != FrameStatus::complete || again.size != renamed.size() - 1)
+          __builtin_trap();
+      } else if (renamed != "x") {
+        __builtin_trap();
+      }
+    }
     (void)parse_password_message(body);
     (void)parse_sasl_initial_response(body);
     (void)parse_query(body);
