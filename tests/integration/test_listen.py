@@ -153,14 +153,20 @@ def test_listening_connection_comes_back():
         query(a, "LISTEN back_chan")
         monitor = monitor_connect(db=DB)
         try:
-            def listener_pids():
-                # (idle: its LISTEN is committed, a NOTIFY from now on reaches it)
-                return [r[0] for r in query(monitor, "SELECT pid FROM pg_stat_activity WHERE "
-                                                     "usename = 'app' AND query LIKE 'LISTEN%' "
-                                                     "AND state = 'idle'")]
-            first = wait_until(listener_pids, 10, what="the listening backend")
-            query(monitor, "SELECT pg_terminate_backend(%s)", (first[0],))
-            wait_until(lambda: listener_pids() and listener_pids() != first, 15,
+            def listener_pid():
+                # pgring's listening connection (SHOW SERVERS: not another backend that LISTENs,
+                # such as one of an earlier test still exiting), once idle after its LISTEN:
+                # committed, so a NOTIFY from now on reaches it.
+                pids = [int(r["backend_pid"]) for r in listening_servers(p)]
+                if len(pids) != 1:
+                    return None
+                idle = query(monitor, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND "
+                                      "query LIKE 'LISTEN%%' AND state = 'idle'", (pids[0],))
+                return pids[0] if idle else None
+
+            first = wait_until(listener_pid, 10, what="the listening backend")
+            query(monitor, "SELECT pg_terminate_backend(%s)", (first,))
+            wait_until(lambda: listener_pid() not in (None, first), 15,
                        what="a new listening backend")
         finally:
             monitor.close()
