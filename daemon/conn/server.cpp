@@ -186,8 +186,11 @@ void Server::flush_fakes() {
 void Server::pop_expected_until_ready() {
   // Executes before the answered Query/Sync/FunctionCall that got no reply of their own were
   // skipped by the server after an error: a skipped Parse prepared nothing.
-  requests_.pop_until_ready(
-      [&](const RequestQueue::Entry& e) { forget_unprepared(e, e.server_skips); });
+  // (Most entries name no statement: the call stays off the per-transaction path.)
+  requests_.pop_until_ready([&](const RequestQueue::Entry& e) {
+    if (e.statement != nullptr || e.closes != 0) [[unlikely]]
+      forget_unprepared(e, e.server_skips);
+  });
 }
 
 void Server::forget_unprepared(const RequestQueue::Entry& e, bool skipped) {
