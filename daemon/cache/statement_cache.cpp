@@ -257,7 +257,17 @@ bool Client::cached_bind(Server& server, std::string_view body) {
   if (!bind) return false;  // malformed: the server answers it
   bool consumed = false;
   const PreparedStatement* statement = prepare_named(server, bind->statement, consumed);
-  if (statement == nullptr) return consumed;
+  if (statement == nullptr) {
+    // (The unnamed statement: a LISTEN statement's Bind is seen here too.)
+    if (!consumed && bind->statement.empty() && statements_ &&
+        (statements_->has_listen || listening_)) [[unlikely]]
+      bind_runs_listen(statements_->unnamed_parse_tail.c_str());
+    return consumed;
+  }
+  if (statement->listen) [[unlikely]] {
+    bind_runs_listen(statement->query());
+    if (state_ == ClientState::closing) return true;
+  }
   if (QueryStats& stats = reactor_.queries(); stats.on())
     batch().fingerprint = stats.family(*pool_, statement->query(), &statement->fingerprint);
   // The parameters are copied once into the rewritten Bind.

@@ -2,6 +2,8 @@
 
 #include <functional>
 
+#include "proto/sql.hpp"
+
 namespace pgring {
 
 Shape shape_of(std::string_view row_description_or_n) {
@@ -17,6 +19,7 @@ const PreparedStatement& StatementRegistry::intern(std::string_view parse_tail) 
   entry->server_name = "pgring_" + std::to_string(entry->id);
   entry->parse_tail.assign(parse_tail);
   entry->sql = parse_tail.find('\0') == std::string_view::npos;
+  entry->listen = !entry->sql && proto::sql::parse_listen(entry->query()).has_value();
   const PreparedStatement& ref = *entry;
   by_tail_.emplace(std::string(parse_tail), std::move(entry));
   return ref;

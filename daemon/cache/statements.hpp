@@ -29,6 +29,8 @@ struct PreparedStatement {
   // gives OIDs) has instead the text after the name; having no NUL, it never equals a Parse's.
   std::string parse_tail;
   bool sql = false;  // prepared with `PREPARE <server_name> <parse_tail>`, never with a Parse
+  // Its text is a lone LISTEN or UNLISTEN: running it changes the session's subscriptions.
+  bool listen = false;
   [[nodiscard]] std::string_view query() const { return std::string_view(parse_tail.c_str()); }
   // Its query family (proto/fingerprint.hpp), computed at its first Bind when stats are on.
   mutable std::uint64_t fingerprint = 0;

@@ -335,6 +335,13 @@ Verdict Client::on_request(const proto::Frame& frame, Server& server, bool cache
           if ((mentioned & proto::sql::kMentionsNotify) != 0 && listening_) [[unlikely]]
             listening_->noted_notify(server.backend_pid_, reactor_.now());
           std::uint8_t state = proto::sql::scan_session_state(text, mentioned);
+          // A lone LISTEN/UNLISTEN changes the session only when a Bind runs it: the statement
+          // cache sees that Bind (bind_runs_listen), so its Parse pins nothing.
+          if ((state & proto::sql::kListen) != 0 && statement_message &&
+              proto::sql::parse_listen(text)) [[unlikely]] {
+            state &= static_cast<std::uint8_t>(~proto::sql::kListen);
+            statements().has_listen = true;
+          }
           // A lone SET sent through the extended protocol is replayed like a simple one: it
           // rides on the next Execute.
           last_parse_set_.reset();

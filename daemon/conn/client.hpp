@@ -230,6 +230,9 @@ class Client {
     std::string unnamed_parse_tail;
     // It is a rewritten `EXECUTE name` (its text names a pgring_<id> of this process).
     bool unnamed_runs = false;
+    // A statement of it is (or was) a LISTEN/UNLISTEN: a batch that starts with a Bind or
+    // Describe may be one pgring answers (take_extended_listen).
+    bool has_listen = false;
   };
   std::unique_ptr<Statements> statements_;  // null while the client has none (trim())
   Statements& statements() {
@@ -309,17 +312,48 @@ class Client {
   std::unique_ptr<Listening> listening_;
   // More unsent notifications than this: the client does not read them, and is closed.
   static constexpr std::size_t kMaxHeldNotifications = 8u << 20;
-  // An idle client's next message is `frame`: a lone LISTEN/UNLISTEN is taken over (true).
-  bool take_listen(const proto::Frame& frame);
-  // Whether `frame` (an idle client's next message) may be a lone LISTEN/UNLISTEN: a whole,
-  // small Query whose text starts with L, U or a space. Most are not, and cost this only.
+  // An idle client's next message is `frame`: a lone LISTEN/UNLISTEN is taken over (taken), or
+  // its batch is not all in yet (wait).
+  enum class Takeover { no, wait, taken };
+  Takeover take_listen(const proto::Frame& frame);
+  // The same through the extended protocol: a batch that only parses, describes, binds or runs
+  // a LISTEN/UNLISTEN statement (proto/listen_batch.hpp) is answered here.
+  Takeover take_extended_listen();
+  // What the client's statement `name` runs, when it is a LISTEN/UNLISTEN.
+  [[nodiscard]] std::optional<proto::sql::Listen> listen_statement(std::string_view name) const;
+  // A Bind of a LISTEN/UNLISTEN statement goes to a server (a batch pgring did not take over):
+  // a LISTEN pins the client there; an UNLISTEN ends its subscriptions here too.
+  void bind_runs_listen(std::string_view query);
+  // Whether `frame` (an idle client's next message) may begin a lone LISTEN/UNLISTEN: a whole,
+  // small Query or unnamed Parse whose text starts with L, U or a space, a named Parse, or a
+  // Bind/Describe of a client that has a LISTEN statement. Most are not, and cost this only.
   [[nodiscard]] bool might_be_listen(const proto::Frame& frame) const {
-    if (frame.type != proto::frontend::kQuery || frame.status != proto::FrameStatus::complete ||
-        frame.size < 6 || frame.size > 4096)
+    if (frame.status != proto::FrameStatus::complete || frame.size < 6 || frame.size > 4096)
       return false;
-    char c = stream_.byte_at(5);
-    char lower = static_cast<char>(c | 0x20);
-    return lower == 'l' || lower == 'u' || c == ' ' || c == '\t' || c == '\n' || c == '\r';
+    // (One load per message: L, U or whitespace, where a LISTEN/UNLISTEN text can start.)
+    static constexpr auto kListenStart = [] {
+      std::array<bool, 256> starts{};
+      for (unsigned char c : std::string_view("lLuU \t\n\r")) starts[c] = true;
+      return starts;
+    }();
+    auto listen_like = [](char c) { return kListenStart[static_cast<unsigned char>(c)]; };
+    // (Bytes split across buffers are looked at out of line.)
+    switch (frame.type) {
+      case proto::frontend::kQuery: {
+        std::string_view front = stream_.front();
+        return front.size() < 6 || listen_like(front[5]);
+      }
+      case proto::frontend::kParse: {
+        // (A named one is read whole: drivers parse a name once, then only bind it.)
+        std::string_view front = stream_.front();
+        return front.size() < 7 || front[5] != '\0' || listen_like(front[6]);
+      }
+      case proto::frontend::kBind:
+      case proto::frontend::kDescribe:
+        return statements_ && statements_->has_listen;
+      default:
+        return false;
+    }
   }
   // The LISTEN/UNLISTEN queries at the front of an idle client's input, taken over; true when
   // another request follows that needs a server.

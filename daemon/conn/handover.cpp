@@ -130,6 +130,10 @@ void Reactor::adopt(proto::handover::Client record, int fd) {
           std::move(s.name),
           Client::NamedStatement{&statements_.intern(s.parse_tail), s.shape, false, nullptr});
     statements.unnamed_parse_tail = std::move(record.unnamed_parse_tail);
+    // (So that a batch binding a LISTEN statement is still answered here.)
+    for (const auto& [name, named] : statements.named) statements.has_listen |= named.entry->listen;
+    statements.has_listen |=
+        proto::sql::parse_listen(statements.unnamed_parse_tail.c_str()).has_value();
   }
   login_done(*client);
   Pool& pool = pool_for(*db, client->user_, user);

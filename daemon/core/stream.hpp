@@ -169,13 +169,11 @@ class Stream {
   // The typed message at the front of the input (every reader of typed messages frames here):
   // complete (all of it is in), need_more (header_known() once its 5 bytes are in: the body may
   // be streamed), or bad() (a lying length, or over `max_size`).
-  // Input byte `i` (i < input_size(), i < 16), read in the first segment when it is there.
-  [[nodiscard]] char byte_at(std::size_t i) const {
+  // The input's first bytes, as many as its first segment holds (input_size() > 0): to look at a
+  // message's first bytes without a copy or a call.
+  [[nodiscard]] std::string_view front() const {
     const Segment& first = io_->input.front();
-    if (first.end - first.begin > i) return segment_data(first)[first.begin + i];
-    char bytes[16];
-    peek(bytes, i + 1);
-    return bytes[i];
+    return {segment_data(first) + first.begin, static_cast<std::size_t>(first.end - first.begin)};
   }
   [[nodiscard]] proto::Frame next_frame(std::uint32_t max_size) const {
     if (input_bytes_ < 5) return {};

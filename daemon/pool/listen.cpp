@@ -13,6 +13,7 @@
 #include "daemon/core/shared.hpp"
 #include "daemon/pool/pool.hpp"
 #include "proto/builders.hpp"
+#include "proto/listen_batch.hpp"
 #include "proto/messages.hpp"
 
 namespace pgring {
@@ -36,30 +37,126 @@ bool Client::take_listens() {
       reactor_.close(*this, Reason::client_terminate);
       return false;
     }
-    if (!might_be_listen(frame) || !take_listen(frame)) return true;
+    if (!might_be_listen(frame)) return true;
+    switch (take_listen(frame)) {
+      case Takeover::no:
+        return true;
+      case Takeover::wait:
+        return false;  // (the rest of its batch comes with the next read)
+      case Takeover::taken:
+        break;
+    }
     if (state_ != ClientState::idle) return false;  // (closed; or the rest was read meanwhile)
     // An upgrade in place: it may move now (its subscriptions go along).
     if (reactor_.handing_over() && !listening_->parked) reactor_.note_handover_candidate(*this);
   }
 }
 
-bool Client::take_listen(const proto::Frame& frame) {
+Client::Takeover Client::take_listen(const proto::Frame& frame) {
+  if (frame.type != proto::frontend::kQuery) return take_extended_listen();
   bool shared = pool_->shares_listen();
   // (After a reload to listen: pin, the client's shared subscriptions can still be ended.)
-  if (!shared && (!listening_ || listening_->channels.empty())) return false;
+  if (!shared && (!listening_ || listening_->channels.empty())) return Takeover::no;
   std::string_view body = stream_.contiguous(frame.size).substr(5);
   std::optional<std::string_view> text = proto::parse_query(body);
-  if (!text) return false;
+  if (!text) return Takeover::no;
   std::optional<proto::sql::Listen> command = proto::sql::parse_listen(*text);
-  if (!command) return false;
+  if (!command) return Takeover::no;
   if (!shared && (command->kind != proto::sql::Listen::Kind::unlisten ||
                   std::find(listening_->channels.begin(), listening_->channels.end(),
                             command->channel) == listening_->channels.end()))
-    return false;
+    return Takeover::no;
   stream_.consume(frame.size);
   ++pool_->stats_.queries;
   pool_->listen(*this, *command);
-  return true;
+  return Takeover::taken;
+}
+
+Client::Takeover Client::take_extended_listen() {
+  // Only with the statement cache, which keeps the client's statement names in pgring (without
+  // it they live on a server, and a LISTEN through them pins as before).
+  if (!uses_statement_cache() || !pool_->shares_listen()) return Takeover::no;
+  std::size_t n = std::min(stream_.input_size(), proto::kMaxListenBatch);
+  proto::ListenBatch batch;
+  switch (proto::read_listen_batch(stream_.contiguous(n), batch)) {
+    case proto::ListenBatchStatus::no:
+      return Takeover::no;
+    case proto::ListenBatchStatus::incomplete:
+      // Safe to wait: until its Sync or Flush the client expects no answer.
+      return Takeover::wait;
+    case proto::ListenBatchStatus::yes:
+      break;
+  }
+  std::optional<proto::sql::Listen> command = std::move(batch.parsed);
+  if (command) {
+    // A name in use gets PostgreSQL's 42P05 the usual way.
+    if (!batch.statement.empty() && statements_ &&
+        statements_->named.count(std::string(batch.statement)) != 0)
+      return Takeover::no;
+    Statements& mine = statements();
+    if (batch.statement.empty()) {
+      mine.unnamed_parse_tail.assign(batch.parse_tail);
+      mine.unnamed_runs = false;
+      ++unnamed_seq_;  // no server holds it: prepared where a later Bind of it lands
+    } else {
+      const PreparedStatement& statement = reactor_.statements().intern(batch.parse_tail);
+      mine.named.emplace(std::string(batch.statement), NamedStatement{&statement, 0, false, {}});
+    }
+    mine.has_listen = true;
+  } else {
+    command = listen_statement(batch.statement);
+    if (!command) return Takeover::no;
+  }
+  std::string replies = std::move(batch.replies);
+  stream_.consume(batch.length);  // (the batch's views end here)
+  for (char reply : replies) {
+    (void)stream_.emit([&](std::string& out) {
+      switch (reply) {
+        case '1':
+          return proto::build::parse_complete(out);
+        case 't':  // no parameters, no rows
+          return proto::build::message(out, proto::backend::kParameterDescription,
+                                       std::string_view("\0\0", 2)) &&
+                 proto::build::message(out, proto::backend::kNoData, {});
+        case 'n':
+          return proto::build::message(out, proto::backend::kNoData, {});
+        case '2':
+          return proto::build::message(out, proto::backend::kBindComplete, {});
+        default:  // 'C': the Execute's, below
+          return true;
+      }
+    });
+  }
+  if (batch.executes) {
+    // Answered with its Sync's ReadyForQuery, as a simple LISTEN is.
+    ++pool_->stats_.queries;
+    pool_->listen(*this, *command);
+  } else if (batch.sync) {
+    (void)stream_.emit([](std::string& out) { return proto::build::ready_for_query(out, 'I'); });
+  }
+  reactor_.want_send(stream_);
+  return Takeover::taken;
+}
+
+std::optional<proto::sql::Listen> Client::listen_statement(std::string_view name) const {
+  if (!statements_) return std::nullopt;
+  if (name.empty()) {
+    if (statements_->unnamed_runs) return std::nullopt;
+    return proto::sql::parse_listen(statements_->unnamed_parse_tail.c_str());
+  }
+  auto it = statements_->named.find(std::string(name));
+  if (it == statements_->named.end() || !it->second.entry->listen || it->second.runs)
+    return std::nullopt;
+  return proto::sql::parse_listen(it->second.entry->query());
+}
+
+void Client::bind_runs_listen(std::string_view query) {
+  std::optional<proto::sql::Listen> command = proto::sql::parse_listen(query);
+  if (!command) return;
+  if (command->kind == proto::sql::Listen::Kind::listen)
+    note_session_state(proto::sql::kListen);  // it LISTENs on that server: session state
+  else if (listening_)
+    pool_->unlisten(*this, *command);
 }
 
 void Client::answer_listen(std::string_view tag, std::string_view sqlstate,
@@ -119,31 +216,13 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
   if (!client.listening_) client.listening_ = std::make_unique<Client::Listening>();
   Listening& pool = *listening_;
   Client::Listening& mine = *client.listening_;
-  using Kind = proto::sql::Listen::Kind;
-  if (command.kind == Kind::unlisten_all) {
-    unsubscribe_all(client);
+  if (command.kind != proto::sql::Listen::Kind::listen) {
+    unlisten(client, command);
     client.answer_listen("UNLISTEN");
     return;
   }
   const std::string& channel = command.channel;
   auto subscribed = std::find(mine.channels.begin(), mine.channels.end(), channel);
-  if (command.kind == Kind::unlisten) {
-    // From now on nothing of this channel reaches the client, as after PostgreSQL's UNLISTEN.
-    if (subscribed != mine.channels.end()) {
-      mine.channels.erase(subscribed);
-      auto it = pool.channels.find(channel);
-      if (it != pool.channels.end()) {
-        it->second.erase(&client);
-        if (it->second.empty()) {
-          pool.channels.erase(it);
-          send_listen(false, channel);
-        }
-      }
-    }
-    client.answer_listen("UNLISTEN");
-    drop_listener_if_unused();
-    return;
-  }
   if (reactor_.shutting_down() && !reactor_.handing_over()) {
     client.answer_listen("LISTEN", "57P01", "pgring is shutting down");
     return;
@@ -164,6 +243,28 @@ void Pool::listen(Client& client, const proto::sql::Listen& command) {
   pool.parked.push_back(&client);
   client.stream_.reading_paused_ = true;
   client.stream_.detach_input();  // (a waiting client holds no ring buffer)
+}
+
+void Pool::unlisten(Client& client, const proto::sql::Listen& command) {
+  if (!client.listening_ || !listening_) return;
+  if (command.kind == proto::sql::Listen::Kind::unlisten_all) {
+    unsubscribe_all(client);
+    return;
+  }
+  // From now on nothing of this channel reaches the client, as after PostgreSQL's UNLISTEN.
+  std::vector<std::string>& mine = client.listening_->channels;
+  auto subscribed = std::find(mine.begin(), mine.end(), command.channel);
+  if (subscribed == mine.end()) return;
+  mine.erase(subscribed);
+  auto it = listening_->channels.find(command.channel);
+  if (it != listening_->channels.end()) {
+    it->second.erase(&client);
+    if (it->second.empty()) {
+      listening_->channels.erase(it);
+      send_listen(false, command.channel);
+    }
+  }
+  drop_listener_if_unused();
 }
 
 void Pool::subscribe(Client& client, const std::string& channel) {

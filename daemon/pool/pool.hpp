@@ -194,6 +194,8 @@ class Pool {
   }
   // `client` sent `command` (parse_listen) while idle: subscribe, unsubscribe, answer.
   void listen(Client& client, const proto::sql::Listen& command);
+  // Its UNLISTEN (of a channel, or *) takes effect: nothing of it reaches the client any more.
+  void unlisten(Client& client, const proto::sql::Listen& command);
   // Adds `channel` to `client`'s subscriptions (not there yet), and LISTENs if it is new here.
   void subscribe(Client& client, const std::string& channel);
   // The client leaves, sent UNLISTEN *, or its DISCARD ALL succeeded: no more subscriptions.

@@ -8,6 +8,7 @@
 
 #include "proto/builders.hpp"
 #include "proto/frame.hpp"
+#include "proto/listen_batch.hpp"
 #include "proto/messages.hpp"
 
 using namespace pgring::proto;
@@ -20,6 +21,27 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     StartupPacket packet = classify_startup(input.substr(0, startup.size));
     if (auto m = parse_startup_message(packet)) (void)m->find("application_name");
     (void)parse_cancel_request(packet);
+  }
+
+  // A LISTEN's extended-protocol batch: what is taken lies inside the input, and reads the same
+  // on its own.
+  {
+    std::string_view front = input.substr(0, kMaxListenBatch);
+    ListenBatch batch;
+    if (read_listen_batch(front, batch) == ListenBatchStatus::yes) {
+      auto inside = [&](std::string_view view) {
+        return view.empty() || (view.data() >= front.data() &&
+                                view.data() + view.size() <= front.data() + batch.length);
+      };
+      if (batch.length == 0 || batch.length > front.size() || !inside(batch.statement) ||
+          !inside(batch.portal) || !inside(batch.parse_tail) || batch.replies.empty() ||
+          batch.parsed.has_value() != !batch.parse_tail.empty())
+        __builtin_trap();
+      ListenBatch again;
+      if (read_listen_batch(front.substr(0, batch.length), again) != ListenBatchStatus::yes ||
+          again.length != batch.length || again.replies != batch.replies)
+        __builtin_trap();
+    }
   }
 
   // A stream of typed messages, each body given to every view.

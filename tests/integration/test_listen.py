@@ -7,9 +7,11 @@ checked on direct connections."""
 import threading
 import time
 
-from lib import (PGHOST, PGPORT, Background, Pgring, admin_ok, admin_rows, check, check_eq,
-                 connect, log, monitor_connect, pool_config, pool_count, query, query_one,
-                 run_tests, take_notifications, wait_notifications, wait_until)
+from lib import (FLUSH_MESSAGE, PGHOST, PGPORT, SYNC_MESSAGE, Background, Pgring, admin_ok,
+                 admin_rows, bind_exec, bind_message, check, check_eq, close_message, connect,
+                 describe_message, execute_message, log, login, monitor_connect, parse_message,
+                 pool_config, pool_count, q, query, query_one, run_tests, step_replies,
+                 take_notifications, wait_notifications, wait_until)
 
 DB, USER = "app", "app"
 
@@ -316,6 +318,141 @@ def test_pinned_subscriber_still_gets_notifications():
         wait_for(a, [("pinned_chan", "while pinned")], "the pinned subscriber")
         a.close()
         d.close()
+
+
+def extended_script(a, b):
+    """LISTEN and UNLISTEN through the extended protocol (`a`, raw), in the shapes drivers send
+    them: unnamed Parse/Bind/Describe/Execute/Sync (JDBC, psycopg 3), a named Parse and Describe
+    with a Flush, then Bind/Execute/Sync (asyncpg), a Bind of a statement parsed earlier; `b`
+    notifies. The replies, message by message, and the notifications that reach `a`."""
+    out = []
+
+    def step(what, data, replies=1, error_fields="CM"):
+        out.append((what, step_replies(a, data, replies, error_fields)))
+
+    def flushed(what, data, count):
+        a.send(data)
+        out.append((what, "".join(a.read_message()[0].decode() for _ in range(count))))
+
+    def notes(what, notifies, by=b):
+        """NOTIFYs (the last one the marker): what reaches a up to the marker."""
+        for channel, payload in notifies:
+            query(by, f"NOTIFY {channel}, '{payload}'")
+        got = []
+        while not got or got[-1][1] != notifies[-1][1]:
+            kind, body = a.read_message()
+            if kind == b"A":
+                channel, payload = body[4:].split(b"\0")[:2]
+                got.append((channel.decode(), payload.decode()))
+        out.append((what, got))
+
+    step("unnamed Parse, Bind, Describe, Execute, Sync",
+         parse_message("LISTEN e1") + bind_message() + describe_message(b"P") + execute_message()
+         + SYNC_MESSAGE)
+    notes("e1 is heard", [("e1", "one")])
+    flushed("named Parse, Describe, Flush",
+            parse_message('LISTEN "E2"', "l2") + describe_message(b"S", "l2") + FLUSH_MESSAGE, 3)
+    step("then Bind, Execute, Sync", bind_exec("l2"))
+    step("Describe of it, Sync", describe_message(b"S", "l2") + SYNC_MESSAGE)
+    notes("both are heard", [('"E2"', "two"), ("e1", "m1")])
+    step("the name in use: 42P05", parse_message("LISTEN e3", "l2") + SYNC_MESSAGE)
+    step("UNLISTEN parsed, bound to a portal, run",
+         parse_message('UNLISTEN "E2"', "u2") + bind_message(portal="p", statement="u2")
+         + describe_message(b"P", "p") + execute_message("p") + SYNC_MESSAGE)
+    notes("E2 no more", [('"E2"', "gone"), ("e1", "m2")])
+    step("a Bind of the LISTEN statement again", bind_exec("l2"))
+    notes("E2 again", [('"E2"', "back"), ("e1", "m3")])
+    step("Close of it", close_message(b"S", "l2") + SYNC_MESSAGE)
+    step("UNLISTEN * in the extended protocol", parse_message("UNLISTEN *") + bind_exec(""))
+    step("LISTEN again, in a Query", q("LISTEN e1"))
+    notes("only e1 after UNLISTEN *", [('"E2"', "unheard"), ("e1", "m4")])
+    return out
+
+
+def pinned_script(a, b):
+    """After the steps above, a LISTEN in a pipeline with another statement runs on a's server
+    (pinning a), and a Bind that fails."""
+    out = []
+    out.append(step_replies(a, parse_message("LISTEN e4", "l4") + bind_message(statement="l4")
+                            + execute_message() + parse_message("SELECT 7") + bind_message()
+                            + execute_message() + SYNC_MESSAGE, 1))
+    query(b, "NOTIFY e4, 'four'")
+    kind = None
+    while kind != b"A":
+        kind, body = a.read_message()
+    out.append(body[4:].split(b"\0")[:2])
+    out.append(step_replies(a, bind_exec("l4", [1]), 1, error_fields="C"))
+    return out
+
+
+def test_extended_protocol_listen_as_direct():
+    """LISTEN through the extended protocol is a subscription too: each step answers as
+    directly and the notifications are the same, on pool_size 1 (a pinned client would hold the
+    only server, and the other client's NOTIFYs would wait forever)."""
+    a, b = login(PGPORT, user=USER, db=DB, host=PGHOST), direct_app()
+    expected = extended_script(a, b) + pinned_script(a, b)
+    a.terminate()
+    b.close()
+    with Pgring(pool_config(pool_size=1)) as p:
+        a, b = login(p.port, user=USER, db=DB), app_connect(p)
+        got = extended_script(a, b)
+        pinned = [r["pinned"] for r in admin_rows(p.port, "SHOW CLIENTS")]
+        check(all(x in ("", "0", "no", None) for x in pinned), f"a pinned client: {pinned}")
+        # (The pipelined LISTEN pins a: b's NOTIFY comes from a direct session.)
+        d = direct_app()
+        got += pinned_script(a, d)
+        d.close()
+        check_eq(got, expected, "through pgring")
+        a.terminate()
+        b.close()
+
+
+def test_asyncpg_add_listener_pins_nothing():
+    """asyncpg's add_listener and remove_listener (a named Parse and Describe with a Flush, then
+    Bind/Execute/Sync) through pgring with pool_size 1: the callback gets what it gets directly,
+    and another client's queries are served meanwhile."""
+    import asyncio
+
+    import asyncpg
+
+    async def script(port, host, notifier):
+        got = []
+        conn = await asyncpg.connect(host=host, port=port, user=USER, database=DB)
+        try:
+            heard = asyncio.Queue()
+            def callback(connection, pid, channel, payload):
+                heard.put_nowait((channel, payload))
+            await conn.add_listener("jobs", callback)
+            await conn.add_listener("Other Jobs", callback)
+            await asyncio.to_thread(notifier, ["NOTIFY jobs, 'j1'", "NOTIFY \"Other Jobs\", 'o1'"])
+            got.append(sorted([await asyncio.wait_for(heard.get(), 10) for _ in range(2)]))
+            await conn.remove_listener("jobs", callback)
+            await asyncio.to_thread(notifier, ["NOTIFY jobs, 'unheard'",
+                                               "NOTIFY \"Other Jobs\", 'o2'"])
+            got.append(await asyncio.wait_for(heard.get(), 10))
+            # Listening again: asyncpg binds the statement it prepared before.
+            await conn.add_listener("jobs", callback)
+            await asyncio.to_thread(notifier, ["NOTIFY jobs, 'j2'"])
+            got.append(await asyncio.wait_for(heard.get(), 10))
+            got.append(await conn.fetchval("SELECT 40 + 2"))
+        finally:
+            await conn.close()
+        return got
+
+    def notifier_on(conn):
+        def notify(statements):
+            for sql in statements:
+                query(conn, sql)
+        return notify
+
+    d = direct_app()
+    expected = asyncio.run(script(PGPORT, PGHOST, notifier_on(d)))
+    d.close()
+    with Pgring(pool_config(pool_size=1)) as p:
+        other = app_connect(p)  # its NOTIFYs need the pool's only server
+        check_eq(asyncio.run(script(p.port, "127.0.0.1", notifier_on(other))), expected,
+                 "asyncpg through pgring")
+        other.close()
 
 
 if __name__ == "__main__":
