@@ -620,6 +620,20 @@ std::uint8_t set_config_state(const std::vector<Token>& t, std::size_t open) {
   return kUntrackedSet;
 }
 
+namespace {
+// `CREATE TEMP TABLE ... ON COMMIT DROP` (the statement from token `create`): the table is gone
+// when its transaction ends, and with it the session state. (In a CREATE TABLE the three words
+// can only be that clause: in its AS query, ON takes an expression.)
+bool drops_at_commit(const std::vector<Token>& t, std::size_t create) {
+  for (std::size_t j = create + 1; j + 2 < t.size(); ++j) {
+    if (t[j].kind == Token::Kind::punct && t[j].text == ";") return false;
+    if (is_word(t[j], "on") && is_word(t[j + 1], "commit") && is_word(t[j + 2], "drop"))
+      return true;
+  }
+  return false;
+}
+}  // namespace
+
 std::uint8_t scan_session_state(std::string_view query, std::uint8_t mentioned) {
   if ((mentioned & (kMentionsSet | kMentionsSessionWord)) == 0) return kNone;
   std::vector<Token> t;
@@ -637,8 +651,10 @@ std::uint8_t scan_session_state(std::string_view query, std::uint8_t mentioned) 
     if (tok.kind == Token::Kind::word) {
       const std::string& w = tok.text;
       if (w == "create") {
+        bool temp = false;
         for (std::size_t j = i + 1; j < t.size() && j < i + 4; ++j)
-          if (is_word(t[j], "temp") || is_word(t[j], "temporary")) flags |= kTemporaryObject;
+          temp |= is_word(t[j], "temp") || is_word(t[j], "temporary");
+        if (temp && !drops_at_commit(t, i)) flags |= kTemporaryObject;
       } else if (w == "with" && i + 1 < t.size() && is_word(t[i + 1], "hold")) {
         flags |= kHoldCursor;
       } else if ((w == "pg_advisory_lock" || w == "pg_try_advisory_lock" ||

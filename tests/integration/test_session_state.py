@@ -303,5 +303,39 @@ def test_set_config_and_select_into_temp_pin_the_client():
         b.close()
 
 
+def on_commit_drop_script(a, b):
+    """a uses temporary tables that drop when their transaction ends (in a transaction block,
+    and alone); then b needs a server: what each sees."""
+    a.autocommit = False
+    query(a, "CREATE TEMP TABLE pgring_ocd(x int) ON COMMIT DROP")
+    query(a, "INSERT INTO pgring_ocd VALUES (1), (2)")
+    seen = [query_one(a, "SELECT sum(x) FROM pgring_ocd")]
+    a.commit()
+    a.autocommit = True
+    query(a, "CREATE TEMP TABLE pgring_ocd2 ON COMMIT DROP AS SELECT 1 AS x")
+    seen.append(query_one(b, "SELECT 40 + 2"))
+    seen.append(query_one(a, "SELECT to_regclass('pgring_ocd') IS NULL "
+                             "AND to_regclass('pgring_ocd2') IS NULL"))
+    return seen
+
+
+def test_temp_table_on_commit_drop_pins_nothing():
+    """A temporary table ON COMMIT DROP is gone with its transaction: no session state, so the
+    client keeps no server (pool_size 1: b is served at once; a pinned a would make b wait until
+    query_wait), and both see what two direct sessions see."""
+    a = direct_connect(db=DB, user=USER, password="secret")
+    b = direct_connect(db=DB, user=USER, password="secret")
+    a.autocommit = b.autocommit = True
+    expected = on_commit_drop_script(a, b)
+    a.close()
+    b.close()
+    with Pgring(pool_config(pool_size=1, timeouts={"query_wait": "5s"})) as p:
+        a = app_connect(p)
+        b = app_connect(p)
+        check_eq(on_commit_drop_script(a, b), expected, "through pgring, as direct sessions")
+        a.close()
+        b.close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

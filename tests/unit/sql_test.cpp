@@ -88,6 +88,19 @@ TEST_CASE("scan_session_state: what pins a client") {
   CHECK(scan_session_state("CREATE TEMP TABLE t(a int)") == kTemporaryObject);
   CHECK(scan_session_state("create temporary view v as select 1") == kTemporaryObject);
   CHECK(scan_session_state("CREATE GLOBAL TEMPORARY TABLE t(a int)") == kTemporaryObject);
+  // Gone when the transaction ends: no session state.
+  CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT DROP") == kNone);
+  CHECK(scan_session_state("create temporary table t on commit drop as select 1") == kNone);
+  CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT DELETE ROWS") ==
+        kTemporaryObject);
+  CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT PRESERVE ROWS") ==
+        kTemporaryObject);
+  // Each statement on its own: the second table stays.
+  CHECK(scan_session_state("CREATE TEMP TABLE a() ON COMMIT DROP; CREATE TEMP TABLE b()") ==
+        kTemporaryObject);
+  CHECK(scan_session_state("CREATE TEMP TABLE a(); CREATE TEMP TABLE b() ON COMMIT DROP") ==
+        kTemporaryObject);
+  CHECK(scan_session_state("CREATE TEMP VIEW v AS SELECT 'on commit drop'") == kTemporaryObject);
   CHECK(scan_session_state("DECLARE c CURSOR WITH HOLD FOR SELECT 1") == kHoldCursor);
   CHECK(scan_session_state("SELECT pg_advisory_lock(42)") == kAdvisoryLock);
   CHECK(scan_session_state("SELECT pg_try_advisory_lock(1, 2)") == kAdvisoryLock);
