@@ -101,7 +101,8 @@ ListenBatchStatus read_listen_batch(std::string_view bytes, ListenBatch& batch) 
       }
       case frontend::kSync:
       case frontend::kFlush:
-        if (!named) return ListenBatchStatus::no;
+        // (A portal outlives a Flush, and pgring keeps none: its Execute would find nothing.)
+        if (!named || (type == frontend::kFlush && bound)) return ListenBatchStatus::no;
         batch.sync = type == frontend::kSync;
         batch.length = at;
         return ListenBatchStatus::yes;

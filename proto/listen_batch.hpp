@@ -18,7 +18,8 @@ inline constexpr std::size_t kMaxListenBatch = 4096;
 // One batch, up to and including its Sync or Flush. Every message in it is about one statement
 // (`statement`): at most one Parse (first, of a LISTEN/UNLISTEN text with no parameter types),
 // Describes of that statement, at most one Bind of it (no parameters) to `portal`, Describes of
-// that portal, and at most one Execute of it, which only the Sync may follow.
+// that portal, and at most one Execute of it, which only the Sync may follow (a Flush may end a
+// batch that binds nothing).
 struct ListenBatch {
   std::size_t length = 0;  // bytes, its last message included
   bool sync = false;       // it ends with Sync (else with Flush)

@@ -217,6 +217,13 @@ const PreparedStatement* Client::prepare_named(Server& server, std::string_view 
                                                bool& consumed) {
   consumed = false;
   if (name.empty()) {
+    if (!statements_ || statements_->unnamed_parse_tail.empty()) {
+      // It has none (never parsed, or a simple Query destroyed it): what the server has under
+      // that name is another client's.
+      fake_error(server, "26000", "unnamed prepared statement does not exist");
+      consumed = true;
+      return nullptr;
+    }
     // The unnamed statement keeps its name: prepared here first if it lives elsewhere.
     if (!ensure_unnamed(server))
       reactor_.close(*this, Reason::protocol_violation, "cannot encode Parse");

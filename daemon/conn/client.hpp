@@ -325,28 +325,35 @@ class Client {
   // a LISTEN pins the client there; an UNLISTEN ends its subscriptions here too.
   void bind_runs_listen(std::string_view query);
   // Whether `frame` (an idle client's next message) may begin a lone LISTEN/UNLISTEN: a whole,
-  // small Query or unnamed Parse whose text starts with L, U or a space, a named Parse, or a
-  // Bind/Describe of a client that has a LISTEN statement. Most are not, and cost this only.
+  // small Query or unnamed Parse whose text starts with "li", "un" (any case) or a space, a named
+  // Parse, or a Bind/Describe of a client that has a LISTEN statement. Most are not, and cost this
+  // only.
   [[nodiscard]] bool might_be_listen(const proto::Frame& frame) const {
     if (frame.status != proto::FrameStatus::complete || frame.size < 6 || frame.size > 4096)
       return false;
-    // (One load per message: L, U or whitespace, where a LISTEN/UNLISTEN text can start.)
+    // Whether the text at `front[at]` may begin a LISTEN/UNLISTEN: "li" or "un" in any case, or
+    // whitespace. (One load for most texts; bytes split across buffers are read out of line.)
     static constexpr auto kListenStart = [] {
       std::array<bool, 256> starts{};
       for (unsigned char c : std::string_view("lLuU \t\n\r")) starts[c] = true;
       return starts;
     }();
-    auto listen_like = [](char c) { return kListenStart[static_cast<unsigned char>(c)]; };
-    // (Bytes split across buffers are looked at out of line.)
+    auto listen_like = [](std::string_view front, std::size_t at) {
+      if (front.size() < at + 2) return true;
+      char c = front[at];
+      if (!kListenStart[static_cast<unsigned char>(c)]) return false;
+      char second = static_cast<char>(front[at + 1] | 0x20);
+      char lower = static_cast<char>(c | 0x20);
+      return (lower == 'l' && second == 'i') || (lower == 'u' && second == 'n') || c == ' ' ||
+             c == '\t' || c == '\n' || c == '\r';
+    };
     switch (frame.type) {
-      case proto::frontend::kQuery: {
-        std::string_view front = stream_.front();
-        return front.size() < 6 || listen_like(front[5]);
-      }
+      case proto::frontend::kQuery:
+        return listen_like(stream_.front(), 5);
       case proto::frontend::kParse: {
         // (A named one is read whole: drivers parse a name once, then only bind it.)
         std::string_view front = stream_.front();
-        return front.size() < 7 || front[5] != '\0' || listen_like(front[6]);
+        return front.size() < 7 || front[5] != '\0' || listen_like(front, 6);
       }
       case proto::frontend::kBind:
       case proto::frontend::kDescribe:

@@ -179,8 +179,9 @@ class Pool {
       std::pair<std::string, std::string> error;
     };
     std::deque<Sent> in_flight;
-    // Clients whose LISTEN waits for `server`'s answer (Client::Listening::wait_for).
-    std::vector<Client*> parked;
+    // Clients whose LISTEN waits for `server`'s answer (Client::Listening::wait_for), in the
+    // order they came: answers come in that order too, so those answered are at the front.
+    std::deque<Client*> parked;
     Clock::time_point next_attempt{};  // reconnecting after the connection was lost
     // The connection was retired (RECONNECT, a reload, a host's role): its unit of the
     // database's budget goes to the next one when it is freed (reuse_listener_unit).
@@ -301,9 +302,9 @@ class Pool {
   bool open_listener(bool unit_held = false);
   // Sends `LISTEN ch` (or `UNLISTEN ch`) to the listening connection, if it is logged in.
   void send_listen(bool listen, const std::string& channel);
-  // Answers the parked clients whose LISTEN the listening connection has answered (all of
-  // them, with `error`, when it is gone).
-  void wake_parked(std::string_view error);
+  // Answers the parked clients whose LISTEN the listening connection has answered: those at the
+  // front of `parked`, or, when some were given an error (`errors`), any of them.
+  void wake_parked(bool errors = false);
   // Nobody listens (or waits to): the listening connection goes.
   void drop_listener_if_unused();
   // Opens one server to see whether a failing server is back; false when no slot is free.

@@ -365,6 +365,7 @@ def extended_script(a, b):
     step("Close of it", close_message(b"S", "l2") + SYNC_MESSAGE)
     step("UNLISTEN * in the extended protocol", parse_message("UNLISTEN *") + bind_exec(""))
     step("LISTEN again, in a Query", q("LISTEN e1"))
+    step("it destroyed the unnamed statement: 26000", bind_exec(""))
     notes("only e1 after UNLISTEN *", [('"E2"', "unheard"), ("e1", "m4")])
     return out
 

@@ -125,6 +125,7 @@ TEST_CASE("listen batch: what is left to a server") {
            sync()));
   // After the Execute only its Sync: a Flush, or another request, goes to a server.
   CHECK(no(parse("", "LISTEN a") + bind("", "") + execute("") + flush()));
+  CHECK(no(parse("", "LISTEN a") + bind("", "") + flush()));  // a portal pgring would not keep
   CHECK(no(parse("", "LISTEN a") + bind("", "") + execute("") + parse("", "SELECT 1") + sync()));
   CHECK(no(sync()));  // nothing before it
   CHECK(no(std::string("Q\0\0\0\x05x", 6)));
