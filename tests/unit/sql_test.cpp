@@ -91,8 +91,7 @@ TEST_CASE("scan_session_state: what pins a client") {
   // Gone when the transaction ends: no session state.
   CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT DROP") == kNone);
   CHECK(scan_session_state("create temporary table t on commit drop as select 1") == kNone);
-  CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT DELETE ROWS") ==
-        kTemporaryObject);
+  CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT DELETE ROWS") == kTemporaryObject);
   CHECK(scan_session_state("CREATE TEMP TABLE t(a int) ON COMMIT PRESERVE ROWS") ==
         kTemporaryObject);
   // Each statement on its own: the second table stays.
