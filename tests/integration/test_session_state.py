@@ -269,6 +269,23 @@ def test_pin_ends_with_the_state():
             b.close()
 
 
+def compare_two_sessions(script, config):
+    """script(a, b) on two direct autocommit sessions, then on two pgring clients (`config`):
+    the results must be the same."""
+    a = direct_connect(db=DB, user=USER, password="secret")
+    b = direct_connect(db=DB, user=USER, password="secret")
+    a.autocommit = b.autocommit = True
+    expected = script(a, b)
+    a.close()
+    b.close()
+    with Pgring(config) as p:
+        a = app_connect(p)
+        b = app_connect(p)
+        check_eq(script(a, b), expected, "through pgring, as direct sessions")
+        a.close()
+        b.close()
+
+
 def settings_and_temp_script(a, b):
     """a creates session state two ways PostgreSQL allows besides SET and CREATE TEMP; b holds
     a transaction open meanwhile, so that in transaction mode a's next transaction could only
@@ -289,18 +306,7 @@ def test_set_config_and_select_into_temp_pin_the_client():
     """set_config(name, value, false) and SELECT ... INTO TEMP create session state as SET and
     CREATE TEMP do: the client keeps its server (the other client never sees the setting), as
     two direct sessions would behave."""
-    a = direct_connect(db=DB, user=USER, password="secret")
-    b = direct_connect(db=DB, user=USER, password="secret")
-    a.autocommit = b.autocommit = True
-    expected = settings_and_temp_script(a, b)
-    a.close()
-    b.close()
-    with Pgring(pool_config(pool_size=2)) as p:
-        a = app_connect(p)
-        b = app_connect(p)
-        check_eq(settings_and_temp_script(a, b), expected, "through pgring, as direct sessions")
-        a.close()
-        b.close()
+    compare_two_sessions(settings_and_temp_script, pool_config(pool_size=2))
 
 
 def on_commit_drop_script(a, b):
@@ -323,18 +329,8 @@ def test_temp_table_on_commit_drop_pins_nothing():
     """A temporary table ON COMMIT DROP is gone with its transaction: no session state, so the
     client keeps no server (pool_size 1: b is served at once; a pinned a would make b wait until
     query_wait), and both see what two direct sessions see."""
-    a = direct_connect(db=DB, user=USER, password="secret")
-    b = direct_connect(db=DB, user=USER, password="secret")
-    a.autocommit = b.autocommit = True
-    expected = on_commit_drop_script(a, b)
-    a.close()
-    b.close()
-    with Pgring(pool_config(pool_size=1, timeouts={"query_wait": "5s"})) as p:
-        a = app_connect(p)
-        b = app_connect(p)
-        check_eq(on_commit_drop_script(a, b), expected, "through pgring, as direct sessions")
-        a.close()
-        b.close()
+    compare_two_sessions(on_commit_drop_script,
+                         pool_config(pool_size=1, timeouts={"query_wait": "5s"}))
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ TEST_CASE("listen batch: asyncpg's prepare with a Flush, then its Bind/Execute/S
   CHECK(batch.statement == "s1");
   CHECK(batch.replies == "2C");
   // A Describe of it alone.
-  REQUIRE(read(describe('S', "s1") + sync(), batch) == ListenBatchStatus::yes);
+  std::string described = describe('S', "s1") + sync();  // (the batch's views point into it)
+  REQUIRE(read(described, batch) == ListenBatchStatus::yes);
   CHECK(batch.replies == "t");
   CHECK(batch.statement == "s1");
 }
